@@ -1,0 +1,195 @@
+"""The life of a grpc.aio server, shared by both services.
+
+Health and reflection are always served; TLS (and mTLS when a client CA is
+given) is optional; SIGTERM drains in-flight calls before exit. Every call gets
+a request id in the log context and is counted with the go-grpc-prometheus
+metric names, so one dashboard reads both services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Histogram
+
+log = structlog.get_logger(__name__)
+
+GRPC_HANDLED = Counter(
+    "grpc_server_handled_total", "RPCs completed on the server, by status code.", ["grpc_service", "grpc_method", "grpc_code"]
+)
+GRPC_SECONDS = Histogram(
+    "grpc_server_handling_seconds",
+    "Time to handle an RPC, by method.",
+    ["grpc_service", "grpc_method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Server TLS material; `client_ca` turns on mTLS (client certs required)."""
+
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert)
+
+
+def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials | None:
+    if not tls.enabled:
+        return None
+    if not tls.key:
+        raise ValueError("TLS needs both a certificate and a key file")
+    pair = [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())]
+    ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
+    return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=ca is not None)
+
+
+def channel_credentials(ca: str | None, cert: str | None = None, key: str | None = None) -> grpc.ChannelCredentials:
+    """Client credentials: trust `ca` (system roots if None); cert+key for mTLS."""
+    read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+    return grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
+
+
+_OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
+
+
+class ObservingInterceptor(grpc.aio.ServerInterceptor):
+    """Binds a request id per call, counts calls by code, and turns a crash into INTERNAL."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or details.method.lstrip("/").startswith(_OPEN_SERVICES):
+            return handler
+        service, _, method = details.method.lstrip("/").rpartition("/")
+        metadata = dict(details.invocation_metadata or ())
+        request_id = str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])
+
+        async def observe(call: Callable[[], Awaitable], context) -> object:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await call()
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except Exception as err:  # noqa: BLE001 - the boundary of one call
+                if context.code() not in (None, grpc.StatusCode.OK):  # an abort
+                    code = context.code()
+                    raise
+                code = grpc.StatusCode.INTERNAL
+                log.exception("rpc_failed", error=repr(err))
+                await context.abort(code, f"internal error (request id {request_id}); the server logged it")
+            finally:
+                if context.code() not in (None, grpc.StatusCode.OK):
+                    code = context.code()
+                GRPC_HANDLED.labels(service, method, code.name).inc()
+                GRPC_SECONDS.labels(service, method).observe(time.perf_counter() - started)
+
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary(request, context):
+                return await observe(lambda: inner(request, context), context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+        if handler.unary_stream:
+            inner_stream = handler.unary_stream
+
+            async def stream(request, context):
+                async def drain():
+                    async for item in inner_stream(request, context):
+                        await context.write(item)
+
+                await observe(drain, context)
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            )
+        return handler
+
+
+Registrar = Callable[[object, grpc.aio.Server], None]
+
+
+class GrpcService:
+    """One aio server with health, reflection and graceful shutdown.
+
+    `services` are (add_XServicer_to_server, servicer, full service name).
+    """
+
+    def __init__(
+        self,
+        services: Iterable[tuple[Registrar, object, str]],
+        *,
+        host: str,
+        port: int,
+        tls: TlsFiles = TlsFiles(),
+        max_message_bytes: int = 4 * 1024 * 1024,
+        grace_seconds: float = 30.0,
+    ) -> None:
+        self._services = list(services)
+        self.host, self.port, self.tls = host, port, tls
+        self.grace_seconds = grace_seconds
+        self.server = grpc.aio.server(
+            interceptors=[ObservingInterceptor()],
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health_aio.HealthServicer()
+
+    async def start(self) -> int:
+        """Binds and starts; returns the bound port (useful when port is 0)."""
+        names = [name for _, _, name in self._services]
+        for register, servicer, _ in self._services:
+            register(servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], self.server)
+        address = f"{self.host}:{self.port}"
+        credentials = server_credentials(self.tls)
+        bound = self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address)
+        if bound == 0:
+            raise OSError(f"cannot bind gRPC port {address}")
+        self.port = bound
+        await self.server.start()
+        for name in ["", *names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("grpc_server_started", address=f"{self.host}:{bound}", tls=self.tls.enabled, mtls=bool(self.tls.client_ca))
+        return bound
+
+    async def stop(self) -> None:
+        """Reports NOT_SERVING, then lets in-flight calls finish within the grace period."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.grace_seconds)
+        log.info("grpc_server_stopped")
+
+    async def serve_until_signalled(self) -> None:
+        """Runs until SIGTERM or SIGINT, then stops gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutdown_requested", grace_seconds=self.grace_seconds)
+        await self.stop()

@@ -1,0 +1,53 @@
+"""The rules of a prompt template, shared by scorer and optimizer.
+
+A template is untrusted text (a client's or an LLM's). It is data, never code:
+it is never passed to `str.format`, whose format specs (`{:>999999999}`) and
+field access (`{0.__class__...}`) would let the text allocate memory or read
+process internals. A valid template holds exactly one `{}` and no other brace;
+`fill` replaces that one placeholder by plain substitution.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+PLACEHOLDER = "{}"
+DEFAULT_MAX_TEMPLATE_BYTES = 1024
+
+
+class TemplateError(ValueError):
+    """A template breaks a rule; the message says which, for a person to fix."""
+
+
+def template_problem(template: str, max_bytes: int = DEFAULT_MAX_TEMPLATE_BYTES) -> str | None:
+    """Returns why `template` is invalid, or None when it is valid."""
+    size = len(template.encode("utf-8", errors="surrogatepass"))
+    if size > max_bytes:
+        return f"template is {size} bytes; the limit is {max_bytes}"
+    if not template.strip():
+        return "template is empty"
+    bad = next((c for c in template if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn")), None)
+    if bad is not None:
+        return f"template contains the control or unassigned character U+{ord(bad):04X}"
+    count = template.count(PLACEHOLDER)
+    if count == 0:
+        return "template has no '{}' placeholder for the class name"
+    if count > 1:
+        return f"template has {count} '{{}}' placeholders; exactly one is allowed"
+    rest = template.replace(PLACEHOLDER, "", 1)
+    if "{" in rest or "}" in rest:
+        return "template has a brace besides its one '{}' (format fields and specs are not allowed)"
+    return None
+
+
+def validate_template(template: str, max_bytes: int = DEFAULT_MAX_TEMPLATE_BYTES) -> str:
+    """Returns the template unchanged, or raises TemplateError naming the problem."""
+    problem = template_problem(template, max_bytes)
+    if problem is not None:
+        raise TemplateError(problem)
+    return template
+
+
+def fill(template: str, class_name: str) -> str:
+    """Puts the class name in place of the one `{}` of a validated template."""
+    return template.replace(PLACEHOLDER, class_name, 1)

@@ -1,0 +1,159 @@
+"""Every setting of the scorer, typed and validated once at start.
+
+Each flag has an environment variable (SCORER_<FLAG>) as its default, so a
+container sets env and a shell passes flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from promptclimb_common.grpc_runtime import TlsFiles
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """A task given on the command line as ID=DIR."""
+
+    task_id: str
+    root: Path
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    model: str = "openai/clip-vit-base-patch32"
+    tasks: tuple[TaskSource, ...] = ()
+    shots: int = 1
+    seed: int = 1
+    split_seed: int = 0
+    test_fraction: float = 0.5
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int = 9101
+    device: str = "auto"
+    dtype: str = "auto"
+    cache_dir: Path = Path(".cache/promptclimb/scorer")
+    tokens_file: str | None = None
+    anonymous_rights: frozenset[str] = frozenset({"score"})
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    max_templates_per_request: int = 256
+    max_template_bytes: int = 1024
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_batch_prompts: int = 4096
+    max_batch_delay_ms: float = 5.0
+    max_queued_prompts: int = 200_000
+    text_cache_bytes: int = 512 * 1024 * 1024
+    image_batch_size: int = 64
+    grace_seconds: float = 30.0
+    log_level: str = "INFO"
+
+
+def _env(name: str, default: object) -> object:
+    return os.environ.get(f"SCORER_{name.upper()}", default)
+
+
+def _task(text: str) -> TaskSource:
+    task_id, sep, root = text.partition("=")
+    if not sep or not task_id or not root:
+        raise argparse.ArgumentTypeError(f"--task wants ID=DIR, got {text!r}")
+    return TaskSource(task_id, Path(root))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ScorerConfig()
+    p = argparse.ArgumentParser(prog="python -m scorer_service", description="Black-box CLIP scorer: templates in, accuracy out.")
+    a = p.add_argument
+    a("--model", default=_env("model", d.model), help="Hugging Face hub id or local directory of a CLIP checkpoint")
+    a("--task", dest="tasks", action="append", type=_task, default=None,
+      help="ID=DIR of an image-folder dataset; repeatable (env SCORER_TASKS: comma-separated)")
+    a("--shots", type=int, default=int(_env("shots", d.shots)), help="K training images per class in the few-shot train split")
+    a("--seed", type=int, default=int(_env("seed", d.seed)), help="seed of the few-shot sample")
+    a("--split-seed", type=int, default=int(_env("split_seed", d.split_seed)),
+      help="seed that splits a dataset without train/ and test/ folders")
+    a("--test-fraction", type=float, default=float(_env("test_fraction", d.test_fraction)),
+      help="share of each class held out as test when a dataset has no test/ folder")
+    a("--host", default=_env("host", d.host), help="address to listen on (0.0.0.0 in a container)")
+    a("--port", type=int, default=int(_env("port", d.port)), help="gRPC port")
+    a("--metrics-port", type=int, default=int(_env("metrics_port", d.metrics_port)), help="Prometheus /metrics port; 0 disables")
+    a("--device", default=_env("device", d.device), help="auto, cpu, cuda or cuda:N")
+    a("--dtype", default=_env("dtype", d.dtype), choices=["auto", "float32", "float16", "bfloat16"],
+      help="auto: bfloat16 (or float16) on GPU, float32 on CPU")
+    a("--cache-dir", type=Path, default=Path(_env("cache_dir", d.cache_dir)), help="on-disk cache of image features")
+    a("--tokens-file", default=_env("tokens_file", d.tokens_file),
+      help="JSON file of bearer tokens; else $PROMPTCLIMB_TOKENS; none: auth off")
+    a("--anonymous-rights", default=_env("anonymous_rights", ",".join(sorted(d.anonymous_rights))),
+      help="rights of callers when auth is off (comma-separated; 'test' opens the test split)")
+    a("--tls-cert", default=_env("tls_cert", None), help="server certificate (PEM); enables TLS")
+    a("--tls-key", default=_env("tls_key", None), help="server private key (PEM)")
+    a("--tls-client-ca", default=_env("tls_client_ca", None), help="CA of client certificates; enables mTLS")
+    a("--max-templates-per-request", type=int, default=int(_env("max_templates_per_request", d.max_templates_per_request)))
+    a("--max-template-bytes", type=int, default=int(_env("max_template_bytes", d.max_template_bytes)))
+    a("--max-message-bytes", type=int, default=int(_env("max_message_bytes", d.max_message_bytes)))
+    a("--max-batch-prompts", type=int, default=int(_env("max_batch_prompts", d.max_batch_prompts)),
+      help="most class prompts the text encoder takes in one batch")
+    a("--max-batch-delay-ms", type=float, default=float(_env("max_batch_delay_ms", d.max_batch_delay_ms)),
+      help="how long a batch waits for concurrent requests to join it")
+    a("--max-queued-prompts", type=int, default=int(_env("max_queued_prompts", d.max_queued_prompts)),
+      help="prompts waiting for the encoder beyond which calls get RESOURCE_EXHAUSTED")
+    a("--text-cache-bytes", type=int, default=int(_env("text_cache_bytes", d.text_cache_bytes)),
+      help="bound of the text-embedding LRU cache")
+    a("--image-batch-size", type=int, default=int(_env("image_batch_size", d.image_batch_size)))
+    a("--grace-seconds", type=float, default=float(_env("grace_seconds", d.grace_seconds)),
+      help="how long SIGTERM waits for in-flight calls")
+    a("--log-level", default=_env("log_level", d.log_level))
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> ScorerConfig:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    tasks = ns.tasks
+    if tasks is None:
+        env_tasks = os.environ.get("SCORER_TASKS", "")
+        tasks = [_task(t) for t in env_tasks.split(",") if t.strip()]
+    if not tasks:
+        parser.error("at least one --task ID=DIR is required")
+    if len({t.task_id for t in tasks}) != len(tasks):
+        parser.error("task ids must be unique")
+    if ns.shots < 1:
+        parser.error("--shots must be at least 1")
+    if not 0 < ns.test_fraction < 1:
+        parser.error("--test-fraction must be between 0 and 1")
+    for name in ("max_templates_per_request", "max_template_bytes", "max_message_bytes", "max_batch_prompts",
+                 "max_queued_prompts", "image_batch_size"):
+        if getattr(ns, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    if ns.tls_client_ca and not ns.tls_cert:
+        parser.error("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+    return ScorerConfig(
+        model=ns.model,
+        tasks=tuple(tasks),
+        shots=ns.shots,
+        seed=ns.seed,
+        split_seed=ns.split_seed,
+        test_fraction=ns.test_fraction,
+        host=ns.host,
+        port=ns.port,
+        metrics_port=ns.metrics_port,
+        device=ns.device,
+        dtype=ns.dtype,
+        cache_dir=ns.cache_dir,
+        tokens_file=ns.tokens_file,
+        anonymous_rights=frozenset(r.strip() for r in ns.anonymous_rights.split(",") if r.strip()),
+        tls=TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca),
+        max_templates_per_request=ns.max_templates_per_request,
+        max_template_bytes=ns.max_template_bytes,
+        max_message_bytes=ns.max_message_bytes,
+        max_batch_prompts=ns.max_batch_prompts,
+        max_batch_delay_ms=ns.max_batch_delay_ms,
+        max_queued_prompts=ns.max_queued_prompts,
+        text_cache_bytes=ns.text_cache_bytes,
+        image_batch_size=ns.image_batch_size,
+        grace_seconds=ns.grace_seconds,
+        log_level=ns.log_level,
+    )
