@@ -1,0 +1,364 @@
+"""Every setting of the optimizer, typed and validated once.
+
+Two kinds live here. `OptimizerConfig` is the process's settings (flags with
+OPTIMIZER_<FLAG> environment defaults, so a container sets env and a shell
+passes flags). `RunSettings` is one run's knobs: the proto RunSpec with its
+zero values replaced by the documented defaults and every knob checked
+against a cap, so a hostile or mistaken spec cannot make a run unbounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb_common.grpc_runtime import TlsFiles
+from promptclimb_common.templates import template_problem
+
+
+# --------------------------------------------------------------------------
+# One run's knobs
+# --------------------------------------------------------------------------
+
+
+class Feedback(str, enum.Enum):
+    POSITIVE_NEGATIVE = "positive_negative"  # the paper's method: good and bad lists
+    POSITIVE_ONLY = "positive_only"  # the paper's ablation: good list only
+
+
+class Conversation(str, enum.Enum):
+    CHAT = "chat"  # one growing chat per reset, later turns carry accuracy feedback
+    STATELESS = "stateless"  # one fresh message per iteration (the authors' code)
+
+
+class InitialPool(str, enum.Enum):
+    BUILTIN = "builtin"
+    GIVEN = "given"
+    LLM = "llm"
+
+
+_FEEDBACK = {pb.FEEDBACK_UNSPECIFIED: Feedback.POSITIVE_NEGATIVE, pb.FEEDBACK_POSITIVE_NEGATIVE: Feedback.POSITIVE_NEGATIVE,
+             pb.FEEDBACK_POSITIVE_ONLY: Feedback.POSITIVE_ONLY}
+_CONVERSATION = {pb.CONVERSATION_MODE_UNSPECIFIED: Conversation.CHAT, pb.CONVERSATION_MODE_CHAT: Conversation.CHAT,
+                 pb.CONVERSATION_MODE_STATELESS: Conversation.STATELESS}
+_POOL = {pb.INITIAL_POOL_UNSPECIFIED: InitialPool.BUILTIN, pb.INITIAL_POOL_BUILTIN: InitialPool.BUILTIN,
+         pb.INITIAL_POOL_GIVEN: InitialPool.GIVEN, pb.INITIAL_POOL_LLM: InitialPool.LLM}
+
+
+class SpecError(ValueError):
+    """A run spec breaks a rule; the message names the field and its allowed range."""
+
+
+@dataclass(frozen=True)
+class Knob:
+    default: int
+    low: int
+    cap: int
+
+
+# (default, smallest, cap) of every integer knob. Caps keep one run's cost bounded.
+KNOBS: dict[str, Knob] = {
+    "initial_pool_size": Knob(20, 1, 256),
+    "restarts": Knob(3, 1, 16),
+    "resets": Knob(2, 1, 10),
+    "iterations": Knob(10, 1, 100),
+    "top_k": Knob(3, 1, 20),
+    "templates_per_call": Knob(4, 1, 32),
+    "report_top": Knob(5, 1, 50),
+}
+MAX_TEXT_FIELD = 256  # task id, model name, label
+MAX_TEMPERATURE = 2.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """A run spec with defaults applied and caps checked; what search.py reads."""
+
+    task_id: str
+    llm_model: str
+    initial_pool: InitialPool = InitialPool.BUILTIN
+    initial_templates: tuple[str, ...] = ()
+    initial_pool_size: int = 20
+    restarts: int = 3
+    resets: int = 2
+    iterations: int = 10
+    top_k: int = 3
+    templates_per_call: int = 4
+    feedback: Feedback = Feedback.POSITIVE_NEGATIVE
+    conversation: Conversation = Conversation.CHAT
+    show_accuracies: bool = True
+    temperature: float = 1.0
+    max_llm_calls: int = 0
+    max_llm_tokens: int = 0
+    max_scored_templates: int = 0
+    max_wall_seconds: float = 0.0
+    report_top: int = 5
+    seed: int = 0
+    label: str = ""
+
+    @property
+    def iterations_total(self) -> int:
+        return self.restarts * self.resets * self.iterations
+
+    @classmethod
+    def from_proto(cls, spec: pb.RunSpec, default_model: str) -> RunSettings:
+        """Applies defaults and caps; raises SpecError naming the first bad field."""
+        for name in ("task_id", "llm_model", "label"):
+            if len(getattr(spec, name)) > MAX_TEXT_FIELD:
+                raise SpecError(f"{name} is longer than {MAX_TEXT_FIELD} characters")
+        if not spec.task_id.strip():
+            raise SpecError("task_id is required (see the scorer's ListTasks)")
+        model = spec.llm_model or default_model
+        if not model:
+            raise SpecError("llm_model is empty and the service has no default model (--llm-model)")
+        knobs = {}
+        for name, knob in KNOBS.items():
+            value = getattr(spec, name) or knob.default
+            if not knob.low <= value <= knob.cap:
+                raise SpecError(f"{name}={value} is out of range; allowed {knob.low}..{knob.cap} (0 takes the default {knob.default})")
+            knobs[name] = value
+        for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
+            if getattr(spec, name) < 0:
+                raise SpecError(f"{name} must be >= 0 (0 means no limit)")
+        if not (spec.max_wall_seconds >= 0 and math.isfinite(spec.max_wall_seconds)):
+            raise SpecError("max_wall_seconds must be a finite number >= 0 (0 means no limit)")
+        temperature = spec.temperature if spec.HasField("temperature") else 1.0
+        if not 0.0 <= temperature <= MAX_TEMPERATURE:
+            raise SpecError(f"temperature={temperature} is out of range; allowed 0..{MAX_TEMPERATURE}")
+        pool = _enum(_POOL, spec.initial_pool, "initial_pool")
+        given = tuple(spec.initial_templates)
+        if pool is InitialPool.GIVEN:
+            if not given:
+                raise SpecError("initial_pool=GIVEN needs initial_templates")
+            if len(given) > KNOBS["initial_pool_size"].cap:
+                raise SpecError(f"initial_templates holds {len(given)}; allowed at most {KNOBS['initial_pool_size'].cap}")
+            for index, template in enumerate(given):
+                problem = template_problem(template)
+                if problem:
+                    raise SpecError(f"initial_templates[{index}]: {problem}")
+        elif given:
+            raise SpecError("initial_templates is only used with initial_pool=GIVEN")
+        return cls(
+            task_id=spec.task_id,
+            llm_model=model,
+            initial_pool=pool,
+            initial_templates=given,
+            feedback=_enum(_FEEDBACK, spec.feedback, "feedback"),
+            conversation=_enum(_CONVERSATION, spec.conversation, "conversation"),
+            show_accuracies=not spec.hide_accuracies,
+            temperature=temperature,
+            max_llm_calls=spec.max_llm_calls,
+            max_llm_tokens=spec.max_llm_tokens,
+            max_scored_templates=spec.max_scored_templates,
+            max_wall_seconds=spec.max_wall_seconds,
+            seed=spec.seed,
+            label=spec.label,
+            **knobs,
+        )
+
+    def to_proto(self) -> pb.RunSpec:
+        """The effective spec, defaults filled in, as GetRun reports it."""
+        values = asdict(self)
+        values["initial_pool"] = _key(_POOL, self.initial_pool)
+        values["feedback"] = _key(_FEEDBACK, self.feedback)
+        values["conversation"] = _key(_CONVERSATION, self.conversation)
+        values["hide_accuracies"] = not values.pop("show_accuracies")
+        return pb.RunSpec(**values)
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "initial_templates": list(self.initial_templates)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> RunSettings:
+        return cls(**{**data, "initial_pool": InitialPool(data["initial_pool"]), "feedback": Feedback(data["feedback"]),
+                      "conversation": Conversation(data["conversation"]),
+                      "initial_templates": tuple(data["initial_templates"])})
+
+
+def _enum(table: dict, value: int, name: str):
+    if value not in table:
+        raise SpecError(f"{name}={value} is not a known value")
+    return table[value]
+
+
+def _key(table: dict, member) -> int:
+    return next(k for k, v in table.items() if v is member and k != 0)
+
+
+# --------------------------------------------------------------------------
+# The process's settings
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Price:
+    """US dollars per million prompt and completion tokens."""
+
+    prompt_per_mtok: float = 0.0
+    completion_per_mtok: float = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.prompt_per_mtok + completion_tokens * self.completion_per_mtok) / 1e6
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    base_url: str = "http://127.0.0.1:8080/v1"
+    model: str = ""
+    api_key: str = field(default="", repr=False)
+    concurrency: int = 4
+    timeout_s: float = 120.0
+    max_attempts: int = 5
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    max_completion_tokens: int = 512
+    price: Price = field(default_factory=Price)
+    cache: bool = True
+
+
+@dataclass(frozen=True)
+class ScorerSettings:
+    address: str = "127.0.0.1:50051"
+    token: str = field(default="", repr=False)
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    deadline_s: float = 60.0
+    grace_s: float = 300.0
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert)
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50052
+    metrics_port: int = 9102
+    state_dir: Path = Path(".cache/promptclimb/optimizer")
+    scorer: ScorerSettings = field(default_factory=ScorerSettings)
+    llm: LlmSettings = field(default_factory=LlmSettings)
+    tokens_file: str | None = None
+    anonymous_rights: frozenset[str] = frozenset({"run"})
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    max_active_runs: int = 4
+    grace_seconds: float = 30.0
+    log_level: str = "INFO"
+
+
+def _env(name: str, default: object) -> object:
+    return os.environ.get(f"OPTIMIZER_{name.upper()}", default)
+
+
+def _flag(value: str) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _price(text: str) -> Price:
+    if not text:
+        return Price()
+    try:
+        prompt, completion = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--llm-price wants PROMPT,COMPLETION in USD per million tokens, got {text!r}") from None
+    if prompt < 0 or completion < 0:
+        raise argparse.ArgumentTypeError("--llm-price values must be >= 0")
+    return Price(prompt, completion)
+
+
+def add_connection_args(p: argparse.ArgumentParser, *, state_dir_default: Path | None) -> None:
+    """Flags both `serve` and `run` take: state, scorer, LLM endpoint."""
+    d, s, llm = OptimizerConfig(), ScorerSettings(), LlmSettings()
+    a = p.add_argument
+    a("--state-dir", type=Path, default=_env("state_dir", state_dir_default),
+      help="directory of the SQLite state (runs, pool, conversations, LLM response cache)")
+    a("--scorer", default=_env("scorer", s.address), help="HOST:PORT of the scorer")
+    a("--scorer-token-env", default=_env("scorer_token_env", "SCORER_TOKEN"),
+      help="name of the environment variable holding the scorer bearer token")
+    a("--scorer-tls-ca", default=_env("scorer_tls_ca", None), help="CA (PEM) of the scorer's certificate; enables TLS")
+    a("--scorer-tls-cert", default=_env("scorer_tls_cert", None), help="client certificate (PEM) for a scorer with mTLS")
+    a("--scorer-tls-key", default=_env("scorer_tls_key", None), help="client key (PEM) for a scorer with mTLS")
+    a("--scorer-deadline-s", type=float, default=float(_env("scorer_deadline_s", s.deadline_s)), help="deadline of one Score call")
+    a("--scorer-grace-s", type=float, default=float(_env("scorer_grace_s", s.grace_s)),
+      help="how long the scorer may stay unreachable before a run fails (it stays resumable)")
+    a("--llm-base-url", default=_env("llm_base_url", llm.base_url), help="OpenAI-compatible endpoint, e.g. http://host:8080/v1")
+    a("--llm-model", default=_env("llm_model", llm.model), help="chat model name (a run's spec may override it)")
+    a("--llm-concurrency", type=int, default=int(_env("llm_concurrency", llm.concurrency)), help="most LLM calls in flight")
+    a("--llm-timeout-s", type=float, default=float(_env("llm_timeout_s", llm.timeout_s)), help="timeout of one LLM call")
+    a("--llm-max-attempts", type=int, default=int(_env("llm_max_attempts", llm.max_attempts)),
+      help="attempts per LLM call on 429/5xx/timeouts/malformed replies")
+    a("--llm-backoff-initial-s", type=float, default=float(_env("llm_backoff_initial_s", llm.backoff_initial_s)))
+    a("--llm-backoff-max-s", type=float, default=float(_env("llm_backoff_max_s", llm.backoff_max_s)),
+      help="longest wait between attempts, Retry-After included")
+    a("--llm-max-completion-tokens", type=int, default=int(_env("llm_max_completion_tokens", llm.max_completion_tokens)))
+    a("--llm-price", type=_price, default=_price(str(_env("llm_price", ""))),
+      help="PROMPT,COMPLETION in USD per million tokens, to report cost")
+    a("--llm-cache", type=_flag, default=_flag(str(_env("llm_cache", "true"))),
+      help="reuse stored LLM replies for identical requests (true/false)")
+    a("--log-level", default=_env("log_level", d.log_level))
+
+
+def connection_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> tuple[ScorerSettings, LlmSettings]:
+    """Validates the connection flags; secrets come from the environment only."""
+    if ns.llm_concurrency < 1 or ns.llm_max_attempts < 1 or ns.llm_max_completion_tokens < 1:
+        p.error("--llm-concurrency, --llm-max-attempts and --llm-max-completion-tokens must be at least 1")
+    if min(ns.llm_timeout_s, ns.scorer_deadline_s) <= 0 or min(ns.scorer_grace_s, ns.llm_backoff_initial_s) < 0:
+        p.error("timeouts must be > 0 and grace/backoff >= 0")
+    if bool(ns.scorer_tls_cert) != bool(ns.scorer_tls_key):
+        p.error("--scorer-tls-cert and --scorer-tls-key go together")
+    scorer = ScorerSettings(
+        address=ns.scorer, token=os.environ.get(ns.scorer_token_env, ""), tls_ca=ns.scorer_tls_ca,
+        tls_cert=ns.scorer_tls_cert, tls_key=ns.scorer_tls_key, deadline_s=ns.scorer_deadline_s, grace_s=ns.scorer_grace_s,
+    )
+    llm = LlmSettings(
+        base_url=ns.llm_base_url, model=ns.llm_model, api_key=os.environ.get("OPENAI_API_KEY", ""),
+        concurrency=ns.llm_concurrency, timeout_s=ns.llm_timeout_s, max_attempts=ns.llm_max_attempts,
+        backoff_initial_s=ns.llm_backoff_initial_s, backoff_max_s=ns.llm_backoff_max_s,
+        max_completion_tokens=ns.llm_max_completion_tokens, price=ns.llm_price, cache=ns.llm_cache,
+    )
+    if not llm.api_key:
+        p.error("OPENAI_API_KEY is empty; set it (any placeholder works for a local endpoint)")
+    return scorer, llm
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    d = OptimizerConfig()
+    add_connection_args(p, state_dir_default=d.state_dir)
+    a = p.add_argument
+    a("--host", default=_env("host", d.host), help="address to listen on (0.0.0.0 in a container)")
+    a("--port", type=int, default=int(_env("port", d.port)), help="gRPC port")
+    a("--metrics-port", type=int, default=int(_env("metrics_port", d.metrics_port)), help="Prometheus /metrics port; 0 disables")
+    a("--tokens-file", default=_env("tokens_file", d.tokens_file),
+      help="JSON file of bearer tokens for this API; else $PROMPTCLIMB_TOKENS; none: auth off")
+    a("--anonymous-rights", default=_env("anonymous_rights", ",".join(sorted(d.anonymous_rights))),
+      help="rights of callers when auth is off (comma-separated)")
+    a("--tls-cert", default=_env("tls_cert", None), help="server certificate (PEM); enables TLS")
+    a("--tls-key", default=_env("tls_key", None), help="server private key (PEM)")
+    a("--tls-client-ca", default=_env("tls_client_ca", None), help="CA of client certificates; enables mTLS")
+    a("--max-active-runs", type=int, default=int(_env("max_active_runs", d.max_active_runs)),
+      help="runs that search at once; more wait as PENDING")
+    a("--grace-seconds", type=float, default=float(_env("grace_seconds", d.grace_seconds)),
+      help="how long SIGTERM waits for in-flight calls")
+
+
+def serve_config(p: argparse.ArgumentParser, ns: argparse.Namespace) -> OptimizerConfig:
+    scorer, llm = connection_settings(p, ns)
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if ns.tls_client_ca and not ns.tls_cert:
+        p.error("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+    if ns.max_active_runs < 1:
+        p.error("--max-active-runs must be at least 1")
+    return OptimizerConfig(
+        host=ns.host, port=ns.port, metrics_port=ns.metrics_port, state_dir=ns.state_dir, scorer=scorer, llm=llm,
+        tokens_file=ns.tokens_file,
+        anonymous_rights=frozenset(r.strip() for r in ns.anonymous_rights.split(",") if r.strip()),
+        tls=TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca), max_active_runs=ns.max_active_runs,
+        grace_seconds=ns.grace_seconds, log_level=ns.log_level,
+    )

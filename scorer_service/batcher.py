@@ -1,0 +1,129 @@
+"""Dynamic batching: concurrent Score calls share text-encoder batches.
+
+The encoder is far more efficient on one large batch than on many small ones,
+so a call's prompts wait up to `max_delay_s` for other calls to join. The
+queue is bounded in prompts: beyond it a call is refused (QueueFullError),
+never left to grow memory without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import structlog
+import torch
+
+from scorer_service import metrics
+
+log = structlog.get_logger(__name__)
+
+
+class QueueFullError(RuntimeError):
+    """More prompts are waiting than the server accepts; the caller should retry later."""
+
+
+@dataclass
+class _Job:
+    prompts: Sequence[str]
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+class TextEncodeBatcher:
+    """Runs `encode(prompts) -> embeddings` on one worker thread, on merged batches."""
+
+    def __init__(
+        self,
+        encode: Callable[[Sequence[str]], torch.Tensor],
+        max_batch_prompts: int,
+        max_delay_s: float,
+        max_queued_prompts: int,
+    ) -> None:
+        self._encode = encode
+        self.max_batch_prompts = max_batch_prompts
+        self.max_delay_s = max_delay_s
+        self.max_queued_prompts = max_queued_prompts
+        self._jobs: deque[_Job] = deque()
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="text-encoder")
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="text-encode-batcher")
+
+    async def close(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Embeddings of `prompts`, in order, computed in a shared batch."""
+        if not prompts:
+            raise ValueError("no prompts to encode")
+        if self._queued + len(prompts) > self.max_queued_prompts:
+            raise QueueFullError(
+                f"{self._queued} class prompts are already waiting for the encoder (limit {self.max_queued_prompts})"
+            )
+        job = _Job(prompts, asyncio.get_running_loop().create_future())
+        self._jobs.append(job)
+        self._set_queued(self._queued + len(prompts))
+        self._wakeup.set()
+        return await job.future
+
+    def _set_queued(self, value: int) -> None:
+        self._queued = value
+        metrics.QUEUED_PROMPTS.set(value)
+
+    def _take_batch(self) -> list[_Job]:
+        batch, size = [], 0
+        while self._jobs and (not batch or size + len(self._jobs[0].prompts) <= self.max_batch_prompts):
+            job = self._jobs.popleft()
+            batch.append(job)
+            size += len(job.prompts)
+        self._set_queued(self._queued - size)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._jobs:
+                if self._queued < self.max_batch_prompts and self.max_delay_s > 0:
+                    await asyncio.sleep(self.max_delay_s)  # let concurrent calls join this batch
+                batch = [job for job in self._take_batch() if not job.future.done()]
+                if not batch:
+                    continue
+                prompts = [p for job in batch for p in job.prompts]
+                now = time.perf_counter()
+                for job in batch:
+                    metrics.QUEUE_WAIT.observe(now - job.enqueued)
+                metrics.BATCH_PROMPTS.observe(len(prompts))
+                metrics.BATCH_REQUESTS.observe(len(batch))
+                try:
+                    embeddings = await loop.run_in_executor(self._executor, self._timed_encode, prompts)
+                except Exception as err:  # noqa: BLE001 - fail this batch's calls, keep serving
+                    log.exception("text_encode_failed", prompts=len(prompts))
+                    for job in batch:
+                        if not job.future.done():
+                            job.future.set_exception(err)
+                    continue
+                start = 0
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_result(embeddings[start : start + len(job.prompts)])
+                    start += len(job.prompts)
+
+    def _timed_encode(self, prompts: list[str]) -> torch.Tensor:
+        started = time.perf_counter()
+        try:
+            return self._encode(prompts)
+        finally:
+            metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)

@@ -1,0 +1,131 @@
+"""Template accuracy: fill, encode (cache first), classify, count.
+
+Only counts leave this module. A template's class prompts are embedded (from
+the LRU cache where possible, otherwise through the shared batcher), compared
+with the split's image features, and the argmax over classes is checked
+against the labels.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import structlog
+import torch
+
+from promptclimb_common.templates import fill, template_problem
+from scorer_service import metrics
+from scorer_service.batcher import TextEncodeBatcher
+from scorer_service.datasets import Task
+from scorer_service.features import SplitFeatures
+from scorer_service.model import ClipEncoder
+
+log = structlog.get_logger(__name__)
+
+
+class TextEmbeddingCache:
+    """LRU cache of prompt embeddings, bounded in bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, prompt: str) -> torch.Tensor | None:
+        embedding = self._entries.get(prompt)
+        if embedding is not None:
+            self._entries.move_to_end(prompt)
+        return embedding
+
+    def put(self, prompt: str, embedding: torch.Tensor) -> None:
+        size = embedding.numel() * embedding.element_size() + len(prompt)
+        if size > self.max_bytes or prompt in self._entries:
+            return
+        self._entries[prompt] = embedding
+        self.bytes += size
+        while self.bytes > self.max_bytes:
+            old_prompt, old = self._entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size() + len(old_prompt)
+        metrics.TEXT_CACHE_BYTES.set(self.bytes)
+        metrics.TEXT_CACHE_ENTRIES.set(len(self._entries))
+
+
+@dataclass(frozen=True)
+class TemplateScore:
+    template: str
+    correct: int = 0
+    total: int = 0
+    error: str = ""
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
+class TemplateScorer:
+    """Scores templates on a task split; owns the text cache and the validity rules."""
+
+    def __init__(self, encoder: ClipEncoder, batcher: TextEncodeBatcher, cache: TextEmbeddingCache, max_template_bytes: int) -> None:
+        self.encoder = encoder
+        self.batcher = batcher
+        self.cache = cache
+        self.max_template_bytes = max_template_bytes
+
+    def _problem(self, template: str, prompts: list[str]) -> str | None:
+        problem = template_problem(template, self.max_template_bytes)
+        if problem:
+            return problem
+        unseen = [p for p in prompts if self.cache.get(p) is None]
+        if unseen:
+            lengths = self.encoder.token_lengths(unseen)
+            longest = max(range(len(unseen)), key=lengths.__getitem__)
+            if lengths[longest] > self.encoder.context_length:
+                return (
+                    f"template fills to {lengths[longest]} tokens (for {unseen[longest]!r}); "
+                    f"the model reads at most {self.encoder.context_length}"
+                )
+        return None
+
+    async def score(self, task: Task, split: str, features: SplitFeatures, templates: list[str]) -> list[TemplateScore]:
+        """One TemplateScore per template, in order; invalid templates carry `error`."""
+        prompts_of = {t: [fill(t, c) for c in task.class_names] for t in dict.fromkeys(templates)}
+        problems = {t: self._problem(t, prompts) for t, prompts in prompts_of.items()}
+        valid = [t for t in prompts_of if problems[t] is None]
+        embedding_of = await self._embeddings([p for t in valid for p in prompts_of[t]])
+        correct_of = self._count_correct([torch.stack([embedding_of[p] for p in prompts_of[t]]) for t in valid], features)
+        correct = dict(zip(valid, correct_of, strict=True))
+        metrics.TEMPLATES_SCORED.labels(task.task_id, split).inc(len(valid))
+        metrics.TEMPLATES_REJECTED.labels(task.task_id).inc(len(prompts_of) - len(valid))
+        return [
+            TemplateScore(t, correct[t], features.size) if problems[t] is None else TemplateScore(t, error=problems[t])
+            for t in templates
+        ]
+
+    async def _embeddings(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Embeddings of the distinct prompts: cached ones, plus the rest encoded in one batch call."""
+        found = {p: self.cache.get(p) for p in dict.fromkeys(prompts)}
+        missing = [p for p, embedding in found.items() if embedding is None]
+        metrics.TEXT_CACHE_HITS.inc(len(found) - len(missing))
+        metrics.TEXT_CACHE_MISSES.inc(len(missing))
+        if missing:
+            for prompt, embedding in zip(missing, await self.batcher.encode(missing), strict=True):
+                found[prompt] = embedding
+                self.cache.put(prompt, embedding)
+        return found
+
+    @staticmethod
+    @torch.inference_mode()
+    def _count_correct(class_embeddings: list[torch.Tensor], features: SplitFeatures, image_chunk: int = 8192) -> list[int]:
+        """Correct zero-shot predictions per template, in image chunks to bound memory."""
+        counts = []
+        for embeddings in class_embeddings:  # [classes, dim]
+            correct = 0
+            for start in range(0, features.size, image_chunk):
+                logits = features.features[start : start + image_chunk] @ embeddings.T
+                correct += int((logits.argmax(dim=-1) == features.labels[start : start + image_chunk]).sum())
+            counts.append(correct)
+        return counts

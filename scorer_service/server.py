@@ -1,0 +1,163 @@
+"""The Scorer gRPC service: validation, auth and status codes around TemplateScorer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import structlog
+from prometheus_client import start_http_server
+
+from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.auth import Authenticator, load_tokens
+from promptclimb_common.grpc_runtime import GrpcService
+from scorer_service import metrics
+from scorer_service.batcher import QueueFullError, TextEncodeBatcher
+from scorer_service.config import ScorerConfig
+from scorer_service.datasets import TEST, TRAIN, Task, build_task, load_image_folder
+from scorer_service.features import SplitFeatures, load_split_features
+from scorer_service.model import ClipEncoder, load_clip
+from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
+SPLIT_NAMES = {scorer_pb2.SPLIT_UNSPECIFIED: TRAIN, scorer_pb2.SPLIT_TRAIN: TRAIN, scorer_pb2.SPLIT_TEST: TEST}
+SPLIT_ENUMS = {TRAIN: scorer_pb2.SPLIT_TRAIN, TEST: scorer_pb2.SPLIT_TEST}
+QUEUE_RETRY_SECONDS = 1.0
+
+
+class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
+    def __init__(
+        self,
+        tasks: dict[str, Task],
+        features: dict[tuple[str, str], SplitFeatures],
+        scorer: TemplateScorer,
+        auth: Authenticator,
+        max_templates_per_request: int,
+    ) -> None:
+        self.tasks = tasks
+        self.features = features
+        self.scorer = scorer
+        self.auth = auth
+        self.max_templates_per_request = max_templates_per_request
+
+    async def ListTasks(self, request, context):
+        await self.auth.require(context, "score")
+        return scorer_pb2.ListTasksResponse(tasks=[self._task_info(task) for task in self.tasks.values()])
+
+    def _task_info(self, task: Task) -> scorer_pb2.TaskInfo:
+        return scorer_pb2.TaskInfo(
+            task_id=task.task_id,
+            class_names=task.class_names,
+            num_classes=len(task.class_names),
+            splits=[scorer_pb2.SplitInfo(split=SPLIT_ENUMS[name], num_images=len(images)) for name, images in task.splits.items()],
+            model_name=self.scorer.encoder.name,
+            shots=task.shots,
+            seed=task.seed,
+            context_length=self.scorer.encoder.context_length,
+        )
+
+    async def Score(self, request, context):
+        await self.auth.require(context, "test" if request.split == scorer_pb2.SPLIT_TEST else "score")
+        split = SPLIT_NAMES.get(request.split)
+        if split is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown split {request.split}; use SPLIT_TRAIN or SPLIT_TEST")
+        task = self.tasks.get(request.task_id)
+        if task is None:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown task_id {request.task_id!r}; this server has: {known}")
+        count = len(request.templates)
+        if count == 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no templates to score: send at least one")
+        if count > self.max_templates_per_request:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{count} templates in one request; the limit is {self.max_templates_per_request}: split the request",
+            )
+        structlog.contextvars.bind_contextvars(task=task.task_id, split=split, templates=count)
+        try:
+            scores = await self.scorer.score(task, split, self.features[task.task_id, split], list(request.templates))
+        except QueueFullError as err:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"server busy: {err}; retry in {QUEUE_RETRY_SECONDS:.0f} s",
+                trailing_metadata=(("retry-after-s", f"{QUEUE_RETRY_SECONDS:.3f}"),),
+            )
+        log.info("scored", invalid=sum(1 for s in scores if s.error))
+        return scorer_pb2.ScoreResponse(
+            split=SPLIT_ENUMS[split],
+            results=[
+                scorer_pb2.TemplateScore(template=s.template, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error)
+                for s in scores
+            ],
+        )
+
+
+def load_tasks(config: ScorerConfig, encoder: ClipEncoder) -> tuple[dict[str, Task], dict[tuple[str, str], SplitFeatures]]:
+    """Builds every task and loads (or computes) its image features."""
+    identity = encoder.identity()
+    tasks, features = {}, {}
+    for source in config.tasks:
+        dataset = load_image_folder(source.root, config.split_seed, config.test_fraction)
+        task = build_task(source.task_id, dataset, config.shots, config.seed)
+        tasks[task.task_id] = task
+        for split, images in task.splits.items():
+            features[task.task_id, split] = load_split_features(
+                encoder, identity, images, config.cache_dir, config.image_batch_size, f"{task.task_id}/{split}"
+            )
+        log.info("task_ready", task=task.task_id, classes=len(task.class_names),
+                 **{f"{split}_images": len(images) for split, images in task.splits.items()})
+    return tasks, features
+
+
+class ScorerApp:
+    """The whole scorer process: model, tasks, batcher, gRPC server, metrics endpoint."""
+
+    def __init__(self, config: ScorerConfig) -> None:
+        self.config = config
+        self.service: GrpcService | None = None
+        self.batcher: TextEncodeBatcher | None = None
+
+    async def start(self) -> int:
+        """Loads everything, then serves; returns the bound gRPC port."""
+        config = self.config
+        auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights)
+        encoder = await asyncio.to_thread(load_clip, config.model, config.device, config.dtype)
+        metrics.MODEL_INFO.info(
+            {"model": config.model, "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch.")}
+        )
+        tasks, features = await asyncio.to_thread(load_tasks, config, encoder)
+        self.batcher = TextEncodeBatcher(
+            encoder.encode_text, config.max_batch_prompts, config.max_batch_delay_ms / 1000, config.max_queued_prompts
+        )
+        self.batcher.start()
+        scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes)
+        servicer = ScorerServicer(tasks, features, scorer, auth, config.max_templates_per_request)
+        if config.metrics_port:
+            start_http_server(config.metrics_port, addr=config.host)
+            log.info("metrics_serving", port=config.metrics_port)
+        self.service = GrpcService(
+            [(scorer_pb2_grpc.add_ScorerServicer_to_server, servicer, SERVICE_NAME)],
+            host=config.host,
+            port=config.port,
+            tls=config.tls,
+            max_message_bytes=config.max_message_bytes,
+            grace_seconds=config.grace_seconds,
+        )
+        log.info("auth", enabled=auth.enabled, anonymous_rights=sorted(config.anonymous_rights) if not auth.enabled else [])
+        return await self.service.start()
+
+    async def stop(self) -> None:
+        if self.service:
+            await self.service.stop()
+        if self.batcher:
+            await self.batcher.close()
+
+    async def run_until_signalled(self) -> None:
+        await self.start()
+        try:
+            await self.service.serve_until_signalled()
+        finally:
+            if self.batcher:
+                await self.batcher.close()
