@@ -1,0 +1,88 @@
+# syntax=docker/dockerfile:1
+# promptclimb scorer: CLIP on a GPU behind gRPC ("templates in, accuracy out").
+#
+# Build from the repository root:
+#   docker build -f deploy/docker/scorer.Dockerfile -t promptclimb/scorer:0.1.0 .
+# Bake a model in at build time (the only step that reaches the network; the
+# revision must be a commit so the image is reproducible):
+#   docker build -f deploy/docker/scorer.Dockerfile \
+#     --build-arg MODEL_ID=openai/clip-vit-base-patch32 --build-arg MODEL_REVISION=<commit sha> \
+#     -t promptclimb/scorer:0.1.0-vitb32 .
+#   (MODEL_ID=random:tiny bakes a random-weight checkpoint, for smoke tests only.)
+# Otherwise mount a Hugging Face checkpoint directory at /models/clip (read-only).
+#
+# The torch in the base image must be the torch pinned in pyproject.toml; the
+# build fails if it is not. deploy/check.py checks the tag against the pin.
+ARG PYTORCH_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime
+
+# ---- build: dependencies into a venv that sees the base image's torch ----
+FROM ${PYTORCH_IMAGE} AS build
+ARG TORCH_VERSION=2.13.0
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '${TORCH_VERSION}' else f'base image has torch {v}, pyproject.toml pins ${TORCH_VERSION}')"
+WORKDIR /src
+COPY pyproject.toml ./
+COPY deploy/docker/build-requirements.txt ./deploy/docker/
+# Every pin of pyproject.toml except torch, which the base image provides.
+RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('torch==')))" > /tmp/scorer-requirements.txt \
+ && python -m venv --system-site-packages /opt/venv \
+ && /opt/venv/bin/pip install -r /tmp/scorer-requirements.txt \
+ && python -m venv /opt/buildtools \
+ && /opt/buildtools/bin/pip install -r deploy/docker/build-requirements.txt
+COPY protos ./protos
+RUN mkdir -p /opt/gen \
+ && /opt/buildtools/bin/python -m grpc_tools.protoc -Iprotos --python_out=/opt/gen --pyi_out=/opt/gen --grpc_python_out=/opt/gen \
+      $(find protos -name '*.proto')
+
+# ---- model: optionally baked in; an empty /models/clip otherwise ----
+FROM build AS model
+ARG MODEL_ID=""
+ARG MODEL_REVISION=""
+COPY promptclimb_common /app/promptclimb_common
+COPY scorer_service /app/scorer_service
+RUN mkdir -p /models/clip && set -e; \
+    case "${MODEL_ID}" in \
+      "") echo "no model baked in: mount one at /models/clip" ;; \
+      random:*) cd /app && /opt/venv/bin/python -m scorer_service.random_clip /models/clip --shape "${MODEL_ID#random:}" ;; \
+      *) test -n "${MODEL_REVISION}" || { echo "MODEL_REVISION (a commit sha) is required with MODEL_ID" >&2; exit 1; }; \
+         /opt/venv/bin/python -c "import sys; from huggingface_hub import snapshot_download; snapshot_download(sys.argv[1], revision=sys.argv[2], local_dir='/models/clip', allow_patterns=['*.json', '*.txt', '*.safetensors'])" \
+           "${MODEL_ID}" "${MODEL_REVISION}" ;; \
+    esac
+
+# ---- runtime ----
+FROM ${PYTORCH_IMAGE} AS runtime
+RUN groupadd --system --gid 10001 promptclimb \
+ && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin promptclimb \
+ && mkdir -p /var/cache/promptclimb && chown 10001:10001 /var/cache/promptclimb
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/gen /app/gen
+COPY --from=model /models /models
+COPY promptclimb_common /app/promptclimb_common
+COPY scorer_service /app/scorer_service
+COPY deploy/docker/healthcheck.py /app/healthcheck.py
+# Offline at run time: the model comes from /models/clip, never from the hub.
+# Writable places are /tmp and the feature cache; the root filesystem can be read-only.
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app:/app/gen \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
+    HF_HUB_DISABLE_TELEMETRY=1 \
+    HF_HOME=/tmp/hf \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
+    SCORER_HOST=0.0.0.0 \
+    SCORER_PORT=50051 \
+    SCORER_METRICS_PORT=9101 \
+    SCORER_MODEL=/models/clip \
+    SCORER_CACHE_DIR=/var/cache/promptclimb \
+    HEALTHCHECK_PORT=50051
+WORKDIR /app
+USER 10001:10001
+EXPOSE 50051 9101
+VOLUME ["/var/cache/promptclimb"]
+STOPSIGNAL SIGTERM
+# Loading the model and encoding the images takes a while on first start.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 CMD ["python", "/app/healthcheck.py"]
+ENTRYPOINT ["python", "-m", "scorer_service"]

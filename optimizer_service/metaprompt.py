@@ -1,0 +1,114 @@
+"""The messages the LLM is sent: the paper's meta-prompt and its chat feedback.
+
+An ask shows the good templates (top-k) and, with positive+negative feedback,
+the bad ones (bottom-k), then states the requirements: exactly one `{}`, short,
+one per line. In chat mode the next user turn first reports how the last
+templates did ("the accuracy of <template> is now X%"), then asks again with
+the updated lists. With accuracies hidden, the LLM learns only the ranking.
+
+Templates come from an LLM and are data: they are joined into the text, never
+used as a format string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from optimizer_service.config import Feedback
+from optimizer_service.pool import Candidate
+
+Message = dict[str, str]
+
+SYSTEM = (
+    "You are an expert in writing prompt templates for CLIP zero-shot image classification. "
+    "You answer with templates only."
+)
+MAX_CLASS_NAMES_SHOWN = 30
+
+
+def _requirements(count: int) -> str:
+    noun = "template" if count == 1 else f"{count} templates"
+    return "\n".join(
+        [
+            "Requirements:",
+            "- keep exactly one {} where the class name goes, and no other braces;",
+            "- fewer than 15 words, similar in structure to the good templates;",
+            f"- answer with the {noun} only, one per line, each line starting with \"- \".",
+        ]
+    )
+
+
+def _percent(accuracy: float) -> str:
+    return f"{100 * accuracy:.1f}%"
+
+
+@dataclass(frozen=True)
+class MetaPrompt:
+    task_name: str
+    feedback: Feedback
+    show_accuracies: bool
+    templates_per_call: int
+
+    def _listing(self, candidates: Sequence[Candidate]) -> str:
+        if self.show_accuracies:
+            return "\n".join(f"- {c.template} (accuracy {_percent(c.accuracy)})" for c in candidates)
+        return "\n".join(f"- {c.template}" for c in candidates)
+
+    def ask(self, good: Sequence[Candidate], bad: Sequence[Candidate]) -> str:
+        """The request for new templates, given the current good and bad lists."""
+        parts = [f"Here are templates that work well for this task{', best first' if self.show_accuracies else ''}:",
+                 self._listing(good)]
+        if self.feedback is Feedback.POSITIVE_NEGATIVE and bad:
+            parts += ["Here are templates that work poorly:", self._listing(bad)]
+            wish = "better than the good templates and unlike the poor ones"
+        else:
+            wish = "better than these"
+        count = self.templates_per_call
+        parts += [f"Write {'a new template' if count == 1 else f'{count} new templates'} {wish}.", _requirements(count)]
+        return "\n\n".join(parts)
+
+    def opening(self, good: Sequence[Candidate], bad: Sequence[Candidate]) -> list[Message]:
+        """The first messages of a conversation (or the only ones, in stateless mode)."""
+        intro = (
+            f"I classify images of the task \"{self.task_name}\" with CLIP by filling a prompt template "
+            "with each class name, for example \"a photo of a {}.\" becomes \"a photo of a dog.\". "
+            "Help me find the template with the highest accuracy."
+        )
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": intro + "\n\n" + self.ask(good, bad)}]
+
+    def follow_up(self, results: Sequence[Candidate], unusable: int, good: Sequence[Candidate], bad: Sequence[Candidate]) -> Message:
+        """The next chat turn: how the last templates did, then a fresh ask."""
+        lines = []
+        good_keys = {c.sequence for c in good}
+        bad_keys = {c.sequence for c in bad}
+        for candidate in results:
+            if self.show_accuracies:
+                lines.append(f"The accuracy of \"{candidate.template}\" is now {_percent(candidate.accuracy)}.")
+            elif candidate.sequence in good_keys:
+                lines.append(f"\"{candidate.template}\" is now among the best templates.")
+            elif candidate.sequence in bad_keys:
+                lines.append(f"\"{candidate.template}\" is among the worst templates.")
+            else:
+                lines.append(f"\"{candidate.template}\" did not beat the best templates.")
+        if unusable:
+            lines.append(f"{unusable} of your lines repeated a template already tried or broke the requirements.")
+        if not lines:
+            lines.append("Your last answer held no usable template.")
+        return {"role": "user", "content": "\n".join(lines) + "\n\n" + self.ask(good, bad)}
+
+
+def initial_pool_messages(task_name: str, class_names: Sequence[str], count: int) -> list[Message]:
+    """Asks the LLM to write the initial pool from the task's name and class names."""
+    shown = list(class_names[:MAX_CLASS_NAMES_SHOWN])
+    more = f" and {len(class_names) - len(shown)} more" if len(class_names) > len(shown) else ""
+    user = "\n\n".join(
+        [
+            f"I classify images of the task \"{task_name}\" with CLIP by filling a prompt template with each class name. "
+            f"The classes are: {', '.join(shown)}{more}.",
+            f"Write {count} different templates that describe such images well, "
+            "for example \"a photo of a {}.\" becomes \"a photo of a dog.\".",
+            _requirements(count).replace("similar in structure to the good templates", "varied in wording"),
+        ]
+    )
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]

@@ -1,0 +1,264 @@
+"""SQLite persistence of runs: spec, pool, steps (the conversation), counters, events, LLM replies.
+
+A run may be killed at any instant, so the rule is: commit before relying. An
+LLM reply is stored the moment it arrives (the response cache), and a finished
+iteration (its messages, reply, scored candidates, counters and events) is
+committed in one transaction before the climb moves on. A restarted service
+rebuilds each run from these rows and re-asks the LLM only for iterations that
+had not finished. WAL mode lets readers (GetRun, WatchRun) run beside the
+writer; synchronous=FULL makes a commit survive power loss, not just SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from optimizer_service.pool import Candidate
+
+log = structlog.get_logger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    settings TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stop_reason TEXT NOT NULL DEFAULT '',
+    counters TEXT NOT NULL,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS candidates (
+    run_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    template TEXT NOT NULL,
+    accuracy REAL NOT NULL,
+    restart INTEGER NOT NULL,
+    reset INTEGER NOT NULL,
+    iteration INTEGER NOT NULL,
+    llm_call TEXT NOT NULL,
+    test_accuracy REAL,
+    PRIMARY KEY (run_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL,
+    restart INTEGER NOT NULL,
+    reset INTEGER NOT NULL,
+    iteration INTEGER NOT NULL,
+    llm_call TEXT NOT NULL,
+    messages TEXT NOT NULL,
+    reply TEXT,
+    PRIMARY KEY (run_id, restart, reset, iteration)
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    PRIMARY KEY (run_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS llm_cache (
+    key TEXT PRIMARY KEY,
+    content TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The state directory or database cannot be used; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: str
+    settings: dict
+    state: str
+    stop_reason: str
+    counters: dict
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class Step:
+    """One finished LLM exchange of a climb: what was sent, what came back (None: skipped after retries)."""
+
+    restart: int
+    reset: int
+    iteration: int
+    llm_call: str
+    messages: list[dict]
+    reply: str | None
+
+
+@dataclass(frozen=True)
+class CachedReply:
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Store:
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, state_dir: Path) -> Store:
+        """Opens (creating) the state database; an unusable directory fails here, loudly."""
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            path = state_dir / "optimizer.sqlite3"
+            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=FULL")
+            connection.execute("PRAGMA busy_timeout=5000")
+            connection.executescript(SCHEMA)
+            connection.execute("BEGIN IMMEDIATE")  # proves the database is writable now, not at the first run
+            connection.execute("COMMIT")
+        except (OSError, sqlite3.Error) as err:
+            raise StoreError(f"state dir {state_dir} is not usable: {err}; check that it exists, is writable and has free space") from None
+        log.info("store_opened", path=str(path))
+        return cls(connection, path)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _transaction(self):
+        return _Transaction(self._db)
+
+    # Runs -------------------------------------------------------------------
+
+    def create_run(self, run_id: str, settings: dict, counters: dict, state: str) -> None:
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("INSERT INTO runs VALUES (?, ?, ?, '', ?, ?, ?)", (run_id, json.dumps(settings), state, json.dumps(counters), now, now))
+
+    def set_state(self, run_id: str, state: str, stop_reason: str, counters: dict, events: Sequence[tuple[int, bytes]] = ()) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET state = ?, stop_reason = ?, counters = ?, updated = ? WHERE run_id = ?",
+                       (state, stop_reason, json.dumps(counters), time.time(), run_id))
+            db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(run_id, seq, payload) for seq, payload in events])
+
+    def run(self, run_id: str) -> RunRecord | None:
+        row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return _run_record(row) if row else None
+
+    def runs(self, states: Iterable[str] | None = None) -> list[RunRecord]:
+        if states is None:
+            rows = self._db.execute("SELECT * FROM runs ORDER BY created").fetchall()
+        else:
+            wanted = list(states)
+            marks = ",".join("?" * len(wanted))
+            rows = self._db.execute(f"SELECT * FROM runs WHERE state IN ({marks}) ORDER BY created", wanted).fetchall()
+        return [_run_record(row) for row in rows]
+
+    def count_by_state(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall())
+
+    # Progress ---------------------------------------------------------------
+
+    def commit_progress(
+        self,
+        run_id: str,
+        candidates: Sequence[Candidate],
+        counters: dict,
+        events: Sequence[tuple[int, bytes]],
+        step: Step | None = None,
+    ) -> None:
+        """Commits one step's outcome at once: its exchange, its scored candidates, counters and events."""
+        with self._transaction() as db:
+            if step is not None:
+                db.execute(
+                    "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, step.restart, step.reset, step.iteration, step.llm_call, json.dumps(step.messages), step.reply),
+                )
+            db.executemany(
+                "INSERT INTO candidates VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                [(run_id, c.sequence, c.template, c.accuracy, c.restart, c.reset, c.iteration, c.llm_call) for c in candidates],
+            )
+            db.execute("UPDATE runs SET counters = ?, updated = ? WHERE run_id = ?", (json.dumps(counters), time.time(), run_id))
+            db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(run_id, seq, payload) for seq, payload in events])
+
+    def candidates(self, run_id: str) -> list[Candidate]:
+        rows = self._db.execute(
+            "SELECT template, accuracy, restart, reset, iteration, sequence, llm_call FROM candidates WHERE run_id = ? ORDER BY sequence",
+            (run_id,),
+        ).fetchall()
+        return [Candidate(*row) for row in rows]
+
+    def steps(self, run_id: str) -> dict[tuple[int, int, int], Step]:
+        rows = self._db.execute(
+            "SELECT restart, reset, iteration, llm_call, messages, reply FROM steps WHERE run_id = ?", (run_id,)
+        ).fetchall()
+        return {(r, s, t): Step(r, s, t, call, json.loads(messages), reply) for r, s, t, call, messages, reply in rows}
+
+    def set_test_accuracies(self, run_id: str, accuracies: dict[int, float]) -> None:
+        with self._transaction() as db:
+            db.executemany("UPDATE candidates SET test_accuracy = ? WHERE run_id = ? AND sequence = ?",
+                           [(acc, run_id, seq) for seq, acc in accuracies.items()])
+
+    def test_accuracies(self, run_id: str) -> dict[int, float]:
+        rows = self._db.execute(
+            "SELECT sequence, test_accuracy FROM candidates WHERE run_id = ? AND test_accuracy IS NOT NULL", (run_id,)
+        ).fetchall()
+        return dict(rows)
+
+    # Events -----------------------------------------------------------------
+
+    def events_after(self, run_id: str, sequence: int) -> list[bytes]:
+        rows = self._db.execute("SELECT payload FROM events WHERE run_id = ? AND sequence > ? ORDER BY sequence", (run_id, sequence))
+        return [row[0] for row in rows.fetchall()]
+
+    def last_event_sequence(self, run_id: str) -> int:
+        return self._db.execute("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
+
+    # LLM response cache -----------------------------------------------------
+
+    def cached_reply(self, key: str) -> CachedReply | None:
+        row = self._db.execute("SELECT content, prompt_tokens, completion_tokens FROM llm_cache WHERE key = ?", (key,)).fetchone()
+        return CachedReply(*row) if row else None
+
+    def cache_reply(self, key: str, reply: CachedReply) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO llm_cache VALUES (?, ?, ?, ?, ?)",
+                       (key, reply.content, reply.prompt_tokens, reply.completion_tokens, time.time()))
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; a write failure surfaces as StoreError."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot write the state database: {err}") from None
+        return self._db
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"cannot write the state database: {exc}") from None
+            return
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._db.execute("ROLLBACK")
+            raise StoreError(f"cannot write the state database: {err}") from None
+
+
+def _run_record(row: tuple) -> RunRecord:
+    run_id, settings, state, stop_reason, counters, created, updated = row
+    return RunRecord(run_id, json.loads(settings), state, stop_reason, json.loads(counters), created, updated)

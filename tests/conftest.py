@@ -1,0 +1,28 @@
+"""Session fixtures: a tiny random-weight CLIP and small image-folder datasets on disk."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fixtures import write_image_folder  # noqa: E402
+
+from promptclimb_common.logging import configure_logging  # noqa: E402
+from scorer_service.random_clip import build_random_clip  # noqa: E402
+
+configure_logging("WARNING", json=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    return build_random_clip(tmp_path_factory.mktemp("tiny-clip"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def image_task_dir(tmp_path_factory) -> Path:
+    """4 classes, train/ and test/ folders, 3 + 3 images per class."""
+    return write_image_folder(tmp_path_factory.mktemp("dataset"), per_class=6)
