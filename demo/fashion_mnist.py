@@ -111,25 +111,20 @@ def prepare_fashion_mnist(
     interrupted run never leaves a half-written data set that looks complete.
     """
     root, source = Path(root), Path(source)
-    request = {
-        "source": str(source.resolve()),
-        "train_per_class": train_per_class,
-        "test_per_class": test_per_class,
-        "classes": list(CLASS_FOLDERS),
-    }
+    splits = {"train": train_per_class, "test": test_per_class}
+    request = json.dumps({"source": str(source.resolve()), "per_class": splits, "classes": CLASS_FOLDERS}, indent=2) + "\n"
     marker = root / MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == request:
+    if marker.is_file() and marker.read_text() == request:
         log.info("fashion_mnist_cached", root=str(root))
         return root
-    splits = {"train": train_per_class, "test": test_per_class}
-    log.info("fashion_mnist_converting", source=str(source), root=str(root), **{f"{s}_per_class": n for s, n in splits.items()})
+    log.info("fashion_mnist_converting", source=str(source), root=str(root), per_class=splits)
     loaded = {split: _load_split(source, split) for split in splits}
     partial = root.with_name(f".{root.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
         for split, per_class in splits.items():
             _write_split(*loaded[split], per_class, partial, split)
-        (partial / MARKER).write_text(json.dumps(request, indent=2) + "\n")
+        (partial / MARKER).write_text(request)
         shutil.rmtree(root, ignore_errors=True)
         partial.rename(root)
     finally:

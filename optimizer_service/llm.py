@@ -114,7 +114,7 @@ class LlmClient:
         self._client = openai.AsyncOpenAI(
             api_key=settings.api_key, base_url=settings.base_url, max_retries=0, timeout=settings.timeout_s
         )
-        self._backoff = wait_exponential_jitter(initial=settings.backoff_initial_s, max=settings.backoff_max_s,
+        self._backoff = wait_exponential_jitter(multiplier=settings.backoff_initial_s, max=settings.backoff_max_s,
                                                 jitter=settings.backoff_initial_s)
 
     async def close(self) -> None:

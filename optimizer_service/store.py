@@ -172,15 +172,14 @@ class Store:
         candidates: Sequence[Candidate],
         counters: dict,
         events: Sequence[tuple[int, bytes]],
-        step: Step | None = None,
+        steps: Sequence[Step] = (),
     ) -> None:
-        """Commits one step's outcome at once: its exchange, its scored candidates, counters and events."""
+        """Commits one step's outcome at once: its exchanges, its scored candidates, counters and events."""
         with self._transaction() as db:
-            if step is not None:
-                db.execute(
-                    "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, step.restart, step.reset, step.iteration, step.llm_call, json.dumps(step.messages), step.reply),
-                )
+            db.executemany(
+                "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, s.restart, s.reset, s.iteration, s.llm_call, json.dumps(s.messages), s.reply) for s in steps],
+            )
             db.executemany(
                 "INSERT INTO candidates VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
                 [(run_id, c.sequence, c.template, c.accuracy, c.restart, c.reset, c.iteration, c.llm_call) for c in candidates],
@@ -195,6 +194,15 @@ class Store:
         ).fetchall()
         return [Candidate(*row) for row in rows]
 
+    def best_candidates(self, run_id: str, n: int) -> list[tuple[Candidate, float | None]]:
+        """The n best candidates of a run, best first (ties: earlier first), with their test accuracy if measured."""
+        rows = self._db.execute(
+            "SELECT template, accuracy, restart, reset, iteration, sequence, llm_call, test_accuracy FROM candidates "
+            "WHERE run_id = ? ORDER BY accuracy DESC, sequence ASC LIMIT ?",
+            (run_id, n),
+        ).fetchall()
+        return [(Candidate(*row[:7]), row[7]) for row in rows]
+
     def steps(self, run_id: str) -> dict[tuple[int, int, int], Step]:
         rows = self._db.execute(
             "SELECT restart, reset, iteration, llm_call, messages, reply FROM steps WHERE run_id = ?", (run_id,)
@@ -205,12 +213,6 @@ class Store:
         with self._transaction() as db:
             db.executemany("UPDATE candidates SET test_accuracy = ? WHERE run_id = ? AND sequence = ?",
                            [(acc, run_id, seq) for seq, acc in accuracies.items()])
-
-    def test_accuracies(self, run_id: str) -> dict[int, float]:
-        rows = self._db.execute(
-            "SELECT sequence, test_accuracy FROM candidates WHERE run_id = ? AND test_accuracy IS NOT NULL", (run_id,)
-        ).fetchall()
-        return dict(rows)
 
     # Events -----------------------------------------------------------------
 

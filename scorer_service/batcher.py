@@ -30,16 +30,21 @@ class QueueFullError(RuntimeError):
 @dataclass
 class _Job:
     prompts: Sequence[str]
+    prefixes: Sequence[str | None]
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 class TextEncodeBatcher:
-    """Runs `encode(prompts) -> embeddings` on one worker thread, on merged batches."""
+    """Runs `encode(prompts, prefixes) -> embeddings` on one worker thread, on merged batches.
+
+    `prefixes[i]` is the text before the class name in prompt i, when known; the
+    encoder shares work between prompts with the same prefix.
+    """
 
     def __init__(
         self,
-        encode: Callable[[Sequence[str]], torch.Tensor],
+        encode: Callable[[Sequence[str], Sequence[str | None]], torch.Tensor],
         max_batch_prompts: int,
         max_delay_s: float,
         max_queued_prompts: int,
@@ -63,7 +68,7 @@ class TextEncodeBatcher:
             await asyncio.gather(self._worker, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def encode(self, prompts: Sequence[str]) -> torch.Tensor:
+    async def encode(self, prompts: Sequence[str], prefixes: Sequence[str | None] | None = None) -> torch.Tensor:
         """Embeddings of `prompts`, in order, computed in a shared batch."""
         if not prompts:
             raise ValueError("no prompts to encode")
@@ -71,7 +76,7 @@ class TextEncodeBatcher:
             raise QueueFullError(
                 f"{self._queued} class prompts are already waiting for the encoder (limit {self.max_queued_prompts})"
             )
-        job = _Job(prompts, asyncio.get_running_loop().create_future())
+        job = _Job(prompts, prefixes or [None] * len(prompts), asyncio.get_running_loop().create_future())
         self._jobs.append(job)
         self._set_queued(self._queued + len(prompts))
         self._wakeup.set()
@@ -102,13 +107,14 @@ class TextEncodeBatcher:
                 if not batch:
                     continue
                 prompts = [p for job in batch for p in job.prompts]
+                prefixes = [p for job in batch for p in job.prefixes]
                 now = time.perf_counter()
                 for job in batch:
                     metrics.QUEUE_WAIT.observe(now - job.enqueued)
                 metrics.BATCH_PROMPTS.observe(len(prompts))
                 metrics.BATCH_REQUESTS.observe(len(batch))
                 try:
-                    embeddings = await loop.run_in_executor(self._executor, self._timed_encode, prompts)
+                    embeddings = await loop.run_in_executor(self._executor, self._timed_encode, prompts, prefixes)
                 except Exception as err:  # noqa: BLE001 - fail this batch's calls, keep serving
                     log.exception("text_encode_failed", prompts=len(prompts))
                     for job in batch:
@@ -121,9 +127,9 @@ class TextEncodeBatcher:
                         job.future.set_result(embeddings[start : start + len(job.prompts)])
                     start += len(job.prompts)
 
-    def _timed_encode(self, prompts: list[str]) -> torch.Tensor:
+    def _timed_encode(self, prompts: list[str], prefixes: list[str | None]) -> torch.Tensor:
         started = time.perf_counter()
         try:
-            return self._encode(prompts)
+            return self._encode(prompts, prefixes)
         finally:
             metrics.ENCODE_SECONDS.observe(time.perf_counter() - started)

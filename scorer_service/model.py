@@ -21,7 +21,16 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
+from scorer_service.prefix_sharing import encode_with_shared_prefix
+
 log = structlog.get_logger(__name__)
+
+# Prompts per encoder call: large enough to keep matrix units busy, small enough
+# to bound activation memory (256 x 77 tokens x 2048 floats per MLP layer).
+CHUNK_PROMPTS = 256
+# Prompts of one template differ in length only by their class names; smaller
+# chunks keep their padding low.
+SHARED_PREFIX_CHUNK = 32
 
 
 class ModelLoadError(RuntimeError):
@@ -65,20 +74,65 @@ class ClipEncoder:
         return [len(ids) for ids in self.tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
 
     @torch.inference_mode()
-    def encode_text(self, prompts: Sequence[str]) -> torch.Tensor:
-        """L2-normalised embeddings [len(prompts), dim], in the model's dtype."""
-        batch = self.tokenizer(list(prompts), padding="longest", truncation=True,
-                               max_length=self.context_length, return_tensors="pt").to(self.device)
-        features = self.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        features = _as_tensor(features)
+    def encode_text(self, prompts: Sequence[str], prefixes: Sequence[str | None] | None = None) -> torch.Tensor:
+        """L2-normalised embeddings [len(prompts), dim], in the model's dtype.
+
+        `prefixes[i]` is the text before the class name in prompt i (the template's
+        part before `{}`), if known. Prompts with the same prefix share its hidden
+        states (see prefix_sharing); the rest are padded per length-sorted chunk.
+        """
+        ids = self.tokenizer(list(prompts), truncation=True, max_length=self.context_length)["input_ids"]
+        out = torch.empty(len(ids), self.model.config.projection_dim, dtype=self.dtype, device=self.device)
+        unshared = []
+        for prefix_ids, members in self._prefix_groups(ids, prefixes or [None] * len(ids)).items():
+            if prefix_ids is None:
+                unshared.extend(members)
+                continue
+            for chunk in _length_sorted_chunks(members, ids, SHARED_PREFIX_CHUNK):
+                features = encode_with_shared_prefix(
+                    self.model, list(prefix_ids), [ids[i][len(prefix_ids) :] for i in chunk], self.tokenizer.pad_token_id
+                )
+                out[torch.tensor(chunk, device=self.device)] = self._normalise(features)
+        for chunk in _length_sorted_chunks(unshared, ids):
+            width = len(ids[chunk[-1]])
+            input_ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, index in enumerate(chunk):
+                input_ids[row, : len(ids[index])] = torch.tensor(ids[index])
+                attention_mask[row, : len(ids[index])] = 1
+            features = _as_tensor(self.model.get_text_features(
+                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)))
+            out[torch.tensor(chunk, device=self.device)] = self._normalise(features)
+        return out
+
+    def _prefix_groups(self, ids: list[list[int]], prefixes: Sequence[str | None]) -> dict[tuple[int, ...] | None, list[int]]:
+        """Prompt indices by the token ids of their shared prefix (None: not shareable).
+
+        A prefix is shared only when its tokens are exactly the first tokens of the
+        prompt (BPE may merge across the class-name boundary, as in "photo-{}").
+        """
+        prefix_ids = {
+            text: tuple(self.tokenizer(text)["input_ids"][:-1])
+            for text in set(prefixes) if text is not None
+        }
+        groups: dict[tuple[int, ...] | None, list[int]] = {}
+        for index, text in enumerate(prefixes):
+            key = prefix_ids.get(text) if text is not None else None
+            if key is not None and (len(key) < 2 or tuple(ids[index][: len(key)]) != key or len(ids[index]) <= len(key)):
+                key = None
+            groups.setdefault(key, []).append(index)
+        for key in [k for k, members in groups.items() if k is not None and len(members) < 2]:
+            groups.setdefault(None, []).extend(groups.pop(key))
+        return groups
+
+    def _normalise(self, features: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.normalize(features.float(), dim=-1).to(self.dtype)
 
     @torch.inference_mode()
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """L2-normalised embeddings [len(images), dim], in the model's dtype."""
         pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        features = _as_tensor(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype)))
-        return torch.nn.functional.normalize(features.float(), dim=-1).to(self.dtype)
+        return self._normalise(_as_tensor(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))))
 
     def preprocessing_config(self) -> dict:
         return self.image_processor.to_dict()
@@ -96,6 +150,12 @@ class ClipEncoder:
         digest.update(str(self.dtype).encode())
         digest.update(json.dumps(self.preprocessing_config(), sort_keys=True, default=str).encode())
         return digest.hexdigest()
+
+
+def _length_sorted_chunks(indices: list[int], ids: list[list[int]], size: int = CHUNK_PROMPTS) -> list[list[int]]:
+    """Chunks of prompts of similar length, so each pads little."""
+    ordered = sorted(indices, key=lambda i: len(ids[i]))
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
 
 
 def _as_tensor(output: object) -> torch.Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 import torch
 
-from promptclimb_common.templates import fill, template_problem
+from promptclimb_common.templates import PLACEHOLDER, fill, template_problem
 from scorer_service import metrics
 from scorer_service.batcher import TextEncodeBatcher
 from scorer_service.datasets import Task
@@ -95,7 +95,8 @@ class TemplateScorer:
         prompts_of = {t: [fill(t, c) for c in task.class_names] for t in dict.fromkeys(templates)}
         problems = {t: self._problem(t, prompts) for t, prompts in prompts_of.items()}
         valid = [t for t in prompts_of if problems[t] is None]
-        embedding_of = await self._embeddings([p for t in valid for p in prompts_of[t]])
+        prefix_of = {p: t.split(PLACEHOLDER, 1)[0] for t in valid for p in prompts_of[t]}
+        embedding_of = await self._embeddings(prefix_of)
         correct_of = self._count_correct([torch.stack([embedding_of[p] for p in prompts_of[t]]) for t in valid], features)
         correct = dict(zip(valid, correct_of, strict=True))
         metrics.TEMPLATES_SCORED.labels(task.task_id, split).inc(len(valid))
@@ -105,14 +106,16 @@ class TemplateScorer:
             for t in templates
         ]
 
-    async def _embeddings(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Embeddings of the distinct prompts: cached ones, plus the rest encoded in one batch call."""
-        found = {p: self.cache.get(p) for p in dict.fromkeys(prompts)}
+    async def _embeddings(self, prefix_of: dict[str, str]) -> dict[str, torch.Tensor]:
+        """Embeddings of the prompts (keys: prompt, values: its template's text before
+        the class name): cached ones, plus the rest encoded in one batcher call."""
+        found = {p: self.cache.get(p) for p in prefix_of}
         missing = [p for p, embedding in found.items() if embedding is None]
         metrics.TEXT_CACHE_HITS.inc(len(found) - len(missing))
         metrics.TEXT_CACHE_MISSES.inc(len(missing))
         if missing:
-            for prompt, embedding in zip(missing, await self.batcher.encode(missing), strict=True):
+            embeddings = await self.batcher.encode(missing, [prefix_of[p] for p in missing])
+            for prompt, embedding in zip(missing, embeddings, strict=True):
                 found[prompt] = embedding
                 self.cache.put(prompt, embedding)
         return found

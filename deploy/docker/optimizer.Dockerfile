@@ -10,9 +10,9 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY deploy/docker/optimizer-requirements.txt deploy/docker/build-requirements.txt ./deploy/docker/
+COPY deploy/docker/optimizer-requirements.txt deploy/docker/optimizer-constraints.txt deploy/docker/build-requirements.txt ./deploy/docker/
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install -r deploy/docker/optimizer-requirements.txt \
+ && /opt/venv/bin/pip install -r deploy/docker/optimizer-requirements.txt -c deploy/docker/optimizer-constraints.txt \
  && /opt/venv/bin/pip check \
  && /opt/venv/bin/python -c "import importlib.util, sys; sys.exit('torch must not be in the optimizer image' if importlib.util.find_spec('torch') else 0)" \
  && python -m venv /opt/buildtools \
@@ -36,6 +36,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app:/app/gen \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache \
     OPTIMIZER_HOST=0.0.0.0 \
     OPTIMIZER_PORT=50052 \
     OPTIMIZER_METRICS_PORT=9102 \

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -98,10 +99,12 @@ class ScriptedLLM:
         self._default = default or invented_templates(itertools.count())
         self._lock = threading.Lock()
         self.seen: list[Seen] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
         server = self
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), _handler(server))
+        self._http = _QuietServer(("127.0.0.1", 0), _handler(server))
         self._http.daemon_threads = True
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
     def url(self) -> str:
@@ -117,6 +120,11 @@ class ScriptedLLM:
                 return self._plan.pop(0)
         return self._default(body)
 
+    def entered(self, delta: int) -> None:
+        with self._lock:
+            self.in_flight += delta
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+
     def record(self, seen: Seen) -> None:
         with self._lock:
             self.seen.append(seen)
@@ -130,6 +138,13 @@ class ScriptedLLM:
         self._http.server_close()
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away (a killed service, a timed-out call) is expected here, not an error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def _handler(server: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -141,6 +156,13 @@ def _handler(server: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("content-length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
             headers = {k.lower(): v for k, v in self.headers.items()}
+            server.entered(+1)
+            try:
+                self._answer(body, headers)
+            finally:
+                server.entered(-1)
+
+        def _answer(self, body: dict, headers: dict[str, str]) -> None:
             action = server.next_action(body)
             while isinstance(action, Delay):
                 time.sleep(action.seconds)

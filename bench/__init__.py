@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): measured ratios against baselines run in the same process."""

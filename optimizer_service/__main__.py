@@ -1,0 +1,3 @@
+from optimizer_service.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""`python -m optimizer_service serve|run`.
+
+`run` optimizes once, in-process, through the same RunManager the service
+uses (so it resumes too: rerun the same command after a crash). It shows a
+progress bar and writes result.json and a plot of best and mean train accuracy
+by iteration into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import structlog
+from google.protobuf.json_format import MessageToDict
+from tqdm import tqdm
+
+from optimizer_service.config import (KNOBS, Conversation, Feedback, InitialPool, RunSettings, SpecError, add_connection_args,
+                                      add_serve_args, connection_settings, serve_config)
+from optimizer_service.llm import LlmClient
+from optimizer_service.pool import INITIAL, Candidate
+from optimizer_service.runs import FAILED, PENDING, RUNNING, RunManager
+from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
+from optimizer_service.store import Store, StoreError
+from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb_common.logging import configure_logging
+
+log = structlog.get_logger(__name__)
+
+_FEEDBACK = {Feedback.POSITIVE_NEGATIVE: pb.FEEDBACK_POSITIVE_NEGATIVE, Feedback.POSITIVE_ONLY: pb.FEEDBACK_POSITIVE_ONLY}
+_CONVERSATION = {Conversation.CHAT: pb.CONVERSATION_MODE_CHAT, Conversation.STATELESS: pb.CONVERSATION_MODE_STATELESS}
+_POOL = {InitialPool.BUILTIN: pb.INITIAL_POOL_BUILTIN, InitialPool.GIVEN: pb.INITIAL_POOL_GIVEN, InitialPool.LLM: pb.INITIAL_POOL_LLM}
+
+
+def _env(name: str, default: object) -> object:
+    return os.environ.get(f"OPTIMIZER_{name.upper()}", default)
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    add_connection_args(p, state_dir_default=None)
+    a = p.add_argument
+    a("--task", default=_env("task", None), required=_env("task", None) is None, help="scorer task id to optimize for")
+    a("--out", type=Path, default=_env("out", None), required=_env("out", None) is None,
+      help="directory for result.json and accuracy.png (and the state, unless --state-dir)")
+    a("--initial-pool", choices=[p.value for p in InitialPool], default=_env("initial_pool", InitialPool.BUILTIN.value))
+    a("--initial-templates-file", type=Path, default=_env("initial_templates_file", None),
+      help="one template per line, for --initial-pool given")
+    for name, knob in KNOBS.items():
+        a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, knob.default)), help=f"{knob.low}..{knob.cap}, default {knob.default}")
+    a("--feedback", choices=[f.value for f in Feedback], default=_env("feedback", Feedback.POSITIVE_NEGATIVE.value))
+    a("--conversation", choices=[c.value for c in Conversation], default=_env("conversation", Conversation.CHAT.value))
+    a("--hide-accuracies", action="store_true", default=str(_env("hide_accuracies", "")).lower() in ("1", "true", "yes"))
+    a("--temperature", type=float, default=float(_env("temperature", 1.0)))
+    for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
+        a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, 0)), help="0: no limit")
+    a("--max-wall-seconds", type=float, default=float(_env("max_wall_seconds", 0.0)), help="0: no limit")
+    a("--seed", type=int, default=int(_env("seed", 0)))
+    a("--label", default=_env("label", ""))
+
+
+def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
+    templates = []
+    if ns.initial_templates_file:
+        templates = [line.strip() for line in ns.initial_templates_file.read_text().splitlines() if line.strip()]
+    return pb.RunSpec(
+        task_id=ns.task, llm_model=ns.llm_model, initial_pool=_POOL[InitialPool(ns.initial_pool)], initial_templates=templates,
+        feedback=_FEEDBACK[Feedback(ns.feedback)], conversation=_CONVERSATION[Conversation(ns.conversation)],
+        hide_accuracies=ns.hide_accuracies, temperature=ns.temperature, max_llm_calls=ns.max_llm_calls,
+        max_llm_tokens=ns.max_llm_tokens, max_scored_templates=ns.max_scored_templates, max_wall_seconds=ns.max_wall_seconds,
+        seed=ns.seed, label=ns.label, **{name: getattr(ns, name) for name in KNOBS},
+    )
+
+
+async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int:
+    """Starts (or resumes, if --state-dir holds the same unfinished run) one run, follows it, writes the report."""
+    out: Path = ns.out
+    out.mkdir(parents=True, exist_ok=True)
+    store = Store.open(ns.state_dir or out / "state")
+    llm = LlmClient(llm_settings, store)
+    scorer = ScorerClient(scorer_settings)
+    manager = RunManager(store, llm, scorer, max_active_runs=1, default_model=llm_settings.model)
+    try:
+        spec = run_spec(ns)
+        wanted = RunSettings.from_proto(spec, llm_settings.model).to_json()
+        unfinished = [r for r in store.runs([PENDING, RUNNING, FAILED]) if r.settings == wanted]
+        if unfinished:
+            run_id = unfinished[-1].run_id
+            manager.resume(run_id)
+            log.info("run_resumed", run_id=run_id)
+        else:
+            run_id = await manager.start(spec)
+        await follow(manager, run_id)
+        run = manager.get(run_id)
+        write_report(out, run, store.candidates(run_id))
+    finally:
+        await manager.shutdown()
+        await llm.close()
+        await scorer.close()
+        store.close()
+    log.info("run_report_written", run_id=run_id, state=pb.RunState.Name(run.state), stop_reason=run.stop_reason,
+             best=run.best[0].template if run.best else None, out=str(out))
+    return 0 if run.state == pb.RUN_STATE_SUCCEEDED else 1
+
+
+async def follow(manager: RunManager, run_id: str) -> None:
+    """A progress bar over the run's events: iterations, best accuracy, LLM calls and tokens."""
+    run = manager.get(run_id)
+    with tqdm(total=run.counters.iterations_total, initial=run.counters.iterations_done, unit="it", desc="climbing") as bar:
+        async for event in manager.watch(run_id):
+            if event.HasField("iteration_done"):
+                done = event.iteration_done
+                bar.n = done.counters.iterations_done
+                bar.set_postfix(best=f"{100 * done.best_train_accuracy:.1f}%", llm_calls=done.counters.llm_calls,
+                                tokens=done.counters.llm_prompt_tokens + done.counters.llm_completion_tokens, refresh=True)
+
+
+def step_of(candidate: Candidate, iterations: int) -> int:
+    """A candidate's place on the plot's x axis: 0 for the initial pool, else reset * T + iteration + 1."""
+    return 0 if candidate.restart == INITIAL else candidate.reset * iterations + candidate.iteration + 1
+
+
+def accuracy_curve(candidates: list[Candidate], iterations: int) -> list[tuple[int, float, float]]:
+    """(step, best, mean) train accuracy of every candidate scored up to each step, over all restarts."""
+    if not candidates:
+        return []
+    last = max(step_of(c, iterations) for c in candidates)
+    curve = []
+    for step in range(last + 1):
+        upto = [c.accuracy for c in candidates if step_of(c, iterations) <= step]
+        if upto:
+            curve.append((step, max(upto), sum(upto) / len(upto)))
+    return curve
+
+
+def write_report(out: Path, run: pb.Run, candidates: list[Candidate]) -> None:
+    iterations = run.spec.iterations
+    curve = accuracy_curve(candidates, iterations)
+    result = {
+        "run_id": run.run_id,
+        "state": pb.RunState.Name(run.state),
+        "stop_reason": run.stop_reason,
+        "best": [MessageToDict(b, preserving_proto_field_name=True) for b in run.best],
+        "counters": {field.name: getattr(run.counters, field.name) for field in run.counters.DESCRIPTOR.fields},
+        "spec": RunSettings.from_proto(run.spec, run.spec.llm_model).to_json(),
+        "curve": [{"step": s, "best_train_accuracy": b, "mean_train_accuracy": m} for s, b, m in curve],
+        "trajectory": [
+            {"sequence": c.sequence, "template": c.template, "train_accuracy": c.accuracy, "restart": c.restart,
+             "reset": c.reset, "iteration": c.iteration, "llm_call": c.llm_call}
+            for c in candidates
+        ],
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    plot_curve(out / "accuracy.png", curve, run.spec.task_id, iterations)
+
+
+def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, iterations: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [s for s, _, _ in curve]
+    ax.plot(steps, [100 * b for _, b, _ in curve], marker="o", label="best")
+    ax.plot(steps, [100 * m for _, _, m in curve], marker=".", label="mean")
+    ax.set_xlabel(f"iteration (0: initial pool; resets continue at multiples of {iterations})")
+    ax.set_ylabel("train accuracy (%)")
+    ax.set_title(f"prompt search on {task_id}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m optimizer_service",
+                                     description="Hill-climb CLIP prompt templates with a chat LLM against a promptclimb scorer.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the Optimizer gRPC service")
+    add_serve_args(serve_parser)
+    run_parser = commands.add_parser("run", help="optimize once in-process and write a report")
+    add_run_args(run_parser)
+    ns = parser.parse_args(argv)
+    configure_logging(ns.log_level)
+    try:
+        if ns.command == "serve":
+            from optimizer_service.server import serve
+
+            asyncio.run(serve(serve_config(serve_parser, ns)))
+            return 0
+        scorer_settings, llm_settings = connection_settings(run_parser, ns)
+        return asyncio.run(run_once(ns, scorer_settings, llm_settings))
+    except (StoreError, SpecError, ScorerUnavailable, OSError) as err:
+        log.error("optimizer_cannot_start", error=str(err))
+        return 2

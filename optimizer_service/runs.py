@@ -1,0 +1,287 @@
+"""The life of a run inside the service: start, search, finish; resume after a restart; cancel; watch.
+
+A run is a row in the store and, while it searches, an asyncio task. The task
+never lets an error escape: a run ends SUCCEEDED (finished or a budget
+reached), FAILED (with the reason; it stays resumable) or CANCELLED. A service
+shutdown stops the tasks without ending the runs, so the next start resumes
+them. Events are appended to the store in the transaction of the progress they
+report, and watchers read them from there, so a replay and a live stream are
+the same sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import structlog
+
+from optimizer_service import metrics
+from optimizer_service.config import RunSettings, SpecError
+from optimizer_service.llm import LlmClient, LlmUnavailable
+from optimizer_service.pool import INITIAL, Candidate, Pool
+from optimizer_service.scorer_client import ScorerClient, ScorerError, ScorerUnavailable
+from optimizer_service.search import Counters, HillClimb, SearchFailed
+from optimizer_service.store import Step, Store, StoreError
+from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+
+log = structlog.get_logger(__name__)
+
+PENDING, RUNNING = "PENDING", "RUNNING"
+SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
+ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+MAX_WAITING_RUNS = 100  # runs queued behind the active ones; more are refused
+LIST_LIMIT = 500
+WATCH_POLL_S = 5.0  # a watcher re-reads the store at least this often
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+class RunStateError(Exception):
+    """The run is in a state that does not allow the request."""
+
+
+class TooManyRuns(Exception):
+    pass
+
+
+class _Signal:
+    """Wakes every waiter once per fire; a waiter takes `current` before reading, so no fire is missed."""
+
+    def __init__(self) -> None:
+        self.current = asyncio.Event()
+
+    def fire(self) -> None:
+        self.current.set()
+        self.current = asyncio.Event()
+
+
+class RunJournal:
+    """Commits a climb's progress together with the events that report it."""
+
+    def __init__(self, store: Store, run_id: str, pool: Pool, counters: Counters, signal: _Signal) -> None:
+        self.store, self.run_id, self.pool, self.counters, self.signal = store, run_id, pool, counters, signal
+        best = pool.best()
+        self._best_accuracy = best[0].accuracy if best else -1.0
+        if best:
+            metrics.BEST_TRAIN_ACCURACY.labels(run_id).set(self._best_accuracy)
+
+    def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None) -> None:
+        events: list[pb.RunEvent] = []
+        for c in candidates:
+            events.append(pb.RunEvent(candidate_scored=pb.CandidateScored(
+                template=c.template, train_accuracy=c.accuracy, restart=c.restart, reset=c.reset, iteration=c.iteration,
+                llm_call=c.llm_call, candidate_sequence=c.sequence)))
+        best = self.pool.best()
+        if best and best[0].accuracy > self._best_accuracy:
+            self._best_accuracy = best[0].accuracy
+            events.append(pb.RunEvent(new_best=pb.NewBest(template=best[0].template, train_accuracy=best[0].accuracy)))
+            metrics.BEST_TRAIN_ACCURACY.labels(self.run_id).set(best[0].accuracy)
+        if iteration is not None:
+            restart, reset, index = iteration
+            events.append(pb.RunEvent(iteration_done=pb.IterationDone(
+                restart=restart, reset=reset, iteration=index, best_train_accuracy=max(self._best_accuracy, 0.0),
+                mean_train_accuracy=self.pool.mean_accuracy(), counters=counters_proto(self.counters.to_json()))))
+        self.store.commit_progress(self.run_id, candidates, self.counters.to_json(), stamp(self.store, self.run_id, events), steps)
+        self.signal.fire()
+
+
+def stamp(store: Store, run_id: str, events: list[pb.RunEvent]) -> list[tuple[int, bytes]]:
+    """Numbers events after the run's last stored one and serializes them."""
+    first = store.last_event_sequence(run_id) + 1
+    now = time.time()
+    stamped = []
+    for offset, event in enumerate(events):
+        event.sequence, event.run_id, event.time_unix = first + offset, run_id, now
+        stamped.append((event.sequence, event.SerializeToString()))
+    return stamped
+
+
+def counters_proto(counters: dict) -> pb.Counters:
+    known = set(pb.Counters.DESCRIPTOR.fields_by_name)
+    return pb.Counters(**{k: v for k, v in counters.items() if k in known})
+
+
+class RunManager:
+    def __init__(self, store: Store, llm: LlmClient, scorer: ScorerClient, *, max_active_runs: int, default_model: str) -> None:
+        self.store, self.llm, self.scorer = store, llm, scorer
+        self.default_model = default_model
+        self._slots = asyncio.Semaphore(max_active_runs)
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._cancelling: set[str] = set()
+        self._signals: dict[str, _Signal] = {}
+        self._refresh_gauges()
+
+    # Lifecycle --------------------------------------------------------------
+
+    async def start(self, spec: pb.RunSpec) -> str:
+        """Validates the spec (and that the scorer has its task), stores the run and launches it."""
+        settings = RunSettings.from_proto(spec, self.default_model)
+        if sum(1 for task in self._tasks.values() if not task.done()) >= MAX_WAITING_RUNS:
+            raise TooManyRuns(f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one")
+        try:
+            await self.scorer.task(settings.task_id, grace_s=0)
+        except ScorerError as err:
+            raise SpecError(f"task_id: {err}") from None
+        run_id = uuid.uuid4().hex
+        counters = Counters(iterations_total=settings.iterations_total)
+        self.store.create_run(run_id, settings.to_json(), counters.to_json(), PENDING)
+        log.info("run_created", run_id=run_id, task_id=settings.task_id, label=settings.label)
+        self._launch(run_id)
+        return run_id
+
+    def resume_unfinished(self) -> list[str]:
+        """Relaunches the runs a previous process left PENDING or RUNNING."""
+        run_ids = [r.run_id for r in self.store.runs([PENDING, RUNNING])]
+        for run_id in run_ids:
+            log.info("run_resuming", run_id=run_id)
+            self._launch(run_id)
+        return run_ids
+
+    def resume(self, run_id: str) -> pb.Run:
+        """Continues a run that failed, was cancelled, or was left unfinished by another process."""
+        record = self._record(run_id)
+        task = self._tasks.get(run_id)
+        if record.state not in ENDED and task is not None and not task.done():
+            raise RunStateError(f"run {run_id} is {record.state} and still searching; nothing to resume")
+        if record.state == SUCCEEDED:
+            raise RunStateError(f"run {run_id} SUCCEEDED; only FAILED or CANCELLED runs can be resumed")
+        self.store.set_state(run_id, PENDING, "", record.counters)
+        self._launch(run_id)
+        return self.get(run_id)
+
+    async def cancel(self, run_id: str) -> pb.Run:
+        record = self._record(run_id)
+        task = self._tasks.get(run_id)
+        if record.state in ENDED or task is None or task.done():
+            raise RunStateError(f"run {run_id} already ended ({record.state})")
+        self._cancelling.add(run_id)
+        task.cancel()
+        await asyncio.wait([task])
+        return self.get(run_id)
+
+    async def shutdown(self) -> None:
+        """Stops every run task, leaving the runs unfinished so the next start resumes them."""
+        tasks = [t for t in self._tasks.values() if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    def _launch(self, run_id: str) -> None:
+        self._signals.setdefault(run_id, _Signal())
+        self._tasks[run_id] = asyncio.create_task(self._drive(run_id), name=f"run-{run_id}")
+        self._refresh_gauges()
+
+    async def _drive(self, run_id: str) -> None:
+        """Waits for a slot, then searches; turns every outcome into a final state."""
+        structlog.contextvars.bind_contextvars(run_id=run_id)
+        counters = None  # what the run has spent; kept whichever way it ends
+        try:
+            async with self._slots:
+                record = self._record(run_id)
+                counters = Counters.from_json(record.counters)
+                self.store.set_state(run_id, RUNNING, "", record.counters)
+                self._refresh_gauges()
+                stop_reason = await self._search(run_id, RunSettings.from_json(record.settings), counters)
+            self._finish(run_id, SUCCEEDED, stop_reason, counters)
+        except asyncio.CancelledError:
+            if run_id in self._cancelling:
+                self._finish(run_id, CANCELLED, "cancelled", counters)
+            raise
+        except (LlmUnavailable, ScorerUnavailable, SearchFailed, StoreError) as err:
+            log.warning("run_failed", reason=str(err))
+            self._finish(run_id, FAILED, str(err), counters)
+        except Exception as err:  # noqa: BLE001 - one run's bug must not take the service down
+            log.exception("run_crashed")
+            self._finish(run_id, FAILED, f"internal error: {err!r}", counters)
+        finally:
+            self._cancelling.discard(run_id)
+            with contextlib.suppress(KeyError):  # the run never scored anything
+                metrics.BEST_TRAIN_ACCURACY.remove(run_id)
+
+    async def _search(self, run_id: str, settings: RunSettings, counters: Counters) -> str:
+        """Rebuilds the run from the store, climbs, and measures the final best on test; returns the stop reason."""
+        pool = Pool(self.store.candidates(run_id))
+        steps = {key: step for key, step in self.store.steps(run_id).items() if key[0] != INITIAL}
+        task = await self.scorer.task(settings.task_id)
+        journal = RunJournal(self.store, run_id, pool, counters, self._signals[run_id])
+        climb = HillClimb(run_id, settings, task, self.llm, self.scorer, journal, pool, steps, counters)
+        stop_reason = await climb.run()
+        self.store.set_test_accuracies(run_id, await climb.test_accuracies(pool.best(settings.report_top)))
+        return stop_reason
+
+    def _finish(self, run_id: str, state: str, reason: str, counters: Counters | None = None) -> None:
+        try:
+            record = self._record(run_id)
+            counter_values = counters.to_json() if counters else record.counters
+            best = self._best(run_id, RunSettings.from_json(record.settings).report_top)
+            ended = pb.RunEvent(run_ended=pb.RunEnded(state=pb.RunState.Value(f"RUN_STATE_{state}"), stop_reason=reason, best=best))
+            self.store.set_state(run_id, state, reason, counter_values, stamp(self.store, run_id, [ended]))
+        except StoreError:
+            log.exception("run_end_not_stored", state=state, reason=reason)
+        log.info("run_ended", run_id=run_id, state=state, reason=reason)
+        self._signals.setdefault(run_id, _Signal()).fire()
+        self._refresh_gauges()
+
+    def _refresh_gauges(self) -> None:
+        counts = self.store.count_by_state()
+        for state in (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED):
+            metrics.RUNS.labels(state).set(counts.get(state, 0))
+
+    # Reading ----------------------------------------------------------------
+
+    def _record(self, run_id: str):
+        record = self.store.run(run_id)
+        if record is None:
+            raise RunNotFound(f"no run with id {run_id!r}; ListRuns shows the known ones")
+        return record
+
+    def _best(self, run_id: str, n: int) -> list[pb.ScoredTemplate]:
+        best = []
+        for candidate, test_accuracy in self.store.best_candidates(run_id, n):
+            scored = pb.ScoredTemplate(template=candidate.template, train_accuracy=candidate.accuracy)
+            if test_accuracy is not None:
+                scored.test_accuracy = test_accuracy
+            best.append(scored)
+        return best
+
+    def get(self, run_id: str) -> pb.Run:
+        return self._run_proto(self._record(run_id))
+
+    def list(self) -> list[pb.Run]:
+        return [self._run_proto(record) for record in self.store.runs()[-LIST_LIMIT:]]
+
+    def _run_proto(self, record) -> pb.Run:
+        settings = RunSettings.from_json(record.settings)
+        return pb.Run(
+            run_id=record.run_id, spec=settings.to_proto(), state=pb.RunState.Value(f"RUN_STATE_{record.state}"),
+            stop_reason=record.stop_reason, best=self._best(record.run_id, settings.report_top),
+            counters=counters_proto(record.counters), created_unix=record.created, updated_unix=record.updated,
+        )
+
+    async def watch(self, run_id: str, after_sequence: int = 0) -> AsyncIterator[pb.RunEvent]:
+        """The run's events after `after_sequence`, then live ones until the run ends."""
+        self._record(run_id)
+        signal = self._signals.setdefault(run_id, _Signal())
+        last = after_sequence
+        while True:
+            woken = signal.current
+            payloads = self.store.events_after(run_id, last)
+            for payload in payloads:
+                event = pb.RunEvent.FromString(payload)
+                last = event.sequence
+                yield event
+            if not payloads and self._record(run_id).state in ENDED:
+                return
+            if not payloads:
+                try:
+                    await asyncio.wait_for(woken.wait(), WATCH_POLL_S)
+                except TimeoutError:
+                    pass
+

@@ -1,0 +1,131 @@
+"""gRPC client of the scorer: the only way the optimizer learns how good a template is.
+
+A scorer can restart under a run (a new pod, a rolled deployment), so calls
+that fail for passing reasons (UNAVAILABLE, DEADLINE_EXCEEDED, a full queue)
+are retried with backoff until the grace period ends, honoring the scorer's
+`retry-after-s` hint. Refusals (unknown task, bad token, no right) are not
+passing and surface at once.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import structlog
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+from optimizer_service import metrics
+from optimizer_service.config import ScorerSettings
+from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.grpc_runtime import channel_credentials
+
+log = structlog.get_logger(__name__)
+
+PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+           grpc.StatusCode.ABORTED)
+CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+class ScorerError(Exception):
+    """The scorer refused the request; retrying will not help. `code` is its gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ScorerUnavailable(Exception):
+    """The scorer stayed unreachable past the grace period."""
+
+
+def _passing(err: BaseException) -> bool:
+    return isinstance(err, grpc.aio.AioRpcError) and err.code() in PASSING
+
+
+def _retry_hint(err: BaseException | None) -> float | None:
+    if not isinstance(err, grpc.aio.AioRpcError):
+        return None
+    for key, value in err.trailing_metadata() or ():
+        if key == "retry-after-s":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
+
+
+class ScorerClient:
+    def __init__(self, settings: ScorerSettings, *, backoff_initial_s: float = 0.2, backoff_max_s: float = 10.0) -> None:
+        self.settings = settings
+        if settings.tls:
+            credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
+            self._channel = grpc.aio.secure_channel(settings.address, credentials, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.insecure_channel(settings.address, options=CHANNEL_OPTIONS)
+        self._stub = scorer_pb2_grpc.ScorerStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
+        self._backoff = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s)
+        self._backoff_max_s = backoff_max_s
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    def _wait(self, state: RetryCallState) -> float:
+        hint = _retry_hint(state.outcome.exception() if state.outcome else None)
+        return min(hint, self._backoff_max_s) if hint is not None else self._backoff(state)
+
+    async def _call(self, what: str, method, request, grace_s: float):
+        """One RPC with retries on passing failures for up to `grace_s` seconds."""
+        try:
+            async for attempt in AsyncRetrying(stop=stop_after_delay(grace_s), wait=self._wait,
+                                               retry=retry_if_exception(_passing), reraise=True):
+                with attempt:
+                    try:
+                        return await method(request, timeout=self.settings.deadline_s, metadata=self._metadata)
+                    except grpc.aio.AioRpcError as err:
+                        if err.code() in PASSING:
+                            log.info("scorer_call_retrying", call=what, code=err.code().name, details=err.details())
+                        raise
+        except grpc.aio.AioRpcError as err:
+            if err.code() in PASSING:
+                raise ScorerUnavailable(
+                    f"scorer at {self.settings.address} unavailable for over {grace_s:.0f} s ({err.code().name}: {err.details()})"
+                ) from None
+            raise ScorerError(err.code(), f"scorer refused {what}: {err.code().name}: {err.details()}") from None
+
+    async def task(self, task_id: str, grace_s: float | None = None) -> scorer_pb2.TaskInfo:
+        """The task's description (class names and all); ScorerError(NOT_FOUND) names the tasks there are."""
+        grace = self.settings.grace_s if grace_s is None else grace_s
+        reply = await self._call("ListTasks", self._stub.ListTasks, scorer_pb2.ListTasksRequest(), grace)
+        for task in reply.tasks:
+            if task.task_id == task_id:
+                return task
+        known = ", ".join(t.task_id for t in reply.tasks) or "none"
+        raise ScorerError(grpc.StatusCode.NOT_FOUND, f"the scorer has no task '{task_id}' (it has: {known})")
+
+    async def score(self, task_id: str, templates: list[str], split: int = scorer_pb2.SPLIT_TRAIN) -> list[scorer_pb2.TemplateScore]:
+        """Scores the templates in one call; results come back in request order."""
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            reply = await self._call("Score", self._stub.Score,
+                                     scorer_pb2.ScoreRequest(task_id=task_id, templates=templates, split=split), self.settings.grace_s)
+        except ScorerError as err:
+            code = err.code.name
+            raise
+        except ScorerUnavailable:
+            code = "UNAVAILABLE"
+            raise
+        finally:
+            metrics.SCORER_CALLS.labels(code).inc()
+            metrics.SCORER_SECONDS.observe(time.perf_counter() - started)
+        if len(reply.results) != len(templates):
+            raise ScorerError(grpc.StatusCode.INTERNAL, f"scorer answered {len(reply.results)} results for {len(templates)} templates")
+        return list(reply.results)

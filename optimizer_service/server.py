@@ -1,0 +1,125 @@
+"""The Optimizer gRPC service: thin RPC handlers over the RunManager, and the process that serves them.
+
+Each handler authenticates, validates its input and maps every known failure
+to the status the proto documents, with a message a caller can act on. The
+shared interceptor turns anything unforeseen into INTERNAL, so one bad request
+never takes the service down.
+"""
+
+from __future__ import annotations
+
+import grpc
+import prometheus_client
+import structlog
+
+from optimizer_service.config import OptimizerConfig, SpecError
+from optimizer_service.llm import LlmClient
+from optimizer_service.runs import RunManager, RunNotFound, RunStateError, TooManyRuns
+from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
+from optimizer_service.store import Store, StoreError
+from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb.optimizer.v1 import optimizer_pb2_grpc
+from promptclimb_common.auth import Authenticator, load_tokens
+from promptclimb_common.grpc_runtime import GrpcService
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = "promptclimb.optimizer.v1.Optimizer"
+MAX_RUN_ID = 64
+
+STATUS_OF = {
+    SpecError: grpc.StatusCode.INVALID_ARGUMENT,
+    RunNotFound: grpc.StatusCode.NOT_FOUND,
+    RunStateError: grpc.StatusCode.FAILED_PRECONDITION,
+    TooManyRuns: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ScorerUnavailable: grpc.StatusCode.UNAVAILABLE,
+    StoreError: grpc.StatusCode.UNAVAILABLE,
+}
+KNOWN_FAILURES = tuple(STATUS_OF)
+
+
+async def _abort_for(context: grpc.aio.ServicerContext, err: Exception) -> None:
+    await context.abort(STATUS_OF[type(err)], str(err))
+
+
+async def _run_id(context: grpc.aio.ServicerContext, run_id: str) -> str:
+    if not run_id or len(run_id) > MAX_RUN_ID or not run_id.isascii() or not run_id.isalnum():
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id must be the id StartRun returned (up to 64 letters and digits)")
+    return run_id
+
+
+class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
+    def __init__(self, manager: RunManager, auth: Authenticator) -> None:
+        self.manager, self.auth = manager, auth
+
+    async def StartRun(self, request: pb.StartRunRequest, context) -> pb.StartRunResponse:
+        await self.auth.require(context, "run")
+        try:
+            return pb.StartRunResponse(run_id=await self.manager.start(request.spec))
+        except KNOWN_FAILURES as err:
+            await _abort_for(context, err)
+
+    async def GetRun(self, request: pb.GetRunRequest, context) -> pb.Run:
+        await self.auth.require(context, "run")
+        run_id = await _run_id(context, request.run_id)
+        try:
+            return self.manager.get(run_id)
+        except KNOWN_FAILURES as err:
+            await _abort_for(context, err)
+
+    async def WatchRun(self, request: pb.WatchRunRequest, context):
+        await self.auth.require(context, "run")
+        run_id = await _run_id(context, request.run_id)
+        if request.after_sequence < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "after_sequence must be >= 0")
+        try:
+            async for event in self.manager.watch(run_id, request.after_sequence):
+                yield event
+        except KNOWN_FAILURES as err:
+            await _abort_for(context, err)
+
+    async def CancelRun(self, request: pb.CancelRunRequest, context) -> pb.Run:
+        await self.auth.require(context, "run")
+        run_id = await _run_id(context, request.run_id)
+        try:
+            return await self.manager.cancel(run_id)
+        except KNOWN_FAILURES as err:
+            await _abort_for(context, err)
+
+    async def ResumeRun(self, request: pb.ResumeRunRequest, context) -> pb.Run:
+        await self.auth.require(context, "run")
+        run_id = await _run_id(context, request.run_id)
+        try:
+            return self.manager.resume(run_id)
+        except KNOWN_FAILURES as err:
+            await _abort_for(context, err)
+
+    async def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
+        await self.auth.require(context, "run")
+        try:
+            return pb.ListRunsResponse(runs=self.manager.list())
+        except KNOWN_FAILURES as err:
+            await _abort_for(context, err)
+
+
+async def serve(config: OptimizerConfig) -> None:
+    """Opens the state, resumes unfinished runs and serves until SIGTERM; runs in flight resume at the next start."""
+    store = Store.open(config.state_dir)
+    auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights)
+    llm = LlmClient(config.llm, store)
+    scorer = ScorerClient(config.scorer)
+    manager = RunManager(store, llm, scorer, max_active_runs=config.max_active_runs, default_model=config.llm.model)
+    if config.metrics_port:
+        prometheus_client.start_http_server(config.metrics_port, addr=config.host)
+    service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(manager, auth), SERVICE_NAME)],
+                          host=config.host, port=config.port, tls=config.tls, grace_seconds=config.grace_seconds)
+    await service.start()
+    log.info("optimizer_serving", port=service.port, state_dir=str(config.state_dir), scorer=config.scorer.address,
+             llm=config.llm.base_url, auth=auth.enabled, resumed=manager.resume_unfinished())
+    try:
+        await service.serve_until_signalled()
+    finally:
+        await manager.shutdown()
+        await llm.close()
+        await scorer.close()
+        store.close()

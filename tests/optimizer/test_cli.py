@@ -1,0 +1,51 @@
+"""`python -m optimizer_service run`: one optimization in a process of its own, with a report on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.optimizer.conftest import SCORER_TOKENS, TASK
+from tests.optimizer.scripted_llm import ScriptedLLM
+from tests.procs import REPO
+
+
+def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "optimizer_service", "run", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_run_writes_result_json_and_a_plot(scorer, tmp_path):
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "placeholder", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0],
+           "OPTIMIZER_TEMPLATES_PER_CALL": "3"}
+    with ScriptedLLM() as llm:
+        done = run_cli("--scorer", scorer.address, "--task", TASK, "--llm-base-url", llm.url, "--llm-model", "scripted-model",
+                       "--restarts", "1", "--resets", "2", "--iterations", "2", "--initial-pool-size", "5",
+                       "--conversation", "stateless", "--llm-backoff-initial-s", "0.01", "--out", str(out), env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["state"] == "RUN_STATE_SUCCEEDED" and result["stop_reason"] == "finished"
+    assert result["spec"]["templates_per_call"] == 3  # from the OPTIMIZER_ environment default
+    assert result["spec"]["conversation"] == "stateless"
+    counters = result["counters"]
+    assert counters["iterations_done"] == 4 and counters["llm_calls"] == 4 == len(llm.seen)
+    assert len(result["trajectory"]) == counters["templates_scored"] == 5 + 4 * 3
+    assert [t["sequence"] for t in result["trajectory"]] == list(range(17))
+    assert {t["llm_call"] for t in result["trajectory"] if t["iteration"] >= 0} == {s.call_id for s in llm.seen}
+    bests = [point["best_train_accuracy"] for point in result["curve"]]
+    assert [point["step"] for point in result["curve"]] == [0, 1, 2, 3, 4] and bests == sorted(bests)
+    assert result["best"][0]["train_accuracy"] == max(t["train_accuracy"] for t in result["trajectory"])
+    assert "test_accuracy" in result["best"][0]
+    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "state" / "optimizer.sqlite3").exists()
+
+
+def test_run_refuses_an_over_cap_spec_and_a_missing_key(scorer, tmp_path):
+    base = ["--scorer", scorer.address, "--task", TASK, "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "m",
+            "--out", str(tmp_path / "out")]
+    over = run_cli(*base, "--restarts", "99", env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "x"})
+    assert over.returncode == 2 and "restarts=99 is out of range" in over.stderr
+    keyless = run_cli(*base, env={"PATH": "/usr/bin:/bin"})
+    assert keyless.returncode == 2 and "OPENAI_API_KEY" in keyless.stderr

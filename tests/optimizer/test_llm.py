@@ -1,0 +1,136 @@
+"""The LLM client against the scripted OpenAI-compatible server: retries, skips, accounting, cache, bounds."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx2
+import openai
+import pytest
+
+from optimizer_service.config import LlmSettings, Price
+from optimizer_service.llm import CALL_HEADER, LlmClient, LlmUnavailable, retry_after_seconds
+from optimizer_service.store import Store
+from tests.optimizer.scripted_llm import (EMPTY_CHOICES, GARBAGE, NOT_UTF8, TRUNCATED_JSON, Delay, Drop, Fail, Raw, Reply,
+                                          ScriptedLLM)
+
+MESSAGES = [{"role": "user", "content": "Write 2 new templates"}]
+NULL_CONTENT = Raw(b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": null}}]}')
+
+
+def settings(url: str, **overrides) -> LlmSettings:
+    values = dict(base_url=url, model="scripted", api_key="placeholder", concurrency=4, timeout_s=5.0, max_attempts=3,
+                  backoff_initial_s=0.01, backoff_max_s=0.2)
+    return LlmSettings(**{**values, **overrides})
+
+
+async def ask(client: LlmClient, sample: str = "0", call_id: str = "run/0/0/0"):
+    return await client.complete(MESSAGES, model="scripted", temperature=1.0, sample=sample, call_id=call_id)
+
+
+async def test_a_reply_is_returned_with_its_tokens_cost_and_call_header(tmp_path):
+    with ScriptedLLM([Reply("- a {}", prompt_tokens=1000, completion_tokens=500)]) as llm:
+        client = LlmClient(settings(llm.url, price=Price(2.0, 8.0)), Store.open(tmp_path))
+        result = await ask(client, call_id="run/1/0/3")
+        await client.close()
+    assert (result.content, result.prompt_tokens, result.completion_tokens) == ("- a {}", 1000, 500)
+    assert result.cost_usd == pytest.approx((1000 * 2.0 + 500 * 8.0) / 1e6)
+    assert (result.requests, result.errors, result.cached) == (1, 0, False)
+    [seen] = llm.seen
+    assert seen.headers[CALL_HEADER.lower()] == "run/1/0/3"
+    assert seen.body["model"] == "scripted" and seen.body["temperature"] == 1.0 and seen.body["messages"] == MESSAGES
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fail(429, {"retry-after": "0.05"}), Fail(429, {"retry-after-ms": "30"}), Fail(500), Fail(503), Drop(),
+     Delay(1.5, Reply("- too late {}")), TRUNCATED_JSON, NOT_UTF8, EMPTY_CHOICES, GARBAGE, NULL_CONTENT, Reply("   ")],
+    ids=["429-retry-after", "429-retry-after-ms", "500", "503", "connection-reset", "timeout", "truncated-json", "not-utf8",
+         "empty-choices", "garbage", "null-content", "blank-content"],
+)
+async def test_each_passing_fault_is_retried_and_counted(fault, tmp_path):
+    with ScriptedLLM([fault, Reply("- a fine {}")]) as llm:
+        client = LlmClient(settings(llm.url, timeout_s=0.5), None)
+        result = await ask(client)
+        await client.close()
+    assert result.content == "- a fine {}"
+    assert (result.requests, result.errors) == (2, 1)
+    assert [s.answered for s in llm.seen][-1] == "reply"
+
+
+async def test_a_reply_malformed_every_time_is_skipped_not_raised():
+    with ScriptedLLM([GARBAGE, EMPTY_CHOICES, TRUNCATED_JSON]) as llm:
+        client = LlmClient(settings(llm.url, max_attempts=3), None)
+        result = await ask(client)
+        await client.close()
+    assert result.content is None
+    assert (result.requests, result.errors) == (3, 3)
+
+
+async def test_an_endpoint_that_stays_down_raises_unavailable_with_its_counts():
+    with ScriptedLLM([Fail(500), Fail(503), Fail(500)]) as llm:
+        client = LlmClient(settings(llm.url, max_attempts=3), None)
+        with pytest.raises(LlmUnavailable, match="after 3 attempt") as caught:
+            await ask(client)
+        await client.close()
+    assert (caught.value.requests, caught.value.errors) == (3, 3)
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+async def test_a_refusal_is_not_retried(status):
+    with ScriptedLLM([Fail(status), Reply("- never asked {}")]) as llm:
+        client = LlmClient(settings(llm.url), None)
+        with pytest.raises(LlmUnavailable, match="refused"):
+            await ask(client)
+        await client.close()
+    assert len(llm.seen) == 1
+
+
+async def test_the_response_cache_answers_identical_questions_and_only_those(tmp_path):
+    store = Store.open(tmp_path)
+    with ScriptedLLM() as llm:
+        client = LlmClient(settings(llm.url), store)
+        first = await ask(client, sample="s1")
+        again = await ask(client, sample="s1", call_id="another/call")
+        other_sample = await ask(client, sample="s2")
+        await client.close()
+        uncached = LlmClient(settings(llm.url, cache=False), store)
+        fresh = await ask(uncached, sample="s1")
+        await uncached.close()
+    assert again.cached and again.content == first.content and again.requests == 0 and again.prompt_tokens == 0
+    assert not other_sample.cached and other_sample.content != first.content
+    assert not fresh.cached and fresh.content != first.content
+    assert len(llm.seen) == 3
+
+
+async def test_requests_in_flight_stay_within_the_concurrency_bound():
+    with ScriptedLLM([Delay(0.2, Reply(f"- slow {i} {{}}")) for i in range(6)]) as llm:
+        client = LlmClient(settings(llm.url, concurrency=2), None)
+        results = await asyncio.gather(*(ask(client, sample=str(i)) for i in range(6)))
+        await client.close()
+    assert all(r.content for r in results)
+    assert llm.most_in_flight == 2
+
+
+def _rate_limited(headers: dict[str, str]) -> openai.RateLimitError:
+    request = httpx2.Request("POST", "http://llm/v1/chat/completions")
+    return openai.RateLimitError("slow down", response=httpx2.Response(429, headers=headers, request=request), body=None)
+
+
+def test_retry_after_is_read_in_milliseconds_seconds_or_as_a_date():
+    assert retry_after_seconds(_rate_limited({"retry-after-ms": "1500"})) == 1.5
+    assert retry_after_seconds(_rate_limited({"retry-after": "7"})) == 7.0
+    assert retry_after_seconds(_rate_limited({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"})) == 0.0  # in the past
+    assert retry_after_seconds(_rate_limited({})) is None
+    assert retry_after_seconds(ValueError("not an HTTP error")) is None
+
+
+def test_the_wait_honors_retry_after_up_to_the_backoff_cap():
+    from tenacity import RetryCallState
+
+    client = LlmClient(settings("http://127.0.0.1:9/v1", backoff_max_s=10.0), None)
+    state = RetryCallState(None, None, (), {})
+    state.set_exception((openai.RateLimitError, _rate_limited({"retry-after": "4"}), None))
+    assert client._wait(state) == 4.0
+    state.set_exception((openai.RateLimitError, _rate_limited({"retry-after": "600"}), None))
+    assert client._wait(state) == 10.0

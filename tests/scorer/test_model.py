@@ -1,0 +1,52 @@
+"""The text encoder's fast paths give the embeddings of a plain transformers forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scorer_service.model import ModelLoadError, load_clip
+
+TEMPLATES = ["a photo of a {}.", "a blurry photo of the {} in the wild.", "photo-{}", "{} on a table", "a {}"]
+CLASSES = ["black cat", "blue sky", "green leaf", "red apple", "an unusually long class name with many words"]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_clip_dir):
+    return load_clip(str(tiny_clip_dir))
+
+
+def reference(encoder, prompts: list[str]) -> torch.Tensor:
+    batch = encoder.tokenizer(prompts, padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        features = encoder.model.get_text_features(**batch).pooler_output
+    return torch.nn.functional.normalize(features, dim=-1)
+
+
+def test_shared_prefix_and_length_sorting_match_the_padded_forward(encoder):
+    prompts = [t.replace("{}", c) for t in TEMPLATES for c in CLASSES]
+    prefixes = [t.split("{}")[0] for t in TEMPLATES for _ in CLASSES]
+    expected = reference(encoder, prompts)
+    shared = encoder.encode_text(prompts, prefixes)
+    plain = encoder.encode_text(prompts)
+    assert torch.allclose(shared, expected, atol=1e-5)
+    assert torch.allclose(plain, expected, atol=1e-5)
+
+
+def test_prefix_groups_only_share_exact_token_prefixes(encoder):
+    prompts = [t.replace("{}", c) for t in TEMPLATES for c in CLASSES]
+    prefixes = [t.split("{}")[0] for t in TEMPLATES for _ in CLASSES]
+    ids = encoder.tokenizer(prompts)["input_ids"]
+    groups = encoder._prefix_groups(ids, prefixes)
+    for key, members in groups.items():
+        if key is not None:
+            assert len(members) >= 2 and all(tuple(ids[i][: len(key)]) == key for i in members)
+    shared_templates = {prefixes[m] for key, ms in groups.items() if key is not None for m in ms}
+    assert "a photo of a " in shared_templates
+    assert "" not in shared_templates  # "{} on a table": only the start token before the class
+
+
+def test_a_missing_hub_model_names_what_was_tried(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match="hub id 'openai/clip-vit-base-patch16' \\(offline=True\\)"):
+        load_clip("openai/clip-vit-base-patch16")
