@@ -3,7 +3,10 @@
 Tokens come from a JSON file or an environment variable holding the same JSON:
 
     {"tokens": [{"name": "team-a", "token": "s3cret", "rights": ["score"],
-                 "requests_per_second": 20, "burst": 40}]}
+                 "requests_per_second": 20, "burst": 40, "evaluation_budget": 100000}]}
+
+`evaluation_budget` (0 or absent: unlimited) caps the templates a token may
+ever have scored; the scorer keeps the count across restarts.
 
 Rights the scorer knows: `score` (the few-shot train split) and `test` (the
 protected test split). The optimizer knows `run`. Tokens are compared in
@@ -32,6 +35,7 @@ class Principal:
 
     name: str
     rights: frozenset[str]
+    evaluation_budget: int = 0  # 0: unlimited
 
     def has(self, right: str) -> bool:
         return right in self.rights
@@ -44,6 +48,7 @@ class TokenEntry:
     rights: frozenset[str]
     requests_per_second: float = 0.0  # 0: unlimited
     burst: float = 0.0
+    evaluation_budget: int = 0  # 0: unlimited
 
 
 class AuthConfigError(ValueError):
@@ -74,6 +79,7 @@ def parse_tokens(text: str, origin: str) -> list[TokenEntry]:
                 rights=frozenset(rights),
                 requests_per_second=rate,
                 burst=float(item.get("burst", 0) or max(rate, 1.0)),
+                evaluation_budget=int(item.get("evaluation_budget", 0) or 0),
             )
         )
     return entries
@@ -135,7 +141,7 @@ class Authenticator:
         for entry in self._tokens:  # no early exit: time does not tell which entry matched
             if hmac.compare_digest(digest, entry.digest):
                 match = entry
-        return Principal(match.name, match.rights) if match else None
+        return Principal(match.name, match.rights, match.evaluation_budget) if match else None
 
     async def require(self, context: grpc.aio.ServicerContext, right: str) -> Principal:
         """Authenticates, rate-limits and checks `right`; aborts the call otherwise."""

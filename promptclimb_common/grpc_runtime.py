@@ -155,6 +155,10 @@ class GrpcService:
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # long optimizer runs keep idle channels alive with pings every 30 s
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+                ("grpc.http2.max_ping_strikes", 0),
             ],
         )
         self.health = health_aio.HealthServicer()

@@ -36,6 +36,7 @@ class ScorerConfig:
     device: str = "auto"
     dtype: str = "auto"
     cache_dir: Path = Path(".cache/promptclimb/scorer")
+    state_dir: Path = Path(".cache/promptclimb/scorer-state")
     tokens_file: str | None = None
     anonymous_rights: frozenset[str] = frozenset({"score"})
     tls: TlsFiles = field(default_factory=TlsFiles)
@@ -82,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dtype", default=_env("dtype", d.dtype), choices=["auto", "float32", "float16", "bfloat16"],
       help="auto: bfloat16 (or float16) on GPU, float32 on CPU")
     a("--cache-dir", type=Path, default=Path(_env("cache_dir", d.cache_dir)), help="on-disk cache of image features")
+    a("--state-dir", type=Path, default=Path(_env("state_dir", d.state_dir)),
+      help="durable state: each token's count of evaluated templates (SQLite)")
     a("--tokens-file", default=_env("tokens_file", d.tokens_file),
       help="JSON file of bearer tokens; else $PROMPTCLIMB_TOKENS; none: auth off")
     a("--anonymous-rights", default=_env("anonymous_rights", ",".join(sorted(d.anonymous_rights))),
@@ -143,6 +146,7 @@ def parse_config(argv: list[str] | None = None) -> ScorerConfig:
         device=ns.device,
         dtype=ns.dtype,
         cache_dir=ns.cache_dir,
+        state_dir=ns.state_dir,
         tokens_file=ns.tokens_file,
         anonymous_rights=frozenset(r.strip() for r in ns.anonymous_rights.split(",") if r.strip()),
         tls=TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca),

@@ -33,3 +33,5 @@ IMAGE_FEATURES_SECONDS = Histogram(
     ["source"], buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
 )
 MODEL_INFO = Info("scorer_model", "The CLIP checkpoint being served.")
+TOKEN_EVALUATIONS = Counter("scorer_token_evaluations_total", "Templates charged to each token's evaluation budget.", ["token"])
+TOKEN_REQUESTS = Counter("scorer_token_requests_total", "Score calls by token name and split.", ["token", "split"])

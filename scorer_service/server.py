@@ -17,6 +17,7 @@ from scorer_service.config import ScorerConfig
 from scorer_service.datasets import TEST, TRAIN, Task, build_task, load_image_folder
 from scorer_service.features import SplitFeatures, load_split_features
 from scorer_service.model import ClipEncoder, load_clip
+from scorer_service.quota import BudgetExhaustedError, EvaluationLedger
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
 
 log = structlog.get_logger(__name__)
@@ -34,12 +35,14 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         features: dict[tuple[str, str], SplitFeatures],
         scorer: TemplateScorer,
         auth: Authenticator,
+        ledger: EvaluationLedger,
         max_templates_per_request: int,
     ) -> None:
         self.tasks = tasks
         self.features = features
         self.scorer = scorer
         self.auth = auth
+        self.ledger = ledger
         self.max_templates_per_request = max_templates_per_request
 
     async def ListTasks(self, request, context):
@@ -59,7 +62,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         )
 
     async def Score(self, request, context):
-        await self.auth.require(context, "test" if request.split == scorer_pb2.SPLIT_TEST else "score")
+        principal = await self.auth.require(context, "test" if request.split == scorer_pb2.SPLIT_TEST else "score")
         split = SPLIT_NAMES.get(request.split)
         if split is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown split {request.split}; use SPLIT_TRAIN or SPLIT_TEST")
@@ -76,6 +79,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                 f"{count} templates in one request; the limit is {self.max_templates_per_request}: split the request",
             )
         structlog.contextvars.bind_contextvars(task=task.task_id, split=split, templates=count)
+        metrics.TOKEN_REQUESTS.labels(principal.name, split).inc()
+        try:
+            self.ledger.charge(principal.name, count, principal.evaluation_budget)
+        except BudgetExhaustedError as err:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{err}; ask the scorer's operator for more")
         try:
             scores = await self.scorer.score(task, split, self.features[task.task_id, split], list(request.templates))
         except QueueFullError as err:
@@ -118,6 +126,7 @@ class ScorerApp:
         self.config = config
         self.service: GrpcService | None = None
         self.batcher: TextEncodeBatcher | None = None
+        self.ledger: EvaluationLedger | None = None
 
     async def start(self) -> int:
         """Loads everything, then serves; returns the bound gRPC port."""
@@ -133,7 +142,8 @@ class ScorerApp:
         )
         self.batcher.start()
         scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes)
-        servicer = ScorerServicer(tasks, features, scorer, auth, config.max_templates_per_request)
+        self.ledger = EvaluationLedger(config.state_dir / "evaluations.sqlite")
+        servicer = ScorerServicer(tasks, features, scorer, auth, self.ledger, config.max_templates_per_request)
         if config.metrics_port:
             start_http_server(config.metrics_port, addr=config.host)
             log.info("metrics_serving", port=config.metrics_port)
@@ -149,15 +159,20 @@ class ScorerApp:
         return await self.service.start()
 
     async def stop(self) -> None:
+        """Drains the server, then releases the encoder thread and the ledger."""
         if self.service:
             await self.service.stop()
+        await self._release()
+
+    async def _release(self) -> None:
         if self.batcher:
             await self.batcher.close()
+        if self.ledger:
+            self.ledger.close()
 
     async def run_until_signalled(self) -> None:
         await self.start()
         try:
             await self.service.serve_until_signalled()
         finally:
-            if self.batcher:
-                await self.batcher.close()
+            await self._release()

@@ -67,7 +67,8 @@ def start_scorer(
     """Starts the real scorer on a free loopback port; returns (process, address)."""
     port = free_port()
     args = ["scorer_service", "--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
-            "--metrics-port", "0", "--cache-dir", str(cache_dir), *extra]
+            "--metrics-port", "0", "--cache-dir", str(cache_dir), "--state-dir", str(cache_dir.with_name(cache_dir.name + "-state")),
+            *extra]
     for task_id, root in tasks.items():
         args += ["--task", f"{task_id}={root}"]
     process = start_process(args, log_path, env)

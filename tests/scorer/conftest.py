@@ -44,6 +44,7 @@ def base_config(tiny_clip_dir, image_task_dir, tmp_path_factory) -> ScorerConfig
         port=0,
         metrics_port=0,
         cache_dir=tmp_path_factory.mktemp("feature-cache"),
+        state_dir=tmp_path_factory.mktemp("scorer-state"),
         max_templates_per_request=16,
         max_message_bytes=256 * 1024,
         max_batch_delay_ms=20,
