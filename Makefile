@@ -45,6 +45,7 @@ demo: env
 
 bench: env
 	$(PY) -m bench.text_encoder
+	$(PY) -m bench.grpc_load
 
 # Offline checks of deploy/ (deploy/check.py): every kustomize overlay rendered
 # and schema-checked, promtool on the scrape config and alerts, dashboards,

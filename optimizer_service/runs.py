@@ -122,7 +122,7 @@ class RunManager:
     async def start(self, spec: pb.RunSpec) -> str:
         """Validates the spec (and that the scorer has its task), stores the run and launches it."""
         settings = RunSettings.from_proto(spec, self.default_model)
-        if sum(1 for task in self._tasks.values() if not task.done()) >= MAX_WAITING_RUNS:
+        if len(self._tasks) >= MAX_WAITING_RUNS:
             raise TooManyRuns(f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one")
         try:
             await self.scorer.task(settings.task_id, grace_s=0)
@@ -180,6 +180,7 @@ class RunManager:
 
     async def _drive(self, run_id: str) -> None:
         """Waits for a slot, then searches; turns every outcome into a final state."""
+        structlog.contextvars.clear_contextvars()  # the task was born inside an RPC; its logs belong to the run
         structlog.contextvars.bind_contextvars(run_id=run_id)
         counters = None  # what the run has spent; kept whichever way it ends
         try:
@@ -202,6 +203,7 @@ class RunManager:
             self._finish(run_id, FAILED, f"internal error: {err!r}", counters)
         finally:
             self._cancelling.discard(run_id)
+            self._tasks.pop(run_id, None)
             with contextlib.suppress(KeyError):  # the run never scored anything
                 metrics.BEST_TRAIN_ACCURACY.remove(run_id)
 

@@ -30,6 +30,10 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # Reconnect soon after a scorer comes back, not after gRPC's default backoff of up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
 
 
@@ -82,13 +86,18 @@ class ScorerClient:
         return min(hint, self._backoff_max_s) if hint is not None else self._backoff(state)
 
     async def _call(self, what: str, method, request, grace_s: float):
-        """One RPC with retries on passing failures for up to `grace_s` seconds."""
+        """One RPC with retries on passing failures for up to `grace_s` seconds.
+
+        With a grace period, a call also waits (within its deadline) for a scorer that is
+        reconnecting, instead of failing at once; without one, it fails fast.
+        """
         try:
             async for attempt in AsyncRetrying(stop=stop_after_delay(grace_s), wait=self._wait,
                                                retry=retry_if_exception(_passing), reraise=True):
                 with attempt:
                     try:
-                        return await method(request, timeout=self.settings.deadline_s, metadata=self._metadata)
+                        return await method(request, timeout=self.settings.deadline_s, metadata=self._metadata,
+                                            wait_for_ready=grace_s > 0)
                     except grpc.aio.AioRpcError as err:
                         if err.code() in PASSING:
                             log.info("scorer_call_retrying", call=what, code=err.code().name, details=err.details())

@@ -149,7 +149,7 @@ class HillClimb:
             candidates, steps = await self.score(new, INITIAL, INITIAL, INITIAL, llm_call=""), []
         if not candidates:
             raise SearchFailed("no template of the initial pool could be scored; check the pool and the scorer's task")
-        self.journal.record(candidates, steps, None)
+        self.commit(candidates, steps, None)
 
     async def llm_written_pool(self) -> tuple[list[Candidate], list[Step]]:
         """N templates written by the LLM from the task's name and class names, asking again if it wrote too few."""
@@ -183,7 +183,12 @@ class HillClimb:
         self.counters.iterations_done += 1
         step = Step(restart, reset, iteration, call_id, messages, reply)
         self.steps[(restart, reset, iteration)] = step
-        self.journal.record(candidates, [step], (restart, reset, iteration))
+        self.commit(candidates, [step], (restart, reset, iteration))
+
+    def commit(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None) -> None:
+        """Nothing counts as done until the journal holds it."""
+        self.counters.active_seconds = self.active_seconds()
+        self.journal.record(candidates, steps, iteration)
 
     def count_unusable(self, invalid: list, duplicates: list[str]) -> None:
         self.counters.candidates_invalid += len(invalid)
@@ -249,7 +254,6 @@ class HillClimb:
                 candidates.append(candidate)
                 self.counters.templates_scored += 1
                 metrics.CANDIDATES.labels("scored").inc()
-        self.counters.active_seconds = self.active_seconds()
         return candidates
 
     def active_seconds(self) -> float:

@@ -21,16 +21,13 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-from scorer_service.prefix_sharing import encode_with_shared_prefix
+from scorer_service.prefix_sharing import encode_with_shared_prefixes
 
 log = structlog.get_logger(__name__)
 
 # Prompts per encoder call: large enough to keep matrix units busy, small enough
 # to bound activation memory (256 x 77 tokens x 2048 floats per MLP layer).
 CHUNK_PROMPTS = 256
-# Prompts of one template differ in length only by their class names; smaller
-# chunks keep their padding low.
-SHARED_PREFIX_CHUNK = 32
 
 
 class ModelLoadError(RuntimeError):
@@ -83,16 +80,18 @@ class ClipEncoder:
         """
         ids = self.tokenizer(list(prompts), truncation=True, max_length=self.context_length)["input_ids"]
         out = torch.empty(len(ids), self.model.config.projection_dim, dtype=self.dtype, device=self.device)
-        unshared = []
-        for prefix_ids, members in self._prefix_groups(ids, prefixes or [None] * len(ids)).items():
-            if prefix_ids is None:
-                unshared.extend(members)
-                continue
-            for chunk in _length_sorted_chunks(members, ids, SHARED_PREFIX_CHUNK):
-                features = encode_with_shared_prefix(
-                    self.model, list(prefix_ids), [ids[i][len(prefix_ids) :] for i in chunk], self.tokenizer.pad_token_id
-                )
-                out[torch.tensor(chunk, device=self.device)] = self._normalise(features)
+        groups = self._prefix_groups(ids, prefixes or [None] * len(ids))
+        unshared = groups.pop(None, [])
+        prefix_of = {i: key for key, members in groups.items() for i in members}
+        suffix = {i: ids[i][len(key) :] for i, key in prefix_of.items()}
+        for chunk in _length_sorted_chunks(list(prefix_of), suffix):
+            keys = list(dict.fromkeys(prefix_of[i] for i in chunk))
+            slot = {key: k for k, key in enumerate(keys)}
+            features = encode_with_shared_prefixes(
+                self.model, [list(k) for k in keys], [suffix[i] for i in chunk], [slot[prefix_of[i]] for i in chunk],
+                self.tokenizer.pad_token_id,
+            )
+            out[torch.tensor(chunk, device=self.device)] = self._normalise(features)
         for chunk in _length_sorted_chunks(unshared, ids):
             width = len(ids[chunk[-1]])
             input_ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -152,7 +151,7 @@ class ClipEncoder:
         return digest.hexdigest()
 
 
-def _length_sorted_chunks(indices: list[int], ids: list[list[int]], size: int = CHUNK_PROMPTS) -> list[list[int]]:
+def _length_sorted_chunks(indices: list[int], ids, size: int = CHUNK_PROMPTS) -> list[list[int]]:
     """Chunks of prompts of similar length, so each pads little."""
     ordered = sorted(indices, key=lambda i: len(ids[i]))
     return [ordered[start : start + size] for start in range(0, len(ordered), size)]

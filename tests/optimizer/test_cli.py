@@ -25,6 +25,7 @@ def test_run_writes_result_json_and_a_plot(scorer, tmp_path):
                        "--restarts", "1", "--resets", "2", "--iterations", "2", "--initial-pool-size", "5",
                        "--conversation", "stateless", "--llm-backoff-initial-s", "0.01", "--out", str(out), env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "climbing" in done.stderr and "4/4" in done.stderr and "llm_calls=4" in done.stderr  # the progress bar
     result = json.loads((out / "result.json").read_text())
     assert result["state"] == "RUN_STATE_SUCCEEDED" and result["stop_reason"] == "finished"
     assert result["spec"]["templates_per_call"] == 3  # from the OPTIMIZER_ environment default

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from tests.optimizer.conftest import TASK, small_spec
@@ -254,3 +255,22 @@ async def test_list_runs_shows_every_run_with_its_label(optimizer):
     runs = (await optimizer.stub.ListRuns(pb.ListRunsRequest())).runs
     assert [(r.run_id, r.spec.label) for r in runs] == [(first.run_id, "first"), (second.run_id, "second")]
     assert runs[0].spec.restarts == 1 and runs[0].spec.templates_per_call == 2 and runs[0].spec.temperature == 1.0
+
+
+def _sample(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_metrics_count_what_a_run_did(optimizer):
+    names = [("optimizer_llm_calls_total", {"model": "scripted-model", "outcome": "success"}),
+             ("optimizer_llm_tokens_total", {"model": "scripted-model", "kind": "prompt"}),
+             ("optimizer_candidates_total", {"outcome": "scored"}),
+             ("optimizer_scorer_calls_total", {"code": "OK"}),
+             ("optimizer_llm_request_duration_seconds_count", {"model": "scripted-model"})]
+    before = [_sample(name, **labels) for name, labels in names]
+    run, _ = await optimizer.run_to_end()
+    after = [_sample(name, **labels) for name, labels in names]
+    # 6 seeds + 8 iterations x 2 templates scored; 1 + 8 train Score calls and 1 on test for the final best.
+    assert [a - b for a, b in zip(after, before)] == [8, 8 * 40, 6 + 8 * 2, 1 + 8 + 1, 8]
+    assert _sample("optimizer_runs", state="SUCCEEDED") == 1 and _sample("optimizer_runs", state="RUNNING") == 0
+    assert REGISTRY.get_sample_value("optimizer_run_best_train_accuracy", {"run_id": run.run_id}) is None  # gone when it ended
