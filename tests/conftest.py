@@ -26,3 +26,18 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 def image_task_dir(tmp_path_factory) -> Path:
     """4 classes, train/ and test/ folders, 3 + 3 images per class."""
     return write_image_folder(tmp_path_factory.mktemp("dataset"), per_class=6)
+
+
+def prerequisite(missing: bool, why: str) -> pytest.MarkDecorator:
+    """Marks tests that need a tool `make test` installs: without it they fail with `why`, never skip."""
+    return pytest.mark.prerequisite(missing=missing, why=why)
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "prerequisite(missing, why): fails the test when a required tool is missing")
+
+
+def pytest_runtest_setup(item) -> None:
+    for mark in item.iter_markers("prerequisite"):
+        if mark.kwargs["missing"]:
+            pytest.fail(f"missing prerequisite: {mark.kwargs['why']}", pytrace=False)

@@ -19,9 +19,10 @@ from demo.fashion_mnist import (
     read_idx,
 )
 from scorer_service.datasets import load_image_folder
+from tests.conftest import prerequisite
 
-needs_debian_data = pytest.mark.skipif(
-    not (DEBIAN_DIR / "train-labels-idx1-ubyte.gz").is_file(), reason=f"Fashion-MNIST not installed: {APT_COMMAND}"
+needs_debian_data = prerequisite(
+    not (DEBIAN_DIR / "train-labels-idx1-ubyte.gz").is_file(), why=f"Fashion-MNIST not installed: {APT_COMMAND}"
 )
 
 

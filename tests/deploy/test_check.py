@@ -7,10 +7,11 @@ import copy
 import pytest
 
 from tests.deploy import REPO, load_check
+from tests.conftest import prerequisite
 
 check = load_check()
 kubectl = check.tool("kubectl")
-needs_kubectl = pytest.mark.skipif(kubectl is None, reason="no kubectl: `make deploy-check` installs it")
+needs_kubectl = prerequisite(kubectl is None, why="no kubectl: `make deploy-check` installs it")
 
 
 @pytest.fixture(scope="module")

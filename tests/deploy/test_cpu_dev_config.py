@@ -24,10 +24,11 @@ from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from tests.deploy import REPO, load_check
 from tests.procs import free_port, start_process, stop_process, wait_healthy
+from tests.conftest import prerequisite
 
 check = load_check()
 kubectl = check.tool("kubectl")
-pytestmark = pytest.mark.skipif(kubectl is None, reason="no kubectl: `make deploy-check` installs it")
+pytestmark = prerequisite(kubectl is None, why="no kubectl: `make deploy-check` installs it")
 OVERLAY = REPO / "deploy" / "k8s" / "overlays" / "cpu-dev"
 
 

@@ -27,13 +27,14 @@ from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from tests.deploy import load_check
 from tests.procs import REPO, free_port, start_process, start_scorer, stop_process, wait_healthy
+from tests.conftest import prerequisite
 
 MONITORING = REPO / "deploy" / "monitoring"
 PROMETHEUS = shutil.which("prometheus")
 SCORER_METRICS = load_check().SCORER_METRICS
 OPTIMIZER_METRICS = load_check().OPTIMIZER_METRICS
 
-pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="no prometheus binary: `make deploy-check` installs Debian's prometheus")
+pytestmark = prerequisite(PROMETHEUS is None, why="no prometheus binary: `make deploy-check` installs Debian's prometheus")
 
 
 def get_json(url: str) -> dict:
