@@ -42,8 +42,9 @@ test: $(TEST_DEPS)
 test-fast: $(TEST_DEPS)
 	$(PY) -m pytest -q -m "not e2e"
 
-demo: env
-	$(PY) -m scorer_service.demo
+# The whole system end to end (see demo/__main__.py for its environment knobs).
+demo: env llm-env demo-data
+	$(PY) -m demo
 
 bench: env
 	$(PY) -m bench.text_encoder

@@ -205,6 +205,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--templates", type=int, default=64, help="templates scored by the fast steps")
+    parser.add_argument("--max-prompts", type=int, default=8000,
+                        help="fewer templates for many classes, so each step encodes at most this many prompts")
     parser.add_argument("--baseline-templates", type=int, default=4,
                         help="templates scored by the slow steps (their rate is per template; fewer keeps the run short)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -229,7 +231,7 @@ def main() -> None:
     for count in args.classes:
         names = names_all[:count]
         features, labels = image_features(IMAGES, fp32.model.config.projection_dim, count)
-        templates = TEMPLATES[: args.templates]
+        templates = TEMPLATES[: max(1, min(args.templates, args.max_prompts // count))]
         slow = templates[: args.baseline_templates]
         mean_tokens = sum(fp32.token_lengths([fill(t, n) for t in templates for n in names])) / (len(templates) * count)
         steps = [

@@ -16,7 +16,6 @@ import importlib.metadata
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 import structlog
 
 from promptclimb_common.logging import configure_logging
+from promptclimb_common.processes import free_port
 
 log = structlog.get_logger(__name__)
 
@@ -229,12 +229,6 @@ def default_threads() -> int:
     1 thread and 3-6 tokens/s with 2.
     """
     return max(1, (os.cpu_count() or 2) // 2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

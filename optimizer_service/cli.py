@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from collections import defaultdict
 import os
 from pathlib import Path
 
@@ -124,14 +125,15 @@ def step_of(candidate: Candidate, iterations: int) -> int:
 
 def accuracy_curve(candidates: list[Candidate], iterations: int) -> list[tuple[int, float, float]]:
     """(step, best, mean) train accuracy of every candidate scored up to each step, over all restarts."""
-    if not candidates:
-        return []
-    last = max(step_of(c, iterations) for c in candidates)
-    curve = []
-    for step in range(last + 1):
-        upto = [c.accuracy for c in candidates if step_of(c, iterations) <= step]
-        if upto:
-            curve.append((step, max(upto), sum(upto) / len(upto)))
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for candidate in candidates:
+        by_step[step_of(candidate, iterations)].append(candidate.accuracy)
+    curve, best, total, count = [], 0.0, 0.0, 0
+    for step in range(max(by_step, default=-1) + 1):
+        scored = by_step.get(step, [])
+        best, total, count = max([best, *scored]), total + sum(scored), count + len(scored)
+        if count:
+            curve.append((step, best, total / count))
     return curve
 
 

@@ -153,12 +153,15 @@ class LlmClient:
     async def _request(self, messages: list[dict], model: str, sampling: dict, call_id: str, tally: _Tally) -> tuple[str, int, int]:
         """One HTTP request; every failure is counted and re-raised for the retry policy to judge."""
         tally.requests += 1
-        started = time.perf_counter()
         try:
             async with self._limit:
-                response = await self._client.chat.completions.create(
-                    model=model, messages=messages, extra_headers={CALL_HEADER: call_id}, **sampling
-                )
+                started = time.perf_counter()
+                try:
+                    response = await self._client.chat.completions.create(
+                        model=model, messages=messages, extra_headers={CALL_HEADER: call_id}, **sampling
+                    )
+                finally:
+                    metrics.LLM_SECONDS.labels(model).observe(time.perf_counter() - started)
             content = _content_of(response)
         except (openai.APIError, MalformedReply, ValueError) as err:
             failure = err if isinstance(err, (openai.APIError, MalformedReply)) else MalformedReply(f"unreadable body: {err}")
@@ -170,8 +173,6 @@ class LlmClient:
             if failure is err:
                 raise
             raise failure from err
-        finally:
-            metrics.LLM_SECONDS.labels(model).observe(time.perf_counter() - started)
         usage = response.usage
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)

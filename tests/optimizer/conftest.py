@@ -21,7 +21,7 @@ from optimizer_service.store import Store
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from promptclimb_common.auth import Authenticator, parse_tokens
-from promptclimb_common.grpc_runtime import GrpcService
+from promptclimb_common.grpc_runtime import GrpcService, TlsFiles
 from tests.optimizer.scripted_llm import ScriptedLLM
 from tests.procs import start_scorer, stop_process
 
@@ -70,6 +70,7 @@ class Optimizer:
     manager: RunManager
     store: Store
     llm: ScriptedLLM
+    port: int
 
     async def run_to_end(self, **spec) -> tuple[pb.Run, list[pb.RunEvent]]:
         """Starts a run, watches it to its end; returns the final run and every event."""
@@ -85,19 +86,26 @@ def small_spec(**overrides) -> pb.RunSpec:
 
 @contextlib.asynccontextmanager
 async def open_optimizer(scorer_settings: ScorerSettings, llm: ScriptedLLM, state_dir: Path, *, tokens: list | None = None,
+                         tls: TlsFiles = TlsFiles(), client_credentials: grpc.ChannelCredentials | None = None,
                          **llm_overrides) -> Optimizer:
-    """The Optimizer service in this process, wired as `serve` wires it, on a free loopback port."""
+    """The Optimizer service in this process, wired as `serve` wires it, on a free loopback port.
+
+    With `tls`, the stub connects to localhost (the test certificates' name) with `client_credentials`.
+    """
     store = Store.open(state_dir)
     client = LlmClient(llm_settings(llm.url, **llm_overrides), store)
     scorer_client = ScorerClient(scorer_settings, backoff_initial_s=0.05, backoff_max_s=0.5)
     manager = RunManager(store, client, scorer_client, max_active_runs=2, default_model="scripted-model")
     auth = Authenticator(parse_tokens(json.dumps({"tokens": tokens}), "test") if tokens else [], frozenset({"run"}))
     service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(manager, auth), SERVICE_NAME)],
-                          host="127.0.0.1", port=0, grace_seconds=1)
+                          host="127.0.0.1", port=0, tls=tls, grace_seconds=1)
     port = await service.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    if tls.enabled:
+        channel = grpc.aio.secure_channel(f"localhost:{port}", client_credentials)
+    else:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Optimizer(optimizer_pb2_grpc.OptimizerStub(channel), manager, store, llm)
+        yield Optimizer(optimizer_pb2_grpc.OptimizerStub(channel), manager, store, llm, port)
     finally:
         await channel.close()
         await service.stop()

@@ -64,7 +64,7 @@ class Seen:
 
     body: dict
     headers: dict[str, str]
-    answered: str  # what the server did: "reply", "fail 429", "raw", "drop"
+    answered: str  # what the server did: "pending" (still delaying), "reply", "fail 429", "raw", "drop"
 
     @property
     def messages(self) -> list[dict]:
@@ -163,17 +163,18 @@ def _handler(server: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
                 server.entered(-1)
 
         def _answer(self, body: dict, headers: dict[str, str]) -> None:
+            seen = Seen(body, headers, "pending")  # recorded on arrival, so a request still in a delay is seen too
+            server.record(seen)
             action = server.next_action(body)
             while isinstance(action, Delay):
                 time.sleep(action.seconds)
                 action = action.then
             if isinstance(action, Drop):
-                server.record(Seen(body, headers, "drop"))
+                seen.answered = "drop"
                 self.close_connection = True
                 self.connection.shutdown(2)
-                return
-            if isinstance(action, Reply):
-                server.record(Seen(body, headers, "reply"))
+            elif isinstance(action, Reply):
+                seen.answered = "reply"
                 payload = {
                     "id": f"chatcmpl-{len(server.seen)}", "object": "chat.completion", "created": int(time.time()),
                     "model": body.get("model", ""),
@@ -183,11 +184,11 @@ def _handler(server: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
                 }
                 self._send(200, json.dumps(payload).encode(), {})
             elif isinstance(action, Fail):
-                server.record(Seen(body, headers, f"fail {action.status}"))
+                seen.answered = f"fail {action.status}"
                 error = json.dumps({"error": {"message": f"scripted {action.status}", "type": "scripted"}}).encode()
                 self._send(action.status, error, action.headers)
             elif isinstance(action, Raw):
-                server.record(Seen(body, headers, "raw"))
+                seen.answered = "raw"
                 self._send(action.status, action.body, {})
             else:
                 raise TypeError(f"unknown action {action!r}")

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from tests.optimizer.conftest import SCORER_TOKENS, TASK
-from tests.optimizer.scripted_llm import ScriptedLLM
+from tests.optimizer.scripted_llm import Fail, Reply, ScriptedLLM
 from tests.procs import REPO
 
 
@@ -50,3 +50,44 @@ def test_run_refuses_an_over_cap_spec_and_a_missing_key(scorer, tmp_path):
     assert over.returncode == 2 and "restarts=99 is out of range" in over.stderr
     keyless = run_cli(*base, env={"PATH": "/usr/bin:/bin"})
     assert keyless.returncode == 2 and "OPENAI_API_KEY" in keyless.stderr
+
+
+def test_rerunning_after_a_failure_resumes_the_same_run(scorer, tmp_path):
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "placeholder", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]}
+    args = ["--scorer", scorer.address, "--task", TASK, "--llm-model", "scripted-model", "--restarts", "1", "--resets", "1",
+            "--iterations", "3", "--initial-pool-size", "4", "--llm-max-attempts", "1", "--out", str(out)]
+    with ScriptedLLM([Reply("- first {}"), Fail(500)]) as llm:
+        failed = run_cli(*args, "--llm-base-url", llm.url, env=env)
+    assert failed.returncode == 1
+    first = json.loads((out / "result.json").read_text())
+    assert first["state"] == "RUN_STATE_FAILED" and "5xx" in first["stop_reason"]
+    assert first["counters"]["iterations_done"] == 1
+    with ScriptedLLM() as llm:
+        resumed = run_cli(*args, "--llm-base-url", llm.url, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    second = json.loads((out / "result.json").read_text())
+    assert second["run_id"] == first["run_id"] and second["state"] == "RUN_STATE_SUCCEEDED"
+    assert second["counters"]["iterations_done"] == 3
+    assert [s.call_id.rsplit("/", 1)[1] for s in llm.seen] == ["1", "2"]  # iteration 0 was not asked again
+
+
+def test_serve_refuses_an_unusable_state_dir_at_start(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state dir should be")
+    done = subprocess.run([sys.executable, "-m", "optimizer_service", "serve", "--port", "0", "--metrics-port", "0",
+                           "--state-dir", str(blocker / "state"), "--llm-model", "m"], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "x"})
+    assert done.returncode == 2
+    assert "optimizer_cannot_start" in done.stderr and "is not usable" in done.stderr
+
+
+def test_accuracy_curve_accumulates_over_steps_and_restarts():
+    from optimizer_service.cli import accuracy_curve
+    from optimizer_service.pool import INITIAL, Candidate
+
+    candidates = [Candidate("a {}", 0.2, INITIAL, INITIAL, INITIAL, 0), Candidate("b {}", 0.4, INITIAL, INITIAL, INITIAL, 1),
+                  Candidate("c {}", 0.1, 0, 0, 1, 2), Candidate("d {}", 0.9, 1, 1, 0, 3)]
+    curve = accuracy_curve(candidates, iterations=2)  # step = reset * 2 + iteration + 1
+    assert [(step, best) for step, best, _ in curve] == [(0, 0.4), (1, 0.4), (2, 0.4), (3, 0.9)]
+    assert [round(mean, 4) for _, _, mean in curve] == [0.3, 0.3, round(0.7 / 3, 4), 0.4]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import signal
 import sqlite3
 import time
@@ -16,6 +17,8 @@ from tests.optimizer.scripted_llm import Delay, ScriptedLLM, invented_templates
 from tests.procs import free_port, start_process, stop_process, wait_healthy
 
 ENDED = (pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
+# Iterations done (of 16) after which the service is killed; the reliability run sets five, e.g. "1,4,7,10,13".
+KILL_POINTS = [int(n) for n in os.environ.get("PROMPTCLIMB_KILL_POINTS", "3,9").split(",")]
 
 
 def start_service(state_dir, scorer_address: str, llm_url: str, log_path):
@@ -58,32 +61,37 @@ def test_sigkill_mid_run_then_restart(scorer, tmp_path):
     invent = invented_templates(itertools.count())
     state_dir = tmp_path / "state"
     with ScriptedLLM(default=lambda body: Delay(0.25, invent(body))) as llm:
-        process, address = start_service(state_dir, scorer.address, llm.url, tmp_path / "service.log")
-        with grpc.insecure_channel(address) as channel:
-            stub = optimizer_pb2_grpc.OptimizerStub(channel)
-            run_id = stub.StartRun(pb.StartRunRequest(spec=small_spec(iterations=4)), timeout=30).run_id
-        kills: list[tuple[int, set[str]]] = []  # (requests the LLM had seen at the kill, calls finished by then)
-        scored_before: set[tuple] = set()
-        for kill_after in (3, 9):
-            with grpc.insecure_channel(address) as channel:
-                wait_for(optimizer_pb2_grpc.OptimizerStub(channel), run_id, lambda r: r.counters.iterations_done >= kill_after)
-            stop_process(process, signal.SIGKILL)
-            finished, scored = snapshot(state_dir, run_id)
-            assert scored >= scored_before  # nothing committed before an earlier kill was lost
-            kills.append((len(llm.seen), finished))
-            scored_before = scored
+        process = None
+        try:
             process, address = start_service(state_dir, scorer.address, llm.url, tmp_path / "service.log")
+            with grpc.insecure_channel(address) as channel:
+                stub = optimizer_pb2_grpc.OptimizerStub(channel)
+                run_id = stub.StartRun(pb.StartRunRequest(spec=small_spec(iterations=4)), timeout=30).run_id
+            kills: list[tuple[int, set[str]]] = []  # (requests the LLM had seen at the kill, calls finished by then)
+            scored_before: set[tuple] = set()
+            for kill_after in KILL_POINTS:
+                with grpc.insecure_channel(address) as channel:
+                    wait_for(optimizer_pb2_grpc.OptimizerStub(channel), run_id, lambda r: r.counters.iterations_done >= kill_after)
+                stop_process(process, signal.SIGKILL)
+                finished, scored = snapshot(state_dir, run_id)
+                assert scored >= scored_before  # nothing committed before an earlier kill was lost
+                kills.append((len(llm.seen), finished))
+                scored_before = scored
+                process, address = start_service(state_dir, scorer.address, llm.url, tmp_path / "service.log")
 
-        with grpc.insecure_channel(address) as channel:
-            stub = optimizer_pb2_grpc.OptimizerStub(channel)
-            run = wait_for(stub, run_id, lambda r: r.state in ENDED)
-            events = list(stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=30))
-        stop_process(process, signal.SIGTERM)
+            with grpc.insecure_channel(address) as channel:
+                stub = optimizer_pb2_grpc.OptimizerStub(channel)
+                run = wait_for(stub, run_id, lambda r: r.state in ENDED)
+                events = list(stub.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=30))
+            stop_process(process, signal.SIGTERM)
+        finally:
+            if process is not None and process.poll() is None:  # a failed assertion must not leave it running
+                stop_process(process, signal.SIGKILL)
 
     assert (run.state, run.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "finished")
     assert run.counters.iterations_done == run.counters.iterations_total == 16
     for requests_at_kill, finished in kills:
-        assert 3 <= len(finished) < 16  # the kill really came mid-run
+        assert min(KILL_POINTS) <= len(finished) < 16  # the kill really came mid-run
         asked_again = {s.call_id for s in llm.seen[requests_at_kill:]} & finished
         assert asked_again == set(), "the LLM was asked again for an iteration finished before the kill"
     final_calls, final_scored = snapshot(state_dir, run_id)

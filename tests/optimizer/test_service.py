@@ -8,7 +8,7 @@ from prometheus_client import REGISTRY
 
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from tests.optimizer.conftest import TASK, small_spec
-from tests.optimizer.scripted_llm import EMPTY_CHOICES, GARBAGE, TRUNCATED_JSON, Delay, Fail, Reply
+from tests.optimizer.scripted_llm import EMPTY_CHOICES, GARBAGE, NOT_UTF8, TRUNCATED_JSON, Delay, Drop, Fail, Reply
 
 
 async def test_a_run_finishes_with_a_full_trajectory(optimizer):
@@ -274,3 +274,32 @@ async def test_metrics_count_what_a_run_did(optimizer):
     assert [a - b for a, b in zip(after, before)] == [8, 8 * 40, 6 + 8 * 2, 1 + 8 + 1, 8]
     assert _sample("optimizer_runs", state="SUCCEEDED") == 1 and _sample("optimizer_runs", state="RUNNING") == 0
     assert REGISTRY.get_sample_value("optimizer_run_best_train_accuracy", {"run_id": run.run_id}) is None  # gone when it ended
+
+
+@pytest.mark.optimizer(llm={"timeout_s": 0.5})
+@pytest.mark.parametrize(
+    "fault",
+    [Fail(429, {"retry-after": "0.01"}), Fail(500), Fail(503), Delay(1.0, Reply("- too late {}")), Drop(), TRUNCATED_JSON,
+     EMPTY_CHOICES, NOT_UTF8, GARBAGE],
+    ids=["429", "500", "503", "timeout", "connection-reset", "truncated-json", "empty-choices", "not-utf8", "garbage"],
+)
+async def test_llm_fault_matrix_each_fault_is_retried_and_the_run_finishes(optimizer, fault):
+    optimizer.llm.plan(fault)
+    run, _ = await optimizer.run_to_end(restarts=1)
+    assert (run.state, run.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "finished")
+    c = run.counters
+    assert (c.iterations_done, c.llm_calls, c.llm_errors) == (4, 4, 1)
+    assert c.templates_scored == 6 + 4 * 2  # the retried question still brought its templates
+    first_call = [s.answered for s in optimizer.llm.seen if s.call_id.endswith("/0/0/0")]
+    assert len(first_call) == 2 and first_call[-1] == "reply"
+
+
+async def test_a_replayed_run_is_answered_from_the_response_cache(optimizer):
+    first, _ = await optimizer.run_to_end(seed=7)
+    asked = len(optimizer.llm.seen)
+    replay, _ = await optimizer.run_to_end(seed=7)
+    assert len(optimizer.llm.seen) == asked  # not one new LLM request
+    assert (replay.counters.llm_calls, replay.counters.llm_cache_hits, replay.counters.llm_prompt_tokens) == (0, 8, 0)
+    assert [b.template for b in replay.best] == [b.template for b in first.best]
+    other_seed, _ = await optimizer.run_to_end(seed=8)
+    assert other_seed.counters.llm_calls == 8 and len(optimizer.llm.seen) == asked + 8
