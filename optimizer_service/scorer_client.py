@@ -34,6 +34,8 @@ CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 250),
     ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 5_000),
+    # Spread calls over every address a name resolves to (a headless Service's scorer pods).
+    ("grpc.lb_policy_name", "round_robin"),
 ]
 
 
