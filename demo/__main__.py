@@ -14,6 +14,7 @@ Environment knobs (all optional):
   OPENAI_API_KEY    use OpenAI (or LLM_BASE_URL) instead of the embedded LLM
   LLM_BASE_URL, LLM_MODEL   a remote OpenAI-compatible endpoint and model
   DEMO_LLM          embedded model: qwen2.5-coder-1.5b (default) or qwen2.5-coder-0.5b
+  DEMO_LLM_GRAMMAR  true/false: constrain replies with a GBNF grammar (default: true for the embedded LLM)
   DEMO_OUT          output directory (default demo-out)
   DEMO_RESTARTS, DEMO_RESETS, DEMO_ITERATIONS, DEMO_TEMPLATES_PER_CALL, DEMO_POOL   the run's budget
 """
@@ -25,6 +26,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -63,6 +65,7 @@ class DemoSettings:
     llm_base_url: str | None
     llm_model: str | None
     embedded_llm: str
+    llm_grammar: bool
     restarts: int
     resets: int
     iterations: int
@@ -80,6 +83,8 @@ class DemoSettings:
             llm_base_url=remote,
             llm_model=env("LLM_MODEL", "gpt-4o-mini" if remote else None),
             embedded_llm=env("DEMO_LLM", DEFAULT_MODEL),
+            # GBNF is llama.cpp's: on for the embedded server, off for remote endpoints unless asked for
+            llm_grammar=env("DEMO_LLM_GRAMMAR", "false" if remote else "true").lower() == "true",
             restarts=int(env("DEMO_RESTARTS", 2)),
             resets=int(env("DEMO_RESETS", 1)),
             iterations=int(env("DEMO_ITERATIONS", 3)),
@@ -192,6 +197,8 @@ def report(scorer: sc_grpc.ScorerStub, task_id: str, best: list[str], admin: str
 
 def run_demo(settings: DemoSettings) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
+    for state in ("optimizer-state", "scorer-state"):  # each demo is one fresh run; only caches carry over
+        shutil.rmtree(WORK / state, ignore_errors=True)
     settings.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     model, untrained = resolve_model(settings.model)
@@ -214,7 +221,7 @@ def run_demo(settings: DemoSettings) -> int:
         ])
         optimizer_address = processes.service("optimizer", [
             "optimizer_service", "serve", "--metrics-port", "0", "--state-dir", str(WORK / "optimizer-state"),
-            "--scorer", scorer_address, "--llm-base-url", base_url, "--llm-model", llm_model,
+            "--scorer", scorer_address, "--llm-base-url", base_url, "--llm-model", llm_model, "--llm-grammar", str(settings.llm_grammar).lower(),
             "--tokens-file", str(WORK / "tokens.json"),
         ], env={"SCORER_TOKEN": tokens["optimizer"], "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "not-needed")})
         with grpc.insecure_channel(optimizer_address) as opt_channel, grpc.insecure_channel(scorer_address) as sc_channel:
@@ -231,7 +238,7 @@ def run_demo(settings: DemoSettings) -> int:
             print(f"\nrun {run_id}: {opt_pb.RunState.Name(run.state)} ({run.stop_reason}); "
                   f"{run.counters.llm_calls} LLM calls, {run.counters.templates_scored} templates scored")
             rows = report(scorer, "demo", [b.template for b in run.best], tokens["admin"], untrained)
-    write_report(settings.out, run, candidates)
+    write_report(settings.out, run, candidates, note=UNTRAINED_WARNING if untrained else "")
     result_path = settings.out / "result.json"
     result = json.loads(result_path.read_text())
     result.update(model=model, untrained_model=untrained, baselines_and_best=rows,

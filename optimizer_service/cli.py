@@ -137,7 +137,8 @@ def accuracy_curve(candidates: list[Candidate], iterations: int) -> list[tuple[i
     return curve
 
 
-def write_report(out: Path, run: pb.Run, candidates: list[Candidate]) -> None:
+def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str = "") -> None:
+    """result.json and accuracy.png; `note` (e.g. a warning about the model) goes under the plot's title."""
     iterations = run.spec.iterations
     curve = accuracy_curve(candidates, iterations)
     result = {
@@ -155,10 +156,10 @@ def write_report(out: Path, run: pb.Run, candidates: list[Candidate]) -> None:
         ],
     }
     (out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    plot_curve(out / "accuracy.png", curve, run.spec.task_id, iterations)
+    plot_curve(out / "accuracy.png", curve, run.spec.task_id, iterations, note)
 
 
-def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, iterations: int) -> None:
+def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, iterations: int, note: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,7 +172,7 @@ def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, 
     ax.plot(steps, [100 * m for _, _, m in curve], marker=".", label="mean")
     ax.set_xlabel(f"iteration (0: initial pool; resets continue at multiples of {iterations})")
     ax.set_ylabel("train accuracy (%)")
-    ax.set_title(f"prompt search on {task_id}")
+    ax.set_title(f"prompt search on {task_id}" + (f"\n{note}" if note else ""), color="darkred" if note else "black")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()

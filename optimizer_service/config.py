@@ -219,6 +219,7 @@ class LlmSettings:
     max_completion_tokens: int = 512
     price: Price = field(default_factory=Price)
     cache: bool = True
+    grammar: bool = False
 
 
 @dataclass(frozen=True)
@@ -299,6 +300,8 @@ def add_connection_args(p: argparse.ArgumentParser, *, state_dir_default: Path |
     a("--llm-max-completion-tokens", type=int, default=int(_env("llm_max_completion_tokens", llm.max_completion_tokens)))
     a("--llm-price", type=_price, default=_price(str(_env("llm_price", ""))),
       help="PROMPT,COMPLETION in USD per million tokens, to report cost")
+    a("--llm-grammar", type=_flag, default=_flag(str(_env("llm_grammar", "false"))),
+      help="send a GBNF grammar forcing one template per line with one {} (llama.cpp's llama-server only)")
     a("--llm-cache", type=_flag, default=_flag(str(_env("llm_cache", "true"))),
       help="reuse stored LLM replies for identical requests (true/false)")
     a("--log-level", default=_env("log_level", d.log_level))
@@ -321,6 +324,7 @@ def connection_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> t
         concurrency=ns.llm_concurrency, timeout_s=ns.llm_timeout_s, max_attempts=ns.llm_max_attempts,
         backoff_initial_s=ns.llm_backoff_initial_s, backoff_max_s=ns.llm_backoff_max_s,
         max_completion_tokens=ns.llm_max_completion_tokens, price=ns.llm_price, cache=ns.llm_cache,
+        grammar=ns.llm_grammar,
     )
     if not llm.api_key:
         p.error("OPENAI_API_KEY is empty; set it (any placeholder works for a local endpoint)")

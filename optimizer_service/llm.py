@@ -126,9 +126,14 @@ class LlmClient:
             return min(hinted, self.settings.backoff_max_s)
         return self._backoff(state)
 
-    async def complete(self, messages: list[dict], *, model: str, temperature: float, sample: str, call_id: str) -> LlmResult:
-        """Asks once (from the cache if this exact question was answered before), retrying what can be retried."""
-        sampling = {"temperature": temperature, "max_tokens": self.settings.max_completion_tokens}
+    async def complete(self, messages: list[dict], *, model: str, temperature: float, sample: str, call_id: str,
+                       grammar: str | None = None) -> LlmResult:
+        """Asks once (from the cache if this exact question was answered before), retrying what can be retried.
+
+        `grammar` (GBNF) constrains the reply on llama.cpp endpoints."""
+        sampling: dict = {"temperature": temperature, "max_tokens": self.settings.max_completion_tokens}
+        if grammar:
+            sampling["extra_body"] = {"grammar": grammar}
         key = cache_key(self.settings.base_url, model, messages, sampling, sample)
         if self._store is not None and (hit := self._store.cached_reply(key)) is not None:
             metrics.LLM_CALLS.labels(model, "cached").inc()

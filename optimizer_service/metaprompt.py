@@ -112,3 +112,16 @@ def initial_pool_messages(task_name: str, class_names: Sequence[str], count: int
         ]
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+
+
+def template_lines_grammar(count: int) -> str:
+    """A GBNF grammar (llama.cpp) for the reply the meta-prompt asks for: `count`
+    lines "- <template>", each holding exactly one {} and no other brace, and no
+    digits, '%' or parentheses (small models copy the shown accuracies into their
+    lines otherwise). Small local models keep the format when their sampler must."""
+    lines = " ".join(["line"] * count)
+    return (
+        f"root ::= {lines}\n"
+        'line ::= "- " text "{}" text "\\n"\n'
+        "text ::= [^{}\\n()%0-9]{0,80}\n"
+    )

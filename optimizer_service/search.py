@@ -30,7 +30,7 @@ import structlog
 from optimizer_service import metrics
 from optimizer_service.config import Conversation, Feedback, InitialPool, RunSettings
 from optimizer_service.llm import LlmClient, LlmResult, LlmUnavailable
-from optimizer_service.metaprompt import MetaPrompt, initial_pool_messages
+from optimizer_service.metaprompt import MetaPrompt, initial_pool_messages, template_lines_grammar
 from optimizer_service.parsing import parse_templates
 from optimizer_service.pool import INITIAL, Candidate, Pool
 from optimizer_service.scorer_client import ScorerClient, ScorerError
@@ -159,7 +159,7 @@ class HillClimb:
         steps: list[Step] = []
         for ask in range(SEED_ASKS):
             call_id = f"{self.run_id}/seed/{ask}"
-            reply = await self.ask(messages, sample=f"{self.settings.seed}/seed/{ask}", call_id=call_id)
+            reply = await self.ask(messages, sample=f"{self.settings.seed}/seed/{ask}", call_id=call_id, lines=wanted)
             steps.append(Step(INITIAL, INITIAL, ask, call_id, messages, reply))
             parsed = parse_templates(reply or "", self.class_names)
             new, duplicates = self.pool.split_new(parsed.templates)
@@ -175,7 +175,8 @@ class HillClimb:
         bad = self.pool.bottom(k, restart) if self.settings.feedback is Feedback.POSITIVE_NEGATIVE else []
         messages = self.messages_for(restart, reset, iteration, good, bad)
         call_id = f"{self.run_id}/{restart}/{reset}/{iteration}"
-        reply = await self.ask(messages, sample=f"{self.settings.seed}/{restart}/{reset}/{iteration}", call_id=call_id)
+        reply = await self.ask(messages, sample=f"{self.settings.seed}/{restart}/{reset}/{iteration}", call_id=call_id,
+                               lines=self.settings.templates_per_call)
         parsed = parse_templates(reply or "", self.class_names)
         new, duplicates = self.pool.split_new(parsed.templates)
         candidates = await self.score(new, restart, reset, iteration, call_id)
@@ -211,13 +212,14 @@ class HillClimb:
 
     # LLM and scorer, under the budgets -------------------------------------
 
-    async def ask(self, messages: list[dict], *, sample: str, call_id: str) -> str | None:
-        """One LLM question; None when every attempt came back malformed (counted, skipped)."""
+    async def ask(self, messages: list[dict], *, sample: str, call_id: str, lines: int) -> str | None:
+        """One LLM question asking for `lines` templates; None when every attempt came back malformed (counted, skipped)."""
         self.check_llm_budgets()
         self._calls_in_flight += 1
         try:
+            grammar = template_lines_grammar(lines) if self.llm.settings.grammar else None
             result = await self.llm.complete(messages, model=self.settings.llm_model, temperature=self.settings.temperature,
-                                             sample=sample, call_id=call_id)
+                                             sample=sample, call_id=call_id, grammar=grammar)
         except LlmUnavailable as err:
             self.counters.llm_calls += 1
             self.counters.llm_errors += err.errors

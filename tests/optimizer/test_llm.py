@@ -10,6 +10,7 @@ import pytest
 
 from optimizer_service.config import LlmSettings, Price
 from optimizer_service.llm import CALL_HEADER, LlmClient, LlmUnavailable, retry_after_seconds
+from optimizer_service.metaprompt import template_lines_grammar
 from optimizer_service.store import Store
 from tests.optimizer.scripted_llm import (EMPTY_CHOICES, GARBAGE, NOT_UTF8, TRUNCATED_JSON, Delay, Drop, Fail, Raw, Reply,
                                           ScriptedLLM)
@@ -134,3 +135,17 @@ def test_the_wait_honors_retry_after_up_to_the_backoff_cap():
     assert client._wait(state) == 4.0
     state.set_exception((openai.RateLimitError, _rate_limited({"retry-after": "600"}), None))
     assert client._wait(state) == 10.0
+
+
+async def test_a_grammar_goes_in_the_request_body_and_the_cache_key(tmp_path):
+    grammar = template_lines_grammar(2)
+    with ScriptedLLM([Reply("- a {}\n- b {}\n"), Reply("- c {}\n- d {}\n")]) as llm:
+        client = LlmClient(settings(llm.url), Store.open(tmp_path))
+        constrained = await client.complete(MESSAGES, model="scripted", temperature=1.0, sample="0", call_id="r/0/0/0",
+                                            grammar=grammar)
+        free = await ask(client)  # same question without the grammar: not answered from the cache
+        await client.close()
+    assert (constrained.content, free.content) == ("- a {}\n- b {}\n", "- c {}\n- d {}\n")
+    assert llm.seen[0].body["grammar"] == grammar
+    assert "grammar" not in llm.seen[1].body
+    assert grammar.startswith("root ::= line line\n") and '"{}"' in grammar

@@ -1,0 +1,43 @@
+"""`python -m demo` end to end: real llama-server, real scorer, real optimizer service, on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from promptclimb_common.templates import template_problem
+from tests.procs import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def test_demo_produces_a_result_with_a_valid_best_template(tiny_clip_dir, tmp_path):
+    out = tmp_path / "out"
+    env = {
+        **os.environ,
+        "SCORER_MODEL": str(tiny_clip_dir),  # the demo's own fallback is ViT-B/32-sized; the path is the same
+        # the default embedded model, Qwen2.5-Coder-1.5B: the 0.5B one mostly copies the prompt's examples
+        "DEMO_OUT": str(out),
+        "DEMO_RESTARTS": "1", "DEMO_RESETS": "1", "DEMO_ITERATIONS": "2", "DEMO_POOL": "6",
+    }
+    for remote in ("OPENAI_API_KEY", "LLM_BASE_URL", "LLM_MODEL"):
+        env.pop(remote, None)
+    result = subprocess.run([sys.executable, "-m", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "untrained model: accuracies are chance level" in result.stdout
+
+    report = json.loads((out / "result.json").read_text())
+    assert report["state"] == "RUN_STATE_SUCCEEDED" and report["stop_reason"] == "finished"
+    assert report["untrained_model"] is True
+    best = report["best"][0]["template"]
+    assert template_problem(best) is None
+    assert report["trajectory"] and {row["template"] for row in report["trajectory"]} >= {best}
+    assert any(row["llm_call"] for row in report["trajectory"]), "no template came from the LLM"
+    kinds = {row["kind"] for row in report["baselines_and_best"]}
+    assert kinds == {"baseline", "found"}
+    assert all(0 <= row["test_accuracy"] <= 1 for row in report["baselines_and_best"])
+    assert (out / "accuracy.png").stat().st_size > 0
