@@ -8,7 +8,7 @@ ENV_STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.generated
 
-.PHONY: all env gen test test-fast demo bench clean
+.PHONY: all env gen test test-fast demo bench reliability clean
 
 all: test
 
@@ -84,6 +84,10 @@ demo-data: $(ENV_STAMP)
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { echo ">> installing Debian's dataset-fashion-mnist"; \
 	  $(APT_INSTALL) dataset-fashion-mnist || { apt-get update && $(APT_INSTALL) dataset-fashion-mnist; }; }
 	$(PY) -m demo.fashion_mnist --root $(DEMO_DATA)
+
+# The figures of the README's "Guarantees" (several minutes): load, kills, faults, fuzzing, security.
+reliability: $(TEST_DEPS)
+	$(PY) -m bench.reliability
 
 clean:
 	rm -rf gen $(VENV) .pytest_cache

@@ -1,0 +1,174 @@
+"""`make reliability`: the figures behind the README's "Guarantees".
+
+1. Load: 64 concurrent clients score for 60 s against the real scorer (tiny
+   model), half repeated (cached) and half fresh templates, with a small
+   text cache so that eviction runs; throughput, p50/p99 latency, errors, and
+   the scorer's resident memory after warm-up and at the end.
+2. The fault and security suites, with the reliability settings: five SIGKILLs
+   of the optimizer in one run, a scorer restart mid-run, the LLM fault matrix,
+   10,000+ fuzzed requests over every RPC of both services, and the security
+   tests. Each suite's pass/fail count comes from pytest; the figures they name
+   (candidates lost, calls repeated, crashes, undocumented statuses) are what
+   those tests assert to be zero.
+
+    python -m bench.reliability [--seconds 60] [--clients 64] [--fuzz-examples 3300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import grpc
+
+from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.processes import REPO, free_port
+from scorer_service.random_clip import build_random_clip
+
+sys.path.insert(0, str(REPO / "tests"))
+from fixtures import write_image_folder  # noqa: E402
+from procs import start_scorer, stop_process  # noqa: E402
+
+CACHED = [f"a cached template number {i} of a {{}}." for i in range(32)]
+SUITES = {
+    "kill and resume (5 SIGKILLs of the optimizer in one run)": ["tests/optimizer/test_kill.py"],
+    "scorer restart mid-run": ["tests/optimizer/test_scorer_restart.py"],
+    "LLM fault matrix": ["tests/optimizer/test_llm.py", "tests/optimizer/test_service.py", "-k",
+                         "fault or skipped or stays_down or llm"],
+    "fuzzing, every RPC of both services": ["tests/scorer/test_fuzz.py", "tests/optimizer/test_fuzz.py",
+                                            "--hypothesis-show-statistics"],
+    "security (auth, rights, quotas, TLS/mTLS, tokens never logged)": [
+        "tests/scorer/test_service.py", "tests/scorer/test_quota.py", "tests/scorer/test_tls.py",
+        "tests/optimizer/test_tls.py", "tests/optimizer/test_service.py", "-k", "auth or right or rate_limit or budget or tls or bearer",
+    ],
+}
+GOALS = {
+    "kill and resume (5 SIGKILLs of the optimizer in one run)": "candidates lost 0, finished LLM calls repeated 0",
+    "scorer restart mid-run": "the run finishes; past the grace period it fails with the reason and resumes",
+    "LLM fault matrix": "429/500/503/timeout/reset/truncated/empty/not-UTF-8: retried, skipped or a clean stop",
+    "fuzzing, every RPC of both services": "crashes 0, statuses outside the documented mapping 0",
+    "security (auth, rights, quotas, TLS/mTLS, tokens never logged)": "all refusals as documented",
+}
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def metric(port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else float("nan")
+
+
+async def load(address: str, clients: int, seconds: float) -> dict:
+    fresh = itertools.count()
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+
+    async def client(stub, index: int) -> None:
+        for call in itertools.count():
+            if time.perf_counter() >= deadline:
+                return
+            templates = [CACHED[(index + call) % len(CACHED)], f"a fresh template {next(fresh)} of a {{}}."]
+            started = time.perf_counter()
+            try:
+                await stub.Score(scorer_pb2.ScoreRequest(task_id="load", templates=templates), timeout=30)
+                latencies.append(time.perf_counter() - started)
+            except grpc.aio.AioRpcError as err:
+                errors[err.code().name] = errors.get(err.code().name, 0) + 1
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = scorer_pb2_grpc.ScorerStub(channel)
+        deadline = time.perf_counter() + seconds
+        started = time.perf_counter()
+        await asyncio.gather(*(client(stub, i) for i in range(clients)))
+        elapsed = time.perf_counter() - started
+    ordered = sorted(latencies)
+    return {
+        "calls": len(latencies), "calls_per_s": len(latencies) / elapsed,
+        "p50_ms": 1000 * statistics.median(ordered), "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
+        "errors": errors,
+    }
+
+
+def load_row(seconds: float, clients: int) -> str:
+    work = Path(tempfile.mkdtemp(prefix="promptclimb-reliability-"))
+    model = build_random_clip(work / "model", "tiny")
+    data = write_image_folder(work / "data", per_class=6)
+    metrics_port = free_port()
+    process, address = start_scorer(model, {"load": data}, work / "cache", work / "scorer.log",
+                                    "--metrics-port", str(metrics_port), "--text-cache-bytes", str(4 * 1024 * 1024))
+    try:
+        asyncio.run(load(address, clients, 3))  # warm-up
+        rss_start = rss_mib(process.pid)
+        result = asyncio.run(load(address, clients, seconds))
+        rss_end = rss_mib(process.pid)
+        cache_bytes = metric(metrics_port, "scorer_text_cache_bytes")
+    finally:
+        stop_process(process)
+    errors = sum(result["errors"].values())
+    detail = f" ({result['errors']})" if errors else ""
+    return (f"| load: {clients} clients x {seconds:.0f} s, half cached, half fresh | {result['calls']} calls, "
+            f"{result['calls_per_s']:.0f} calls/s, p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
+            f"errors {errors}{detail}; scorer RSS {rss_start:.0f} -> {rss_end:.0f} MiB, text cache {cache_bytes / 2**20:.1f} "
+            f"MiB (bound 4 MiB) | errors 0, memory bounded by the caches |")
+
+
+def suite_row(name: str, args: list[str], env: dict) -> str:
+    junit = Path(tempfile.mkdtemp()) / "junit.xml"
+    started = time.perf_counter()
+    completed = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *args],
+                               cwd=REPO, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    suite = ElementTree.parse(junit).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    tests, failures, errors = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors"))
+    passed = tests - failures - errors - int(suite.get("skipped", 0))
+    examples = sum(int(n) for n in re.findall(r"(\d+) passing, (?:\d+) failing", completed.stdout))
+    fuzzed = f", {examples} generated requests" if examples else ""
+    print(completed.stdout[-2000:] if failures or errors else f"{name}: {passed}/{tests} passed", flush=True)
+    return f"| {name} | {passed}/{tests} tests passed{fuzzed}, {seconds:.0f} s | {GOALS[name]} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--fuzz-examples", type=int, default=3300, help="per fuzz test (4 tests: over 10,000 requests)")
+    parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = parser.parse_args()
+    env = {**os.environ, "PROMPTCLIMB_KILL_POINTS": "1,4,7,10,13", "PROMPTCLIMB_FUZZ_EXAMPLES": str(args.fuzz_examples)}
+    rows = [load_row(args.seconds, args.clients)]
+    print(rows[0], flush=True)
+    rows += [suite_row(name, suite, env) for name, suite in SUITES.items()]
+    table = "\n".join([
+        f"Measured on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d')}.",
+        "",
+        "| check | figure | goal |",
+        "|---|---|---|",
+        *rows,
+    ])
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "reliability.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
