@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.report import write_table
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from scorer_service.random_clip import build_random_clip
 
@@ -98,10 +99,7 @@ def main() -> None:
     for name, clients, r in rows:
         lines.append(f"| {name} | {clients} | {r['calls_per_s']:.1f} | {r['templates_per_s']:.1f} | "
                      f"{r['templates_per_s'] / base[clients]:.2f}x | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} |")
-    table = "\n".join(lines)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "grpc_load.md").write_text(table + "\n")
+    write_table(args.out / "grpc_load.md", lines)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.report import write_table
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.processes import REPO, free_port
 from scorer_service.random_clip import build_random_clip
@@ -157,7 +158,7 @@ def main() -> None:
     rows = [load_row(args.seconds, args.clients)]
     print(rows[0], flush=True)
     rows += [suite_row(name, suite, env) for name, suite in SUITES.items()]
-    table = "\n".join([
+    write_table(args.out / "reliability.md", [
         f"Measured on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d')}.",
         "",
@@ -165,9 +166,6 @@ def main() -> None:
         "|---|---|---|",
         *rows,
     ])
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "reliability.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":

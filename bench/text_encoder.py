@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 from transformers import CLIPConfig, CLIPModel
 
+from bench.report import write_table
 from bench.workload import TEMPLATES, class_names, image_features, word_level_tokenizer
 from promptclimb_common.templates import fill
 from scorer_service.batcher import TextEncodeBatcher
@@ -106,30 +107,22 @@ def predictions_of(class_embeddings: list[torch.Tensor], features: torch.Tensor)
     return torch.stack([(features @ e.float().T).argmax(dim=-1) for e in class_embeddings])
 
 
-def baseline_step(encoder: ClipEncoder, templates: list[str], names: list[str], features: torch.Tensor) -> tuple[list, int]:
-    """The authors' evaluation: one template at a time, padded to 77 tokens, fp32, no cache."""
-    embeddings, tokens = [], 0
-    for template in templates:
-        batch = encoder.tokenizer([fill(template, n) for n in names], padding="max_length", max_length=77, return_tensors="pt")
-        with torch.inference_mode():
-            out = encoder.model.get_text_features(**batch)
-        out = out if isinstance(out, torch.Tensor) else out.pooler_output
-        embeddings.append(torch.nn.functional.normalize(out, dim=-1))
-        tokens += batch["input_ids"].numel()
-    return embeddings, tokens
+def per_template_step(padding: str):
+    """One template at a time, fp32, no cache: the authors' evaluation with padding="max_length"
+    (77 tokens), or its first improvement with padding="longest"."""
 
+    def step(encoder: ClipEncoder, templates: list[str], names: list[str], features) -> tuple[list, int]:
+        embeddings, tokens = [], 0
+        for template in templates:
+            batch = encoder.tokenizer([fill(template, n) for n in names], padding=padding, max_length=77, return_tensors="pt")
+            with torch.inference_mode():
+                out = encoder.model.get_text_features(**batch)
+            out = out if isinstance(out, torch.Tensor) else out.pooler_output
+            embeddings.append(torch.nn.functional.normalize(out, dim=-1))
+            tokens += batch["input_ids"].numel()
+        return embeddings, tokens
 
-def padded_longest_step(encoder: ClipEncoder, templates: list[str], names: list[str], features) -> tuple[list, int]:
-    """Baseline with one change: pad to the longest prompt of the template, not 77."""
-    embeddings, tokens = [], 0
-    for template in templates:
-        batch = encoder.tokenizer([fill(template, n) for n in names], padding="longest", return_tensors="pt")
-        with torch.inference_mode():
-            out = encoder.model.get_text_features(**batch)
-        out = out if isinstance(out, torch.Tensor) else out.pooler_output
-        embeddings.append(torch.nn.functional.normalize(out, dim=-1))
-        tokens += batch["input_ids"].numel()
-    return embeddings, tokens
+    return step
 
 
 def sorted_chunk_tokens(encoder: ClipEncoder, prompts: list[str], chunk: int = 256) -> int:
@@ -235,8 +228,8 @@ def main() -> None:
         slow = templates[: args.baseline_templates]
         mean_tokens = sum(fp32.token_lengths([fill(t, n) for t in templates for n in names])) / (len(templates) * count)
         steps = [
-            ("baseline: per template, pad 77, fp32", baseline_step, fp32, slow),
-            ("+ pad to longest", padded_longest_step, fp32, slow),
+            ("baseline: per template, pad 77, fp32", per_template_step("max_length"), fp32, slow),
+            ("+ pad to longest", per_template_step("longest"), fp32, slow),
             ("+ all templates batched, length-sorted", batched_step, fp32, templates),
             ("+ shared template prefix (scorer default, fp32)", scorer_path_step, fp32, templates),
             ("+ bf16 weights (scorer --dtype bfloat16)", scorer_path_step, bf16, templates),
@@ -258,10 +251,7 @@ def main() -> None:
                 f"{agreement(result, baseline)} |"
             )
         lines.append(f"| {count} | (mean prompt length {mean_tokens:.1f} tokens; {IMAGES} images) | | | | | | |")
-    table = "\n".join(lines)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "text_encoder.md").write_text(table + "\n")
+    write_table(args.out / "text_encoder.md", lines)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import json
 from collections import defaultdict
-import os
 from pathlib import Path
 
 import structlog
@@ -28,16 +27,14 @@ from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
 from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.logging import configure_logging
+from promptclimb_common.serving_args import env_reader
 
 log = structlog.get_logger(__name__)
+_env = env_reader("OPTIMIZER")
 
 _FEEDBACK = {Feedback.POSITIVE_NEGATIVE: pb.FEEDBACK_POSITIVE_NEGATIVE, Feedback.POSITIVE_ONLY: pb.FEEDBACK_POSITIVE_ONLY}
 _CONVERSATION = {Conversation.CHAT: pb.CONVERSATION_MODE_CHAT, Conversation.STATELESS: pb.CONVERSATION_MODE_STATELESS}
 _POOL = {InitialPool.BUILTIN: pb.INITIAL_POOL_BUILTIN, InitialPool.GIVEN: pb.INITIAL_POOL_GIVEN, InitialPool.LLM: pb.INITIAL_POOL_LLM}
-
-
-def _env(name: str, default: object) -> object:
-    return os.environ.get(f"OPTIMIZER_{name.upper()}", default)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:

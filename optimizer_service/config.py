@@ -18,6 +18,7 @@ from pathlib import Path
 
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.grpc_runtime import TlsFiles
+from promptclimb_common.serving_args import add_serving_args, env_reader, serving_settings
 from promptclimb_common.templates import template_problem
 
 
@@ -253,8 +254,7 @@ class OptimizerConfig:
     log_level: str = "INFO"
 
 
-def _env(name: str, default: object) -> object:
-    return os.environ.get(f"OPTIMIZER_{name.upper()}", default)
+_env = env_reader("OPTIMIZER")
 
 
 def _flag(value: str) -> bool:
@@ -335,34 +335,17 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     d = OptimizerConfig()
     add_connection_args(p, state_dir_default=d.state_dir)
     a = p.add_argument
-    a("--host", default=_env("host", d.host), help="address to listen on (0.0.0.0 in a container)")
-    a("--port", type=int, default=int(_env("port", d.port)), help="gRPC port")
-    a("--metrics-port", type=int, default=int(_env("metrics_port", d.metrics_port)), help="Prometheus /metrics port; 0 disables")
-    a("--tokens-file", default=_env("tokens_file", d.tokens_file),
-      help="JSON file of bearer tokens for this API; else $PROMPTCLIMB_TOKENS; none: auth off")
-    a("--anonymous-rights", default=_env("anonymous_rights", ",".join(sorted(d.anonymous_rights))),
-      help="rights of callers when auth is off (comma-separated)")
-    a("--tls-cert", default=_env("tls_cert", None), help="server certificate (PEM); enables TLS")
-    a("--tls-key", default=_env("tls_key", None), help="server private key (PEM)")
-    a("--tls-client-ca", default=_env("tls_client_ca", None), help="CA of client certificates; enables mTLS")
+    add_serving_args(p, _env, port=d.port, metrics_port=d.metrics_port, anonymous_rights=d.anonymous_rights,
+                     host=d.host, grace_seconds=d.grace_seconds)
     a("--max-active-runs", type=int, default=int(_env("max_active_runs", d.max_active_runs)),
       help="runs that search at once; more wait as PENDING")
-    a("--grace-seconds", type=float, default=float(_env("grace_seconds", d.grace_seconds)),
-      help="how long SIGTERM waits for in-flight calls")
 
 
 def serve_config(p: argparse.ArgumentParser, ns: argparse.Namespace) -> OptimizerConfig:
     scorer, llm = connection_settings(p, ns)
-    if bool(ns.tls_cert) != bool(ns.tls_key):
-        p.error("--tls-cert and --tls-key go together")
-    if ns.tls_client_ca and not ns.tls_cert:
-        p.error("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
     if ns.max_active_runs < 1:
         p.error("--max-active-runs must be at least 1")
     return OptimizerConfig(
-        host=ns.host, port=ns.port, metrics_port=ns.metrics_port, state_dir=ns.state_dir, scorer=scorer, llm=llm,
-        tokens_file=ns.tokens_file,
-        anonymous_rights=frozenset(r.strip() for r in ns.anonymous_rights.split(",") if r.strip()),
-        tls=TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca), max_active_runs=ns.max_active_runs,
-        grace_seconds=ns.grace_seconds, log_level=ns.log_level,
+        **serving_settings(p, ns), state_dir=ns.state_dir, scorer=scorer, llm=llm,
+        max_active_runs=ns.max_active_runs, log_level=ns.log_level,
     )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from promptclimb_common.grpc_runtime import TlsFiles
+from promptclimb_common.serving_args import add_serving_args, env_reader, serving_settings
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,7 @@ class ScorerConfig:
     log_level: str = "INFO"
 
 
-def _env(name: str, default: object) -> object:
-    return os.environ.get(f"SCORER_{name.upper()}", default)
+_env = env_reader("SCORER")
 
 
 def _task(text: str) -> TaskSource:
@@ -76,22 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
       help="seed that splits a dataset without train/ and test/ folders")
     a("--test-fraction", type=float, default=float(_env("test_fraction", d.test_fraction)),
       help="share of each class held out as test when a dataset has no test/ folder")
-    a("--host", default=_env("host", d.host), help="address to listen on (0.0.0.0 in a container)")
-    a("--port", type=int, default=int(_env("port", d.port)), help="gRPC port")
-    a("--metrics-port", type=int, default=int(_env("metrics_port", d.metrics_port)), help="Prometheus /metrics port; 0 disables")
+    add_serving_args(p, _env, port=d.port, metrics_port=d.metrics_port, anonymous_rights=d.anonymous_rights,
+                     host=d.host, grace_seconds=d.grace_seconds)
     a("--device", default=_env("device", d.device), help="auto, cpu, cuda or cuda:N")
     a("--dtype", default=_env("dtype", d.dtype), choices=["auto", "float32", "float16", "bfloat16"],
       help="auto: bfloat16 (or float16) on GPU, float32 on CPU")
     a("--cache-dir", type=Path, default=Path(_env("cache_dir", d.cache_dir)), help="on-disk cache of image features")
     a("--state-dir", type=Path, default=Path(_env("state_dir", d.state_dir)),
       help="durable state: each token's count of evaluated templates (SQLite)")
-    a("--tokens-file", default=_env("tokens_file", d.tokens_file),
-      help="JSON file of bearer tokens; else $PROMPTCLIMB_TOKENS; none: auth off")
-    a("--anonymous-rights", default=_env("anonymous_rights", ",".join(sorted(d.anonymous_rights))),
-      help="rights of callers when auth is off (comma-separated; 'test' opens the test split)")
-    a("--tls-cert", default=_env("tls_cert", None), help="server certificate (PEM); enables TLS")
-    a("--tls-key", default=_env("tls_key", None), help="server private key (PEM)")
-    a("--tls-client-ca", default=_env("tls_client_ca", None), help="CA of client certificates; enables mTLS")
     a("--max-templates-per-request", type=int, default=int(_env("max_templates_per_request", d.max_templates_per_request)))
     a("--max-template-bytes", type=int, default=int(_env("max_template_bytes", d.max_template_bytes)))
     a("--max-message-bytes", type=int, default=int(_env("max_message_bytes", d.max_message_bytes)))
@@ -104,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     a("--text-cache-bytes", type=int, default=int(_env("text_cache_bytes", d.text_cache_bytes)),
       help="bound of the text-embedding LRU cache")
     a("--image-batch-size", type=int, default=int(_env("image_batch_size", d.image_batch_size)))
-    a("--grace-seconds", type=float, default=float(_env("grace_seconds", d.grace_seconds)),
-      help="how long SIGTERM waits for in-flight calls")
     a("--log-level", default=_env("log_level", d.log_level))
     return p
 
@@ -129,27 +119,18 @@ def parse_config(argv: list[str] | None = None) -> ScorerConfig:
                  "max_queued_prompts", "image_batch_size"):
         if getattr(ns, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if bool(ns.tls_cert) != bool(ns.tls_key):
-        parser.error("--tls-cert and --tls-key go together")
-    if ns.tls_client_ca and not ns.tls_cert:
-        parser.error("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
     return ScorerConfig(
+        **serving_settings(parser, ns),
         model=ns.model,
         tasks=tuple(tasks),
         shots=ns.shots,
         seed=ns.seed,
         split_seed=ns.split_seed,
         test_fraction=ns.test_fraction,
-        host=ns.host,
-        port=ns.port,
-        metrics_port=ns.metrics_port,
         device=ns.device,
         dtype=ns.dtype,
         cache_dir=ns.cache_dir,
         state_dir=ns.state_dir,
-        tokens_file=ns.tokens_file,
-        anonymous_rights=frozenset(r.strip() for r in ns.anonymous_rights.split(",") if r.strip()),
-        tls=TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca),
         max_templates_per_request=ns.max_templates_per_request,
         max_template_bytes=ns.max_template_bytes,
         max_message_bytes=ns.max_message_bytes,
@@ -158,6 +139,5 @@ def parse_config(argv: list[str] | None = None) -> ScorerConfig:
         max_queued_prompts=ns.max_queued_prompts,
         text_cache_bytes=ns.text_cache_bytes,
         image_batch_size=ns.image_batch_size,
-        grace_seconds=ns.grace_seconds,
         log_level=ns.log_level,
     )

@@ -1,0 +1,52 @@
+"""The flags every service has: address, metrics port, tokens, TLS, shutdown.
+
+Each flag's default comes from the environment (PREFIX_FLAG), so a container
+sets env and a shell passes flags; both services read them here, the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+
+from promptclimb_common.grpc_runtime import TlsFiles
+
+EnvReader = Callable[[str, object], object]
+
+
+def env_reader(prefix: str) -> EnvReader:
+    """`read("metrics_port", 9101)` gives $PREFIX_METRICS_PORT, else 9101."""
+    return lambda name, default: os.environ.get(f"{prefix}_{name.upper()}", default)
+
+
+def add_serving_args(p: argparse.ArgumentParser, env: EnvReader, *, port: int, metrics_port: int,
+                     anonymous_rights: frozenset[str], host: str = "127.0.0.1", grace_seconds: float = 30.0) -> None:
+    a = p.add_argument
+    a("--host", default=env("host", host), help="address to listen on (0.0.0.0 in a container)")
+    a("--port", type=int, default=int(env("port", port)), help="gRPC port")
+    a("--metrics-port", type=int, default=int(env("metrics_port", metrics_port)), help="Prometheus /metrics port; 0 disables")
+    a("--tokens-file", default=env("tokens_file", None),
+      help="JSON file of bearer tokens for this API; else $PROMPTCLIMB_TOKENS; none: auth off")
+    a("--anonymous-rights", default=env("anonymous_rights", ",".join(sorted(anonymous_rights))),
+      help="rights of callers when auth is off (comma-separated)")
+    a("--tls-cert", default=env("tls_cert", None), help="server certificate (PEM); enables TLS")
+    a("--tls-key", default=env("tls_key", None), help="server private key (PEM)")
+    a("--tls-client-ca", default=env("tls_client_ca", None), help="CA of client certificates; enables mTLS")
+    a("--grace-seconds", type=float, default=float(env("grace_seconds", grace_seconds)),
+      help="how long SIGTERM waits for in-flight calls")
+
+
+def serving_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> dict:
+    """The shared flags, checked, as keyword arguments of a service's config."""
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if ns.tls_client_ca and not ns.tls_cert:
+        p.error("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
+    if ns.grace_seconds < 0:
+        p.error("--grace-seconds must not be negative")
+    return dict(
+        host=ns.host, port=ns.port, metrics_port=ns.metrics_port, tokens_file=ns.tokens_file,
+        anonymous_rights=frozenset(r.strip() for r in ns.anonymous_rights.split(",") if r.strip()),
+        tls=TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca), grace_seconds=ns.grace_seconds,
+    )
