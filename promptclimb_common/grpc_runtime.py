@@ -69,7 +69,12 @@ _OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
-    """Binds a request id per call, counts calls by code, and turns a crash into INTERNAL."""
+    """Binds a request id per call, counts calls by code, and turns a crash into INTERNAL.
+
+    It also decodes the request itself: a message that is not valid protobuf
+    (say, a string field holding bytes that are not UTF-8) gets INVALID_ARGUMENT
+    naming the problem, where gRPC's own decoding would answer INTERNAL.
+    """
 
     async def intercept_service(self, continuation, details):
         handler = await continuation(details)
@@ -79,13 +84,19 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         metadata = dict(details.invocation_metadata or ())
         request_id = str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])
 
-        async def observe(call: Callable[[], Awaitable], context) -> object:
+        decode = handler.request_deserializer
+
+        async def observe(call: Callable[[object], Awaitable], raw: bytes, context) -> object:
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
-                return await call()
+                try:
+                    request = decode(raw) if decode else raw
+                except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's malformed message
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {method} message: {err}")
+                return await call(request)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
@@ -105,25 +116,21 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary:
             inner = handler.unary_unary
 
-            async def unary(request, context):
-                return await observe(lambda: inner(request, context), context)
+            async def unary(raw, context):
+                return await observe(lambda request: inner(request, context), raw, context)
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-            )
+            return grpc.unary_unary_rpc_method_handler(unary, response_serializer=handler.response_serializer)
         if handler.unary_stream:
             inner_stream = handler.unary_stream
 
-            async def stream(request, context):
-                async def drain():
+            async def stream(raw, context):
+                async def drain(request):
                     async for item in inner_stream(request, context):
                         await context.write(item)
 
-                await observe(drain, context)
+                await observe(drain, raw, context)
 
-            return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-            )
+            return grpc.unary_stream_rpc_method_handler(stream, response_serializer=handler.response_serializer)
         return handler
 
 

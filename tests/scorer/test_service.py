@@ -157,3 +157,13 @@ async def test_concurrent_calls_share_encoder_batches(open_scorer):
     new_batches = sample("scorer_batch_requests_count") - batches
     assert sample("scorer_batch_requests_sum") - merged == 8  # every call went through the batcher once
     assert new_batches < 8  # ... but in fewer encoder batches than calls
+
+
+async def test_a_message_that_is_not_valid_protobuf_is_invalid_argument(open_scorer):
+    _, stub, channel = open_scorer
+    # field 2 (templates) holding bytes that are not UTF-8: a client's bug, not the server's
+    raw = channel.unary_unary("/promptclimb.scorer.v1.Scorer/Score", request_serializer=None, response_deserializer=None)
+    details = await expect_status(raw(b"\x12\x03\xff\xfe{"), grpc.StatusCode.INVALID_ARGUMENT, "not a valid Score message")
+    assert "request id" not in details
+    reply = await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"]))
+    assert reply.results[0].total == 8
