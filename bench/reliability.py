@@ -11,7 +11,7 @@
    (candidates lost, calls repeated, crashes, undocumented statuses) are what
    those tests assert to be zero.
 
-    python -m bench.reliability [--seconds 60] [--clients 64] [--fuzz-examples 3300]
+    python -m bench.reliability [--seconds 60] [--clients 64] [--fuzz-examples 3400]
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--fuzz-examples", type=int, default=3300, help="per fuzz test (4 tests: over 10,000 requests)")
+    parser.add_argument("--fuzz-examples", type=int, default=3400, help="per fuzz test (3 large ones: over 10,000 requests)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     env = {**os.environ, "PROMPTCLIMB_KILL_POINTS": "1,4,7,10,13", "PROMPTCLIMB_FUZZ_EXAMPLES": str(args.fuzz_examples)}

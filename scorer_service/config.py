@@ -13,14 +13,16 @@ from pathlib import Path
 
 from promptclimb_common.grpc_runtime import TlsFiles
 from promptclimb_common.serving_args import add_serving_args, env_reader, serving_settings
+from scorer_service.coop import COOP_DATASETS
 
 
 @dataclass(frozen=True)
 class TaskSource:
-    """A task given on the command line as ID=DIR."""
+    """A task given on the command line as ID=DIR (image folder) or ID=coop:NAME:DIR."""
 
     task_id: str
     root: Path
+    coop_dataset: str = ""
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,13 @@ _env = env_reader("SCORER")
 def _task(text: str) -> TaskSource:
     task_id, sep, root = text.partition("=")
     if not sep or not task_id or not root:
-        raise argparse.ArgumentTypeError(f"--task wants ID=DIR, got {text!r}")
+        raise argparse.ArgumentTypeError(f"--task wants ID=DIR or ID=coop:NAME:DIR, got {text!r}")
+    if root.startswith("coop:"):
+        name, sep, folder = root.removeprefix("coop:").partition(":")
+        if not sep or not folder or name not in COOP_DATASETS:
+            raise argparse.ArgumentTypeError(
+                f"--task {text!r}: a CoOp task is ID=coop:NAME:DIR with NAME one of {', '.join(COOP_DATASETS)}")
+        return TaskSource(task_id, Path(folder), name)
     return TaskSource(task_id, Path(root))
 
 
@@ -69,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     a = p.add_argument
     a("--model", default=_env("model", d.model), help="Hugging Face hub id or local directory of a CLIP checkpoint")
     a("--task", dest="tasks", action="append", type=_task, default=None,
-      help="ID=DIR of an image-folder dataset; repeatable (env SCORER_TASKS: comma-separated)")
+      help="ID=DIR of an image-folder dataset, or ID=coop:NAME:DIR of a CoOp dataset folder (NAME: "
+           f"{', '.join(COOP_DATASETS)}); repeatable (env SCORER_TASKS: comma-separated)")
     a("--shots", type=int, default=int(_env("shots", d.shots)), help="K training images per class in the few-shot train split")
     a("--seed", type=int, default=int(_env("seed", d.seed)), help="seed of the few-shot sample")
     a("--split-seed", type=int, default=int(_env("split_seed", d.split_seed)),

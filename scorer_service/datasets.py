@@ -105,7 +105,15 @@ def load_image_folder(root: Path, split_seed: int = 0, test_fraction: float = 0.
 
 
 def few_shot(images: tuple[LabeledImage, ...], shots: int, seed: int) -> tuple[LabeledImage, ...]:
-    """K images per class drawn by seed; the same (images, K, seed) always gives the same sample."""
+    """K images per class drawn by seed; the same (images, K, seed) always gives the same sample.
+
+    This is CoOp's protocol (Dassl's `generate_fewshot_dataset`): K images per
+    class without replacement from the train split, by seed (CoOp: 1, 2, 3).
+    Dassl draws from the global `random` state, after whatever consumed it, in
+    split-file order; here a private `random.Random(seed)` draws from each
+    class's images sorted by path, so the sample depends on (split, K, seed)
+    alone but is not the one in CoOp's cached `shot_K-seed_S.pkl` files.
+    """
     by_label: dict[int, list[LabeledImage]] = defaultdict(list)
     for image in images:
         by_label[image.label].append(image)

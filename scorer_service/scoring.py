@@ -3,12 +3,15 @@
 Only counts leave this module. A template's class prompts are embedded (from
 the LRU cache where possible, otherwise through the shared batcher), compared
 with the split's image features, and the argmax over classes is checked
-against the labels.
+against the labels. An ensemble (the CLIP authors' prompt ensembling) is
+classified against, per class, the renormalised mean of its members'
+normalised prompt embeddings; its members go through the same cache and batch.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -54,16 +57,29 @@ class TextEmbeddingCache:
         metrics.TEXT_CACHE_ENTRIES.set(len(self._entries))
 
 
+class _Accuracy:
+    correct: int
+    total: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+
 @dataclass(frozen=True)
-class TemplateScore:
+class TemplateScore(_Accuracy):
     template: str
     correct: int = 0
     total: int = 0
     error: str = ""
 
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.total if self.total else 0.0
+
+@dataclass(frozen=True)
+class EnsembleScore(_Accuracy):
+    templates: tuple[str, ...]
+    correct: int = 0
+    total: int = 0
+    error: str = ""
 
 
 class TemplateScorer:
@@ -92,19 +108,49 @@ class TemplateScorer:
 
     async def score(self, task: Task, split: str, features: SplitFeatures, templates: list[str]) -> list[TemplateScore]:
         """One TemplateScore per template, in order; invalid templates carry `error`."""
-        prompts_of = {t: [fill(t, c) for c in task.class_names] for t in dict.fromkeys(templates)}
+        return (await self.score_candidates(task, split, features, templates, []))[0]
+
+    async def score_candidates(
+        self, task: Task, split: str, features: SplitFeatures, templates: list[str], ensembles: Sequence[Sequence[str]]
+    ) -> tuple[list[TemplateScore], list[EnsembleScore]]:
+        """Scores templates and ensembles in one encoder pass; results in request order, invalid ones with `error`."""
+        members = dict.fromkeys([*templates, *(t for ensemble in ensembles for t in ensemble)])
+        prompts_of = {t: [fill(t, c) for c in task.class_names] for t in members}
         problems = {t: self._problem(t, prompts) for t, prompts in prompts_of.items()}
+        ensemble_problems = [self._ensemble_problem(ensemble, problems) for ensemble in ensembles]
         valid = [t for t in prompts_of if problems[t] is None]
         prefix_of = {p: t.split(PLACEHOLDER, 1)[0] for t in valid for p in prompts_of[t]}
         embedding_of = await self._embeddings(prefix_of)
-        correct_of = self._count_correct([torch.stack([embedding_of[p] for p in prompts_of[t]]) for t in valid], features)
-        correct = dict(zip(valid, correct_of, strict=True))
-        metrics.TEMPLATES_SCORED.labels(task.task_id, split).inc(len(valid))
-        metrics.TEMPLATES_REJECTED.labels(task.task_id).inc(len(prompts_of) - len(valid))
-        return [
+        class_embeddings = {t: torch.stack([embedding_of[p] for p in prompts_of[t]]) for t in valid}
+        scored_templates = [t for t in dict.fromkeys(templates) if problems[t] is None]
+        scored_ensembles = [e for e, problem in zip(ensembles, ensemble_problems, strict=True) if problem is None]
+        correct_of = self._count_correct(
+            [class_embeddings[t] for t in scored_templates]
+            + [_ensemble_embeddings([class_embeddings[t] for t in e]) for e in scored_ensembles],
+            features,
+        )
+        correct = dict(zip(scored_templates, correct_of, strict=False))
+        ensemble_correct = iter(correct_of[len(scored_templates):])
+        metrics.TEMPLATES_SCORED.labels(task.task_id, split).inc(len(scored_templates) + len(scored_ensembles))
+        metrics.TEMPLATES_REJECTED.labels(task.task_id).inc(
+            len(dict.fromkeys(templates)) - len(scored_templates) + len(ensembles) - len(scored_ensembles)
+        )
+        template_scores = [
             TemplateScore(t, correct[t], features.size) if problems[t] is None else TemplateScore(t, error=problems[t])
             for t in templates
         ]
+        ensemble_scores = [
+            EnsembleScore(tuple(e), next(ensemble_correct), features.size) if problem is None
+            else EnsembleScore(tuple(e), error=problem)
+            for e, problem in zip(ensembles, ensemble_problems, strict=True)
+        ]
+        return template_scores, ensemble_scores
+
+    @staticmethod
+    def _ensemble_problem(ensemble: Sequence[str], problems: dict[str, str | None]) -> str | None:
+        if not ensemble:
+            return "ensemble has no templates"
+        return next((f"ensemble member {i} ({t!r}): {problems[t]}" for i, t in enumerate(ensemble) if problems[t]), None)
 
     async def _embeddings(self, prefix_of: dict[str, str]) -> dict[str, torch.Tensor]:
         """Embeddings of the prompts (keys: prompt, values: its template's text before
@@ -132,3 +178,9 @@ class TemplateScorer:
                 correct += int((logits.argmax(dim=-1) == features.labels[start : start + image_chunk]).sum())
             counts.append(correct)
         return counts
+
+
+def _ensemble_embeddings(member_embeddings: list[torch.Tensor]) -> torch.Tensor:
+    """Per class, the renormalised mean of the members' normalised embeddings ([classes, dim])."""
+    mean = torch.stack(member_embeddings).float().mean(dim=0)
+    return torch.nn.functional.normalize(mean, dim=-1).to(member_embeddings[0].dtype)
