@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
-from promptclimb_common.grpc_runtime import TlsFiles
+from promptclimb_common.grpc_runtime import DEFAULT_MAX_CONCURRENT_RPCS, TlsFiles
 from promptclimb_common.serving_args import add_serving_args, env_reader, serving_settings
 from promptclimb_common.templates import template_problem
 
@@ -250,6 +250,7 @@ class OptimizerConfig:
     anonymous_rights: frozenset[str] = frozenset({"run"})
     tls: TlsFiles = field(default_factory=TlsFiles)
     max_active_runs: int = 4
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     grace_seconds: float = 30.0
     log_level: str = "INFO"
 

@@ -112,7 +112,8 @@ async def serve(config: OptimizerConfig) -> None:
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port, addr=config.host)
     service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(manager, auth), SERVICE_NAME)],
-                          host=config.host, port=config.port, tls=config.tls, grace_seconds=config.grace_seconds)
+                          host=config.host, port=config.port, tls=config.tls, grace_seconds=config.grace_seconds,
+                          max_concurrent_rpcs=config.max_concurrent_rpcs)
     await service.start()
     log.info("optimizer_serving", port=service.port, state_dir=str(config.state_dir), scorer=config.scorer.address,
              llm=config.llm.base_url, auth=auth.enabled, resumed=manager.resume_unfinished())

@@ -65,6 +65,8 @@ def channel_credentials(ca: str | None, cert: str | None = None, key: str | None
     return grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
 
 
+DEFAULT_MAX_CONCURRENT_RPCS = 256
+
 _OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
 
 
@@ -151,6 +153,7 @@ class GrpcService:
         port: int,
         tls: TlsFiles = TlsFiles(),
         max_message_bytes: int = 4 * 1024 * 1024,
+        max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
         grace_seconds: float = 30.0,
     ) -> None:
         self._services = list(services)
@@ -158,6 +161,7 @@ class GrpcService:
         self.grace_seconds = grace_seconds
         self.server = grpc.aio.server(
             interceptors=[ObservingInterceptor()],
+            maximum_concurrent_rpcs=max_concurrent_rpcs,  # beyond it gRPC answers RESOURCE_EXHAUSTED
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),

@@ -10,7 +10,7 @@ import argparse
 import os
 from collections.abc import Callable
 
-from promptclimb_common.grpc_runtime import TlsFiles
+from promptclimb_common.grpc_runtime import DEFAULT_MAX_CONCURRENT_RPCS, TlsFiles
 
 EnvReader = Callable[[str, object], object]
 
@@ -33,6 +33,8 @@ def add_serving_args(p: argparse.ArgumentParser, env: EnvReader, *, port: int, m
     a("--tls-cert", default=env("tls_cert", None), help="server certificate (PEM); enables TLS")
     a("--tls-key", default=env("tls_key", None), help="server private key (PEM)")
     a("--tls-client-ca", default=env("tls_client_ca", None), help="CA of client certificates; enables mTLS")
+    a("--max-concurrent-rpcs", type=int, default=int(env("max_concurrent_rpcs", DEFAULT_MAX_CONCURRENT_RPCS)),
+      help="calls in progress at once (watch streams included); beyond: RESOURCE_EXHAUSTED")
     a("--grace-seconds", type=float, default=float(env("grace_seconds", grace_seconds)),
       help="how long SIGTERM waits for in-flight calls")
 
@@ -45,8 +47,11 @@ def serving_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> dict
         p.error("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
     if ns.grace_seconds < 0:
         p.error("--grace-seconds must not be negative")
+    if ns.max_concurrent_rpcs < 1:
+        p.error("--max-concurrent-rpcs must be at least 1")
     return dict(
         host=ns.host, port=ns.port, metrics_port=ns.metrics_port, tokens_file=ns.tokens_file,
         anonymous_rights=frozenset(r.strip() for r in ns.anonymous_rights.split(",") if r.strip()),
         tls=TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca), grace_seconds=ns.grace_seconds,
+        max_concurrent_rpcs=ns.max_concurrent_rpcs,
     )

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from promptclimb_common.grpc_runtime import TlsFiles
+from promptclimb_common.grpc_runtime import DEFAULT_MAX_CONCURRENT_RPCS, TlsFiles
 from promptclimb_common.serving_args import add_serving_args, env_reader, serving_settings
 from scorer_service.coop import COOP_DATASETS
 
@@ -51,6 +51,7 @@ class ScorerConfig:
     max_queued_prompts: int = 200_000
     text_cache_bytes: int = 512 * 1024 * 1024
     image_batch_size: int = 64
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
     grace_seconds: float = 30.0
     log_level: str = "INFO"
 

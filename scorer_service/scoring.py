@@ -129,7 +129,7 @@ class TemplateScorer:
             + [_ensemble_embeddings([class_embeddings[t] for t in e]) for e in scored_ensembles],
             features,
         )
-        correct = dict(zip(scored_templates, correct_of, strict=False))
+        correct = dict(zip(scored_templates, correct_of[: len(scored_templates)], strict=True))
         ensemble_correct = iter(correct_of[len(scored_templates):])
         metrics.TEMPLATES_SCORED.labels(task.task_id, split).inc(len(scored_templates) + len(scored_ensembles))
         metrics.TEMPLATES_REJECTED.labels(task.task_id).inc(

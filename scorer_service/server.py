@@ -71,13 +71,21 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         if task is None:
             known = ", ".join(sorted(self.tasks)) or "none"
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown task_id {request.task_id!r}; this server has: {known}")
-        count = len(request.templates)
+        count = len(request.templates) + len(request.ensembles)
         if count == 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no templates to score: send at least one")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no templates or ensembles to score: send at least one")
         if count > self.max_templates_per_request:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{count} templates in one request; the limit is {self.max_templates_per_request}: split the request",
+                f"{count} templates and ensembles in one request; the limit is {self.max_templates_per_request}: "
+                "split the request",
+            )
+        oversized = next((i for i, e in enumerate(request.ensembles) if len(e.templates) > self.max_templates_per_request), None)
+        if oversized is not None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"ensemble {oversized} has {len(request.ensembles[oversized].templates)} templates; "
+                f"an ensemble may have at most {self.max_templates_per_request}",
             )
         structlog.contextvars.bind_contextvars(task=task.task_id, split=split, templates=count)
         metrics.TOKEN_REQUESTS.labels(principal.name, split).inc()
@@ -86,19 +94,26 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         except BudgetExhaustedError as err:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{err}; ask the scorer's operator for more")
         try:
-            scores = await self.scorer.score(task, split, self.features[task.task_id, split], list(request.templates))
+            scores, ensemble_scores = await self.scorer.score_candidates(
+                task, split, self.features[task.task_id, split], list(request.templates),
+                [list(e.templates) for e in request.ensembles],
+            )
         except QueueFullError as err:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"server busy: {err}; retry in {QUEUE_RETRY_SECONDS:.0f} s",
                 trailing_metadata=(("retry-after-s", f"{QUEUE_RETRY_SECONDS:.3f}"),),
             )
-        log.info("scored", invalid=sum(1 for s in scores if s.error))
+        log.info("scored", invalid=sum(1 for s in [*scores, *ensemble_scores] if s.error))
         return scorer_pb2.ScoreResponse(
             split=SPLIT_ENUMS[split],
             results=[
                 scorer_pb2.TemplateScore(template=s.template, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error)
                 for s in scores
+            ],
+            ensemble_results=[
+                scorer_pb2.EnsembleScore(templates=s.templates, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error)
+                for s in ensemble_scores
             ],
         )
 
@@ -157,6 +172,7 @@ class ScorerApp:
             port=config.port,
             tls=config.tls,
             max_message_bytes=config.max_message_bytes,
+            max_concurrent_rpcs=config.max_concurrent_rpcs,
             grace_seconds=config.grace_seconds,
         )
         log.info("auth", enabled=auth.enabled, anonymous_rights=sorted(config.anonymous_rights) if not auth.enabled else [])

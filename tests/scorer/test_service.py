@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import grpc
 import pytest
@@ -10,7 +11,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
-from promptclimb.scorer.v1 import scorer_pb2
+from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from scorer_service.server import ScorerApp
 from tests.scorer.conftest import bearer
 
 
@@ -167,3 +169,19 @@ async def test_a_message_that_is_not_valid_protobuf_is_invalid_argument(open_sco
     assert "request id" not in details
     reply = await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"]))
     assert reply.results[0].total == 8
+
+
+async def test_calls_beyond_the_concurrency_bound_are_refused_not_queued(base_config):
+    # a long batching window keeps the first call in flight while the second arrives
+    app = ScorerApp(replace(base_config, max_concurrent_rpcs=1, max_batch_delay_ms=1000))
+    port = await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = scorer_pb2_grpc.ScorerStub(channel)
+            first = asyncio.ensure_future(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["bound one {}"])))
+            await asyncio.sleep(0.3)
+            await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["bound two {}"])),
+                                grpc.StatusCode.RESOURCE_EXHAUSTED)
+            assert (await first).results[0].total == 8
+    finally:
+        await app.stop()
