@@ -23,7 +23,16 @@ $(ENV_STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-env: $(ENV_STAMP) $(GEN_STAMP)
+# The CLIP authors' hand-engineered templates (optimizer_service/baselines.py) are
+# data files of clip-benchmark. Its code pulls torchvision, open_clip and a CUDA
+# torch, none of which we run, so it is installed without its dependencies.
+CLIP_BENCHMARK := clip-benchmark==1.6.2
+CLIP_BENCHMARK_STAMP := $(VENV)/.clip-benchmark-installed
+$(CLIP_BENCHMARK_STAMP): $(ENV_STAMP)
+	$(PY) -m pip install -q --no-deps "$(CLIP_BENCHMARK)"
+	@touch $@
+
+env: $(ENV_STAMP) $(GEN_STAMP) $(CLIP_BENCHMARK_STAMP)
 
 # Generated gRPC code lives in gen/ (ignored by git, never edited by hand) and
 # reaches the venv through a .pth file.
@@ -84,6 +93,13 @@ demo-data: $(ENV_STAMP)
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { echo ">> installing Debian's dataset-fashion-mnist"; \
 	  $(APT_INSTALL) dataset-fashion-mnist || { apt-get update && $(APT_INSTALL) dataset-fashion-mnist; }; }
 	$(PY) -m demo.fashion_mnist --root $(DEMO_DATA)
+
+# The paper's table over the grid in REPRODUCE_CONFIG (datasets, seeds, backbones, budget);
+# rerun to resume. Needs the CoOp datasets, CLIP weights and an LLM endpoint (see the README).
+REPRODUCE_CONFIG ?= reproduce/paper.toml
+.PHONY: reproduce
+reproduce: env
+	$(PY) -m reproduce --config $(REPRODUCE_CONFIG)
 
 # The figures of the README's "Guarantees" (several minutes): load, kills, faults, fuzzing, security.
 reliability: $(TEST_DEPS)

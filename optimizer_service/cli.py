@@ -34,7 +34,8 @@ _env = env_reader("OPTIMIZER")
 
 _FEEDBACK = {Feedback.POSITIVE_NEGATIVE: pb.FEEDBACK_POSITIVE_NEGATIVE, Feedback.POSITIVE_ONLY: pb.FEEDBACK_POSITIVE_ONLY}
 _CONVERSATION = {Conversation.CHAT: pb.CONVERSATION_MODE_CHAT, Conversation.STATELESS: pb.CONVERSATION_MODE_STATELESS}
-_POOL = {InitialPool.BUILTIN: pb.INITIAL_POOL_BUILTIN, InitialPool.GIVEN: pb.INITIAL_POOL_GIVEN, InitialPool.LLM: pb.INITIAL_POOL_LLM}
+_POOL = {InitialPool.BUILTIN: pb.INITIAL_POOL_BUILTIN, InitialPool.GIVEN: pb.INITIAL_POOL_GIVEN, InitialPool.LLM: pb.INITIAL_POOL_LLM,
+         InitialPool.HAND_ENGINEERED: pb.INITIAL_POOL_HAND_ENGINEERED}
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -46,6 +47,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     a("--initial-pool", choices=[p.value for p in InitialPool], default=_env("initial_pool", InitialPool.BUILTIN.value))
     a("--initial-templates-file", type=Path, default=_env("initial_templates_file", None),
       help="one template per line, for --initial-pool given")
+    a("--hand-engineered-dataset", default=_env("hand_engineered_dataset", ""),
+      help="CoOp dataset name whose CLIP-authors' templates seed --initial-pool hand_engineered (e.g. oxford_pets)")
     for name, knob in KNOBS.items():
         a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, knob.default)), help=f"{knob.low}..{knob.cap}, default {knob.default}")
     a("--feedback", choices=[f.value for f in Feedback], default=_env("feedback", Feedback.POSITIVE_NEGATIVE.value))
@@ -68,7 +71,7 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
         feedback=_FEEDBACK[Feedback(ns.feedback)], conversation=_CONVERSATION[Conversation(ns.conversation)],
         hide_accuracies=ns.hide_accuracies, temperature=ns.temperature, max_llm_calls=ns.max_llm_calls,
         max_llm_tokens=ns.max_llm_tokens, max_scored_templates=ns.max_scored_templates, max_wall_seconds=ns.max_wall_seconds,
-        seed=ns.seed, label=ns.label, **{name: getattr(ns, name) for name in KNOBS},
+        seed=ns.seed, label=ns.label, hand_engineered_dataset=ns.hand_engineered_dataset, **{name: getattr(ns, name) for name in KNOBS},
     )
 
 

@@ -16,6 +16,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from optimizer_service.baselines import BaselineError, hand_engineered
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.grpc_runtime import DEFAULT_MAX_CONCURRENT_RPCS, TlsFiles
 from promptclimb_common.serving_args import add_serving_args, env_reader, serving_settings
@@ -41,6 +42,7 @@ class InitialPool(str, enum.Enum):
     BUILTIN = "builtin"
     GIVEN = "given"
     LLM = "llm"
+    HAND_ENGINEERED = "hand_engineered"  # the CLIP authors' templates for one dataset, after the two plain baselines
 
 
 _FEEDBACK = {pb.FEEDBACK_UNSPECIFIED: Feedback.POSITIVE_NEGATIVE, pb.FEEDBACK_POSITIVE_NEGATIVE: Feedback.POSITIVE_NEGATIVE,
@@ -48,7 +50,8 @@ _FEEDBACK = {pb.FEEDBACK_UNSPECIFIED: Feedback.POSITIVE_NEGATIVE, pb.FEEDBACK_PO
 _CONVERSATION = {pb.CONVERSATION_MODE_UNSPECIFIED: Conversation.CHAT, pb.CONVERSATION_MODE_CHAT: Conversation.CHAT,
                  pb.CONVERSATION_MODE_STATELESS: Conversation.STATELESS}
 _POOL = {pb.INITIAL_POOL_UNSPECIFIED: InitialPool.BUILTIN, pb.INITIAL_POOL_BUILTIN: InitialPool.BUILTIN,
-         pb.INITIAL_POOL_GIVEN: InitialPool.GIVEN, pb.INITIAL_POOL_LLM: InitialPool.LLM}
+         pb.INITIAL_POOL_GIVEN: InitialPool.GIVEN, pb.INITIAL_POOL_LLM: InitialPool.LLM,
+         pb.INITIAL_POOL_HAND_ENGINEERED: InitialPool.HAND_ENGINEERED}
 
 
 class SpecError(ValueError):
@@ -101,6 +104,7 @@ class RunSettings:
     report_top: int = 5
     seed: int = 0
     label: str = ""
+    hand_engineered_dataset: str = ""
 
     @property
     def iterations_total(self) -> int:
@@ -109,7 +113,7 @@ class RunSettings:
     @classmethod
     def from_proto(cls, spec: pb.RunSpec, default_model: str) -> RunSettings:
         """Applies defaults and caps; raises SpecError naming the first bad field."""
-        for name in ("task_id", "llm_model", "label"):
+        for name in ("task_id", "llm_model", "label", "hand_engineered_dataset"):
             if len(getattr(spec, name)) > MAX_TEXT_FIELD:
                 raise SpecError(f"{name} is longer than {MAX_TEXT_FIELD} characters")
         if not spec.task_id.strip():
@@ -144,6 +148,13 @@ class RunSettings:
                     raise SpecError(f"initial_templates[{index}]: {problem}")
         elif given:
             raise SpecError("initial_templates is only used with initial_pool=GIVEN")
+        if pool is InitialPool.HAND_ENGINEERED:
+            try:
+                hand_engineered(spec.hand_engineered_dataset)
+            except BaselineError as err:
+                raise SpecError(f"initial_pool=HAND_ENGINEERED: {err}") from err
+        elif spec.hand_engineered_dataset:
+            raise SpecError("hand_engineered_dataset is only used with initial_pool=HAND_ENGINEERED")
         return cls(
             task_id=spec.task_id,
             llm_model=model,
@@ -159,6 +170,7 @@ class RunSettings:
             max_wall_seconds=spec.max_wall_seconds,
             seed=spec.seed,
             label=spec.label,
+            hand_engineered_dataset=spec.hand_engineered_dataset,
             **knobs,
         )
 

@@ -28,6 +28,7 @@ import grpc
 import structlog
 
 from optimizer_service import metrics
+from optimizer_service.baselines import A_PHOTO_OF, PLAIN, hand_engineered
 from optimizer_service.config import Conversation, Feedback, InitialPool, RunSettings
 from optimizer_service.llm import LlmClient, LlmResult, LlmUnavailable
 from optimizer_service.metaprompt import MetaPrompt, initial_pool_messages, template_lines_grammar
@@ -142,6 +143,9 @@ class HillClimb:
         else:
             if self.settings.initial_pool is InitialPool.BUILTIN:
                 templates = builtin_pool(self.settings.initial_pool_size, self.settings.seed)
+            elif self.settings.initial_pool is InitialPool.HAND_ENGINEERED:
+                pool = [PLAIN, A_PHOTO_OF, *hand_engineered(self.settings.hand_engineered_dataset)]
+                templates = list(dict.fromkeys(pool))[: self.settings.initial_pool_size]
             else:
                 templates = list(self.settings.initial_templates)
             new, duplicates = self.pool.split_new(templates)

@@ -71,21 +71,17 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         if task is None:
             known = ", ".join(sorted(self.tasks)) or "none"
             await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown task_id {request.task_id!r}; this server has: {known}")
+        # The request limit bounds one call's encoding work, so it counts every ensemble member; the
+        # budget bounds what a token can learn, one accuracy per template or ensemble.
         count = len(request.templates) + len(request.ensembles)
+        work = len(request.templates) + sum(len(e.templates) for e in request.ensembles)
         if count == 0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no templates or ensembles to score: send at least one")
-        if count > self.max_templates_per_request:
+        if work > self.max_templates_per_request:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{count} templates and ensembles in one request; the limit is {self.max_templates_per_request}: "
-                "split the request",
-            )
-        oversized = next((i for i, e in enumerate(request.ensembles) if len(e.templates) > self.max_templates_per_request), None)
-        if oversized is not None:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"ensemble {oversized} has {len(request.ensembles[oversized].templates)} templates; "
-                f"an ensemble may have at most {self.max_templates_per_request}",
+                f"{work} templates in one request (ensemble members included); the limit is "
+                f"{self.max_templates_per_request}: split the request",
             )
         structlog.contextvars.bind_contextvars(task=task.task_id, split=split, templates=count)
         metrics.TOKEN_REQUESTS.labels(principal.name, split).inc()
