@@ -116,12 +116,17 @@ def initial_pool_messages(task_name: str, class_names: Sequence[str], count: int
 
 def template_lines_grammar(count: int) -> str:
     """A GBNF grammar (llama.cpp) for the reply the meta-prompt asks for: `count`
-    lines "- <template>", each holding exactly one {} and no other brace, and no
-    digits, '%' or parentheses (small models copy the shown accuracies into their
-    lines otherwise). Small local models keep the format when their sampler must."""
+    lines "- <template>", each holding exactly one {} and no other brace.
+
+    Small local models otherwise copy the shown accuracies into their lines and
+    write paragraphs, so digits, '%', parentheses and inner full stops are left
+    out and each side of the {} is kept short (60 characters in all: a short
+    template, and one that fits a 77-token context even byte by byte).
+    """
     lines = " ".join(["line"] * count)
     return (
         f"root ::= {lines}\n"
-        'line ::= "- " text "{}" text "\\n"\n'
-        "text ::= [^{}\\n()%0-9]{0,80}\n"
+        'line ::= "- " head "{}" tail "\\n"\n'
+        "head ::= [^{}\\n()%0-9.]{0,36}\n"
+        'tail ::= [^{}\\n()%0-9.]{0,24} "."?\n'
     )

@@ -107,7 +107,7 @@ class ScorerClient:
         except grpc.aio.AioRpcError as err:
             if err.code() in PASSING:
                 raise ScorerUnavailable(
-                    f"scorer at {self.settings.address} unavailable for over {grace_s:.0f} s ({err.code().name}: {err.details()})"
+                    f"scorer at {self.settings.address} unavailable for over {grace_s:g} s ({err.code().name}: {err.details()})"
                 ) from None
             raise ScorerError(err.code(), f"scorer refused {what}: {err.code().name}: {err.details()}") from None
 

@@ -22,7 +22,7 @@ def test_demo_produces_a_result_with_a_valid_best_template(tiny_clip_dir, tmp_pa
         "SCORER_MODEL": str(tiny_clip_dir),  # the demo's own fallback is ViT-B/32-sized; the path is the same
         # the default embedded model, Qwen2.5-Coder-1.5B: the 0.5B one mostly copies the prompt's examples
         "DEMO_OUT": str(out),
-        "DEMO_RESTARTS": "1", "DEMO_RESETS": "1", "DEMO_ITERATIONS": "2", "DEMO_POOL": "6",
+        "DEMO_RESTARTS": "1", "DEMO_RESETS": "1", "DEMO_ITERATIONS": "3", "DEMO_POOL": "6",
     }
     for remote in ("OPENAI_API_KEY", "LLM_BASE_URL", "LLM_MODEL"):
         env.pop(remote, None)

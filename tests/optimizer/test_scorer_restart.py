@@ -61,7 +61,9 @@ async def test_scorer_restart_within_grace_and_past_it(tiny_clip_dir, image_task
             assert (run.state, run.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "finished")
             assert run.counters.iterations_done == 4 and run.counters.templates_scored == 6 + 4 * 2
 
-            hasty = ScorerSettings(address=scorer.address, deadline_s=2.0, grace_s=0.5)
+            # the deadline outlasts the channel's longest reconnect backoff (5 s), so the resumed
+            # run's first call waits for the restarted scorer instead of giving up before reconnecting
+            hasty = ScorerSettings(address=scorer.address, deadline_s=7.0, grace_s=0.5)
             async with open_optimizer(hasty, llm, tmp_path / "hasty") as optimizer:
                 run_id = (await optimizer.stub.StartRun(pb.StartRunRequest(spec=spec))).run_id
                 await until_first_iteration(optimizer.stub, run_id)
