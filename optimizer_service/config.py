@@ -18,8 +18,7 @@ from pathlib import Path
 
 from optimizer_service.baselines import BaselineError, hand_engineered
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
-from promptclimb_common.grpc_runtime import DEFAULT_MAX_CONCURRENT_RPCS, TlsFiles
-from promptclimb_common.serving_args import add_serving_args, env_reader, serving_settings
+from promptclimb_common.serving_args import ServingConfig, add_serving_args, env_reader, serving_settings
 from promptclimb_common.templates import template_problem
 
 
@@ -251,19 +250,16 @@ class ScorerSettings:
 
 
 @dataclass(frozen=True)
-class OptimizerConfig:
-    host: str = "127.0.0.1"
+class OptimizerConfig(ServingConfig):
+    """The service's settings: the shared serving ones plus state, scorer and LLM."""
+
     port: int = 50052
     metrics_port: int = 9102
+    anonymous_rights: frozenset[str] = frozenset({"run"})
     state_dir: Path = Path(".cache/promptclimb/optimizer")
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
-    tokens_file: str | None = None
-    anonymous_rights: frozenset[str] = frozenset({"run"})
-    tls: TlsFiles = field(default_factory=TlsFiles)
     max_active_runs: int = 4
-    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
-    grace_seconds: float = 30.0
     log_level: str = "INFO"
 
 

@@ -9,10 +9,25 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from promptclimb_common.grpc_runtime import DEFAULT_MAX_CONCURRENT_RPCS, TlsFiles
 
 EnvReader = Callable[[str, object], object]
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """What every service's config holds; each service sets its own port and rights defaults."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int = 0
+    tokens_file: str | None = None
+    anonymous_rights: frozenset[str] = frozenset()
+    tls: TlsFiles = field(default_factory=TlsFiles)
+    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    grace_seconds: float = 30.0
 
 
 def env_reader(prefix: str) -> EnvReader:

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from promptclimb_common.grpc_runtime import DEFAULT_MAX_CONCURRENT_RPCS, TlsFiles
-from promptclimb_common.serving_args import add_serving_args, env_reader, serving_settings
+from promptclimb_common.serving_args import ServingConfig, add_serving_args, env_reader, serving_settings
 from scorer_service.coop import COOP_DATASETS
 
 
@@ -26,23 +25,22 @@ class TaskSource:
 
 
 @dataclass(frozen=True)
-class ScorerConfig:
+class ScorerConfig(ServingConfig):
+    """The scorer's settings: the shared serving ones plus model, tasks and bounds."""
+
+    port: int = 50051
+    metrics_port: int = 9101
+    anonymous_rights: frozenset[str] = frozenset({"score"})
     model: str = "openai/clip-vit-base-patch32"
     tasks: tuple[TaskSource, ...] = ()
     shots: int = 1
     seed: int = 1
     split_seed: int = 0
     test_fraction: float = 0.5
-    host: str = "127.0.0.1"
-    port: int = 50051
-    metrics_port: int = 9101
     device: str = "auto"
     dtype: str = "auto"
     cache_dir: Path = Path(".cache/promptclimb/scorer")
     state_dir: Path = Path(".cache/promptclimb/scorer-state")
-    tokens_file: str | None = None
-    anonymous_rights: frozenset[str] = frozenset({"score"})
-    tls: TlsFiles = field(default_factory=TlsFiles)
     max_templates_per_request: int = 256
     max_template_bytes: int = 1024
     max_message_bytes: int = 4 * 1024 * 1024
@@ -51,8 +49,6 @@ class ScorerConfig:
     max_queued_prompts: int = 200_000
     text_cache_bytes: int = 512 * 1024 * 1024
     image_batch_size: int = 64
-    max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
-    grace_seconds: float = 30.0
     log_level: str = "INFO"
 
 
