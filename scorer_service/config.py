@@ -13,6 +13,7 @@ from pathlib import Path
 
 from promptclimb_common.serving_args import ServingConfig, add_serving_args, env_reader, serving_settings
 from scorer_service.coop import COOP_DATASETS
+from scorer_service.cpu_kernels import CPU_MATMULS
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ScorerConfig(ServingConfig):
     test_fraction: float = 0.5
     device: str = "auto"
     dtype: str = "auto"
+    cpu_matmul: str = "onednn"
     cache_dir: Path = Path(".cache/promptclimb/scorer")
     state_dir: Path = Path(".cache/promptclimb/scorer-state")
     max_templates_per_request: int = 256
@@ -87,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--device", default=_env("device", d.device), help="auto, cpu, cuda or cuda:N")
     a("--dtype", default=_env("dtype", d.dtype), choices=["auto", "float32", "float16", "bfloat16"],
       help="auto: bfloat16 (or float16) on GPU, float32 on CPU")
+    a("--cpu-matmul", default=_env("cpu_matmul", d.cpu_matmul), choices=CPU_MATMULS,
+      help="kernels of fp32 linear layers on CPU: onednn (AVX-512 also on AMD; checked to be fp32 at start) or "
+           "torch's default (MKL)")
     a("--cache-dir", type=Path, default=Path(_env("cache_dir", d.cache_dir)), help="on-disk cache of image features")
     a("--state-dir", type=Path, default=Path(_env("state_dir", d.state_dir)),
       help="durable state: each token's count of evaluated templates (SQLite)")
@@ -135,6 +140,7 @@ def parse_config(argv: list[str] | None = None) -> ScorerConfig:
         test_fraction=ns.test_fraction,
         device=ns.device,
         dtype=ns.dtype,
+        cpu_matmul=ns.cpu_matmul,
         cache_dir=ns.cache_dir,
         state_dir=ns.state_dir,
         max_templates_per_request=ns.max_templates_per_request,

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
+from scorer_service.cpu_kernels import use_onednn_kernels
 from scorer_service.prefix_sharing import encode_with_shared_prefixes
 
 log = structlog.get_logger(__name__)
@@ -168,8 +169,11 @@ def _as_tensor(output: object) -> torch.Tensor:
     raise TypeError(f"unexpected CLIP feature output {type(output).__name__}")
 
 
-def load_clip(ref: str, device: str = "auto", dtype: str = "auto") -> ClipEncoder:
-    """Loads CLIP from a local directory (offline) or a hub id; raises ModelLoadError."""
+def load_clip(ref: str, device: str = "auto", dtype: str = "auto", cpu_matmul: str = "onednn") -> ClipEncoder:
+    """Loads CLIP from a local directory (offline) or a hub id; raises ModelLoadError.
+
+    `cpu_matmul="onednn"` runs fp32 linear layers and MLPs on CPU through oneDNN (see cpu_kernels).
+    """
     local = Path(ref).expanduser()
     is_dir = local.is_dir()
     if not is_dir and not _looks_like_hub_id(ref):
@@ -186,8 +190,9 @@ def load_clip(ref: str, device: str = "auto", dtype: str = "auto") -> ClipEncode
         where = f"local directory {local.resolve()}" if is_dir else f"Hugging Face hub id {ref!r} (offline={offline})"
         raise ModelLoadError(f"cannot load CLIP model from {where}: {err}") from err
     model.eval().to(torch_device)
+    onednn_modules = use_onednn_kernels(model) if cpu_matmul == "onednn" else 0
     log.info("model_loaded", model=ref, device=str(torch_device), dtype=str(torch_dtype).removeprefix("torch."),
-             context_length=int(model.config.text_config.max_position_embeddings))
+             context_length=int(model.config.text_config.max_position_embeddings), onednn_modules=onednn_modules)
     return ClipEncoder(ref, model, tokenizer, image_processor, torch_device, torch_dtype)
 
 

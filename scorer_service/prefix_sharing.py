@@ -64,30 +64,47 @@ def encode_with_shared_prefixes(
         hidden_prefix[:, None, None, :], float("-inf"))
     causal_bias = torch.full((s, s), float("-inf"), device=device, dtype=dtype).triu(1)
 
-    for layer in text.encoder.layers:
+    # the end-of-text token, located in the whole prompt and indexed in the suffix
+    whole = torch.cat([prefix_ids[group], suffix_ids], dim=1)
+    real = torch.cat([~hidden_prefix, torch.ones(n, s, dtype=torch.bool, device=device)], dim=1)
+    whole = whole.masked_fill(~real, -1)  # the padding after a short prefix is not an end-of-text token
+    eot = eot_positions(whole, text.eos_token_id) - longest_prefix
+    rows = torch.arange(n, device=device)
+
+    *body, last = text.encoder.layers
+    for layer in body:
         attn = layer.self_attn
         heads = attn.num_heads
         normed_p, normed_s = layer.layer_norm1(prefix_h), layer.layer_norm1(suffix_h)
         qp, kp, vp = (_heads(proj(normed_p), heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         qs, ks, vs = (_heads(proj(normed_s), heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=attn.scale)
-        kp_rows, vp_rows = kp[group], vp[group]  # [n, h, P, d]: small, P is a few tokens
-        scores = torch.cat(
-            [torch.matmul(qs, kp_rows.transpose(-1, -2)) * attn.scale + prefix_bias,
-             torch.matmul(qs, ks.transpose(-1, -2)) * attn.scale + causal_bias],
-            dim=-1,
-        )
-        weights = torch.softmax(scores.float(), dim=-1).to(dtype)
-        out_s = torch.matmul(weights[..., :longest_prefix], vp_rows) + torch.matmul(weights[..., longest_prefix:], vs)
+        out_s = _suffix_attention(qs, kp[group], vp[group], ks, vs, prefix_bias, causal_bias, attn.scale)
         prefix_h = prefix_h + attn.out_proj(_merge_heads(out_p))
         suffix_h = suffix_h + attn.out_proj(_merge_heads(out_s))
         prefix_h = prefix_h + layer.mlp(layer.layer_norm2(prefix_h))
         suffix_h = suffix_h + layer.mlp(layer.layer_norm2(suffix_h))
 
-    # pool the end-of-text token: locate it in the whole prompt, then index the suffix
-    whole = torch.cat([prefix_ids[group], suffix_ids], dim=1)
-    real = torch.cat([~hidden_prefix, torch.ones(n, s, dtype=torch.bool, device=device)], dim=1)
-    whole = whole.masked_fill(~real, -1)  # the padding after a short prefix is not an end-of-text token
-    eot = eot_positions(whole, text.eos_token_id) - longest_prefix
-    pooled = text.final_layer_norm(suffix_h[torch.arange(n, device=device), eot])
-    return model.text_projection(pooled)
+    # Only the end-of-text token's output is pooled, so the last layer needs every
+    # token's keys and values but the query, attention and MLP of that one token.
+    attn = last.self_attn
+    heads = attn.num_heads
+    normed_p, normed_s = last.layer_norm1(prefix_h), last.layer_norm1(suffix_h)
+    kp, vp = _heads(attn.k_proj(normed_p), heads), _heads(attn.v_proj(normed_p), heads)
+    ks, vs = _heads(attn.k_proj(normed_s), heads), _heads(attn.v_proj(normed_s), heads)
+    q_eot = _heads(attn.q_proj(normed_s[rows, eot][:, None]), heads)  # [n, h, 1, d]
+    out = _suffix_attention(q_eot, kp[group], vp[group], ks, vs, prefix_bias, causal_bias[eot][:, None, None], attn.scale)
+    pooled = suffix_h[rows, eot][:, None] + attn.out_proj(_merge_heads(out))
+    pooled = pooled + last.mlp(last.layer_norm2(pooled))
+    return model.text_projection(text.final_layer_norm(pooled[:, 0]))
+
+
+def _suffix_attention(q, kp_rows, vp_rows, ks, vs, prefix_bias, suffix_bias, scale) -> torch.Tensor:
+    """Suffix queries attending to their prefix's keys and to the suffix's (masked by the biases).
+
+    kp_rows and vp_rows [n, h, P, d] are the prefix's keys and values per suffix row: small, P is a few tokens.
+    """
+    n, _, queries, _ = q.shape
+    keys, values = torch.cat([kp_rows, ks], dim=2), torch.cat([vp_rows, vs], dim=2)
+    bias = torch.cat([prefix_bias.expand(n, 1, queries, -1), suffix_bias.expand(n, 1, queries, -1)], dim=-1)
+    return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)

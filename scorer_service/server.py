@@ -147,7 +147,7 @@ class ScorerApp:
         """Loads everything, then serves; returns the bound gRPC port."""
         config = self.config
         auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights)
-        encoder = await asyncio.to_thread(load_clip, config.model, config.device, config.dtype)
+        encoder = await asyncio.to_thread(load_clip, config.model, config.device, config.dtype, config.cpu_matmul)
         metrics.MODEL_INFO.info(
             {"model": config.model, "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch.")}
         )
