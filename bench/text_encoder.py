@@ -3,7 +3,8 @@
 Every step is run in this process on the same model, templates and image
 features, and reported as a ratio to the baseline measured here. Each step also
 checks that its argmax predictions equal the baseline's on every
-(template, image) pair it shares with the baseline.
+(template, image) pair it shares with the baseline. FLOPs are counted by
+torch.utils.flop_counter in a separate, untimed run of the same step.
 
     python -m bench.text_encoder [--classes 100 1000] [--templates 64] [--out bench/results]
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -20,22 +22,24 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 from transformers import CLIPConfig, CLIPModel
 
 from bench.report import write_table
 from bench.workload import TEMPLATES, class_names, image_features, word_level_tokenizer
 from promptclimb_common.templates import fill
 from scorer_service.batcher import TextEncodeBatcher
+from scorer_service.cpu_kernels import use_onednn_kernels
 from scorer_service.datasets import Dataset, Task
 from scorer_service.features import SplitFeatures
-from scorer_service.model import CHUNK_PROMPTS, ClipEncoder
+from scorer_service.model import ClipEncoder
 from scorer_service.random_clip import SHAPES
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
 
 IMAGES = 1000
 
 
-def build_encoder(tokenizer, dtype: torch.dtype = torch.float32) -> ClipEncoder:
+def build_encoder(tokenizer, dtype: torch.dtype = torch.float32, onednn: bool = False) -> ClipEncoder:
     """A ViT-B/32-shaped CLIP (random weights) wrapped as the scorer wraps a checkpoint."""
     shape = SHAPES["vit-b-32"]
     vocab = tokenizer.get_vocab()
@@ -50,26 +54,42 @@ def build_encoder(tokenizer, dtype: torch.dtype = torch.float32) -> ClipEncoder:
     )
     torch.manual_seed(0)
     model = CLIPModel(config).eval().to(dtype)
+    if onednn and not use_onednn_kernels(model):
+        raise SystemExit("oneDNN's fp32 linear is unavailable or not fp32 here; see scorer_service/cpu_kernels.py")
     return ClipEncoder("random ViT-B/32 text tower", model, tokenizer, None, torch.device("cpu"), dtype)
 
 
-def text_tower_flops_per_token(encoder: ClipEncoder, tokens_per_prompt: float) -> float:
-    """Multiply-adds x2 of the text tower per token: linear layers plus attention scores."""
-    config = encoder.model.config.text_config
-    width, layers = config.hidden_size, config.num_hidden_layers
-    linear = layers * (4 * width * width + 2 * width * config.intermediate_size)
-    attention = layers * 2 * tokens_per_prompt * width
-    return 2 * (linear + attention)
+# torch.utils.flop_counter knows aten's matmuls; these two CPU kernels it does not.
+
+@register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+def _onednn_linear_flops(x_shape, w_shape, *args, **kwargs) -> int:
+    return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 
-def matmul_peak_flops(dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_attention_flops(q_shape, k_shape, *args, **kwargs) -> int:
+    batch, heads, queries, dim = q_shape
+    return 4 * batch * heads * queries * k_shape[-2] * dim  # scores and weighted sum, masked ones included
+
+
+def count_flops(step: Callable, encoder: ClipEncoder, templates: list[str], names: list[str]) -> int:
+    with FlopCounterMode(display=False) as counter:
+        step(encoder, templates, names)
+    return counter.get_total_flops()
+
+
+def matmul_peak_flops(matmul: Callable, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
+    matmul(a, b)
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
-        a @ b
+        matmul(a, b)
         count += 1
     return 2 * size**3 * count / (time.perf_counter() - started)
+
+
+def onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
 
 def reset_peak_rss() -> None:
@@ -89,10 +109,10 @@ class StepResult:
     templates: int
     classes: int
     seconds: float
-    executed_tokens: int
+    flops: int
     predictions: torch.Tensor  # [templates, images]
     peak_rss_mib: float
-    dtype: torch.dtype
+    matmul_peak: float | None  # FLOP/s of the dtype's measured matmul peak; None for int8
 
     @property
     def templates_per_s(self) -> float:
@@ -137,45 +157,19 @@ def scorer_path_step(encoder: ClipEncoder, templates: list[str], names: list[str
     return list(encoder.encode_text(prompts, prefixes).reshape(len(templates), len(names), -1))
 
 
-# Tokens each step runs through the text tower (padding included), counted
-# outside the timed region: the FLOP/s column's numerator.
-
-def padded_tokens(padding: str):
-    def count(encoder: ClipEncoder, templates: list[str], names: list[str]) -> int:
-        return sum(encoder.tokenizer([fill(t, n) for n in names], padding=padding, max_length=77,
-                                     return_tensors="pt")["input_ids"].numel() for t in templates)
-
-    return count
-
-
-def sorted_chunk_tokens(encoder: ClipEncoder, templates: list[str], names: list[str]) -> int:
-    lengths = sorted(encoder.token_lengths([fill(t, n) for t in templates for n in names]))
-    chunk = CHUNK_PROMPTS
-    return sum(lengths[min(i + chunk, len(lengths)) - 1] * len(lengths[i : i + chunk]) for i in range(0, len(lengths), chunk))
-
-
-def shared_prefix_tokens(encoder: ClipEncoder, templates: list[str], names: list[str]) -> int:
-    """Each template's prefix once, plus every prompt's tokens after its prefix."""
-    prefix_length = {t: len(encoder.tokenizer(t.split("{}", 1)[0])["input_ids"]) - 1 for t in templates}
-    suffixes = sum(max(1, n - prefix_length[t]) for t in templates
-                   for n in encoder.token_lengths([fill(t, name) for name in names]))
-    return sum(prefix_length.values()) + suffixes
-
-
 def int8_encoder(encoder: ClipEncoder) -> ClipEncoder:
     """Dynamic int8 quantization of the text tower's linear layers (CPU)."""
     quantized = torch.ao.quantization.quantize_dynamic(encoder.model, {torch.nn.Linear}, dtype=torch.qint8)
     return ClipEncoder(encoder.name, quantized, encoder.tokenizer, None, encoder.device, encoder.dtype)
 
 
-def run_step(name, step: Callable, tokens: Callable, encoder, templates, names, features) -> StepResult:
+def run_step(name, step: Callable, encoder, templates, names, features, flops: int, peak: float | None) -> StepResult:
     reset_peak_rss()
     started = time.perf_counter()
     embeddings = step(encoder, templates, names)
     seconds = time.perf_counter() - started
     rss = peak_rss_mib()
-    return StepResult(name, len(templates), len(names), seconds, tokens(encoder, templates, names),
-                      predictions_of(embeddings, features), rss, encoder.dtype)
+    return StepResult(name, len(templates), len(names), seconds, flops, predictions_of(embeddings, features), rss, peak)
 
 
 def cached_repeat_step(encoder: ClipEncoder, templates: list[str], names: list[str], features, labels) -> StepResult:
@@ -198,7 +192,7 @@ def cached_repeat_step(encoder: ClipEncoder, templates: list[str], names: list[s
 
     seconds = asyncio.run(score_twice())
     return StepResult("+ text cache hit (whole score call)", len(templates), len(names), seconds, 0, torch.empty(0),
-                      peak_rss_mib(), encoder.dtype)
+                      peak_rss_mib(), None)
 
 
 def agreement(step: StepResult, baseline: StepResult) -> str:
@@ -225,13 +219,18 @@ def main() -> None:
     names_all = class_names(max(args.classes))
     tokenizer = word_level_tokenizer(TEMPLATES + names_all)
     fp32 = build_encoder(tokenizer)
+    onednn = build_encoder(tokenizer, onednn=True)
     bf16 = build_encoder(tokenizer, torch.bfloat16)
     int8 = int8_encoder(fp32)
-    peaks = {torch.float32: matmul_peak_flops(torch.float32), torch.bfloat16: matmul_peak_flops(torch.bfloat16)}
+    torch_peak = matmul_peak_flops(torch.matmul, torch.float32)
+    onednn_peak = matmul_peak_flops(onednn_matmul, torch.float32)
+    fp32_peak, bf16_peak = max(torch_peak, onednn_peak), matmul_peak_flops(torch.matmul, torch.bfloat16)
 
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"matmul peak fp32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, bf16 {peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s.",
+        f"measured matmul peak fp32 {torch_peak / 1e9:.0f} GFLOP/s with torch's kernels and {onednn_peak / 1e9:.0f} with "
+        f"oneDNN's, bf16 {bf16_peak / 1e9:.0f} GFLOP/s. The FLOP/s column is against the faster fp32 peak "
+        "(bf16 rows: the bf16 peak; int8 rows: none measured).",
         "",
         "| classes | step | templates/s | class prompts/s | vs baseline | GFLOP/s (of matmul peak) | peak RSS MiB | predictions = baseline |",
         "|---|---|---|---|---|---|---|---|",
@@ -242,24 +241,32 @@ def main() -> None:
         templates = TEMPLATES[: max(1, min(args.templates, args.max_prompts // count))]
         slow = templates[: args.baseline_templates]
         mean_tokens = sum(fp32.token_lengths([fill(t, n) for t in templates for n in names])) / (len(templates) * count)
+        pad_77, pad_longest = per_template_step("max_length"), per_template_step("longest")
         steps = [
-            ("baseline: per template, pad 77, fp32", per_template_step("max_length"), padded_tokens("max_length"), fp32, slow),
-            ("+ pad to longest", per_template_step("longest"), padded_tokens("longest"), fp32, slow),
-            ("+ all templates batched, length-sorted", batched_step, sorted_chunk_tokens, fp32, templates),
-            ("+ shared template prefix (scorer default, fp32)", scorer_path_step, shared_prefix_tokens, fp32, templates),
-            ("+ bf16 weights (scorer --dtype bfloat16)", scorer_path_step, shared_prefix_tokens, bf16, templates),
-            ("+ int8 dynamic quantization", scorer_path_step, shared_prefix_tokens, int8, templates),
+            ("baseline: per template, pad 77, fp32", pad_77, fp32, slow, fp32_peak),
+            ("+ pad to longest", pad_longest, fp32, slow, fp32_peak),
+            ("+ all templates batched, length-sorted", batched_step, fp32, templates, fp32_peak),
+            ("+ shared template prefix, last layer on end-of-text only (scorer --cpu-matmul torch)",
+             scorer_path_step, fp32, templates, fp32_peak),
+            ("+ oneDNN fp32 kernels, MLP activation fused (scorer default on CPU)", scorer_path_step, onednn, templates,
+             fp32_peak),
+            ("+ bf16 weights (scorer --dtype bfloat16)", scorer_path_step, bf16, templates, bf16_peak),
+            ("+ int8 dynamic quantization", scorer_path_step, int8, templates, None),
+            ("reference: the baseline on oneDNN kernels", pad_77, onednn, slow, fp32_peak),
         ]
+        flops: dict[tuple, int] = {}  # an algorithm's FLOPs do not depend on kernels or dtype
         results = []
-        for name, step, tokens, encoder, chosen in tqdm(steps, desc=f"{count} classes", unit="step"):
-            results.append(run_step(name, step, tokens, encoder, chosen, names, features))
-        results.append(cached_repeat_step(fp32, templates, names, features, labels))
+        for name, step, encoder, chosen, peak in tqdm(steps, desc=f"{count} classes", unit="step"):
+            key = (step, tuple(chosen))
+            if key not in flops:
+                flops[key] = count_flops(step, onednn, chosen, names)
+            results.append(run_step(name, step, encoder, chosen, names, features, flops[key], peak))
+        results.append(cached_repeat_step(onednn, templates, names, features, labels))
         baseline = results[0]
         for result in results:
-            flops_per_token = text_tower_flops_per_token(fp32, mean_tokens)
-            gflops = result.executed_tokens * flops_per_token / result.seconds / 1e9
-            peak = peaks.get(result.dtype, peaks[torch.float32]) / 1e9
-            flops_cell = f"{gflops:.0f} ({100 * gflops / peak:.0f}%)" if result.executed_tokens else "n/a"
+            gflops = result.flops / result.seconds / 1e9
+            share = f" ({100 * gflops * 1e9 / result.matmul_peak:.0f}%)" if result.matmul_peak else ""
+            flops_cell = f"{gflops:.0f}{share}" if result.flops else "n/a"
             lines.append(
                 f"| {count} | {result.name} | {result.templates_per_s:.2f} | {result.prompts_per_s:.0f} | "
                 f"{result.templates_per_s / baseline.templates_per_s:.1f}x | {flops_cell} | {result.peak_rss_mib:.0f} | "
