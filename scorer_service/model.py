@@ -31,6 +31,16 @@ log = structlog.get_logger(__name__)
 CHUNK_PROMPTS = 256
 
 
+def default_batch_prompts(device: torch.device) -> int:
+    """How many prompts concurrent calls may merge into one encoder batch.
+
+    On CPU one chunk keeps every core busy, so merging beyond it gains nothing
+    and makes every call in the batch wait for all of it (measured in
+    bench/grpc_load.py). A GPU is far from busy on one chunk.
+    """
+    return CHUNK_PROMPTS if device.type == "cpu" else 4096
+
+
 class ModelLoadError(RuntimeError):
     """The checkpoint could not be loaded; the message says what was tried."""
 

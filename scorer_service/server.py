@@ -17,7 +17,7 @@ from scorer_service.config import ScorerConfig
 from scorer_service.coop import load_coop
 from scorer_service.datasets import TEST, TRAIN, Task, build_task, load_image_folder
 from scorer_service.features import SplitFeatures, load_split_features
-from scorer_service.model import ClipEncoder, load_clip
+from scorer_service.model import ClipEncoder, default_batch_prompts, load_clip
 from scorer_service.quota import BudgetExhaustedError, EvaluationLedger
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
 
@@ -152,9 +152,11 @@ class ScorerApp:
             {"model": config.model, "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch.")}
         )
         tasks, features = await asyncio.to_thread(load_tasks, config, encoder)
+        batch_prompts = config.max_batch_prompts or default_batch_prompts(encoder.device)
         self.batcher = TextEncodeBatcher(
-            encoder.encode_text, config.max_batch_prompts, config.max_batch_delay_ms / 1000, config.max_queued_prompts
+            encoder.encode_text, batch_prompts, config.max_batch_delay_ms / 1000, config.max_queued_prompts
         )
+        log.info("batching", max_batch_prompts=batch_prompts, max_batch_delay_ms=config.max_batch_delay_ms)
         self.batcher.start()
         scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes)
         self.ledger = EvaluationLedger(config.state_dir / "evaluations.sqlite")

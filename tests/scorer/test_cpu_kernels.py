@@ -10,7 +10,7 @@ from transformers.models.clip.modeling_clip import CLIPMLP
 
 from scorer_service.config import parse_config
 from scorer_service.cpu_kernels import OneDnnClipMlp, OneDnnLinear, onednn_linear_is_fp32, use_onednn_kernels
-from scorer_service.model import load_clip
+from scorer_service.model import CHUNK_PROMPTS, default_batch_prompts, load_clip
 
 
 @pytest.fixture(scope="module")
@@ -63,3 +63,10 @@ def test_the_kernel_choice_is_a_flag(tmp_path):
     assert parse_config(["--task", f"a={tmp_path}", "--cpu-matmul", "torch"]).cpu_matmul == "torch"
     with pytest.raises(SystemExit):
         parse_config(["--task", f"a={tmp_path}", "--cpu-matmul", "mkl"])
+
+
+def test_the_batch_bound_defaults_by_device(tmp_path):
+    assert parse_config(["--task", f"a={tmp_path}"]).max_batch_prompts == 0
+    assert default_batch_prompts(torch.device("cpu")) == CHUNK_PROMPTS < default_batch_prompts(torch.device("cuda"))
+    with pytest.raises(SystemExit):
+        parse_config(["--task", f"a={tmp_path}", "--max-batch-prompts", "-1"])

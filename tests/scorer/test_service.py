@@ -161,6 +161,16 @@ async def test_concurrent_calls_share_encoder_batches(open_scorer):
     assert new_batches < 8  # ... but in fewer encoder batches than calls
 
 
+async def test_on_cpu_calls_merge_only_up_to_one_encoder_chunk(open_scorer):
+    _, stub, _ = open_scorer
+    batches, prompts = sample("scorer_batch_requests_count"), sample("scorer_batch_prompts_sum")
+    calls = [stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"chunk {i} {j} {{}}" for j in range(16)]))
+             for i in range(8)]  # 8 calls x 16 templates x 4 classes = 2 chunks of prompts
+    await asyncio.gather(*calls)
+    assert sample("scorer_batch_prompts_sum") - prompts == 8 * 16 * 4
+    assert 2 <= sample("scorer_batch_requests_count") - batches < 8
+
+
 async def test_a_message_that_is_not_valid_protobuf_is_invalid_argument(open_scorer):
     _, stub, channel = open_scorer
     # field 2 (templates) holding bytes that are not UTF-8: a client's bug, not the server's
