@@ -218,6 +218,9 @@ class Price:
         return (prompt_tokens * self.prompt_per_mtok + completion_tokens * self.completion_per_mtok) / 1e6
 
 
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
 @dataclass(frozen=True)
 class LlmSettings:
     base_url: str = "http://127.0.0.1:8080/v1"
@@ -229,6 +232,7 @@ class LlmSettings:
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     max_completion_tokens: int = 512
+    token_limit_field: str = "max_tokens"
     price: Price = field(default_factory=Price)
     cache: bool = True
     grammar: bool = False
@@ -306,7 +310,11 @@ def add_connection_args(p: argparse.ArgumentParser, *, state_dir_default: Path |
     a("--llm-backoff-initial-s", type=float, default=float(_env("llm_backoff_initial_s", llm.backoff_initial_s)))
     a("--llm-backoff-max-s", type=float, default=float(_env("llm_backoff_max_s", llm.backoff_max_s)),
       help="longest wait between attempts, Retry-After included")
-    a("--llm-max-completion-tokens", type=int, default=int(_env("llm_max_completion_tokens", llm.max_completion_tokens)))
+    a("--llm-max-completion-tokens", type=int, default=int(_env("llm_max_completion_tokens", llm.max_completion_tokens)),
+      help="most tokens one reply may have")
+    a("--llm-token-limit-field", default=_env("llm_token_limit_field", llm.token_limit_field), choices=TOKEN_LIMIT_FIELDS,
+      help="request field carrying that limit: max_tokens (llama.cpp, vLLM, Ollama, most OpenAI chat models) or "
+           "max_completion_tokens (OpenAI reasoning models, which refuse max_tokens)")
     a("--llm-price", type=_price, default=_price(str(_env("llm_price", ""))),
       help="PROMPT,COMPLETION in USD per million tokens, to report cost")
     a("--llm-grammar", type=_flag, default=_flag(str(_env("llm_grammar", "false"))),
@@ -332,7 +340,8 @@ def connection_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> t
         base_url=ns.llm_base_url, model=ns.llm_model, api_key=os.environ.get("OPENAI_API_KEY", ""),
         concurrency=ns.llm_concurrency, timeout_s=ns.llm_timeout_s, max_attempts=ns.llm_max_attempts,
         backoff_initial_s=ns.llm_backoff_initial_s, backoff_max_s=ns.llm_backoff_max_s,
-        max_completion_tokens=ns.llm_max_completion_tokens, price=ns.llm_price, cache=ns.llm_cache,
+        max_completion_tokens=ns.llm_max_completion_tokens, token_limit_field=ns.llm_token_limit_field,
+        price=ns.llm_price, cache=ns.llm_cache,
         grammar=ns.llm_grammar,
     )
     if not llm.api_key:

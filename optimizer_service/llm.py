@@ -131,7 +131,7 @@ class LlmClient:
         """Asks once (from the cache if this exact question was answered before), retrying what can be retried.
 
         `grammar` (GBNF) constrains the reply on llama.cpp endpoints."""
-        sampling: dict = {"temperature": temperature, "max_tokens": self.settings.max_completion_tokens}
+        sampling: dict = {"temperature": temperature, self.settings.token_limit_field: self.settings.max_completion_tokens}
         if grammar:
             sampling["extra_body"] = {"grammar": grammar}
         key = cache_key(self.settings.base_url, model, messages, sampling, sample)
@@ -149,6 +149,8 @@ class LlmClient:
             return LlmResult(None, tally.requests, tally.errors)
         except openai.OpenAIError as err:
             message = f"LLM endpoint {self.settings.base_url} failed after {tally.requests} attempt(s): {tally.last_error}"
+            if "max_completion_tokens" in tally.last_error and self.settings.token_limit_field != "max_completion_tokens":
+                message += " (this model wants --llm-token-limit-field max_completion_tokens)"
             raise LlmUnavailable(message, tally.requests, tally.errors) from err
         if self._store is not None:
             self._store.cache_reply(key, CachedReply(content, prompt_tokens, completion_tokens))

@@ -268,22 +268,33 @@ class RunManager:
         )
 
     async def watch(self, run_id: str, after_sequence: int = 0) -> AsyncIterator[pb.RunEvent]:
-        """The run's events after `after_sequence`, then live ones until the run ends."""
+        """The run's events after `after_sequence`, then live ones until the run ends.
+
+        A RunEnded that a resume superseded (events follow it) is not sent, so the
+        only RunEnded a watcher sees is the run's last event.
+        """
         self._record(run_id)
         signal = self._signals.setdefault(run_id, _Signal())
         last = after_sequence
         while True:
             woken = signal.current
+            ended = self._record(run_id).state in ENDED  # read before the events, so none is missed
             payloads = self.store.events_after(run_id, last)
-            for payload in payloads:
+            progressed = False
+            for index, payload in enumerate(payloads):
                 event = pb.RunEvent.FromString(payload)
-                last = event.sequence
-                yield event
-            if not payloads and self._record(run_id).state in ENDED:
+                superseded = event.HasField("run_ended") and index < len(payloads) - 1
+                if event.HasField("run_ended") and not superseded and not ended:
+                    break  # resumed since it ended: wait for what follows, which supersedes it
+                last, progressed = event.sequence, True
+                if not superseded:
+                    yield event
+            if progressed:
+                continue
+            if ended:
                 return
-            if not payloads:
-                try:
-                    await asyncio.wait_for(woken.wait(), WATCH_POLL_S)
-                except TimeoutError:
-                    pass
+            try:
+                await asyncio.wait_for(woken.wait(), WATCH_POLL_S)
+            except TimeoutError:
+                pass
 

@@ -6,7 +6,9 @@ what follows: each prefix is run once, and every prompt's remaining tokens
 (its suffix) attend to their prefix's keys and values. Suffixes of many
 templates run together in one batch, so the linear layers see large matrices
 whatever the mix of templates. Tokens after a prompt's end-of-text token are
-padding that no earlier token can see, so suffixes need no padding mask.
+padding that no earlier token can see, so suffixes need no padding mask. Only
+the end-of-text token is pooled, so the last layer computes every token's keys
+and values but the query, attention and MLP of that one token alone.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class Reply:
 class Fail:
     status: int
     headers: dict[str, str] = field(default_factory=dict)
+    message: str = ""  # the error's message; default "scripted <status>"
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def _handler(server: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
                 self._send(200, json.dumps(payload).encode(), {})
             elif isinstance(action, Fail):
                 seen.answered = f"fail {action.status}"
-                error = json.dumps({"error": {"message": f"scripted {action.status}", "type": "scripted"}}).encode()
+                error = json.dumps({"error": {"message": action.message or f"scripted {action.status}", "type": "scripted"}}).encode()
                 self._send(action.status, error, action.headers)
             elif isinstance(action, Raw):
                 seen.answered = "raw"

@@ -87,6 +87,22 @@ async def test_a_refusal_is_not_retried(status):
     assert len(llm.seen) == 1
 
 
+async def test_the_token_limit_goes_in_the_field_the_model_wants():
+    wants_new_field = Fail(400, message="Unsupported parameter: 'max_tokens' is not supported with this model. "
+                                        "Use 'max_completion_tokens' instead.")
+    with ScriptedLLM([wants_new_field, Reply("- a {}")]) as llm:
+        client = LlmClient(settings(llm.url, max_completion_tokens=77), None)
+        with pytest.raises(LlmUnavailable, match="wants --llm-token-limit-field max_completion_tokens"):
+            await ask(client)
+        await client.close()
+        client = LlmClient(settings(llm.url, max_completion_tokens=77, token_limit_field="max_completion_tokens"), None)
+        assert (await ask(client)).content == "- a {}"
+        await client.close()
+    first, second = (seen.body for seen in llm.seen)
+    assert first["max_tokens"] == 77 and "max_completion_tokens" not in first
+    assert second["max_completion_tokens"] == 77 and "max_tokens" not in second
+
+
 async def test_the_response_cache_answers_identical_questions_and_only_those(tmp_path):
     store = Store.open(tmp_path)
     with ScriptedLLM() as llm:

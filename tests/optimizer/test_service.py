@@ -163,6 +163,9 @@ async def test_cancel_then_resume(optimizer):
     assert final.state == pb.RUN_STATE_SUCCEEDED and final.counters.iterations_done == 4
     done = [(e.iteration_done.reset, e.iteration_done.iteration) for e in events if e.HasField("iteration_done")]
     assert sorted(done) == [(0, 0), (0, 1), (1, 0), (1, 1)]  # each iteration finished exactly once
+    # the replay leaves out the superseded CANCELLED end: one RunEnded, the last event
+    assert [e.run_ended.state for e in events if e.HasField("run_ended")] == [pb.RUN_STATE_SUCCEEDED]
+    assert events[-1].HasField("run_ended")
     with pytest.raises(grpc.aio.AioRpcError) as finished:
         await optimizer.stub.ResumeRun(pb.ResumeRunRequest(run_id=run_id))
     assert finished.value.code() == grpc.StatusCode.FAILED_PRECONDITION
