@@ -603,6 +603,12 @@ def check_containers(r: Report) -> None:
         r.check(heavy not in opt, "optimizer-requirements.txt", f"must not install {heavy}")
     missing = set(pins) - set(opt) - set(scorer_only) - {"grpcio-tools"}
     r.check(not missing, "optimizer-requirements.txt", f"pyproject.toml dependencies neither listed nor excluded: {sorted(missing)}")
+    data = requirement_lines(DOCKER / "optimizer-data-requirements.txt")
+    makefile_pin = re.search(r"^CLIP_BENCHMARK := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    baselines_pin = re.search(r'^CLIP_BENCHMARK_PIN = "([^"]+)"', (ROOT / "optimizer_service" / "baselines.py").read_text(), re.M)
+    pins_of_data = {f"{name}=={version}" for name, version in data.items()}
+    r.check(pins_of_data == {makefile_pin and makefile_pin.group(1), baselines_pin and baselines_pin.group(1)},
+            "optimizer-data-requirements.txt", "clip-benchmark must be pinned as in the Makefile and optimizer_service/baselines.py")
     build = requirement_lines(DOCKER / "build-requirements.txt")
     r.check(build.get("grpcio-tools") == pins.get("grpcio-tools"), "build-requirements.txt", "grpcio-tools must match pyproject.toml")
     build_system = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]["requires"]

@@ -10,10 +10,12 @@ ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-COPY deploy/docker/optimizer-requirements.txt deploy/docker/optimizer-constraints.txt deploy/docker/build-requirements.txt ./deploy/docker/
+COPY deploy/docker/optimizer-requirements.txt deploy/docker/optimizer-constraints.txt deploy/docker/optimizer-data-requirements.txt \
+     deploy/docker/build-requirements.txt ./deploy/docker/
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install -r deploy/docker/optimizer-requirements.txt -c deploy/docker/optimizer-constraints.txt \
  && /opt/venv/bin/pip check \
+ && /opt/venv/bin/pip install --no-deps -r deploy/docker/optimizer-data-requirements.txt \
  && /opt/venv/bin/python -c "import importlib.util, sys; sys.exit('torch must not be in the optimizer image' if importlib.util.find_spec('torch') else 0)" \
  && python -m venv /opt/buildtools \
  && /opt/buildtools/bin/pip install -r deploy/docker/build-requirements.txt
