@@ -12,6 +12,7 @@
    those tests assert to be zero.
 
     python -m bench.reliability [--seconds 60] [--clients 64] [--fuzz-examples 3400]
+    python -m bench.reliability --soak --seconds 600   # the load alone, longer: soak.md
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import xml.etree.ElementTree as ElementTree
@@ -108,6 +110,24 @@ async def load(address: str, clients: int, seconds: float) -> dict:
     }
 
 
+class RssSampler(threading.Thread):
+    """The scorer's resident memory every `interval` seconds, to tell a plateau from a leak."""
+
+    def __init__(self, pid: int, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.samples = pid, interval, []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.wait(self.interval):
+            self.samples.append(rss_mib(self.pid))
+
+    def stop(self) -> list[float]:
+        self._halt.set()
+        self.join()
+        return self.samples
+
+
 def load_row(seconds: float, clients: int) -> str:
     work = Path(tempfile.mkdtemp(prefix="promptclimb-reliability-"))
     model = build_random_clip(work / "model", "tiny")
@@ -118,7 +138,10 @@ def load_row(seconds: float, clients: int) -> str:
     try:
         asyncio.run(load(address, clients, 3))  # warm-up
         rss_start = rss_mib(process.pid)
+        sampler = RssSampler(process.pid, seconds / 10)
+        sampler.start()
         result = asyncio.run(load(address, clients, seconds))
+        tenths = sampler.stop()
         rss_end = rss_mib(process.pid)
         cache_bytes = metric(metrics_port, "scorer_text_cache_bytes")
     finally:
@@ -127,7 +150,8 @@ def load_row(seconds: float, clients: int) -> str:
     detail = f" ({result['errors']})" if errors else ""
     return (f"| load: {clients} clients x {seconds:.0f} s, half cached, half fresh | {result['calls']} calls, "
             f"{result['calls_per_s']:.0f} calls/s, p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
-            f"errors {errors}{detail}; scorer RSS {rss_start:.0f} -> {rss_end:.0f} MiB, text cache {cache_bytes / 2**20:.1f} "
+            f"errors {errors}{detail}; scorer RSS {rss_start:.0f} -> {rss_end:.0f} MiB (each tenth of the run: "
+            f"{', '.join(f'{r:.0f}' for r in tenths)}), text cache {cache_bytes / 2**20:.1f} "
             f"MiB (bound 4 MiB) | errors 0, memory bounded by the caches |")
 
 
@@ -152,13 +176,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--fuzz-examples", type=int, default=3400, help="per fuzz test (3 large ones: over 10,000 requests)")
+    parser.add_argument("--soak", action="store_true", help="the load alone (to soak.md), for long --seconds")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     env = {**os.environ, "PROMPTCLIMB_KILL_POINTS": "1,4,7,10,13", "PROMPTCLIMB_FUZZ_EXAMPLES": str(args.fuzz_examples)}
     rows = [load_row(args.seconds, args.clients)]
     print(rows[0], flush=True)
-    rows += [suite_row(name, suite, env) for name, suite in SUITES.items()]
-    write_table(args.out / "reliability.md", [
+    if not args.soak:
+        rows += [suite_row(name, suite, env) for name, suite in SUITES.items()]
+    write_table(args.out / ("soak.md" if args.soak else "reliability.md"), [
         f"Measured on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d')}.",
         "",
