@@ -45,10 +45,12 @@ class TextEmbeddingCache:
         return embedding
 
     def put(self, prompt: str, embedding: torch.Tensor) -> None:
+        """Keeps a copy: `embedding` is usually a row of a whole encoder batch, which
+        a view would keep alive, far beyond what the bound counts."""
         size = embedding.numel() * embedding.element_size() + len(prompt)
         if size > self.max_bytes or prompt in self._entries:
             return
-        self._entries[prompt] = embedding
+        self._entries[prompt] = embedding.clone()
         self.bytes += size
         while self.bytes > self.max_bytes:
             old_prompt, old = self._entries.popitem(last=False)

@@ -1,0 +1,27 @@
+"""The text-embedding cache holds what its bound counts, and no more."""
+
+from __future__ import annotations
+
+import torch
+
+from scorer_service.scoring import TextEmbeddingCache
+
+
+def test_least_recently_used_prompts_leave_first_to_keep_the_byte_bound():
+    row_bytes = 4 * 8 + len("prompt 0")
+    cache = TextEmbeddingCache(max_bytes=3 * row_bytes)
+    for i in range(3):
+        cache.put(f"prompt {i}", torch.full((8,), float(i)))
+    assert cache.get("prompt 0") is not None  # now the most recent
+    cache.put("prompt 3", torch.zeros(8))
+    assert cache.get("prompt 1") is None and len(cache) == 3 and cache.bytes <= cache.max_bytes
+    assert torch.equal(cache.get("prompt 0"), torch.zeros(8))
+
+
+def test_a_cached_row_does_not_keep_its_encoder_batch_alive():
+    batch = torch.randn(4096, 512)  # one encoder batch: 8 MiB
+    cache = TextEmbeddingCache(max_bytes=2**20)
+    cache.put("a photo of a cat.", batch[7])
+    cached = cache.get("a photo of a cat.")
+    assert torch.equal(cached, batch[7])
+    assert cached.untyped_storage().nbytes() == 512 * 4  # its own row, not the batch's storage
