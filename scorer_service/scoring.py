@@ -28,7 +28,13 @@ log = structlog.get_logger(__name__)
 
 
 class TextEmbeddingCache:
-    """LRU cache of prompt embeddings, bounded in bytes."""
+    """LRU cache of prompt embeddings, bounded in bytes.
+
+    An entry costs its embedding, its prompt, and the bookkeeping of a tensor and
+    a dict entry (measured at 150-650 bytes), which dominates for small models.
+    """
+
+    ENTRY_OVERHEAD_BYTES = 512
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -47,16 +53,19 @@ class TextEmbeddingCache:
     def put(self, prompt: str, embedding: torch.Tensor) -> None:
         """Keeps a copy: `embedding` is usually a row of a whole encoder batch, which
         a view would keep alive, far beyond what the bound counts."""
-        size = embedding.numel() * embedding.element_size() + len(prompt)
+        size = self._size(prompt, embedding)
         if size > self.max_bytes or prompt in self._entries:
             return
         self._entries[prompt] = embedding.clone()
         self.bytes += size
         while self.bytes > self.max_bytes:
             old_prompt, old = self._entries.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size() + len(old_prompt)
+            self.bytes -= self._size(old_prompt, old)
         metrics.TEXT_CACHE_BYTES.set(self.bytes)
         metrics.TEXT_CACHE_ENTRIES.set(len(self._entries))
+
+    def _size(self, prompt: str, embedding: torch.Tensor) -> int:
+        return embedding.numel() * embedding.element_size() + len(prompt.encode()) + self.ENTRY_OVERHEAD_BYTES
 
 
 class _Accuracy:

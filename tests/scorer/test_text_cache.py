@@ -8,7 +8,7 @@ from scorer_service.scoring import TextEmbeddingCache
 
 
 def test_least_recently_used_prompts_leave_first_to_keep_the_byte_bound():
-    row_bytes = 4 * 8 + len("prompt 0")
+    row_bytes = 4 * 8 + len("prompt 0") + TextEmbeddingCache.ENTRY_OVERHEAD_BYTES
     cache = TextEmbeddingCache(max_bytes=3 * row_bytes)
     for i in range(3):
         cache.put(f"prompt {i}", torch.full((8,), float(i)))
