@@ -33,7 +33,6 @@ from fixtures import write_image_folder  # noqa: E402
 from procs import start_scorer, stop_process  # noqa: E402
 
 
-
 @dataclass(frozen=True)
 class CallShape:
     task_id: str
