@@ -6,7 +6,11 @@ checks that its argmax predictions equal the baseline's on every
 (template, image) pair it shares with the baseline. FLOPs are counted by
 torch.utils.flop_counter in a separate, untimed run of the same step.
 
-    python -m bench.text_encoder [--classes 100 1000] [--templates 64] [--out bench/results]
+    python -m bench.text_encoder [--classes 100 1000] [--templates 64] [--device cpu|cuda] [--out bench/results]
+
+On a GPU (`--device cuda`) the CPU-only steps (oneDNN, int8) are left out, the
+bf16 step is the scorer's GPU default, and memory is the device's peak
+allocation. (Written without a GPU at hand: the CUDA path has not run yet.)
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
 IMAGES = 1000
 
 
-def build_encoder(tokenizer, dtype: torch.dtype = torch.float32, onednn: bool = False) -> ClipEncoder:
+def build_encoder(tokenizer, dtype: torch.dtype = torch.float32, onednn: bool = False,
+                  device: torch.device = torch.device("cpu")) -> ClipEncoder:
     """A ViT-B/32-shaped CLIP (random weights) wrapped as the scorer wraps a checkpoint."""
     shape = SHAPES["vit-b-32"]
     vocab = tokenizer.get_vocab()
@@ -53,10 +58,10 @@ def build_encoder(tokenizer, dtype: torch.dtype = torch.float32, onednn: bool = 
         projection_dim=shape.projection_dim,
     )
     torch.manual_seed(0)
-    model = CLIPModel(config).eval().to(dtype)
+    model = CLIPModel(config).eval().to(device, dtype)
     if onednn and not use_onednn_kernels(model):
         raise SystemExit("oneDNN's fp32 linear is unavailable or not fp32 here; see scorer_service/cpu_kernels.py")
-    return ClipEncoder("random ViT-B/32 text tower", model, tokenizer, None, torch.device("cpu"), dtype)
+    return ClipEncoder("random ViT-B/32 text tower", model, tokenizer, None, device, dtype)
 
 
 # torch.utils.flop_counter knows aten's matmuls; these two CPU kernels it does not.
@@ -78,13 +83,22 @@ def count_flops(step: Callable, encoder: ClipEncoder, templates: list[str], name
     return counter.get_total_flops()
 
 
-def matmul_peak_flops(matmul: Callable, dtype: torch.dtype, size: int = 2048, seconds: float = 2.0) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak_flops(matmul: Callable, dtype: torch.dtype, device: torch.device = torch.device("cpu"),
+                      size: int = 2048, seconds: float = 2.0) -> float:
+    size = size * 4 if device.type == "cuda" else size
+    a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     matmul(a, b)
+    synchronize(device)
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         matmul(a, b)
         count += 1
+        synchronize(device)
     return 2 * size**3 * count / (time.perf_counter() - started)
 
 
@@ -92,11 +106,17 @@ def onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
 
 
-def reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
 
 
-def peak_rss_mib() -> float:
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak resident memory of this process on CPU; peak allocated device memory on GPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
@@ -111,7 +131,7 @@ class StepResult:
     seconds: float
     flops: int
     predictions: torch.Tensor  # [templates, images]
-    peak_rss_mib: float
+    peak_memory_mib: float
     matmul_peak: float | None  # FLOP/s of the dtype's measured matmul peak; None for int8
 
     @property
@@ -124,7 +144,7 @@ class StepResult:
 
 
 def predictions_of(class_embeddings: list[torch.Tensor], features: torch.Tensor) -> torch.Tensor:
-    return torch.stack([(features @ e.float().T).argmax(dim=-1) for e in class_embeddings])
+    return torch.stack([(features.to(e.device) @ e.float().T).argmax(dim=-1).cpu() for e in class_embeddings])
 
 
 def per_template_step(padding: str):
@@ -136,7 +156,7 @@ def per_template_step(padding: str):
         for template in templates:
             batch = encoder.tokenizer([fill(template, n) for n in names], padding=padding, max_length=77, return_tensors="pt")
             with torch.inference_mode():
-                out = encoder.model.get_text_features(**batch)
+                out = encoder.model.get_text_features(**batch.to(encoder.device))
             out = out if isinstance(out, torch.Tensor) else out.pooler_output
             embeddings.append(torch.nn.functional.normalize(out, dim=-1))
         return embeddings
@@ -164,12 +184,14 @@ def int8_encoder(encoder: ClipEncoder) -> ClipEncoder:
 
 
 def run_step(name, step: Callable, encoder, templates, names, features, flops: int, peak: float | None) -> StepResult:
-    reset_peak_rss()
+    reset_peak_memory(encoder.device)
+    synchronize(encoder.device)
     started = time.perf_counter()
     embeddings = step(encoder, templates, names)
+    synchronize(encoder.device)
     seconds = time.perf_counter() - started
-    rss = peak_rss_mib()
-    return StepResult(name, len(templates), len(names), seconds, flops, predictions_of(embeddings, features), rss, peak)
+    memory = peak_memory_mib(encoder.device)
+    return StepResult(name, len(templates), len(names), seconds, flops, predictions_of(embeddings, features), memory, peak)
 
 
 def cached_repeat_step(encoder: ClipEncoder, templates: list[str], names: list[str], features, labels) -> StepResult:
@@ -181,9 +203,9 @@ def cached_repeat_step(encoder: ClipEncoder, templates: list[str], names: list[s
         scorer = TemplateScorer(encoder, batcher, TextEmbeddingCache(2**34), 1024)
         dataset = Dataset("bench", tuple(names), (), ())
         task = Task("bench", dataset, 1, 1, {})
-        split = SplitFeatures(features.to(encoder.dtype), labels)
+        split = SplitFeatures(features.to(encoder.device, encoder.dtype), labels.to(encoder.device))
         await scorer.score(task, "train", split, templates)
-        reset_peak_rss()
+        reset_peak_memory(encoder.device)
         started = time.perf_counter()
         await scorer.score(task, "train", split, templates)
         elapsed = time.perf_counter() - started
@@ -192,7 +214,7 @@ def cached_repeat_step(encoder: ClipEncoder, templates: list[str], names: list[s
 
     seconds = asyncio.run(score_twice())
     return StepResult("+ text cache hit (whole score call)", len(templates), len(names), seconds, 0, torch.empty(0),
-                      peak_rss_mib(), None)
+                      peak_memory_mib(encoder.device), None)
 
 
 def agreement(step: StepResult, baseline: StepResult) -> str:
@@ -212,27 +234,39 @@ def main() -> None:
     parser.add_argument("--baseline-templates", type=int, default=4,
                         help="templates scored by the slow steps (their rate is per template; fewer keeps the run short)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for a GPU")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
 
     names_all = class_names(max(args.classes))
     tokenizer = word_level_tokenizer(TEMPLATES + names_all)
-    fp32 = build_encoder(tokenizer)
-    onednn = build_encoder(tokenizer, onednn=True)
-    bf16 = build_encoder(tokenizer, torch.bfloat16)
-    int8 = int8_encoder(fp32)
-    torch_peak = matmul_peak_flops(torch.matmul, torch.float32)
-    onednn_peak = matmul_peak_flops(onednn_matmul, torch.float32)
-    fp32_peak, bf16_peak = max(torch_peak, onednn_peak), matmul_peak_flops(torch.matmul, torch.bfloat16)
+    fp32 = build_encoder(tokenizer, device=device)
+    bf16 = build_encoder(tokenizer, torch.bfloat16, device=device)
+    torch_peak = matmul_peak_flops(torch.matmul, torch.float32, device)
+    bf16_peak = matmul_peak_flops(torch.matmul, torch.bfloat16, device)
+    if on_gpu:
+        default = fp32  # what counts FLOPs and serves the cached step
+        fp32_peak = torch_peak
+        machine = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+        peaks = f"measured matmul peak fp32 {torch_peak / 1e9:.0f} GFLOP/s, bf16 {bf16_peak / 1e9:.0f} GFLOP/s."
+    else:
+        default = build_encoder(tokenizer, onednn=True)
+        int8 = int8_encoder(fp32)
+        onednn_peak = matmul_peak_flops(onednn_matmul, torch.float32)
+        fp32_peak = max(torch_peak, onednn_peak)
+        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        peaks = (f"measured matmul peak fp32 {torch_peak / 1e9:.0f} GFLOP/s with torch's kernels and "
+                 f"{onednn_peak / 1e9:.0f} with oneDNN's, bf16 {bf16_peak / 1e9:.0f} GFLOP/s.")
 
     lines = [
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
-        f"measured matmul peak fp32 {torch_peak / 1e9:.0f} GFLOP/s with torch's kernels and {onednn_peak / 1e9:.0f} with "
-        f"oneDNN's, bf16 {bf16_peak / 1e9:.0f} GFLOP/s. The FLOP/s column is against the faster fp32 peak "
+        f"Machine: {machine}; {peaks} The FLOP/s column is against the faster fp32 peak "
         "(bf16 rows: the bf16 peak; int8 rows: none measured).",
         "",
-        "| classes | step | templates/s | class prompts/s | vs baseline | GFLOP/s (of matmul peak) | peak RSS MiB | predictions = baseline |",
+        f"| classes | step | templates/s | class prompts/s | vs baseline | GFLOP/s (of matmul peak) | "
+        f"peak {'GPU memory' if on_gpu else 'RSS'} MiB | predictions = baseline |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for count in args.classes:
@@ -246,22 +280,28 @@ def main() -> None:
             ("baseline: per template, pad 77, fp32", pad_77, fp32, slow, fp32_peak),
             ("+ pad to longest", pad_longest, fp32, slow, fp32_peak),
             ("+ all templates batched, length-sorted", batched_step, fp32, templates, fp32_peak),
-            ("+ shared template prefix, last layer on end-of-text only (scorer --cpu-matmul torch)",
-             scorer_path_step, fp32, templates, fp32_peak),
-            ("+ oneDNN fp32 kernels, MLP activation fused (scorer default on CPU)", scorer_path_step, onednn, templates,
+            ("+ shared template prefix, last layer on end-of-text only "
+             f"({'scorer --dtype float32' if on_gpu else 'scorer --cpu-matmul torch'})", scorer_path_step, fp32, templates,
              fp32_peak),
-            ("+ bf16 weights (scorer --dtype bfloat16)", scorer_path_step, bf16, templates, bf16_peak),
-            ("+ int8 dynamic quantization", scorer_path_step, int8, templates, None),
-            ("reference: the baseline on oneDNN kernels", pad_77, onednn, slow, fp32_peak),
         ]
+        if on_gpu:
+            steps.append(("+ bf16 weights (scorer default on GPU)", scorer_path_step, bf16, templates, bf16_peak))
+        else:
+            steps += [
+                ("+ oneDNN fp32 kernels, MLP activation fused (scorer default on CPU)", scorer_path_step, default,
+                 templates, fp32_peak),
+                ("+ bf16 weights (scorer --dtype bfloat16)", scorer_path_step, bf16, templates, bf16_peak),
+                ("+ int8 dynamic quantization", scorer_path_step, int8, templates, None),
+                ("reference: the baseline on oneDNN kernels", pad_77, default, slow, fp32_peak),
+            ]
         flops: dict[tuple, int] = {}  # an algorithm's FLOPs do not depend on kernels or dtype
         results = []
         for name, step, encoder, chosen, peak in tqdm(steps, desc=f"{count} classes", unit="step"):
             key = (step, tuple(chosen))
             if key not in flops:
-                flops[key] = count_flops(step, onednn, chosen, names)
+                flops[key] = count_flops(step, default, chosen, names)
             results.append(run_step(name, step, encoder, chosen, names, features, flops[key], peak))
-        results.append(cached_repeat_step(onednn, templates, names, features, labels))
+        results.append(cached_repeat_step(bf16 if on_gpu else default, templates, names, features, labels))
         baseline = results[0]
         for result in results:
             gflops = result.flops / result.seconds / 1e9
@@ -269,7 +309,7 @@ def main() -> None:
             flops_cell = f"{gflops:.0f}{share}" if result.flops else "n/a"
             lines.append(
                 f"| {count} | {result.name} | {result.templates_per_s:.2f} | {result.prompts_per_s:.0f} | "
-                f"{result.templates_per_s / baseline.templates_per_s:.1f}x | {flops_cell} | {result.peak_rss_mib:.0f} | "
+                f"{result.templates_per_s / baseline.templates_per_s:.1f}x | {flops_cell} | {result.peak_memory_mib:.0f} | "
                 f"{agreement(result, baseline)} |"
             )
         lines.append(f"| {count} | (mean prompt length {mean_tokens:.1f} tokens; {IMAGES} images) | | | | | | |")
