@@ -63,7 +63,7 @@ test-fast: $(TEST_DEPS)
 demo: env llm-env demo-data
 	$(PY) -m demo
 
-bench: env llm-env demo-data
+bench: env demo-data
 	$(PY) -m bench.text_encoder
 	$(PY) -m bench.grpc_load
 
