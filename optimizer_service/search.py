@@ -171,10 +171,12 @@ class HillClimb:
             if self.settings.initial_pool is InitialPool.GIVEN:  # repeats in the given list
                 self.counters.candidates_duplicate += len(self.settings.initial_templates) - len(self.settings.pool_templates())
             samples = [self.initial_sample(restart) for restart in range(self.settings.restarts)]
-            await self.learn([t for sample in samples for t in sample])  # the union, in one Score call
+            fresh = await self.learn([t for sample in samples for t in sample])  # the union, in one Score call
             candidates, steps = [], []
-            for restart, sample in enumerate(samples):
-                candidates += await self.admit(sample, restart, INITIAL, INITIAL, llm_call="")
+            for restart, sample in enumerate(samples):  # a template several restarts drew counts as scored by the first
+                admitted = await self.admit(sample, restart, INITIAL, INITIAL, llm_call="", fresh=fresh)
+                fresh = fresh - {template_key(c.template) for c in admitted}
+                candidates += admitted
         empty = [r for r in range(self.settings.restarts) if not self.pool.view(r)]
         if empty:
             raise SearchFailed(f"no template of restart {empty[0]}'s initial pool could be scored; check the pool and the scorer's task")
@@ -345,9 +347,11 @@ class HillClimb:
             futures[template_key(template)].set_result(None)
 
     async def admit(self, templates: list[str], restart: int, reset: int, iteration: int, llm_call: str,
-                    first_position: int = 0) -> list[Candidate]:
-        """Scores (or recalls) the templates and adds them to the restart's pool in the given order."""
-        scored_here = await self.learn(templates)
+                    first_position: int = 0, fresh: set[str] | None = None) -> list[Candidate]:
+        """Scores (or recalls) the templates and adds them to the restart's pool in the given order.
+
+        `fresh`: keys already scored for this admission (so not reused); by default, what scoring them now takes."""
+        scored_here = await self.learn(templates) if fresh is None else fresh
         candidates = []
         for position, template in enumerate(templates, start=first_position):
             accuracy = self.pool.accuracy(template)
