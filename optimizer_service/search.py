@@ -162,7 +162,8 @@ class HillClimb:
         seed, size = f"{self.settings.seed}/sample/{restart}", self.settings.initial_pool_size
         if self.settings.initial_pool is InitialPool.BUILTIN:
             return builtin_pool(size, seed)
-        return draw(self.settings.pool_templates(), size, seed)
+        baselines = 2 if self.settings.initial_pool is InitialPool.HAND_ENGINEERED else 0  # `{}` and "a photo of a {}."
+        return draw(self.settings.pool_templates(), size, seed, fixed=baselines)
 
     async def score_initial_pool(self) -> None:
         if self.settings.initial_pool is InitialPool.LLM:

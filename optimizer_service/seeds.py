@@ -121,13 +121,14 @@ BUILTIN_TEMPLATES: tuple[str, ...] = (
 
 def builtin_pool(size: int, seed: int | str) -> list[str]:
     """`size` templates from the built-in list, drawn by `seed`; the bare `{}` always comes first."""
-    return [BUILTIN_TEMPLATES[0], *draw(BUILTIN_TEMPLATES[1:], size - 1, seed)]
+    return draw(BUILTIN_TEMPLATES, size, seed, fixed=1)
 
 
-def draw(templates: Sequence[str], size: int, seed: int | str) -> list[str]:
-    """`size` of `templates` in an order drawn by `seed` (all of them, shuffled, if `size` is their number).
+def draw(templates: Sequence[str], size: int, seed: int | str, fixed: int = 0) -> list[str]:
+    """The first `fixed` templates (baselines a climb should always hold), then the rest of `size` drawn by `seed`.
 
     The caller checks that `size` fits (config.py refuses a spec whose N exceeds its pool)."""
     if not 0 <= size <= len(templates):
         raise ValueError(f"cannot draw {size} of {len(templates)} templates")
-    return random.Random(str(seed)).sample(list(templates), size)
+    kept = list(templates[:min(fixed, size)])
+    return kept + random.Random(str(seed)).sample(list(templates[len(kept):]), size - len(kept))
