@@ -11,7 +11,6 @@ import pytest
 from optimizer_service.metaprompt import estimate_tokens
 from optimizer_service.pool import template_key
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
-from tests.optimizer.conftest import small_spec
 from tests.optimizer.scripted_llm import Delay, Fail, Reply
 
 LONG = "a {} " + " ".join(["very"] * 90) + " long template"  # valid text, too long for the tiny CLIP's 77 tokens
