@@ -27,7 +27,7 @@ from optimizer_service.cli import main as optimizer_main
 from optimizer_service.config import LlmSettings
 from optimizer_service.metaprompt import estimate_tokens
 from promptclimb_common.processes import REPO
-from scorer_service.random_clip import build_random_clip
+from testbed.random_clip import build_random_clip
 from tests.optimizer.scripted_llm import ScriptedLLM
 
 sys.path.insert(0, str(REPO / "tests"))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from optimizer_service.config import (KNOBS, PRESETS, Conversation, Feedback, InitialPool, Preset, RunSettings, SpecError,
                                       add_connection_args, add_serve_args, connection_settings, serve_config)
 from optimizer_service.llm import LlmClient
-from optimizer_service.pool import Candidate
+from optimizer_service.pool import Candidate, rank
 from optimizer_service.runs import FAILED, PENDING, RUNNING, RunManager
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
 from optimizer_service.store import Store, StoreError
@@ -148,7 +148,7 @@ def accuracy_curve(candidates: list[Candidate], iterations: int) -> list[tuple[i
 
 def selected_by_step(candidates: list[Candidate], iterations: int) -> list[tuple[int, Candidate]]:
     """(step, the candidate train selection holds after that step): the best train accuracy so far,
-    the earliest scored among ties, as the pool's best() picks."""
+    ties broken as the pool's best() breaks them (pool.rank)."""
     held: Candidate | None = None
     out = []
     by_step: dict[int, list[Candidate]] = defaultdict(list)
@@ -156,7 +156,7 @@ def selected_by_step(candidates: list[Candidate], iterations: int) -> list[tuple
         by_step[step_of(candidate, iterations)].append(candidate)
     for step in range(max(by_step, default=-1) + 1):
         for candidate in by_step.get(step, []):
-            if held is None or (candidate.accuracy, -candidate.sequence) > (held.accuracy, -held.sequence):
+            if held is None or rank(candidate) < rank(held):
                 held = candidate
         if held is not None:
             out.append((step, held))
