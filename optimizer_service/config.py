@@ -40,7 +40,7 @@ class Conversation(str, enum.Enum):
 
 
 class Preset(str, enum.Enum):
-    PROMPTCLIMB = "promptclimb"  # our defaults (README: "Our defaults, and why")
+    PROMPTCLIMB = "promptclimb"  # our defaults (the README's "Presets" says why each differs)
     AUTHORS = "authors"  # the authors' public code, knob for knob
 
 
@@ -161,9 +161,12 @@ class RunSettings:
         available = _pool_templates(pool, spec)
         knobs = {}
         for name, knob in KNOBS.items():
-            takes_all = name == "initial_pool_size" and pool in (InitialPool.GIVEN, InitialPool.HAND_ENGINEERED)
-            default = len(available) if takes_all else knob.default
-            value = chosen(name, getattr(spec, name) or None, default)
+            if name == "initial_pool_size" and pool in (InitialPool.GIVEN, InitialPool.HAND_ENGINEERED):
+                default = len(available)  # a listed pool: all of it, whatever the preset
+                value = getattr(spec, name) or default
+            else:
+                default = knob.default
+                value = chosen(name, getattr(spec, name) or None, default)
             if not knob.low <= value <= knob.cap:
                 raise SpecError(f"{name}={value} is out of range; allowed {knob.low}..{knob.cap} (0 takes the default {default})")
             knobs[name] = value
@@ -230,8 +233,7 @@ class _Chooser:
     def __call__(self, name: str, given, default):
         fixed = self.values.fixed.get(name)
         if fixed is not None and given is not None and given != fixed:
-            shown = {"show_accuracies": "hide_accuracies=false", "conversation": f"conversation={given}"}.get(name, f"{name}={given}")
-            raise SpecError(f"preset {self.preset.value} fixes {name}={fixed}; {shown} contradicts it "
+            raise SpecError(f"preset {self.preset.value} fixes {name}={fixed}; {name}={given} contradicts it "
                             "(leave it unset, or use preset promptclimb)")
         if given is not None:
             return given

@@ -69,6 +69,8 @@ def test_the_authors_preset_fills_their_knobs_and_refuses_a_contradiction():
     same = pb.RunSpec(task_id="pets", preset=pb.PRESET_AUTHORS, templates_per_call=1, hide_accuracies=True, temperature=1.0,
                       conversation=pb.CONVERSATION_MODE_STATELESS, restarts=3, feedback=pb.FEEDBACK_POSITIVE_ONLY)
     assert RunSettings.from_proto(same, "m").restarts == 3  # R, S and N are only defaults; repeating a fixed knob is fine
+    given = pb.RunSpec(task_id="pets", preset=pb.PRESET_AUTHORS, initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=["a {}", "b {}"])
+    assert RunSettings.from_proto(given, "m").initial_pool_size == 2  # a given list is used whole
     assert RunSettings.from_proto(settings.to_proto(), "m") == settings
     for contradiction, named in [(dict(templates_per_call=4), "templates_per_call=4"), (dict(temperature=0.7), "temperature=0.7"),
                                  (dict(conversation=pb.CONVERSATION_MODE_CHAT), "conversation=chat"), (dict(top_k=5), "top_k=5")]:
