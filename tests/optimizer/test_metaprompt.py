@@ -85,3 +85,13 @@ def test_fit_chat_keeps_the_opening_and_the_latest_exchanges_that_fit():
     assert fitted[:2] == opening and fitted[2:] == [m for e in exchanges[-3:] for m in e]
     assert estimate_tokens(fitted) <= 500 < estimate_tokens(fit_chat(transcript, 620))
     assert fit_chat(transcript, 1) == opening + exchanges[-1]  # the current ask is never dropped
+
+
+def test_no_feedback_shows_no_template_and_no_score_in_any_turn():
+    """Random search, the control: the LLM learns nothing from the pool, in the opening or in chat."""
+    prompt = MetaPrompt("pets", Feedback.NONE, show_accuracies=True, templates_per_call=4)
+    texts = [m["content"] for m in prompt.opening(GOOD, BAD)[1:]] + [prompt.follow_up(GOOD, 1, GOOD, BAD)["content"]]
+    for text in texts:
+        assert "bright photo" not in text and "sketch" not in text  # ("a photo of a {}." is the intro's example)
+        assert "%" not in text and "good templates" not in text and "poorly" not in text
+        assert "Write 4 new, varied templates." in text and "exactly one {}" in text
