@@ -200,6 +200,8 @@ class HillClimb:
                                            first_position=len(candidates))
             if len(candidates) >= wanted:
                 break
+        else:
+            log.warning("initial_pool_short", run_id=self.run_id, wanted=wanted, written=len(candidates), asks=SEED_ASKS)
         return candidates, steps
 
     async def iterate(self, restart: int, reset: int, iteration: int) -> None:
