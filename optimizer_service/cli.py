@@ -19,10 +19,10 @@ import structlog
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
-from optimizer_service.config import (KNOBS, Conversation, Feedback, InitialPool, RunSettings, SpecError, add_connection_args,
-                                      add_serve_args, connection_settings, serve_config)
+from optimizer_service.config import (KNOBS, PRESETS, Conversation, Feedback, InitialPool, Preset, RunSettings, SpecError,
+                                      add_connection_args, add_serve_args, connection_settings, serve_config)
 from optimizer_service.llm import LlmClient
-from optimizer_service.pool import INITIAL, Candidate
+from optimizer_service.pool import Candidate, rank
 from optimizer_service.runs import FAILED, PENDING, RUNNING, RunManager
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
 from optimizer_service.store import Store, StoreError
@@ -36,6 +36,7 @@ _env = env_reader("OPTIMIZER")
 _FEEDBACK = {Feedback.POSITIVE_NEGATIVE: pb.FEEDBACK_POSITIVE_NEGATIVE, Feedback.POSITIVE_ONLY: pb.FEEDBACK_POSITIVE_ONLY,
              Feedback.NONE: pb.FEEDBACK_NONE}
 _CONVERSATION = {Conversation.CHAT: pb.CONVERSATION_MODE_CHAT, Conversation.STATELESS: pb.CONVERSATION_MODE_STATELESS}
+_PRESET = {Preset.PROMPTCLIMB: pb.PRESET_PROMPTCLIMB, Preset.AUTHORS: pb.PRESET_AUTHORS}
 _POOL = {InitialPool.BUILTIN: pb.INITIAL_POOL_BUILTIN, InitialPool.GIVEN: pb.INITIAL_POOL_GIVEN, InitialPool.LLM: pb.INITIAL_POOL_LLM,
          InitialPool.HAND_ENGINEERED: pb.INITIAL_POOL_HAND_ENGINEERED}
 
@@ -51,12 +52,16 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
       help="one template per line, for --initial-pool given")
     a("--hand-engineered-dataset", default=_env("hand_engineered_dataset", ""),
       help="CoOp dataset name whose CLIP-authors' templates seed --initial-pool hand_engineered (e.g. oxford_pets)")
+    # Unset knobs stay 0/None here, so the preset and the defaults of config.py decide them (one place).
+    a("--preset", choices=[p.value for p in Preset], default=_env("preset", Preset.PROMPTCLIMB.value),
+      help="authors: " + ", ".join(f"{k}={v}" for k, v in {**PRESETS[Preset.AUTHORS].fixed, **PRESETS[Preset.AUTHORS].defaults}.items()))
     for name, knob in KNOBS.items():
-        a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, knob.default)), help=f"{knob.low}..{knob.cap}, default {knob.default}")
-    a("--feedback", choices=[f.value for f in Feedback], default=_env("feedback", Feedback.POSITIVE_NEGATIVE.value))
-    a("--conversation", choices=[c.value for c in Conversation], default=_env("conversation", Conversation.CHAT.value))
+        a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, 0)), help=f"{knob.low}..{knob.cap}, default {knob.default}")
+    a("--feedback", choices=[f.value for f in Feedback], default=_env("feedback", None), help="default positive_negative")
+    a("--conversation", choices=[c.value for c in Conversation], default=_env("conversation", None), help="default chat")
     a("--hide-accuracies", action="store_true", default=str(_env("hide_accuracies", "")).lower() in ("1", "true", "yes"))
-    a("--temperature", type=float, default=float(_env("temperature", 1.0)))
+    a("--temperature", type=float, default=_env("temperature", None), help="default 1.0")
+    a("--replay-run", default=_env("replay_run", ""), help="answer identical LLM questions from this earlier run's stored replies")
     for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
         a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, 0)), help="0: no limit")
     a("--max-wall-seconds", type=float, default=float(_env("max_wall_seconds", 0.0)), help="0: no limit")
@@ -68,10 +73,13 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
     templates = []
     if ns.initial_templates_file:
         templates = [line.strip() for line in ns.initial_templates_file.read_text().splitlines() if line.strip()]
+    optional = {"temperature": float(ns.temperature)} if ns.temperature is not None else {}
     return pb.RunSpec(
         task_id=ns.task, llm_model=ns.llm_model, initial_pool=_POOL[InitialPool(ns.initial_pool)], initial_templates=templates,
-        feedback=_FEEDBACK[Feedback(ns.feedback)], conversation=_CONVERSATION[Conversation(ns.conversation)],
-        hide_accuracies=ns.hide_accuracies, temperature=ns.temperature, max_llm_calls=ns.max_llm_calls,
+        feedback=_FEEDBACK[Feedback(ns.feedback)] if ns.feedback else pb.FEEDBACK_UNSPECIFIED,
+        conversation=_CONVERSATION[Conversation(ns.conversation)] if ns.conversation else pb.CONVERSATION_MODE_UNSPECIFIED,
+        preset=_PRESET[Preset(ns.preset)], replay_run_id=ns.replay_run, **optional,
+        hide_accuracies=ns.hide_accuracies, max_llm_calls=ns.max_llm_calls,
         max_llm_tokens=ns.max_llm_tokens, max_scored_templates=ns.max_scored_templates, max_wall_seconds=ns.max_wall_seconds,
         seed=ns.seed, label=ns.label, hand_engineered_dataset=ns.hand_engineered_dataset, **{name: getattr(ns, name) for name in KNOBS},
     )
@@ -122,7 +130,7 @@ async def follow(manager: RunManager, run_id: str) -> None:
 
 def step_of(candidate: Candidate, iterations: int) -> int:
     """A candidate's place on the plot's x axis: 0 for the initial pool, else reset * T + iteration + 1."""
-    return 0 if candidate.restart == INITIAL else candidate.reset * iterations + candidate.iteration + 1
+    return 0 if candidate.initial else candidate.reset * iterations + candidate.iteration + 1
 
 
 def accuracy_curve(candidates: list[Candidate], iterations: int) -> list[tuple[int, float, float]]:
@@ -141,7 +149,7 @@ def accuracy_curve(candidates: list[Candidate], iterations: int) -> list[tuple[i
 
 def selected_by_step(candidates: list[Candidate], iterations: int) -> list[tuple[int, Candidate]]:
     """(step, the candidate train selection holds after that step): the best train accuracy so far,
-    the earliest scored among ties, as the pool's best() picks."""
+    ties broken as the pool's best() breaks them (pool.rank)."""
     held: Candidate | None = None
     out = []
     by_step: dict[int, list[Candidate]] = defaultdict(list)
@@ -149,7 +157,7 @@ def selected_by_step(candidates: list[Candidate], iterations: int) -> list[tuple
         by_step[step_of(candidate, iterations)].append(candidate)
     for step in range(max(by_step, default=-1) + 1):
         for candidate in by_step.get(step, []):
-            if held is None or (candidate.accuracy, -candidate.sequence) > (held.accuracy, -held.sequence):
+            if held is None or rank(candidate) < rank(held):
                 held = candidate
         if held is not None:
             out.append((step, held))
@@ -172,6 +180,7 @@ def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str 
         "state": pb.RunState.Name(run.state),
         "stop_reason": run.stop_reason,
         "best": [MessageToDict(b, preserving_proto_field_name=True) for b in run.best],
+        "ensemble": MessageToDict(run.ensemble, preserving_proto_field_name=True) if run.HasField("ensemble") else None,
         "counters": {field.name: getattr(run.counters, field.name) for field in run.counters.DESCRIPTOR.fields},
         "spec": RunSettings.from_proto(run.spec, run.spec.llm_model).to_json(),
         "curve": [{"step": s, "best_train_accuracy": b, "mean_train_accuracy": m} for s, b, m in curve],
@@ -179,7 +188,7 @@ def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str 
                      for s, t, a, x in selected],
         "trajectory": [
             {"sequence": c.sequence, "template": c.template, "train_accuracy": c.accuracy, "restart": c.restart,
-             "reset": c.reset, "iteration": c.iteration, "llm_call": c.llm_call}
+             "reset": c.reset, "iteration": c.iteration, "llm_call": c.llm_call, "reused": c.reused}
             for c in candidates
         ],
     }

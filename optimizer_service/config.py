@@ -16,7 +16,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from optimizer_service.baselines import BaselineError, hand_engineered
+from optimizer_service.baselines import A_PHOTO_OF, PLAIN, BaselineError, hand_engineered
+from optimizer_service.pool import template_key
+from optimizer_service.seeds import BUILTIN_TEMPLATES
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.serving_args import ServingConfig, add_serving_args, env_reader, serving_settings
 from promptclimb_common.templates import template_problem
@@ -38,6 +40,11 @@ class Conversation(str, enum.Enum):
     STATELESS = "stateless"  # one fresh message per iteration (the authors' code)
 
 
+class Preset(str, enum.Enum):
+    PROMPTCLIMB = "promptclimb"  # our defaults (the README's "Presets" says why each differs)
+    AUTHORS = "authors"  # the authors' public code, knob for knob
+
+
 class InitialPool(str, enum.Enum):
     BUILTIN = "builtin"
     GIVEN = "given"
@@ -49,6 +56,7 @@ _FEEDBACK = {pb.FEEDBACK_UNSPECIFIED: Feedback.POSITIVE_NEGATIVE, pb.FEEDBACK_PO
              pb.FEEDBACK_POSITIVE_ONLY: Feedback.POSITIVE_ONLY, pb.FEEDBACK_NONE: Feedback.NONE}
 _CONVERSATION = {pb.CONVERSATION_MODE_UNSPECIFIED: Conversation.CHAT, pb.CONVERSATION_MODE_CHAT: Conversation.CHAT,
                  pb.CONVERSATION_MODE_STATELESS: Conversation.STATELESS}
+_PRESET = {pb.PRESET_UNSPECIFIED: Preset.PROMPTCLIMB, pb.PRESET_PROMPTCLIMB: Preset.PROMPTCLIMB, pb.PRESET_AUTHORS: Preset.AUTHORS}
 _POOL = {pb.INITIAL_POOL_UNSPECIFIED: InitialPool.BUILTIN, pb.INITIAL_POOL_BUILTIN: InitialPool.BUILTIN,
          pb.INITIAL_POOL_GIVEN: InitialPool.GIVEN, pb.INITIAL_POOL_LLM: InitialPool.LLM,
          pb.INITIAL_POOL_HAND_ENGINEERED: InitialPool.HAND_ENGINEERED}
@@ -74,6 +82,27 @@ KNOBS: dict[str, Knob] = {
     "top_k": Knob(3, 1, 20),
     "templates_per_call": Knob(4, 1, 32),
     "report_top": Knob(5, 1, 50),
+    "ensemble_size": Knob(8, 1, 32),
+}
+
+
+@dataclass(frozen=True)
+class PresetValues:
+    """What a preset sets: `fixed` knobs a spec may not change (it may only repeat them), `defaults` it may."""
+
+    fixed: dict = field(default_factory=dict)
+    defaults: dict = field(default_factory=dict)
+
+
+# The authors' public code (reference facts): one fresh message per call, accuracies hidden, one template per call,
+# top and bottom 3, 10 iterations, temperature 1, an initial pool of 80. It has no restarts or resets, so R=S=1.
+PRESETS: dict[Preset, PresetValues] = {
+    Preset.PROMPTCLIMB: PresetValues(),
+    Preset.AUTHORS: PresetValues(
+        fixed={"conversation": "stateless", "show_accuracies": False, "templates_per_call": 1, "top_k": 3, "iterations": 10,
+               "temperature": 1.0},
+        defaults={"restarts": 1, "resets": 1, "initial_pool_size": 80},
+    ),
 }
 MAX_TEXT_FIELD = 256  # task id, model name, label
 MAX_TEMPERATURE = 2.0
@@ -105,6 +134,12 @@ class RunSettings:
     seed: int = 0
     label: str = ""
     hand_engineered_dataset: str = ""
+    preset: Preset = Preset.PROMPTCLIMB
+    ensemble_size: int = 8
+    replay_run_id: str = ""
+
+    def pool_templates(self) -> tuple[str, ...] | None:
+        return pool_templates(self.initial_pool, self.initial_templates, self.hand_engineered_dataset)
 
     @property
     def iterations_total(self) -> int:
@@ -112,8 +147,8 @@ class RunSettings:
 
     @classmethod
     def from_proto(cls, spec: pb.RunSpec, default_model: str) -> RunSettings:
-        """Applies defaults and caps; raises SpecError naming the first bad field."""
-        for name in ("task_id", "llm_model", "label", "hand_engineered_dataset"):
+        """Applies the preset and the defaults, checks the caps; raises SpecError naming the first bad field."""
+        for name in ("task_id", "llm_model", "label", "hand_engineered_dataset", "replay_run_id"):
             if len(getattr(spec, name)) > MAX_TEXT_FIELD:
                 raise SpecError(f"{name} is longer than {MAX_TEXT_FIELD} characters")
         if not spec.task_id.strip():
@@ -121,48 +156,41 @@ class RunSettings:
         model = spec.llm_model or default_model
         if not model:
             raise SpecError("llm_model is empty and the service has no default model (--llm-model)")
+        preset = _enum(_PRESET, spec.preset, "preset")
+        chosen = _Chooser(preset)
+        pool = _enum(_POOL, spec.initial_pool, "initial_pool")
+        available = _pool_templates(pool, spec)
         knobs = {}
         for name, knob in KNOBS.items():
-            value = getattr(spec, name) or knob.default
+            if name == "initial_pool_size" and pool in (InitialPool.GIVEN, InitialPool.HAND_ENGINEERED):
+                default = len(available)  # a listed pool: all of it, whatever the preset
+                value = getattr(spec, name) or default
+            else:
+                default = knob.default
+                value = chosen(name, getattr(spec, name) or None, default)
             if not knob.low <= value <= knob.cap:
-                raise SpecError(f"{name}={value} is out of range; allowed {knob.low}..{knob.cap} (0 takes the default {knob.default})")
+                raise SpecError(f"{name}={value} is out of range; allowed {knob.low}..{knob.cap} (0 takes the default {default})")
             knobs[name] = value
+        if available is not None and knobs["initial_pool_size"] > len(available):
+            raise SpecError(f"initial_pool_size={knobs['initial_pool_size']} is larger than the {pool.value} pool, which has "
+                            f"{len(available)} templates; ask for at most {len(available)} (or 0 for the default)")
         for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
             if getattr(spec, name) < 0:
                 raise SpecError(f"{name} must be >= 0 (0 means no limit)")
         if not (spec.max_wall_seconds >= 0 and math.isfinite(spec.max_wall_seconds)):
             raise SpecError("max_wall_seconds must be a finite number >= 0 (0 means no limit)")
-        temperature = spec.temperature if spec.HasField("temperature") else 1.0
+        temperature = chosen("temperature", spec.temperature if spec.HasField("temperature") else None, 1.0)
         if not 0.0 <= temperature <= MAX_TEMPERATURE:
             raise SpecError(f"temperature={temperature} is out of range; allowed 0..{MAX_TEMPERATURE}")
-        pool = _enum(_POOL, spec.initial_pool, "initial_pool")
-        given = tuple(spec.initial_templates)
-        if pool is InitialPool.GIVEN:
-            if not given:
-                raise SpecError("initial_pool=GIVEN needs initial_templates")
-            if len(given) > KNOBS["initial_pool_size"].cap:
-                raise SpecError(f"initial_templates holds {len(given)}; allowed at most {KNOBS['initial_pool_size'].cap}")
-            for index, template in enumerate(given):
-                problem = template_problem(template)
-                if problem:
-                    raise SpecError(f"initial_templates[{index}]: {problem}")
-        elif given:
-            raise SpecError("initial_templates is only used with initial_pool=GIVEN")
-        if pool is InitialPool.HAND_ENGINEERED:
-            try:
-                hand_engineered(spec.hand_engineered_dataset)
-            except BaselineError as err:
-                raise SpecError(f"initial_pool=HAND_ENGINEERED: {err}") from err
-        elif spec.hand_engineered_dataset:
-            raise SpecError("hand_engineered_dataset is only used with initial_pool=HAND_ENGINEERED")
+        conversation = spec.conversation and _enum(_CONVERSATION, spec.conversation, "conversation").value
         return cls(
             task_id=spec.task_id,
             llm_model=model,
             initial_pool=pool,
-            initial_templates=given,
+            initial_templates=tuple(spec.initial_templates),
             feedback=_enum(_FEEDBACK, spec.feedback, "feedback"),
-            conversation=_enum(_CONVERSATION, spec.conversation, "conversation"),
-            show_accuracies=not spec.hide_accuracies,
+            conversation=Conversation(chosen("conversation", conversation or None, Conversation.CHAT.value)),
+            show_accuracies=chosen("show_accuracies", False if spec.hide_accuracies else None, True),
             temperature=temperature,
             max_llm_calls=spec.max_llm_calls,
             max_llm_tokens=spec.max_llm_tokens,
@@ -171,6 +199,8 @@ class RunSettings:
             seed=spec.seed,
             label=spec.label,
             hand_engineered_dataset=spec.hand_engineered_dataset,
+            preset=preset,
+            replay_run_id=spec.replay_run_id,
             **knobs,
         )
 
@@ -181,6 +211,7 @@ class RunSettings:
         values["feedback"] = _key(_FEEDBACK, self.feedback)
         values["conversation"] = _key(_CONVERSATION, self.conversation)
         values["hide_accuracies"] = not values.pop("show_accuracies")
+        values["preset"] = _key(_PRESET, self.preset)
         return pb.RunSpec(**values)
 
     def to_json(self) -> dict:
@@ -188,9 +219,66 @@ class RunSettings:
 
     @classmethod
     def from_json(cls, data: dict) -> RunSettings:
+        """Also reads the settings of runs stored before a knob existed (they take its default)."""
         return cls(**{**data, "initial_pool": InitialPool(data["initial_pool"]), "feedback": Feedback(data["feedback"]),
-                      "conversation": Conversation(data["conversation"]),
+                      "conversation": Conversation(data["conversation"]), "preset": Preset(data.get("preset", "promptclimb")),
                       "initial_templates": tuple(data["initial_templates"])})
+
+
+class _Chooser:
+    """One knob's value: the spec's if set, else the preset's, else the default; a spec may not contradict a fixed one."""
+
+    def __init__(self, preset: Preset) -> None:
+        self.preset, self.values = preset, PRESETS[preset]
+
+    def __call__(self, name: str, given, default):
+        fixed = self.values.fixed.get(name)
+        if fixed is not None and given is not None and given != fixed:
+            raise SpecError(f"preset {self.preset.value} fixes {name}={fixed}; {name}={given} contradicts it "
+                            "(leave it unset, or use preset promptclimb)")
+        if given is not None:
+            return given
+        return fixed if fixed is not None else self.values.defaults.get(name, default)
+
+
+def _pool_templates(pool: InitialPool, spec: pb.RunSpec) -> tuple[str, ...] | None:
+    """The templates an initial pool draws from (None: the LLM writes them); refuses a pool that cannot be used."""
+    given = tuple(spec.initial_templates)
+    if pool is not InitialPool.GIVEN and given:
+        raise SpecError("initial_templates is only used with initial_pool=GIVEN")
+    if pool is not InitialPool.HAND_ENGINEERED and spec.hand_engineered_dataset:
+        raise SpecError("hand_engineered_dataset is only used with initial_pool=HAND_ENGINEERED")
+    if pool is InitialPool.HAND_ENGINEERED:
+        try:
+            hand_engineered(spec.hand_engineered_dataset)
+        except BaselineError as err:
+            raise SpecError(f"initial_pool=HAND_ENGINEERED: {err}") from err
+    if pool is InitialPool.GIVEN:
+        if not given:
+            raise SpecError("initial_pool=GIVEN needs initial_templates")
+        if len(given) > KNOBS["initial_pool_size"].cap:
+            raise SpecError(f"initial_templates holds {len(given)}; allowed at most {KNOBS['initial_pool_size'].cap}")
+        for index, template in enumerate(given):
+            problem = template_problem(template)
+            if problem:
+                raise SpecError(f"initial_templates[{index}]: {problem}")
+    return pool_templates(pool, given, spec.hand_engineered_dataset)
+
+
+def pool_templates(pool: InitialPool, given: tuple[str, ...], dataset: str) -> tuple[str, ...] | None:
+    """The distinct templates an initial pool draws each restart's sample from; None for the LLM-written pool."""
+    if pool is InitialPool.BUILTIN:
+        return BUILTIN_TEMPLATES
+    if pool is InitialPool.HAND_ENGINEERED:
+        listed = (PLAIN, A_PHOTO_OF, *hand_engineered(dataset))
+    elif pool is InitialPool.GIVEN:
+        listed = given
+    else:
+        return None
+    first_of: dict[str, str] = {}
+    for template in listed:
+        first_of.setdefault(template_key(template), template)
+    return tuple(first_of.values())
 
 
 def _enum(table: dict, value: int, name: str):
@@ -237,6 +325,13 @@ class LlmSettings:
     price: Price = field(default_factory=Price)
     cache: bool = True
     grammar: bool = False
+    context_tokens: int = 4096
+    send_seed: bool = True
+
+    @property
+    def prompt_budget_tokens(self) -> int:
+        """Tokens a prompt may use: the context less the reply's room."""
+        return max(0, self.context_tokens - self.max_completion_tokens)
 
 
 @dataclass(frozen=True)
@@ -320,6 +415,11 @@ def add_connection_args(p: argparse.ArgumentParser, *, state_dir_default: Path |
       help="PROMPT,COMPLETION in USD per million tokens, to report cost")
     a("--llm-grammar", type=_flag, default=_flag(str(_env("llm_grammar", "false"))),
       help="send a GBNF grammar forcing one template per line with one {} (llama.cpp's llama-server only)")
+    a("--llm-context-tokens", type=int, default=int(_env("llm_context_tokens", llm.context_tokens)),
+      help="the LLM's context size in tokens; a chat keeps its opening and as many recent exchanges as fit in it, "
+           "less --llm-max-completion-tokens")
+    a("--llm-seed", type=_flag, default=_flag(str(_env("llm_seed", "true"))),
+      help="send each call a `seed` derived from the run's seed and the call (true/false; llama-server, vLLM and OpenAI accept it)")
     a("--llm-cache", type=_flag, default=_flag(str(_env("llm_cache", "true"))),
       help="reuse stored LLM replies for identical requests (true/false)")
     a("--log-level", default=_env("log_level", d.log_level))
@@ -329,6 +429,9 @@ def connection_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> t
     """Validates the connection flags; secrets come from the environment only."""
     if ns.llm_concurrency < 1 or ns.llm_max_attempts < 1 or ns.llm_max_completion_tokens < 1:
         p.error("--llm-concurrency, --llm-max-attempts and --llm-max-completion-tokens must be at least 1")
+    if ns.llm_context_tokens <= ns.llm_max_completion_tokens:
+        p.error(f"--llm-context-tokens ({ns.llm_context_tokens}) must exceed --llm-max-completion-tokens "
+                f"({ns.llm_max_completion_tokens}): the reply needs room in the context")
     if min(ns.llm_timeout_s, ns.scorer_deadline_s) <= 0 or min(ns.scorer_grace_s, ns.llm_backoff_initial_s) < 0:
         p.error("timeouts must be > 0 and grace/backoff >= 0")
     if bool(ns.scorer_tls_cert) != bool(ns.scorer_tls_key):
@@ -342,8 +445,8 @@ def connection_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> t
         concurrency=ns.llm_concurrency, timeout_s=ns.llm_timeout_s, max_attempts=ns.llm_max_attempts,
         backoff_initial_s=ns.llm_backoff_initial_s, backoff_max_s=ns.llm_backoff_max_s,
         max_completion_tokens=ns.llm_max_completion_tokens, token_limit_field=ns.llm_token_limit_field,
-        price=ns.llm_price, cache=ns.llm_cache,
-        grammar=ns.llm_grammar,
+        price=ns.llm_price, cache=ns.llm_cache, grammar=ns.llm_grammar, context_tokens=ns.llm_context_tokens,
+        send_seed=ns.llm_seed,
     )
     if not llm.api_key:
         p.error("OPENAI_API_KEY is empty; set it (any placeholder works for a local endpoint)")

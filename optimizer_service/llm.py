@@ -4,10 +4,14 @@ One call here is one question of the climb. Behind it: a bound on requests in
 flight; retries with exponential backoff and jitter on 429, 5xx, timeouts,
 dropped connections and malformed replies, waiting as long as a Retry-After
 header asks; token and cost accounting; and a response cache in the store,
-keyed by everything that determines the answer (endpoint, model, messages,
-sampling parameters, sample index), so a resumed run never pays for a reply
-twice. A reply that stays malformed is skipped; an endpoint that stays down,
-or refuses us (4xx), stops the run with the reason.
+keyed by the run and by everything that determines the answer (endpoint,
+model, messages, sampling parameters, sample index), so a resumed run never
+pays for a reply twice while another run with the same spec asks afresh
+(replaying a run is an explicit option of the spec). Each call sends a `seed`
+derived from the run's seed and the call. A reply that stays malformed is
+skipped; a prompt the endpoint says exceeds its context raises ContextTooLong
+for the caller to shorten; an endpoint that stays down, or refuses us (4xx),
+stops the run with the reason.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -36,12 +41,25 @@ class MalformedReply(Exception):
     """The endpoint answered 200 with something that is not a usable chat completion."""
 
 
+_CONTEXT_ERROR = re.compile(r"context[_ ](?:length|size|window)|exceed_context|maximum context|too many tokens|prompt is too long",
+                            re.IGNORECASE)
+
+
+def is_context_error(err: BaseException) -> bool:
+    """llama-server: 400 "exceeds the available context size"; OpenAI and vLLM: 400 "maximum context length"."""
+    return isinstance(err, openai.APIStatusError) and err.status_code in (400, 413) and bool(_CONTEXT_ERROR.search(str(err)))
+
+
 class LlmUnavailable(Exception):
     """The endpoint stayed down through every retry, or refused the request; the run cannot go on."""
 
     def __init__(self, message: str, requests: int, errors: int) -> None:
         super().__init__(message)
         self.requests, self.errors = requests, errors
+
+
+class ContextTooLong(LlmUnavailable):
+    """The endpoint refused the prompt as longer than its context; a shorter prompt may pass."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +118,16 @@ def retry_after_seconds(err: BaseException | None) -> float | None:
     return None
 
 
-def cache_key(base_url: str, model: str, messages: list[dict], sampling: dict, sample: str) -> str:
-    blob = json.dumps({"endpoint": base_url.rstrip("/"), "model": model, "messages": messages, "sampling": sampling, "sample": sample},
-                      sort_keys=True, ensure_ascii=False)
+def cache_key(scope: str, base_url: str, model: str, messages: list[dict], sampling: dict, sample: str) -> str:
+    """`scope` is the run whose replies may answer (its own, or the one it replays)."""
+    blob = json.dumps({"scope": scope, "endpoint": base_url.rstrip("/"), "model": model, "messages": messages,
+                       "sampling": sampling, "sample": sample}, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def call_seed(sample: str) -> int:
+    """The LLM's `seed` for one call: a 31-bit number derived from the sample name (which holds the run's seed)."""
+    return int.from_bytes(hashlib.sha256(sample.encode()).digest()[:4], "big") & 0x7FFFFFFF
 
 
 class LlmClient:
@@ -127,17 +151,23 @@ class LlmClient:
         return self._backoff(state)
 
     async def complete(self, messages: list[dict], *, model: str, temperature: float, sample: str, call_id: str,
-                       grammar: str | None = None) -> LlmResult:
-        """Asks once (from the cache if this exact question was answered before), retrying what can be retried.
+                       cache_scope: str, replay_scope: str = "", grammar: str | None = None) -> LlmResult:
+        """Asks once, retrying what can be retried; answers from the cache if this exact question was answered before in
+        `cache_scope` (the run) or `replay_scope` (a run it replays). The reply is stored under `cache_scope`.
 
-        `grammar` (GBNF) constrains the reply on llama.cpp endpoints."""
+        `sample` names the call within its run (seed included); `grammar` (GBNF) constrains the reply on llama.cpp endpoints."""
         sampling: dict = {"temperature": temperature, self.settings.token_limit_field: self.settings.max_completion_tokens}
+        if self.settings.send_seed:
+            sampling["seed"] = call_seed(sample)
         if grammar:
             sampling["extra_body"] = {"grammar": grammar}
-        key = cache_key(self.settings.base_url, model, messages, sampling, sample)
-        if self._store is not None and (hit := self._store.cached_reply(key)) is not None:
-            metrics.LLM_CALLS.labels(model, "cached").inc()
-            return LlmResult(hit.content, prompt_tokens=0, completion_tokens=0, cached=True)
+        key = cache_key(cache_scope, self.settings.base_url, model, messages, sampling, sample)
+        if self._store is not None:
+            for scope in filter(None, (cache_scope, replay_scope)):
+                hit = self._store.cached_reply(cache_key(scope, self.settings.base_url, model, messages, sampling, sample))
+                if hit is not None:
+                    metrics.LLM_CALLS.labels(model, "cached").inc()
+                    return LlmResult(hit.content, prompt_tokens=0, completion_tokens=0, cached=True)
         tally = _Tally()
         try:
             async for attempt in AsyncRetrying(stop=stop_after_attempt(self.settings.max_attempts), wait=self._wait,
@@ -148,6 +178,10 @@ class LlmClient:
             log.warning("llm_reply_skipped", call=call_id, attempts=tally.requests, error=tally.last_error)
             return LlmResult(None, tally.requests, tally.errors)
         except openai.OpenAIError as err:
+            if is_context_error(err):
+                raise ContextTooLong(f"LLM endpoint {self.settings.base_url} refused the prompt as too long for its context "
+                                     f"({tally.last_error}); set --llm-context-tokens to the model's context size",
+                                     tally.requests, tally.errors) from err
             message = f"LLM endpoint {self.settings.base_url} failed after {tally.requests} attempt(s): {tally.last_error}"
             if "max_completion_tokens" in tally.last_error and self.settings.token_limit_field != "max_completion_tokens":
                 message += " (this model wants --llm-token-limit-field max_completion_tokens)"

@@ -81,13 +81,18 @@ class MetaPrompt:
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": intro + "\n\n" + self.ask(good, bad)}]
 
     def follow_up(self, results: Sequence[Candidate], unusable: int, good: Sequence[Candidate], bad: Sequence[Candidate]) -> Message:
-        """The next chat turn: how the last templates did, then a fresh ask."""
+        """The next chat turn: how the last templates did, then a fresh ask.
+
+        Positive-only: only the new templates that joined the good list are named, nothing else is said."""
         if self.feedback is Feedback.NONE:
             return {"role": "user", "content": "Write more, unlike the ones you wrote.\n\n" + self.ask(good, bad)}
         lines = []
         good_keys = {c.sequence for c in good}
         bad_keys = {c.sequence for c in bad}
+        positive_only = self.feedback is Feedback.POSITIVE_ONLY
         for candidate in results:
+            if positive_only and candidate.sequence not in good_keys:
+                continue
             if self.show_accuracies:
                 lines.append(f"The accuracy of \"{candidate.template}\" is now {_percent(candidate.accuracy)}.")
             elif candidate.sequence in good_keys:
@@ -96,11 +101,38 @@ class MetaPrompt:
                 lines.append(f"\"{candidate.template}\" is among the worst templates.")
             else:
                 lines.append(f"\"{candidate.template}\" did not beat the best templates.")
-        if unusable:
-            lines.append(f"{unusable} of your lines repeated a template already tried or broke the requirements.")
-        if not lines:
+        if unusable and not positive_only:
+            lines.append(f"{unusable} of your lines repeated a template already tried, broke the requirements, "
+                         f"or came after the {self.templates_per_call} asked for.")
+        if not lines and not positive_only:
             lines.append("Your last answer held no usable template.")
-        return {"role": "user", "content": "\n".join(lines) + "\n\n" + self.ask(good, bad)}
+        ask = self.ask(good, bad)
+        return {"role": "user", "content": "\n".join(lines) + "\n\n" + ask if lines else ask}
+
+
+CHARS_PER_TOKEN = 3  # a conservative estimate for English under BPE tokenizers (most give about 4)
+TOKENS_PER_MESSAGE = 4  # role and separators
+
+
+def estimate_tokens(messages: Sequence[Message]) -> int:
+    """The prompt's size in tokens, estimated: the LLM's own tokenizer is not known here."""
+    return sum(TOKENS_PER_MESSAGE + -(-len(m["content"]) // CHARS_PER_TOKEN) for m in messages)
+
+
+def fit_chat(transcript: Sequence[Message], budget_tokens: int) -> list[Message]:
+    """The chat to send: the opening (system and first ask) and the latest exchanges (reply, next ask) that fit the budget.
+
+    The last exchange, which holds the current ask, is always kept, so the result may exceed a budget too small for it."""
+    head, exchanges = list(transcript[:2]), [list(transcript[i:i + 2]) for i in range(2, len(transcript), 2)]
+    kept: list[list[Message]] = []
+    used = estimate_tokens(head)
+    for exchange in reversed(exchanges):
+        cost = estimate_tokens(exchange)
+        if kept and used + cost > budget_tokens:
+            break
+        kept.append(exchange)
+        used += cost
+    return head + [message for exchange in reversed(kept) for message in exchange]
 
 
 def initial_pool_messages(task_name: str, class_names: Sequence[str], count: int) -> list[Message]:

@@ -19,5 +19,6 @@ SCORER_CALLS = Counter("optimizer_scorer_calls_total", "Score calls to the score
 SCORER_SECONDS = Histogram("optimizer_scorer_call_duration_seconds", "Time of one Score call.",
                            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 
-CANDIDATES = Counter("optimizer_candidates_total", "Candidate templates from the LLM, by outcome (scored, duplicate, invalid).",
-                     ["outcome"])
+CANDIDATES = Counter("optimizer_candidates_total",
+                     "Candidate templates, by outcome: scored (once per run), admitted or reused (into a restart's pool), "
+                     "duplicate, invalid, extra (beyond m).", ["outcome"])

@@ -23,7 +23,7 @@ _FENCE = re.compile(r"^\s*```")
 _LIST_MARKER = re.compile(
     r"""^\s*(?:
         [-*+\u2022\u00b7\u2013\u2014>]+          # - * + bullet, middle dot, dashes, quote marker
-      | \(?\d{1,3}\s*[.):\]]                     # 1.  1)  (1)  1:  1]
+      | \(?\d{1,3}\s*[.):\]](?!\d)               # 1.  1)  (1)  1:  1]  (not 2.5)
       | \(?[a-z][)\]]                             # a)  (b)
       | \#{1,6}                                  # markdown heading
       | (?:template|prompt|option|candidate)\s*\#?\s*\d{0,3}\s*[:.)-]  # Template 2:
@@ -32,12 +32,18 @@ _LIST_MARKER = re.compile(
 )
 _EMPHASIS = re.compile(r"(\*\*|__|`)")
 _QUOTES = ("\"\"", "''", "\u201c\u201d", "\u2018\u2019", "``", "\u00ab\u00bb")
-_NUMBER = r"\d{1,3}(?:[.,]\d+)?\s*%|[01]?\.\d+|1\.0+"
+_NUMBER = r"(?<![\w.,])(?:\d{1,3}(?:[.,]\d+)?\s*%|[01]?\.\d+|1\.0+)"  # a whole number, never the tail of "2.5"
 _TRAILING_SCORE = re.compile(
     rf"""\s*(?:[-\u2013\u2014:|,=]|->|\u2192|=>)?\s*        # separator
         [(\[]?\s*(?:(?:train\s+)?(?:accuracy|acc|score)\s*(?:is|of|now)?\s*[:=]?\s*)?
         (?:{_NUMBER})\s*[)\]]?\s*\.?\s*$""",
     re.IGNORECASE | re.VERBOSE,
+)
+# How chat models open or close their answer; such a line is prose, not a template, unless it is a list item.
+_PROSE_OPENING = re.compile(
+    r"^(?:here(?:'s|\s+is|\s+are)|sure|certainly|of\s+course|okay|absolutely|i(?:'m|'ve|'ll|\s+am|\s+have|\s+hope|\s+think"
+    r"|\s+suggest|\s+will)|these\s+(?:templates|prompts|are)|the\s+following|note|let\s+me|below)\b",
+    re.IGNORECASE,
 )
 # Spellings of "the class goes here" that models use instead of {}.
 _PLACEHOLDER_SPELLINGS = re.compile(
@@ -91,6 +97,8 @@ def _clean_line(raw: str, class_pattern: re.Pattern | None) -> tuple[str, bool]:
     marked = bool(_LIST_MARKER.match(line))
     line = _LIST_MARKER.sub("", line, count=1)
     line = _EMPHASIS.sub("", line).strip()
+    if line.endswith(":") or (not marked and _PROSE_OPENING.match(line)):
+        return line, False  # "Here are templates for the Bag class:" introduces templates, it is not one
     line, quoted = _unquote(line)
     line = _TRAILING_SCORE.sub("", line).strip()
     line, quoted_late = _unquote(line)
@@ -100,8 +108,7 @@ def _clean_line(raw: str, class_pattern: re.Pattern | None) -> tuple[str, bool]:
         line, named_class = _class_name_to_placeholder(line, class_pattern)
     line = " ".join(line.split())
     has_braces = "{" in line or "}" in line
-    prose = line.endswith(":") and not has_braces
-    return line, (has_braces or named_class or marked or quoted or quoted_late) and not prose
+    return line, has_braces or named_class or marked or quoted or quoted_late
 
 
 def _unquote(line: str) -> tuple[str, bool]:

@@ -1,10 +1,17 @@
-"""The pool of scored templates: what the climb knows so far.
+"""The pool of scored templates: what each restart's climb knows so far.
 
-Every template is scored at most once per run; a candidate whose key matches a
-scored one is a duplicate. Each restart climbs on its own view of the pool:
-the shared initial pool plus what that restart found. Ties in accuracy go to
-the earlier candidate, so rankings are deterministic, which a resumed run
-relies on to rebuild the same meta-prompts.
+Each restart climbs on its own view: its own initial sample and what its own
+LLM proposed. The run as a whole scores every template at most once: a
+template one restart scored enters another restart's view from the run's
+memory, with the same accuracy and no second Score call. Templates the scorer
+rejected are remembered too, so they are never sent again.
+
+Ties in accuracy are broken by a rule that does not depend on timing: the
+template the restart met first wins, i.e. its initial sample in drawn order,
+then by (reset, iteration, place in the reply). Across restarts (the run's
+best) the lower restart then wins. So a restart's rankings, and therefore its
+meta-prompts, are the same in every run with the same seed and LLM replies,
+which is also what a resumed run relies on.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-INITIAL = -1  # restart/reset/iteration of the initial pool's candidates
+INITIAL = -1  # reset/iteration of initial-pool candidates (and restart of an initial pool shared by every restart)
 
 
 def template_key(template: str) -> str:
@@ -24,29 +31,44 @@ def template_key(template: str) -> str:
 class Candidate:
     template: str
     accuracy: float
-    restart: int
+    restart: int  # INITIAL: an initial pool every restart shares (the LLM-written one)
     reset: int
     iteration: int
-    sequence: int  # order of scoring within the run, from 0
+    sequence: int  # order of admission within the run, from 0 (identity; it depends on timing, rankings never use it)
     llm_call: str = ""  # the LLM call that proposed it (empty for built-in or given seeds)
+    position: int = 0  # place within its step: in the drawn sample, or among the reply's kept lines
+    reused: bool = False  # taken from the run's memory: another restart had scored it
 
     @property
     def initial(self) -> bool:
-        return self.restart == INITIAL
+        return self.iteration == INITIAL
+
+    @property
+    def met(self) -> tuple[int, int, int]:
+        """When its restart met it; earlier wins a tie."""
+        return self.reset, self.iteration, self.position
+
+
+def rank(candidate: Candidate) -> tuple:
+    """Sort key, best first: accuracy, then the documented tie-break."""
+    return -candidate.accuracy, candidate.met, candidate.restart
 
 
 class Pool:
-    def __init__(self, candidates: Iterable[Candidate] = ()) -> None:
-        self._by_key: dict[str, Candidate] = {}
+    """Every admission of the run, viewed per restart, and the run's memory of scores and rejections."""
+
+    def __init__(self, candidates: Iterable[Candidate] = (), rejected: Iterable[tuple[str, str]] = ()) -> None:
         self._order: list[Candidate] = []
+        self._views: dict[int, dict[str, Candidate]] = {}
+        self._accuracy: dict[str, float] = {}
+        self._rejected: dict[str, str] = {}
         for candidate in candidates:
             self.add(candidate)
+        for template, reason in rejected:
+            self.reject(template, reason)
 
     def __len__(self) -> int:
         return len(self._order)
-
-    def __contains__(self, template: str) -> bool:
-        return template_key(template) in self._by_key
 
     def __iter__(self):
         return iter(self._order)
@@ -57,38 +79,71 @@ class Pool:
 
     def add(self, candidate: Candidate) -> None:
         key = template_key(candidate.template)
-        if key in self._by_key:
-            raise ValueError(f"template already in the pool: {candidate.template!r}")
-        self._by_key[key] = candidate
+        view = self._views.setdefault(candidate.restart, {})
+        if key in view:
+            raise ValueError(f"template already in restart {candidate.restart}'s pool: {candidate.template!r}")
+        view[key] = candidate
         self._order.append(candidate)
+        self._accuracy.setdefault(key, candidate.accuracy)
 
-    def split_new(self, templates: Iterable[str]) -> tuple[list[str], list[str]]:
-        """(new templates, duplicates of scored ones or of earlier ones in the list), order kept."""
-        new, duplicates, seen = [], [], set(self._by_key)
+    def holds(self, template: str, restart: int) -> bool:
+        """Is the template in this restart's view?"""
+        key = template_key(template)
+        return key in self._views.get(restart, {}) or key in self._views.get(INITIAL, {})
+
+    def accuracy(self, template: str) -> float | None:
+        """Its train accuracy if any restart of the run scored it."""
+        return self._accuracy.get(template_key(template))
+
+    def remember(self, template: str, accuracy: float) -> None:
+        """A score learnt before any restart admits the template (it is being admitted now)."""
+        self._accuracy.setdefault(template_key(template), accuracy)
+
+    def reject(self, template: str, reason: str) -> None:
+        self._rejected.setdefault(template_key(template), reason)
+
+    def rejection(self, template: str) -> str | None:
+        """Why the scorer refused it, if it did."""
+        return self._rejected.get(template_key(template))
+
+    def split_new(self, templates: Iterable[str], restart: int) -> tuple[list[str], list[str]]:
+        """(templates new to this restart, repeats of its own or of earlier ones in the list), order kept."""
+        new, duplicates, seen = [], [], set()
         for template in templates:
             key = template_key(template)
-            (duplicates if key in seen else new).append(template)
+            (duplicates if key in seen or self.holds(template, restart) else new).append(template)
             seen.add(key)
         return new, duplicates
 
     def view(self, restart: int) -> list[Candidate]:
-        """What one restart climbs on: the initial pool and its own finds."""
-        return [c for c in self._order if c.initial or c.restart == restart]
+        """What one restart climbs on: a shared initial pool (if any), its own sample and its own finds."""
+        return [c for c in self._order if c.restart in (INITIAL, restart)]
 
     def top(self, k: int, restart: int) -> list[Candidate]:
         """The k best of the restart's view, best first."""
-        return sorted(self.view(restart), key=lambda c: (-c.accuracy, c.sequence))[:k]
+        return sorted(self.view(restart), key=rank)[:k]
 
     def bottom(self, k: int, restart: int) -> list[Candidate]:
         """The k worst of the restart's view, worst first, never overlapping the top k."""
-        view = self.view(restart)
-        good = {c.sequence for c in self.top(k, restart)}
-        worst_first = sorted(view, key=lambda c: (c.accuracy, -c.sequence))
-        return [c for c in worst_first if c.sequence not in good][:k]
+        ranked = sorted(self.view(restart), key=rank)
+        return ranked[k:][::-1][:k]
 
     def best(self, n: int = 1) -> list[Candidate]:
-        """The n best of the whole run, best first."""
-        return sorted(self._order, key=lambda c: (-c.accuracy, c.sequence))[:n]
+        """The n best distinct templates of the whole run, best first (each as its restart met it first)."""
+        return distinct(sorted(self._order, key=rank))[:n]
 
     def mean_accuracy(self) -> float:
-        return sum(c.accuracy for c in self._order) / len(self._order) if self._order else 0.0
+        """Mean train accuracy over the run's distinct templates."""
+        return sum(self._accuracy.values()) / len(self._accuracy) if self._accuracy else 0.0
+
+
+def distinct(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """The first candidate of each template, order kept."""
+    seen: set[str] = set()
+    kept = []
+    for candidate in candidates:
+        key = template_key(candidate.template)
+        if key not in seen:
+            seen.add(key)
+            kept.append(candidate)
+    return kept

@@ -71,12 +71,13 @@ class RunJournal:
         if best:
             metrics.BEST_TRAIN_ACCURACY.labels(run_id).set(self._best_accuracy)
 
-    def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None) -> None:
+    def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
+               rejected: list[tuple[str, str]]) -> None:
         events: list[pb.RunEvent] = []
         for c in candidates:
             events.append(pb.RunEvent(candidate_scored=pb.CandidateScored(
                 template=c.template, train_accuracy=c.accuracy, restart=c.restart, reset=c.reset, iteration=c.iteration,
-                llm_call=c.llm_call, candidate_sequence=c.sequence)))
+                llm_call=c.llm_call, candidate_sequence=c.sequence, reused=c.reused)))
         best = self.pool.best()
         if best and best[0].accuracy > self._best_accuracy:
             self._best_accuracy = best[0].accuracy
@@ -87,7 +88,8 @@ class RunJournal:
             events.append(pb.RunEvent(iteration_done=pb.IterationDone(
                 restart=restart, reset=reset, iteration=index, best_train_accuracy=max(self._best_accuracy, 0.0),
                 mean_train_accuracy=self.pool.mean_accuracy(), counters=counters_proto(self.counters.to_json()))))
-        self.store.commit_progress(self.run_id, candidates, self.counters.to_json(), stamp(self.store, self.run_id, events), steps)
+        self.store.commit_progress(self.run_id, candidates, self.counters.to_json(), stamp(self.store, self.run_id, events), steps,
+                                   rejected)
         self.signal.fire()
 
 
@@ -122,6 +124,8 @@ class RunManager:
     async def start(self, spec: pb.RunSpec) -> str:
         """Validates the spec (and that the scorer has its task), stores the run and launches it."""
         settings = RunSettings.from_proto(spec, self.default_model)
+        if settings.replay_run_id and self.store.run(settings.replay_run_id) is None:
+            raise SpecError(f"replay_run_id: no run {settings.replay_run_id!r} to replay; ListRuns shows the known ones")
         if len(self._tasks) >= MAX_WAITING_RUNS:
             raise TooManyRuns(f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one")
         try:
@@ -208,14 +212,18 @@ class RunManager:
                 metrics.BEST_TRAIN_ACCURACY.remove(run_id)
 
     async def _search(self, run_id: str, settings: RunSettings, counters: Counters) -> str:
-        """Rebuilds the run from the store, climbs, and measures the final best on test; returns the stop reason."""
-        pool = Pool(self.store.candidates(run_id))
+        """Rebuilds the run from the store, climbs, builds the ensemble, measures the final best on test; returns the stop reason."""
+        pool = Pool(self.store.candidates(run_id), self.store.rejections(run_id))
         steps = {key: step for key, step in self.store.steps(run_id).items() if key[0] != INITIAL}
         task = await self.scorer.task(settings.task_id)
         journal = RunJournal(self.store, run_id, pool, counters, self._signals[run_id])
         climb = HillClimb(run_id, settings, task, self.llm, self.scorer, journal, pool, steps, counters)
         stop_reason = await climb.run()
-        self.store.set_test_accuracies(run_id, await climb.test_accuracies(pool.best(settings.report_top)))
+        ensemble = await climb.ensemble()
+        singles, ensemble_test = await climb.test_accuracies(pool.best(settings.report_top), ensemble)
+        self.store.set_test_accuracies(run_id, singles)
+        if ensemble is not None:
+            self.store.set_ensemble(run_id, ensemble.templates, ensemble.accuracy, ensemble_test)
         return stop_reason
 
     def _finish(self, run_id: str, state: str, reason: str, counters: Counters | None = None) -> None:
@@ -223,7 +231,8 @@ class RunManager:
             record = self._record(run_id)
             counter_values = counters.to_json() if counters else record.counters
             best = self._best(run_id, RunSettings.from_json(record.settings).report_top)
-            ended = pb.RunEvent(run_ended=pb.RunEnded(state=pb.RunState.Value(f"RUN_STATE_{state}"), stop_reason=reason, best=best))
+            ended = pb.RunEvent(run_ended=pb.RunEnded(state=pb.RunState.Value(f"RUN_STATE_{state}"), stop_reason=reason, best=best,
+                                                      ensemble=self._ensemble(run_id)))
             self.store.set_state(run_id, state, reason, counter_values, stamp(self.store, run_id, [ended]))
         except StoreError:
             log.exception("run_end_not_stored", state=state, reason=reason)
@@ -245,13 +254,25 @@ class RunManager:
         return record
 
     def _best(self, run_id: str, n: int) -> list[pb.ScoredTemplate]:
+        """The run's n best distinct templates (pool.py's ranking), with their test accuracy where it was measured."""
+        tested = self.store.test_accuracies(run_id)
         best = []
-        for candidate, test_accuracy in self.store.best_candidates(run_id, n):
+        for candidate in Pool(self.store.candidates(run_id)).best(n):
             scored = pb.ScoredTemplate(template=candidate.template, train_accuracy=candidate.accuracy)
-            if test_accuracy is not None:
-                scored.test_accuracy = test_accuracy
+            if candidate.sequence in tested:
+                scored.test_accuracy = tested[candidate.sequence]
             best.append(scored)
         return best
+
+    def _ensemble(self, run_id: str) -> pb.ScoredEnsemble | None:
+        stored = self.store.ensemble(run_id)
+        if stored is None:
+            return None
+        templates, train_accuracy, test_accuracy = stored
+        ensemble = pb.ScoredEnsemble(templates=templates, train_accuracy=train_accuracy)
+        if test_accuracy is not None:
+            ensemble.test_accuracy = test_accuracy
+        return ensemble
 
     def get(self, run_id: str) -> pb.Run:
         return self._run_proto(self._record(run_id))
@@ -263,7 +284,7 @@ class RunManager:
         settings = RunSettings.from_json(record.settings)
         return pb.Run(
             run_id=record.run_id, spec=settings.to_proto(), state=pb.RunState.Value(f"RUN_STATE_{record.state}"),
-            stop_reason=record.stop_reason, best=self._best(record.run_id, settings.report_top),
+            stop_reason=record.stop_reason, best=self._best(record.run_id, settings.report_top), ensemble=self._ensemble(record.run_id),
             counters=counters_proto(record.counters), created_unix=record.created, updated_unix=record.updated,
         )
 

@@ -123,11 +123,26 @@ class ScorerClient:
 
     async def score(self, task_id: str, templates: list[str], split: int = scorer_pb2.SPLIT_TRAIN) -> list[scorer_pb2.TemplateScore]:
         """Scores the templates in one call; results come back in request order."""
+        reply = await self._score(scorer_pb2.ScoreRequest(task_id=task_id, templates=templates, split=split))
+        if len(reply.results) != len(templates):
+            raise ScorerError(grpc.StatusCode.INTERNAL, f"scorer answered {len(reply.results)} results for {len(templates)} templates")
+        return list(reply.results)
+
+    async def score_ensembles(self, task_id: str, ensembles: list[list[str]], split: int) -> list[scorer_pb2.EnsembleScore]:
+        """Scores prompt ensembles (each one accuracy) in one call; results come back in request order."""
+        request = scorer_pb2.ScoreRequest(task_id=task_id, split=split,
+                                          ensembles=[scorer_pb2.TemplateEnsemble(templates=e) for e in ensembles])
+        reply = await self._score(request)
+        if len(reply.ensemble_results) != len(ensembles):
+            raise ScorerError(grpc.StatusCode.INTERNAL,
+                              f"scorer answered {len(reply.ensemble_results)} results for {len(ensembles)} ensembles")
+        return list(reply.ensemble_results)
+
+    async def _score(self, request: scorer_pb2.ScoreRequest) -> scorer_pb2.ScoreResponse:
         started = time.perf_counter()
         code = "OK"
         try:
-            reply = await self._call("Score", self._stub.Score,
-                                     scorer_pb2.ScoreRequest(task_id=task_id, templates=templates, split=split), self.settings.grace_s)
+            return await self._call("Score", self._stub.Score, request, self.settings.grace_s)
         except ScorerError as err:
             code = err.code.name
             raise
@@ -137,6 +152,3 @@ class ScorerClient:
         finally:
             metrics.SCORER_CALLS.labels(code).inc()
             metrics.SCORER_SECONDS.observe(time.perf_counter() - started)
-        if len(reply.results) != len(templates):
-            raise ScorerError(grpc.StatusCode.INTERNAL, f"scorer answered {len(reply.results)} results for {len(templates)} templates")
-        return list(reply.results)

@@ -1,20 +1,26 @@
 """The hill climb of "Language Models as Black-Box Optimizers for Vision-Language Models" (CVPR 2024).
 
-    score the initial pool
-    for each restart, concurrently:                 independent climbs
-        for each reset:                             a fresh conversation from the current pool
+    for each restart: draw its own initial sample of N (seeded); score them all in one call
+    for each restart, concurrently:                 independent climbs, each on its own pool
+        for each reset:                             a fresh conversation from the restart's pool
             for each iteration:
-                good, bad = top-k, bottom-k of the pool (bad only with positive+negative feedback)
-                ask the LLM for m new templates     (chat: the turn also reports the last accuracies)
-                parse, drop invalid and already-scored templates
-                score the rest in one call; add them to the pool
-    report the best templates (and their test accuracy, if our scorer token may see it)
+                good, bad = top-k, bottom-k of the restart's pool (bad only with positive+negative feedback)
+                ask the LLM for m new templates     (chat: the turn also reports the last results)
+                parse; drop invalid lines, the restart's repeats, known rejections, and lines after the first m
+                score the rest in one call (those another restart scored come from memory); add them to the pool
+    greedy forward selection of a prompt ensemble over the run's templates (train split)
+    report the best templates and the ensemble (and test accuracy, if our scorer token may see it)
+
+A restart's trajectory depends only on the seed and its own LLM replies, never
+on timing: it is only told about its own conversation, and what another
+restart scored enters its pool only when its own LLM proposes it.
 
 Every finished step is written to the journal before the climb moves on, and a
 resumed run skips the steps the journal already holds, rebuilding the chat
-from them; so a restart repeats no finished LLM call. The budgets are checked
-before every LLM call (the scoring budget also trims every scoring call) and
-stop the run cleanly.
+from them; so a restart repeats no finished LLM call. A chat is kept within the
+LLM's context (metaprompt.fit_chat), and cut shorter when the endpoint still
+says it is too long. The budgets are checked before every LLM call (the
+scoring budget also trims every scoring call) and stop the run cleanly.
 """
 
 from __future__ import annotations
@@ -28,20 +34,21 @@ import grpc
 import structlog
 
 from optimizer_service import metrics
-from optimizer_service.baselines import A_PHOTO_OF, PLAIN, hand_engineered
 from optimizer_service.config import Conversation, Feedback, InitialPool, RunSettings
-from optimizer_service.llm import LlmClient, LlmResult, LlmUnavailable
-from optimizer_service.metaprompt import MetaPrompt, initial_pool_messages, template_lines_grammar
+from optimizer_service.llm import ContextTooLong, LlmClient, LlmResult, LlmUnavailable
+from optimizer_service.metaprompt import MetaPrompt, estimate_tokens, fit_chat, initial_pool_messages, template_lines_grammar
 from optimizer_service.parsing import parse_templates
-from optimizer_service.pool import INITIAL, Candidate, Pool
+from optimizer_service.pool import INITIAL, Candidate, Pool, template_key
 from optimizer_service.scorer_client import ScorerClient, ScorerError
-from optimizer_service.seeds import builtin_pool
+from optimizer_service.seeds import builtin_pool, draw
 from optimizer_service.store import Step
 from promptclimb.scorer.v1 import scorer_pb2
 
 log = structlog.get_logger(__name__)
 
 SEED_ASKS = 3  # LLM-written initial pool: asks before settling for fewer than N templates
+ENSEMBLE_CANDIDATES = 16  # the best single templates greedy forward selection chooses among
+ENSEMBLE_MEMBERS_PER_CALL = 128  # ensemble members per Score call, well under the scorer's default request limit (256)
 
 
 @dataclass
@@ -59,6 +66,10 @@ class Counters:
     iterations_done: int = 0
     iterations_total: int = 0
     active_seconds: float = 0.0
+    candidates_extra: int = 0
+    candidates_reused: int = 0
+    ensembles_scored: int = 0
+    llm_context_trims: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -92,7 +103,14 @@ class SearchFailed(Exception):
 class Journal(Protocol):
     """Where the climb commits its progress; see runs.RunJournal."""
 
-    def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None) -> None: ...
+    def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
+               rejected: list[tuple[str, str]]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    templates: tuple[str, ...]
+    accuracy: float
 
 
 class HillClimb:
@@ -105,6 +123,8 @@ class HillClimb:
         self.metaprompt = MetaPrompt(task.task_id, settings.feedback, settings.show_accuracies, settings.templates_per_call)
         self._calls_in_flight = 0
         self._scoring_in_flight = 0
+        self._being_scored: dict[str, asyncio.Future] = {}  # template key -> its accuracy, or the scorer's reason to refuse it
+        self._rejected_now: list[tuple[str, str]] = []  # scorer refusals not yet in the journal
         self._budget_reached = ""
         self._active_before = counters.active_seconds
         self._started = time.monotonic()
@@ -137,26 +157,36 @@ class HillClimb:
             log.info("budget_reached", run_id=self.run_id, restart=restart, limit=stop.limit)
             self._budget_reached = self._budget_reached or stop.limit
 
+    def initial_sample(self, restart: int) -> list[str]:
+        """The restart's own N templates of the pool, drawn by the run's seed and the restart."""
+        seed, size = f"{self.settings.seed}/sample/{restart}", self.settings.initial_pool_size
+        if self.settings.initial_pool is InitialPool.BUILTIN:
+            return builtin_pool(size, seed)
+        baselines = 2 if self.settings.initial_pool is InitialPool.HAND_ENGINEERED else 0  # `{}` and "a photo of a {}."
+        return draw(self.settings.pool_templates(), size, seed, fixed=baselines)
+
     async def score_initial_pool(self) -> None:
         if self.settings.initial_pool is InitialPool.LLM:
             candidates, steps = await self.llm_written_pool()
         else:
-            if self.settings.initial_pool is InitialPool.BUILTIN:
-                templates = builtin_pool(self.settings.initial_pool_size, self.settings.seed)
-            elif self.settings.initial_pool is InitialPool.HAND_ENGINEERED:
-                pool = [PLAIN, A_PHOTO_OF, *hand_engineered(self.settings.hand_engineered_dataset)]
-                templates = list(dict.fromkeys(pool))[: self.settings.initial_pool_size]
-            else:
-                templates = list(self.settings.initial_templates)
-            new, duplicates = self.pool.split_new(templates)
-            self.counters.candidates_duplicate += len(duplicates)
-            candidates, steps = await self.score(new, INITIAL, INITIAL, INITIAL, llm_call=""), []
-        if not candidates:
-            raise SearchFailed("no template of the initial pool could be scored; check the pool and the scorer's task")
+            if self.settings.initial_pool is InitialPool.GIVEN:  # repeats in the given list
+                self.counters.candidates_duplicate += len(self.settings.initial_templates) - len(self.settings.pool_templates())
+            samples = [self.initial_sample(restart) for restart in range(self.settings.restarts)]
+            fresh = await self.learn([t for sample in samples for t in sample])  # the union, in one Score call
+            candidates, steps = [], []
+            for restart, sample in enumerate(samples):  # a template several restarts drew counts as scored by the first
+                admitted = await self.admit(sample, restart, INITIAL, INITIAL, llm_call="", fresh=fresh)
+                fresh = fresh - {template_key(c.template) for c in admitted}
+                candidates += admitted
+        empty = [r for r in range(self.settings.restarts) if not self.pool.view(r)]
+        if empty:
+            raise SearchFailed(f"no template of restart {empty[0]}'s initial pool could be scored; check the pool and the scorer's task")
         self.commit(candidates, steps, None)
 
     async def llm_written_pool(self) -> tuple[list[Candidate], list[Step]]:
-        """N templates written by the LLM from the task's name and class names, asking again if it wrote too few."""
+        """N templates written by the LLM from the task's name and class names, asking again if it wrote too few.
+
+        Every restart starts from all of them (its sample of N out of N)."""
         wanted = self.settings.initial_pool_size
         messages = initial_pool_messages(self.task.task_id, self.class_names, wanted)
         candidates: list[Candidate] = []
@@ -165,54 +195,92 @@ class HillClimb:
             call_id = f"{self.run_id}/seed/{ask}"
             reply = await self.ask(messages, sample=f"{self.settings.seed}/seed/{ask}", call_id=call_id, lines=wanted)
             steps.append(Step(INITIAL, INITIAL, ask, call_id, messages, reply))
-            parsed = parse_templates(reply or "", self.class_names)
-            new, duplicates = self.pool.split_new(parsed.templates)
-            self.count_unusable(parsed.rejected, duplicates)
-            candidates += await self.score(new[: wanted - len(candidates)], INITIAL, INITIAL, INITIAL, call_id)
+            new = self.usable(parse_templates(reply or "", self.class_names), INITIAL)
+            candidates += await self.admit(new[: wanted - len(candidates)], INITIAL, INITIAL, INITIAL, call_id,
+                                           first_position=len(candidates))
             if len(candidates) >= wanted:
                 break
+        else:
+            log.warning("initial_pool_short", run_id=self.run_id, wanted=wanted, written=len(candidates), asks=SEED_ASKS)
         return candidates, steps
 
     async def iterate(self, restart: int, reset: int, iteration: int) -> None:
         k = self.settings.top_k
         good = self.pool.top(k, restart) if self.settings.feedback is not Feedback.NONE else []
         bad = self.pool.bottom(k, restart) if self.settings.feedback is Feedback.POSITIVE_NEGATIVE else []
-        messages = self.messages_for(restart, reset, iteration, good, bad)
         call_id = f"{self.run_id}/{restart}/{reset}/{iteration}"
-        reply = await self.ask(messages, sample=f"{self.settings.seed}/{restart}/{reset}/{iteration}", call_id=call_id,
-                               lines=self.settings.templates_per_call)
-        parsed = parse_templates(reply or "", self.class_names)
-        new, duplicates = self.pool.split_new(parsed.templates)
-        candidates = await self.score(new, restart, reset, iteration, call_id)
-        self.count_unusable(parsed.rejected, duplicates)
+        messages, reply = await self.question(self.transcript(restart, reset, iteration, good, bad), good, bad,
+                                              sample=f"{self.settings.seed}/{restart}/{reset}/{iteration}", call_id=call_id)
+        new = self.usable(parse_templates(reply or "", self.class_names), restart)
+        m = self.settings.templates_per_call
+        self.counters.candidates_extra += len(new[m:])
+        metrics.CANDIDATES.labels("extra").inc(len(new[m:]))
+        candidates = await self.admit(new[:m], restart, reset, iteration, call_id)
         self.counters.iterations_done += 1
         step = Step(restart, reset, iteration, call_id, messages, reply)
         self.steps[(restart, reset, iteration)] = step
         self.commit(candidates, [step], (restart, reset, iteration))
 
+    def usable(self, parsed, restart: int) -> list[str]:
+        """The reply's templates that are new to the restart and not known to be refused by the scorer; the rest counted."""
+        new, duplicates = self.pool.split_new(parsed.templates, restart)
+        refused = [t for t in new if self.pool.rejection(t) is not None]
+        self.counters.candidates_invalid += len(parsed.rejected) + len(refused)
+        self.counters.candidates_duplicate += len(duplicates)
+        metrics.CANDIDATES.labels("invalid").inc(len(parsed.rejected) + len(refused))
+        metrics.CANDIDATES.labels("duplicate").inc(len(duplicates))
+        return [t for t in new if self.pool.rejection(t) is None]
+
     def commit(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None) -> None:
         """Nothing counts as done until the journal holds it."""
         self.counters.active_seconds = self.active_seconds()
-        self.journal.record(candidates, steps, iteration)
+        rejected, self._rejected_now = self._rejected_now, []
+        self.journal.record(candidates, steps, iteration, rejected)
 
-    def count_unusable(self, invalid: list, duplicates: list[str]) -> None:
-        self.counters.candidates_invalid += len(invalid)
-        self.counters.candidates_duplicate += len(duplicates)
-        metrics.CANDIDATES.labels("invalid").inc(len(invalid))
-        metrics.CANDIDATES.labels("duplicate").inc(len(duplicates))
+    # The conversation ------------------------------------------------------
 
-    def messages_for(self, restart: int, reset: int, iteration: int, good: list[Candidate], bad: list[Candidate]) -> list[dict]:
-        """Stateless, or a new reset: the opening ask. Chat: the previous exchange plus a feedback turn."""
+    def transcript(self, restart: int, reset: int, iteration: int, good: list[Candidate], bad: list[Candidate]) -> list[dict]:
+        """The whole conversation up to this ask: the opening, then (reply, feedback turn) per earlier iteration.
+
+        Stateless, or a new reset: the opening ask alone. A skipped reply (None) leaves the question as it was."""
         previous = self.steps.get((restart, reset, iteration - 1))
         if self.settings.conversation is Conversation.STATELESS or previous is None:
             return self.metaprompt.opening(good, bad)
-        if previous.reply is None:  # skipped: same view of the pool, so the same question again
-            return previous.messages
-        results = [c for c in self.pool.view(restart) if (c.reset, c.iteration) == (reset, iteration - 1)]
+        asked = self.asked_in(restart, reset, iteration - 1)
+        if previous.reply is None:
+            return asked
+        results = [c for c in self.pool.view(restart) if (c.restart, c.reset, c.iteration) == (restart, reset, iteration - 1)]
         parsed = parse_templates(previous.reply, self.class_names)
         unusable = len(parsed.templates) + len(parsed.rejected) - len(results)
-        return [*previous.messages, {"role": "assistant", "content": previous.reply},
-                self.metaprompt.follow_up(results, unusable, good, bad)]
+        return [*asked, {"role": "assistant", "content": previous.reply}, self.metaprompt.follow_up(results, unusable, good, bad)]
+
+    def asked_in(self, restart: int, reset: int, iteration: int) -> list[dict]:
+        """The whole conversation a finished step asked from, rebuilt from the journal (the step itself holds it trimmed)."""
+        conversation = self.steps[(restart, reset, 0)].messages
+        for index in range(1, iteration + 1):
+            before = self.steps[(restart, reset, index - 1)]
+            if before.reply is not None:
+                conversation = [*conversation, {"role": "assistant", "content": before.reply},
+                                self.steps[(restart, reset, index)].messages[-1]]
+        return conversation
+
+    async def question(self, transcript: list[dict], good: list[Candidate], bad: list[Candidate], *, sample: str,
+                       call_id: str) -> tuple[list[dict], str | None]:
+        """Asks the transcript fitted to the LLM's context; if the endpoint still finds it too long, asks a shorter one:
+        fewer exchanges, at last the opening ask alone. Returns what was sent and the reply."""
+        messages = fit_chat(transcript, self.llm.settings.prompt_budget_tokens)
+        while True:
+            try:
+                return messages, await self.ask(messages, sample=sample, call_id=call_id, lines=self.settings.templates_per_call)
+            except ContextTooLong:
+                shorter = fit_chat(transcript, estimate_tokens(messages) // 2)
+                if len(shorter) == len(messages):
+                    shorter = self.metaprompt.opening(good, bad)
+                    if shorter == messages:
+                        raise
+                log.info("llm_context_trimmed", call=call_id, messages_before=len(messages), messages_after=len(shorter))
+                self.counters.llm_context_trims += 1
+                messages = shorter
 
     # LLM and scorer, under the budgets -------------------------------------
 
@@ -223,7 +291,8 @@ class HillClimb:
         try:
             grammar = template_lines_grammar(lines) if self.llm.settings.grammar else None
             result = await self.llm.complete(messages, model=self.settings.llm_model, temperature=self.settings.temperature,
-                                             sample=sample, call_id=call_id, grammar=grammar)
+                                             sample=sample, call_id=call_id, grammar=grammar, cache_scope=self.run_id,
+                                             replay_scope=self.settings.replay_run_id)
         except LlmUnavailable as err:
             self.counters.llm_calls += 1
             self.counters.llm_errors += err.errors
@@ -233,11 +302,35 @@ class HillClimb:
         self.counters.add_llm(result)
         return result.content
 
-    async def score(self, templates: list[str], restart: int, reset: int, iteration: int, llm_call: str) -> list[Candidate]:
-        """Scores new templates on the train split in one call; returns them as pool candidates."""
-        templates = templates[:self.remaining_scoring_budget()]
+    async def learn(self, templates: list[str]) -> set[str]:
+        """Makes sure the run knows each template's train accuracy or the scorer's refusal, scoring the unknown ones in
+        one call and never one that another restart scored or is scoring (that one is awaited). The scoring budget
+        trims what is sent. Returns the keys this call scored."""
+        unknown: dict[str, str] = {}
+        for template in templates:
+            key = template_key(template)
+            if self.pool.accuracy(template) is None and self.pool.rejection(template) is None and key not in self._being_scored:
+                unknown.setdefault(key, template)
+        sent = list(unknown.items())[:self.remaining_scoring_budget()]
+        futures = {key: asyncio.get_running_loop().create_future() for key, _ in sent}
+        self._being_scored.update(futures)
+        try:
+            await self._score_and_remember([t for _, t in sent], futures)
+        finally:
+            for key, future in futures.items():
+                del self._being_scored[key]
+                if not future.done():
+                    future.cancel()
+        waits = [self._being_scored[template_key(t)] for t in templates if template_key(t) in self._being_scored]
+        if waits:
+            await asyncio.wait(waits)
+            for future in waits:
+                future.result()  # a sibling's scoring failure is this climb's too
+        return set(futures)
+
+    async def _score_and_remember(self, templates: list[str], futures: dict[str, asyncio.Future]) -> None:
         if not templates:
-            return []
+            return
         self.counters.scorer_calls += 1
         self._scoring_in_flight += len(templates)  # reserved, so concurrent climbs cannot overshoot the budget
         try:
@@ -246,20 +339,36 @@ class HillClimb:
             raise SearchFailed(str(err)) from None
         finally:
             self._scoring_in_flight -= len(templates)
-        candidates = []
         for template, result in zip(templates, results, strict=True):
             if result.error:
-                self.counters.candidates_invalid += 1
-                metrics.CANDIDATES.labels("invalid").inc()
-            elif template in self.pool:  # another restart scored it while we waited
-                self.counters.candidates_duplicate += 1
-                metrics.CANDIDATES.labels("duplicate").inc()
+                self.pool.reject(template, result.error)
+                self._rejected_now.append((template, result.error))
             else:
-                candidate = Candidate(template, result.accuracy, restart, reset, iteration, self.pool.next_sequence, llm_call)
-                self.pool.add(candidate)
-                candidates.append(candidate)
+                self.pool.remember(template, result.accuracy)
                 self.counters.templates_scored += 1
                 metrics.CANDIDATES.labels("scored").inc()
+            futures[template_key(template)].set_result(None)
+
+    async def admit(self, templates: list[str], restart: int, reset: int, iteration: int, llm_call: str,
+                    first_position: int = 0, fresh: set[str] | None = None) -> list[Candidate]:
+        """Scores (or recalls) the templates and adds them to the restart's pool in the given order.
+
+        `fresh`: keys already scored for this admission (so not reused); by default, what scoring them now takes."""
+        scored_here = await self.learn(templates) if fresh is None else fresh
+        candidates = []
+        for position, template in enumerate(templates, start=first_position):
+            accuracy = self.pool.accuracy(template)
+            if self.pool.rejection(template) is not None:
+                self.counters.candidates_invalid += 1
+                metrics.CANDIDATES.labels("invalid").inc()
+            elif accuracy is not None:  # None: left out by the scoring budget
+                reused = template_key(template) not in scored_here
+                candidate = Candidate(template, accuracy, restart, reset, iteration, self.pool.next_sequence, llm_call,
+                                      position, reused)
+                self.pool.add(candidate)
+                candidates.append(candidate)
+                self.counters.candidates_reused += int(reused)
+                metrics.CANDIDATES.labels("reused" if reused else "admitted").inc()
         return candidates
 
     def active_seconds(self) -> float:
@@ -283,12 +392,46 @@ class HillClimb:
 
     # The result -------------------------------------------------------------
 
-    async def test_accuracies(self, best: list[Candidate]) -> dict[int, float]:
-        """Test accuracy of the final best templates only, if our scorer token has the test right; else none."""
+    async def ensemble(self) -> Ensemble | None:
+        """Greedy forward selection on the train split: from the best single template, add the one of the run's best
+        templates that most raises the ensemble's accuracy, while one strictly does, up to ensemble_size members.
+
+        None with ensemble_size 1, or when the scorer refuses ensembles (the run keeps its single best)."""
+        best_singles = self.pool.best(ENSEMBLE_CANDIDATES)
+        if self.settings.ensemble_size < 2 or not best_singles:
+            return None
+        ranked = [c.template for c in best_singles]
+        chosen, accuracy = [ranked[0]], best_singles[0].accuracy
+        while len(chosen) < self.settings.ensemble_size and (others := [t for t in ranked if t not in chosen]):
+            try:
+                results = await self.score_ensembles([[*chosen, t] for t in others], scorer_pb2.SPLIT_TRAIN)
+            except ScorerError as err:
+                log.warning("ensemble_skipped", run_id=self.run_id, reason=str(err))
+                return None
+            self.counters.ensembles_scored += len(results)
+            best = max(range(len(others)), key=lambda i: (not results[i].error, results[i].accuracy, -i))  # ties: the better single
+            if results[best].error or results[best].accuracy <= accuracy:
+                break
+            chosen.append(others[best])
+            accuracy = results[best].accuracy
+        return Ensemble(tuple(chosen), accuracy)
+
+    async def score_ensembles(self, ensembles: list[list[str]], split: int) -> list[scorer_pb2.EnsembleScore]:
+        """Scores the ensembles in as many calls as keep each under ENSEMBLE_MEMBERS_PER_CALL members."""
+        per_call = max(1, ENSEMBLE_MEMBERS_PER_CALL // max(len(e) for e in ensembles))
+        results = []
+        for first in range(0, len(ensembles), per_call):
+            results += await self.scorer.score_ensembles(self.settings.task_id, ensembles[first:first + per_call], split)
+        return results
+
+    async def test_accuracies(self, best: list[Candidate], ensemble: Ensemble | None) -> tuple[dict[int, float], float | None]:
+        """Test accuracy of the final best templates and the ensemble, if our scorer token has the test right; else none."""
         try:
             results = await self.scorer.score(self.settings.task_id, [c.template for c in best], scorer_pb2.SPLIT_TEST)
+            tested = (await self.score_ensembles([list(ensemble.templates)], scorer_pb2.SPLIT_TEST))[0] if ensemble else None
         except ScorerError as err:
             level = log.info if err.code == grpc.StatusCode.PERMISSION_DENIED else log.warning
             level("test_accuracy_skipped", run_id=self.run_id, reason=str(err))
-            return {}
-        return {c.sequence: r.accuracy for c, r in zip(best, results, strict=True) if not r.error}
+            return {}, None
+        singles = {c.sequence: r.accuracy for c, r in zip(best, results, strict=True) if not r.error}
+        return singles, tested.accuracy if tested is not None and not tested.error else None

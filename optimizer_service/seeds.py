@@ -8,6 +8,7 @@ that name no dataset, from which the LLM can climb.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 BUILTIN_TEMPLATES: tuple[str, ...] = (
     "{}",
@@ -50,12 +51,84 @@ BUILTIN_TEMPLATES: tuple[str, ...] = (
     "a jpeg photo of a {}.",
     "a photo of a {} on a plain background.",
     "an amateur photo of a {}.",
+    "a studio photo of a {}.",
+    "a photo of a {} at night.",
+    "a photo of a {} in daylight.",
+    "a photo of a {} in the rain.",
+    "a photo of a {} in the snow.",
+    "a wide shot of a {}.",
+    "a zoomed-in photo of a {}.",
+    "a grainy photo of a {}.",
+    "an overexposed photo of a {}.",
+    "an underexposed photo of a {}.",
+    "a photo of a {} with a shallow depth of field.",
+    "a photo of a {} in soft light.",
+    "a photo of a {} in harsh sunlight.",
+    "a faded photo of a {}.",
+    "a vintage photo of a {}.",
+    "a professional photo of a {}.",
+    "a phone photo of a {}.",
+    "a scanned photo of a {}.",
+    "a thumbnail of a {}.",
+    "a photo of a {} from far away.",
+    "a photo of a {} up close.",
+    "a photo of a {} from below.",
+    "a photo of a {} from the front.",
+    "a partly hidden {}.",
+    "a photo of several {}.",
+    "a photo of a single {}.",
+    "a photo of a {} next to other objects.",
+    "a photo of a {} on a cluttered table.",
+    "a photo of a {} outside.",
+    "a photo of a {} inside a room.",
+    "a {} photographed in a museum.",
+    "an illustration of a {}.",
+    "a watercolor of a {}.",
+    "an oil painting of a {}.",
+    "a pencil drawing of a {}.",
+    "a line drawing of a {}.",
+    "a 3d model of a {}.",
+    "a video game picture of a {}.",
+    "an embroidered {}.",
+    "a plastic {}.",
+    "a sculpture of a {}.",
+    "a tattoo of a {}.",
+    "a graffiti of a {}.",
+    "a poster showing a {}.",
+    "a picture of a {} in a book.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a photo of a new {}.",
+    "a photo of an old {}.",
+    "a photo of my {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a photo of a common {}.",
+    "a {} in a real-world scene.",
+    "a candid photo of a {}.",
+    "a quick snapshot of a {}.",
+    "a blurred background behind a {}.",
+    "a {} against a white background.",
+    "a {} against a dark background.",
+    "a {} in a busy scene.",
+    "a {} in an empty scene.",
+    "an everyday picture of a {}.",
+    "a {} as seen by a camera.",
+    "a picture that shows one {}.",
+    "a photo whose subject is a {}.",
 )
 
 
-def builtin_pool(size: int, seed: int) -> list[str]:
+def builtin_pool(size: int, seed: int | str) -> list[str]:
     """`size` templates from the built-in list, drawn by `seed`; the bare `{}` always comes first."""
-    size = min(size, len(BUILTIN_TEMPLATES))
-    rest = list(BUILTIN_TEMPLATES[1:])
-    random.Random(seed).shuffle(rest)
-    return [BUILTIN_TEMPLATES[0], *rest][:size]
+    return draw(BUILTIN_TEMPLATES, size, seed, fixed=1)
+
+
+def draw(templates: Sequence[str], size: int, seed: int | str, fixed: int = 0) -> list[str]:
+    """The first `fixed` templates (baselines a climb should always hold), then the rest of `size` drawn by `seed`.
+
+    The caller checks that `size` fits (config.py refuses a spec whose N exceeds its pool)."""
+    if not 0 <= size <= len(templates):
+        raise ValueError(f"cannot draw {size} of {len(templates)} templates")
+    kept = list(templates[:min(fixed, size)])
+    return kept + random.Random(str(seed)).sample(list(templates[len(kept):]), size - len(kept))

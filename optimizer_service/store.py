@@ -1,4 +1,4 @@
-"""SQLite persistence of runs: spec, pool, steps (the conversation), counters, events, LLM replies.
+"""SQLite persistence of runs: spec, pool, scorer refusals, steps (the conversation), counters, events, ensemble, LLM replies.
 
 A run may be killed at any instant, so the rule is: commit before relying. An
 LLM reply is stored the moment it arrives (the response cache), and a finished
@@ -44,7 +44,21 @@ CREATE TABLE IF NOT EXISTS candidates (
     iteration INTEGER NOT NULL,
     llm_call TEXT NOT NULL,
     test_accuracy REAL,
+    position INTEGER NOT NULL DEFAULT 0,
+    reused INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, sequence)
+);
+CREATE TABLE IF NOT EXISTS rejections (
+    run_id TEXT NOT NULL,
+    template TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (run_id, template)
+);
+CREATE TABLE IF NOT EXISTS ensembles (
+    run_id TEXT PRIMARY KEY,
+    templates TEXT NOT NULL,
+    train_accuracy REAL NOT NULL,
+    test_accuracy REAL
 );
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL,
@@ -70,6 +84,12 @@ CREATE TABLE IF NOT EXISTS llm_cache (
     created REAL NOT NULL
 );
 """
+# Columns added after a table's first release: (table, column, definition), added to older databases when opened.
+ADDED_COLUMNS = (
+    ("candidates", "position", "INTEGER NOT NULL DEFAULT 0"),
+    ("candidates", "reused", "INTEGER NOT NULL DEFAULT 0"),
+)
+CANDIDATE_COLUMNS = "template, accuracy, restart, reset, iteration, sequence, llm_call, position, reused"
 
 
 class StoreError(RuntimeError):
@@ -122,6 +142,9 @@ class Store:
             connection.execute("PRAGMA synchronous=FULL")
             connection.execute("PRAGMA busy_timeout=5000")
             connection.executescript(SCHEMA)
+            for table, column, definition in ADDED_COLUMNS:
+                if column not in {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}:
+                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
             connection.execute("BEGIN IMMEDIATE")  # proves the database is writable now, not at the first run
             connection.execute("COMMIT")
         except (OSError, sqlite3.Error) as err:
@@ -173,35 +196,44 @@ class Store:
         counters: dict,
         events: Sequence[tuple[int, bytes]],
         steps: Sequence[Step] = (),
+        rejected: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Commits one step's outcome at once: its exchanges, its scored candidates, counters and events."""
+        """Commits one step's outcome at once: its exchanges, its candidates, the scorer's refusals, counters and events."""
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(run_id, s.restart, s.reset, s.iteration, s.llm_call, json.dumps(s.messages), s.reply) for s in steps],
             )
             db.executemany(
-                "INSERT INTO candidates VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                [(run_id, c.sequence, c.template, c.accuracy, c.restart, c.reset, c.iteration, c.llm_call) for c in candidates],
+                f"INSERT INTO candidates (run_id, {CANDIDATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(run_id, c.template, c.accuracy, c.restart, c.reset, c.iteration, c.sequence, c.llm_call, c.position, int(c.reused))
+                 for c in candidates],
             )
+            db.executemany("INSERT OR IGNORE INTO rejections VALUES (?, ?, ?)", [(run_id, t, reason) for t, reason in rejected])
             db.execute("UPDATE runs SET counters = ?, updated = ? WHERE run_id = ?", (json.dumps(counters), time.time(), run_id))
             db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(run_id, seq, payload) for seq, payload in events])
 
     def candidates(self, run_id: str) -> list[Candidate]:
-        rows = self._db.execute(
-            "SELECT template, accuracy, restart, reset, iteration, sequence, llm_call FROM candidates WHERE run_id = ? ORDER BY sequence",
-            (run_id,),
-        ).fetchall()
-        return [Candidate(*row) for row in rows]
+        rows = self._db.execute(f"SELECT {CANDIDATE_COLUMNS} FROM candidates WHERE run_id = ? ORDER BY sequence", (run_id,))
+        return [Candidate(*row[:8], reused=bool(row[8])) for row in rows.fetchall()]
 
-    def best_candidates(self, run_id: str, n: int) -> list[tuple[Candidate, float | None]]:
-        """The n best candidates of a run, best first (ties: earlier first), with their test accuracy if measured."""
-        rows = self._db.execute(
-            "SELECT template, accuracy, restart, reset, iteration, sequence, llm_call, test_accuracy FROM candidates "
-            "WHERE run_id = ? ORDER BY accuracy DESC, sequence ASC LIMIT ?",
-            (run_id, n),
-        ).fetchall()
-        return [(Candidate(*row[:7]), row[7]) for row in rows]
+    def test_accuracies(self, run_id: str) -> dict[int, float]:
+        """Measured test accuracies by candidate sequence."""
+        rows = self._db.execute("SELECT sequence, test_accuracy FROM candidates WHERE run_id = ? AND test_accuracy IS NOT NULL",
+                                (run_id,))
+        return dict(rows.fetchall())
+
+    def rejections(self, run_id: str) -> list[tuple[str, str]]:
+        return self._db.execute("SELECT template, reason FROM rejections WHERE run_id = ?", (run_id,)).fetchall()
+
+    def set_ensemble(self, run_id: str, templates: Sequence[str], train_accuracy: float, test_accuracy: float | None) -> None:
+        with self._transaction() as db:
+            db.execute("INSERT OR REPLACE INTO ensembles VALUES (?, ?, ?, ?)", (run_id, json.dumps(list(templates)), train_accuracy,
+                                                                              test_accuracy))
+
+    def ensemble(self, run_id: str) -> tuple[list[str], float, float | None] | None:
+        row = self._db.execute("SELECT templates, train_accuracy, test_accuracy FROM ensembles WHERE run_id = ?", (run_id,)).fetchone()
+        return (json.loads(row[0]), row[1], row[2]) if row else None
 
     def steps(self, run_id: str) -> dict[tuple[int, int, int], Step]:
         rows = self._db.execute(

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from optimizer_service.config import LlmSettings, Price
-from optimizer_service.llm import CALL_HEADER, LlmClient, LlmUnavailable, retry_after_seconds
+from optimizer_service.llm import CALL_HEADER, ContextTooLong, LlmClient, LlmUnavailable, call_seed, retry_after_seconds
 from optimizer_service.metaprompt import template_lines_grammar
 from optimizer_service.store import Store
 from tests.optimizer.scripted_llm import (EMPTY_CHOICES, GARBAGE, NOT_UTF8, TRUNCATED_JSON, Delay, Drop, Fail, Raw, Reply,
@@ -25,8 +25,9 @@ def settings(url: str, **overrides) -> LlmSettings:
     return LlmSettings(**{**values, **overrides})
 
 
-async def ask(client: LlmClient, sample: str = "0", call_id: str = "run/0/0/0"):
-    return await client.complete(MESSAGES, model="scripted", temperature=1.0, sample=sample, call_id=call_id)
+async def ask(client: LlmClient, sample: str = "0", call_id: str = "run/0/0/0", scope: str = "run", replay: str = ""):
+    return await client.complete(MESSAGES, model="scripted", temperature=1.0, sample=sample, call_id=call_id, cache_scope=scope,
+                                 replay_scope=replay)
 
 
 async def test_a_reply_is_returned_with_its_tokens_cost_and_call_header(tmp_path):
@@ -158,10 +159,50 @@ async def test_a_grammar_goes_in_the_request_body_and_the_cache_key(tmp_path):
     with ScriptedLLM([Reply("- a {}\n- b {}\n"), Reply("- c {}\n- d {}\n")]) as llm:
         client = LlmClient(settings(llm.url), Store.open(tmp_path))
         constrained = await client.complete(MESSAGES, model="scripted", temperature=1.0, sample="0", call_id="r/0/0/0",
-                                            grammar=grammar)
+                                            cache_scope="run", grammar=grammar)
         free = await ask(client)  # same question without the grammar: not answered from the cache
         await client.close()
     assert (constrained.content, free.content) == ("- a {}\n- b {}\n", "- c {}\n- d {}\n")
     assert llm.seen[0].body["grammar"] == grammar
     assert "grammar" not in llm.seen[1].body
     assert grammar.startswith("root ::= line line\n") and '"{}"' in grammar
+
+
+async def test_each_call_sends_a_seed_derived_from_its_sample_and_none_when_told_not_to(tmp_path):
+    with ScriptedLLM() as llm:
+        client = LlmClient(settings(llm.url), None)
+        await ask(client, sample="7/0/0/0")
+        await ask(client, sample="7/0/0/1")
+        await ask(client, sample="7/0/0/0")
+        await client.close()
+        silent = LlmClient(settings(llm.url, send_seed=False), None)
+        await ask(silent, sample="7/0/0/0")
+        await silent.close()
+    seeds = [s.body.get("seed") for s in llm.seen]
+    assert seeds[0] == seeds[2] == call_seed("7/0/0/0") and seeds[1] == call_seed("7/0/0/1") != seeds[0]
+    assert all(isinstance(seed, int) and 0 <= seed < 2**31 for seed in seeds[:3])
+    assert seeds[3] is None
+
+
+async def test_the_reply_cache_answers_only_its_own_run_or_the_run_it_replays(tmp_path):
+    with ScriptedLLM() as llm:
+        client = LlmClient(settings(llm.url), Store.open(tmp_path))
+        first = await ask(client, scope="run-a")
+        again = await ask(client, scope="run-a")  # a resumed run-a: answered from the cache
+        other = await ask(client, scope="run-b")  # the same question from another run: asked afresh
+        replay = await ask(client, scope="run-c", replay="run-a")  # an explicit replay of run-a
+        await client.close()
+    assert len(llm.seen) == 2
+    assert (again.cached, other.cached, replay.cached) == (True, False, True)
+    assert again.content == replay.content == first.content != other.content
+
+
+@pytest.mark.parametrize("message", ["the request exceeds the available context size, try increasing it",
+                                     "This model's maximum context length is 4097 tokens. However, your messages resulted in 5000"])
+async def test_a_context_length_refusal_is_not_retried_and_says_what_it_is(message, tmp_path):
+    with ScriptedLLM([Fail(400, message=message)]) as llm:
+        client = LlmClient(settings(llm.url), None)
+        with pytest.raises(ContextTooLong, match="--llm-context-tokens") as caught:
+            await ask(client)
+        await client.close()
+    assert len(llm.seen) == 1 and caught.value.requests == 1

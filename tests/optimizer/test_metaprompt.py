@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from optimizer_service.config import Feedback
-from optimizer_service.metaprompt import MetaPrompt, initial_pool_messages
+from optimizer_service.metaprompt import MetaPrompt, estimate_tokens, fit_chat, initial_pool_messages
 from optimizer_service.pool import Candidate
 
 GOOD = [Candidate("a bright photo of a {}.", 0.625, 0, 0, 0, 1), Candidate("a photo of a {}.", 0.5, -1, -1, -1, 0)]
@@ -44,7 +44,7 @@ def test_chat_follow_up_reports_accuracies_or_ranks():
     shown = MetaPrompt("pets", Feedback.POSITIVE_NEGATIVE, True, 2).follow_up(results, 1, [results[0], *GOOD], [results[1]])
     assert shown["role"] == "user"
     assert 'The accuracy of "a vivid photo of a {}." is now 75.0%.' in shown["content"]
-    assert "1 of your lines repeated" in shown["content"]
+    assert "1 of your lines repeated a template already tried, broke the requirements, or came after the 2 asked for." in shown["content"]
     assert "Write 2 new templates" in shown["content"]
     hidden = MetaPrompt("pets", Feedback.POSITIVE_NEGATIVE, False, 2).follow_up(results, 0, [results[0], *GOOD], [results[1]])
     assert '"a vivid photo of a {}." is now among the best templates.' in hidden["content"]
@@ -63,6 +63,28 @@ def test_initial_pool_request_names_the_task_and_its_classes():
     assert "Write 20 different templates" in user["content"]
     assert "class 0, class 1" in user["content"] and "and 10 more" in user["content"]
     assert "class 35" not in user["content"]
+
+
+def test_positive_only_follow_up_names_only_templates_that_joined_the_good_list():
+    joined, missed = Candidate("a vivid photo of a {}.", 0.75, 0, 0, 1, 3), Candidate("a dim photo of a {}.", 0.0, 0, 0, 1, 4)
+    for show in (True, False):
+        turn = MetaPrompt("pets", Feedback.POSITIVE_ONLY, show, 2).follow_up([joined, missed], 3, [joined, *GOOD], [])["content"]
+        assert "a vivid photo" in turn and "dim" not in turn
+        for banned in ("worst", "did not beat", "repeated", " 0.0%", "no usable"):
+            assert banned not in turn
+    nothing_joined = MetaPrompt("pets", Feedback.POSITIVE_ONLY, False, 2).follow_up([missed], 1, GOOD, [])["content"]
+    assert nothing_joined == MetaPrompt("pets", Feedback.POSITIVE_ONLY, False, 2).ask(GOOD, [])
+
+
+def test_fit_chat_keeps_the_opening_and_the_latest_exchanges_that_fit():
+    opening = [{"role": "system", "content": "s" * 30}, {"role": "user", "content": "u" * 300}]
+    exchanges = [[{"role": "assistant", "content": f"{i}" * 150}, {"role": "user", "content": f"{i}" * 150}] for i in range(10)]
+    transcript = opening + [m for e in exchanges for m in e]
+    assert fit_chat(transcript, 10_000) == transcript
+    fitted = fit_chat(transcript, 500)
+    assert fitted[:2] == opening and fitted[2:] == [m for e in exchanges[-3:] for m in e]
+    assert estimate_tokens(fitted) <= 500 < estimate_tokens(fit_chat(transcript, 620))
+    assert fit_chat(transcript, 1) == opening + exchanges[-1]  # the current ask is never dropped
 
 
 def test_no_feedback_shows_no_template_and_no_score_in_any_turn():

@@ -117,3 +117,31 @@ def test_empty_and_whitespace_replies():
 def test_template_label_prefix_and_unclosed_thinking():
     reply = "Template 1: a {} under studio lights\nPrompt 2: a macro shot of a {}\n<think>still thinking about a {} forever"
     assert parse_templates(reply, CLASSES).templates == ["a {} under studio lights", "a macro shot of a {}"]
+
+
+def test_prose_is_not_a_template_even_when_it_names_a_class():
+    reply = """Here are templates for the cat class:
+Sure, a photo of a cat would work well
+- Here is one for the {} class:
+I think the airliner needs a sky behind it.
+- a photo of a cat in a box"""
+    assert parse_templates(reply, CLASSES).templates == ["a photo of a {} in a box"]
+
+
+def test_numbers_inside_templates_survive_and_copied_scores_do_not():
+    reply = """- a photo of a {} from 2.5 meters away
+- a photo of a {} from 2.5
+- 3D render of a {}
+1. 2.5D render of a {}
+2) a photo of 2 {}s
+- a {} at 10.5 m (accuracy 0.61)
+- a {} 0.75"""
+    assert parse_templates(reply, CLASSES).templates == [
+        "a photo of a {} from 2.5 meters away",
+        "a photo of a {} from 2.5",
+        "3D render of a {}",
+        "2.5D render of a {}",
+        "a photo of 2 {}s",
+        "a {} at 10.5 m",
+        "a {}",
+    ]

@@ -18,11 +18,15 @@ async def test_a_run_finishes_with_a_full_trajectory(optimizer):
     c = run.counters
     assert c.iterations_done == c.iterations_total == 2 * 2 * 2
     assert c.llm_calls == 8 and c.llm_errors == 0 and c.scorer_calls == 1 + 8
-    assert c.templates_scored == 6 + 8 * 2
+    scored = [e.candidate_scored for e in events if e.HasField("candidate_scored")]
+    samples = {restart: [s.template for s in scored if s.iteration == -1 and s.restart == restart] for restart in (0, 1)}
+    assert [len(sample) for sample in samples.values()] == [6, 6] and samples[0] != samples[1]  # each restart's own draw
+    distinct_seeds = len(set(samples[0]) | set(samples[1]))
+    assert c.templates_scored == distinct_seeds + 8 * 2  # a template two restarts drew is scored once
+    assert c.candidates_reused == 12 - distinct_seeds
     assert c.llm_prompt_tokens == 8 * 40 and c.llm_completion_tokens == 8 * 12
     assert len(optimizer.llm.seen) == 8
-    scored = [e.candidate_scored for e in events if e.HasField("candidate_scored")]
-    assert len(scored) == c.templates_scored
+    assert len(scored) == 12 + 8 * 2
     assert [s.candidate_sequence for s in scored] == list(range(len(scored)))
     assert {s.llm_call for s in scored if s.iteration >= 0} == {s.call_id for s in optimizer.llm.seen}
     assert [b.train_accuracy for b in run.best] == sorted((s.train_accuracy for s in scored), reverse=True)[:5]
@@ -189,9 +193,9 @@ async def test_llm_written_initial_pool_from_the_tasks_class_names(optimizer):
 async def test_given_initial_pool_is_scored_as_given(optimizer):
     given = ["a {}", "the {} again", "A {}"]
     run, events = await optimizer.run_to_end(initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=given, restarts=1, resets=1,
-                                             iterations=1)
+                                             iterations=1, initial_pool_size=0)
     seeds = [e.candidate_scored.template for e in events if e.HasField("candidate_scored") and e.candidate_scored.iteration == -1]
-    assert seeds == ["a {}", "the {} again"]
+    assert sorted(seeds) == ["a {}", "the {} again"]  # N=0: all of them, in an order drawn by the seed
     assert run.counters.candidates_duplicate >= 1
 
 
@@ -271,10 +275,11 @@ async def test_metrics_count_what_a_run_did(optimizer):
              ("optimizer_scorer_calls_total", {"code": "OK"}),
              ("optimizer_llm_request_duration_seconds_count", {"model": "scripted-model"})]
     before = [_sample(name, **labels) for name, labels in names]
-    run, _ = await optimizer.run_to_end()
+    run, _ = await optimizer.run_to_end(ensemble_size=1)
     after = [_sample(name, **labels) for name, labels in names]
-    # 6 seeds + 8 iterations x 2 templates scored; 1 + 8 train Score calls and 1 on test for the final best.
-    assert [a - b for a, b in zip(after, before)] == [8, 8 * 40, 6 + 8 * 2, 1 + 8 + 1, 8]
+    # the distinct seeds + 8 iterations x 2 templates scored; 1 + 8 train Score calls and 1 on test for the final best.
+    assert run.counters.templates_scored > 8 * 2
+    assert [a - b for a, b in zip(after, before)] == [8, 8 * 40, run.counters.templates_scored, 1 + 8 + 1, 8]
     assert _sample("optimizer_runs", state="SUCCEEDED") == 1 and _sample("optimizer_runs", state="RUNNING") == 0
     assert REGISTRY.get_sample_value("optimizer_run_best_train_accuracy", {"run_id": run.run_id}) is None  # gone when it ended
 
@@ -297,12 +302,15 @@ async def test_llm_fault_matrix_each_fault_is_retried_and_the_run_finishes(optim
     assert len(first_call) == 2 and first_call[-1] == "reply"
 
 
-async def test_a_replayed_run_is_answered_from_the_response_cache(optimizer):
+async def test_a_run_with_the_same_spec_asks_afresh_and_replaying_is_explicit(optimizer):
     first, _ = await optimizer.run_to_end(seed=7)
     asked = len(optimizer.llm.seen)
-    replay, _ = await optimizer.run_to_end(seed=7)
-    assert len(optimizer.llm.seen) == asked  # not one new LLM request
+    independent, _ = await optimizer.run_to_end(seed=7)  # another trial of the same spec: not the first one's replies
+    assert (independent.counters.llm_calls, independent.counters.llm_cache_hits) == (8, 0)
+    assert len(optimizer.llm.seen) == asked + 8
+    replay, _ = await optimizer.run_to_end(seed=7, replay_run_id=first.run_id)
+    assert len(optimizer.llm.seen) == asked + 8  # not one new LLM request
     assert (replay.counters.llm_calls, replay.counters.llm_cache_hits, replay.counters.llm_prompt_tokens) == (0, 8, 0)
     assert [b.template for b in replay.best] == [b.template for b in first.best]
-    other_seed, _ = await optimizer.run_to_end(seed=8)
-    assert other_seed.counters.llm_calls == 8 and len(optimizer.llm.seen) == asked + 8
+    code, details = await _status_of(optimizer.stub.StartRun(pb.StartRunRequest(spec=small_spec(replay_run_id="f" * 32))))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "no run" in details

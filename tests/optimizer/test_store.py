@@ -25,10 +25,37 @@ def test_opens_in_wal_mode_and_round_trips_a_run(tmp_path):
     assert reopened.run("r1").counters == {"llm_calls": 1}
     assert reopened.events_after("r1", 1) == [b"e2", b"e3"]
     assert reopened.last_event_sequence("r1") == 3
-    best = reopened.best_candidates("r1", 2)
-    assert [(c.template, test) for c, test in best] == [("a new {}", None), ("a {}", None)]
+    assert reopened.test_accuracies("r1") == {}
     reopened.set_test_accuracies("r1", {2: 0.7})
-    assert reopened.best_candidates("r1", 1)[0][1] == 0.7
+    assert reopened.test_accuracies("r1") == {2: 0.7}
+
+
+def test_positions_reuse_rejections_and_the_ensemble_round_trip(tmp_path):
+    store = Store.open(tmp_path)
+    store.create_run("r1", {}, {}, "RUNNING")
+    admitted = [Candidate("a {}", 0.5, 0, INITIAL, INITIAL, 0, "", 0), Candidate("a {}", 0.5, 1, INITIAL, INITIAL, 1, "", 3, True)]
+    store.commit_progress("r1", admitted, {}, [], rejected=[("a {} " + "x" * 80, "too long for the model")])
+    store.set_ensemble("r1", ["a {}", "the {}"], 0.75, None)
+    store.close()
+    reopened = Store.open(tmp_path)
+    assert reopened.candidates("r1") == admitted
+    assert reopened.rejections("r1") == [("a {} " + "x" * 80, "too long for the model")]
+    assert reopened.ensemble("r1") == (["a {}", "the {}"], 0.75, None)
+    assert reopened.ensemble("r2") is None
+
+
+def test_a_database_from_before_the_new_columns_is_upgraded_on_open(tmp_path):
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "optimizer.sqlite3")
+    old.execute("CREATE TABLE candidates (run_id TEXT NOT NULL, sequence INTEGER NOT NULL, template TEXT NOT NULL, "
+                "accuracy REAL NOT NULL, restart INTEGER NOT NULL, reset INTEGER NOT NULL, iteration INTEGER NOT NULL, "
+                "llm_call TEXT NOT NULL, test_accuracy REAL, PRIMARY KEY (run_id, sequence))")
+    old.execute("INSERT INTO candidates VALUES ('r1', 0, 'a {}', 0.5, -1, -1, -1, '', NULL)")
+    old.commit()
+    old.close()
+    store = Store.open(tmp_path)
+    assert store.candidates("r1") == [Candidate("a {}", 0.5, INITIAL, INITIAL, INITIAL, 0)]
 
 
 def test_a_failed_commit_writes_nothing(tmp_path):
