@@ -28,7 +28,7 @@ from pathlib import Path
 import structlog
 
 from promptclimb_common.logging import configure_logging
-from promptclimb_common.processes import child_options, free_port, signal_group
+from promptclimb_common.processes import as_child, free_port, signal_group
 
 log = structlog.get_logger(__name__)
 
@@ -235,7 +235,7 @@ class LlamaServer:
     """llama-server for one GGUF file on a loopback port, as a context manager.
 
     The server runs in its own process group and dies with its caller
-    (promptclimb_common.processes.child_options), so that Ctrl-C in the
+    (promptclimb_common.processes.as_child), so that Ctrl-C in the
     terminal reaches only the caller, which then stops it, and so that stop()
     ends every process the server started. Its output goes to `log_path`
     (default: llama-server.log beside the model).
@@ -302,7 +302,7 @@ class LlamaServer:
         log.info("llm_server_starting", port=self.port, model=str(self.model_path), parallel=self.parallel, log=str(self.log_path))
         with self.log_path.open("wb") as log_file:
             self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, **child_options()
+                **as_child(command), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
             )
         try:
             self._wait_healthy()

@@ -11,20 +11,17 @@ model's memory while the rerun starts a second one.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 REPO = Path(__file__).resolve().parents[1]
+ON_LINUX = sys.platform.startswith("linux")
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -35,6 +32,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def wait_healthy(address: str, process: subprocess.Popen | None = None, timeout: float = 120.0, service: str = "") -> None:
     """Polls grpc.health.v1 until SERVING; fails early if the process exits."""
+    import grpc  # here, not at the top: the exec wrapper (__main__) imports this module before every child
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -51,39 +51,19 @@ def wait_healthy(address: str, process: subprocess.Popen | None = None, timeout:
     raise TimeoutError(f"{address} not healthy after {timeout} s")
 
 
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+def as_child(command: list[str]) -> dict:
+    """Popen keywords, the command included, for every child we start: its own process group, and death with us.
 
-
-def _libc_prctl() -> Callable[..., int] | None:
-    """prctl(2), looked up once here, so that a forked child only has to call it; None off Linux."""
-    if not sys.platform.startswith("linux"):
-        return None
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-
-
-_PRCTL = _libc_prctl()
-
-
-def _die_with_parent() -> Callable[[], None]:
-    """A preexec_fn: the kernel sends the child SIGKILL when the thread that started it ends.
-
-    Start long-lived children from a thread that lives as long as they
-    should (the main thread, in our programs).
+    The command runs behind this module's exec wrapper (`__main__` below),
+    which asks the kernel for SIGKILL when our thread that started it ends,
+    then becomes the command. Start long-lived children from a thread that
+    lives as long as they should (the main thread, in our programs). A
+    wrapper rather than a preexec_fn, because a preexec_fn makes Popen fork
+    (not vfork) a process whose gRPC threads then log about the fork.
     """
-    parent = os.getpid()
-
-    def arrange() -> None:
-        if _PRCTL is not None:
-            _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the request took effect
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    return arrange
-
-
-def child_options() -> dict:
-    """Popen keywords for every child we start: its own process group, and death with its parent."""
-    return {"process_group": 0, "preexec_fn": _die_with_parent()}
+    if ON_LINUX:
+        command = [sys.executable, "-m", "promptclimb_common.processes", str(os.getpid()), *command]
+    return {"args": command, "process_group": 0}
 
 
 def start_module(args: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
@@ -91,8 +71,8 @@ def start_module(args: list[str], log_path: Path, env: dict | None = None) -> su
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        return subprocess.Popen([sys.executable, "-m", *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=full_env, **child_options())
+        return subprocess.Popen(**as_child([sys.executable, "-m", *args]), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=full_env)
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -113,3 +93,15 @@ def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: 
             signal_group(process.pid, signal.SIGKILL)
             process.wait()
     return process.returncode
+
+
+def _become_child(parent: int, command: list[str]) -> None:
+    """The exec wrapper of as_child: SIGKILL when `parent`'s starting thread ends, kept across exec; then `command`."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # libc's, through the process's own symbols
+    if os.getppid() != parent:  # the parent died before the request took effect
+        sys.exit(f"the parent {parent} of {command[0]} is gone")
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    _become_child(int(sys.argv[1]), sys.argv[2:])

@@ -18,7 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from optimizer_service.baselines import coop_prompt, hand_engineered
-from promptclimb_common.processes import child_options
+from promptclimb_common.processes import as_child
 from reproduce.grid import GridError, load_grid
 from scorer_service.random_clip import build_random_clip
 from tests.fixtures import write_coop_data_root
@@ -40,8 +40,8 @@ conversation = "stateless"
 
 
 def reproduce(config, env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reproduce", "--config", str(config), "--log-level", "WARNING"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env=env, **child_options())
+    return subprocess.run(**as_child([sys.executable, "-m", "reproduce", "--config", str(config), "--log-level", "WARNING"]),
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
 
 
 def grid_env(tmp_path) -> dict[str, str]:
