@@ -8,7 +8,7 @@ ENV_STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.generated
 
-.PHONY: all env gen test test-fast demo bench reliability clean
+.PHONY: all env gen test test-fast demo bench bench-search reliability clean
 
 all: test
 
@@ -32,7 +32,15 @@ $(CLIP_BENCHMARK_STAMP): $(ENV_STAMP)
 	$(PY) -m pip install -q --no-deps "$(CLIP_BENCHMARK)"
 	@touch $@
 
-env: $(ENV_STAMP) $(GEN_STAMP) $(CLIP_BENCHMARK_STAMP)
+# OpenAI CLIP's BPE merges (testbed/tokenizer.py) are a data file of the open_clip
+# wheel; its code needs torchvision, so it too is installed without dependencies.
+OPEN_CLIP := open_clip_torch==3.3.0
+OPEN_CLIP_STAMP := $(VENV)/.open-clip-installed
+$(OPEN_CLIP_STAMP): $(ENV_STAMP)
+	$(PY) -m pip install -q --no-deps "$(OPEN_CLIP)"
+	@touch $@
+
+env: $(ENV_STAMP) $(GEN_STAMP) $(CLIP_BENCHMARK_STAMP) $(OPEN_CLIP_STAMP)
 
 # Generated gRPC code lives in gen/ (ignored by git, never edited by hand) and
 # reaches the venv through a .pth file.
@@ -55,9 +63,15 @@ test-fast: $(TEST_DEPS)
 demo: env llm-env demo-data
 	$(PY) -m demo
 
-bench: env
+bench: env llm-env demo-data
 	$(PY) -m bench.text_encoder
 	$(PY) -m bench.grpc_load
+
+# Search quality on the testbed CLIP (bench/search_quality.py): methods x few-shot seeds with the
+# embedded LLM, about 40 minutes on 2 cores; rerun to resume. BENCH_SEARCH_ARGS passes flags
+# (e.g. --llm-base-url https://api.openai.com/v1 --llm-model gpt-4o-mini).
+bench-search: env llm-env demo-data
+	$(PY) -m bench.search_quality $(BENCH_SEARCH_ARGS)
 
 # Offline checks of deploy/ (deploy/check.py): every kustomize overlay rendered
 # and schema-checked, promtool on the scrape config and alerts, dashboards,
@@ -87,12 +101,12 @@ $(LLM_STAMP): $(ENV_STAMP) demo/embedded_llm.py
 	@touch $@
 
 # The demo's images: Debian's Fashion-MNIST, a small subset converted once to
-# the scorer's image-folder layout (cached; see demo/fashion_mnist.py).
+# the scorer's image-folder layout (cached; see testbed/fashion_mnist.py).
 DEMO_DATA := .cache/promptclimb/data/fashion-mnist
 demo-data: $(ENV_STAMP)
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { echo ">> installing Debian's dataset-fashion-mnist"; \
 	  $(APT_INSTALL) dataset-fashion-mnist || { apt-get update && $(APT_INSTALL) dataset-fashion-mnist; }; }
-	$(PY) -m demo.fashion_mnist --root $(DEMO_DATA)
+	$(PY) -m testbed.fashion_mnist --root $(DEMO_DATA)
 
 # The paper's table over the grid in REPRODUCE_CONFIG (datasets, seeds, backbones, budget);
 # rerun to resume. Needs the CoOp datasets, CLIP weights and an LLM endpoint (see the README).

@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from optimizer_service.baselines import coop_prompt, hand_engineered
 from promptclimb_common.processes import as_child
 from reproduce.grid import GridError, load_grid
-from scorer_service.random_clip import build_random_clip
+from testbed.random_clip import build_random_clip
 from tests.fixtures import write_coop_data_root
 from tests.optimizer.scripted_llm import Delay, Fail, Reply, ScriptedLLM
 from tests.procs import REPO
