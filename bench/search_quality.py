@@ -90,7 +90,7 @@ class Scorer(contextlib.AbstractContextManager):
             ["scorer_service", "--model", str(model), "--task", f"{TASK}={data}", "--shots", str(SHOTS), "--seed", str(seed),
              "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--anonymous-rights", "score,test",
              "--cache-dir", str(work / "scorer-cache"), "--state-dir", str(work / f"scorer-state-{model.name}-{seed}")],
-            work / f"scorer-{model.name}-seed{seed}.log", own_session=True)
+            work / f"scorer-{model.name}-seed{seed}.log")
         wait_healthy(self.address, self.process, timeout=600)
         self.channel = grpc.insecure_channel(self.address)
         self.stub = sc_grpc.ScorerStub(self.channel)
@@ -136,7 +136,7 @@ def run_cell(cell: Path, method: Method, budget: Budget, seed: int, scorer: Scor
         "--max-llm-calls", str(budget.llm_calls), "--report-top", "5", "--label", f"bench {method.name} seed {seed}",
     ]
     env = {**os.environ, "OPENAI_API_KEY": os.environ.get(api_key_env, "not-needed"), "PYTHONUNBUFFERED": "1"}
-    process = start_module(command, cell / "optimizer.log", env, own_session=True)
+    process = start_module(command, cell / "optimizer.log", env)
     code = process.wait()
     if code != 0:
         tail = "\n".join((cell / "optimizer.log").read_text(errors="replace").splitlines()[-10:])

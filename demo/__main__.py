@@ -143,7 +143,7 @@ class Processes(contextlib.ExitStack):
         port = free_port()
         log_path = WORK / f"{name}.log"
         log_path.unlink(missing_ok=True)
-        process = start_module([*args, "--host", "127.0.0.1", "--port", str(port)], log_path, env, own_session=True)
+        process = start_module([*args, "--host", "127.0.0.1", "--port", str(port)], log_path, env)
         self.callback(stop_process, process, signal.SIGTERM, 60)
         address = f"127.0.0.1:{port}"
         log.info("service_starting", service=name, address=address, log=str(log_path))

@@ -28,7 +28,7 @@ from pathlib import Path
 import structlog
 
 from promptclimb_common.logging import configure_logging
-from promptclimb_common.processes import free_port
+from promptclimb_common.processes import as_child, free_port, signal_group
 
 log = structlog.get_logger(__name__)
 
@@ -231,17 +231,11 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
-
-
 class LlamaServer:
     """llama-server for one GGUF file on a loopback port, as a context manager.
 
-    The server runs in its own session (process group) so that Ctrl-C in the
+    The server runs in its own process group and dies with its caller
+    (promptclimb_common.processes.as_child), so that Ctrl-C in the
     terminal reaches only the caller, which then stops it, and so that stop()
     ends every process the server started. Its output goes to `log_path`
     (default: llama-server.log beside the model).
@@ -308,7 +302,7 @@ class LlamaServer:
         log.info("llm_server_starting", port=self.port, model=str(self.model_path), parallel=self.parallel, log=str(self.log_path))
         with self.log_path.open("wb") as log_file:
             self.process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+                **as_child(command), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
             )
         try:
             self._wait_healthy()
@@ -359,12 +353,12 @@ class LlamaServer:
         process, self.process = self.process, None
         if process is None:
             return
-        _signal_group(process.pid, signal.SIGTERM)
+        signal_group(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             log.warning("llm_server_kill", pid=process.pid, grace=grace)
-        _signal_group(process.pid, signal.SIGKILL)
+        signal_group(process.pid, signal.SIGKILL)
         process.wait()
         log.info("llm_server_stopped", port=self.port, returncode=process.returncode)
 

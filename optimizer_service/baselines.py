@@ -1,7 +1,11 @@
-"""The paper's reference prompts: `{}`, `a photo of a {}.`, and the CLIP authors' hand-engineered ones.
+"""The paper's reference prompts: `{}`, `a photo of a {}.`, CoOp's single prompt per dataset, and the CLIP
+authors' hand-engineered ensembles.
 
-The hand-engineered templates are the per-dataset lists the CLIP authors
-published (an ensemble of 80 for ImageNet, one or a few for most others). We
+"Hand-engineered" means two things in the literature, so both are offered.
+CoOp's zero-shot CLIP baseline uses one prompt per dataset (`a photo of a {},
+a type of pet.` for OxfordPets; CoOp's `CUSTOM_TEMPLATES`, eleven short
+strings written out below). The CLIP authors published per-dataset lists,
+scored as one ensemble (80 templates for ImageNet, one or a few for most others). We
 read them at run time from the data files of the pinned PyPI package
 clip-benchmark rather than copying them here, so they stay the maintained
 list. That package's code pulls torchvision and open_clip, so `make env`
@@ -36,6 +40,24 @@ CLIP_BENCHMARK_KEYS = {
 }
 
 
+# CoOp's zero-shot prompt of each dataset (its trainers/zsclip.py), by CoOp dataset name.
+COOP_PROMPTS = {
+    "imagenet": "a photo of a {}.",
+    "caltech101": "a photo of a {}.",
+    "oxford_pets": "a photo of a {}, a type of pet.",
+    "stanford_cars": "a photo of a {}.",
+    "oxford_flowers": "a photo of a {}, a type of flower.",
+    "food101": "a photo of {}, a type of food.",
+    "fgvc_aircraft": "a photo of a {}, a type of aircraft.",
+    "sun397": "a photo of a {}.",
+    "dtd": "{} texture.",
+    "eurosat": "a centered satellite photo of {}.",
+    "ucf101": "a photo of a person doing {}.",
+}
+COOP_PROMPT = "coop_single_prompt"  # the reference rows' keys, as in reproduce's results.csv
+CLIP_ENSEMBLE = "clip_authors_ensemble"
+
+
 class BaselineError(ValueError):
     """Hand-engineered templates are not available for a dataset; the message says why."""
 
@@ -65,10 +87,19 @@ def hand_engineered(dataset: str) -> tuple[str, ...]:
     return converted
 
 
+def coop_prompt(dataset: str) -> str:
+    """CoOp's single zero-shot prompt for a CoOp dataset name."""
+    if dataset not in COOP_PROMPTS:
+        raise BaselineError(f"CoOp has no prompt for {dataset!r}; datasets: {', '.join(COOP_PROMPTS)}")
+    return COOP_PROMPTS[dataset]
+
+
 def reference_candidates(dataset: str) -> dict[str, tuple[str, ...]]:
-    """The paper's baseline rows as ensembles (a one-template ensemble is that template); the
-    hand-engineered row is left out for a dataset clip-benchmark has no templates for (UCF101)."""
+    """The paper's baseline rows as ensembles (a one-template ensemble is that template); a row is left out
+    where its source has nothing for the dataset (clip-benchmark for UCF101, both for a non-CoOp dataset)."""
     rows = {PLAIN: (PLAIN,), A_PHOTO_OF: (A_PHOTO_OF,)}
+    if dataset in COOP_PROMPTS:
+        rows[COOP_PROMPT] = (coop_prompt(dataset),)
     if CLIP_BENCHMARK_KEYS.get(dataset) in _clip_benchmark_templates():
-        rows["hand-engineered"] = hand_engineered(dataset)
+        rows[CLIP_ENSEMBLE] = hand_engineered(dataset)
     return rows

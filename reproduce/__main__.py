@@ -5,13 +5,14 @@ On a finished grid nothing runs and no model loads: the tables are rewritten fro
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import structlog
 
 from promptclimb_common.logging import configure_logging
 from reproduce.grid import GridError, load_grid
-from reproduce.runner import run_grid
+from reproduce.runner import ScorerStartError, run_grid
 from reproduce.tables import write_plots, write_tables
 
 log = structlog.get_logger(__name__)
@@ -26,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(ns.log_level)
     try:
         grid = load_grid(ns.config, ns.out)
-    except GridError as err:
-        parser.error(str(err))
-    failed = run_grid(grid, ns.log_level)
+        failed = run_grid(grid, ns.log_level)
+    except (GridError, ScorerStartError) as err:  # one line that names the cause, no traceback
+        print(f"reproduce: {err}", file=sys.stderr)
+        return 2
     tables = write_tables(grid)
     plots = write_plots(grid)
     log.info("reproduce_written", tables=[str(p) for p in tables], plots=len(plots), cells_not_done=failed)

@@ -2,7 +2,10 @@
 
 The grid is datasets x seeds x backbones x feedback variants; one optimizer run
 per cell, with one run spec (the budget) for all. Everything is checked here,
-before any model is loaded, so a typo costs seconds, not hours.
+before any model is loaded, so a typo costs seconds, not hours: that includes
+every dataset's folder under data_root, by the name CoOp's DATASETS.md gives
+it (`caltech-101`, `food-101`, the others as their dataset names), or as
+`[folders]` renames it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from scorer_service.coop import COOP_DATASETS
+from scorer_service.coop import COOP_DATASETS, COOP_FOLDERS, check_layout
+from scorer_service.datasets import DatasetError
 
 FEEDBACKS = ("positive_only", "positive_negative")
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -31,8 +35,9 @@ class Backbone:
 @dataclass(frozen=True)
 class Grid:
     out: Path
-    data_root: Path  # CoOp dataset folders: data_root/<dataset>
+    data_root: Path
     datasets: tuple[str, ...]
+    folders: dict[str, Path]  # dataset -> its CoOp folder, data_root/caltech-101 etc.
     seeds: tuple[int, ...]
     shots: int
     backbones: tuple[Backbone, ...]
@@ -74,10 +79,21 @@ def load_grid(path: Path, out: Path | None = None) -> Grid:
     owned = {"task", "out", "feedback", "seed", "scorer", "state_dir"} & set(run)
     if owned:
         raise GridError(f"{path}: [run] must not set {sorted(owned)}; the grid sets them per cell")
+    renamed = dict(raw.get("folders", {}))
+    if set(renamed) - set(COOP_DATASETS) or not all(isinstance(v, str) and v for v in renamed.values()):
+        raise GridError(f"{path}: [folders] maps CoOp dataset names ({', '.join(COOP_DATASETS)}) to folder names")
+    data_root = Path(need("data_root", str))
+    folders = {d: data_root / renamed.get(d, COOP_FOLDERS[d]) for d in datasets}
+    for dataset, folder in folders.items():
+        try:
+            check_layout(dataset, folder)
+        except DatasetError as err:
+            raise GridError(f"{path}: {err}") from None
     return Grid(
         out=Path(out or need("out", str)),
-        data_root=Path(need("data_root", str)),
+        data_root=data_root,
         datasets=datasets,
+        folders=folders,
         seeds=seeds,
         shots=int(raw.get("shots", 1)),
         backbones=backbones,

@@ -5,8 +5,8 @@ that few-shot seed; each (dataset, feedback) cell is one `optimizer_service
 run` into its own directory, whose SQLite state makes a rerun resume an
 unfinished run; a cell whose result.json says it succeeded is skipped.
 Pass 2, per backbone: the test split does not depend on the seed, so one
-scorer scores the reference rows (`{}`, `a photo of a {}.`, the CLIP
-authors' hand-engineered ensemble) and every other backbone's best P+N
+scorer scores the reference rows (`{}`, `a photo of a {}.`, CoOp's single
+prompt per dataset, the CLIP authors' ensemble) and every other backbone's best P+N
 prompts; each answer is written once and then reused.
 """
 
@@ -32,6 +32,11 @@ from reproduce.grid import Backbone, Grid, as_flags
 log = structlog.get_logger(__name__)
 
 TOKEN_ENV = "REPRODUCE_SCORER_TOKEN"
+SCORER_ERROR_PREFIX = "scorer: "  # how the scorer's last line names what stopped its start
+
+
+class ScorerStartError(RuntimeError):
+    """A scorer stopped before it served; the message carries its own reason and its log's path."""
 SUCCEEDED = "RUN_STATE_SUCCEEDED"
 SEARCHED_FEEDBACK = "positive_negative"  # the method whose best prompts are transferred
 
@@ -89,13 +94,19 @@ def scorer(grid: Grid, backbone: Backbone, seed: int) -> Iterator[str]:
             "--shots", str(grid.shots), "--seed", str(seed), "--tokens-file", str(grid.out / "scorer-tokens.json"),
             "--cache-dir", str(grid.out / "cache"), "--state-dir", str(grid.out / "scorer-state"), *as_flags(grid.scorer)]
     for dataset in grid.datasets:
-        args += ["--task", f"{dataset}=coop:{dataset}:{grid.data_root / dataset}"]
+        args += ["--task", f"{dataset}=coop:{dataset}:{grid.folders[dataset]}"]
     log_path = grid.out / "logs" / f"scorer-{backbone.name}-seed{seed}.log"
     log.info("scorer_starting", backbone=backbone.name, seed=seed, log=str(log_path))
     process = start_module(args, log_path)
     address = f"127.0.0.1:{port}"
     try:
-        wait_healthy(address, process, timeout=3600)  # a large dataset's image features take a while the first time
+        try:
+            wait_healthy(address, process, timeout=3600)  # a large dataset's image features take a while the first time
+        except RuntimeError as err:  # it exited: its last line says why
+            lines = log_path.read_text(errors="replace").splitlines()
+            reason = next((line for line in reversed(lines) if line.startswith(SCORER_ERROR_PREFIX)), str(err))
+            raise ScorerStartError(f"the scorer for {backbone.name}, seed {seed}, stopped before serving: "
+                                   f"{reason.removeprefix(SCORER_ERROR_PREFIX)} (log: {log_path})") from None
         yield address
     finally:
         stop_process(process, signal.SIGTERM)
@@ -125,8 +136,14 @@ def transfers_path(grid: Grid, target: str, dataset: str) -> Path:
     return grid.out / "transfers" / target / f"{dataset}.json"
 
 
+def _references_done(grid: Grid, target: str, dataset: str) -> bool:
+    """Written with every current reference row (an older file lacking one is scored again)."""
+    path = references_path(grid, target, dataset)
+    return path.is_file() and set(reference_candidates(dataset)) <= set(json.loads(path.read_text()))
+
+
 def _references_and_transfers_done(grid: Grid, target: Backbone) -> bool:
-    return all(references_path(grid, target.name, d).is_file() and transfers_path(grid, target.name, d).is_file()
+    return all(_references_done(grid, target.name, d) and transfers_path(grid, target.name, d).is_file()
                for d in grid.datasets)
 
 
@@ -144,7 +161,7 @@ def _test_accuracies(stub, task: str, ensembles: list[tuple[str, ...]]) -> list[
 
 def _score_references(grid: Grid, stub, target: Backbone, dataset: str) -> None:
     path = references_path(grid, target.name, dataset)
-    if path.is_file():
+    if _references_done(grid, target.name, dataset):
         return
     rows = reference_candidates(dataset)
     accuracies = _test_accuracies(stub, dataset, list(rows.values()))

@@ -1,7 +1,8 @@
 """The paper's tables from the grid's files: mean and spread over seeds, Markdown and CSV, and plots.
 
-Rows as in the paper's Table 1: `{}`, `a photo of a {}.`, hand-engineered,
-then the LLM optimizer with positive-only and with positive+negative feedback
+Rows as in the paper's Table 1: `{}`, `a photo of a {}.`, and both things
+"hand-engineered" can mean, each named for what it is (CoOp's single prompt per
+dataset, CoOp's zero-shot baseline; the CLIP authors' ensemble), then the LLM optimizer with positive-only and with positive+negative feedback
 (test accuracy of the best template by few-shot train accuracy). Columns are
 the datasets and their average. Spread is the sample standard deviation over
 seeds; the reference rows are zero-shot and the same for every seed.
@@ -16,12 +17,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from optimizer_service.baselines import A_PHOTO_OF, PLAIN
+from optimizer_service.baselines import A_PHOTO_OF, CLIP_ENSEMBLE, COOP_PROMPT, PLAIN, reference_candidates
 from reproduce.grid import Grid
 from reproduce.runner import SEARCHED_FEEDBACK, SUCCEEDED, references_path, transfers_path, cell_dir, read_result
 
-METHODS = {PLAIN: f"`{PLAIN}`", A_PHOTO_OF: f"`{A_PHOTO_OF}`", "hand-engineered": "hand-engineered (CLIP authors)",
-           "positive_only": "LLM optimizer, positive only", "positive_negative": "LLM optimizer, positive + negative"}
+METHODS = {PLAIN: f"`{PLAIN}`", A_PHOTO_OF: f"`{A_PHOTO_OF}`", COOP_PROMPT: "CoOp's single prompt per dataset",
+           CLIP_ENSEMBLE: "CLIP authors' ensemble", "positive_only": "LLM optimizer, positive only",
+           "positive_negative": "LLM optimizer, positive + negative"}
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,24 @@ def _markdown_table(first: str, rows: dict[str, dict[str, Cell]], datasets: tupl
     return lines
 
 
+def _baseline_notes(datasets: tuple[str, ...]) -> list[str]:
+    """What the two hand-engineered rows score, per dataset."""
+    rows = {d: reference_candidates(d) for d in datasets}
+    prompts = ", ".join(f"{d} `{rows[d][COOP_PROMPT][0]}`" for d in datasets if COOP_PROMPT in rows[d])
+    sizes = ", ".join(f"{d} {len(rows[d][CLIP_ENSEMBLE])}" if CLIP_ENSEMBLE in rows[d] else f"{d} none" for d in datasets)
+    return [f"- {METHODS[COOP_PROMPT]}: CoOp's zero-shot CLIP prompt, one per dataset: {prompts}.",
+            f"- {METHODS[CLIP_ENSEMBLE]}: the CLIP authors' templates for the dataset (from clip-benchmark), scored as "
+            f"one prompt ensemble; templates per dataset: {sizes}."]
+
+
 def write_tables(grid: Grid) -> list[Path]:
     """results.md, results.csv and transfer.csv under grid.out; returns their paths."""
     results = collect(grid)
     transfers = collect_transfers(grid, results)
     md = [f"# Reproduction: {grid.shots}-shot test accuracy (%), mean ± sample std over seeds {list(grid.seeds)}", "",
           "Optimizer rows: test accuracy of the best template by few-shot train accuracy. n/a: not available "
-          "(not run yet, failed, or no hand-engineered templates in clip-benchmark for the dataset).", ""]
+          "(not run yet, failed, or no CLIP authors' templates in clip-benchmark for the dataset).", "",
+          *_baseline_notes(grid.datasets), ""]
     for backbone in grid.backbones:
         md += [f"## {backbone.name} (`{backbone.model}`)", ""]
         md += _markdown_table("method", {METHODS[m]: cells for m, cells in results[backbone.name].items()}, grid.datasets) + [""]

@@ -9,18 +9,32 @@ ImageNet has `images/{train,val}/<wnid>/` and `classnames.txt` ("wnid name"
 lines), and CoOp tests on its val set. The val lists are not read: the method
 selects on the few-shot train sample only.
 
+As in CoOp: a split file's label may be a string ("0" reads as 0); ImageNet's
+labels are the positions of its train class folders in sorted order (so a
+full classnames.txt with a subset of folders works), and its images are each
+folder's non-hidden files in the file system's listing order. Unlike CoOp,
+files that are not images are left out too (CoOp would fail on them).
+
 Class names are put into prompts with `_` read as a space, as CoOp's CLIP
-prompts do. The few-shot sample is `datasets.few_shot`, whose docstring says how it
-relates to CoOp's.
+prompts do. The few-shot sample is read from CoOp's saved
+`split_fewshot/shot_K-seed_S.pkl` where the dataset folder has one, and is
+otherwise drawn by `datasets.few_shot`, which draws as Dassl does.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import pickle
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
-from scorer_service.datasets import Dataset, DatasetError, LabeledImage, class_name_from_folder
+import structlog
+
+from scorer_service.datasets import (IMAGE_SUFFIXES, Dataset, DatasetError, LabeledImage, Task, build_task,
+                                     class_name_from_folder)
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,15 +57,34 @@ SPLIT_FILE_DATASETS = {
     "ucf101": SplitFileLayout("UCF-101-midframes", "split_zhou_UCF101.json"),
 }
 COOP_DATASETS = ("imagenet", *SPLIT_FILE_DATASETS, "fgvc_aircraft")
+# The folder under $DATA that CoOp's DATASETS.md gives each dataset: its name, but for two.
+COOP_FOLDERS = {name: name for name in COOP_DATASETS} | {"caltech101": "caltech-101", "food101": "food-101"}
+FGVC_LISTS = ("variants.txt", "images_variant_train.txt", "images_variant_test.txt")
+
+
+def check_layout(name: str, root: Path) -> None:
+    """Checks, without reading any image, that `root` has the folders and files CoOp's layout gives dataset `name`."""
+    root = Path(root)
+    if name not in COOP_DATASETS:
+        raise DatasetError(f"unknown CoOp dataset {name!r}; known: {', '.join(COOP_DATASETS)}")
+    if not root.is_dir():
+        raise DatasetError(f"CoOp dataset {name!r}: directory {root.resolve()} does not exist "
+                           f"(CoOp's DATASETS.md names it {COOP_FOLDERS[name]})")
+    if name == "imagenet":
+        files, folders = ["classnames.txt"], ["images/train", "images/val"]
+    elif name == "fgvc_aircraft":
+        files, folders = list(FGVC_LISTS), ["images"]
+    else:
+        files, folders = [SPLIT_FILE_DATASETS[name].split_file], [SPLIT_FILE_DATASETS[name].image_dir]
+    missing = [root / f for f in files if not (root / f).is_file()] + [root / f for f in folders if not (root / f).is_dir()]
+    if missing:
+        raise DatasetError(f"CoOp dataset {name!r} is incomplete: {missing[0].resolve()} is missing (see CoOp's DATASETS.md)")
 
 
 def load_coop(name: str, root: Path) -> Dataset:
     """Reads CoOp dataset `name` from its folder `root` (e.g. $DATA/oxford_pets)."""
     root = Path(root)
-    if name not in COOP_DATASETS:
-        raise DatasetError(f"unknown CoOp dataset {name!r}; known: {', '.join(COOP_DATASETS)}")
-    if not root.is_dir():
-        raise DatasetError(f"CoOp dataset {name!r}: directory {root.resolve()} does not exist")
+    check_layout(name, root)
     if name == "imagenet":
         return _load_imagenet(root)
     if name == "fgvc_aircraft":
@@ -59,14 +92,14 @@ def load_coop(name: str, root: Path) -> Dataset:
     return _load_split_file(name, root, SPLIT_FILE_DATASETS[name])
 
 
-def _require_file(path: Path, name: str) -> Path:
-    if not path.is_file():
-        raise DatasetError(f"CoOp dataset {name!r} is incomplete: {path.resolve()} is missing (see CoOp's DATASETS.md)")
-    return path
+def load_coop_task(task_id: str, name: str, root: Path, shots: int, seed: int) -> Task:
+    """The task of a CoOp dataset: its K-shot sample from CoOp's saved file where there is one, else drawn."""
+    dataset = load_coop(name, root)
+    return build_task(task_id, dataset, shots, seed, read_saved_few_shot(Path(root), dataset, shots, seed))
 
 
 def _load_split_file(name: str, root: Path, layout: SplitFileLayout) -> Dataset:
-    split_path = _require_file(root / layout.split_file, name)
+    split_path = root / layout.split_file
     try:
         split = json.loads(split_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -85,18 +118,22 @@ def _load_split_file(name: str, root: Path, layout: SplitFileLayout) -> Dataset:
 
 
 def _split_entry(split_path: Path, key: str, index: int, entry: object) -> tuple[str, int, str]:
+    """One [relative_path, label, classname]; a label may be written as a string of digits, which CoOp converts."""
+    label = entry[1] if isinstance(entry, list) and len(entry) == 3 else None
+    if isinstance(label, str) and label.strip().isdigit():
+        label = int(label)
     if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-            and isinstance(entry[1], int) and isinstance(entry[2], str)):
+            and isinstance(label, int) and not isinstance(label, bool) and isinstance(entry[2], str)):
         raise DatasetError(f"{split_path.resolve()}: {key}[{index}] is {entry!r}; expected [relative_path, label, classname]")
-    return entry[0], entry[1], entry[2]
+    return entry[0], label, entry[2]
 
 
 def _load_fgvc_aircraft(root: Path) -> Dataset:
-    variants = [line.strip() for line in _require_file(root / "variants.txt", "fgvc_aircraft").read_text().splitlines()]
+    variants = [line.strip() for line in (root / "variants.txt").read_text().splitlines()]
     label_of = {variant: label for label, variant in enumerate(v for v in variants if v)}
     splits = {}
     for key in ("train", "test"):
-        list_path = _require_file(root / f"images_variant_{key}.txt", "fgvc_aircraft")
+        list_path = root / f"images_variant_{key}.txt"
         items = []
         for line in filter(None, (raw.strip() for raw in list_path.read_text().splitlines())):
             image_id, _, variant = line.partition(" ")
@@ -108,22 +145,79 @@ def _load_fgvc_aircraft(root: Path) -> Dataset:
 
 
 def _load_imagenet(root: Path) -> Dataset:
-    class_file = _require_file(root / "classnames.txt", "imagenet")
+    """Labels are the sorted train class folders' positions; val is labelled by folder name, so it may not add classes."""
+    class_file = root / "classnames.txt"
     name_of = {}
     for line in filter(None, (raw.strip() for raw in class_file.read_text().splitlines())):
         wnid, _, class_name = line.partition(" ")
         name_of[wnid] = class_name.strip()
-    wnids = sorted(name_of)
+    train_dir, val_dir = root / "images" / "train", root / "images" / "val"
+    wnids = _class_folders(train_dir)
+    unnamed = [w for w in wnids if w not in name_of]
+    if unnamed:
+        raise DatasetError(f"CoOp dataset 'imagenet': {(train_dir / unnamed[0]).resolve()} is not in {class_file.resolve()}")
+    strays = [w for w in _class_folders(val_dir) if w not in wnids]
+    if strays:
+        raise DatasetError(f"CoOp dataset 'imagenet': {(val_dir / strays[0]).resolve()} has no train folder")
     splits = {}
-    for key, folder in (("train", "train"), ("test", "val")):
+    for key, folder in (("train", train_dir), ("test", val_dir)):
         items = []
         for label, wnid in enumerate(wnids):
-            class_dir = root / "images" / folder / wnid
+            class_dir = folder / wnid
             if not class_dir.is_dir():
                 raise DatasetError(f"CoOp dataset 'imagenet' is incomplete: {class_dir.resolve()} is missing")
-            items.extend((path, label) for path in sorted(class_dir.iterdir()) if path.is_file())
+            items.extend((class_dir / file, label) for file in os.listdir(class_dir)
+                         if not file.startswith(".") and PurePath(file).suffix.lower() in IMAGE_SUFFIXES
+                         and (class_dir / file).is_file())
         splits[key] = items
     return _dataset("imagenet", root, dict(enumerate(name_of[w] for w in wnids)), splits)
+
+
+def _class_folders(split_dir: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith("."))
+
+
+class _SavedDatum:
+    """Stands in for Dassl's Datum when unpickling: its attributes (_impath, _label, ...) land in __dict__."""
+
+
+class _FewShotUnpickler(pickle.Unpickler):
+    """Lets in Dassl's Datum and nothing else: a pickle can name any callable, so no other global is resolved."""
+
+    def find_class(self, module: str, name: str) -> type:
+        if name == "Datum" and module.split(".")[0] == "dassl":
+            return _SavedDatum
+        raise pickle.UnpicklingError(f"it refers to {module}.{name}; only Dassl's Datum is read")
+
+
+def read_saved_few_shot(root: Path, dataset: Dataset, shots: int, seed: int) -> tuple[LabeledImage, ...] | None:
+    """The train sample in CoOp's `split_fewshot/shot_K-seed_S.pkl`, or None where there is no such file.
+
+    CoOp saves absolute paths of the machine that drew the sample; each is
+    matched to the train image whose path under `root` is its longest suffix.
+    """
+    path = root / "split_fewshot" / f"shot_{shots}-seed_{seed}.pkl"
+    if not path.is_file():
+        return None
+    try:
+        with path.open("rb") as file:
+            saved = _FewShotUnpickler(file).load()["train"]
+        entries = [(str(d.__dict__["_impath"]), d.__dict__["_label"]) for d in saved]
+    except (pickle.UnpicklingError, EOFError, AttributeError, KeyError, TypeError, ValueError) as err:
+        raise DatasetError(f"{path.resolve()} is not a CoOp few-shot file: {err}") from err
+    by_relative = {image.path.relative_to(root).parts: image for image in dataset.train}
+    sample = []
+    for impath, label in entries:
+        parts = PurePath(impath).parts
+        image = next((by_relative[parts[i:]] for i in range(len(parts)) if parts[i:] in by_relative), None)
+        if image is None:
+            raise DatasetError(f"{path.resolve()}: {impath} is not in the train split; the file is stale, remove it to draw again")
+        if image.label != label:
+            raise DatasetError(f"{path.resolve()}: {impath} has label {label}, the split file {image.label}; "
+                               "the file is stale, remove it to draw again")
+        sample.append(image)
+    log.info("few_shot_read", path=str(path), images=len(sample))
+    return tuple(sample)
 
 
 def _dataset(name: str, root: Path, names: dict[int, str], splits: dict[str, list[tuple[Path, int]]]) -> Dataset:

@@ -105,29 +105,35 @@ def load_image_folder(root: Path, split_seed: int = 0, test_fraction: float = 0.
 
 
 def few_shot(images: tuple[LabeledImage, ...], shots: int, seed: int) -> tuple[LabeledImage, ...]:
-    """K images per class drawn by seed; the same (images, K, seed) always gives the same sample.
+    """K images per class drawn by seed: Dassl's draw (`generate_fewshot_dataset`), which CoOp's protocol uses.
 
-    This is CoOp's protocol (Dassl's `generate_fewshot_dataset`): K images per
-    class without replacement from the train split, by seed (CoOp: 1, 2, 3).
-    Dassl draws from the global `random` state, after whatever consumed it, in
-    split-file order; here a private `random.Random(seed)` draws from each
-    class's images sorted by path, so the sample depends on (split, K, seed)
-    alone but is not the one in CoOp's cached `shot_K-seed_S.pkl` files.
+    A generator seeded with `seed` (what CoOp's `random.seed(seed)` gives
+    Dassl, which nothing draws from before the dataset is built) takes, per
+    label in order of first appearance and from that label's images in the
+    given order (a CoOp split file's, ImageNet's listing), `sample(images, K)`;
+    a class with fewer than K images gets K drawn with repeats
+    (`choices(images, k=K)`), as current Dassl's default `repeat=True` does.
+    So for CoOp's datasets the sample is the one in CoOp's
+    `split_fewshot/shot_K-seed_S.pkl` files.
     """
     by_label: dict[int, list[LabeledImage]] = defaultdict(list)
     for image in images:
         by_label[image.label].append(image)
     rng = random.Random(seed)
     sample = []
-    for label in sorted(by_label):
-        pool = sorted(by_label[label], key=lambda i: str(i.path))
-        if len(pool) < shots:
-            log.warning("few_shot_class_too_small", label=label, available=len(pool), shots=shots)
-        sample.extend(rng.sample(pool, min(shots, len(pool))))
+    for label, pool in by_label.items():
+        if len(pool) >= shots:
+            sample.extend(rng.sample(pool, shots))
+        else:
+            log.warning("few_shot_class_repeats_images", label=label, available=len(pool), shots=shots)
+            sample.extend(rng.choices(pool, k=shots))
     return tuple(sample)
 
 
-def build_task(task_id: str, dataset: Dataset, shots: int, seed: int) -> Task:
+def build_task(task_id: str, dataset: Dataset, shots: int, seed: int,
+               sample: tuple[LabeledImage, ...] | None = None) -> Task:
+    """The task of a dataset; its train split is `sample` where one was saved (CoOp's files), else few_shot's draw."""
     if not dataset.test:
         raise DatasetError(f"dataset {dataset.name!r} of task {task_id!r} has no test images")
-    return Task(task_id, dataset, shots, seed, {TRAIN: few_shot(dataset.train, shots, seed), TEST: dataset.test})
+    train = few_shot(dataset.train, shots, seed) if sample is None else sample
+    return Task(task_id, dataset, shots, seed, {TRAIN: train, TEST: dataset.test})

@@ -14,7 +14,7 @@ from promptclimb_common.grpc_runtime import GrpcService
 from scorer_service import metrics
 from scorer_service.batcher import QueueFullError, TextEncodeBatcher
 from scorer_service.config import ScorerConfig
-from scorer_service.coop import load_coop
+from scorer_service.coop import load_coop_task
 from scorer_service.datasets import TEST, TRAIN, Task, build_task, load_image_folder
 from scorer_service.features import SplitFeatures, load_split_features
 from scorer_service.model import ClipEncoder, default_batch_prompts, load_clip
@@ -120,10 +120,10 @@ def load_tasks(config: ScorerConfig, encoder: ClipEncoder) -> tuple[dict[str, Ta
     tasks, features = {}, {}
     for source in config.tasks:
         if source.coop_dataset:
-            dataset = load_coop(source.coop_dataset, source.root)
+            task = load_coop_task(source.task_id, source.coop_dataset, source.root, config.shots, config.seed)
         else:
             dataset = load_image_folder(source.root, config.split_seed, config.test_fraction)
-        task = build_task(source.task_id, dataset, config.shots, config.seed)
+            task = build_task(source.task_id, dataset, config.shots, config.seed)
         tasks[task.task_id] = task
         for split, images in task.splits.items():
             features[task.task_id, split] = load_split_features(

@@ -24,6 +24,8 @@ COOP_SPLIT_FILE_LAYOUT = {
     "ucf101": ("UCF-101-midframes", "split_zhou_UCF101.json"),
 }
 COOP_NAMES = ("imagenet", *COOP_SPLIT_FILE_LAYOUT, "fgvc_aircraft")
+# The folder under $DATA that CoOp's DATASETS.md gives each dataset (two keep a hyphen).
+COOP_FOLDERS = {name: name for name in COOP_NAMES} | {"caltech101": "caltech-101", "food101": "food-101"}
 
 
 def _noise_image(path: Path, label: int, rng: random.Random, size: int) -> None:
@@ -62,22 +64,29 @@ def write_coop_dataset(root: Path, name: str, classes=CLASSES, train_per_class: 
 
     Split-file datasets get `split_zhou_<Name>.json` with "train"/"val"/"test" lists of
     [relative_path, label, classname] (class names with `_` for spaces, as CoOp's files
-    have); FGVCAircraft its variants.txt and images_variant_<split>.txt; ImageNet
-    images/{train,val}/<wnid>/ and classnames.txt.
+    have), in a shuffled order as in CoOp's files (neither by label nor by path), and a
+    hidden `.DS_Store` beside the images; FGVCAircraft its variants.txt and
+    images_variant_<split>.txt (also shuffled); ImageNet images/{train,val}/<wnid>/ with a
+    `.DS_Store` and a non-image file in every class folder, and a classnames.txt that, as
+    CoOp's, names more classes than there are folders (in another order).
     """
     rng = random.Random(seed)
     counts = {"train": train_per_class, "val": 1, "test": test_per_class}
+    root.mkdir(parents=True, exist_ok=True)
     if name == "imagenet":
         wnids = [f"n{label:08d}" for label in range(len(classes))]
-        (root).mkdir(parents=True, exist_ok=True)
-        (root / "classnames.txt").write_text("".join(f"{w} {c}\n" for w, c in zip(wnids, classes, strict=True)))
+        named = [*zip(wnids, classes, strict=True), ("n09999998", "class without images"), ("n09999999", "another")]
+        rng.shuffle(named)
+        (root / "classnames.txt").write_text("".join(f"{w} {c}\n" for w, c in named))
         for folder, count in (("train", train_per_class), ("val", test_per_class)):
             for label, wnid in enumerate(wnids):
-                for index in range(count):
-                    _noise_image(root / "images" / folder / wnid / f"{wnid}_{index}.JPEG", label, rng, size)
+                class_dir = root / "images" / folder / wnid
+                for index in rng.sample(range(count), count):  # created out of order
+                    _noise_image(class_dir / f"{wnid}_{index}.JPEG", label, rng, size)
+                (class_dir / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+                (class_dir / "labels.txt").write_text("not an image\n")
         return root
     if name == "fgvc_aircraft":
-        root.mkdir(parents=True, exist_ok=True)
         (root / "variants.txt").write_text("".join(f"{c}\n" for c in classes))
         for split, count in counts.items():
             lines = []
@@ -86,6 +95,7 @@ def write_coop_dataset(root: Path, name: str, classes=CLASSES, train_per_class: 
                     image_id = f"{label:03d}{index:02d}{len(split)}"
                     _noise_image(root / "images" / f"{image_id}.jpg", label, rng, size)
                     lines.append(f"{image_id} {variant}\n")
+            rng.shuffle(lines)
             (root / f"images_variant_{split}.txt").write_text("".join(lines))
         return root
     image_dir, split_file = COOP_SPLIT_FILE_LAYOUT[name]
@@ -98,6 +108,15 @@ def write_coop_dataset(root: Path, name: str, classes=CLASSES, train_per_class: 
                 relative = f"{folder}/{key}_{index:02d}.jpg"
                 _noise_image(root / image_dir / relative, label, rng, size)
                 entries.append([relative, label, folder])
+        rng.shuffle(entries)
         split[key] = entries
+    (root / image_dir / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
     (root / split_file).write_text(json.dumps(split))
     return root
+
+
+def write_coop_data_root(data_root: Path, names, **kwargs) -> Path:
+    """Writes each CoOp dataset in `names` under data_root in the folder DATASETS.md gives it; returns data_root."""
+    for name in names:
+        write_coop_dataset(data_root / COOP_FOLDERS[name], name, **kwargs)
+    return data_root

@@ -25,6 +25,7 @@ import yaml
 
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.processes import as_child
 from tests.deploy import load_check
 from tests.procs import REPO, free_port, start_process, start_scorer, stop_process, wait_healthy
 from tests.conftest import prerequisite
@@ -118,8 +119,8 @@ def prometheus(services, tmp_path):
     config = write_config(tmp_path, services["scorer_metrics"], services["optimizer_metrics"], port)
     log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+        **as_child([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]),
         stdout=log, stderr=subprocess.STDOUT,
     )
     api = f"http://127.0.0.1:{port}"

@@ -8,8 +8,8 @@ import json
 import grpc
 import pytest
 
-from optimizer_service.baselines import (A_PHOTO_OF, CLIP_BENCHMARK_PIN, PLAIN, BaselineError, hand_engineered,
-                                         reference_candidates)
+from optimizer_service.baselines import (A_PHOTO_OF, CLIP_BENCHMARK_PIN, CLIP_ENSEMBLE, COOP_PROMPT, PLAIN, BaselineError,
+                                         coop_prompt, hand_engineered, reference_candidates)
 from optimizer_service.config import InitialPool, RunSettings, SpecError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from tests.optimizer.test_service import _status_of
@@ -33,10 +33,15 @@ def test_unknown_or_uncovered_datasets_are_named():
 
 def test_reference_candidates_are_the_papers_rows():
     rows = reference_candidates("dtd")
-    assert list(rows) == [PLAIN, A_PHOTO_OF, "hand-engineered"]
-    assert rows[PLAIN] == ("{}",) and rows["hand-engineered"] == hand_engineered("dtd")
-    assert list(reference_candidates("ucf101")) == [PLAIN, A_PHOTO_OF]
+    assert list(rows) == [PLAIN, A_PHOTO_OF, COOP_PROMPT, CLIP_ENSEMBLE]
+    assert rows[PLAIN] == ("{}",) and rows[CLIP_ENSEMBLE] == hand_engineered("dtd") and rows[COOP_PROMPT] == ("{} texture.",)
+    assert reference_candidates("oxford_pets")[COOP_PROMPT] == ("a photo of a {}, a type of pet.",)
+    assert len(reference_candidates("imagenet")[CLIP_ENSEMBLE]) == 80
+    assert reference_candidates("ucf101") == {PLAIN: (PLAIN,), A_PHOTO_OF: (A_PHOTO_OF,),
+                                              COOP_PROMPT: ("a photo of a person doing {}.",)}
     assert list(reference_candidates("my_own_data")) == [PLAIN, A_PHOTO_OF]
+    with pytest.raises(BaselineError, match="CoOp has no prompt for 'pets'"):
+        coop_prompt("pets")
 
 
 def test_spec_validation_and_round_trip():

@@ -1,38 +1,75 @@
-"""`python -m reproduce` end to end on a miniature grid: two tiny random CLIPs as backbones, CoOp-layout
-fixtures, the scripted LLM; then a rerun that resumes the one failed cell and asks nothing else."""
+"""`python -m reproduce` (what `make reproduce` runs) end to end on miniature grids: tiny random CLIPs as
+backbones, datasets in CoOp's folders and layouts (unsorted split files, hidden files), the scripted LLM;
+a rerun that resumes the one failed cell and asks nothing else; a SIGKILL that leaves no scorer behind."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from optimizer_service.baselines import hand_engineered
+from optimizer_service.baselines import coop_prompt, hand_engineered
+from promptclimb_common.processes import as_child
 from reproduce.grid import GridError, load_grid
 from testbed.random_clip import build_random_clip
-from tests.fixtures import write_coop_dataset
-from tests.optimizer.scripted_llm import Fail, Reply, ScriptedLLM
+from tests.fixtures import write_coop_data_root
+from tests.optimizer.scripted_llm import Delay, Fail, Reply, ScriptedLLM
 from tests.procs import REPO
 
 DATASETS = ("dtd", "ucf101")  # ucf101: clip-benchmark has no hand-engineered templates for it
+SMALL_RUN = """
+[run]
+initial_pool = "builtin"
+initial_pool_size = 3
+restarts = 1
+resets = 1
+iterations = 1
+top_k = 1
+templates_per_call = 2
+conversation = "stateless"
+"""
 
 
 def reproduce(config, env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "reproduce", "--config", str(config), "--log-level", "WARNING"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(**as_child([sys.executable, "-m", "reproduce", "--config", str(config), "--log-level", "WARNING"]),
+                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+
+
+def grid_env(tmp_path) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "placeholder", "HOME": str(tmp_path)}
+
+
+def one_backbone_grid(path, out, data_root, datasets, model, llm_url) -> None:
+    path.write_text(f"""
+out = "{out}"
+data_root = "{data_root}"
+datasets = {list(datasets)}
+seeds = [1]
+feedback = ["positive_negative"]
+[[backbones]]
+name = "tiny"
+model = "{model}"
+[llm]
+base_url = "{llm_url}"
+model = "scripted-model"
+{SMALL_RUN}""")
 
 
 def test_grid_runs_resumes_and_writes_the_papers_tables(tiny_clip_dir, tmp_path):
     other_clip = build_random_clip(tmp_path / "clip-b", "tiny", seed=1)
-    for name in DATASETS:
-        write_coop_dataset(tmp_path / "data" / name, name)
+    write_coop_data_root(tmp_path / "data", DATASETS)
     out = tmp_path / "out"
     config = tmp_path / "grid.toml"
-    env = {"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "placeholder", "HOME": str(tmp_path)}
+    env = grid_env(tmp_path)
     with ScriptedLLM([Reply("- a {} in the wild"), Fail(500)]) as llm:
         config.write_text(f"""
 out = "{out}"
@@ -84,16 +121,16 @@ llm_backoff_initial_s = 0.01
     cells = {(r["backbone"], r["method"], r["dataset"]): r for r in results}
     for backbone in ("tiny-a", "tiny-b"):
         for dataset in DATASETS:
-            for method in ("{}", "a photo of a {}.", "positive_only", "positive_negative"):
+            for method in ("{}", "a photo of a {}.", "coop_single_prompt", "positive_only", "positive_negative"):
                 assert (backbone, method, dataset) in cells
             tests = [json.loads((out / "cells" / backbone / dataset / f"seed{s}" / "positive_negative" / "result.json")
                                 .read_text())["best"][0]["test_accuracy"] for s in grid.seeds]
             row = cells[backbone, "positive_negative", dataset]
             assert float(row["mean"]) == pytest.approx(statistics.fmean(tests), abs=1e-6)
             assert float(row["std"]) == pytest.approx(statistics.stdev(tests), abs=1e-6) and row["seeds"] == "2"
-        assert (backbone, "hand-engineered", "dtd") in cells and (backbone, "hand-engineered", "ucf101") not in cells
+        assert (backbone, "clip_authors_ensemble", "dtd") in cells and (backbone, "clip_authors_ensemble", "ucf101") not in cells
         references = json.loads((out / "references" / backbone / "dtd.json").read_text())
-        assert references["hand-engineered"]["templates"] == list(hand_engineered("dtd"))
+        assert references["clip_authors_ensemble"]["templates"] == list(hand_engineered("dtd"))
 
     transfers = list(csv.DictReader((out / "transfer.csv").open()))
     pairs = {(r["source"], r["target"]) for r in transfers}
@@ -106,10 +143,10 @@ llm_backoff_initial_s = 0.01
     markdown = (out / "results.md").read_text()
     assert "## tiny-a" in markdown and "## tiny-b" in markdown and "tiny-a → tiny-b" in markdown
     assert "| method | dtd | ucf101 | Avg |" in markdown
-    for row in ("| `{}` |", "| `a photo of a {}.` |", "| hand-engineered (CLIP authors) |",
+    for row in ("| `{}` |", "| `a photo of a {}.` |", "| CLIP authors' ensemble |", "| CoOp's single prompt per dataset |",
                 "| LLM optimizer, positive only |", "| LLM optimizer, positive + negative |"):
         assert markdown.count(row) == 2
-    hand_row = next(line for line in markdown.splitlines() if line.startswith("| hand-engineered"))
+    hand_row = next(line for line in markdown.splitlines() if line.startswith("| CLIP authors' ensemble"))
     assert "| n/a |" in hand_row and "(1 of 2)" in hand_row
     assert "±" in next(line for line in markdown.splitlines() if line.startswith("| LLM optimizer, positive + negative"))
     assert markdown in third.stdout
@@ -131,3 +168,126 @@ def test_grid_errors_name_the_key(tmp_path):
                       '[[backbones]]\nname = "a"\nmodel = "m"\n[llm]\nbase_url = "u"\nmodel = "m"\n[run]\nseed = 3\n')
     with pytest.raises(GridError, match=r"\[run\] must not set \['seed'\]"):
         load_grid(config)
+
+
+def test_grid_reads_coops_folders_as_they_are_and_scores_both_baselines(tiny_clip_dir, tmp_path):
+    datasets = ("caltech101", "food101", "imagenet", "oxford_pets")
+    data = write_coop_data_root(tmp_path / "DATA", datasets)
+    assert sorted(p.name for p in data.iterdir()) == ["caltech-101", "food-101", "imagenet", "oxford_pets"]
+    out, config = tmp_path / "out", tmp_path / "grid.toml"
+    with ScriptedLLM() as llm:
+        one_backbone_grid(config, out, data, datasets, tiny_clip_dir, llm.url)
+        done = reproduce(config, grid_env(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    rows = {(r["method"], r["dataset"]): r for r in csv.DictReader((out / "results.csv").open())}
+    markdown = (out / "results.md").read_text().splitlines()
+    header = "| method | caltech101 | food101 | imagenet | oxford_pets | Avg |"
+    assert header in markdown
+    for key, label in (("coop_single_prompt", "CoOp's single prompt per dataset"), ("clip_authors_ensemble", "CLIP authors' ensemble")):
+        line = next(line for line in markdown if line.startswith(f"| {label} |"))
+        accuracies = []
+        for index, dataset in enumerate(datasets):
+            scored = json.loads((out / "references" / "tiny" / f"{dataset}.json").read_text())[key]
+            assert float(rows[key, dataset]["mean"]) == pytest.approx(scored["test_accuracy"], abs=1e-6)
+            assert line.split(" | ")[index + 1] == f"{100 * scored['test_accuracy']:.1f}"
+            accuracies.append(scored["test_accuracy"])
+            expected = (coop_prompt(dataset),) if key == "coop_single_prompt" else hand_engineered(dataset)
+            assert tuple(scored["templates"]) == expected
+        assert line.endswith(f"| {100 * statistics.fmean(accuracies):.1f} |")
+    assert coop_prompt("oxford_pets") == "a photo of a {}, a type of pet."
+    assert "oxford_pets `a photo of a {}, a type of pet.`" in "\n".join(markdown)
+    assert "imagenet 80" in "\n".join(markdown)  # the ensemble's size per dataset is stated
+    for dataset in datasets:
+        assert rows["positive_negative", dataset]["seeds"] == "1"
+
+
+def test_a_missing_dataset_folder_is_one_line_before_anything_starts(tiny_clip_dir, tmp_path):
+    data = write_coop_data_root(tmp_path / "DATA", ("caltech101",))
+    (data / "food101").mkdir()  # not CoOp's name for it: food-101
+    out, config = tmp_path / "out", tmp_path / "grid.toml"
+    one_backbone_grid(config, out, data, ("caltech101", "food101"), tiny_clip_dir, "http://127.0.0.1:9/v1")
+    missing = reproduce(config, grid_env(tmp_path))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert missing.stderr.count("\n") == 1, missing.stderr
+    assert f"{data / 'food-101'} does not exist" in missing.stderr and "DATASETS.md" in missing.stderr
+    assert not (out / "logs").exists()  # no scorer was started
+
+    (data / "food101").rename(data / "food-101")  # the right name, but still empty
+    incomplete = reproduce(config, grid_env(tmp_path))
+    assert incomplete.returncode == 2 and incomplete.stderr.count("\n") == 1, incomplete.stderr
+    assert "split_zhou_Food101.json is missing" in incomplete.stderr
+
+    write_coop_data_root(data, ("food101",))
+    next((data / "food-101" / "images").rglob("test_00.jpg")).unlink()  # found only when the scorer reads the split
+    failed = reproduce(config, grid_env(tmp_path))
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.stderr.count("\n") == 1, failed.stderr
+    assert "the scorer for tiny, seed 1, stopped before serving: " in failed.stderr
+    assert "1 test image(s) missing" in failed.stderr and "scorer-tiny-seed1.log" in failed.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid`, from /proc."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()  # noqa: SIM115
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"  # noqa: SIM115
+    except OSError:
+        return False
+
+
+def _serves(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return True
+        except grpc.RpcError:
+            return False
+
+
+def test_sigkill_of_reproduce_leaves_no_child_behind(tiny_clip_dir, tmp_path):
+    data = write_coop_data_root(tmp_path / "DATA", ("dtd",))
+    out, config = tmp_path / "out", tmp_path / "grid.toml"
+    with ScriptedLLM([Delay(120, Reply("- a {} in the wild"))]) as llm:
+        one_backbone_grid(config, out, data, ("dtd",), tiny_clip_dir, llm.url)
+        grid = subprocess.Popen([sys.executable, "-m", "reproduce", "--config", str(config), "--log-level", "WARNING"],
+                                cwd=REPO, env=grid_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        children = []
+        try:
+            deadline = time.monotonic() + 120
+            while not llm.seen:  # the scorer has scored the initial pool; the first LLM call hangs
+                assert grid.poll() is None and time.monotonic() < deadline, "reproduce never reached its first LLM call"
+                time.sleep(0.2)
+            children = _children(grid.pid)
+            ports = [int(a.split(b"\0")[0]) for pid in children
+                     for a in open(f"/proc/{pid}/cmdline", "rb").read().split(b"--port\0")[1:]]  # noqa: SIM115
+            assert children and len(ports) == 1 and _serves(ports[0])
+            grid.send_signal(signal.SIGKILL)
+            grid.wait()
+            deadline = time.monotonic() + 15
+            while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not [pid for pid in children if _alive(pid)], "a child of reproduce outlived it"
+            assert not _serves(ports[0])
+        finally:  # whatever of ours is left, should the test fail
+            if grid.poll() is None:
+                grid.kill()
+                grid.wait()
+            for pid in children:
+                if _alive(pid) and b"scorer_service" in open(f"/proc/{pid}/cmdline", "rb").read():  # noqa: SIM115
+                    os.kill(pid, signal.SIGKILL)
