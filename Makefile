@@ -32,7 +32,15 @@ $(CLIP_BENCHMARK_STAMP): $(ENV_STAMP)
 	$(PY) -m pip install -q --no-deps "$(CLIP_BENCHMARK)"
 	@touch $@
 
-env: $(ENV_STAMP) $(GEN_STAMP) $(CLIP_BENCHMARK_STAMP)
+# OpenAI CLIP's BPE merges (testbed/tokenizer.py) are a data file of the open_clip
+# wheel; its code needs torchvision, so it too is installed without dependencies.
+OPEN_CLIP := open_clip_torch==3.3.0
+OPEN_CLIP_STAMP := $(VENV)/.open-clip-installed
+$(OPEN_CLIP_STAMP): $(ENV_STAMP)
+	$(PY) -m pip install -q --no-deps "$(OPEN_CLIP)"
+	@touch $@
+
+env: $(ENV_STAMP) $(GEN_STAMP) $(CLIP_BENCHMARK_STAMP) $(OPEN_CLIP_STAMP)
 
 # Generated gRPC code lives in gen/ (ignored by git, never edited by hand) and
 # reaches the venv through a .pth file.
@@ -101,12 +109,12 @@ $(LLM_STAMP): $(ENV_STAMP) demo/embedded_llm.py
 	@touch $@
 
 # The demo's images: Debian's Fashion-MNIST, a small subset converted once to
-# the scorer's image-folder layout (cached; see demo/fashion_mnist.py).
+# the scorer's image-folder layout (cached; see testbed/fashion_mnist.py).
 DEMO_DATA := .cache/promptclimb/data/fashion-mnist
 demo-data: $(ENV_STAMP)
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { echo ">> installing Debian's dataset-fashion-mnist"; \
 	  $(APT_INSTALL) dataset-fashion-mnist || { apt-get update && $(APT_INSTALL) dataset-fashion-mnist; }; }
-	$(PY) -m demo.fashion_mnist --root $(DEMO_DATA)
+	$(PY) -m testbed.fashion_mnist --root $(DEMO_DATA)
 
 # The paper's table over the grid in REPRODUCE_CONFIG (datasets, seeds, backbones, budget);
 # rerun to resume. Needs the CoOp datasets, CLIP weights and an LLM endpoint (see the README).

@@ -26,7 +26,7 @@ import grpc
 
 from bench.report import write_table
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from scorer_service.random_clip import build_random_clip
+from testbed.random_clip import build_random_clip
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fixtures import write_image_folder  # noqa: E402

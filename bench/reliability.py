@@ -38,7 +38,7 @@ import grpc
 from bench.report import write_table
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.processes import REPO, free_port
-from scorer_service.random_clip import build_random_clip
+from testbed.random_clip import build_random_clip
 
 sys.path.insert(0, str(REPO / "tests"))
 from fixtures import write_image_folder  # noqa: E402

@@ -25,20 +25,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 from transformers import CLIPConfig, CLIPModel
 
 from bench.report import write_table
-from bench.workload import TEMPLATES, class_names, image_features, word_level_tokenizer
+from bench.workload import TEMPLATES, class_names, image_features
+from optimizer_service.seeds import BUILTIN_TEMPLATES
 from promptclimb_common.templates import fill
 from scorer_service.batcher import TextEncodeBatcher
 from scorer_service.cpu_kernels import use_onednn_kernels
 from scorer_service.datasets import Dataset, Task
 from scorer_service.features import SplitFeatures
-from scorer_service.model import ClipEncoder
-from scorer_service.random_clip import SHAPES
+from scorer_service.model import ClipEncoder, load_clip
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
+from testbed.fashion_mnist import DEBIAN_DIR, load_split
+from testbed.random_clip import SHAPES
+from testbed.tokenizer import clip_tokenizer
+from testbed.train import CLASS_NAMES, ensure_model
 
 IMAGES = 1000
 
@@ -225,6 +230,38 @@ def agreement(step: StepResult, baseline: StepResult) -> str:
     return f"{100 * same:.2f}%"
 
 
+def trained_model_agreement(model_dir: Path) -> list[str]:
+    """bf16 and int8 against fp32 on the trained testbed model, whose logits are not near-ties.
+
+    On random weights every class prompt embeds almost alike, so tiny numeric
+    differences flip argmaxes; a trained model shows what reduced precision does
+    to real predictions. Scored: every built-in template x the full Fashion-MNIST
+    test split, image features computed in each row's dtype as the scorer does.
+    """
+    images, labels = load_split(DEBIAN_DIR, "test")
+    pil = [Image.fromarray(i, mode="L").convert("RGB") for i in images]
+    templates = list(BUILTIN_TEMPLATES)
+    fp32 = load_clip(str(model_dir), device="cpu", dtype="float32", cpu_matmul="torch")
+    rows = [("fp32 (reference)", fp32), ("bf16 (scorer --dtype bfloat16)", load_clip(str(model_dir), "cpu", "bfloat16", "torch")),
+            ("int8 dynamic quantization", int8_encoder(fp32))]
+    results = {}
+    for name, encoder in rows:
+        features = torch.cat([encoder.encode_images(pil[s : s + 1000]) for s in range(0, len(pil), 1000)])
+        embeddings = scorer_path_step(encoder, templates, list(CLASS_NAMES))
+        results[name] = predictions_of(embeddings, features.float())
+    reference = results[rows[0][0]]
+    target = torch.from_numpy(labels.astype("int64"))
+    lines = ["", f"Trained testbed model ({model_dir.name}: a small CLIP trained on this machine, not CLIP): "
+             f"{len(templates)} built-in templates x {len(images)} Fashion-MNIST test images.", "",
+             "| dtype | predictions = fp32 | mean test accuracy | largest accuracy change of a template |", "|---|---|---|---|"]
+    reference_accuracy = (reference == target).float().mean(dim=1)
+    for name, predictions in results.items():
+        accuracy = (predictions == target).float().mean(dim=1)
+        lines.append(f"| {name} | {100 * (predictions == reference).float().mean().item():.2f}% | "
+                     f"{100 * accuracy.mean().item():.2f}% | {100 * (accuracy - reference_accuracy).abs().max().item():.2f} points |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
@@ -236,13 +273,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for a GPU")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
+    parser.add_argument("--trained-model", default="testbed",
+                        help="checkpoint dir for the bf16/int8 agreement rows; 'testbed' trains or loads the testbed "
+                             "model, 'none' skips them")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
 
     names_all = class_names(max(args.classes))
-    tokenizer = word_level_tokenizer(TEMPLATES + names_all)
+    tokenizer = clip_tokenizer()
     fp32 = build_encoder(tokenizer, device=device)
     bf16 = build_encoder(tokenizer, torch.bfloat16, device=device)
     torch_peak = matmul_peak_flops(torch.matmul, torch.float32, device)
@@ -313,6 +353,8 @@ def main() -> None:
                 f"{agreement(result, baseline)} |"
             )
         lines.append(f"| {count} | (mean prompt length {mean_tokens:.1f} tokens; {IMAGES} images) | | | | | | |")
+    if args.trained_model != "none" and not on_gpu:
+        lines += trained_model_agreement(ensure_model() if args.trained_model == "testbed" else Path(args.trained_model))
     write_table(args.out / "text_encoder.md", lines)
 
 

@@ -1,10 +1,8 @@
 """The benchmark's workload: a ViT-B/32-shaped text tower, class names, templates.
 
 Speed depends on shapes and token counts, not on trained weights, so random
-weights do. Token counts do matter: a byte-level vocabulary would make every
-prompt ~3x longer than CLIP's real BPE does. The tokenizer here therefore gets
-BPE merges that make each word of the workload one token, as CLIP's 49k-word
-vocabulary does for common English words.
+weights do. Token counts do matter, so prompts are tokenized by OpenAI CLIP's
+real BPE (testbed.tokenizer).
 """
 
 from __future__ import annotations
@@ -12,9 +10,6 @@ from __future__ import annotations
 import random
 
 import torch
-from transformers import CLIPTokenizer
-
-from scorer_service.random_clip import byte_level_tokenizer
 
 SYLLABLES = ("ka", "lo", "mi", "ren", "tas", "vo", "quin", "bel", "dor", "sha", "pu", "gri", "fen", "zu", "tor", "nel")
 
@@ -54,29 +49,6 @@ def class_names(count: int, seed: int = 0) -> list[str]:
             names.append(name)
     return names
 
-
-def word_level_tokenizer(texts: list[str]) -> CLIPTokenizer:
-    """Byte-level CLIP tokenizer plus merges that join each word of `texts` into one token."""
-    base = byte_level_tokenizer()
-    vocab = base.get_vocab()
-    merges: list[tuple[str, str]] = []
-    seen_merges: set[tuple[str, str]] = set()
-    pretokenize = base.backend_tokenizer.pre_tokenizer.pre_tokenize_str
-    for text in texts:
-        for word, _ in pretokenize(text.replace("{}", " ").lower()):
-            symbols = list(word)  # already byte-level characters
-            if len(symbols) < 2:
-                continue
-            symbols[-1] += "</w>"
-            left = symbols[0]
-            for right in symbols[1:]:
-                merge = (left, right)
-                left += right
-                if merge not in seen_merges:
-                    seen_merges.add(merge)
-                    merges.append(merge)
-                    vocab.setdefault(left, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges)
 
 
 def image_features(count: int, dim: int, classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,10 +7,16 @@ templates against the baselines `{}` and `a photo of a {}.` (train accuracy,
 and test accuracy read with an admin token), writes result.json and a plot,
 and stops every process, also on Ctrl-C or failure.
 
+By default the scorer serves the testbed CLIP (testbed/train.py: a small model
+trained on Fashion-MNIST on this machine, trained on first use and cached), on
+Fashion-MNIST with the full test split.
+
 Environment knobs (all optional):
-  SCORER_MODEL      CLIP hub id or directory (default openai/clip-vit-base-patch32;
-                    falls back to random weights, loudly, when it cannot be loaded)
-  DEMO_DATA         image-folder dataset (default: the Fashion-MNIST subset)
+  SCORER_MODEL      CLIP hub id or directory instead of the testbed model (falls
+                    back to random weights, loudly, when it cannot be loaded)
+  DEMO_DATA         image-folder dataset (default: Fashion-MNIST, 100 train images
+                    per class to draw shots from, the full 10,000-image test split)
+  DEMO_SHOTS        train images per class the search sees (default 16)
   OPENAI_API_KEY    use OpenAI (or LLM_BASE_URL) instead of the embedded LLM
   LLM_BASE_URL, LLM_MODEL   a remote OpenAI-compatible endpoint and model
   DEMO_LLM          embedded model: qwen2.5-coder-1.5b (default) or qwen2.5-coder-0.5b
@@ -38,8 +44,7 @@ import structlog
 from tqdm import tqdm
 
 from demo.embedded_llm import DEFAULT_MODEL, LlamaServer
-from demo.fashion_mnist import DEFAULT_ROOT, prepare_fashion_mnist
-from optimizer_service.cli import write_report
+from optimizer_service.cli import selected_by_step, write_report
 from optimizer_service.pool import Candidate
 from promptclimb.optimizer.v1 import optimizer_pb2 as opt_pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc as opt_grpc
@@ -47,20 +52,25 @@ from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.processes import free_port, start_module, stop_process, wait_healthy
-from scorer_service.random_clip import UNTRAINED_MARKER, build_random_clip
+from testbed.fashion_mnist import DEFAULT_ROOT, prepare_fashion_mnist
+from testbed.random_clip import UNTRAINED_MARKER, build_random_clip
+from testbed.train import ensure_model
 
 log = structlog.get_logger("demo")
 
 WORK = Path(".cache/promptclimb/demo")
-RANDOM_MODEL = Path(".cache/promptclimb/models/random-vit-b-32")
+RANDOM_MODEL = Path(".cache/promptclimb/models/random-tiny")
+# Fashion-MNIST: shots are drawn from 100 train images per class; the test split is whole.
+TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 1000
 BASELINES = ("{}", "a photo of a {}.")
 UNTRAINED_WARNING = "untrained model: accuracies are chance level; set SCORER_MODEL to real weights"
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    model: str
+    model: str | None
     data: Path | None
+    shots: int
     out: Path
     llm_base_url: str | None
     llm_model: str | None
@@ -77,8 +87,9 @@ class DemoSettings:
         env = os.environ.get
         remote = env("LLM_BASE_URL") or ("https://api.openai.com/v1" if env("OPENAI_API_KEY") else None)
         return cls(
-            model=env("SCORER_MODEL", "openai/clip-vit-base-patch32"),
+            model=env("SCORER_MODEL") or None,
             data=Path(env("DEMO_DATA")) if env("DEMO_DATA") else None,
+            shots=int(env("DEMO_SHOTS", 16)),
             out=Path(env("DEMO_OUT", "demo-out")),
             llm_base_url=remote,
             llm_model=env("LLM_MODEL", "gpt-4o-mini" if remote else None),
@@ -93,12 +104,16 @@ class DemoSettings:
         )
 
 
-def resolve_model(ref: str) -> tuple[str, bool]:
+def resolve_model(ref: str | None) -> tuple[str, bool]:
     """The CLIP checkpoint to serve and whether it is untrained.
 
-    A directory or a hub id already in the local cache is used as it is. Anything
-    else falls back to a random ViT-B/32-shaped CLIP built once on disk.
+    No `ref`: the testbed model, trained here on first use. A directory or a hub
+    id already in the local cache is used as it is. Anything else falls back,
+    loudly, to a random tiny CLIP built once on disk: an explicit model that
+    cannot be had is a user's mistake to show, not to hide.
     """
+    if ref is None:
+        return str(ensure_model()), False
     path = Path(ref).expanduser()
     if path.is_dir():
         return str(path), (path / UNTRAINED_MARKER).exists()
@@ -111,8 +126,8 @@ def resolve_model(ref: str) -> tuple[str, bool]:
     except Exception as err:  # noqa: BLE001 - any failure means: no real weights here
         log.warning("clip_model_unavailable", model=ref, error=str(err).splitlines()[0][:200])
     if not (RANDOM_MODEL / UNTRAINED_MARKER).exists():
-        log.warning("building_random_clip", path=str(RANDOM_MODEL), shape="vit-b-32")
-        build_random_clip(RANDOM_MODEL, "vit-b-32")
+        log.warning("building_random_clip", path=str(RANDOM_MODEL), shape="tiny")
+        build_random_clip(RANDOM_MODEL, "tiny")
     return str(RANDOM_MODEL), True
 
 
@@ -177,19 +192,25 @@ def follow(stub: opt_grpc.OptimizerStub, run_id: str, token: str) -> list[Candid
     return candidates
 
 
-def report(scorer: sc_grpc.ScorerStub, task_id: str, best: list[str], admin: str, untrained: bool) -> list[dict]:
-    """Train and test accuracy of the baselines and the best templates, read with the admin token."""
-    templates = list(dict.fromkeys([*BASELINES, *best]))
-    scores = {}
-    for split in (sc_pb.SPLIT_TRAIN, sc_pb.SPLIT_TEST):
-        reply = scorer.Score(sc_pb.ScoreRequest(task_id=task_id, templates=templates, split=split), metadata=bearer(admin))
-        scores[split] = {r.template: r.accuracy for r in reply.results}
-    rows = [{"template": t, "kind": "baseline" if t in BASELINES else "found",
-             "train_accuracy": scores[sc_pb.SPLIT_TRAIN][t], "test_accuracy": scores[sc_pb.SPLIT_TEST][t]} for t in templates]
+def scores(scorer: sc_grpc.ScorerStub, task_id: str, templates: list[str], split: int, token: str) -> dict[str, float]:
+    reply = scorer.Score(sc_pb.ScoreRequest(task_id=task_id, templates=templates, split=split), metadata=bearer(token))
+    return {r.template: r.accuracy for r in reply.results}
+
+
+def report(scorer: sc_grpc.ScorerStub, task_id: str, selected: str, best: list[str], admin: str,
+           untrained: bool) -> list[dict]:
+    """Train and test accuracy of the baselines, the train-selected template and the other best ones
+    (test read with the admin token, after the search: selection never sees it)."""
+    templates = list(dict.fromkeys([*BASELINES, selected, *best]))
+    train = scores(scorer, task_id, templates, sc_pb.SPLIT_TRAIN, admin)
+    test = scores(scorer, task_id, templates, sc_pb.SPLIT_TEST, admin)
+    kinds = {t: "baseline" for t in BASELINES} | {selected: "selected"}
+    rows = [{"template": t, "kind": kinds.get(t, "found"), "train_accuracy": train[t], "test_accuracy": test[t]}
+            for t in templates]
     print("\n  train   test   template")
     for row in rows:
-        print(f"  {100 * row['train_accuracy']:5.1f}%  {100 * row['test_accuracy']:5.1f}%  {row['template']}"
-              f"{'   (baseline)' if row['kind'] == 'baseline' else ''}")
+        tag = {"baseline": "   (baseline)", "selected": "   <- the climb's pick (best on train)"}.get(row["kind"], "")
+        print(f"  {100 * row['train_accuracy']:5.1f}%  {100 * row['test_accuracy']:5.1f}%  {row['template']}{tag}")
     if untrained:
         banner(UNTRAINED_WARNING)
     return rows
@@ -204,7 +225,7 @@ def run_demo(settings: DemoSettings) -> int:
     model, untrained = resolve_model(settings.model)
     if untrained:
         banner(UNTRAINED_WARNING)
-    data = settings.data or prepare_fashion_mnist(DEFAULT_ROOT)
+    data = settings.data or prepare_fashion_mnist(DEFAULT_ROOT, TRAIN_PER_CLASS, TEST_PER_CLASS)
     tokens = write_tokens(WORK / "tokens.json")
     with Processes() as processes:
         if settings.llm_base_url:
@@ -215,7 +236,7 @@ def run_demo(settings: DemoSettings) -> int:
                                                                 log_path=WORK / "llama-server.log"))
             base_url, llm_model = llm.base_url, llm.alias
         scorer_address = processes.service("scorer", [
-            "scorer_service", "--model", model, "--task", f"demo={data}", "--shots", "4", "--seed", "1",
+            "scorer_service", "--model", model, "--task", f"demo={data}", "--shots", str(settings.shots), "--seed", "1",
             "--metrics-port", "0", "--tokens-file", str(WORK / "tokens.json"),
             "--cache-dir", str(WORK / "scorer-cache"), "--state-dir", str(WORK / "scorer-state"),
         ])
@@ -237,8 +258,11 @@ def run_demo(settings: DemoSettings) -> int:
             run = optimizer.GetRun(opt_pb.GetRunRequest(run_id=run_id), metadata=bearer(tokens["user"]))
             print(f"\nrun {run_id}: {opt_pb.RunState.Name(run.state)} ({run.stop_reason}); "
                   f"{run.counters.llm_calls} LLM calls, {run.counters.templates_scored} templates scored")
-            rows = report(scorer, "demo", [b.template for b in run.best], tokens["admin"], untrained)
-    write_report(settings.out, run, candidates, note=UNTRAINED_WARNING if untrained else "")
+            held = [c.template for _, c in selected_by_step(candidates, run.spec.iterations)]
+            selected = held[-1] if held else run.best[0].template
+            rows = report(scorer, "demo", selected, [b.template for b in run.best], tokens["admin"], untrained)
+            test = scores(scorer, "demo", list(dict.fromkeys(held)), sc_pb.SPLIT_TEST, tokens["admin"]) if held else {}
+    write_report(settings.out, run, candidates, note=UNTRAINED_WARNING if untrained else "", test_accuracy=test)
     result_path = settings.out / "result.json"
     result = json.loads(result_path.read_text())
     result.update(model=model, untrained_model=untrained, baselines_and_best=rows,

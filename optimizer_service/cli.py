@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -140,10 +141,34 @@ def accuracy_curve(candidates: list[Candidate], iterations: int) -> list[tuple[i
     return curve
 
 
-def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str = "") -> None:
-    """result.json and accuracy.png; `note` (e.g. a warning about the model) goes under the plot's title."""
+def selected_by_step(candidates: list[Candidate], iterations: int) -> list[tuple[int, Candidate]]:
+    """(step, the candidate train selection holds after that step): the best train accuracy so far,
+    the earliest scored among ties, as the pool's best() picks."""
+    held: Candidate | None = None
+    out = []
+    by_step: dict[int, list[Candidate]] = defaultdict(list)
+    for candidate in candidates:
+        by_step[step_of(candidate, iterations)].append(candidate)
+    for step in range(max(by_step, default=-1) + 1):
+        for candidate in by_step.get(step, []):
+            if held is None or (candidate.accuracy, -candidate.sequence) > (held.accuracy, -held.sequence):
+                held = candidate
+        if held is not None:
+            out.append((step, held))
+    return out
+
+
+def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str = "",
+                 test_accuracy: dict[str, float] | None = None) -> None:
+    """result.json and accuracy.png; `note` (e.g. a warning about the model) goes under the plot's title.
+
+    `test_accuracy` (template -> test accuracy, for callers allowed to see test) adds the test
+    accuracy of the template train selection holds at each step, to the JSON and the plot.
+    """
     iterations = run.spec.iterations
     curve = accuracy_curve(candidates, iterations)
+    selected = [(step, c.template, c.accuracy, (test_accuracy or {}).get(c.template))
+                for step, c in selected_by_step(candidates, iterations)]
     result = {
         "run_id": run.run_id,
         "state": pb.RunState.Name(run.state),
@@ -152,6 +177,8 @@ def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str 
         "counters": {field.name: getattr(run.counters, field.name) for field in run.counters.DESCRIPTOR.fields},
         "spec": RunSettings.from_proto(run.spec, run.spec.llm_model).to_json(),
         "curve": [{"step": s, "best_train_accuracy": b, "mean_train_accuracy": m} for s, b, m in curve],
+        "selected": [{"step": s, "template": t, "train_accuracy": a, **({"test_accuracy": x} if x is not None else {})}
+                     for s, t, a, x in selected],
         "trajectory": [
             {"sequence": c.sequence, "template": c.template, "train_accuracy": c.accuracy, "restart": c.restart,
              "reset": c.reset, "iteration": c.iteration, "llm_call": c.llm_call}
@@ -159,23 +186,29 @@ def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str 
         ],
     }
     (out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    plot_curve(out / "accuracy.png", curve, run.spec.task_id, iterations, note)
+    test_curve = [(s, x) for s, _, _, x in selected if x is not None]
+    plot_curve(out / "accuracy.png", curve, run.spec.task_id, iterations, note, test_curve)
 
 
-def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, iterations: int, note: str = "") -> None:
+def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, iterations: int, note: str = "",
+               test_curve: list[tuple[int, float]] | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
     steps = [s for s, _, _ in curve]
-    ax.plot(steps, [100 * b for _, b, _ in curve], marker="o", label="best")
-    ax.plot(steps, [100 * m for _, _, m in curve], marker=".", label="mean")
+    ax.plot(steps, [100 * b for _, b, _ in curve], marker="o", label="train: best so far")
+    ax.plot(steps, [100 * m for _, _, m in curve], marker=".", label="train: mean of scored")
+    if test_curve:
+        ax.plot([s for s, _ in test_curve], [100 * x for _, x in test_curve], marker="s",
+                label="test: template selected on train")
     ax.set_xlabel(f"iteration (0: initial pool; resets continue at multiples of {iterations})")
-    ax.set_ylabel("train accuracy (%)")
-    ax.set_title(f"prompt search on {task_id}" + (f"\n{note}" if note else ""), color="darkred" if note else "black")
+    ax.set_ylabel("accuracy (%)")
+    title = f"prompt search on {task_id}" + ("\n" + "\n".join(textwrap.wrap(note, 70)) if note else "")
+    ax.set_title(title, color="darkred" if note else "black", fontsize=10)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fixtures import write_image_folder  # noqa: E402
 
 from promptclimb_common.logging import configure_logging  # noqa: E402
-from scorer_service.random_clip import build_random_clip  # noqa: E402
+from testbed.random_clip import build_random_clip  # noqa: E402
 
 configure_logging("WARNING", json=True)
 

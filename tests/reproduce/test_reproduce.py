@@ -13,7 +13,7 @@ import pytest
 
 from optimizer_service.baselines import hand_engineered
 from reproduce.grid import GridError, load_grid
-from scorer_service.random_clip import build_random_clip
+from testbed.random_clip import build_random_clip
 from tests.fixtures import write_coop_dataset
 from tests.optimizer.scripted_llm import Fail, Reply, ScriptedLLM
 from tests.procs import REPO

@@ -1,4 +1,4 @@
-"""The demo's data set: a small, fixed subset of Fashion-MNIST as an image folder.
+"""Fashion-MNIST from Debian's package: the raw arrays, and fixed subsets as image folders.
 
 Fashion-MNIST is a real labelled image set (10 classes of clothing, 28x28
 grayscale) that installs from a registry: Debian's `dataset-fashion-mnist`
@@ -78,7 +78,7 @@ def _idx_file(source: Path, name: str) -> Path:
     )
 
 
-def _load_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def load_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     prefix = SPLIT_FILES[split]
     images = read_idx(_idx_file(source, f"{prefix}-images-idx3-ubyte"))
     labels = read_idx(_idx_file(source, f"{prefix}-labels-idx1-ubyte"))
@@ -118,7 +118,7 @@ def prepare_fashion_mnist(
         log.info("fashion_mnist_cached", root=str(root))
         return root
     log.info("fashion_mnist_converting", source=str(source), root=str(root), per_class=splits)
-    loaded = {split: _load_split(source, split) for split in splits}
+    loaded = {split: load_split(source, split) for split in splits}
     partial = root.with_name(f".{root.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:

@@ -5,8 +5,8 @@ benchmarks and the demo's fallback need a real checkpoint directory anyway, so
 that the scorer's normal loading path runs. The weights are random: accuracies
 from these models are chance level and are never results.
 
-The tokenizer is a byte-level BPE with no merges (every byte its own token), the
-base of CLIP's real vocabulary, so any text tokenizes.
+The tokenizer is OpenAI CLIP's real BPE (testbed.tokenizer), so token lengths,
+and with them the cost of every prompt, are those of real CLIP.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
-from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+from testbed.tokenizer import clip_tokenizer
 
 UNTRAINED_MARKER = "promptclimb_untrained.txt"
 
@@ -43,19 +44,10 @@ SHAPES = {
 }
 
 
-def byte_level_tokenizer() -> CLIPTokenizer:
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[])
-
-
 def build_random_clip(directory: Path, shape: str = "tiny", seed: int = 0) -> Path:
     """Writes model, tokenizer and image processor to `directory`; returns it."""
     s = SHAPES[shape]
-    tokenizer = byte_level_tokenizer()
+    tokenizer = clip_tokenizer()
     vocab = tokenizer.get_vocab()
     config = CLIPConfig(
         text_config=dict(

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo.fashion_mnist import (
+from testbed.fashion_mnist import (
     APT_COMMAND,
     CLASS_FOLDERS,
     DEBIAN_DIR,
