@@ -6,6 +6,7 @@ Build. A Debian bookworm base is made once by debootstrap from the mirror apt us
 TORCH_REQUIREMENT=torch==<the pin>. pip's configured wheel directory and CA bundle (`pip config list`) are
 mounted into the build and passed as PIP_FIND_LINKS and PIP_CERT, so the scorer gets the CPU torch wheel.
 Nothing else about the build depends on this machine; the Dockerfiles' defaults (the CUDA base) stay.
+The reproduce image (deploy/k8s/reproduce's Jobs) is built on the scorer image too, but not run.
 
 Run. In a private network namespace (loopback only, so the manifests' fixed ports collide with nothing), twice:
 with the containers, environment, volumes and user of the Kubernetes cpu-dev overlay (rendered by
@@ -74,7 +75,8 @@ COMPOSE = ROOT / "deploy" / "compose.yaml"
 LOGS = ROOT / ".cache" / "promptclimb" / "image-check"
 BASE = "localhost/promptclimb-base:bookworm"
 BASE_PACKAGES = "python3,python3-venv,python-is-python3,ca-certificates"
-IMAGES = {"scorer": "localhost/promptclimb/scorer:check", "optimizer": "localhost/promptclimb/optimizer:check"}
+IMAGES = {"scorer": "localhost/promptclimb/scorer:check", "optimizer": "localhost/promptclimb/optimizer:check",
+          "reproduce": "localhost/promptclimb/reproduce:check"}
 # Files a container runtime (and the kubelet, for /etc/hosts) puts in the root before it is made read-only.
 RUNTIME_FILES = ("etc/hosts", "etc/hostname", "etc/resolv.conf", "run/.containerenv")
 EXIT_MARK = "promptclimb-image-check-exit-status:"
@@ -164,7 +166,8 @@ def torch_pin() -> str:
 
 
 def build(name: str, pip_flags: list[str]) -> float:
-    args = {"scorer": {"PYTORCH_IMAGE": BASE, "TORCH_REQUIREMENT": torch_pin()}, "optimizer": {"PYTHON_IMAGE": BASE}}[name]
+    args = {"scorer": {"PYTORCH_IMAGE": BASE, "TORCH_REQUIREMENT": torch_pin()}, "optimizer": {"PYTHON_IMAGE": BASE},
+            "reproduce": {"SCORER_IMAGE": IMAGES["scorer"]}}[name]
     log_path = LOGS / f"build-{name}.log"
     started = time.monotonic()
     # Docker format keeps HEALTHCHECK and STOPSIGNAL, which OCI image configs drop.
@@ -626,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         report.append(f"- base: {ensure_base()}")
         pip_flags = pip_build_inputs()
         report.append(f"- passed into the build: {' '.join(pip_flags) or 'nothing'}")
-        for name in ("optimizer", "scorer"):
+        for name in ("optimizer", "scorer", "reproduce"):
             seconds = build(name, pip_flags)
             cached = (LOGS / f"build-{name}.log").read_text().count("Using cache")
             config = image_config(IMAGES[name])
