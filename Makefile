@@ -8,7 +8,7 @@ ENV_STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 GEN_STAMP := gen/.generated
 
-.PHONY: all env gen test test-fast demo bench reliability clean
+.PHONY: all env gen test test-fast demo bench bench-search reliability clean
 
 all: test
 
@@ -63,9 +63,15 @@ test-fast: $(TEST_DEPS)
 demo: env llm-env demo-data
 	$(PY) -m demo
 
-bench: env
+bench: env demo-data
 	$(PY) -m bench.text_encoder
 	$(PY) -m bench.grpc_load
+
+# Search quality on the testbed CLIP (bench/search_quality.py): methods x few-shot seeds with the
+# embedded LLM, about 40 minutes on 2 cores; rerun to resume. BENCH_SEARCH_ARGS passes flags
+# (e.g. --llm-base-url https://api.openai.com/v1 --llm-model gpt-4o-mini).
+bench-search: env llm-env demo-data
+	$(PY) -m bench.search_quality $(BENCH_SEARCH_ARGS)
 
 # Offline checks of deploy/ (deploy/check.py): every kustomize overlay rendered
 # and schema-checked, promtool on the scrape config and alerts, dashboards,

@@ -262,6 +262,10 @@ def trained_model_agreement(model_dir: Path) -> list[str]:
     return lines
 
 
+def _trained_model(ref: str) -> Path:
+    return ensure_model() if ref == "testbed" else Path(ref)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
@@ -276,11 +280,16 @@ def main() -> None:
     parser.add_argument("--trained-model", default="testbed",
                         help="checkpoint dir for the bf16/int8 agreement rows; 'testbed' trains or loads the testbed "
                              "model, 'none' skips them")
+    parser.add_argument("--trained-model-only", action="store_true",
+                        help="only the trained model's agreement rows (bench/results/dtype_agreement.md)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
 
+    if args.trained_model_only:
+        write_table(args.out / "dtype_agreement.md", trained_model_agreement(_trained_model(args.trained_model)))
+        return
     names_all = class_names(max(args.classes))
     tokenizer = clip_tokenizer()
     fp32 = build_encoder(tokenizer, device=device)
@@ -354,7 +363,7 @@ def main() -> None:
             )
         lines.append(f"| {count} | (mean prompt length {mean_tokens:.1f} tokens; {IMAGES} images) | | | | | | |")
     if args.trained_model != "none" and not on_gpu:
-        lines += trained_model_agreement(ensure_model() if args.trained_model == "testbed" else Path(args.trained_model))
+        lines += trained_model_agreement(_trained_model(args.trained_model))
     write_table(args.out / "text_encoder.md", lines)
 
 

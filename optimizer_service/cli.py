@@ -34,7 +34,8 @@ from promptclimb_common.serving_args import env_reader
 log = structlog.get_logger(__name__)
 _env = env_reader("OPTIMIZER")
 
-_FEEDBACK = {Feedback.POSITIVE_NEGATIVE: pb.FEEDBACK_POSITIVE_NEGATIVE, Feedback.POSITIVE_ONLY: pb.FEEDBACK_POSITIVE_ONLY}
+_FEEDBACK = {Feedback.POSITIVE_NEGATIVE: pb.FEEDBACK_POSITIVE_NEGATIVE, Feedback.POSITIVE_ONLY: pb.FEEDBACK_POSITIVE_ONLY,
+             Feedback.NONE: pb.FEEDBACK_NONE}
 _CONVERSATION = {Conversation.CHAT: pb.CONVERSATION_MODE_CHAT, Conversation.STATELESS: pb.CONVERSATION_MODE_STATELESS}
 _POOL = {InitialPool.BUILTIN: pb.INITIAL_POOL_BUILTIN, InitialPool.GIVEN: pb.INITIAL_POOL_GIVEN, InitialPool.LLM: pb.INITIAL_POOL_LLM,
          InitialPool.HAND_ENGINEERED: pb.INITIAL_POOL_HAND_ENGINEERED}

@@ -31,6 +31,7 @@ from promptclimb_common.templates import template_problem
 class Feedback(str, enum.Enum):
     POSITIVE_NEGATIVE = "positive_negative"  # the paper's method: good and bad lists
     POSITIVE_ONLY = "positive_only"  # the paper's ablation: good list only
+    NONE = "none"  # random search: nothing shown, the control for whether feedback helps
 
 
 class Conversation(str, enum.Enum):
@@ -46,7 +47,7 @@ class InitialPool(str, enum.Enum):
 
 
 _FEEDBACK = {pb.FEEDBACK_UNSPECIFIED: Feedback.POSITIVE_NEGATIVE, pb.FEEDBACK_POSITIVE_NEGATIVE: Feedback.POSITIVE_NEGATIVE,
-             pb.FEEDBACK_POSITIVE_ONLY: Feedback.POSITIVE_ONLY}
+             pb.FEEDBACK_POSITIVE_ONLY: Feedback.POSITIVE_ONLY, pb.FEEDBACK_NONE: Feedback.NONE}
 _CONVERSATION = {pb.CONVERSATION_MODE_UNSPECIFIED: Conversation.CHAT, pb.CONVERSATION_MODE_CHAT: Conversation.CHAT,
                  pb.CONVERSATION_MODE_STATELESS: Conversation.STATELESS}
 _POOL = {pb.INITIAL_POOL_UNSPECIFIED: InitialPool.BUILTIN, pb.INITIAL_POOL_BUILTIN: InitialPool.BUILTIN,

@@ -27,13 +27,13 @@ SYSTEM = (
 MAX_CLASS_NAMES_SHOWN = 30
 
 
-def _requirements(count: int) -> str:
+def _requirements(count: int, shape: str = "similar in structure to the good templates") -> str:
     noun = "template" if count == 1 else f"{count} templates"
     return "\n".join(
         [
             "Requirements:",
             "- keep exactly one {} where the class name goes, and no other braces;",
-            "- fewer than 15 words, similar in structure to the good templates;",
+            f"- fewer than 15 words, {shape};",
             f"- answer with the {noun} only, one per line, each line starting with \"- \".",
         ]
     )
@@ -57,6 +57,10 @@ class MetaPrompt:
 
     def ask(self, good: Sequence[Candidate], bad: Sequence[Candidate]) -> str:
         """The request for new templates, given the current good and bad lists."""
+        count = self.templates_per_call
+        if self.feedback is Feedback.NONE:  # random search: the task alone, no template shown
+            return "\n\n".join([f"Write {'a new template' if count == 1 else f'{count} new, varied templates'}.",
+                                 _requirements(count, "varied in wording")])
         parts = [f"Here are templates that work well for this task{', best first' if self.show_accuracies else ''}:",
                  self._listing(good)]
         if self.feedback is Feedback.POSITIVE_NEGATIVE and bad:
@@ -64,7 +68,6 @@ class MetaPrompt:
             wish = "better than the good templates and unlike the poor ones"
         else:
             wish = "better than these"
-        count = self.templates_per_call
         parts += [f"Write {'a new template' if count == 1 else f'{count} new templates'} {wish}.", _requirements(count)]
         return "\n\n".join(parts)
 
@@ -79,6 +82,8 @@ class MetaPrompt:
 
     def follow_up(self, results: Sequence[Candidate], unusable: int, good: Sequence[Candidate], bad: Sequence[Candidate]) -> Message:
         """The next chat turn: how the last templates did, then a fresh ask."""
+        if self.feedback is Feedback.NONE:
+            return {"role": "user", "content": "Write more, unlike the ones you wrote.\n\n" + self.ask(good, bad)}
         lines = []
         good_keys = {c.sequence for c in good}
         bad_keys = {c.sequence for c in bad}
@@ -108,7 +113,7 @@ def initial_pool_messages(task_name: str, class_names: Sequence[str], count: int
             f"The classes are: {', '.join(shown)}{more}.",
             f"Write {count} different templates that describe such images well, "
             "for example \"a photo of a {}.\" becomes \"a photo of a dog.\".",
-            _requirements(count).replace("similar in structure to the good templates", "varied in wording"),
+            _requirements(count, "varied in wording"),
         ]
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]

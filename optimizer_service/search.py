@@ -175,7 +175,7 @@ class HillClimb:
 
     async def iterate(self, restart: int, reset: int, iteration: int) -> None:
         k = self.settings.top_k
-        good = self.pool.top(k, restart)
+        good = self.pool.top(k, restart) if self.settings.feedback is not Feedback.NONE else []
         bad = self.pool.bottom(k, restart) if self.settings.feedback is Feedback.POSITIVE_NEGATIVE else []
         messages = self.messages_for(restart, reset, iteration, good, bad)
         call_id = f"{self.run_id}/{restart}/{reset}/{iteration}"

@@ -241,9 +241,30 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE)
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="cache of trained models (default %(default)s)")
+    parser.add_argument("--pool-table", type=Path, metavar="FILE",
+                        help="also write the test accuracy of every built-in pool template to FILE (the headroom)")
     args = parser.parse_args(argv)
     configure_logging()
-    print(ensure_model(args.recipe, args.models_dir))
+    model_dir = ensure_model(args.recipe, args.models_dir)
+    if args.pool_table:
+        write_pool_table(model_dir, args.pool_table)
+    print(model_dir)
+
+
+def write_pool_table(model_dir: Path, path: Path) -> None:
+    """The built-in pool's templates on the full test split, best first: how much a template matters."""
+    from optimizer_service.seeds import BUILTIN_TEMPLATES
+
+    accuracies = zero_shot_accuracies(model_dir, list(BUILTIN_TEMPLATES))
+    ranked = sorted(accuracies.items(), key=lambda item: -item[1])
+    lines = [f"Built-in pool on `{model_dir.name}` (a small CLIP trained on this machine, not CLIP), "
+             "full Fashion-MNIST test split (10,000 images). `python -m testbed.train --pool-table FILE`.", "",
+             f"Spread: {100 * (ranked[0][1] - ranked[-1][1]):.1f} points; `{{}}` {100 * accuracies['{}']:.1f}%, "
+             f"`a photo of a {{}}.` {100 * accuracies['a photo of a {}.']:.1f}%, best {100 * ranked[0][1]:.1f}%.", "",
+             "| rank | template | test accuracy |", "|---|---|---|"]
+    lines += [f"| {rank} | `{template}` | {100 * accuracy:.1f}% |" for rank, (template, accuracy) in enumerate(ranked, 1)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def test_demo_produces_a_result_with_a_valid_best_template(tiny_clip_dir, tmp_pa
     out = tmp_path / "out"
     env = {
         **os.environ,
-        "SCORER_MODEL": str(tiny_clip_dir),  # the demo's own fallback is ViT-B/32-sized; the path is the same
+        "SCORER_MODEL": str(tiny_clip_dir),  # an explicit untrained checkpoint: the demo must say so
         # the default embedded model, Qwen2.5-Coder-1.5B: the 0.5B one mostly copies the prompt's examples
         "DEMO_OUT": str(out),
         "DEMO_RESTARTS": "1", "DEMO_RESETS": "1", "DEMO_ITERATIONS": "3", "DEMO_POOL": "6",
@@ -41,3 +41,22 @@ def test_demo_produces_a_result_with_a_valid_best_template(tiny_clip_dir, tmp_pa
     assert kinds == {"baseline", "found"}
     assert all(0 <= row["test_accuracy"] <= 1 for row in report["baselines_and_best"])
     assert (out / "accuracy.png").stat().st_size > 0
+
+
+def test_the_default_demo_climbs_on_the_trained_testbed_model(tmp_path):
+    """No SCORER_MODEL: the testbed CLIP (trained on first use), real accuracies, and a test curve."""
+    out = tmp_path / "out"
+    env = {**os.environ, "DEMO_OUT": str(out), "DEMO_RESTARTS": "1", "DEMO_RESETS": "1", "DEMO_ITERATIONS": "2"}
+    for name in ("OPENAI_API_KEY", "LLM_BASE_URL", "LLM_MODEL", "SCORER_MODEL"):
+        env.pop(name, None)
+    result = subprocess.run([sys.executable, "-m", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "untrained" not in result.stdout and "the climb's pick" in result.stdout
+    report = json.loads((out / "result.json").read_text())
+    assert report["untrained_model"] is False and "fmnist-vit-p7" in report["model"]
+    rows = {row["template"]: row for row in report["baselines_and_best"]}
+    assert rows["a photo of a {}."]["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    selected = [row for row in report["baselines_and_best"] if row["kind"] == "selected"]
+    assert len(selected) == 1 and selected[0]["template"] == report["selected"][-1]["template"]
+    assert all("test_accuracy" in step for step in report["selected"])
+    assert selected[0]["test_accuracy"] == report["selected"][-1]["test_accuracy"]

@@ -63,3 +63,13 @@ def test_initial_pool_request_names_the_task_and_its_classes():
     assert "Write 20 different templates" in user["content"]
     assert "class 0, class 1" in user["content"] and "and 10 more" in user["content"]
     assert "class 35" not in user["content"]
+
+
+def test_no_feedback_shows_no_template_and_no_score_in_any_turn():
+    """Random search, the control: the LLM learns nothing from the pool, in the opening or in chat."""
+    prompt = MetaPrompt("pets", Feedback.NONE, show_accuracies=True, templates_per_call=4)
+    texts = [m["content"] for m in prompt.opening(GOOD, BAD)[1:]] + [prompt.follow_up(GOOD, 1, GOOD, BAD)["content"]]
+    for text in texts:
+        assert "bright photo" not in text and "sketch" not in text  # ("a photo of a {}." is the intro's example)
+        assert "%" not in text and "good templates" not in text and "poorly" not in text
+        assert "Write 4 new, varied templates." in text and "exactly one {}" in text
