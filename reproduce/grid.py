@@ -48,6 +48,20 @@ class Grid:
     scorer: dict[str, object]  # extra scorer flags, e.g. device, dtype
 
 
+@dataclass(frozen=True)
+class GridCell:
+    """One (backbone, dataset, seed) of the grid: one index of the Kubernetes Indexed Job."""
+
+    backbone: Backbone
+    dataset: str
+    seed: int
+
+
+def cells(grid: Grid) -> list[GridCell]:
+    """Every cell, in index order: by backbone, then dataset, then seed."""
+    return [GridCell(b, d, s) for b in grid.backbones for d in grid.datasets for s in grid.seeds]
+
+
 def load_grid(path: Path, out: Path | None = None) -> Grid:
     try:
         raw = tomllib.loads(Path(path).read_text())

@@ -27,7 +27,7 @@ from optimizer_service import cli as optimizer_cli
 from optimizer_service.baselines import reference_candidates
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.processes import free_port, start_module, stop_process, wait_healthy
-from reproduce.grid import Backbone, Grid, as_flags
+from reproduce.grid import Backbone, Grid, GridError, as_flags, cells
 
 log = structlog.get_logger(__name__)
 
@@ -67,6 +67,44 @@ def run_grid(grid: Grid, log_level: str = "INFO") -> int:
     if failed:
         log.warning("grid_incomplete", cells_not_done=failed, hint="rerun to resume; references and transfers wait for every cell")
         return failed
+    _score_references_and_transfers(grid)
+    return failed
+
+
+def run_cell(grid: Grid, index: int, log_level: str = "INFO") -> int:
+    """One index of the Indexed Job: the cell's optimizer runs (one per feedback variant) that are not done yet.
+
+    Its scorer serves only the cell's dataset and keeps its own state, so cells can run at once on one shared volume.
+    Returns the number of runs that did not succeed."""
+    every = cells(grid)
+    if not 0 <= index < len(every):
+        raise GridError(f"cell {index} does not exist: the grid has {len(every)} cells, 0..{len(every) - 1}")
+    cell = every[index]
+    grid.out.mkdir(parents=True, exist_ok=True)
+    os.environ[TOKEN_ENV] = _scorer_token(grid.out / "scorer-tokens.json")
+    pending = [f for f in grid.feedbacks
+               if (read_result(cell_dir(grid, cell.backbone.name, cell.dataset, cell.seed, f)) or {}).get("state") != SUCCEEDED]
+    if not pending:
+        return 0
+    name = f"{cell.backbone.name}-{cell.dataset}-seed{cell.seed}"
+    with scorer(grid, cell.backbone, cell.seed, (cell.dataset,), name) as address:
+        return sum(not _optimize(grid, address, cell.backbone, cell.dataset, cell.seed, f, log_level) for f in pending)
+
+
+def gather(grid: Grid) -> int:
+    """After every cell: the reference rows and transfers (what needs every cell); returns the cells not done."""
+    os.environ[TOKEN_ENV] = _scorer_token(grid.out / "scorer-tokens.json")
+    missing = [c for c in cells(grid) for f in grid.feedbacks
+               if (read_result(cell_dir(grid, c.backbone.name, c.dataset, c.seed, f)) or {}).get("state") != SUCCEEDED]
+    if missing:
+        log.warning("grid_incomplete", runs_not_done=len(missing), first=f"{missing[0].backbone.name}/{missing[0].dataset}/"
+                    f"seed{missing[0].seed}", hint="run (or rerun) the cells first")
+        return len(missing)
+    _score_references_and_transfers(grid)
+    return 0
+
+
+def _score_references_and_transfers(grid: Grid) -> None:
     for target in grid.backbones:
         if _references_and_transfers_done(grid, target):
             continue
@@ -75,27 +113,39 @@ def run_grid(grid: Grid, log_level: str = "INFO") -> int:
             for dataset in grid.datasets:
                 _score_references(grid, stub, target, dataset)
                 _score_transfers(grid, stub, target, dataset)
-    return failed
 
 
 def _scorer_token(path: Path) -> str:
     """The grid's own scorer token (score and test rights), made once and kept beside the results."""
     if not path.exists():
-        path.write_text(json.dumps({"tokens": [{"name": "reproduce", "token": secrets.token_urlsafe(32), "rights": ["score", "test"]}]}))
-        path.chmod(0o600)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Written aside, then linked into place: of cells starting at once on a shared volume, the first one's token wins.
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        candidate.write_text(json.dumps({"tokens": [{"name": "reproduce", "token": secrets.token_urlsafe(32), "rights": ["score", "test"]}]}))
+        candidate.chmod(0o600)
+        try:
+            os.link(candidate, path)
+        except FileExistsError:
+            pass
+        finally:
+            candidate.unlink()
     return json.loads(path.read_text())["tokens"][0]["token"]
 
 
 @contextmanager
-def scorer(grid: Grid, backbone: Backbone, seed: int) -> Iterator[str]:
-    """A scorer process for every dataset of the grid with this backbone and few-shot seed; yields its address."""
+def scorer(grid: Grid, backbone: Backbone, seed: int, datasets: tuple[str, ...] | None = None, name: str = "") -> Iterator[str]:
+    """A scorer process for the datasets (default: all of the grid's) with this backbone and few-shot seed; yields its address.
+
+    A `name` gives it a state directory and log of its own."""
     port = free_port()
+    state = grid.out / "scorer-state" / name if name else grid.out / "scorer-state"
+    name = name or f"{backbone.name}-seed{seed}"
     args = ["scorer_service", "--model", backbone.model, "--port", str(port), "--metrics-port", "0",
             "--shots", str(grid.shots), "--seed", str(seed), "--tokens-file", str(grid.out / "scorer-tokens.json"),
-            "--cache-dir", str(grid.out / "cache"), "--state-dir", str(grid.out / "scorer-state"), *as_flags(grid.scorer)]
-    for dataset in grid.datasets:
+            "--cache-dir", str(grid.out / "cache"), "--state-dir", str(state), *as_flags(grid.scorer)]
+    for dataset in datasets or grid.datasets:
         args += ["--task", f"{dataset}=coop:{dataset}:{grid.folders[dataset]}"]
-    log_path = grid.out / "logs" / f"scorer-{backbone.name}-seed{seed}.log"
+    log_path = grid.out / "logs" / f"scorer-{name}.log"
     log.info("scorer_starting", backbone=backbone.name, seed=seed, log=str(log_path))
     process = start_module(args, log_path)
     address = f"127.0.0.1:{port}"

@@ -9,23 +9,35 @@ import structlog
 
 from promptclimb_common.auth import AuthConfigError
 from promptclimb_common.logging import configure_logging
+from promptclimb_common.paths import UnwritablePathError, require_writable
 from scorer_service.config import parse_config
 from scorer_service.datasets import DatasetError
-from scorer_service.model import ModelLoadError
-from scorer_service.server import ScorerApp
+
+log = structlog.get_logger("scorer_service")
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
     configure_logging(config.log_level)
-    log = structlog.get_logger("scorer_service")
+    try:
+        require_writable(config.writable_paths())
+    except UnwritablePathError as err:
+        return startup_failed(err)
+    # Imported only now: torch and the model stack take seconds to load, and a bad path must fail at once.
+    from scorer_service.model import ModelLoadError
+    from scorer_service.server import ScorerApp
+
     try:
         asyncio.run(ScorerApp(config).run_until_signalled())
-    except (ModelLoadError, DatasetError, AuthConfigError, OSError) as err:
-        log.error("startup_failed", error=str(err))
-        print(f"scorer: {err}", file=sys.stderr)
-        return 2
+    except (ModelLoadError, DatasetError, AuthConfigError, UnwritablePathError, OSError) as err:
+        return startup_failed(err)
     return 0
+
+
+def startup_failed(err: Exception) -> int:
+    log.error("startup_failed", error=str(err))
+    print(f"scorer: {err}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -11,9 +11,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from promptclimb_common.paths import WritablePath
 from promptclimb_common.serving_args import ServingConfig, add_serving_args, env_reader, serving_settings
 from scorer_service.coop import COOP_DATASETS
-from scorer_service.cpu_kernels import CPU_MATMULS
+
+# Kernels of fp32 linear layers on CPU (scorer_service/cpu_kernels.py). Named here, not imported from there:
+# this module must load without torch, so that a bad flag or path fails in well under a second.
+CPU_MATMULS = ("onednn", "torch")
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,11 @@ class ScorerConfig(ServingConfig):
     text_cache_bytes: int = 512 * 1024 * 1024
     image_batch_size: int = 64
     log_level: str = "INFO"
+
+    def writable_paths(self) -> tuple[WritablePath, ...]:
+        """What the scorer writes: the image-feature cache and the state (the evaluation ledger)."""
+        return (WritablePath("--cache-dir", "SCORER_CACHE_DIR", self.cache_dir),
+                WritablePath("--state-dir", "SCORER_STATE_DIR", self.state_dir))
 
 
 _env = env_reader("SCORER")

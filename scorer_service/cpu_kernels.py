@@ -27,8 +27,6 @@ from transformers.models.clip.modeling_clip import CLIPMLP
 
 log = structlog.get_logger(__name__)
 
-CPU_MATMULS = ("onednn", "torch")
-
 # fp32 sums of a few hundred terms land within ~1e-7 of float64; implicit bf16 is ~1e-3 off.
 _FP32_TOLERANCE = 1e-5
 

@@ -26,6 +26,8 @@ class EvaluationLedger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last charges
         self._db.execute("CREATE TABLE IF NOT EXISTS evaluations (token TEXT PRIMARY KEY, used INTEGER NOT NULL)")
+        self._db.execute("BEGIN IMMEDIATE")  # proves the file is writable now, not at the first charge
+        self._db.execute("COMMIT")
         self._lock = threading.Lock()
 
     def used(self, token: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
 import grpc
 import structlog
@@ -27,6 +28,7 @@ SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
 SPLIT_NAMES = {scorer_pb2.SPLIT_UNSPECIFIED: TRAIN, scorer_pb2.SPLIT_TRAIN: TRAIN, scorer_pb2.SPLIT_TEST: TEST}
 SPLIT_ENUMS = {TRAIN: scorer_pb2.SPLIT_TRAIN, TEST: scorer_pb2.SPLIT_TEST}
 QUEUE_RETRY_SECONDS = 1.0
+LEDGER_FILE = "evaluations.sqlite"
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
@@ -134,6 +136,14 @@ def load_tasks(config: ScorerConfig, encoder: ClipEncoder) -> tuple[dict[str, Ta
     return tasks, features
 
 
+def open_ledger(config: ScorerConfig) -> EvaluationLedger:
+    try:
+        return EvaluationLedger(config.state_dir / LEDGER_FILE)
+    except (OSError, sqlite3.Error) as err:
+        state = next(p for p in config.writable_paths() if p.flag == "--state-dir")
+        raise state.error(f"its evaluation ledger {LEDGER_FILE} cannot be written ({err})") from None
+
+
 class ScorerApp:
     """The whole scorer process: model, tasks, batcher, gRPC server, metrics endpoint."""
 
@@ -144,8 +154,9 @@ class ScorerApp:
         self.ledger: EvaluationLedger | None = None
 
     async def start(self) -> int:
-        """Loads everything, then serves; returns the bound gRPC port."""
+        """Opens the ledger, loads everything, then serves; returns the bound gRPC port."""
         config = self.config
+        self.ledger = open_ledger(config)  # first: an unwritable --state-dir fails before minutes of loading
         auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights)
         encoder = await asyncio.to_thread(load_clip, config.model, config.device, config.dtype, config.cpu_matmul)
         metrics.MODEL_INFO.info(
@@ -159,7 +170,6 @@ class ScorerApp:
         log.info("batching", max_batch_prompts=batch_prompts, max_batch_delay_ms=config.max_batch_delay_ms)
         self.batcher.start()
         scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes)
-        self.ledger = EvaluationLedger(config.state_dir / "evaluations.sqlite")
         servicer = ScorerServicer(tasks, features, scorer, auth, self.ledger, config.max_templates_per_request)
         if config.metrics_port:
             start_http_server(config.metrics_port, addr=config.host)

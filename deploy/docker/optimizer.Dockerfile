@@ -4,10 +4,18 @@
 # No torch: deploy/docker/optimizer-requirements.txt lists what it needs.
 #
 #   docker build -f deploy/docker/optimizer.Dockerfile -t promptclimb/optimizer:0.1.0 .
+#
+# The base image is a build argument: any Debian-like image with python (3.11),
+# its venv module and groupadd/useradd (make image-check builds from a
+# debootstrapped Debian). pip settings may be passed in as build arguments
+# (PIP_INDEX_URL, PIP_FIND_LINKS, PIP_CERT); they are unset unless given.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
 # ---- build: a venv with the optimizer's pinned dependencies, and the stubs ----
 FROM ${PYTHON_IMAGE} AS build
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY deploy/docker/optimizer-requirements.txt deploy/docker/optimizer-constraints.txt deploy/docker/optimizer-data-requirements.txt \

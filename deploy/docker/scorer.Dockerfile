@@ -11,21 +11,32 @@
 #   (MODEL_ID=random:tiny bakes a random-weight checkpoint, for smoke tests only.)
 # Otherwise mount a Hugging Face checkpoint directory at /models/clip (read-only).
 #
-# The torch in the base image must be the torch pinned in pyproject.toml; the
-# build fails if it is not. deploy/check.py checks the tag against the pin.
+# The base image is a build argument. The default brings CUDA and torch; its
+# torch must be the torch pinned in pyproject.toml (the build fails if it is
+# not; deploy/check.py checks the tag against the pin). A base without torch
+# (any Debian-like image with python 3.11, its venv module and
+# groupadd/useradd) takes TORCH_REQUIREMENT=torch==<the pin>, installed into
+# the venv; make image-check does this from a debootstrapped Debian with the
+# CPU wheel. pip settings may be passed in as build arguments (PIP_INDEX_URL,
+# PIP_FIND_LINKS, PIP_CERT); they are unset unless given.
 ARG PYTORCH_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime
 
 # ---- build: dependencies into a venv that sees the base image's torch ----
 FROM ${PYTORCH_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
+ARG TORCH_REQUIREMENT=""
+ARG PIP_INDEX_URL
+ARG PIP_FIND_LINKS
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
-RUN python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '${TORCH_VERSION}' else f'base image has torch {v}, pyproject.toml pins ${TORCH_VERSION}')"
+RUN python -m venv --system-site-packages /opt/venv \
+ && if [ -n "${TORCH_REQUIREMENT}" ]; then /opt/venv/bin/pip install "${TORCH_REQUIREMENT}"; fi \
+ && /opt/venv/bin/python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '${TORCH_VERSION}' else f'torch {v} in the image, pyproject.toml pins ${TORCH_VERSION}')"
 WORKDIR /src
 COPY pyproject.toml ./
 COPY deploy/docker/build-requirements.txt deploy/docker/scorer-data-requirements.txt ./deploy/docker/
 # Every pin of pyproject.toml except torch, which the base image provides.
 RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('torch==')))" > /tmp/scorer-requirements.txt \
- && python -m venv --system-site-packages /opt/venv \
  && /opt/venv/bin/pip install -r /tmp/scorer-requirements.txt \
  && /opt/venv/bin/pip install --no-deps -r deploy/docker/scorer-data-requirements.txt \
  && python -m venv /opt/buildtools \
@@ -55,7 +66,8 @@ RUN mkdir -p /models/clip && set -e; \
 FROM ${PYTORCH_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 promptclimb \
  && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin promptclimb \
- && mkdir -p /var/cache/promptclimb && chown 10001:10001 /var/cache/promptclimb
+ && mkdir -p /var/cache/promptclimb /var/lib/promptclimb \
+ && chown 10001:10001 /var/cache/promptclimb /var/lib/promptclimb
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/gen /app/gen
 COPY --from=model /models /models
@@ -65,7 +77,9 @@ COPY scorer_service /app/scorer_service
 COPY testbed /app/testbed
 COPY deploy/docker/healthcheck.py /app/healthcheck.py
 # Offline at run time: the model comes from /models/clip, never from the hub.
-# Writable places are /tmp and the feature cache; the root filesystem can be read-only.
+# Writable places are /tmp, the feature cache and the state (evaluation counts);
+# the root filesystem can be read-only. Every path is absolute: a relative
+# default would land in the read-only /app.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app:/app/gen \
     PYTHONUNBUFFERED=1 \
@@ -83,11 +97,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     SCORER_METRICS_PORT=9101 \
     SCORER_MODEL=/models/clip \
     SCORER_CACHE_DIR=/var/cache/promptclimb \
+    SCORER_STATE_DIR=/var/lib/promptclimb \
     HEALTHCHECK_PORT=50051
 WORKDIR /app
 USER 10001:10001
 EXPOSE 50051 9101
-VOLUME ["/var/cache/promptclimb"]
+VOLUME ["/var/cache/promptclimb", "/var/lib/promptclimb"]
 STOPSIGNAL SIGTERM
 # Loading the model and encoding the images takes a while on first start.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=300s --retries=3 CMD ["python", "/app/healthcheck.py"]

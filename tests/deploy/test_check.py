@@ -99,3 +99,27 @@ def test_dockerignore_rules():
     assert check.dockerignore_allows("deploy/docker/healthcheck.py", patterns)
     assert not check.dockerignore_allows("deploy/compose.yaml", patterns)
     assert not check.dockerignore_allows(".venv", patterns)
+
+
+def reproduce_failures(objs: list[dict]) -> list[str]:
+    report = check.Report()
+    check.check_reproduce_jobs(objs, report)
+    return report.failures
+
+
+@needs_kubectl
+@pytest.mark.parametrize("breakage, expected", [
+    (lambda o: find(o, "Job", "reproduce-cells")["spec"].update(completions=65), "but grid.toml has 66 cells"),
+    (lambda o: find(o, "Job", "reproduce-cells")["spec"].pop("completionMode"), "completionMode must be Indexed"),
+    (lambda o: find(o, "Job", "reproduce-cells")["spec"]["template"]["spec"]["containers"][0].update(
+        args=["--config", "/etc/promptclimb/grid.toml", "--cell", "0"]), "job-completion-index"),
+    (lambda o: find(o, "Job", "reproduce-gather")["spec"].update(suspend=False), "suspended until the cells are done"),
+    (lambda o: find(o, "PersistentVolumeClaim", "reproduce-results")["spec"].update(accessModes=["ReadWriteOnce"]),
+     "ReadWriteMany volume shared by both Jobs"),
+])
+def test_reproduce_job_breakages_are_caught(breakage, expected):
+    objs = check.render(REPO / "deploy" / "k8s" / "reproduce", kubectl)
+    assert reproduce_failures(objs) == []
+    broken = copy.deepcopy(objs)
+    breakage(broken)
+    assert any(expected in f for f in reproduce_failures(broken)), reproduce_failures(broken)

@@ -95,7 +95,8 @@ def invented_templates(counter: Iterable[int]) -> Callable[[dict], Reply]:
 
 
 class ScriptedLLM:
-    def __init__(self, plan: Iterable[object] = (), default: Callable[[dict], object] | None = None) -> None:
+    def __init__(self, plan: Iterable[object] = (), default: Callable[[dict], object] | None = None,
+                 host: str = "127.0.0.1", port: int = 0) -> None:
         self._plan = list(plan)
         self._default = default or invented_templates(itertools.count())
         self._lock = threading.Lock()
@@ -103,7 +104,7 @@ class ScriptedLLM:
         self.in_flight = 0
         self.most_in_flight = 0
         server = self
-        self._http = _QuietServer(("127.0.0.1", 0), _handler(server))
+        self._http = _QuietServer((host, port), _handler(server))
         self._http.daemon_threads = True
         self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 

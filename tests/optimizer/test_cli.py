@@ -79,7 +79,19 @@ def test_serve_refuses_an_unusable_state_dir_at_start(tmp_path):
                            "--state-dir", str(blocker / "state"), "--llm-model", "m"], cwd=REPO, capture_output=True, text=True,
                           timeout=60, env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "x"})
     assert done.returncode == 2
-    assert "optimizer_cannot_start" in done.stderr and "is not usable" in done.stderr
+    assert "optimizer_cannot_start" in done.stderr
+    assert f"--state-dir {blocker / 'state'} ({blocker / 'state'}) is not writable: Not a directory" in done.stderr
+    assert "point --state-dir (env OPTIMIZER_STATE_DIR) at a writable directory" in done.stderr
+
+
+def test_run_refuses_an_unwritable_out_dir_at_start(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the report should go")
+    done = run_cli("--scorer", "127.0.0.1:1", "--task", TASK, "--out", str(blocker / "out"), "--llm-model", "m",
+                   env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "x"})
+    assert done.returncode == 2
+    assert f"--out {blocker / 'out'} ({blocker / 'out'}) is not writable: Not a directory" in done.stderr
+    assert "point --out (env OPTIMIZER_OUT) at a writable directory" in done.stderr
 
 
 def test_accuracy_curve_accumulates_over_steps_and_restarts():

@@ -5,13 +5,16 @@ a rerun that resumes the one failed cell and asks nothing else; a SIGKILL that l
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -19,10 +22,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from optimizer_service.baselines import coop_prompt, hand_engineered
 from promptclimb_common.processes import as_child
+from reproduce.__main__ import main as reproduce_main
 from reproduce.grid import GridError, load_grid
 from testbed.random_clip import build_random_clip
 from tests.fixtures import write_coop_data_root
-from tests.optimizer.scripted_llm import Delay, Fail, Reply, ScriptedLLM
+from tests.optimizer.scripted_llm import WORDS, Delay, Fail, Reply, ScriptedLLM
 from tests.procs import REPO
 
 DATASETS = ("dtd", "ucf101")  # ucf101: clip-benchmark has no hand-engineered templates for it
@@ -291,3 +295,75 @@ def test_sigkill_of_reproduce_leaves_no_child_behind(tiny_clip_dir, tmp_path):
             for pid in children:
                 if _alive(pid) and b"scorer_service" in open(f"/proc/{pid}/cmdline", "rb").read():  # noqa: SIM115
                     os.kill(pid, signal.SIGKILL)
+
+
+def miniature_grid(config: Path, out: Path, data: Path, clip_a: Path, clip_b: Path, llm_url: str) -> Path:
+    """The grid of these tests: two tiny CLIPs, two datasets, two seeds, a short search."""
+    config.write_text(f"""
+out = "{out}"
+data_root = "{data}"
+datasets = {list(DATASETS)}
+seeds = [1, 2]
+shots = 1
+[[backbones]]
+name = "tiny-a"
+model = "{clip_a}"
+[[backbones]]
+name = "tiny-b"
+model = "{clip_b}"
+[llm]
+base_url = "{llm_url}"
+model = "scripted-model"
+[run]
+initial_pool = "builtin"
+initial_pool_size = 3
+restarts = 1
+resets = 1
+iterations = 2
+top_k = 1
+templates_per_call = 2
+conversation = "stateless"
+llm_max_attempts = 1
+llm_backoff_initial_s = 0.01
+""")
+    return config
+
+
+def answer_by_content(body: dict) -> Reply:
+    """Templates that depend only on what was asked, so the order in which cells run changes nothing."""
+    asked = re.search(r"Write (\d+)", body["messages"][-1]["content"])
+    digest = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
+    return Reply("\n".join(f"- a {WORDS[int(digest[i], 16) % len(WORDS)]} photo {digest[:8]}-{i} of a {{}}."
+                           for i in range(int(asked.group(1)) if asked else 1)))
+
+
+def test_every_cell_by_index_then_gather_gives_the_tables_of_one_run(tiny_clip_dir, tmp_path, monkeypatch, capsys):
+    other_clip = build_random_clip(tmp_path / "clip-b", "tiny", seed=1)
+    write_coop_data_root(tmp_path / "data", DATASETS)
+    monkeypatch.setenv("OPENAI_API_KEY", "placeholder")
+    with ScriptedLLM(default=answer_by_content) as llm:
+        whole = miniature_grid(tmp_path / "whole.toml", tmp_path / "whole", tmp_path / "data", tiny_clip_dir, other_clip, llm.url)
+        spread = miniature_grid(tmp_path / "spread.toml", tmp_path / "spread", tmp_path / "data", tiny_clip_dir, other_clip, llm.url)
+        assert reproduce_main(["--config", str(whole), "--log-level", "WARNING"]) == 0
+
+        capsys.readouterr()
+        assert reproduce_main(["--config", str(spread), "--list-cells"]) == 0
+        listed = capsys.readouterr().out.splitlines()
+        assert len(listed) == 2 * 2 * 2 and listed[0] == "0\ttiny-a\tdtd\t1" and listed[-1] == "7\ttiny-b\tucf101\t2"
+        assert reproduce_main(["--config", str(spread), "--gather", "--log-level", "WARNING"]) == 1  # no cell has run
+        assert not (tmp_path / "spread" / "references").exists()
+        assert reproduce_main(["--config", str(spread), "--cell", "8"]) == 2
+        assert "cell 8 does not exist: the grid has 8 cells, 0..7" in capsys.readouterr().err
+        for index in reversed(range(len(listed))):  # any order: each index is its own Job pod
+            assert reproduce_main(["--config", str(spread), "--cell", str(index), "--log-level", "WARNING"]) == 0
+            _, backbone, dataset, seed = listed[index].split("\t")
+            for feedback in ("positive_only", "positive_negative"):
+                result = tmp_path / "spread" / "cells" / backbone / dataset / f"seed{seed}" / feedback / "result.json"
+                assert json.loads(result.read_text())["state"] == "RUN_STATE_SUCCEEDED"
+        assert reproduce_main(["--config", str(spread), "--gather", "--log-level", "WARNING"]) == 0
+
+    for name in ("results.csv", "transfer.csv", "results.md"):
+        ours, theirs = (tmp_path / "spread" / name).read_text(), (tmp_path / "whole" / name).read_text()
+        assert ours == theirs, name
+    rows = list(csv.DictReader((tmp_path / "spread" / "results.csv").open()))
+    assert {r["method"] for r in rows} >= {"{}", "positive_only", "positive_negative"} and len(rows) > 8

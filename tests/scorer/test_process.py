@@ -10,6 +10,7 @@ import threading
 import time
 
 import grpc
+import pytest
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from tests.procs import REPO, start_scorer, stop_process
@@ -97,3 +98,37 @@ def test_bad_flags_are_refused():
     assert result.returncode == 2 and "--task wants ID=DIR" in result.stderr
     result = run_cli()
     assert result.returncode == 2 and "at least one --task" in result.stderr
+
+
+def blocked_dir(tmp_path, name: str):
+    """A directory path under a regular file: unwritable even for root, which ignores permission bits."""
+    blocker = tmp_path / f"{name}-blocker"
+    blocker.write_text("a file where a directory should be")
+    return blocker / name
+
+
+@pytest.mark.parametrize("flag, env", [("--state-dir", "SCORER_STATE_DIR"), ("--cache-dir", "SCORER_CACHE_DIR")])
+def test_an_unwritable_path_fails_at_once_naming_its_flag(image_task_dir, tmp_path, flag, env):
+    # The model does not exist either: only a check made before loading anything reports the path.
+    path = blocked_dir(tmp_path, flag.strip("-"))
+    others = {"--state-dir": tmp_path / "state", "--cache-dir": tmp_path / "cache"}
+    others[flag] = path
+    started = time.monotonic()
+    result = run_cli("--model", str(tmp_path / "no-such-model"), "--task", f"t={image_task_dir}", "--port", "0",
+                     "--metrics-port", "0", *(str(x) for pair in others.items() for x in pair))
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2
+    assert f"{flag} {path} ({path}) is not writable: Not a directory" in result.stderr
+    assert f"Mount a writable volume there, or point {flag} (env {env}) at a writable directory" in result.stderr
+    assert "model directory" not in result.stderr
+    assert elapsed < 5, f"took {elapsed:.1f} s"  # no torch import before the check (that alone takes 2-8 s here)
+
+
+def test_an_unwritable_evaluation_ledger_fails_before_the_model_loads(image_task_dir, tmp_path):
+    state = tmp_path / "state"
+    (state / "evaluations.sqlite").mkdir(parents=True)  # the ledger's file name taken by a directory
+    result = run_cli("--model", str(tmp_path / "no-such-model"), "--task", f"t={image_task_dir}", "--port", "0",
+                     "--metrics-port", "0", "--state-dir", str(state), "--cache-dir", str(tmp_path / "cache"))
+    assert result.returncode == 2
+    assert f"--state-dir {state} ({state}) is not writable: its evaluation ledger evaluations.sqlite cannot be written" in result.stderr
+    assert "model directory" not in result.stderr
