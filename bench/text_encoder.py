@@ -185,7 +185,7 @@ def scorer_path_step(encoder: ClipEncoder, templates: list[str], names: list[str
 def int8_encoder(encoder: ClipEncoder) -> ClipEncoder:
     """Dynamic int8 quantization of the text tower's linear layers (CPU)."""
     quantized = torch.ao.quantization.quantize_dynamic(encoder.model, {torch.nn.Linear}, dtype=torch.qint8)
-    return ClipEncoder(encoder.name, quantized, encoder.tokenizer, None, encoder.device, encoder.dtype)
+    return ClipEncoder(encoder.name, quantized, encoder.tokenizer, encoder.image_processor, encoder.device, encoder.dtype)
 
 
 def run_step(name, step: Callable, encoder, templates, names, features, flops: int, peak: float | None) -> StepResult:

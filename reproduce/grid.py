@@ -62,7 +62,7 @@ def cells(grid: Grid) -> list[GridCell]:
     return [GridCell(b, d, s) for b in grid.backbones for d in grid.datasets for s in grid.seeds]
 
 
-def load_grid(path: Path, out: Path | None = None) -> Grid:
+def load_grid(path: Path, out: Path | None = None, check_data: bool = True) -> Grid:
     try:
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
@@ -98,7 +98,7 @@ def load_grid(path: Path, out: Path | None = None) -> Grid:
         raise GridError(f"{path}: [folders] maps CoOp dataset names ({', '.join(COOP_DATASETS)}) to folder names")
     data_root = Path(need("data_root", str))
     folders = {d: data_root / renamed.get(d, COOP_FOLDERS[d]) for d in datasets}
-    for dataset, folder in folders.items():
+    for dataset, folder in folders.items() if check_data else ():  # off where the data is elsewhere (a cluster's volume)
         try:
             check_layout(dataset, folder)
         except DatasetError as err:
