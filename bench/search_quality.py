@@ -39,14 +39,13 @@ from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.processes import free_port, start_module, stop_process, wait_healthy
-from testbed.fashion_mnist import DEFAULT_ROOT, prepare_fashion_mnist
+from testbed.fashion_mnist import prepare_testbed_task
 from testbed.train import DEFAULT_RECIPE, RECIPES, ensure_model
 
 log = structlog.get_logger("bench.search_quality")
 
 TASK = "fmnist"
 SHOTS = 16  # 160 train images: 1 shot would be 10, and accuracy steps of 10 points select on noise
-TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 1000
 BASELINES = {"`{}`": ["{}"], "`a photo of a {}.`": ["a photo of a {}."],
              "CLIP authors' ImageNet ensemble (80)": list(hand_engineered("imagenet"))}
 
@@ -269,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging()
     budget = Budget(args.llm_calls)
     work = args.out / "work"
-    data = prepare_fashion_mnist(DEFAULT_ROOT, TRAIN_PER_CLASS, TEST_PER_CLASS)
+    data = prepare_testbed_task()
     model = ensure_model(args.backbone)
     target = None if args.transfer_to == "none" else args.transfer_to
     graded: dict[str, dict[int, dict]] = {key: {} for key in args.methods}

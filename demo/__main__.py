@@ -52,7 +52,7 @@ from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.processes import free_port, start_module, stop_process, wait_healthy
-from testbed.fashion_mnist import DEFAULT_ROOT, prepare_fashion_mnist
+from testbed.fashion_mnist import prepare_testbed_task
 from testbed.random_clip import UNTRAINED_MARKER, build_random_clip
 from testbed.train import ensure_model
 
@@ -60,8 +60,6 @@ log = structlog.get_logger("demo")
 
 WORK = Path(".cache/promptclimb/demo")
 RANDOM_MODEL = Path(".cache/promptclimb/models/random-tiny")
-# Fashion-MNIST: shots are drawn from 100 train images per class; the test split is whole.
-TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 1000
 BASELINES = ("{}", "a photo of a {}.")
 UNTRAINED_WARNING = "untrained model: accuracies are chance level; set SCORER_MODEL to real weights"
 
@@ -225,7 +223,7 @@ def run_demo(settings: DemoSettings) -> int:
     model, untrained = resolve_model(settings.model)
     if untrained:
         banner(UNTRAINED_WARNING)
-    data = settings.data or prepare_fashion_mnist(DEFAULT_ROOT, TRAIN_PER_CLASS, TEST_PER_CLASS)
+    data = settings.data or prepare_testbed_task()
     tokens = write_tokens(WORK / "tokens.json")
     with Processes() as processes:
         if settings.llm_base_url:

@@ -133,6 +133,16 @@ def prepare_fashion_mnist(
     return root
 
 
+# The testbed's task (demo, search benchmark): shots are drawn from 100 train images per
+# class, and the test split is whole. The Makefile's demo-data target writes the same.
+TASK_TRAIN_PER_CLASS, TASK_TEST_PER_CLASS = 100, 1000
+
+
+def prepare_testbed_task(root: Path = DEFAULT_ROOT) -> Path:
+    """The image folder the demo and the search benchmark serve."""
+    return prepare_fashion_mnist(root, TASK_TRAIN_PER_CLASS, TASK_TEST_PER_CLASS)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Convert Debian's Fashion-MNIST into the scorer's image-folder layout.")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="output folder (default %(default)s)")

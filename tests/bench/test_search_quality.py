@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bench import search_quality
-from testbed.fashion_mnist import DEFAULT_ROOT, prepare_fashion_mnist
+from testbed.fashion_mnist import prepare_testbed_task
 from testbed.train import ensure_model
 from tests.optimizer.scripted_llm import ScriptedLLM
 
@@ -47,7 +47,7 @@ def test_every_accuracy_is_what_the_scorer_answers(benchmark):
     graded = {key: json.loads((benchmark / "cells" / "fmnist-vit-p7" / "seed1" / key / "graded.json").read_text())
               for key in METHODS}
     rows = _rows((benchmark / "search_quality.md").read_text())
-    data = prepare_fashion_mnist(DEFAULT_ROOT, search_quality.TRAIN_PER_CLASS, search_quality.TEST_PER_CLASS)
+    data = prepare_testbed_task()
     with search_quality.Scorer(ensure_model(), data, 1, benchmark / "check") as scorer:
         for key, cell in graded.items():
             test, train = scorer.accuracies([[cell["selected"]]], "test")[0], scorer.accuracies([[cell["selected"]]], "train")[0]
