@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm import tqdm
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 from transformers import CLIPConfig, CLIPModel
@@ -40,10 +39,9 @@ from scorer_service.datasets import Dataset, Task
 from scorer_service.features import SplitFeatures
 from scorer_service.model import ClipEncoder, load_clip
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
-from testbed.fashion_mnist import DEBIAN_DIR, load_split
 from testbed.random_clip import SHAPES
 from testbed.tokenizer import clip_tokenizer
-from testbed.train import CLASS_NAMES, ensure_model
+from testbed.train import CLASS_NAMES, ensure_model, full_test_features
 
 IMAGES = 1000
 
@@ -238,21 +236,18 @@ def trained_model_agreement(model_dir: Path) -> list[str]:
     to real predictions. Scored: every built-in template x the full Fashion-MNIST
     test split, image features computed in each row's dtype as the scorer does.
     """
-    images, labels = load_split(DEBIAN_DIR, "test")
-    pil = [Image.fromarray(i, mode="L").convert("RGB") for i in images]
     templates = list(BUILTIN_TEMPLATES)
     fp32 = load_clip(str(model_dir), device="cpu", dtype="float32", cpu_matmul="torch")
     rows = [("fp32 (reference)", fp32), ("bf16 (scorer --dtype bfloat16)", load_clip(str(model_dir), "cpu", "bfloat16", "torch")),
             ("int8 dynamic quantization", int8_encoder(fp32))]
     results = {}
     for name, encoder in rows:
-        features = torch.cat([encoder.encode_images(pil[s : s + 1000]) for s in range(0, len(pil), 1000)])
+        features, target = full_test_features(encoder)
         embeddings = scorer_path_step(encoder, templates, list(CLASS_NAMES))
         results[name] = predictions_of(embeddings, features.float())
     reference = results[rows[0][0]]
-    target = torch.from_numpy(labels.astype("int64"))
     lines = ["", f"Trained testbed model ({model_dir.name}: a small CLIP trained on this machine, not CLIP): "
-             f"{len(templates)} built-in templates x {len(images)} Fashion-MNIST test images.", "",
+             f"{len(templates)} built-in templates x {len(target)} Fashion-MNIST test images.", "",
              "| dtype | predictions = fp32 | mean test accuracy | largest accuracy change of a template |", "|---|---|---|---|"]
     reference_accuracy = (reference == target).float().mean(dim=1)
     for name, predictions in results.items():

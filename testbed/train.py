@@ -168,16 +168,21 @@ def train_model(recipe: Recipe, source: Path = DEBIAN_DIR) -> tuple[CLIPModel, o
     return model, tokenizer
 
 
+def full_test_features(encoder, source: Path = DEBIAN_DIR) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's embeddings of the full 10,000 test images (as the PNGs the scorer reads), and their labels."""
+    images, labels = load_split(source, "test")
+    features = torch.cat([encoder.encode_images([Image.fromarray(i, mode="L").convert("RGB") for i in images[s : s + 1000]])
+                          for s in range(0, len(images), 1000)])
+    return features, torch.from_numpy(labels.astype(np.int64))
+
+
 @torch.inference_mode()
 def zero_shot_accuracies(model_dir: Path, templates: list[str], source: Path = DEBIAN_DIR) -> dict[str, float]:
     """Test-set accuracy of each template on the full 10,000 test images, through the scorer's loader."""
     from scorer_service.model import load_clip
 
     encoder = load_clip(str(model_dir), device="cpu", dtype="float32", cpu_matmul="torch")
-    images, labels = load_split(source, "test")
-    features = torch.cat([encoder.encode_images([Image.fromarray(i, mode="L").convert("RGB") for i in images[s : s + 1000]])
-                          for s in range(0, len(images), 1000)])
-    target = torch.from_numpy(labels.astype(np.int64))
+    features, target = full_test_features(encoder, source)
     out = {}
     for template in templates:
         text = encoder.encode_text([template.replace("{}", name) for name in CLASS_NAMES])
