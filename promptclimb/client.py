@@ -29,14 +29,14 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
+from google.rpc import status_pb2
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 from tenacity import wait_exponential_jitter
 
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
+from promptclimb_common.rich_status import retry_delay_s, rich_status, status_detail
 
 __all__ = ["CallError", "Optimizer", "Retry", "Scorer", "Tls"]
 
@@ -64,31 +64,7 @@ class CallError(Exception):
 
     def detail(self, kind: type[M]) -> M | None:
         """The first detail of that type in the rich status (ErrorInfo, RetryInfo, QuotaFailure, BadRequest...)."""
-        return _detail(self.status, kind)
-
-
-def _rich_status(err: grpc.aio.AioRpcError) -> status_pb2.Status | None:
-    try:
-        return rpc_status.from_call(err)
-    except ValueError:  # a details trailer that disagrees with the call's own status: not one to act on
-        return None
-
-
-def _detail(status: status_pb2.Status | None, kind: type[M]) -> M | None:
-    for packed in status.details if status else ():
-        if packed.Is(kind.DESCRIPTOR):
-            found = kind()
-            packed.Unpack(found)
-            return found
-    return None
-
-
-def retry_delay_s(err: BaseException) -> float | None:
-    """The delay of the RetryInfo in a failed call's rich status; None when it carries none."""
-    if not isinstance(err, grpc.aio.AioRpcError):
-        return None
-    info = _detail(_rich_status(err), error_details_pb2.RetryInfo)
-    return info.retry_delay.ToTimedelta().total_seconds() if info is not None else None
+        return status_detail(self.status, kind)
 
 
 def _retryable(idempotent: bool) -> Callable[[BaseException], bool]:
@@ -142,7 +118,7 @@ class _Client:
                     left = max(budget - (time.monotonic() - started), 0.001)
                     return await method(request, timeout=left, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
-            raise CallError(name, err.code(), err.details() or "", _rich_status(err),
+            raise CallError(name, err.code(), err.details() or "", rich_status(err),
                             retrying.statistics.get("attempt_number", 1)) from err
 
 
@@ -196,6 +172,6 @@ class Optimizer(_Client):
             async for event in call:
                 yield event
         except grpc.aio.AioRpcError as err:
-            raise CallError("WatchRun", err.code(), err.details() or "", _rich_status(err), 1) from err
+            raise CallError("WatchRun", err.code(), err.details() or "", rich_status(err), 1) from err
         finally:
             call.cancel()

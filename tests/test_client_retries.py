@@ -36,6 +36,7 @@ class Failure:
     code: grpc.StatusCode
     details: tuple = ()
     sleep_s: float = 0.0
+    trailer_code: grpc.StatusCode | None = None  # a details trailer that claims another code than the call's
 
 
 class ScriptedServer(scorer_pb2_grpc.ScorerServicer, optimizer_pb2_grpc.OptimizerServicer):
@@ -51,11 +52,11 @@ class ScriptedServer(scorer_pb2_grpc.ScorerServicer, optimizer_pb2_grpc.Optimize
             return
         failure = self.script.pop(0)
         await asyncio.sleep(failure.sleep_s)
-        status = status_pb2.Status(code=failure.code.value[0], message=f"scripted {failure.code.name}")
+        status = status_pb2.Status(code=(failure.trailer_code or failure.code).value[0], message=f"scripted {failure.code.name}")
         for detail in failure.details:
             status.details.add().Pack(detail)
         rich = rpc_status.to_status(status)
-        await context.abort(rich.code, rich.details, rich.trailing_metadata)
+        await context.abort(failure.code, rich.details, rich.trailing_metadata)
 
     async def Score(self, request, context):
         await self._next(context)
@@ -123,6 +124,15 @@ async def test_other_codes_are_never_retried_even_with_retry_info(server):
         with pytest.raises(CallError) as caught:
             await scorer.score(SCORE)
     assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and len(server.calls) == 1
+
+
+async def test_details_that_contradict_the_call_are_not_acted_on(server):
+    server.script = [Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, (retry_info(0.1),), trailer_code=grpc.StatusCode.OK)]
+    async with Scorer(server.address, retry=FAST) as scorer:
+        with pytest.raises(CallError) as caught:
+            await scorer.score(SCORE)
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and caught.value.status is None
+    assert len(server.calls) == 1
 
 
 async def test_a_retry_delay_beyond_the_deadline_is_not_waited_for(server):
