@@ -4,6 +4,7 @@
 `pip install -e .` writes them in place, beside promptclimb/client.py (git
 ignores them), as setuptools asks of editable builds. They are never edited by
 hand and never committed. Everything else about the package is pyproject.toml.
+The images (deploy/docker) call `compile_protos` too, so stubs have one recipe.
 """
 
 from __future__ import annotations
@@ -49,4 +50,5 @@ class BuildPyWithStubs(build_py):
         return [*super().get_outputs(include_bytecode), *map(str, getattr(self, "_stubs", []))]
 
 
-setup(cmdclass={"build_py": BuildPyWithStubs})
+if __name__ == "__main__":  # as the build backend runs it; the Dockerfiles import compile_protos
+    setup(cmdclass={"build_py": BuildPyWithStubs})
