@@ -6,18 +6,21 @@ BIN := $(VENV)/bin
 PY := $(BIN)/python
 ENV_STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
-GEN_STAMP := gen/.generated
 
-.PHONY: all env gen test test-fast demo bench bench-search reliability clean
+.PHONY: all env test test-fast demo bench bench-search reliability clean
 
 all: test
 
 # The CPU build of torch comes first: a plain resolver run would pull the
 # multi-GB CUDA build. On a GPU machine set TORCH_SPEC to the build you want.
+# The package is installed editable; its build hook (setup.py) compiles the gRPC
+# stubs from protos/ in place, so a changed proto reinstalls it. (The rm drops
+# what earlier versions of this file made: stubs in gen/ reached through a .pth.)
 TORCH_SPEC ?= torch==2.13.0
-$(ENV_STAMP): pyproject.toml
+$(ENV_STAMP): pyproject.toml setup.py $(PROTOS)
 	@echo ">> creating $(VENV) and installing pinned dependencies"
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	rm -rf gen $(VENV)/lib/python*/site-packages/promptclimb_gen.pth
 	$(PY) -m pip install -q --upgrade pip==26.3 || $(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e '.[dev]'
@@ -40,16 +43,7 @@ $(OPEN_CLIP_STAMP): $(ENV_STAMP)
 	$(PY) -m pip install -q --no-deps "$(OPEN_CLIP)"
 	@touch $@
 
-env: $(ENV_STAMP) $(GEN_STAMP) $(CLIP_BENCHMARK_STAMP) $(OPEN_CLIP_STAMP)
-
-# Generated gRPC code lives in gen/ (ignored by git, never edited by hand) and
-# reaches the venv through a .pth file.
-$(GEN_STAMP): $(PROTOS) $(ENV_STAMP)
-	@echo ">> generating gRPC stubs from protos/"
-	rm -rf gen && mkdir -p gen
-	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
-	$(PY) -c 'import sysconfig, pathlib; pathlib.Path(sysconfig.get_paths()["purelib"], "promptclimb_gen.pth").write_text(str(pathlib.Path("gen").resolve()) + "\n")'
-	@touch $@
+env: $(ENV_STAMP) $(CLIP_BENCHMARK_STAMP) $(OPEN_CLIP_STAMP)
 
 # Everything the tests need is installed first, so no test has a reason to skip.
 TEST_DEPS := env deploy-check llm-env demo-data
@@ -151,4 +145,5 @@ reliability: $(TEST_DEPS)
 	$(PY) -m bench.reliability
 
 clean:
-	rm -rf gen $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build *.egg-info
+	find promptclimb -name '*_pb2*.py*' -delete

@@ -227,8 +227,9 @@ def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, 
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m optimizer_service",
+def main(argv: list[str] | None = None, prog: str = "python -m optimizer_service") -> int:
+    """The optimizer's command line; `prog` is the name its help shows (promptclimb-optimizer when installed)."""
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Hill-climb CLIP prompt templates with a chat LLM against a promptclimb scorer.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the Optimizer gRPC service")

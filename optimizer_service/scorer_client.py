@@ -18,25 +18,12 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from optimizer_service import metrics
 from optimizer_service.config import ScorerSettings
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from promptclimb_common.grpc_runtime import channel_credentials
+from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
 
 log = structlog.get_logger(__name__)
 
 PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
            grpc.StatusCode.ABORTED)
-CHANNEL_OPTIONS = [
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-    # Reconnect soon after a scorer comes back, not after gRPC's default backoff of up to two minutes.
-    ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
-    # Spread calls over every address a name resolves to (a headless Service's scorer pods).
-    ("grpc.lb_policy_name", "round_robin"),
-]
 
 
 class ScorerError(Exception):
@@ -70,13 +57,10 @@ def _retry_hint(err: BaseException | None) -> float | None:
 class ScorerClient:
     def __init__(self, settings: ScorerSettings, *, backoff_initial_s: float = 0.2, backoff_max_s: float = 10.0) -> None:
         self.settings = settings
-        if settings.tls:
-            credentials = channel_credentials(settings.tls_ca, settings.tls_cert, settings.tls_key)
-            self._channel = grpc.aio.secure_channel(settings.address, credentials, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.aio.insecure_channel(settings.address, options=CHANNEL_OPTIONS)
+        tls = ClientTls(settings.tls_ca, settings.tls_cert, settings.tls_key) if settings.tls else None
+        self._channel = open_channel(settings.address, tls)
         self._stub = scorer_pb2_grpc.ScorerStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {settings.token}"),) if settings.token else ()
+        self._metadata = bearer_metadata(settings.token)
         self._backoff = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s)
         self._backoff_max_s = backoff_max_s
 

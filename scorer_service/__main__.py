@@ -16,8 +16,9 @@ from scorer_service.datasets import DatasetError
 log = structlog.get_logger("scorer_service")
 
 
-def main(argv: list[str] | None = None) -> int:
-    config = parse_config(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m scorer_service") -> int:
+    """The scorer's command line; `prog` is the name its help shows (promptclimb-scorer when installed)."""
+    config = parse_config(argv, prog)
     configure_logging(config.log_level)
     try:
         require_writable(config.writable_paths())

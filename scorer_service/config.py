@@ -79,9 +79,9 @@ def _task(text: str) -> TaskSource:
     return TaskSource(task_id, Path(root))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m scorer_service") -> argparse.ArgumentParser:
     d = ScorerConfig()
-    p = argparse.ArgumentParser(prog="python -m scorer_service", description="Black-box CLIP scorer: templates in, accuracy out.")
+    p = argparse.ArgumentParser(prog=prog, description="Black-box CLIP scorer: templates in, accuracy out.")
     a = p.add_argument
     a("--model", default=_env("model", d.model), help="Hugging Face hub id or local directory of a CLIP checkpoint")
     a("--task", dest="tasks", action="append", type=_task, default=None,
@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_config(argv: list[str] | None = None) -> ScorerConfig:
-    parser = build_parser()
+def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_service") -> ScorerConfig:
+    parser = build_parser(prog)
     ns = parser.parse_args(argv)
     tasks = ns.tasks
     if tasks is None:

@@ -28,9 +28,9 @@ RUN python -m venv /opt/venv \
  && python -m venv /opt/buildtools \
  && /opt/buildtools/bin/pip install -r deploy/docker/build-requirements.txt
 COPY protos ./protos
-RUN mkdir -p /opt/gen \
- && /opt/buildtools/bin/python -m grpc_tools.protoc -Iprotos --python_out=/opt/gen --pyi_out=/opt/gen --grpc_python_out=/opt/gen \
-      $(find protos -name '*.proto')
+COPY setup.py ./
+# The stubs, by the package's own build hook (setup.py), into /opt/gen.
+RUN /opt/buildtools/bin/python -c "import pathlib, setup; setup.compile_protos(pathlib.Path('/opt/gen'))"
 
 # ---- runtime ----
 FROM ${PYTHON_IMAGE} AS runtime

@@ -1,0 +1,89 @@
+"""The installed commands: `promptclimb-scorer`, `promptclimb-optimizer`, and `promptclimb`, which holds them all.
+
+The services' flags are those of `python -m scorer_service` and `python -m
+optimizer_service` (their own parsers, passed on unchanged); `tasks` and
+`score` call a scorer through promptclimb.client and print its answer as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from google.protobuf.json_format import MessageToJson
+
+from optimizer_service.cli import main as optimizer_main
+from promptclimb.client import CallError, Scorer, Tls
+from promptclimb.scorer.v1 import scorer_pb2
+from scorer_service.__main__ import main as scorer_main
+
+# Commands whose arguments go, unparsed, to a service's own command line.
+PASSED_ON = {
+    "scorer": "run the Scorer service (as promptclimb-scorer)",
+    "serve": "run the Optimizer service (as promptclimb-optimizer serve)",
+    "run": "optimize once in-process and write a report (as promptclimb-optimizer run)",
+}
+
+
+def scorer() -> int:
+    return scorer_main(sys.argv[1:], prog="promptclimb-scorer")
+
+
+def optimizer() -> int:
+    return optimizer_main(sys.argv[1:], prog="promptclimb-optimizer")
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    a = p.add_argument
+    a("--scorer", default="127.0.0.1:50051", help="HOST:PORT of the scorer")
+    a("--token-env", default="SCORER_TOKEN", help="environment variable holding the bearer token (unset: none)")
+    a("--tls-ca", default=None, help="CA (PEM) of the scorer's certificate; enables TLS")
+    a("--tls-cert", default=None, help="client certificate (PEM), for a scorer with mTLS")
+    a("--tls-key", default=None, help="client key (PEM), for a scorer with mTLS")
+    a("--deadline-s", type=float, default=60.0, help="deadline of the call, retries included")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="promptclimb", description="promptclimb's services and a client of the scorer.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in PASSED_ON.items():
+        commands.add_parser(name, help=help_text, add_help=False)
+    tasks = commands.add_parser("tasks", help="list a scorer's tasks")
+    _client_args(tasks)
+    score = commands.add_parser("score", help="score templates on a task of a scorer")
+    _client_args(score)
+    score.add_argument("--task", required=True, help="task id")
+    score.add_argument("--split", choices=["train", "test"], default="train", help="test needs a token with the test right")
+    score.add_argument("templates", nargs="+", help="templates, each with one {} where the class name goes")
+    return parser
+
+
+async def _call(ns: argparse.Namespace) -> str:
+    tls = Tls(ns.tls_ca, ns.tls_cert, ns.tls_key) if ns.tls_ca or ns.tls_cert else None
+    async with Scorer(ns.scorer, token=os.environ.get(ns.token_env), tls=tls, deadline_s=ns.deadline_s) as client:
+        if ns.command == "tasks":
+            reply = await client.list_tasks()
+        else:
+            split = scorer_pb2.SPLIT_TEST if ns.split == "test" else scorer_pb2.SPLIT_TRAIN
+            reply = await client.score(scorer_pb2.ScoreRequest(task_id=ns.task, templates=ns.templates, split=split))
+    return MessageToJson(reply, preserving_proto_field_name=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "scorer":
+        return scorer_main(argv[1:], prog="promptclimb scorer")
+    if argv and argv[0] in PASSED_ON:
+        return optimizer_main(argv, prog="promptclimb")
+    parser = _parser()
+    ns = parser.parse_args(argv)
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    try:
+        print(asyncio.run(_call(ns)))
+    except CallError as err:
+        print(f"promptclimb: {err}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,177 @@
+"""The Python client of promptclimb's services: how another team calls the scorer and the optimizer.
+
+    from promptclimb.client import Scorer, Tls
+    from promptclimb.scorer.v1 import scorer_pb2
+
+    async with Scorer("scorer.example:50051", token=os.environ["SCORER_TOKEN"], tls=Tls(ca="ca.pem")) as scorer:
+        reply = await scorer.score(scorer_pb2.ScoreRequest(task_id="pets", templates=["a photo of a {}."]))
+
+Each method is one RPC: it takes the request message and returns the response
+message of the generated stubs. Every call has a deadline (the client's
+`deadline_s` unless the call names its own) that bounds all its attempts
+together. Retries follow the services' error model:
+
+- UNAVAILABLE is retried with jittered exponential backoff, on calls that are
+  safe to repeat (every one but StartRun);
+- RESOURCE_EXHAUSTED and ABORTED are retried only when the server's rich status
+  carries a `google.rpc.RetryInfo`, after the delay it names (so is UNAVAILABLE
+  on StartRun: the server said nothing was done);
+- anything else is raised at once, as is a retry whose wait would outlast the
+  deadline. Failures surface as `CallError`, with the rich status's details.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from google.rpc import status_pb2
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
+from tenacity import wait_exponential_jitter
+
+from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
+from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
+from promptclimb_common.rich_status import retry_delay_s, rich_status, status_detail
+
+__all__ = ["CallError", "Optimizer", "Retry", "Scorer", "Tls"]
+
+Tls = ClientTls
+M = TypeVar("M", bound=Message)
+_RETRIED_WITH_RETRY_INFO = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """At most `attempts` tries per call; UNAVAILABLE waits from `initial_backoff_s`, doubling up to `max_backoff_s`."""
+
+    attempts: int = 5
+    initial_backoff_s: float = 0.25
+    max_backoff_s: float = 10.0
+
+
+class CallError(Exception):
+    """A call failed for good: its gRPC `code`, the server's `message`, and the rich `status` when it sent one."""
+
+    def __init__(self, method: str, code: grpc.StatusCode, message: str, status: status_pb2.Status | None,
+                 attempts: int) -> None:
+        super().__init__(f"{method}: {code.name}: {message}" + (f" (after {attempts} attempts)" if attempts > 1 else ""))
+        self.method, self.code, self.message, self.status, self.attempts = method, code, message, status, attempts
+
+    def detail(self, kind: type[M]) -> M | None:
+        """The first detail of that type in the rich status (ErrorInfo, RetryInfo, QuotaFailure, BadRequest...)."""
+        return status_detail(self.status, kind)
+
+
+def _retryable(idempotent: bool) -> Callable[[BaseException], bool]:
+    def check(err: BaseException) -> bool:
+        if not isinstance(err, grpc.aio.AioRpcError):
+            return False
+        if err.code() == grpc.StatusCode.UNAVAILABLE and idempotent:
+            return True
+        return err.code() in _RETRIED_WITH_RETRY_INFO and retry_delay_s(err) is not None
+
+    return check
+
+
+class _Client:
+    """One channel, its token and TLS, and the deadline and retry rules every call of it follows."""
+
+    def __init__(self, address: str, *, token: str | None = None, tls: Tls | None = None, deadline_s: float = 60.0,
+                 retry: Retry = Retry()) -> None:
+        if deadline_s <= 0 or retry.attempts < 1:
+            raise ValueError("deadline_s must be > 0 and retry.attempts at least 1")
+        self.address, self.deadline_s, self.retry = address, deadline_s, retry
+        self._channel = open_channel(address, tls)
+        self._metadata = bearer_metadata(token)
+        self._backoff = wait_exponential_jitter(multiplier=retry.initial_backoff_s, max=retry.max_backoff_s,
+                                                jitter=retry.initial_backoff_s)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def _wait(self, state: RetryCallState) -> float:
+        err = state.outcome.exception() if state.outcome else None
+        hinted = retry_delay_s(err) if err is not None else None
+        return hinted if hinted is not None else self._backoff(state)
+
+    async def _unary(self, name: str, request: Message, deadline_s: float | None, *, idempotent: bool = True):
+        """Calls the stub's method `name` under the deadline, retrying as the module's docstring says."""
+        method = getattr(self._stub, name)
+        budget = self.deadline_s if deadline_s is None else deadline_s
+        started = time.monotonic()
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.retry.attempts) | stop_before_delay(budget), wait=self._wait,
+                                 retry=retry_if_exception(_retryable(idempotent)), reraise=True)
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    left = max(budget - (time.monotonic() - started), 0.001)
+                    return await method(request, timeout=left, metadata=self._metadata)
+        except grpc.aio.AioRpcError as err:
+            raise CallError(name, err.code(), err.details() or "", rich_status(err),
+                            retrying.statistics.get("attempt_number", 1)) from err
+
+
+class Scorer(_Client):
+    """The Scorer service (promptclimb.scorer.v1): templates in, accuracy out."""
+
+    def __init__(self, address: str, **options) -> None:
+        super().__init__(address, **options)
+        self._stub = scorer_pb2_grpc.ScorerStub(self._channel)
+
+    async def list_tasks(self, request: scorer_pb2.ListTasksRequest | None = None, *,
+                         deadline_s: float | None = None) -> scorer_pb2.ListTasksResponse:
+        return await self._unary("ListTasks", request or scorer_pb2.ListTasksRequest(), deadline_s)
+
+    async def score(self, request: scorer_pb2.ScoreRequest, *, deadline_s: float | None = None) -> scorer_pb2.ScoreResponse:
+        return await self._unary("Score", request, deadline_s)
+
+
+class Optimizer(_Client):
+    """The Optimizer service (promptclimb.optimizer.v1): runs of the prompt search."""
+
+    def __init__(self, address: str, **options) -> None:
+        super().__init__(address, **options)
+        self._stub = optimizer_pb2_grpc.OptimizerStub(self._channel)
+
+    async def start_run(self, request: optimizer_pb2.StartRunRequest, *,
+                        deadline_s: float | None = None) -> optimizer_pb2.StartRunResponse:
+        """Not repeated on a bare UNAVAILABLE: the first attempt may have started the run."""
+        return await self._unary("StartRun", request, deadline_s, idempotent=False)
+
+    async def get_run(self, request: optimizer_pb2.GetRunRequest, *, deadline_s: float | None = None) -> optimizer_pb2.Run:
+        return await self._unary("GetRun", request, deadline_s)
+
+    async def list_runs(self, request: optimizer_pb2.ListRunsRequest | None = None, *,
+                        deadline_s: float | None = None) -> optimizer_pb2.ListRunsResponse:
+        return await self._unary("ListRuns", request or optimizer_pb2.ListRunsRequest(), deadline_s)
+
+    async def cancel_run(self, request: optimizer_pb2.CancelRunRequest, *,
+                         deadline_s: float | None = None) -> optimizer_pb2.Run:
+        return await self._unary("CancelRun", request, deadline_s)
+
+    async def resume_run(self, request: optimizer_pb2.ResumeRunRequest, *,
+                         deadline_s: float | None = None) -> optimizer_pb2.Run:
+        return await self._unary("ResumeRun", request, deadline_s)
+
+    async def watch_run(self, request: optimizer_pb2.WatchRunRequest, *,
+                        deadline_s: float | None = None) -> AsyncIterator[optimizer_pb2.RunEvent]:
+        """The run's events until it ends. A stream lasts as long as the run: no deadline unless given, no retries."""
+        call = self._stub.WatchRun(request, timeout=deadline_s, metadata=self._metadata)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as err:
+            raise CallError("WatchRun", err.code(), err.details() or "", rich_status(err), 1) from err
+        finally:
+            call.cancel()
