@@ -238,7 +238,11 @@ class RunManager:
             if run_id in self._cancelling:
                 self._finish(run_id, CANCELLED, "cancelled", counters)
             raise
-        except (LlmUnavailable, ScorerUnavailable, ModelChanged, SearchFailed, StoreError) as err:
+        except ModelChanged as err:
+            log.warning("run_failed", reason=str(err))
+            self._finish(run_id, FAILED, f"{err}; resume the run once the scorer serves its pinned model again, or start a new "
+                                         "run on the new model", counters)
+        except (LlmUnavailable, ScorerUnavailable, SearchFailed, StoreError) as err:
             log.warning("run_failed", reason=str(err))
             self._finish(run_id, FAILED, str(err), counters)
         except Exception as err:  # noqa: BLE001 - one run's bug must not take the service down
@@ -256,8 +260,8 @@ class RunManager:
         steps = {key: step for key, step in self.store.steps(run_id).items() if key[0] != INITIAL}
         task = await self.scorer.task(settings.task_id)
         if pinned_digest and task.model_digest != pinned_digest:
-            raise ModelChanged(f"scorer model changed: the run is pinned to model_digest {pinned_digest}, the scorer now "
-                               f"serves model_digest {task.model_digest} (version {task.model_version!r})")
+            raise ModelChanged(f"scorer model changed: model_digest {pinned_digest} was pinned, but the scorer serves "
+                               f"model_digest {task.model_digest} (version {task.model_version!r})")
         task.model_digest = pinned_digest  # every Score call of the climb pins it (a run stored before pinning: none)
         journal = RunJournal(self.store, run_id, pool, counters, self._signals[run_id])
         climb = HillClimb(run_id, settings, task, self.llm, self.scorer, journal, pool, steps, counters)
@@ -324,7 +328,7 @@ class RunManager:
         """A page of runs, newest first, optionally only in `states` (RunState values); returns it and the next page's token."""
         names = sorted({pb.RunState.Name(s).removeprefix("RUN_STATE_") for s in states or () if self._known_state(s)})
         limit = page_size(size, RUNS_PAGE_SIZE, MAX_RUNS_PAGE_SIZE)
-        position = decode_token(token, names)
+        position = decode_token(token, ((int, float), str), names)
         records = self.store.runs_page(names or None, tuple(position) if position else None, limit + 1)
         next_token = encode_token([records[limit - 1].created, records[limit - 1].run_id], names) if len(records) > limit else ""
         return [self._run_proto(record) for record in records[:limit]], next_token

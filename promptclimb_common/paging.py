@@ -29,15 +29,18 @@ def encode_token(position: list, filter_: object = None) -> str:
     return base64.urlsafe_b64encode(json.dumps({"p": position, "f": filter_}).encode()).decode()
 
 
-def decode_token(token: str, filter_: object = None) -> list | None:
-    """The position a token stands for (None for the empty token: the first page)."""
+def decode_token(token: str, shape: tuple[type | tuple[type, ...], ...], filter_: object = None) -> list | None:
+    """The position a token stands for, its items of the types in `shape` (None for the empty token: the first page)."""
     if not token:
         return None
     try:
         data = json.loads(base64.urlsafe_b64decode(token.encode()))
         position, token_filter = data["p"], data["f"]
     except (ValueError, binascii.Error, KeyError, TypeError):
-        raise PageError("page_token is not one this service issued; pass next_page_token unchanged, or empty for the first page") from None
-    if token_filter != filter_ or not isinstance(position, list):
+        position, token_filter = None, filter_
+    if not (isinstance(position, list) and len(position) == len(shape)
+            and all(isinstance(item, kind) and not isinstance(item, bool) for item, kind in zip(position, shape, strict=True))):
+        raise PageError("page_token is not one this service issued; pass next_page_token unchanged, or empty for the first page")
+    if token_filter != filter_:
         raise PageError("page_token was issued for another filter; list again from the first page with this filter")
     return position

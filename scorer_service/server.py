@@ -56,7 +56,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         await self.auth.require(context, "score")
         try:
             size = page_size(request.page_size, TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE)
-            after = decode_token(request.page_token)
+            after = decode_token(request.page_token, (str,))
         except PageError as err:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
         ids = [task_id for task_id in sorted(self.tasks) if after is None or task_id > after[0]]
