@@ -159,4 +159,4 @@ reliability: $(TEST_DEPS)
 	$(PY) -m bench.reliability
 
 clean:
-	rm -rf gen $(VENV) .pytest_cache
+	rm -rf gen $(VENV) .pytest_cache tools/node/node_modules
