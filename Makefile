@@ -45,8 +45,32 @@ $(OPEN_CLIP_STAMP): $(ENV_STAMP)
 
 env: $(ENV_STAMP) $(CLIP_BENCHMARK_STAMP) $(OPEN_CLIP_STAMP)
 
+# The public contract's checks: buf lint, and buf breaking against the baseline image committed in
+# protos/baseline (v1 is frozen: fields are only added). After a deliberate, compatible change of
+# the protos, `make proto-baseline` records the new baseline (commit it with the change).
+PROTO_BASELINE := protos/baseline/v1.binpb
+.PHONY: proto-check proto-baseline
+proto-check: node-tools
+	$(BUF) lint
+	$(BUF) breaking --against $(PROTO_BASELINE)
+proto-baseline: node-tools
+	$(BUF) lint
+	$(BUF) build --exclude-source-info -o $(PROTO_BASELINE)
+
+# Node tools, exact pins in tools/node/package.json and its lockfile: buf (the @bufbuild/buf
+# package ships its binary) and the gRPC libraries of tests/node, installed into
+# tools/node/node_modules (ignored by git).
+NODE_TOOLS := tools/node/node_modules/.installed
+BUF := tools/node/node_modules/.bin/buf
+.PHONY: node-tools
+node-tools: $(NODE_TOOLS)
+$(NODE_TOOLS): tools/node/package.json tools/node/package-lock.json
+	@command -v npm >/dev/null || { echo ">> installing Debian's npm"; $(APT_INSTALL) npm || { apt-get update && $(APT_INSTALL) npm; }; }
+	cd tools/node && npm ci --no-audit --no-fund
+	@touch $@
+
 # Everything the tests need is installed first, so no test has a reason to skip.
-TEST_DEPS := env deploy-check llm-env demo-data
+TEST_DEPS := env deploy-check llm-env demo-data proto-check node-tools
 test: $(TEST_DEPS)
 	$(PY) -m pytest -q
 
@@ -145,5 +169,5 @@ reliability: $(TEST_DEPS)
 	$(PY) -m bench.reliability
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info tools/node/node_modules
 	find promptclimb -name '*_pb2*.py*' -delete

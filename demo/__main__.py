@@ -36,6 +36,7 @@ import shutil
 import signal
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,8 +251,11 @@ def run_demo(settings: DemoSettings) -> int:
                 task_id="demo", restarts=settings.restarts, resets=settings.resets, iterations=settings.iterations,
                 templates_per_call=settings.templates_per_call, initial_pool_size=settings.pool, label="make demo",
             )
-            run_id = optimizer.StartRun(opt_pb.StartRunRequest(spec=spec), metadata=bearer(tokens["user"])).run_id
-            log.info("run_started", run_id=run_id)
+            # a request_id makes StartRun safe to retry: a repeat returns this run instead of starting another
+            started_run = optimizer.StartRun(opt_pb.StartRunRequest(spec=spec, request_id=uuid.uuid4().hex),
+                                             metadata=bearer(tokens["user"]))
+            run_id = started_run.run_id
+            log.info("run_started", run_id=run_id, model_digest=started_run.model_digest)
             candidates = follow(optimizer, run_id, tokens["user"])
             run = optimizer.GetRun(opt_pb.GetRunRequest(run_id=run_id), metadata=bearer(tokens["user"]))
             print(f"\nrun {run_id}: {opt_pb.RunState.Name(run.state)} ({run.stop_reason}); "

@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import textwrap
 from collections import defaultdict
 from pathlib import Path
 
 import structlog
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
@@ -60,12 +62,14 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, 0)), help=f"{knob.low}..{knob.cap}, default {knob.default}")
     a("--feedback", choices=[f.value for f in Feedback], default=_env("feedback", None), help="default positive_negative")
     a("--conversation", choices=[c.value for c in Conversation], default=_env("conversation", None), help="default chat")
-    a("--hide-accuracies", action="store_true", default=str(_env("hide_accuracies", "")).lower() in ("1", "true", "yes"))
+    a("--show-accuracies", action=argparse.BooleanOptionalAction, default=_flag_env("show_accuracies"),
+      help="show the LLM each template's accuracy (default: yes; preset authors: no)")
     a("--temperature", type=float, default=_env("temperature", None), help="default 1.0")
     a("--replay-run", default=_env("replay_run", ""), help="answer identical LLM questions from this earlier run's stored replies")
     for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
         a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, 0)), help="0: no limit")
-    a("--max-wall-seconds", type=float, default=float(_env("max_wall_seconds", 0.0)), help="0: no limit")
+    a("--max-wall-seconds", type=float, default=float(_env("max_wall_seconds", 0.0)),
+      help="search time (the spec's max_wall_time) in seconds; 0: no limit")
     a("--seed", type=int, default=int(_env("seed", 0)))
     a("--label", default=_env("label", ""))
 
@@ -75,15 +79,26 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
     if ns.initial_templates_file:
         templates = [line.strip() for line in ns.initial_templates_file.read_text().splitlines() if line.strip()]
     optional = {"temperature": float(ns.temperature)} if ns.temperature is not None else {}
-    return pb.RunSpec(
+    if ns.show_accuracies is not None:
+        optional["show_accuracies"] = ns.show_accuracies
+    if not 0 <= ns.max_wall_seconds < math.inf:
+        raise SpecError("--max-wall-seconds must be a finite number >= 0 (0 means no limit)")
+    spec = pb.RunSpec(
         task_id=ns.task, llm_model=ns.llm_model, initial_pool=_POOL[InitialPool(ns.initial_pool)], initial_templates=templates,
         feedback=_FEEDBACK[Feedback(ns.feedback)] if ns.feedback else pb.FEEDBACK_UNSPECIFIED,
         conversation=_CONVERSATION[Conversation(ns.conversation)] if ns.conversation else pb.CONVERSATION_MODE_UNSPECIFIED,
         preset=_PRESET[Preset(ns.preset)], replay_run_id=ns.replay_run, **optional,
-        hide_accuracies=ns.hide_accuracies, max_llm_calls=ns.max_llm_calls,
-        max_llm_tokens=ns.max_llm_tokens, max_scored_templates=ns.max_scored_templates, max_wall_seconds=ns.max_wall_seconds,
+        max_llm_calls=ns.max_llm_calls, max_llm_tokens=ns.max_llm_tokens, max_scored_templates=ns.max_scored_templates,
         seed=ns.seed, label=ns.label, hand_engineered_dataset=ns.hand_engineered_dataset, **{name: getattr(ns, name) for name in KNOBS},
     )
+    spec.max_wall_time.FromNanoseconds(round(ns.max_wall_seconds * 1e9))
+    return spec
+
+
+def _flag_env(name: str) -> bool | None:
+    """A yes/no flag's default from $OPTIMIZER_<NAME> (true/false); None when unset, so the preset decides."""
+    value = _env(name, None)
+    return None if value is None else str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int:
@@ -105,7 +120,7 @@ async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int
             manager.resume(run_id)
             log.info("run_resumed", run_id=run_id)
         else:
-            run_id = await manager.start(spec)
+            run_id = (await manager.start(spec)).run_id
         await follow(manager, run_id)
         run = manager.get(run_id)
         write_report(out, run, store.candidates(run_id))
@@ -184,7 +199,8 @@ def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str 
         "stop_reason": run.stop_reason,
         "best": [MessageToDict(b, preserving_proto_field_name=True) for b in run.best],
         "ensemble": MessageToDict(run.ensemble, preserving_proto_field_name=True) if run.HasField("ensemble") else None,
-        "counters": {field.name: getattr(run.counters, field.name) for field in run.counters.DESCRIPTOR.fields},
+        "model_digest": run.model_digest,
+        "counters": counter_values(run.counters),
         "spec": RunSettings.from_proto(run.spec, run.spec.llm_model).to_json(),
         "curve": [{"step": s, "best_train_accuracy": b, "mean_train_accuracy": m} for s, b, m in curve],
         "selected": [{"step": s, "template": t, "train_accuracy": a, **({"test_accuracy": x} if x is not None else {})}
@@ -198,6 +214,18 @@ def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str 
     (out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     test_curve = [(s, x) for s, _, _, x in selected if x is not None]
     plot_curve(out / "accuracy.png", curve, run.spec.task_id, iterations, note, test_curve)
+
+
+def counter_values(counters: pb.Counters) -> dict:
+    """The counters as plain JSON numbers; a duration as seconds, under its name with `_seconds`."""
+    values = {}
+    for field in counters.DESCRIPTOR.fields:
+        value = getattr(counters, field.name)
+        if isinstance(value, Duration):
+            values[f"{field.name}_seconds"] = value.ToNanoseconds() / 1e9
+        else:
+            values[field.name] = value
+    return values
 
 
 def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, iterations: int, note: str = "",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import enum
-import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -130,7 +129,7 @@ class RunSettings:
     max_llm_calls: int = 0
     max_llm_tokens: int = 0
     max_scored_templates: int = 0
-    max_wall_seconds: float = 0.0
+    max_wall_seconds: float = 0.0  # the spec's max_wall_time
     report_top: int = 5
     seed: int = 0
     label: str = ""
@@ -178,8 +177,9 @@ class RunSettings:
         for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
             if getattr(spec, name) < 0:
                 raise SpecError(f"{name} must be >= 0 (0 means no limit)")
-        if not (spec.max_wall_seconds >= 0 and math.isfinite(spec.max_wall_seconds)):
-            raise SpecError("max_wall_seconds must be a finite number >= 0 (0 means no limit)")
+        wall = spec.max_wall_time
+        if wall.seconds < 0 or not 0 <= wall.nanos < 1_000_000_000:
+            raise SpecError("max_wall_time must be a duration >= 0 (unset or 0 means no limit)")
         temperature = chosen("temperature", spec.temperature if spec.HasField("temperature") else None, 1.0)
         if not 0.0 <= temperature <= MAX_TEMPERATURE:
             raise SpecError(f"temperature={temperature} is out of range; allowed 0..{MAX_TEMPERATURE}")
@@ -191,12 +191,12 @@ class RunSettings:
             initial_templates=tuple(spec.initial_templates),
             feedback=_enum(_FEEDBACK, spec.feedback, "feedback"),
             conversation=Conversation(chosen("conversation", conversation or None, Conversation.CHAT.value)),
-            show_accuracies=chosen("show_accuracies", False if spec.hide_accuracies else None, True),
+            show_accuracies=chosen("show_accuracies", spec.show_accuracies if spec.HasField("show_accuracies") else None, True),
             temperature=temperature,
             max_llm_calls=spec.max_llm_calls,
             max_llm_tokens=spec.max_llm_tokens,
             max_scored_templates=spec.max_scored_templates,
-            max_wall_seconds=spec.max_wall_seconds,
+            max_wall_seconds=wall.ToNanoseconds() / 1e9,
             seed=spec.seed,
             label=spec.label,
             hand_engineered_dataset=spec.hand_engineered_dataset,
@@ -211,9 +211,10 @@ class RunSettings:
         values["initial_pool"] = _key(_POOL, self.initial_pool)
         values["feedback"] = _key(_FEEDBACK, self.feedback)
         values["conversation"] = _key(_CONVERSATION, self.conversation)
-        values["hide_accuracies"] = not values.pop("show_accuracies")
         values["preset"] = _key(_PRESET, self.preset)
-        return pb.RunSpec(**values)
+        spec = pb.RunSpec(**{k: v for k, v in values.items() if k != "max_wall_seconds"})
+        spec.max_wall_time.FromNanoseconds(round(self.max_wall_seconds * 1e9))
+        return spec
 
     def to_json(self) -> dict:
         return {**asdict(self), "initial_templates": list(self.initial_templates)}

@@ -2,7 +2,9 @@
 
 A run is a row in the store and, while it searches, an asyncio task. The task
 never lets an error escape: a run ends SUCCEEDED (finished or a budget
-reached), FAILED (with the reason; it stays resumable) or CANCELLED. A service
+reached), FAILED (with the reason; it stays resumable) or CANCELLED. A run is
+pinned to the scorer model it started on (its digest), so a rollout of another
+model under it fails it (resumably) instead of mixing accuracies. A service
 shutdown stops the tasks without ending the runs, so the next start resumes
 them. Events are appended to the store in the transaction of the progress they
 report, and watchers read them from there, so a replay and a live stream are
@@ -13,20 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from optimizer_service import metrics
 from optimizer_service.config import RunSettings, SpecError
 from optimizer_service.llm import LlmClient, LlmUnavailable
 from optimizer_service.pool import INITIAL, Candidate, Pool
-from optimizer_service.scorer_client import ScorerClient, ScorerError, ScorerUnavailable
+from optimizer_service.scorer_client import ModelChanged, ScorerClient, ScorerError, ScorerUnavailable
 from optimizer_service.search import Counters, HillClimb, SearchFailed
-from optimizer_service.store import Step, Store, StoreError
+from optimizer_service.store import RunRecord, Step, Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb_common.paging import PageError, decode_token, encode_token, page_size
 
 log = structlog.get_logger(__name__)
 
@@ -34,7 +39,8 @@ PENDING, RUNNING = "PENDING", "RUNNING"
 SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
 ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 MAX_WAITING_RUNS = 100  # runs queued behind the active ones; more are refused
-LIST_LIMIT = 500
+RUNS_PAGE_SIZE, MAX_RUNS_PAGE_SIZE = 50, 500
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 WATCH_POLL_S = 5.0  # a watcher re-reads the store at least this often
 
 
@@ -48,6 +54,10 @@ class RunStateError(Exception):
 
 class TooManyRuns(Exception):
     pass
+
+
+class RequestIdReused(Exception):
+    """A StartRun request_id was used before with a different spec."""
 
 
 class _Signal:
@@ -96,17 +106,27 @@ class RunJournal:
 def stamp(store: Store, run_id: str, events: list[pb.RunEvent]) -> list[tuple[int, bytes]]:
     """Numbers events after the run's last stored one and serializes them."""
     first = store.last_event_sequence(run_id) + 1
-    now = time.time()
+    now = time.time_ns()
     stamped = []
     for offset, event in enumerate(events):
-        event.sequence, event.run_id, event.time_unix = first + offset, run_id, now
+        event.sequence, event.run_id = first + offset, run_id
+        event.time.FromNanoseconds(now)
         stamped.append((event.sequence, event.SerializeToString()))
     return stamped
 
 
 def counters_proto(counters: dict) -> pb.Counters:
+    """The stored counters (search.Counters.to_json) as the proto reports them."""
     known = set(pb.Counters.DESCRIPTOR.fields_by_name)
-    return pb.Counters(**{k: v for k, v in counters.items() if k in known})
+    proto = pb.Counters(**{k: v for k, v in counters.items() if k in known})
+    proto.active_time.FromNanoseconds(round(counters.get("active_seconds", 0.0) * 1e9))
+    return proto
+
+
+def _timestamp(unix_seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(round(unix_seconds * 1e9))
+    return stamp
 
 
 class RunManager:
@@ -121,23 +141,42 @@ class RunManager:
 
     # Lifecycle --------------------------------------------------------------
 
-    async def start(self, spec: pb.RunSpec) -> str:
-        """Validates the spec (and that the scorer has its task), stores the run and launches it."""
+    async def start(self, spec: pb.RunSpec, request_id: str = "") -> pb.Run:
+        """Validates the spec (and that the scorer has its task), stores the run pinned to the scorer's model and launches it.
+
+        A `request_id` seen before returns its run (stored, so across restarts too) instead of starting another.
+        """
         settings = RunSettings.from_proto(spec, self.default_model)
+        if request_id and not REQUEST_ID.fullmatch(request_id):
+            raise SpecError("request_id must be 1 to 64 letters, digits, '-' or '_' (a UUID is a good choice), or empty")
+        if request_id and (earlier := self.store.run_by_request_id(request_id)) is not None:
+            return self._repeated(earlier, settings)
         if settings.replay_run_id and self.store.run(settings.replay_run_id) is None:
             raise SpecError(f"replay_run_id: no run {settings.replay_run_id!r} to replay; ListRuns shows the known ones")
         if len(self._tasks) >= MAX_WAITING_RUNS:
             raise TooManyRuns(f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one")
         try:
-            await self.scorer.task(settings.task_id, grace_s=0)
+            task = await self.scorer.task(settings.task_id, grace_s=0)
         except ScorerError as err:
             raise SpecError(f"task_id: {err}") from None
         run_id = uuid.uuid4().hex
         counters = Counters(iterations_total=settings.iterations_total)
-        self.store.create_run(run_id, settings.to_json(), counters.to_json(), PENDING)
-        log.info("run_created", run_id=run_id, task_id=settings.task_id, label=settings.label)
+        record = self.store.create_run(run_id, settings.to_json(), counters.to_json(), PENDING, request_id=request_id or None,
+                                       model_digest=task.model_digest)
+        if record.run_id != run_id:  # a concurrent repeat stored it first
+            return self._repeated(record, settings)
+        log.info("run_created", run_id=run_id, task_id=settings.task_id, label=settings.label, model_digest=task.model_digest,
+                 model_version=task.model_version)
         self._launch(run_id)
-        return run_id
+        return self.get(run_id)
+
+    def _repeated(self, earlier: RunRecord, settings: RunSettings) -> pb.Run:
+        """The run an earlier StartRun with the same request_id created, if it asked for the same spec."""
+        if earlier.settings != settings.to_json():
+            raise RequestIdReused(f"request_id {earlier.request_id!r} already started run {earlier.run_id} with another spec; "
+                                  "use a new request_id for a new run")
+        log.info("run_start_repeated", run_id=earlier.run_id, request_id=earlier.request_id)
+        return self.get(earlier.run_id)
 
     def resume_unfinished(self) -> list[str]:
         """Relaunches the runs a previous process left PENDING or RUNNING."""
@@ -193,12 +232,16 @@ class RunManager:
                 counters = Counters.from_json(record.counters)
                 self.store.set_state(run_id, RUNNING, "", record.counters)
                 self._refresh_gauges()
-                stop_reason = await self._search(run_id, RunSettings.from_json(record.settings), counters)
+                stop_reason = await self._search(run_id, RunSettings.from_json(record.settings), counters, record.model_digest)
             self._finish(run_id, SUCCEEDED, stop_reason, counters)
         except asyncio.CancelledError:
             if run_id in self._cancelling:
                 self._finish(run_id, CANCELLED, "cancelled", counters)
             raise
+        except ModelChanged as err:
+            log.warning("run_failed", reason=str(err))
+            self._finish(run_id, FAILED, f"{err}; resume the run once the scorer serves its pinned model again, or start a new "
+                                         "run on the new model", counters)
         except (LlmUnavailable, ScorerUnavailable, SearchFailed, StoreError) as err:
             log.warning("run_failed", reason=str(err))
             self._finish(run_id, FAILED, str(err), counters)
@@ -211,11 +254,15 @@ class RunManager:
             with contextlib.suppress(KeyError):  # the run never scored anything
                 metrics.BEST_TRAIN_ACCURACY.remove(run_id)
 
-    async def _search(self, run_id: str, settings: RunSettings, counters: Counters) -> str:
+    async def _search(self, run_id: str, settings: RunSettings, counters: Counters, pinned_digest: str) -> str:
         """Rebuilds the run from the store, climbs, builds the ensemble, measures the final best on test; returns the stop reason."""
         pool = Pool(self.store.candidates(run_id), self.store.rejections(run_id))
         steps = {key: step for key, step in self.store.steps(run_id).items() if key[0] != INITIAL}
         task = await self.scorer.task(settings.task_id)
+        if pinned_digest and task.model_digest != pinned_digest:
+            raise ModelChanged(f"scorer model changed: model_digest {pinned_digest} was pinned, but the scorer serves "
+                               f"model_digest {task.model_digest} (version {task.model_version!r})")
+        task.model_digest = pinned_digest  # every Score call of the climb pins it (a run stored before pinning: none)
         journal = RunJournal(self.store, run_id, pool, counters, self._signals[run_id])
         climb = HillClimb(run_id, settings, task, self.llm, self.scorer, journal, pool, steps, counters)
         stop_reason = await climb.run()
@@ -277,15 +324,28 @@ class RunManager:
     def get(self, run_id: str) -> pb.Run:
         return self._run_proto(self._record(run_id))
 
-    def list(self) -> list[pb.Run]:
-        return [self._run_proto(record) for record in self.store.runs()[-LIST_LIMIT:]]
+    def list(self, size: int = 0, token: str = "", states: list[int] | None = None) -> tuple[list[pb.Run], str]:
+        """A page of runs, newest first, optionally only in `states` (RunState values); returns it and the next page's token."""
+        names = sorted({pb.RunState.Name(s).removeprefix("RUN_STATE_") for s in states or () if self._known_state(s)})
+        limit = page_size(size, RUNS_PAGE_SIZE, MAX_RUNS_PAGE_SIZE)
+        position = decode_token(token, ((int, float), str), names)
+        records = self.store.runs_page(names or None, tuple(position) if position else None, limit + 1)
+        next_token = encode_token([records[limit - 1].created, records[limit - 1].run_id], names) if len(records) > limit else ""
+        return [self._run_proto(record) for record in records[:limit]], next_token
+
+    @staticmethod
+    def _known_state(state: int) -> bool:
+        if state not in pb.RunState.values() or state == pb.RUN_STATE_UNSPECIFIED:
+            raise PageError(f"states: {state} is not a run state; use RUN_STATE_PENDING .. RUN_STATE_CANCELLED")
+        return True
 
     def _run_proto(self, record) -> pb.Run:
         settings = RunSettings.from_json(record.settings)
         return pb.Run(
             run_id=record.run_id, spec=settings.to_proto(), state=pb.RunState.Value(f"RUN_STATE_{record.state}"),
             stop_reason=record.stop_reason, best=self._best(record.run_id, settings.report_top), ensemble=self._ensemble(record.run_id),
-            counters=counters_proto(record.counters), created_unix=record.created, updated_unix=record.updated,
+            counters=counters_proto(record.counters), create_time=_timestamp(record.created), update_time=_timestamp(record.updated),
+            model_digest=record.model_digest,
         )
 
     async def watch(self, run_id: str, after_sequence: int = 0) -> AsyncIterator[pb.RunEvent]:

@@ -4,7 +4,9 @@ A scorer can restart under a run (a new pod, a rolled deployment), so calls
 that fail for passing reasons (UNAVAILABLE, DEADLINE_EXCEEDED, a full queue)
 are retried with backoff until the grace period ends, honoring the scorer's
 `retry-after-s` hint. Refusals (unknown task, bad token, no right) are not
-passing and surface at once.
+passing and surface at once. A run pins the scorer's model digest: a scorer
+that serves another model refuses the call (FAILED_PRECONDITION), and that
+surfaces as ModelChanged, so one run never mixes accuracies of two models.
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ class ScorerError(Exception):
 
 class ScorerUnavailable(Exception):
     """The scorer stayed unreachable past the grace period."""
+
+
+class ModelChanged(Exception):
+    """The scorer now serves another model than the pinned digest; the message names both."""
 
 
 def _passing(err: BaseException) -> bool:
@@ -89,6 +95,8 @@ class ScorerClient:
                             log.info("scorer_call_retrying", call=what, code=err.code().name, details=err.details())
                         raise
         except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.FAILED_PRECONDITION and getattr(request, "model_digest", ""):
+                raise ModelChanged(f"scorer model changed: {err.details()}") from None
             if err.code() in PASSING:
                 raise ScorerUnavailable(
                     f"scorer at {self.settings.address} unavailable for over {grace_s:g} s ({err.code().name}: {err.details()})"
@@ -96,25 +104,23 @@ class ScorerClient:
             raise ScorerError(err.code(), f"scorer refused {what}: {err.code().name}: {err.details()}") from None
 
     async def task(self, task_id: str, grace_s: float | None = None) -> scorer_pb2.TaskInfo:
-        """The task's description (class names and all); ScorerError(NOT_FOUND) names the tasks there are."""
+        """The task's description (class names, model digest and all); ScorerError(NOT_FOUND) names the tasks there are."""
         grace = self.settings.grace_s if grace_s is None else grace_s
-        reply = await self._call("ListTasks", self._stub.ListTasks, scorer_pb2.ListTasksRequest(), grace)
-        for task in reply.tasks:
-            if task.task_id == task_id:
-                return task
-        known = ", ".join(t.task_id for t in reply.tasks) or "none"
-        raise ScorerError(grpc.StatusCode.NOT_FOUND, f"the scorer has no task '{task_id}' (it has: {known})")
+        return await self._call("GetTask", self._stub.GetTask, scorer_pb2.GetTaskRequest(task_id=task_id), grace)
 
-    async def score(self, task_id: str, templates: list[str], split: int = scorer_pb2.SPLIT_TRAIN) -> list[scorer_pb2.TemplateScore]:
-        """Scores the templates in one call; results come back in request order."""
-        reply = await self._score(scorer_pb2.ScoreRequest(task_id=task_id, templates=templates, split=split))
+    async def score(self, task_id: str, templates: list[str], split: int = scorer_pb2.SPLIT_TRAIN,
+                    model_digest: str = "") -> list[scorer_pb2.TemplateScore]:
+        """Scores the templates in one call (on the model `model_digest`, if set); results come back in request order."""
+        reply = await self._score(scorer_pb2.ScoreRequest(task_id=task_id, templates=templates, split=split,
+                                                          model_digest=model_digest))
         if len(reply.results) != len(templates):
             raise ScorerError(grpc.StatusCode.INTERNAL, f"scorer answered {len(reply.results)} results for {len(templates)} templates")
         return list(reply.results)
 
-    async def score_ensembles(self, task_id: str, ensembles: list[list[str]], split: int) -> list[scorer_pb2.EnsembleScore]:
+    async def score_ensembles(self, task_id: str, ensembles: list[list[str]], split: int,
+                              model_digest: str = "") -> list[scorer_pb2.EnsembleScore]:
         """Scores prompt ensembles (each one accuracy) in one call; results come back in request order."""
-        request = scorer_pb2.ScoreRequest(task_id=task_id, split=split,
+        request = scorer_pb2.ScoreRequest(task_id=task_id, split=split, model_digest=model_digest,
                                           ensembles=[scorer_pb2.TemplateEnsemble(templates=e) for e in ensembles])
         reply = await self._score(request)
         if len(reply.ensemble_results) != len(ensembles):
@@ -132,6 +138,9 @@ class ScorerClient:
             raise
         except ScorerUnavailable:
             code = "UNAVAILABLE"
+            raise
+        except ModelChanged:
+            code = "FAILED_PRECONDITION"
             raise
         finally:
             metrics.SCORER_CALLS.labels(code).inc()

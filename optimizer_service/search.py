@@ -334,7 +334,7 @@ class HillClimb:
         self.counters.scorer_calls += 1
         self._scoring_in_flight += len(templates)  # reserved, so concurrent climbs cannot overshoot the budget
         try:
-            results = await self.scorer.score(self.settings.task_id, templates)
+            results = await self.scorer.score(self.settings.task_id, templates, model_digest=self.task.model_digest)
         except ScorerError as err:
             raise SearchFailed(str(err)) from None
         finally:
@@ -383,7 +383,7 @@ class HillClimb:
         if s.max_scored_templates and c.templates_scored + self._scoring_in_flight >= s.max_scored_templates:
             raise BudgetExhausted("max_scored_templates")
         if s.max_wall_seconds and self.active_seconds() >= s.max_wall_seconds:
-            raise BudgetExhausted("max_wall_seconds")
+            raise BudgetExhausted("max_wall_time")
 
     def remaining_scoring_budget(self) -> int:
         if not self.settings.max_scored_templates:
@@ -421,13 +421,15 @@ class HillClimb:
         per_call = max(1, ENSEMBLE_MEMBERS_PER_CALL // max(len(e) for e in ensembles))
         results = []
         for first in range(0, len(ensembles), per_call):
-            results += await self.scorer.score_ensembles(self.settings.task_id, ensembles[first:first + per_call], split)
+            results += await self.scorer.score_ensembles(self.settings.task_id, ensembles[first:first + per_call], split,
+                                                          self.task.model_digest)
         return results
 
     async def test_accuracies(self, best: list[Candidate], ensemble: Ensemble | None) -> tuple[dict[int, float], float | None]:
         """Test accuracy of the final best templates and the ensemble, if our scorer token has the test right; else none."""
         try:
-            results = await self.scorer.score(self.settings.task_id, [c.template for c in best], scorer_pb2.SPLIT_TEST)
+            results = await self.scorer.score(self.settings.task_id, [c.template for c in best], scorer_pb2.SPLIT_TEST,
+                                              self.task.model_digest)
             tested = (await self.score_ensembles([list(ensemble.templates)], scorer_pb2.SPLIT_TEST))[0] if ensemble else None
         except ScorerError as err:
             level = log.info if err.code == grpc.StatusCode.PERMISSION_DENIED else log.warning

@@ -14,13 +14,14 @@ import structlog
 
 from optimizer_service.config import OptimizerConfig, SpecError
 from optimizer_service.llm import LlmClient
-from optimizer_service.runs import RunManager, RunNotFound, RunStateError, TooManyRuns
+from optimizer_service.runs import RequestIdReused, RunManager, RunNotFound, RunStateError, TooManyRuns
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
 from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from promptclimb_common.auth import Authenticator, load_tokens
 from promptclimb_common.grpc_runtime import GrpcService
+from promptclimb_common.paging import PageError
 from promptclimb_common.paths import require_writable
 
 log = structlog.get_logger(__name__)
@@ -30,6 +31,8 @@ MAX_RUN_ID = 64
 
 STATUS_OF = {
     SpecError: grpc.StatusCode.INVALID_ARGUMENT,
+    PageError: grpc.StatusCode.INVALID_ARGUMENT,
+    RequestIdReused: grpc.StatusCode.ALREADY_EXISTS,
     RunNotFound: grpc.StatusCode.NOT_FOUND,
     RunStateError: grpc.StatusCode.FAILED_PRECONDITION,
     TooManyRuns: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -53,10 +56,10 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
     def __init__(self, manager: RunManager, auth: Authenticator) -> None:
         self.manager, self.auth = manager, auth
 
-    async def StartRun(self, request: pb.StartRunRequest, context) -> pb.StartRunResponse:
+    async def StartRun(self, request: pb.StartRunRequest, context) -> pb.Run:
         await self.auth.require(context, "run")
         try:
-            return pb.StartRunResponse(run_id=await self.manager.start(request.spec))
+            return await self.manager.start(request.spec, request.request_id)
         except KNOWN_FAILURES as err:
             await _abort_for(context, err)
 
@@ -98,7 +101,8 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
     async def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
         await self.auth.require(context, "run")
         try:
-            return pb.ListRunsResponse(runs=self.manager.list())
+            runs, next_page_token = self.manager.list(request.page_size, request.page_token, list(request.states))
+            return pb.ListRunsResponse(runs=runs, next_page_token=next_page_token)
         except KNOWN_FAILURES as err:
             await _abort_for(context, err)
 

@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS runs (
     stop_reason TEXT NOT NULL DEFAULT '',
     counters TEXT NOT NULL,
     created REAL NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    request_id TEXT,
+    model_digest TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS candidates (
     run_id TEXT NOT NULL,
@@ -88,7 +90,12 @@ CREATE TABLE IF NOT EXISTS llm_cache (
 ADDED_COLUMNS = (
     ("candidates", "position", "INTEGER NOT NULL DEFAULT 0"),
     ("candidates", "reused", "INTEGER NOT NULL DEFAULT 0"),
+    ("runs", "request_id", "TEXT"),
+    ("runs", "model_digest", "TEXT NOT NULL DEFAULT ''"),
 )
+# After ADDED_COLUMNS, which may have just added the column it indexes.
+INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS runs_by_request_id ON runs (request_id) WHERE request_id IS NOT NULL;"
+RUN_COLUMNS = "run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest"
 CANDIDATE_COLUMNS = "template, accuracy, restart, reset, iteration, sequence, llm_call, position, reused"
 
 
@@ -105,6 +112,8 @@ class RunRecord:
     counters: dict
     created: float
     updated: float
+    request_id: str | None = None
+    model_digest: str = ""  # the scorer model the run is pinned to; empty for runs stored before pinning
 
 
 @dataclass(frozen=True)
@@ -145,6 +154,7 @@ class Store:
             for table, column, definition in ADDED_COLUMNS:
                 if column not in {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}:
                     connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            connection.executescript(INDEXES)
             connection.execute("BEGIN IMMEDIATE")  # proves the database is writable now, not at the first run
             connection.execute("COMMIT")
         except (OSError, sqlite3.Error) as err:
@@ -160,10 +170,27 @@ class Store:
 
     # Runs -------------------------------------------------------------------
 
-    def create_run(self, run_id: str, settings: dict, counters: dict, state: str) -> None:
+    def create_run(self, run_id: str, settings: dict, counters: dict, state: str, *, request_id: str | None = None,
+                   model_digest: str = "") -> RunRecord:
+        """Stores a new run; if `request_id` already names one, stores nothing and returns that run instead."""
         now = time.time()
         with self._transaction() as db:
-            db.execute("INSERT INTO runs VALUES (?, ?, ?, '', ?, ?, ?)", (run_id, json.dumps(settings), state, json.dumps(counters), now, now))
+            existing = self._by_request_id(db, request_id)
+            if existing is not None:
+                return existing
+            db.execute(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?)",
+                       (run_id, json.dumps(settings), state, json.dumps(counters), now, now, request_id, model_digest))
+        return self.run(run_id)
+
+    def run_by_request_id(self, request_id: str) -> RunRecord | None:
+        return self._by_request_id(self._db, request_id)
+
+    @staticmethod
+    def _by_request_id(db: sqlite3.Connection, request_id: str | None) -> RunRecord | None:
+        if request_id is None:
+            return None
+        row = db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE request_id = ?", (request_id,)).fetchone()
+        return _run_record(row) if row else None
 
     def set_state(self, run_id: str, state: str, stop_reason: str, counters: dict, events: Sequence[tuple[int, bytes]] = ()) -> None:
         with self._transaction() as db:
@@ -172,16 +199,23 @@ class Store:
             db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(run_id, seq, payload) for seq, payload in events])
 
     def run(self, run_id: str) -> RunRecord | None:
-        row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        row = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return _run_record(row) if row else None
 
     def runs(self, states: Iterable[str] | None = None) -> list[RunRecord]:
-        if states is None:
-            rows = self._db.execute("SELECT * FROM runs ORDER BY created").fetchall()
-        else:
-            wanted = list(states)
-            marks = ",".join("?" * len(wanted))
-            rows = self._db.execute(f"SELECT * FROM runs WHERE state IN ({marks}) ORDER BY created", wanted).fetchall()
+        """Runs oldest first, all or those in `states`."""
+        where, values = _in_states(states)
+        rows = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY created, run_id", values).fetchall()
+        return [_run_record(row) for row in rows]
+
+    def runs_page(self, states: Iterable[str] | None, before: tuple[float, str] | None, limit: int) -> list[RunRecord]:
+        """Up to `limit` runs newest first, all or those in `states`, after the run whose (created, run_id) is `before`."""
+        where, values = _in_states(states)
+        if before is not None:
+            where += (" AND" if where else "WHERE") + " (created < ? OR (created = ? AND run_id < ?))"
+            values += [before[0], before[0], before[1]]
+        rows = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY created DESC, run_id DESC LIMIT ?",
+                                [*values, limit]).fetchall()
         return [_run_record(row) for row in rows]
 
     def count_by_state(self) -> dict[str, int]:
@@ -293,6 +327,14 @@ class _Transaction:
             raise StoreError(f"cannot write the state database: {err}") from None
 
 
+def _in_states(states: Iterable[str] | None) -> tuple[str, list]:
+    if states is None:
+        return "", []
+    wanted = list(states)
+    return f"WHERE state IN ({','.join('?' * len(wanted))})", wanted
+
+
 def _run_record(row: tuple) -> RunRecord:
-    run_id, settings, state, stop_reason, counters, created, updated = row
-    return RunRecord(run_id, json.loads(settings), state, stop_reason, json.loads(counters), created, updated)
+    run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest = row
+    return RunRecord(run_id, json.loads(settings), state, stop_reason, json.loads(counters), created, updated, request_id,
+                     model_digest)

@@ -120,12 +120,12 @@ def load_grid(path: Path, out: Path | None = None, check_data: bool = True) -> G
 
 
 def as_flags(options: dict[str, object]) -> list[str]:
-    """{"initial_pool_size": 20, "hide_accuracies": true} -> ["--initial-pool-size", "20", "--hide-accuracies"]."""
+    """{"initial_pool_size": 20, "show_accuracies": false} -> ["--initial-pool-size", "20", "--no-show-accuracies"]."""
     flags = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
-            flags += [flag] if value else []
+            flags += [flag if value else "--no-" + key.replace("_", "-")]
         else:
             flags += [flag, str(value)]
     return flags

@@ -37,6 +37,7 @@ class ScorerConfig(ServingConfig):
     metrics_port: int = 9101
     anonymous_rights: frozenset[str] = frozenset({"score"})
     model: str = "openai/clip-vit-base-patch32"
+    model_version: str = ""  # empty: the model's name and digest (model.ModelIdentity)
     tasks: tuple[TaskSource, ...] = ()
     shots: int = 1
     seed: int = 1
@@ -84,6 +85,9 @@ def build_parser(prog: str = "python -m scorer_service") -> argparse.ArgumentPar
     p = argparse.ArgumentParser(prog=prog, description="Black-box CLIP scorer: templates in, accuracy out.")
     a = p.add_argument
     a("--model", default=_env("model", d.model), help="Hugging Face hub id or local directory of a CLIP checkpoint")
+    a("--model-version", default=_env("model_version", d.model_version),
+      help="human-readable version of the model, reported with its digest in TaskInfo and every ScoreResponse "
+           "(e.g. a release tag); default: the model's name and the digest's first 12 characters")
     a("--task", dest="tasks", action="append", type=_task, default=None,
       help="ID=DIR of an image-folder dataset, or ID=coop:NAME:DIR of a CoOp dataset folder (NAME: "
            f"{', '.join(COOP_DATASETS)}); repeatable (env SCORER_TASKS: comma-separated)")
@@ -145,6 +149,7 @@ def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_se
     return ScorerConfig(
         **serving_settings(parser, ns),
         model=ns.model,
+        model_version=ns.model_version,
         tasks=tuple(tasks),
         shots=ns.shots,
         seed=ns.seed,

@@ -162,6 +162,19 @@ class ClipEncoder:
         return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a caller sees of the model: its digest (ClipEncoder.identity) and a version for people."""
+
+    digest: str
+    version: str
+
+    @classmethod
+    def of(cls, encoder: ClipEncoder, digest: str, version: str = "") -> ModelIdentity:
+        """`version` as the operator set it; empty: the model's name and the digest's first 12 characters."""
+        return cls(digest, version or f"{Path(encoder.name).name}@{digest[:12]}")
+
+
 def _length_sorted_chunks(indices: list[int], ids, size: int = CHUNK_PROMPTS) -> list[list[int]]:
     """Chunks of prompts of similar length, so each pads little."""
     ordered = sorted(indices, key=lambda i: len(ids[i]))

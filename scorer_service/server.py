@@ -12,13 +12,14 @@ from prometheus_client import start_http_server
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.auth import Authenticator, load_tokens
 from promptclimb_common.grpc_runtime import GrpcService
+from promptclimb_common.paging import PageError, decode_token, encode_token, page_size
 from scorer_service import metrics
 from scorer_service.batcher import QueueFullError, TextEncodeBatcher
 from scorer_service.config import ScorerConfig
 from scorer_service.coop import load_coop_task
 from scorer_service.datasets import TEST, TRAIN, Task, build_task, load_image_folder
 from scorer_service.features import SplitFeatures, load_split_features
-from scorer_service.model import ClipEncoder, default_batch_prompts, load_clip
+from scorer_service.model import ClipEncoder, ModelIdentity, default_batch_prompts, load_clip
 from scorer_service.quota import BudgetExhaustedError, EvaluationLedger
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
 
@@ -28,6 +29,7 @@ SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
 SPLIT_NAMES = {scorer_pb2.SPLIT_UNSPECIFIED: TRAIN, scorer_pb2.SPLIT_TRAIN: TRAIN, scorer_pb2.SPLIT_TEST: TEST}
 SPLIT_ENUMS = {TRAIN: scorer_pb2.SPLIT_TRAIN, TEST: scorer_pb2.SPLIT_TEST}
 QUEUE_RETRY_SECONDS = 1.0
+TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE = 100, 1000
 LEDGER_FILE = "evaluations.sqlite"
 
 
@@ -40,7 +42,9 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         auth: Authenticator,
         ledger: EvaluationLedger,
         max_templates_per_request: int,
+        model: ModelIdentity,
     ) -> None:
+        self.model = model
         self.tasks = tasks
         self.features = features
         self.scorer = scorer
@@ -50,7 +54,26 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
 
     async def ListTasks(self, request, context):
         await self.auth.require(context, "score")
-        return scorer_pb2.ListTasksResponse(tasks=[self._task_info(task) for task in self.tasks.values()])
+        try:
+            size = page_size(request.page_size, TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE)
+            after = decode_token(request.page_token, (str,))
+        except PageError as err:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        ids = [task_id for task_id in sorted(self.tasks) if after is None or task_id > after[0]]
+        page = ids[:size]
+        return scorer_pb2.ListTasksResponse(tasks=[self._task_info(self.tasks[task_id]) for task_id in page],
+                                            next_page_token=encode_token([page[-1]]) if len(ids) > size else "")
+
+    async def GetTask(self, request, context):
+        await self.auth.require(context, "score")
+        return self._task_info(await self._task(request.task_id, context))
+
+    async def _task(self, task_id: str, context) -> Task:
+        task = self.tasks.get(task_id)
+        if task is None:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown task_id {task_id!r}; this server has: {known}")
+        return task
 
     def _task_info(self, task: Task) -> scorer_pb2.TaskInfo:
         return scorer_pb2.TaskInfo(
@@ -62,6 +85,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             shots=task.shots,
             seed=task.seed,
             context_length=self.scorer.encoder.context_length,
+            model_digest=self.model.digest,
+            model_version=self.model.version,
         )
 
     async def Score(self, request, context):
@@ -69,10 +94,14 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         split = SPLIT_NAMES.get(request.split)
         if split is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown split {request.split}; use SPLIT_TRAIN or SPLIT_TEST")
-        task = self.tasks.get(request.task_id)
-        if task is None:
-            known = ", ".join(sorted(self.tasks)) or "none"
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown task_id {request.task_id!r}; this server has: {known}")
+        task = await self._task(request.task_id, context)
+        if request.model_digest and request.model_digest != self.model.digest:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model_digest {request.model_digest} was pinned, but this server scores with model_digest "
+                f"{self.model.digest} (version {self.model.version!r}); nothing was scored: send the request to a "
+                "server with the pinned model, or pin the new digest to start over with it",
+            )
         # The request limit bounds one call's encoding work, so it counts every ensemble member; the
         # budget bounds what a token can learn, one accuracy per template or ensemble.
         count = len(request.templates) + len(request.ensembles)
@@ -105,6 +134,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         log.info("scored", invalid=sum(1 for s in [*scores, *ensemble_scores] if s.error))
         return scorer_pb2.ScoreResponse(
             split=SPLIT_ENUMS[split],
+            model_digest=self.model.digest,
+            model_version=self.model.version,
             results=[
                 scorer_pb2.TemplateScore(template=s.template, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error)
                 for s in scores
@@ -116,9 +147,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         )
 
 
-def load_tasks(config: ScorerConfig, encoder: ClipEncoder) -> tuple[dict[str, Task], dict[tuple[str, str], SplitFeatures]]:
-    """Builds every task and loads (or computes) its image features."""
-    identity = encoder.identity()
+def load_tasks(config: ScorerConfig, encoder: ClipEncoder, identity: str) -> tuple[dict[str, Task], dict[tuple[str, str], SplitFeatures]]:
+    """Builds every task and loads (or computes) its image features (cached under the model's `identity`)."""
     tasks, features = {}, {}
     for source in config.tasks:
         if source.coop_dataset:
@@ -159,10 +189,11 @@ class ScorerApp:
         self.ledger = open_ledger(config)  # first: an unwritable --state-dir fails before minutes of loading
         auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights)
         encoder = await asyncio.to_thread(load_clip, config.model, config.device, config.dtype, config.cpu_matmul)
-        metrics.MODEL_INFO.info(
-            {"model": config.model, "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch.")}
-        )
-        tasks, features = await asyncio.to_thread(load_tasks, config, encoder)
+        model = ModelIdentity.of(encoder, await asyncio.to_thread(encoder.identity), config.model_version)
+        metrics.MODEL_INFO.info({"model": config.model, "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch."),
+                                 "digest": model.digest, "version": model.version})
+        log.info("model_identity", model_digest=model.digest, model_version=model.version)
+        tasks, features = await asyncio.to_thread(load_tasks, config, encoder, model.digest)
         batch_prompts = config.max_batch_prompts or default_batch_prompts(encoder.device)
         self.batcher = TextEncodeBatcher(
             encoder.encode_text, batch_prompts, config.max_batch_delay_ms / 1000, config.max_queued_prompts
@@ -170,7 +201,7 @@ class ScorerApp:
         log.info("batching", max_batch_prompts=batch_prompts, max_batch_delay_ms=config.max_batch_delay_ms)
         self.batcher.start()
         scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes)
-        servicer = ScorerServicer(tasks, features, scorer, auth, self.ledger, config.max_templates_per_request)
+        servicer = ScorerServicer(tasks, features, scorer, auth, self.ledger, config.max_templates_per_request, model)
         if config.metrics_port:
             start_http_server(config.metrics_port, addr=config.host)
             log.info("metrics_serving", port=config.metrics_port)

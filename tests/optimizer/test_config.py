@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 from optimizer_service.config import KNOBS, Conversation, Feedback, InitialPool, Preset, RunSettings, SpecError
 from optimizer_service.seeds import BUILTIN_TEMPLATES
@@ -21,10 +22,13 @@ def test_zero_values_take_promptclimbs_own_defaults():
 
 def test_effective_spec_round_trips_through_proto_and_json():
     spec = pb.RunSpec(task_id="pets", llm_model="m", restarts=2, feedback=pb.FEEDBACK_POSITIVE_ONLY,
-                      conversation=pb.CONVERSATION_MODE_STATELESS, hide_accuracies=True, temperature=0.0,
-                      initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=["a {}"], max_llm_calls=7)
+                      conversation=pb.CONVERSATION_MODE_STATELESS, show_accuracies=False, temperature=0.0,
+                      initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=["a {}"], max_llm_calls=7,
+                      max_wall_time=Duration(seconds=90, nanos=500_000_000))
     settings = RunSettings.from_proto(spec, "")
-    assert settings.temperature == 0.0  # an explicit zero is kept, not defaulted
+    assert settings.temperature == 0.0 and settings.show_accuracies is False  # explicit zeros are kept, not defaulted
+    assert settings.max_wall_seconds == 90.5
+    assert settings.to_proto().max_wall_time == Duration(seconds=90, nanos=500_000_000)
     assert RunSettings.from_proto(settings.to_proto(), "") == settings
     assert RunSettings.from_json(settings.to_json()) == settings
 
@@ -44,7 +48,8 @@ def test_every_knob_above_its_cap_is_rejected_naming_it(name):
         (pb.RunSpec(task_id="x" * 300), "task_id is longer"),
         (pb.RunSpec(task_id="pets", temperature=2.5), "temperature=2.5"),
         (pb.RunSpec(task_id="pets", max_llm_calls=-1), "max_llm_calls"),
-        (pb.RunSpec(task_id="pets", max_wall_seconds=float("inf")), "max_wall_seconds"),
+        (pb.RunSpec(task_id="pets", max_wall_time=Duration(seconds=-1)), "max_wall_time must be a duration >= 0"),
+        (pb.RunSpec(task_id="pets", max_wall_time=Duration(seconds=1, nanos=-5)), "max_wall_time"),
         (pb.RunSpec(task_id="pets", initial_pool=pb.INITIAL_POOL_GIVEN), "needs initial_templates"),
         (pb.RunSpec(task_id="pets", initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=["a {0.__class__}"]), r"initial_templates\[0\]"),
         (pb.RunSpec(task_id="pets", initial_templates=["a {}"]), "only used with initial_pool=GIVEN"),
@@ -66,14 +71,15 @@ def test_the_authors_preset_fills_their_knobs_and_refuses_a_contradiction():
     assert (settings.conversation, settings.show_accuracies, settings.templates_per_call, settings.top_k, settings.iterations,
             settings.temperature) == (Conversation.STATELESS, False, 1, 3, 10, 1.0)
     assert (settings.restarts, settings.resets, settings.initial_pool_size, settings.feedback) == (1, 1, 80, Feedback.POSITIVE_NEGATIVE)
-    same = pb.RunSpec(task_id="pets", preset=pb.PRESET_AUTHORS, templates_per_call=1, hide_accuracies=True, temperature=1.0,
+    same = pb.RunSpec(task_id="pets", preset=pb.PRESET_AUTHORS, templates_per_call=1, show_accuracies=False, temperature=1.0,
                       conversation=pb.CONVERSATION_MODE_STATELESS, restarts=3, feedback=pb.FEEDBACK_POSITIVE_ONLY)
     assert RunSettings.from_proto(same, "m").restarts == 3  # R, S and N are only defaults; repeating a fixed knob is fine
     given = pb.RunSpec(task_id="pets", preset=pb.PRESET_AUTHORS, initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=["a {}", "b {}"])
     assert RunSettings.from_proto(given, "m").initial_pool_size == 2  # a given list is used whole
     assert RunSettings.from_proto(settings.to_proto(), "m") == settings
     for contradiction, named in [(dict(templates_per_call=4), "templates_per_call=4"), (dict(temperature=0.7), "temperature=0.7"),
-                                 (dict(conversation=pb.CONVERSATION_MODE_CHAT), "conversation=chat"), (dict(top_k=5), "top_k=5")]:
+                                 (dict(conversation=pb.CONVERSATION_MODE_CHAT), "conversation=chat"), (dict(top_k=5), "top_k=5"),
+                                 (dict(show_accuracies=True), "show_accuracies=True")]:
         with pytest.raises(SpecError, match=f"preset authors fixes .*{named} contradicts it"):
             RunSettings.from_proto(pb.RunSpec(task_id="pets", preset=pb.PRESET_AUTHORS, **contradiction), "m")
 

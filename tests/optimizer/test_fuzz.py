@@ -13,6 +13,7 @@ import signal
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -42,14 +43,17 @@ def specs(draw) -> pb.RunSpec:
         task_id=draw(st.one_of(st.just(TASK), texts)), llm_model=draw(texts), label=draw(texts),
         initial_pool=draw(st.integers(-2, 6)),
         initial_templates=draw(st.lists(texts, max_size=5)), feedback=draw(st.integers(-2, 6)),
-        conversation=draw(st.integers(-2, 6)), hide_accuracies=draw(st.booleans()),
+        conversation=draw(st.integers(-2, 6)),
         max_llm_calls=draw(knobs), max_llm_tokens=draw(knobs), max_scored_templates=draw(knobs),
-        max_wall_seconds=draw(st.one_of(st.just(0.0), floats)), seed=draw(ints),
+        max_wall_time=Duration(seconds=draw(st.integers(-(1 << 40), 1 << 40)), nanos=draw(st.integers(-(10**9), 10**9))),
+        seed=draw(ints),
         **{name: draw(knobs) for name in ("initial_pool_size", "restarts", "resets", "iterations", "top_k",
                                          "templates_per_call", "report_top")},
     )
     if draw(st.booleans()):
         spec.temperature = draw(floats)
+    if draw(st.booleans()):
+        spec.show_accuracies = draw(st.booleans())
     return spec
 
 
@@ -87,26 +91,30 @@ def status(call, *args, **kwargs) -> grpc.StatusCode:
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(spec=specs(), meta=metadata)
-@example(spec=pb.RunSpec(task_id=TASK, restarts=1, resets=1, iterations=1), meta=(("authorization", f"Bearer {TOKEN}"),))
-def test_start_run_answers_every_spec_with_a_documented_status(service, spec, meta):
+@given(spec=specs(), request_id=st.one_of(st.just(""), st.sampled_from(["retry-1", "retry-2"]), texts), meta=metadata)
+@example(spec=pb.RunSpec(task_id=TASK, restarts=1, resets=1, iterations=1), request_id="", meta=(("authorization", f"Bearer {TOKEN}"),))
+def test_start_run_answers_every_spec_with_a_documented_status(service, spec, request_id, meta):
     stub = service[0]
     try:
-        reply = stub.StartRun(pb.StartRunRequest(spec=spec), metadata=meta, timeout=10)
+        reply = stub.StartRun(pb.StartRunRequest(spec=spec, request_id=request_id), metadata=meta, timeout=10)
     except grpc.RpcError as err:
-        assert err.code() in AUTH_ERRORS | {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}, err
+        assert err.code() in AUTH_ERRORS | {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            grpc.StatusCode.ALREADY_EXISTS}, err
         return
     assert meta and TOKEN in meta[0][1]
-    stub.CancelRun(pb.CancelRunRequest(run_id=reply.run_id), metadata=meta, timeout=10)
+    if reply.state not in (pb.RUN_STATE_PENDING, pb.RUN_STATE_RUNNING):
+        return  # a repeated request_id returned a run that has ended
+    status(stub.CancelRun, pb.CancelRunRequest(run_id=reply.run_id), metadata=meta)
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(run_id=texts, after=ints, meta=metadata, rpc=st.sampled_from(["GetRun", "WatchRun", "CancelRun", "ResumeRun", "ListRuns"]))
-def test_run_rpcs_answer_any_id_with_a_documented_status(service, run_id, after, meta, rpc):
+@given(run_id=texts, after=ints, meta=metadata, rpc=st.sampled_from(["GetRun", "WatchRun", "CancelRun", "ResumeRun", "ListRuns"]),
+       states=st.lists(st.integers(-2, 8), max_size=4))
+def test_run_rpcs_answer_any_id_with_a_documented_status(service, run_id, after, meta, rpc, states):
     stub = service[0]
     request = {"GetRun": pb.GetRunRequest(run_id=run_id), "WatchRun": pb.WatchRunRequest(run_id=run_id, after_sequence=after),
                "CancelRun": pb.CancelRunRequest(run_id=run_id), "ResumeRun": pb.ResumeRunRequest(run_id=run_id),
-               "ListRuns": pb.ListRunsRequest()}[rpc]
+               "ListRuns": pb.ListRunsRequest(page_size=after, page_token=run_id, states=states)}[rpc]
     code = status(getattr(stub, rpc), request, metadata=meta)
     allowed = AUTH_ERRORS | {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
                              grpc.StatusCode.FAILED_PRECONDITION}

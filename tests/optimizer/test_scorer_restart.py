@@ -20,7 +20,8 @@ class ScorerOnFixedPort:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.args = ["scorer_service", "--model", str(model_dir), "--task", f"{TASK}={task_dir}", "--shots", "3",
-                     "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "0", "--cache-dir", str(root / "cache")]
+                     "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", "0", "--cache-dir", str(root / "cache"),
+                     "--state-dir", str(root / "scorer-state")]
         self.log = root / "scorer.log"
         self.process = None
 

@@ -44,8 +44,8 @@ async def test_the_authors_preset_is_their_code_knob_for_knob(optimizer):
                                              top_k=0, templates_per_call=0)
     spec = run.spec
     assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
-    assert (spec.conversation, spec.hide_accuracies, spec.templates_per_call, spec.top_k, spec.iterations, spec.temperature) == (
-        pb.CONVERSATION_MODE_STATELESS, True, 1, 3, 10, 1.0)
+    assert (spec.conversation, spec.show_accuracies, spec.templates_per_call, spec.top_k, spec.iterations, spec.temperature) == (
+        pb.CONVERSATION_MODE_STATELESS, False, 1, 3, 10, 1.0)
     assert (spec.restarts, spec.resets, spec.initial_pool_size, spec.preset) == (1, 1, 80, pb.PRESET_AUTHORS)
     assert len([e for e in events if e.HasField("candidate_scored") and e.candidate_scored.iteration == -1]) == 80
     assert len(optimizer.llm.seen) == 10
@@ -57,10 +57,10 @@ async def test_the_authors_preset_is_their_code_knob_for_knob(optimizer):
         assert seen.body["temperature"] == 1.0
 
 
-@pytest.mark.parametrize("hide_accuracies", [False, True], ids=["accuracies-shown", "accuracies-hidden"])
-async def test_positive_only_chat_never_says_anything_about_templates_outside_the_good_list(optimizer, hide_accuracies):
+@pytest.mark.parametrize("show_accuracies", [True, False], ids=["accuracies-shown", "accuracies-hidden"])
+async def test_positive_only_chat_never_says_anything_about_templates_outside_the_good_list(optimizer, show_accuracies):
     optimizer.llm.plan(Reply("- a {}\n- a {}\n- broken"))  # repeats and a broken line: still no word about them
-    run, _ = await optimizer.run_to_end(feedback=pb.FEEDBACK_POSITIVE_ONLY, hide_accuracies=hide_accuracies, iterations=4)
+    run, _ = await optimizer.run_to_end(feedback=pb.FEEDBACK_POSITIVE_ONLY, show_accuracies=show_accuracies, iterations=4)
     assert run.state == pb.RUN_STATE_SUCCEEDED
     assert len(optimizer.llm.seen) == 2 * 2 * 4
     follow_ups = 0
@@ -76,7 +76,7 @@ async def test_positive_only_chat_never_says_anything_about_templates_outside_th
             named = set(re.findall(r'"([^"\n]*\{\}[^"\n]*)"', text.replace('for example "a photo of a {}." becomes', "")))
             assert named <= listed, (named, listed)
             follow_ups += bool(named)
-            if hide_accuracies:
+            if not show_accuracies:
                 assert "%" not in text
             else:
                 assert len(re.findall(r"\d%", text)) <= 2 * len(listed)  # accuracies of good templates only

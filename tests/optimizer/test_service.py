@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from prometheus_client import REGISTRY
 
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
@@ -85,7 +86,7 @@ async def test_chat_mode_carries_history_and_accuracy_feedback(optimizer):
 
 async def test_stateless_positive_only_hidden_accuracies_change_the_messages_as_intended(optimizer):
     run, _ = await optimizer.run_to_end(conversation=pb.CONVERSATION_MODE_STATELESS, feedback=pb.FEEDBACK_POSITIVE_ONLY,
-                                        hide_accuracies=True)
+                                        show_accuracies=False)
     assert run.state == pb.RUN_STATE_SUCCEEDED
     assert len(optimizer.llm.seen) == 8
     for seen in optimizer.llm.seen:
@@ -114,9 +115,9 @@ async def test_budgets_stop_a_run_cleanly_with_their_name(optimizer, limit, valu
 
 async def test_wall_time_budget_stops_a_slow_run(optimizer):
     optimizer.llm.plan(*[Delay(0.3, Reply(f"- slow {i} {{}}")) for i in range(8)])
-    run, _ = await optimizer.run_to_end(max_wall_seconds=0.5)
-    assert (run.state, run.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "max_wall_seconds")
-    assert run.counters.active_seconds >= 0.5
+    run, _ = await optimizer.run_to_end(max_wall_time=Duration(nanos=500_000_000))
+    assert (run.state, run.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "max_wall_time")
+    assert run.counters.active_time.ToTimedelta().total_seconds() >= 0.5
 
 
 async def test_passing_llm_faults_are_retried_and_a_hopeless_reply_skipped(optimizer):
@@ -217,7 +218,7 @@ async def test_bad_requests_get_the_documented_status_and_an_actionable_message(
     code, details = await _status_of(stub.StartRun(pb.StartRunRequest(spec=small_spec(restarts=17))))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "restarts=17" in details and "1..16" in details
     code, details = await _status_of(stub.StartRun(pb.StartRunRequest(spec=small_spec(task_id="nope"))))
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and f"it has: {TASK}" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and f"this server has: {TASK}" in details
     code, details = await _status_of(stub.StartRun(pb.StartRunRequest()))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "task_id is required" in details
     code, _ = await _status_of(stub.GetRun(pb.GetRunRequest(run_id="0" * 32)))
@@ -256,11 +257,11 @@ async def test_the_api_takes_bearer_tokens(optimizer):
     assert list(reply.runs) == []
 
 
-async def test_list_runs_shows_every_run_with_its_label(optimizer):
+async def test_list_runs_shows_every_run_with_its_label_newest_first(optimizer):
     first, _ = await optimizer.run_to_end(restarts=1, resets=1, iterations=1, label="first")
     second, _ = await optimizer.run_to_end(restarts=1, resets=1, iterations=1, label="second")
     runs = (await optimizer.stub.ListRuns(pb.ListRunsRequest())).runs
-    assert [(r.run_id, r.spec.label) for r in runs] == [(first.run_id, "first"), (second.run_id, "second")]
+    assert [(r.run_id, r.spec.label) for r in runs] == [(second.run_id, "second"), (first.run_id, "first")]
     assert runs[0].spec.restarts == 1 and runs[0].spec.templates_per_call == 2 and runs[0].spec.temperature == 1.0
 
 

@@ -83,3 +83,32 @@ def test_state_path_that_is_a_file_fails_at_open(tmp_path):
     with pytest.raises(StoreError, match="check that it exists, is writable"):
         Store.open(blocker)
 
+
+
+def test_a_runs_table_from_before_request_ids_and_pinning_is_upgraded_on_open(tmp_path):
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "optimizer.sqlite3")
+    old.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, settings TEXT NOT NULL, state TEXT NOT NULL, "
+                "stop_reason TEXT NOT NULL DEFAULT '', counters TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL)")
+    old.execute("""INSERT INTO runs VALUES ('old', '{}', 'SUCCEEDED', 'finished', '{}', 1.0, 2.0)""")
+    old.commit()
+    old.close()
+    store = Store.open(tmp_path)
+    before = store.run("old")
+    assert (before.request_id, before.model_digest, before.stop_reason) == (None, "", "finished")  # unpinned, as it ran
+    new = store.create_run("new", {"a": 1}, {}, "PENDING", request_id="req-1", model_digest="d" * 32)
+    assert (new.request_id, new.model_digest) == ("req-1", "d" * 32)
+    assert store.create_run("other", {"a": 2}, {}, "PENDING", request_id="req-1").run_id == "new"  # the id is taken
+    assert store.run("other") is None
+
+
+def test_pages_of_runs_created_at_the_same_instant_neither_repeat_nor_skip(tmp_path):
+    store = Store.open(tmp_path)
+    for run_id in ("a", "b", "c", "d"):
+        store.create_run(run_id, {}, {}, "SUCCEEDED")
+    store._db.execute("UPDATE runs SET created = 5.0")
+    first = store.runs_page(None, None, 2)
+    rest = store.runs_page(None, (first[-1].created, first[-1].run_id), 10)
+    assert [r.run_id for r in first + rest] == ["d", "c", "b", "a"]
+    assert [r.run_id for r in store.runs_page(["PENDING"], None, 10)] == []
