@@ -35,6 +35,7 @@ class Reason(str, enum.Enum):
     RIGHT_MISSING = "RIGHT_MISSING"  # PERMISSION_DENIED: the token lacks the call's right
     RATE_LIMITED = "RATE_LIMITED"  # RESOURCE_EXHAUSTED + RetryInfo: the token's request rate
     INVALID_FIELD = "INVALID_FIELD"  # INVALID_ARGUMENT + BadRequest: a field breaks a rule
+    STATE_UNAVAILABLE = "STATE_UNAVAILABLE"  # UNAVAILABLE + RetryInfo: the service's database or quota store
     # Scorer
     TEST_SPLIT_FORBIDDEN = "TEST_SPLIT_FORBIDDEN"  # PERMISSION_DENIED: SPLIT_TEST without the `test` right
     TASK_NOT_FOUND = "TASK_NOT_FOUND"  # NOT_FOUND
@@ -47,7 +48,6 @@ class Reason(str, enum.Enum):
     TOO_MANY_RUNS = "TOO_MANY_RUNS"  # RESOURCE_EXHAUSTED + RetryInfo
     MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"  # INVALID_ARGUMENT + BadRequest: llm_model outside --llm-allowed-models
     SCORER_UNAVAILABLE = "SCORER_UNAVAILABLE"  # UNAVAILABLE + RetryInfo
-    STATE_UNAVAILABLE = "STATE_UNAVAILABLE"  # UNAVAILABLE + RetryInfo: the service's database cannot be used
 
 
 @dataclass(eq=False)

@@ -4,8 +4,10 @@ LLM spend bounded by the service, and a spent scorer budget that stops a run at 
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
+import urllib.request
 
 import grpc
 import pytest
@@ -15,7 +17,7 @@ from optimizer_service.config import Price, RunLimits, ScorerSettings
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.errors import details_of
 from tests.optimizer.conftest import TASK, open_optimizer, small_spec
-from tests.procs import start_scorer, stop_process
+from tests.procs import free_port, start_scorer, stop_process
 
 TOKENS = [{"name": "alice", "token": "alice-secret", "rights": ["run"]},
           {"name": "bob", "token": "bob-secret", "rights": ["run"]},
@@ -84,6 +86,7 @@ async def test_a_run_only_caller_gets_no_test_number_by_any_path(optimizer, tmp_
     assert [_test_numbers(r) for r in listed] == [[]]
     # The scorer was never asked for the test split: nothing was measured to hide.
     assert optimizer.store.test_accuracies(run.run_id) == {} and optimizer.store.ensemble(run.run_id)[2] is None
+    (tmp_path / "report").mkdir()
     write_report(tmp_path / "report", run, optimizer.store.candidates(run.run_id))
     assert "test_accuracy" not in (tmp_path / "report" / "result.json").read_text()
     # An admin without the test right sees alice's run, and still no test number.
@@ -152,3 +155,29 @@ async def test_a_spent_scorer_budget_stops_the_run_at_once_and_it_resumes_once_r
     finally:
         stop_process(process, signal.SIGTERM)
     assert "tokens_reloaded" in (tmp_path / "scorer.log").read_text()
+
+
+async def test_the_scorer_client_retries_a_rate_limit_after_the_delay_the_scorer_names(tiny_clip_dir, image_task_dir,
+                                                                                          llm, tmp_path):
+    tokens = tmp_path / "scorer-tokens.json"
+    tokens.write_text(json.dumps({"tokens": [{"name": "optimizer", "token": "paced-token", "rights": ["score"],
+                                               "requests_per_second": 2, "burst": 1}]}))
+    metrics_port = free_port()
+    process, address = start_scorer(tiny_clip_dir, {TASK: image_task_dir}, tmp_path / "cache", tmp_path / "scorer.log",
+                                    "--shots", "3", "--tokens-file", str(tokens), "--metrics-port", str(metrics_port))
+    try:
+        settings = ScorerSettings(address=address, token="paced-token", deadline_s=10.0, grace_s=30.0)
+        async with open_optimizer(settings, llm, tmp_path / "state") as optimizer:
+            started = time.monotonic()
+            run, _ = await optimizer.run_to_end(restarts=1, resets=1, iterations=3, ensemble_size=1)
+            elapsed = time.monotonic() - started
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    finally:
+        stop_process(process, signal.SIGTERM)
+    assert (run.state, run.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "finished")
+    refused = sum(float(v) for v in re.findall(r'^grpc_server_handled_total\{.*grpc_code="RESOURCE_EXHAUSTED".*\} (\S+)$',
+                                               metrics, re.MULTILINE))
+    # ListTasks twice, 1 + 3 train Score calls and 1 on test (refused: no test right), at 2 a second after a burst of 1:
+    # at least 2.5 s of waits. Each retry waits the scorer's RetryInfo delay, so about one refusal per admitted call,
+    # not a burst of early retries.
+    assert elapsed >= 2.5 and 1 <= refused <= 2 * 7, (elapsed, refused)
