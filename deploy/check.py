@@ -665,7 +665,7 @@ def check_containers(r: Report) -> None:
     for name, version in opt.items():
         r.check(name in pins, f"optimizer-requirements.txt {name}", "not a dependency in pyproject.toml")
         r.check(pins.get(name) == version, f"optimizer-requirements.txt {name}", f"pinned {version or 'nothing'}, pyproject.toml pins {pins.get(name)}")
-    scorer_only = ("torch", "transformers", "safetensors", "pillow", "numpy", "matplotlib")
+    scorer_only = ("torch", "transformers", "safetensors", "pillow", "numpy", "matplotlib", "redis")
     for heavy in scorer_only:
         r.check(heavy not in opt, "optimizer-requirements.txt", f"must not install {heavy}")
     missing = set(pins) - set(opt) - set(scorer_only)

@@ -25,7 +25,7 @@ from optimizer_service.config import (KNOBS, PRESETS, Conversation, Feedback, In
                                       add_connection_args, add_serve_args, connection_settings, serve_config)
 from optimizer_service.llm import LlmClient
 from optimizer_service.pool import Candidate, rank
-from optimizer_service.runs import FAILED, PENDING, RUNNING, RunManager
+from optimizer_service.runs import FAILED, LOCAL, PENDING, RUNNING, RunManager
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
 from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
@@ -117,12 +117,12 @@ async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int
         unfinished = [r for r in store.runs([PENDING, RUNNING, FAILED]) if r.settings == wanted]
         if unfinished:
             run_id = unfinished[-1].run_id
-            manager.resume(run_id)
+            manager.resume(run_id, LOCAL)
             log.info("run_resumed", run_id=run_id)
         else:
-            run_id = (await manager.start(spec)).run_id
+            run_id = (await manager.start(spec, LOCAL)).run_id
         await follow(manager, run_id)
-        run = manager.get(run_id)
+        run = manager.get(run_id, LOCAL)
         write_report(out, run, store.candidates(run_id))
     finally:
         await manager.shutdown()
@@ -136,9 +136,9 @@ async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int
 
 async def follow(manager: RunManager, run_id: str) -> None:
     """A progress bar over the run's events: iterations, best accuracy, LLM calls and tokens."""
-    run = manager.get(run_id)
+    run = manager.get(run_id, LOCAL)
     with tqdm(total=run.counters.iterations_total, initial=run.counters.iterations_done, unit="it", desc="climbing") as bar:
-        async for event in manager.watch(run_id):
+        async for event in manager.watch(run_id, LOCAL):
             if event.HasField("iteration_done"):
                 done = event.iteration_done
                 bar.n = done.counters.iterations_done

@@ -63,7 +63,26 @@ _POOL = {pb.INITIAL_POOL_UNSPECIFIED: InitialPool.BUILTIN, pb.INITIAL_POOL_BUILT
 
 
 class SpecError(ValueError):
-    """A run spec breaks a rule; the message names the field and its allowed range."""
+    """A run spec breaks a rule; the message names the field (its first word) and its allowed range."""
+
+
+class ModelNotAllowed(SpecError):
+    """llm_model names a model outside the service's --llm-allowed-models."""
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """The service's bounds on a run's LLM spend: the models a spec may name, and the ceilings of the LLM budgets.
+
+    A ceiling (0: none) is what a spec's 0 takes, and a spec above it is refused. `allowed_models` None: any model
+    (a local `run`, where the key is the caller's own); else the models besides the default one. The cost ceiling
+    applies only where the service knows prices (`priced`); without them a spec's cost limit is refused."""
+
+    allowed_models: frozenset[str] | None = None
+    max_llm_calls: int = 0
+    max_llm_tokens: int = 0
+    max_llm_cost_usd: float = 0.0
+    priced: bool = True
 
 
 @dataclass(frozen=True)
@@ -130,6 +149,7 @@ class RunSettings:
     max_llm_tokens: int = 0
     max_scored_templates: int = 0
     max_wall_seconds: float = 0.0  # the spec's max_wall_time
+    max_llm_cost_usd: float = 0.0
     report_top: int = 5
     seed: int = 0
     label: str = ""
@@ -146,8 +166,9 @@ class RunSettings:
         return self.restarts * self.resets * self.iterations
 
     @classmethod
-    def from_proto(cls, spec: pb.RunSpec, default_model: str) -> RunSettings:
-        """Applies the preset and the defaults, checks the caps; raises SpecError naming the first bad field."""
+    def from_proto(cls, spec: pb.RunSpec, default_model: str, limits: RunLimits = RunLimits()) -> RunSettings:
+        """Applies the preset, the defaults and the service's limits, checks the caps; raises SpecError naming the first
+        bad field."""
         for name in ("task_id", "llm_model", "label", "hand_engineered_dataset", "replay_run_id"):
             if len(getattr(spec, name)) > MAX_TEXT_FIELD:
                 raise SpecError(f"{name} is longer than {MAX_TEXT_FIELD} characters")
@@ -156,6 +177,10 @@ class RunSettings:
         model = spec.llm_model or default_model
         if not model:
             raise SpecError("llm_model is empty and the service has no default model (--llm-model)")
+        if limits.allowed_models is not None and model != default_model and model not in limits.allowed_models:
+            allowed = ", ".join(sorted({default_model, *limits.allowed_models} - {""}))
+            raise ModelNotAllowed(f"llm_model {model!r} is not allowed by this service; allowed: {allowed} "
+                                  "(its operator sets --llm-allowed-models)")
         preset = _enum(_PRESET, spec.preset, "preset")
         chosen = _Chooser(preset)
         pool = _enum(_POOL, spec.initial_pool, "initial_pool")
@@ -180,6 +205,7 @@ class RunSettings:
         wall = spec.max_wall_time
         if wall.seconds < 0 or not 0 <= wall.nanos < 1_000_000_000:
             raise SpecError("max_wall_time must be a duration >= 0 (unset or 0 means no limit)")
+        llm_budgets = _llm_budgets(spec, limits)
         temperature = chosen("temperature", spec.temperature if spec.HasField("temperature") else None, 1.0)
         if not 0.0 <= temperature <= MAX_TEMPERATURE:
             raise SpecError(f"temperature={temperature} is out of range; allowed 0..{MAX_TEMPERATURE}")
@@ -193,8 +219,6 @@ class RunSettings:
             conversation=Conversation(chosen("conversation", conversation or None, Conversation.CHAT.value)),
             show_accuracies=chosen("show_accuracies", spec.show_accuracies if spec.HasField("show_accuracies") else None, True),
             temperature=temperature,
-            max_llm_calls=spec.max_llm_calls,
-            max_llm_tokens=spec.max_llm_tokens,
             max_scored_templates=spec.max_scored_templates,
             max_wall_seconds=wall.ToNanoseconds() / 1e9,
             seed=spec.seed,
@@ -202,6 +226,7 @@ class RunSettings:
             hand_engineered_dataset=spec.hand_engineered_dataset,
             preset=preset,
             replay_run_id=spec.replay_run_id,
+            **llm_budgets,
             **knobs,
         )
 
@@ -225,6 +250,23 @@ class RunSettings:
         return cls(**{**data, "initial_pool": InitialPool(data["initial_pool"]), "feedback": Feedback(data["feedback"]),
                       "conversation": Conversation(data["conversation"]), "preset": Preset(data.get("preset", "promptclimb")),
                       "initial_templates": tuple(data["initial_templates"])})
+
+
+def _llm_budgets(spec: pb.RunSpec, limits: RunLimits) -> dict:
+    """The LLM budgets: the spec's, or the service's ceiling where the spec sets none; above a ceiling is refused."""
+    if not (spec.max_llm_cost_usd >= 0 and math.isfinite(spec.max_llm_cost_usd)):
+        raise SpecError("max_llm_cost_usd must be a finite number >= 0 (0 takes the service's ceiling)")
+    if spec.max_llm_cost_usd and not limits.priced:
+        raise SpecError("max_llm_cost_usd is set, but this service has no LLM price table (--llm-price) to count cost by")
+    ceilings = {"max_llm_calls": limits.max_llm_calls, "max_llm_tokens": limits.max_llm_tokens,
+                "max_llm_cost_usd": limits.max_llm_cost_usd if limits.priced else 0.0}
+    budgets = {}
+    for name, ceiling in ceilings.items():
+        value = getattr(spec, name)
+        if ceiling and value > ceiling:
+            raise SpecError(f"{name}={value:g} is above this service's ceiling of {ceiling:g} (0 takes the ceiling)")
+        budgets[name] = value or ceiling
+    return budgets
 
 
 class _Chooser:
@@ -362,6 +404,8 @@ class OptimizerConfig(ServingConfig):
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
     max_active_runs: int = 4
+    # A service run's LLM spend is bounded by default: 1000 calls (the default spec asks 60), 2M tokens, $5 where priced.
+    limits: RunLimits = field(default_factory=lambda: RunLimits(frozenset(), 1000, 2_000_000, 5.0))
     log_level: str = "INFO"
 
     def writable_paths(self) -> tuple[WritablePath, ...]:
@@ -467,13 +511,28 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                      host=d.host, grace_seconds=d.grace_seconds)
     a("--max-active-runs", type=int, default=int(_env("max_active_runs", d.max_active_runs)),
       help="runs that search at once; more wait as PENDING")
+    a("--llm-allowed-models", default=_env("llm_allowed_models", ""),
+      help="comma-separated models a run spec may name besides --llm-model; any other gets INVALID_ARGUMENT")
+    a("--run-max-llm-calls", type=int, default=int(_env("run_max_llm_calls", d.limits.max_llm_calls)),
+      help="ceiling of a run's LLM calls: a spec's 0 takes it, a spec above it is refused (0: none)")
+    a("--run-max-llm-tokens", type=int, default=int(_env("run_max_llm_tokens", d.limits.max_llm_tokens)),
+      help="ceiling of a run's LLM tokens, prompt and completion (0: none)")
+    a("--run-max-llm-cost-usd", type=float, default=float(_env("run_max_llm_cost_usd", d.limits.max_llm_cost_usd)),
+      help="ceiling of a run's LLM cost in USD by --llm-price; applies only with a price (0: none)")
 
 
 def serve_config(p: argparse.ArgumentParser, ns: argparse.Namespace) -> OptimizerConfig:
     scorer, llm = connection_settings(p, ns)
     if ns.max_active_runs < 1:
         p.error("--max-active-runs must be at least 1")
+    if min(ns.run_max_llm_calls, ns.run_max_llm_tokens) < 0 or not (ns.run_max_llm_cost_usd >= 0 and math.isfinite(ns.run_max_llm_cost_usd)):
+        p.error("--run-max-llm-calls, --run-max-llm-tokens and --run-max-llm-cost-usd must be >= 0 (0: no ceiling)")
+    limits = RunLimits(
+        allowed_models=frozenset(m.strip() for m in ns.llm_allowed_models.split(",") if m.strip()),
+        max_llm_calls=ns.run_max_llm_calls, max_llm_tokens=ns.run_max_llm_tokens, max_llm_cost_usd=ns.run_max_llm_cost_usd,
+        priced=llm.price != Price(),
+    )
     return OptimizerConfig(
         **serving_settings(p, ns), state_dir=ns.state_dir, scorer=scorer, llm=llm,
-        max_active_runs=ns.max_active_runs, log_level=ns.log_level,
+        max_active_runs=ns.max_active_runs, limits=limits, log_level=ns.log_level,
     )

@@ -9,6 +9,11 @@ shutdown stops the tasks without ending the runs, so the next start resumes
 them. Events are appended to the store in the transaction of the progress they
 report, and watchers read them from there, so a replay and a live stream are
 the same sequence.
+
+A run belongs to the principal that started it: every read or change names
+its caller, and a caller who is not the owner (nor an `admin`) is told the run
+does not exist. Test accuracies are measured only for an owner with the `test`
+right, and shown only to callers with it.
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from optimizer_service import metrics
-from optimizer_service.config import RunSettings, SpecError
+from optimizer_service.config import RunLimits, RunSettings, SpecError
 from optimizer_service.llm import LlmClient, LlmUnavailable
 from optimizer_service.pool import INITIAL, Candidate, Pool
 from optimizer_service.scorer_client import ModelChanged, ScorerClient, ScorerError, ScorerUnavailable
 from optimizer_service.search import Counters, HillClimb, SearchFailed
 from optimizer_service.store import RunRecord, Step, Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb_common.auth import Principal
 from promptclimb_common.paging import PageError, decode_token, encode_token, page_size
 
 log = structlog.get_logger(__name__)
@@ -42,6 +48,8 @@ MAX_WAITING_RUNS = 100  # runs queued behind the active ones; more are refused
 RUNS_PAGE_SIZE, MAX_RUNS_PAGE_SIZE = 50, 500
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 WATCH_POLL_S = 5.0  # a watcher re-reads the store at least this often
+# The caller of a local `run` (the CLI): it owns its state directory and its scorer token, so it sees everything.
+LOCAL = Principal("local", frozenset({"run", "test", "admin"}))
 
 
 class RunNotFound(LookupError):
@@ -129,10 +137,25 @@ def _timestamp(unix_seconds: float) -> Timestamp:
     return stamp
 
 
+def may_see(caller: Principal, record) -> bool:
+    return record.owner == caller.name or caller.has("admin")
+
+
+def without_test(event: pb.RunEvent) -> pb.RunEvent:
+    """The event with every test accuracy cleared (only RunEnded carries them)."""
+    if event.HasField("run_ended"):
+        for scored in event.run_ended.best:
+            scored.ClearField("test_accuracy")
+        if event.run_ended.HasField("ensemble"):
+            event.run_ended.ensemble.ClearField("test_accuracy")
+    return event
+
+
 class RunManager:
-    def __init__(self, store: Store, llm: LlmClient, scorer: ScorerClient, *, max_active_runs: int, default_model: str) -> None:
+    def __init__(self, store: Store, llm: LlmClient, scorer: ScorerClient, *, max_active_runs: int, default_model: str,
+                 limits: RunLimits = RunLimits()) -> None:
         self.store, self.llm, self.scorer = store, llm, scorer
-        self.default_model = default_model
+        self.default_model, self.limits = default_model, limits
         self._slots = asyncio.Semaphore(max_active_runs)
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancelling: set[str] = set()
@@ -141,17 +164,19 @@ class RunManager:
 
     # Lifecycle --------------------------------------------------------------
 
-    async def start(self, spec: pb.RunSpec, request_id: str = "") -> pb.Run:
-        """Validates the spec (and that the scorer has its task), stores the run pinned to the scorer's model and launches it.
+    async def start(self, spec: pb.RunSpec, owner: Principal, request_id: str = "") -> pb.Run:
+        """Validates the spec (and that the scorer has its task), stores the run as `owner`'s, pinned to the scorer's
+        model, and launches it.
 
-        A `request_id` seen before returns its run (stored, so across restarts too) instead of starting another.
+        A `request_id` the owner used before returns its run (stored, so across restarts too) instead of starting another.
         """
-        settings = RunSettings.from_proto(spec, self.default_model)
+        settings = RunSettings.from_proto(spec, self.default_model, self.limits)
         if request_id and not REQUEST_ID.fullmatch(request_id):
             raise SpecError("request_id must be 1 to 64 letters, digits, '-' or '_' (a UUID is a good choice), or empty")
-        if request_id and (earlier := self.store.run_by_request_id(request_id)) is not None:
-            return self._repeated(earlier, settings)
-        if settings.replay_run_id and self.store.run(settings.replay_run_id) is None:
+        if request_id and (earlier := self.store.run_by_request_id(owner.name, request_id)) is not None:
+            return self._repeated(earlier, settings, owner)
+        replayed = self.store.run(settings.replay_run_id) if settings.replay_run_id else None
+        if settings.replay_run_id and (replayed is None or not may_see(owner, replayed)):
             raise SpecError(f"replay_run_id: no run {settings.replay_run_id!r} to replay; ListRuns shows the known ones")
         if len(self._tasks) >= MAX_WAITING_RUNS:
             raise TooManyRuns(f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one")
@@ -161,22 +186,23 @@ class RunManager:
             raise SpecError(f"task_id: {err}") from None
         run_id = uuid.uuid4().hex
         counters = Counters(iterations_total=settings.iterations_total)
-        record = self.store.create_run(run_id, settings.to_json(), counters.to_json(), PENDING, request_id=request_id or None,
+        record = self.store.create_run(run_id, settings.to_json(), counters.to_json(), PENDING, owner=owner.name,
+                                       owner_may_test=owner.has("test"), request_id=request_id or None,
                                        model_digest=task.model_digest)
         if record.run_id != run_id:  # a concurrent repeat stored it first
-            return self._repeated(record, settings)
+            return self._repeated(record, settings, owner)
         log.info("run_created", run_id=run_id, task_id=settings.task_id, label=settings.label, model_digest=task.model_digest,
                  model_version=task.model_version)
         self._launch(run_id)
         return self.get(run_id)
 
-    def _repeated(self, earlier: RunRecord, settings: RunSettings) -> pb.Run:
+    def _repeated(self, earlier: RunRecord, settings: RunSettings, caller: Principal) -> pb.Run:
         """The run an earlier StartRun with the same request_id created, if it asked for the same spec."""
         if earlier.settings != settings.to_json():
             raise RequestIdReused(f"request_id {earlier.request_id!r} already started run {earlier.run_id} with another spec; "
                                   "use a new request_id for a new run")
         log.info("run_start_repeated", run_id=earlier.run_id, request_id=earlier.request_id)
-        return self.get(earlier.run_id)
+        return self.get(earlier.run_id, caller)
 
     def resume_unfinished(self) -> list[str]:
         """Relaunches the runs a previous process left PENDING or RUNNING."""
@@ -186,9 +212,9 @@ class RunManager:
             self._launch(run_id)
         return run_ids
 
-    def resume(self, run_id: str) -> pb.Run:
+    def resume(self, run_id: str, caller: Principal) -> pb.Run:
         """Continues a run that failed, was cancelled, or was left unfinished by another process."""
-        record = self._record(run_id)
+        record = self._record(run_id, caller)
         task = self._tasks.get(run_id)
         if record.state not in ENDED and task is not None and not task.done():
             raise RunStateError(f"run {run_id} is {record.state} and still searching; nothing to resume")
@@ -196,17 +222,17 @@ class RunManager:
             raise RunStateError(f"run {run_id} SUCCEEDED; only FAILED or CANCELLED runs can be resumed")
         self.store.set_state(run_id, PENDING, "", record.counters)
         self._launch(run_id)
-        return self.get(run_id)
+        return self.get(run_id, caller)
 
-    async def cancel(self, run_id: str) -> pb.Run:
-        record = self._record(run_id)
+    async def cancel(self, run_id: str, caller: Principal) -> pb.Run:
+        record = self._record(run_id, caller)
         task = self._tasks.get(run_id)
         if record.state in ENDED or task is None or task.done():
             raise RunStateError(f"run {run_id} already ended ({record.state})")
         self._cancelling.add(run_id)
         task.cancel()
         await asyncio.wait([task])
-        return self.get(run_id)
+        return self.get(run_id, caller)
 
     async def shutdown(self) -> None:
         """Stops every run task, leaving the runs unfinished so the next start resumes them."""
@@ -232,7 +258,8 @@ class RunManager:
                 counters = Counters.from_json(record.counters)
                 self.store.set_state(run_id, RUNNING, "", record.counters)
                 self._refresh_gauges()
-                stop_reason = await self._search(run_id, RunSettings.from_json(record.settings), counters, record.model_digest)
+                stop_reason = await self._search(run_id, RunSettings.from_json(record.settings), counters,
+                                                 record.model_digest, record.owner_may_test)
             self._finish(run_id, SUCCEEDED, stop_reason, counters)
         except asyncio.CancelledError:
             if run_id in self._cancelling:
@@ -254,8 +281,10 @@ class RunManager:
             with contextlib.suppress(KeyError):  # the run never scored anything
                 metrics.BEST_TRAIN_ACCURACY.remove(run_id)
 
-    async def _search(self, run_id: str, settings: RunSettings, counters: Counters, pinned_digest: str) -> str:
-        """Rebuilds the run from the store, climbs, builds the ensemble, measures the final best on test; returns the stop reason."""
+    async def _search(self, run_id: str, settings: RunSettings, counters: Counters, pinned_digest: str,
+                      measure_test: bool) -> str:
+        """Rebuilds the run from the store, climbs, builds the ensemble, measures the final best on test (only for an
+        owner with the test right: for others the scorer is never asked for the test split); returns the stop reason."""
         pool = Pool(self.store.candidates(run_id), self.store.rejections(run_id))
         steps = {key: step for key, step in self.store.steps(run_id).items() if key[0] != INITIAL}
         task = await self.scorer.task(settings.task_id)
@@ -267,7 +296,7 @@ class RunManager:
         climb = HillClimb(run_id, settings, task, self.llm, self.scorer, journal, pool, steps, counters)
         stop_reason = await climb.run()
         ensemble = await climb.ensemble()
-        singles, ensemble_test = await climb.test_accuracies(pool.best(settings.report_top), ensemble)
+        singles, ensemble_test = await climb.test_accuracies(pool.best(settings.report_top), ensemble) if measure_test else ({}, None)
         self.store.set_test_accuracies(run_id, singles)
         if ensemble is not None:
             self.store.set_ensemble(run_id, ensemble.templates, ensemble.accuracy, ensemble_test)
@@ -277,9 +306,9 @@ class RunManager:
         try:
             record = self._record(run_id)
             counter_values = counters.to_json() if counters else record.counters
-            best = self._best(run_id, RunSettings.from_json(record.settings).report_top)
+            best = self._best(run_id, RunSettings.from_json(record.settings).report_top, record.owner_may_test)
             ended = pb.RunEvent(run_ended=pb.RunEnded(state=pb.RunState.Value(f"RUN_STATE_{state}"), stop_reason=reason, best=best,
-                                                      ensemble=self._ensemble(run_id)))
+                                                      ensemble=self._ensemble(run_id, record.owner_may_test)))
             self.store.set_state(run_id, state, reason, counter_values, stamp(self.store, run_id, [ended]))
         except StoreError:
             log.exception("run_end_not_stored", state=state, reason=reason)
@@ -294,15 +323,17 @@ class RunManager:
 
     # Reading ----------------------------------------------------------------
 
-    def _record(self, run_id: str):
+    def _record(self, run_id: str, caller: Principal | None = None):
+        """The run's record; RunNotFound also when `caller` may not see it (its existence is not told)."""
         record = self.store.run(run_id)
-        if record is None:
+        if record is None or (caller is not None and not may_see(caller, record)):
             raise RunNotFound(f"no run with id {run_id!r}; ListRuns shows the known ones")
         return record
 
-    def _best(self, run_id: str, n: int) -> list[pb.ScoredTemplate]:
-        """The run's n best distinct templates (pool.py's ranking), with their test accuracy where it was measured."""
-        tested = self.store.test_accuracies(run_id)
+    def _best(self, run_id: str, n: int, with_test: bool) -> list[pb.ScoredTemplate]:
+        """The run's n best distinct templates (pool.py's ranking), with their test accuracy where it was measured and
+        `with_test`."""
+        tested = self.store.test_accuracies(run_id) if with_test else {}
         best = []
         for candidate in Pool(self.store.candidates(run_id)).best(n):
             scored = pb.ScoredTemplate(template=candidate.template, train_accuracy=candidate.accuracy)
@@ -311,27 +342,29 @@ class RunManager:
             best.append(scored)
         return best
 
-    def _ensemble(self, run_id: str) -> pb.ScoredEnsemble | None:
+    def _ensemble(self, run_id: str, with_test: bool) -> pb.ScoredEnsemble | None:
         stored = self.store.ensemble(run_id)
         if stored is None:
             return None
         templates, train_accuracy, test_accuracy = stored
         ensemble = pb.ScoredEnsemble(templates=templates, train_accuracy=train_accuracy)
-        if test_accuracy is not None:
+        if test_accuracy is not None and with_test:
             ensemble.test_accuracy = test_accuracy
         return ensemble
 
-    def get(self, run_id: str) -> pb.Run:
-        return self._run_proto(self._record(run_id))
+    def get(self, run_id: str, caller: Principal) -> pb.Run:
+        return self._run_proto(self._record(run_id, caller), caller)
 
-    def list(self, size: int = 0, token: str = "", states: list[int] | None = None) -> tuple[list[pb.Run], str]:
-        """A page of runs, newest first, optionally only in `states` (RunState values); returns it and the next page's token."""
+    def list(self, caller: Principal, size: int = 0, token: str = "", states: list[int] | None = None) -> tuple[list[pb.Run], str]:
+        """A page of the caller's runs (an admin's: every run), newest first, optionally only in `states` (RunState
+        values); returns it and the next page's token."""
         names = sorted({pb.RunState.Name(s).removeprefix("RUN_STATE_") for s in states or () if self._known_state(s)})
         limit = page_size(size, RUNS_PAGE_SIZE, MAX_RUNS_PAGE_SIZE)
         position = decode_token(token, ((int, float), str), names)
-        records = self.store.runs_page(names or None, tuple(position) if position else None, limit + 1)
+        owner = None if caller.has("admin") else caller.name
+        records = self.store.runs_page(names or None, tuple(position) if position else None, limit + 1, owner)
         next_token = encode_token([records[limit - 1].created, records[limit - 1].run_id], names) if len(records) > limit else ""
-        return [self._run_proto(record) for record in records[:limit]], next_token
+        return [self._run_proto(record, caller) for record in records[:limit]], next_token
 
     @staticmethod
     def _known_state(state: int) -> bool:
@@ -339,22 +372,25 @@ class RunManager:
             raise PageError(f"states: {state} is not a run state; use RUN_STATE_PENDING .. RUN_STATE_CANCELLED")
         return True
 
-    def _run_proto(self, record) -> pb.Run:
+    def _run_proto(self, record, caller: Principal) -> pb.Run:
         settings = RunSettings.from_json(record.settings)
+        with_test = caller.has("test")
         return pb.Run(
             run_id=record.run_id, spec=settings.to_proto(), state=pb.RunState.Value(f"RUN_STATE_{record.state}"),
-            stop_reason=record.stop_reason, best=self._best(record.run_id, settings.report_top), ensemble=self._ensemble(record.run_id),
-            counters=counters_proto(record.counters), create_time=_timestamp(record.created), update_time=_timestamp(record.updated),
-            model_digest=record.model_digest,
+            stop_reason=record.stop_reason, best=self._best(record.run_id, settings.report_top, with_test),
+            ensemble=self._ensemble(record.run_id, with_test), counters=counters_proto(record.counters),
+            create_time=_timestamp(record.created), update_time=_timestamp(record.updated),
+            model_digest=record.model_digest, owner=record.owner,
         )
 
-    async def watch(self, run_id: str, after_sequence: int = 0) -> AsyncIterator[pb.RunEvent]:
+    async def watch(self, run_id: str, caller: Principal, after_sequence: int = 0) -> AsyncIterator[pb.RunEvent]:
         """The run's events after `after_sequence`, then live ones until the run ends.
 
         A RunEnded that a resume superseded (events follow it) is not sent, so the
         only RunEnded a watcher sees is the run's last event.
         """
-        self._record(run_id)
+        self._record(run_id, caller)
+        with_test = caller.has("test")
         signal = self._signals.setdefault(run_id, _Signal())
         last = after_sequence
         while True:
@@ -369,7 +405,7 @@ class RunManager:
                     break  # resumed since it ended: wait for what follows, which supersedes it
                 last, progressed = event.sequence, True
                 if not superseded:
-                    yield event
+                    yield event if with_test else without_test(event)
             if progressed:
                 continue
             if ended:

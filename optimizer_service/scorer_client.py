@@ -1,12 +1,15 @@
 """gRPC client of the scorer: the only way the optimizer learns how good a template is.
 
 A scorer can restart under a run (a new pod, a rolled deployment), so calls
-that fail for passing reasons (UNAVAILABLE, DEADLINE_EXCEEDED, a full queue)
-are retried with backoff until the grace period ends, honoring the scorer's
-`retry-after-s` hint. Refusals (unknown task, bad token, no right) are not
-passing and surface at once. A run pins the scorer's model digest: a scorer
-that serves another model refuses the call (FAILED_PRECONDITION), and that
-surfaces as ModelChanged, so one run never mixes accuracies of two models.
+that fail for passing reasons are retried until the grace period ends: those
+the scorer marks retryable with RetryInfo (a full queue, a rate limit) after
+the delay it names, and transport failures (UNAVAILABLE or DEADLINE_EXCEEDED
+without details) with backoff. Everything else (unknown task, bad token, no
+right, a spent evaluation budget, a request too large) surfaces at once as
+ScorerError with the scorer's ErrorInfo reason (promptclimb_common/errors.py).
+A run pins the scorer's model digest: a scorer that serves another model
+refuses the call (FAILED_PRECONDITION, MODEL_MISMATCH), and that surfaces as
+ModelChanged, so one run never mixes accuracies of two models.
 """
 
 from __future__ import annotations
@@ -20,20 +23,21 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from optimizer_service import metrics
 from optimizer_service.config import ScorerSettings
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.errors import ErrorDetails, Reason, details_of
 from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
 
 log = structlog.get_logger(__name__)
 
-PASSING = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-           grpc.StatusCode.ABORTED)
-
-
 class ScorerError(Exception):
-    """The scorer refused the request; retrying will not help. `code` is its gRPC status."""
+    """The scorer refused the request; retrying will not help. `code` is its gRPC status, `reason` its ErrorInfo reason."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
         super().__init__(message)
-        self.code = code
+        self.code, self.reason = code, reason
+
+    @property
+    def budget_spent(self) -> bool:
+        return self.reason == Reason.EVALUATION_BUDGET_SPENT
 
 
 class ScorerUnavailable(Exception):
@@ -44,20 +48,13 @@ class ModelChanged(Exception):
     """The scorer now serves another model than the pinned digest; the message names both."""
 
 
-def _passing(err: BaseException) -> bool:
-    return isinstance(err, grpc.aio.AioRpcError) and err.code() in PASSING
+def _details(err: BaseException | None) -> ErrorDetails | None:
+    return details_of(err) if isinstance(err, grpc.aio.AioRpcError) else None
 
 
-def _retry_hint(err: BaseException | None) -> float | None:
-    if not isinstance(err, grpc.aio.AioRpcError):
-        return None
-    for key, value in err.trailing_metadata() or ():
-        if key == "retry-after-s":
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
-    return None
+def _retryable(err: BaseException) -> bool:
+    details = _details(err)
+    return details is not None and details.retryable
 
 
 class ScorerClient:
@@ -74,7 +71,9 @@ class ScorerClient:
         await self._channel.close()
 
     def _wait(self, state: RetryCallState) -> float:
-        hint = _retry_hint(state.outcome.exception() if state.outcome else None)
+        """The scorer's RetryInfo delay where it gave one (within the longest backoff), else exponential backoff."""
+        details = _details(state.outcome.exception() if state.outcome else None)
+        hint = details.retry_after_s if details else None
         return min(hint, self._backoff_max_s) if hint is not None else self._backoff(state)
 
     async def _call(self, what: str, method, request, grace_s: float):
@@ -85,23 +84,27 @@ class ScorerClient:
         """
         try:
             async for attempt in AsyncRetrying(stop=stop_after_delay(grace_s), wait=self._wait,
-                                               retry=retry_if_exception(_passing), reraise=True):
+                                               retry=retry_if_exception(_retryable), reraise=True):
                 with attempt:
                     try:
                         return await method(request, timeout=self.settings.deadline_s, metadata=self._metadata,
                                             wait_for_ready=grace_s > 0)
                     except grpc.aio.AioRpcError as err:
-                        if err.code() in PASSING:
-                            log.info("scorer_call_retrying", call=what, code=err.code().name, details=err.details())
+                        if _retryable(err):
+                            log.info("scorer_call_retrying", call=what, code=err.code().name, reason=_details(err).reason,
+                                     details=err.details())
                         raise
         except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.FAILED_PRECONDITION and getattr(request, "model_digest", ""):
+            details = details_of(err)
+            if details.reason == Reason.MODEL_MISMATCH and getattr(request, "model_digest", ""):
                 raise ModelChanged(f"scorer model changed: {err.details()}") from None
-            if err.code() in PASSING:
+            if details.retryable:
                 raise ScorerUnavailable(
                     f"scorer at {self.settings.address} unavailable for over {grace_s:g} s ({err.code().name}: {err.details()})"
                 ) from None
-            raise ScorerError(err.code(), f"scorer refused {what}: {err.code().name}: {err.details()}") from None
+            reason = f" ({details.reason})" if details.reason else ""
+            raise ScorerError(err.code(), f"scorer refused {what}: {err.code().name}{reason}: {err.details()}",
+                              details.reason) from None
 
     async def task(self, task_id: str, grace_s: float | None = None) -> scorer_pb2.TaskInfo:
         """The task's description (class names, model digest and all); ScorerError(NOT_FOUND) names the tasks there are."""

@@ -9,7 +9,7 @@
                 parse; drop invalid lines, the restart's repeats, known rejections, and lines after the first m
                 score the rest in one call (those another restart scored come from memory); add them to the pool
     greedy forward selection of a prompt ensemble over the run's templates (train split)
-    report the best templates and the ensemble (and test accuracy, if our scorer token may see it)
+    report the best templates and the ensemble (and test accuracy, if the run's owner and our scorer token may see it)
 
 A restart's trajectory depends only on the seed and its own LLM replies, never
 on timing: it is only told about its own conversation, and what another
@@ -20,7 +20,9 @@ resumed run skips the steps the journal already holds, rebuilding the chat
 from them; so a restart repeats no finished LLM call. A chat is kept within the
 LLM's context (metaprompt.fit_chat), and cut shorter when the endpoint still
 says it is too long. The budgets are checked before every LLM call (the
-scoring budget also trims every scoring call) and stop the run cleanly.
+scoring budget also trims every scoring call) and stop the run cleanly. A
+spent evaluation budget at the scorer fails the run at once (resumable once
+the budget is raised), wherever it is met.
 """
 
 from __future__ import annotations
@@ -98,6 +100,14 @@ class BudgetExhausted(Exception):
 
 class SearchFailed(Exception):
     """The search cannot go on (nothing to climb from, the scorer refuses); the run fails with this reason."""
+
+
+def scorer_refused(err: ScorerError) -> SearchFailed:
+    """The run's failure for a scorer refusal; a spent evaluation budget says so first, and how to go on."""
+    if err.budget_spent:
+        return SearchFailed(f"evaluation_budget_spent: {err}; once the scorer's operator raises the budget, ResumeRun "
+                            "continues the run")
+    return SearchFailed(str(err))
 
 
 class Journal(Protocol):
@@ -336,7 +346,7 @@ class HillClimb:
         try:
             results = await self.scorer.score(self.settings.task_id, templates, model_digest=self.task.model_digest)
         except ScorerError as err:
-            raise SearchFailed(str(err)) from None
+            raise scorer_refused(err) from None
         finally:
             self._scoring_in_flight -= len(templates)
         for template, result in zip(templates, results, strict=True):
@@ -380,6 +390,8 @@ class HillClimb:
             raise BudgetExhausted("max_llm_calls")
         if s.max_llm_tokens and c.llm_prompt_tokens + c.llm_completion_tokens >= s.max_llm_tokens:
             raise BudgetExhausted("max_llm_tokens")
+        if s.max_llm_cost_usd and c.llm_cost_usd >= s.max_llm_cost_usd:
+            raise BudgetExhausted("max_llm_cost_usd")
         if s.max_scored_templates and c.templates_scored + self._scoring_in_flight >= s.max_scored_templates:
             raise BudgetExhausted("max_scored_templates")
         if s.max_wall_seconds and self.active_seconds() >= s.max_wall_seconds:
@@ -406,6 +418,8 @@ class HillClimb:
             try:
                 results = await self.score_ensembles([[*chosen, t] for t in others], scorer_pb2.SPLIT_TRAIN)
             except ScorerError as err:
+                if err.budget_spent:
+                    raise scorer_refused(err) from None
                 log.warning("ensemble_skipped", run_id=self.run_id, reason=str(err))
                 return None
             self.counters.ensembles_scored += len(results)
@@ -426,12 +440,16 @@ class HillClimb:
         return results
 
     async def test_accuracies(self, best: list[Candidate], ensemble: Ensemble | None) -> tuple[dict[int, float], float | None]:
-        """Test accuracy of the final best templates and the ensemble, if our scorer token has the test right; else none."""
+        """Test accuracy of the final best templates and the ensemble, if our scorer token has the test right; else none.
+
+        Called only for a run whose owner has the optimizer's test right (runs.py)."""
         try:
             results = await self.scorer.score(self.settings.task_id, [c.template for c in best], scorer_pb2.SPLIT_TEST,
                                               self.task.model_digest)
             tested = (await self.score_ensembles([list(ensemble.templates)], scorer_pb2.SPLIT_TEST))[0] if ensemble else None
         except ScorerError as err:
+            if err.budget_spent:
+                raise scorer_refused(err) from None
             level = log.info if err.code == grpc.StatusCode.PERMISSION_DENIED else log.warning
             level("test_accuracy_skipped", run_id=self.run_id, reason=str(err))
             return {}, None

@@ -1,9 +1,10 @@
 """The Optimizer gRPC service: thin RPC handlers over the RunManager, and the process that serves them.
 
 Each handler authenticates, validates its input and maps every known failure
-to the status the proto documents, with a message a caller can act on. The
-shared interceptor turns anything unforeseen into INTERNAL, so one bad request
-never takes the service down.
+to the status and ErrorInfo reason the proto documents (promptclimb_common/
+errors.py), with a message a caller can act on. The shared interceptor turns
+anything unforeseen into INTERNAL, so one bad request never takes the service
+down. Every handler passes its caller on: runs belong to their owner.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import grpc
 import prometheus_client
 import structlog
 
-from optimizer_service.config import OptimizerConfig, SpecError
+from optimizer_service.config import ModelNotAllowed, OptimizerConfig, SpecError
 from optimizer_service.llm import LlmClient
 from optimizer_service.runs import RequestIdReused, RunManager, RunNotFound, RunStateError, TooManyRuns
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
 from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
-from promptclimb_common.auth import Authenticator, load_tokens
+from promptclimb_common.auth import Authenticator, load_tokens, reload_tokens
+from promptclimb_common.errors import Reason, ServiceError, abort, invalid
 from promptclimb_common.grpc_runtime import GrpcService
 from promptclimb_common.paging import PageError
 from promptclimb_common.paths import require_writable
@@ -29,26 +31,38 @@ log = structlog.get_logger(__name__)
 SERVICE_NAME = "promptclimb.optimizer.v1.Optimizer"
 MAX_RUN_ID = 64
 
-STATUS_OF = {
-    SpecError: grpc.StatusCode.INVALID_ARGUMENT,
-    PageError: grpc.StatusCode.INVALID_ARGUMENT,
-    RequestIdReused: grpc.StatusCode.ALREADY_EXISTS,
-    RunNotFound: grpc.StatusCode.NOT_FOUND,
-    RunStateError: grpc.StatusCode.FAILED_PRECONDITION,
-    TooManyRuns: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ScorerUnavailable: grpc.StatusCode.UNAVAILABLE,
-    StoreError: grpc.StatusCode.UNAVAILABLE,
-}
-KNOWN_FAILURES = tuple(STATUS_OF)
+RETRY_S = 5.0  # RetryInfo of what passes: a full queue of runs, an unreachable scorer or database
+SPEC_FIELDS = tuple(sorted(pb.RunSpec.DESCRIPTOR.fields_by_name, key=len, reverse=True))  # longest first: a prefix is no match
+KNOWN_FAILURES = (SpecError, PageError, RequestIdReused, RunNotFound, RunStateError, TooManyRuns, ScorerUnavailable, StoreError)
+
+
+def service_error(err: Exception) -> ServiceError:
+    """The status and reason of a known failure (the proto lists them)."""
+    message = str(err)
+    if isinstance(err, SpecError):  # its message starts with the field it is about
+        field = next((f"spec.{f}" for f in SPEC_FIELDS if message.startswith(f)), "spec")
+        return invalid(field, message, Reason.MODEL_NOT_ALLOWED if isinstance(err, ModelNotAllowed) else Reason.INVALID_FIELD)
+    if isinstance(err, PageError):  # its message starts with the list request's field
+        return invalid(message.split(" ", 1)[0].rstrip(":"), message)
+    if isinstance(err, RequestIdReused):
+        return ServiceError(grpc.StatusCode.ALREADY_EXISTS, Reason.REQUEST_ID_REUSED, message)
+    if isinstance(err, RunNotFound):
+        return ServiceError(grpc.StatusCode.NOT_FOUND, Reason.RUN_NOT_FOUND, message)
+    if isinstance(err, RunStateError):
+        return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, Reason.RUN_STATE_CONFLICT, message)
+    if isinstance(err, TooManyRuns):
+        return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_RUNS, message, retry_after_s=RETRY_S)
+    reason = Reason.SCORER_UNAVAILABLE if isinstance(err, ScorerUnavailable) else Reason.STATE_UNAVAILABLE
+    return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, message, retry_after_s=RETRY_S)
 
 
 async def _abort_for(context: grpc.aio.ServicerContext, err: Exception) -> None:
-    await context.abort(STATUS_OF[type(err)], str(err))
+    await abort(context, service_error(err))
 
 
 async def _run_id(context: grpc.aio.ServicerContext, run_id: str) -> str:
     if not run_id or len(run_id) > MAX_RUN_ID or not run_id.isascii() or not run_id.isalnum():
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id must be the id StartRun returned (up to 64 letters and digits)")
+        await abort(context, invalid("run_id", "run_id must be the id StartRun returned (up to 64 letters and digits)"))
     return run_id
 
 
@@ -57,51 +71,51 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
         self.manager, self.auth = manager, auth
 
     async def StartRun(self, request: pb.StartRunRequest, context) -> pb.Run:
-        await self.auth.require(context, "run")
+        caller = await self.auth.require(context, "run")
         try:
-            return await self.manager.start(request.spec, request.request_id)
+            return await self.manager.start(request.spec, caller, request.request_id)
         except KNOWN_FAILURES as err:
             await _abort_for(context, err)
 
     async def GetRun(self, request: pb.GetRunRequest, context) -> pb.Run:
-        await self.auth.require(context, "run")
+        caller = await self.auth.require(context, "run")
         run_id = await _run_id(context, request.run_id)
         try:
-            return self.manager.get(run_id)
+            return self.manager.get(run_id, caller)
         except KNOWN_FAILURES as err:
             await _abort_for(context, err)
 
     async def WatchRun(self, request: pb.WatchRunRequest, context):
-        await self.auth.require(context, "run")
+        caller = await self.auth.require(context, "run")
         run_id = await _run_id(context, request.run_id)
         if request.after_sequence < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "after_sequence must be >= 0")
+            await abort(context, invalid("after_sequence", "after_sequence must be >= 0"))
         try:
-            async for event in self.manager.watch(run_id, request.after_sequence):
+            async for event in self.manager.watch(run_id, caller, request.after_sequence):
                 yield event
         except KNOWN_FAILURES as err:
             await _abort_for(context, err)
 
     async def CancelRun(self, request: pb.CancelRunRequest, context) -> pb.Run:
-        await self.auth.require(context, "run")
+        caller = await self.auth.require(context, "run")
         run_id = await _run_id(context, request.run_id)
         try:
-            return await self.manager.cancel(run_id)
+            return await self.manager.cancel(run_id, caller)
         except KNOWN_FAILURES as err:
             await _abort_for(context, err)
 
     async def ResumeRun(self, request: pb.ResumeRunRequest, context) -> pb.Run:
-        await self.auth.require(context, "run")
+        caller = await self.auth.require(context, "run")
         run_id = await _run_id(context, request.run_id)
         try:
-            return self.manager.resume(run_id)
+            return self.manager.resume(run_id, caller)
         except KNOWN_FAILURES as err:
             await _abort_for(context, err)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
-        await self.auth.require(context, "run")
+        caller = await self.auth.require(context, "run")
         try:
-            runs, next_page_token = self.manager.list(request.page_size, request.page_token, list(request.states))
+            runs, next_page_token = self.manager.list(caller, request.page_size, request.page_token, list(request.states))
             return pb.ListRunsResponse(runs=runs, next_page_token=next_page_token)
         except KNOWN_FAILURES as err:
             await _abort_for(context, err)
@@ -114,7 +128,8 @@ async def serve(config: OptimizerConfig) -> None:
     auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights)
     llm = LlmClient(config.llm, store)
     scorer = ScorerClient(config.scorer)
-    manager = RunManager(store, llm, scorer, max_active_runs=config.max_active_runs, default_model=config.llm.model)
+    manager = RunManager(store, llm, scorer, max_active_runs=config.max_active_runs, default_model=config.llm.model,
+                         limits=config.limits)
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port, addr=config.host)
     service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(manager, auth), SERVICE_NAME)],
@@ -124,7 +139,7 @@ async def serve(config: OptimizerConfig) -> None:
     log.info("optimizer_serving", port=service.port, state_dir=str(config.state_dir), scorer=config.scorer.address,
              llm=config.llm.base_url, auth=auth.enabled, resumed=manager.resume_unfinished())
     try:
-        await service.serve_until_signalled()
+        await service.serve_until_signalled(on_hangup=lambda: reload_tokens(auth, config.tokens_file, "PROMPTCLIMB_TOKENS"))
     finally:
         await manager.shutdown()
         await llm.close()

@@ -92,10 +92,14 @@ ADDED_COLUMNS = (
     ("candidates", "reused", "INTEGER NOT NULL DEFAULT 0"),
     ("runs", "request_id", "TEXT"),
     ("runs", "model_digest", "TEXT NOT NULL DEFAULT ''"),
+    # Runs stored before ownership belong to the anonymous caller (auth off) and are seen by admins; none measures test.
+    ("runs", "owner", "TEXT NOT NULL DEFAULT 'anonymous'"),
+    ("runs", "owner_may_test", "INTEGER NOT NULL DEFAULT 0"),
 )
-# After ADDED_COLUMNS, which may have just added the column it indexes.
-INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS runs_by_request_id ON runs (request_id) WHERE request_id IS NOT NULL;"
-RUN_COLUMNS = "run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest"
+# After ADDED_COLUMNS, which may have just added the columns it indexes. A request_id is the owner's: two callers
+# choosing the same one start two runs, and neither can reach the other's through it.
+INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS runs_by_request_id ON runs (owner, request_id) WHERE request_id IS NOT NULL;"
+RUN_COLUMNS = "run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest, owner, owner_may_test"
 CANDIDATE_COLUMNS = "template, accuracy, restart, reset, iteration, sequence, llm_call, position, reused"
 
 
@@ -114,6 +118,8 @@ class RunRecord:
     updated: float
     request_id: str | None = None
     model_digest: str = ""  # the scorer model the run is pinned to; empty for runs stored before pinning
+    owner: str = "anonymous"  # the token name that started the run
+    owner_may_test: bool = False  # the owner's token had the optimizer's `test` right: measure and report test accuracy
 
 
 @dataclass(frozen=True)
@@ -170,26 +176,27 @@ class Store:
 
     # Runs -------------------------------------------------------------------
 
-    def create_run(self, run_id: str, settings: dict, counters: dict, state: str, *, request_id: str | None = None,
-                   model_digest: str = "") -> RunRecord:
-        """Stores a new run; if `request_id` already names one, stores nothing and returns that run instead."""
+    def create_run(self, run_id: str, settings: dict, counters: dict, state: str, *, owner: str = "anonymous",
+                   owner_may_test: bool = False, request_id: str | None = None, model_digest: str = "") -> RunRecord:
+        """Stores a new run; if the owner's `request_id` already names one, stores nothing and returns that run instead."""
         now = time.time()
         with self._transaction() as db:
-            existing = self._by_request_id(db, request_id)
+            existing = self._by_request_id(db, owner, request_id)
             if existing is not None:
                 return existing
-            db.execute(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?)",
-                       (run_id, json.dumps(settings), state, json.dumps(counters), now, now, request_id, model_digest))
+            db.execute(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
+                       (run_id, json.dumps(settings), state, json.dumps(counters), now, now, request_id, model_digest,
+                        owner, int(owner_may_test)))
         return self.run(run_id)
 
-    def run_by_request_id(self, request_id: str) -> RunRecord | None:
-        return self._by_request_id(self._db, request_id)
+    def run_by_request_id(self, owner: str, request_id: str) -> RunRecord | None:
+        return self._by_request_id(self._db, owner, request_id)
 
     @staticmethod
-    def _by_request_id(db: sqlite3.Connection, request_id: str | None) -> RunRecord | None:
+    def _by_request_id(db: sqlite3.Connection, owner: str, request_id: str | None) -> RunRecord | None:
         if request_id is None:
             return None
-        row = db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE request_id = ?", (request_id,)).fetchone()
+        row = db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE owner = ? AND request_id = ?", (owner, request_id)).fetchone()
         return _run_record(row) if row else None
 
     def set_state(self, run_id: str, state: str, stop_reason: str, counters: dict, events: Sequence[tuple[int, bytes]] = ()) -> None:
@@ -208,9 +215,14 @@ class Store:
         rows = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY created, run_id", values).fetchall()
         return [_run_record(row) for row in rows]
 
-    def runs_page(self, states: Iterable[str] | None, before: tuple[float, str] | None, limit: int) -> list[RunRecord]:
-        """Up to `limit` runs newest first, all or those in `states`, after the run whose (created, run_id) is `before`."""
+    def runs_page(self, states: Iterable[str] | None, before: tuple[float, str] | None, limit: int,
+                  owner: str | None = None) -> list[RunRecord]:
+        """Up to `limit` runs newest first, all or those in `states` (and of `owner`), after the run whose
+        (created, run_id) is `before`."""
         where, values = _in_states(states)
+        if owner is not None:
+            where += (" AND" if where else "WHERE") + " owner = ?"
+            values += [owner]
         if before is not None:
             where += (" AND" if where else "WHERE") + " (created < ? OR (created = ? AND run_id < ?))"
             values += [before[0], before[0], before[1]]
@@ -335,6 +347,6 @@ def _in_states(states: Iterable[str] | None) -> tuple[str, list]:
 
 
 def _run_record(row: tuple) -> RunRecord:
-    run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest = row
+    run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest, owner, owner_may_test = row
     return RunRecord(run_id, json.loads(settings), state, stop_reason, json.loads(counters), created, updated, request_id,
-                     model_digest)
+                     model_digest, owner, bool(owner_may_test))

@@ -11,11 +11,11 @@ message of the generated stubs. Every call has a deadline (the client's
 `deadline_s` unless the call names its own) that bounds all its attempts
 together. Retries follow the services' error model:
 
-- UNAVAILABLE is retried with jittered exponential backoff, on calls that are
-  safe to repeat (every one but StartRun);
+- UNAVAILABLE is retried with jittered exponential backoff; every call is safe
+  to repeat (StartRun gets a `request_id` when its request has none, so a repeat
+  returns the run the first attempt started);
 - RESOURCE_EXHAUSTED and ABORTED are retried only when the server's rich status
-  carries a `google.rpc.RetryInfo`, after the delay it names (so is UNAVAILABLE
-  on StartRun: the server said nothing was done);
+  carries a `google.rpc.RetryInfo`, after the delay it names;
 - anything else is raised at once, as is a retry whose wait would outlast the
   deadline. Failures surface as `CallError`, with the rich status's details.
 """
@@ -23,7 +23,8 @@ together. Retries follow the services' error model:
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -36,13 +37,13 @@ from tenacity import wait_exponential_jitter
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
-from promptclimb_common.rich_status import retry_delay_s, rich_status, status_detail
+from promptclimb_common.errors import details_of, rich_status, status_detail
 
 __all__ = ["CallError", "Optimizer", "Retry", "Scorer", "Tls"]
 
 Tls = ClientTls
 M = TypeVar("M", bound=Message)
-_RETRIED_WITH_RETRY_INFO = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE)
+_RETRIED_WITH_RETRY_INFO = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
 
 
 @dataclass(frozen=True)
@@ -67,15 +68,12 @@ class CallError(Exception):
         return status_detail(self.status, kind)
 
 
-def _retryable(idempotent: bool) -> Callable[[BaseException], bool]:
-    def check(err: BaseException) -> bool:
-        if not isinstance(err, grpc.aio.AioRpcError):
-            return False
-        if err.code() == grpc.StatusCode.UNAVAILABLE and idempotent:
-            return True
-        return err.code() in _RETRIED_WITH_RETRY_INFO and retry_delay_s(err) is not None
-
-    return check
+def _retryable(err: BaseException) -> bool:
+    if not isinstance(err, grpc.aio.AioRpcError):
+        return False
+    if err.code() == grpc.StatusCode.UNAVAILABLE:
+        return True
+    return err.code() in _RETRIED_WITH_RETRY_INFO and details_of(err).retry_after_s is not None
 
 
 class _Client:
@@ -102,16 +100,16 @@ class _Client:
 
     def _wait(self, state: RetryCallState) -> float:
         err = state.outcome.exception() if state.outcome else None
-        hinted = retry_delay_s(err) if err is not None else None
+        hinted = details_of(err).retry_after_s if isinstance(err, grpc.aio.AioRpcError) else None
         return hinted if hinted is not None else self._backoff(state)
 
-    async def _unary(self, name: str, request: Message, deadline_s: float | None, *, idempotent: bool = True):
+    async def _unary(self, name: str, request: Message, deadline_s: float | None):
         """Calls the stub's method `name` under the deadline, retrying as the module's docstring says."""
         method = getattr(self._stub, name)
         budget = self.deadline_s if deadline_s is None else deadline_s
         started = time.monotonic()
         retrying = AsyncRetrying(stop=stop_after_attempt(self.retry.attempts) | stop_before_delay(budget), wait=self._wait,
-                                 retry=retry_if_exception(_retryable(idempotent)), reraise=True)
+                                 retry=retry_if_exception(_retryable), reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:
@@ -133,6 +131,9 @@ class Scorer(_Client):
                          deadline_s: float | None = None) -> scorer_pb2.ListTasksResponse:
         return await self._unary("ListTasks", request or scorer_pb2.ListTasksRequest(), deadline_s)
 
+    async def get_task(self, request: scorer_pb2.GetTaskRequest, *, deadline_s: float | None = None) -> scorer_pb2.TaskInfo:
+        return await self._unary("GetTask", request, deadline_s)
+
     async def score(self, request: scorer_pb2.ScoreRequest, *, deadline_s: float | None = None) -> scorer_pb2.ScoreResponse:
         return await self._unary("Score", request, deadline_s)
 
@@ -144,10 +145,15 @@ class Optimizer(_Client):
         super().__init__(address, **options)
         self._stub = optimizer_pb2_grpc.OptimizerStub(self._channel)
 
-    async def start_run(self, request: optimizer_pb2.StartRunRequest, *,
-                        deadline_s: float | None = None) -> optimizer_pb2.StartRunResponse:
-        """Not repeated on a bare UNAVAILABLE: the first attempt may have started the run."""
-        return await self._unary("StartRun", request, deadline_s, idempotent=False)
+    async def start_run(self, request: optimizer_pb2.StartRunRequest, *, deadline_s: float | None = None) -> optimizer_pb2.Run:
+        """Fills in a `request_id` when the request has none, so every retry of this call returns the one run the
+        first attempt may have started; the copy sent is returned to no one, the caller's request is left as it is."""
+        if not request.request_id:
+            filled = optimizer_pb2.StartRunRequest()
+            filled.CopyFrom(request)
+            filled.request_id = uuid.uuid4().hex
+            request = filled
+        return await self._unary("StartRun", request, deadline_s)
 
     async def get_run(self, request: optimizer_pb2.GetRunRequest, *, deadline_s: float | None = None) -> optimizer_pb2.Run:
         return await self._unary("GetRun", request, deadline_s)

@@ -241,12 +241,14 @@ class GrpcService:
         await self.server.stop(self.grace_seconds)
         log.info("grpc_server_stopped")
 
-    async def serve_until_signalled(self) -> None:
-        """Runs until SIGTERM or SIGINT, then stops gracefully."""
+    async def serve_until_signalled(self, on_hangup: Callable[[], None] | None = None) -> None:
+        """Runs until SIGTERM or SIGINT, then stops gracefully; SIGHUP calls `on_hangup` (a reload)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if on_hangup is not None:
+            loop.add_signal_handler(signal.SIGHUP, on_hangup)
         await stop.wait()
         log.info("shutdown_requested", grace_seconds=self.grace_seconds)
         await self.stop()

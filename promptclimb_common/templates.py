@@ -15,28 +15,40 @@ PLACEHOLDER = "{}"
 DEFAULT_MAX_TEMPLATE_BYTES = 1024
 
 
+class Problem(str):
+    """Why a template is invalid: the message for a person, and `reason` for a program (the name of the
+    scorer proto's TemplateErrorReason without its prefix, e.g. NO_PLACEHOLDER)."""
+
+    reason: str
+
+    def __new__(cls, message: str, reason: str) -> Problem:
+        problem = super().__new__(cls, message)
+        problem.reason = reason
+        return problem
+
+
 class TemplateError(ValueError):
     """A template breaks a rule; the message says which, for a person to fix."""
 
 
-def template_problem(template: str, max_bytes: int = DEFAULT_MAX_TEMPLATE_BYTES) -> str | None:
+def template_problem(template: str, max_bytes: int = DEFAULT_MAX_TEMPLATE_BYTES) -> Problem | None:
     """Returns why `template` is invalid, or None when it is valid."""
     size = len(template.encode("utf-8", errors="surrogatepass"))
     if size > max_bytes:
-        return f"template is {size} bytes; the limit is {max_bytes}"
+        return Problem(f"template is {size} bytes; the limit is {max_bytes}", "TOO_LARGE")
     if not template.strip():
-        return "template is empty"
+        return Problem("template is empty", "EMPTY")
     bad = next((c for c in template if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn")), None)
     if bad is not None:
-        return f"template contains the control or unassigned character U+{ord(bad):04X}"
+        return Problem(f"template contains the control or unassigned character U+{ord(bad):04X}", "BAD_CHARACTER")
     count = template.count(PLACEHOLDER)
     if count == 0:
-        return "template has no '{}' placeholder for the class name"
+        return Problem("template has no '{}' placeholder for the class name", "NO_PLACEHOLDER")
     if count > 1:
-        return f"template has {count} '{{}}' placeholders; exactly one is allowed"
+        return Problem(f"template has {count} '{{}}' placeholders; exactly one is allowed", "SEVERAL_PLACEHOLDERS")
     rest = template.replace(PLACEHOLDER, "", 1)
     if "{" in rest or "}" in rest:
-        return "template has a brace besides its one '{}' (format fields and specs are not allowed)"
+        return Problem("template has a brace besides its one '{}' (format fields and specs are not allowed)", "STRAY_BRACE")
     return None
 
 

@@ -26,11 +26,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m scorer_service") 
         return startup_failed(err)
     # Imported only now: torch and the model stack take seconds to load, and a bad path must fail at once.
     from scorer_service.model import ModelLoadError
+    from scorer_service.quota import QuotaStoreError
     from scorer_service.server import ScorerApp
 
     try:
         asyncio.run(ScorerApp(config).run_until_signalled())
-    except (ModelLoadError, DatasetError, AuthConfigError, UnwritablePathError, OSError) as err:
+    except (ModelLoadError, DatasetError, AuthConfigError, UnwritablePathError, QuotaStoreError, OSError) as err:
         return startup_failed(err)
     return 0
 

@@ -48,6 +48,7 @@ class ScorerConfig(ServingConfig):
     cpu_matmul: str = "onednn"
     cache_dir: Path = Path(".cache/promptclimb/scorer")
     state_dir: Path = Path(".cache/promptclimb/scorer-state")
+    quota_store: str = "sqlite"  # or redis://HOST:PORT/DB, shared by every replica (scorer_service/quota.py)
     max_templates_per_request: int = 256
     max_template_bytes: int = 1024
     max_message_bytes: int = 4 * 1024 * 1024
@@ -107,7 +108,10 @@ def build_parser(prog: str = "python -m scorer_service") -> argparse.ArgumentPar
            "torch's default (MKL)")
     a("--cache-dir", type=Path, default=Path(_env("cache_dir", d.cache_dir)), help="on-disk cache of image features")
     a("--state-dir", type=Path, default=Path(_env("state_dir", d.state_dir)),
-      help="durable state: each token's count of evaluated templates (SQLite)")
+      help="durable state: each token's count of evaluated templates (SQLite, with --quota-store sqlite)")
+    a("--quota-store", default=_env("quota_store", d.quota_store),
+      help="where rate limits and evaluation budgets live: sqlite (default; a file in --state-dir, right for one "
+           "replica) or redis://[:PASSWORD@]HOST:PORT/DB (shared by every replica; atomic updates)")
     a("--max-templates-per-request", type=int, default=int(_env("max_templates_per_request", d.max_templates_per_request)))
     a("--max-template-bytes", type=int, default=int(_env("max_template_bytes", d.max_template_bytes)))
     a("--max-message-bytes", type=int, default=int(_env("max_message_bytes", d.max_message_bytes)))
@@ -140,6 +144,8 @@ def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_se
         parser.error("--shots must be at least 1")
     if not 0 < ns.test_fraction < 1:
         parser.error("--test-fraction must be between 0 and 1")
+    if ns.quota_store != "sqlite" and not ns.quota_store.startswith(("redis://", "rediss://", "unix://")):
+        parser.error(f"--quota-store wants sqlite or a redis:// URL, got {ns.quota_store!r}")
     if ns.max_batch_prompts < 0:
         parser.error("--max-batch-prompts must be 0 (by device) or positive")
     for name in ("max_templates_per_request", "max_template_bytes", "max_message_bytes",
@@ -160,6 +166,7 @@ def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_se
         cpu_matmul=ns.cpu_matmul,
         cache_dir=ns.cache_dir,
         state_dir=ns.state_dir,
+        quota_store=ns.quota_store,
         max_templates_per_request=ns.max_templates_per_request,
         max_template_bytes=ns.max_template_bytes,
         max_message_bytes=ns.max_message_bytes,

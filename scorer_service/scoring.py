@@ -4,8 +4,10 @@ Only counts leave this module. A template's class prompts are embedded (from
 the LRU cache where possible, otherwise through the shared batcher), compared
 with the split's image features, and the argmax over classes is checked
 against the labels. An ensemble (the CLIP authors' prompt ensembling) is
-classified against, per class, the renormalised mean of its members'
-normalised prompt embeddings; its members go through the same cache and batch.
+classified against, per class, the renormalised mean of its distinct members'
+normalised prompt embeddings (a repeated member is not a weight: weights would
+let a caller interpolate between templates and probe single images); its
+members go through the same cache and batch.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import structlog
 import torch
 
-from promptclimb_common.templates import PLACEHOLDER, fill, template_problem
+from promptclimb_common.templates import PLACEHOLDER, Problem, fill, template_problem
 from scorer_service import metrics
 from scorer_service.batcher import TextEncodeBatcher
 from scorer_service.datasets import Task
@@ -83,6 +85,7 @@ class TemplateScore(_Accuracy):
     correct: int = 0
     total: int = 0
     error: str = ""
+    reason: str = ""  # the error's TemplateErrorReason name without its prefix
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class EnsembleScore(_Accuracy):
     correct: int = 0
     total: int = 0
     error: str = ""
+    reason: str = ""
 
 
 class TemplateScorer:
@@ -102,7 +106,7 @@ class TemplateScorer:
         self.cache = cache
         self.max_template_bytes = max_template_bytes
 
-    def _problem(self, template: str, prompts: list[str]) -> str | None:
+    def _problem(self, template: str, prompts: list[str]) -> Problem | None:
         problem = template_problem(template, self.max_template_bytes)
         if problem:
             return problem
@@ -111,9 +115,9 @@ class TemplateScorer:
             lengths = self.encoder.token_lengths(unseen)
             longest = max(range(len(unseen)), key=lengths.__getitem__)
             if lengths[longest] > self.encoder.context_length:
-                return (
+                return Problem(
                     f"template fills to {lengths[longest]} tokens (for {unseen[longest]!r}); "
-                    f"the model reads at most {self.encoder.context_length}"
+                    f"the model reads at most {self.encoder.context_length}", "EXCEEDS_CONTEXT"
                 )
         return None
 
@@ -137,7 +141,7 @@ class TemplateScorer:
         scored_ensembles = [e for e, problem in zip(ensembles, ensemble_problems, strict=True) if problem is None]
         correct_of = self._count_correct(
             [class_embeddings[t] for t in scored_templates]
-            + [_ensemble_embeddings([class_embeddings[t] for t in e]) for e in scored_ensembles],
+            + [_ensemble_embeddings([class_embeddings[t] for t in dict.fromkeys(e)]) for e in scored_ensembles],
             features,
         )
         correct = dict(zip(scored_templates, correct_of[: len(scored_templates)], strict=True))
@@ -147,21 +151,23 @@ class TemplateScorer:
             len(dict.fromkeys(templates)) - len(scored_templates) + len(ensembles) - len(scored_ensembles)
         )
         template_scores = [
-            TemplateScore(t, correct[t], features.size) if problems[t] is None else TemplateScore(t, error=problems[t])
+            TemplateScore(t, correct[t], features.size) if problems[t] is None
+            else TemplateScore(t, error=problems[t], reason=problems[t].reason)
             for t in templates
         ]
         ensemble_scores = [
             EnsembleScore(tuple(e), next(ensemble_correct), features.size) if problem is None
-            else EnsembleScore(tuple(e), error=problem)
+            else EnsembleScore(tuple(e), error=problem, reason=problem.reason)
             for e, problem in zip(ensembles, ensemble_problems, strict=True)
         ]
         return template_scores, ensemble_scores
 
     @staticmethod
-    def _ensemble_problem(ensemble: Sequence[str], problems: dict[str, str | None]) -> str | None:
+    def _ensemble_problem(ensemble: Sequence[str], problems: dict[str, Problem | None]) -> Problem | None:
         if not ensemble:
-            return "ensemble has no templates"
-        return next((f"ensemble member {i} ({t!r}): {problems[t]}" for i, t in enumerate(ensemble) if problems[t]), None)
+            return Problem("ensemble has no templates", "EMPTY_ENSEMBLE")
+        return next((Problem(f"ensemble member {i} ({t!r}): {problems[t]}", "INVALID_MEMBER")
+                     for i, t in enumerate(ensemble) if problems[t]), None)
 
     async def _embeddings(self, prefix_of: dict[str, str]) -> dict[str, torch.Tensor]:
         """Embeddings of the prompts (keys: prompt, values: its template's text before

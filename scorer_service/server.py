@@ -10,7 +10,8 @@ import structlog
 from prometheus_client import start_http_server
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from promptclimb_common.auth import Authenticator, load_tokens
+from promptclimb_common.auth import Authenticator, load_tokens, reload_tokens
+from promptclimb_common.errors import Reason, ServiceError, abort, invalid
 from promptclimb_common.grpc_runtime import GrpcService
 from promptclimb_common.paging import PageError, decode_token, encode_token, page_size
 from scorer_service import metrics
@@ -20,7 +21,7 @@ from scorer_service.coop import load_coop_task
 from scorer_service.datasets import TEST, TRAIN, Task, build_task, load_image_folder
 from scorer_service.features import SplitFeatures, load_split_features
 from scorer_service.model import ClipEncoder, ModelIdentity, default_batch_prompts, load_clip
-from scorer_service.quota import BudgetExhaustedError, EvaluationLedger
+from scorer_service.quota import BudgetExhaustedError, QuotaStore, QuotaStoreError, RedisQuota, SqliteQuota
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
 
 log = structlog.get_logger(__name__)
@@ -30,6 +31,7 @@ SPLIT_NAMES = {scorer_pb2.SPLIT_UNSPECIFIED: TRAIN, scorer_pb2.SPLIT_TRAIN: TRAI
 SPLIT_ENUMS = {TRAIN: scorer_pb2.SPLIT_TRAIN, TEST: scorer_pb2.SPLIT_TEST}
 QUEUE_RETRY_SECONDS = 1.0
 TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE = 100, 1000
+QUOTA_STORE_RETRY_SECONDS = 1.0
 LEDGER_FILE = "evaluations.sqlite"
 
 
@@ -40,17 +42,19 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         features: dict[tuple[str, str], SplitFeatures],
         scorer: TemplateScorer,
         auth: Authenticator,
-        ledger: EvaluationLedger,
+        quota: QuotaStore,
         max_templates_per_request: int,
         model: ModelIdentity,
+        max_queued_prompts: int,
     ) -> None:
         self.model = model
         self.tasks = tasks
         self.features = features
         self.scorer = scorer
         self.auth = auth
-        self.ledger = ledger
+        self.quota = quota
         self.max_templates_per_request = max_templates_per_request
+        self.max_queued_prompts = max_queued_prompts
 
     async def ListTasks(self, request, context):
         await self.auth.require(context, "score")
@@ -58,7 +62,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             size = page_size(request.page_size, TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE)
             after = decode_token(request.page_token, (str,))
         except PageError as err:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            message = str(err)
+            await abort(context, invalid(message.split(" ", 1)[0], message))
         ids = [task_id for task_id in sorted(self.tasks) if after is None or task_id > after[0]]
         page = ids[:size]
         return scorer_pb2.ListTasksResponse(tasks=[self._task_info(self.tasks[task_id]) for task_id in page],
@@ -72,7 +77,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         task = self.tasks.get(task_id)
         if task is None:
             known = ", ".join(sorted(self.tasks)) or "none"
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown task_id {task_id!r}; this server has: {known}")
+            await abort(context, ServiceError(grpc.StatusCode.NOT_FOUND, Reason.TASK_NOT_FOUND,
+                                              f"unknown task_id {task_id!r}; this server has: {known}"))
         return task
 
     def _task_info(self, task: Task) -> scorer_pb2.TaskInfo:
@@ -90,61 +96,100 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         )
 
     async def Score(self, request, context):
-        principal = await self.auth.require(context, "test" if request.split == scorer_pb2.SPLIT_TEST else "score")
+        test = request.split == scorer_pb2.SPLIT_TEST
+        principal = await self.auth.require(context, "test" if test else "score",
+                                            Reason.TEST_SPLIT_FORBIDDEN if test else Reason.RIGHT_MISSING)
         split = SPLIT_NAMES.get(request.split)
         if split is None:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown split {request.split}; use SPLIT_TRAIN or SPLIT_TEST")
+            await abort(context, invalid("split", f"unknown split {request.split}; use SPLIT_TRAIN or SPLIT_TEST"))
         task = await self._task(request.task_id, context)
         if request.model_digest and request.model_digest != self.model.digest:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            await abort(context, ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION, Reason.MODEL_MISMATCH,
                 f"model_digest {request.model_digest} was pinned, but this server scores with model_digest "
                 f"{self.model.digest} (version {self.model.version!r}); nothing was scored: send the request to a "
                 "server with the pinned model, or pin the new digest to start over with it",
-            )
-        # The request limit bounds one call's encoding work, so it counts every ensemble member; the
-        # budget bounds what a token can learn, one accuracy per template or ensemble.
+                metadata={"pinned": request.model_digest, "served": self.model.digest}))
+        await self._check_size(context, request, task)
         count = len(request.templates) + len(request.ensembles)
-        work = len(request.templates) + sum(len(e.templates) for e in request.ensembles)
-        if count == 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no templates or ensembles to score: send at least one")
-        if work > self.max_templates_per_request:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{work} templates in one request (ensemble members included); the limit is "
-                f"{self.max_templates_per_request}: split the request",
-            )
         structlog.contextvars.bind_contextvars(task=task.task_id, split=split, templates=count)
         metrics.TOKEN_REQUESTS.labels(principal.name, split).inc()
-        try:
-            self.ledger.charge(principal.name, count, principal.evaluation_budget)
-        except BudgetExhaustedError as err:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{err}; ask the scorer's operator for more")
+        await self._charge(context, principal.name, count, principal.evaluation_budget)
         try:
             scores, ensemble_scores = await self.scorer.score_candidates(
                 task, split, self.features[task.task_id, split], list(request.templates),
                 [list(e.templates) for e in request.ensembles],
             )
         except QueueFullError as err:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"server busy: {err}; retry in {QUEUE_RETRY_SECONDS:.0f} s",
-                trailing_metadata=(("retry-after-s", f"{QUEUE_RETRY_SECONDS:.3f}"),),
-            )
-        log.info("scored", invalid=sum(1 for s in [*scores, *ensemble_scores] if s.error))
+            await self._refund(principal.name, count)
+            await abort(context, ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUEUE_FULL,
+                                              f"server busy: {err}; retry in {QUEUE_RETRY_SECONDS:.0f} s",
+                                              retry_after_s=QUEUE_RETRY_SECONDS))
+        except BaseException:
+            await self._refund(principal.name, count)
+            raise
+        invalid_count = sum(1 for s in [*scores, *ensemble_scores] if s.error)
+        await self._refund(principal.name, invalid_count)  # an invalid template tells nothing: not charged
+        metrics.TOKEN_EVALUATIONS.labels(principal.name).inc(count - invalid_count)
+        log.info("scored", invalid=invalid_count)
         return scorer_pb2.ScoreResponse(
             split=SPLIT_ENUMS[split],
             model_digest=self.model.digest,
             model_version=self.model.version,
             results=[
-                scorer_pb2.TemplateScore(template=s.template, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error)
+                scorer_pb2.TemplateScore(template=s.template, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error,
+                                         error_reason=_reason(s.reason))
                 for s in scores
             ],
             ensemble_results=[
-                scorer_pb2.EnsembleScore(templates=s.templates, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error)
+                scorer_pb2.EnsembleScore(templates=s.templates, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error,
+                                         error_reason=_reason(s.reason))
                 for s in ensemble_scores
             ],
         )
+
+    async def _check_size(self, context, request: scorer_pb2.ScoreRequest, task: Task) -> None:
+        """Refuses, as INVALID_ARGUMENT, what could never be served: retrying it would not help.
+
+        The request limit bounds one call's encoding work, so it counts every ensemble member; the budget bounds
+        what a token can learn, one accuracy per template or ensemble."""
+        if not request.templates and not request.ensembles:
+            await abort(context, invalid("templates", "no templates or ensembles to score: send at least one"))
+        members = [*request.templates, *(t for e in request.ensembles for t in e.templates)]
+        if len(members) > self.max_templates_per_request:
+            await abort(context, invalid(
+                "templates", f"{len(members)} templates in one request (ensemble members included); the limit is "
+                f"{self.max_templates_per_request}: split the request", Reason.REQUEST_TOO_LARGE,
+                limit=str(self.max_templates_per_request)))
+        prompts = len(set(members)) * len(task.class_names)
+        if prompts > self.max_queued_prompts:
+            await abort(context, invalid(
+                "templates", f"{prompts} class prompts in one request ({len(set(members))} distinct templates x "
+                f"{len(task.class_names)} classes); the encoder queue holds at most {self.max_queued_prompts}: "
+                "split the request", Reason.REQUEST_TOO_LARGE, limit=str(self.max_queued_prompts)))
+
+    async def _charge(self, context, token: str, count: int, budget: int) -> None:
+        try:
+            await self.quota.charge(token, count, budget)
+        except BudgetExhaustedError as err:
+            await abort(context, ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.EVALUATION_BUDGET_SPENT,
+                                              f"{err}; ask the scorer's operator for more", quota_subject=f"token:{token}",
+                                              metadata={"used": str(err.used), "budget": str(err.budget)}))
+        except QuotaStoreError as err:
+            log.error("quota_store_failed", reason=str(err))
+            await abort(context, ServiceError(grpc.StatusCode.UNAVAILABLE, Reason.STATE_UNAVAILABLE,
+                                              "the scorer's quota store is unavailable; retry shortly",
+                                              retry_after_s=QUOTA_STORE_RETRY_SECONDS))
+
+    async def _refund(self, token: str, count: int) -> None:
+        try:
+            await self.quota.refund(token, count)
+        except QuotaStoreError as err:  # the caller keeps the charge; never fail the call for it
+            log.error("quota_refund_failed", token=token, count=count, reason=str(err))
+
+
+def _reason(name: str) -> int:
+    return scorer_pb2.TemplateErrorReason.Value(f"TEMPLATE_ERROR_REASON_{name}") if name else 0
 
 
 def load_tasks(config: ScorerConfig, encoder: ClipEncoder, identity: str) -> tuple[dict[str, Task], dict[tuple[str, str], SplitFeatures]]:
@@ -166,9 +211,12 @@ def load_tasks(config: ScorerConfig, encoder: ClipEncoder, identity: str) -> tup
     return tasks, features
 
 
-def open_ledger(config: ScorerConfig) -> EvaluationLedger:
+async def open_quota(config: ScorerConfig) -> QuotaStore:
+    """The quota store the config names; fails at start (not at the first call) when it cannot be used."""
+    if config.quota_store != "sqlite":
+        return await RedisQuota.connect(config.quota_store)
     try:
-        return EvaluationLedger(config.state_dir / LEDGER_FILE)
+        return SqliteQuota(config.state_dir / LEDGER_FILE)
     except (OSError, sqlite3.Error) as err:
         state = next(p for p in config.writable_paths() if p.flag == "--state-dir")
         raise state.error(f"its evaluation ledger {LEDGER_FILE} cannot be written ({err})") from None
@@ -181,13 +229,15 @@ class ScorerApp:
         self.config = config
         self.service: GrpcService | None = None
         self.batcher: TextEncodeBatcher | None = None
-        self.ledger: EvaluationLedger | None = None
+        self.quota: QuotaStore | None = None
+        self.auth: Authenticator | None = None
 
     async def start(self) -> int:
         """Opens the ledger, loads everything, then serves; returns the bound gRPC port."""
         config = self.config
-        self.ledger = open_ledger(config)  # first: an unwritable --state-dir fails before minutes of loading
-        auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights)
+        self.quota = await open_quota(config)  # first: an unusable quota store fails before minutes of loading
+        self.auth = auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights,
+                                         rate_limit=self.quota.take_request)
         encoder = await asyncio.to_thread(load_clip, config.model, config.device, config.dtype, config.cpu_matmul)
         model = ModelIdentity.of(encoder, await asyncio.to_thread(encoder.identity), config.model_version)
         metrics.MODEL_INFO.info({"model": config.model, "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch."),
@@ -201,7 +251,8 @@ class ScorerApp:
         log.info("batching", max_batch_prompts=batch_prompts, max_batch_delay_ms=config.max_batch_delay_ms)
         self.batcher.start()
         scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes)
-        servicer = ScorerServicer(tasks, features, scorer, auth, self.ledger, config.max_templates_per_request, model)
+        servicer = ScorerServicer(tasks, features, scorer, auth, self.quota, config.max_templates_per_request, model,
+                                  config.max_queued_prompts)
         if config.metrics_port:
             start_http_server(config.metrics_port, addr=config.host)
             log.info("metrics_serving", port=config.metrics_port)
@@ -214,6 +265,7 @@ class ScorerApp:
             max_concurrent_rpcs=config.max_concurrent_rpcs,
             grace_seconds=config.grace_seconds,
         )
+        log.info("quota_store", store=config.quota_store if config.quota_store == "sqlite" else self.quota.safe_url)
         log.info("auth", enabled=auth.enabled, anonymous_rights=sorted(config.anonymous_rights) if not auth.enabled else [])
         return await self.service.start()
 
@@ -226,12 +278,13 @@ class ScorerApp:
     async def _release(self) -> None:
         if self.batcher:
             await self.batcher.close()
-        if self.ledger:
-            self.ledger.close()
+        if self.quota:
+            await self.quota.close()
 
     async def run_until_signalled(self) -> None:
         await self.start()
         try:
-            await self.service.serve_until_signalled()
+            await self.service.serve_until_signalled(
+                on_hangup=lambda: reload_tokens(self.auth, self.config.tokens_file, "PROMPTCLIMB_TOKENS"))
         finally:
             await self._release()

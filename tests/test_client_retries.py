@@ -45,6 +45,7 @@ class ScriptedServer(scorer_pb2_grpc.ScorerServicer, optimizer_pb2_grpc.Optimize
     def __init__(self) -> None:
         self.script: list[Failure] = []
         self.calls: list[float] = []
+        self.request_ids: list[str] = []
 
     async def _next(self, context) -> None:
         self.calls.append(time.monotonic())
@@ -64,8 +65,9 @@ class ScriptedServer(scorer_pb2_grpc.ScorerServicer, optimizer_pb2_grpc.Optimize
                                                  for t in request.templates])
 
     async def StartRun(self, request, context):
+        self.request_ids.append(request.request_id)
         await self._next(context)
-        return optimizer_pb2.StartRunResponse(run_id="run-1")
+        return optimizer_pb2.Run(run_id=f"run-for-{request.request_id}")
 
 
 @pytest_asyncio.fixture
@@ -156,13 +158,15 @@ async def test_the_deadline_bounds_every_attempt_together(server):
     assert 0.9 <= elapsed < 2.0
 
 
-async def test_start_run_is_retried_only_when_the_server_says_so(server):
+async def test_start_run_is_retried_under_one_request_id(server):
+    """A lost StartRun answer is retried safely: every attempt carries the same request_id, so the service returns
+    the run the first attempt started instead of starting a second one."""
     request = optimizer_pb2.StartRunRequest(spec=optimizer_pb2.RunSpec(task_id="shapes"))
-    server.script = [Failure(grpc.StatusCode.UNAVAILABLE)]
+    server.script = [Failure(grpc.StatusCode.UNAVAILABLE), Failure(grpc.StatusCode.UNAVAILABLE)]
     async with Optimizer(server.address, retry=FAST) as optimizer:
-        with pytest.raises(CallError) as caught:
-            await optimizer.start_run(request)  # the first attempt may have started a run: not repeated
-        assert caught.value.code == grpc.StatusCode.UNAVAILABLE and len(server.calls) == 1
-        server.script = [Failure(grpc.StatusCode.UNAVAILABLE, (retry_info(0.1),))]
-        assert (await optimizer.start_run(request)).run_id == "run-1"
-    assert len(server.calls) == 3
+        run = await optimizer.start_run(request)
+        assert len(server.request_ids) == 3 and len(set(server.request_ids)) == 1 and server.request_ids[0]
+        assert run.run_id == f"run-for-{server.request_ids[0]}"
+        assert not request.request_id  # the caller's message is left as it was
+        chosen = optimizer_pb2.StartRunRequest(spec=request.spec, request_id="mine")
+        assert (await optimizer.start_run(chosen)).run_id == "run-for-mine"

@@ -23,7 +23,7 @@ import pytest
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from tests.deploy import REPO, load_check
-from tests.procs import free_port, start_process, stop_process, wait_healthy
+from tests.procs import free_port, start_process, start_redis, stop_process, wait_healthy
 from tests.conftest import prerequisite
 
 check = load_check()
@@ -83,6 +83,10 @@ def stack(tmp_path_factory):
                        {"SCORER_HOST": "127.0.0.1", "SCORER_PORT": scorer_port, "SCORER_METRICS_PORT": free_port()})
     scorer_command = pod_command(objs, "Deployment", "scorer", "scorer")
     assert scorer_command == []  # the image's ENTRYPOINT: python -m scorer_service
+    # The overlay's quota store is its Redis Service (components/quota-redis); here a redis-server on loopback.
+    assert scorer_env["SCORER_QUOTA_STORE"] == "redis://quota-redis:6379/0"
+    assert any(o["kind"] == "Deployment" and o["metadata"]["name"] == "quota-redis" for o in objs)
+    redis, scorer_env["SCORER_QUOTA_STORE"] = start_redis(tmp / "redis")
     scorer = start_process(["scorer_service"], tmp / "scorer.log", env={**scorer_env, "HF_HUB_OFFLINE": "1"})
     scorer_address = f"127.0.0.1:{scorer_port}"
     optimizer = None
@@ -104,6 +108,7 @@ def stack(tmp_path_factory):
         if optimizer is not None:
             stop_process(optimizer)
         stop_process(scorer)
+        stop_process(redis)
 
 
 def status_of(call) -> grpc.StatusCode:
@@ -128,6 +133,9 @@ def test_scorer_serves_the_dev_task_to_token_holders_only(stack):
         test_split = scorer_pb2.ScoreRequest(task_id="colors", templates=["{}"], split=scorer_pb2.SPLIT_TEST)
         other_team = bearer("dev-only-other-team-token-not-a-secret")
         assert status_of(lambda: stub.Score(test_split, metadata=other_team, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
+        # Nor does the optimizer's own token open the test split: no confused deputy.
+        optimizer = bearer("dev-only-scorer-token-not-a-secret")
+        assert status_of(lambda: stub.Score(test_split, metadata=optimizer, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
         assert status_of(lambda: stub.Score(request, metadata=other_team, timeout=30)) == grpc.StatusCode.OK
 
 

@@ -12,7 +12,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from optimizer_service.config import LlmSettings, ScorerSettings
+from optimizer_service.config import LlmSettings, RunLimits, ScorerSettings
 from optimizer_service.llm import LlmClient
 from optimizer_service.runs import RunManager
 from optimizer_service.scorer_client import ScorerClient
@@ -87,16 +87,18 @@ def small_spec(**overrides) -> pb.RunSpec:
 @contextlib.asynccontextmanager
 async def open_optimizer(scorer_settings: ScorerSettings, llm: ScriptedLLM, state_dir: Path, *, tokens: list | None = None,
                          tls: TlsFiles = TlsFiles(), client_credentials: grpc.ChannelCredentials | None = None,
+                         anonymous_rights: frozenset[str] = frozenset({"run", "test"}), limits: RunLimits = RunLimits(),
                          **llm_overrides) -> Optimizer:
     """The Optimizer service in this process, wired as `serve` wires it, on a free loopback port.
 
+    With auth off (no `tokens`) callers are anonymous with `anonymous_rights` (by default they may see test accuracy).
     With `tls`, the stub connects to localhost (the test certificates' name) with `client_credentials`.
     """
     store = Store.open(state_dir)
     client = LlmClient(llm_settings(llm.url, **llm_overrides), store)
     scorer_client = ScorerClient(scorer_settings, backoff_initial_s=0.05, backoff_max_s=0.5)
-    manager = RunManager(store, client, scorer_client, max_active_runs=2, default_model="scripted-model")
-    auth = Authenticator(parse_tokens(json.dumps({"tokens": tokens}), "test") if tokens else [], frozenset({"run"}))
+    manager = RunManager(store, client, scorer_client, max_active_runs=2, default_model="scripted-model", limits=limits)
+    auth = Authenticator(parse_tokens(json.dumps({"tokens": tokens}), "test") if tokens else [], anonymous_rights)
     service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(manager, auth), SERVICE_NAME)],
                           host="127.0.0.1", port=0, tls=tls, grace_seconds=1)
     port = await service.start()
@@ -117,14 +119,15 @@ async def open_optimizer(scorer_settings: ScorerSettings, llm: ScriptedLLM, stat
 
 @pytest_asyncio.fixture
 async def optimizer(scorer, llm, tmp_path, request) -> Optimizer:
-    """Options come from @pytest.mark.optimizer(llm={...}, scorer={...}, tokens=[...])."""
+    """Options come from @pytest.mark.optimizer(llm={...}, scorer={...}, tokens=[...], limits=RunLimits(...))."""
     marker = request.node.get_closest_marker("optimizer")
     options = marker.kwargs if marker else {}
     async with open_optimizer(scorer.settings(**options.get("scorer", {})), llm, tmp_path / "state",
-                              tokens=options.get("tokens"), **options.get("llm", {})) as service:
+                              tokens=options.get("tokens"), limits=options.get("limits", RunLimits()),
+                              **options.get("llm", {})) as service:
         yield service
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "optimizer(llm={}, scorer={}, tokens=[]): options of the optimizer fixture")
+    config.addinivalue_line("markers", "optimizer(llm={}, scorer={}, tokens=[], limits=RunLimits()): options of the optimizer fixture")
 

@@ -132,3 +132,50 @@ def test_an_unwritable_evaluation_ledger_fails_before_the_model_loads(image_task
     assert result.returncode == 2
     assert f"--state-dir {state} ({state}) is not writable: its evaluation ledger evaluations.sqlite cannot be written" in result.stderr
     assert "model directory" not in result.stderr
+
+
+def test_tokens_rotate_on_sighup_and_a_broken_file_keeps_the_current_ones(tiny_clip_dir, image_task_dir, tmp_path):
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({"tokens": [{"name": "team", "token": "old-secret", "rights": ["score"]}]}))
+    log_path = tmp_path / "scorer.log"
+    process, address = start_scorer(tiny_clip_dir, {"shapes": image_task_dir}, tmp_path / "cache", log_path,
+                                    "--tokens-file", str(tokens))
+    request = scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"])
+
+    def code_with(token: str) -> grpc.StatusCode:
+        with grpc.insecure_channel(address) as channel:
+            try:
+                scorer_pb2_grpc.ScorerStub(channel).Score(request, metadata=(("authorization", f"Bearer {token}"),))
+            except grpc.RpcError as err:
+                return err.code()
+            return grpc.StatusCode.OK
+
+    def hang_up_and_wait(event: str, count: int) -> None:
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while sum(1 for e in events(log_path) if e["event"] == event) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    try:
+        assert code_with("old-secret") == grpc.StatusCode.OK
+        tokens.write_text(json.dumps({"tokens": [{"name": "team", "token": "new-secret", "rights": ["score"]}]}))
+        hang_up_and_wait("tokens_reloaded", 1)
+        assert code_with("new-secret") == grpc.StatusCode.OK
+        assert code_with("old-secret") == grpc.StatusCode.UNAUTHENTICATED
+        tokens.write_text(json.dumps({"tokens": [{"name": "a", "token": "x"}, {"name": "a", "token": "y"}]}))
+        hang_up_and_wait("tokens_not_reloaded", 1)
+        assert code_with("new-secret") == grpc.StatusCode.OK  # still serving, with the tokens it had
+        assert process.poll() is None
+    finally:
+        stop_process(process)
+    assert "new-secret" not in log_path.read_text() and "old-secret" not in log_path.read_text()
+
+
+def test_a_token_file_with_a_repeated_token_is_refused_at_start(image_task_dir, tmp_path):
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({"tokens": [{"name": "a", "token": "same"}, {"name": "b", "token": "same"}]}))
+    result = run_cli("--model", str(tmp_path / "no-such-model"), "--task", f"t={image_task_dir}", "--port", "0",
+                     "--metrics-port", "0", "--state-dir", str(tmp_path / "state"), "--cache-dir", str(tmp_path / "cache"),
+                     "--tokens-file", str(tokens))
+    assert result.returncode == 2
+    assert "token 'b' has the same token as another entry" in result.stderr

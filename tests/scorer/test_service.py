@@ -12,6 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import REGISTRY
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.errors import details_of
 from scorer_service.server import ScorerApp
 from tests.scorer.conftest import bearer
 
@@ -133,8 +134,9 @@ async def test_rate_limit_per_token(locked_scorer):
         await stub.Score(request, metadata=bearer("throttled"))
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "rate limit of token 'throttled'" in caught.value.details()
-    retry_after = dict(caught.value.trailing_metadata())["retry-after-s"]
-    assert float(retry_after) > 0
+    details = details_of(caught.value)
+    assert details.reason == "RATE_LIMITED" and details.domain == "promptclimb.dev"
+    assert details.retry_after_s > 0 and details.retryable
     await stub.Score(request, metadata=bearer("client"))  # other tokens unaffected
 
 
