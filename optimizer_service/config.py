@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
