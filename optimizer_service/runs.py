@@ -194,7 +194,7 @@ class RunManager:
         log.info("run_created", run_id=run_id, task_id=settings.task_id, label=settings.label, model_digest=task.model_digest,
                  model_version=task.model_version)
         self._launch(run_id)
-        return self.get(run_id)
+        return self.get(run_id, owner)
 
     def _repeated(self, earlier: RunRecord, settings: RunSettings, caller: Principal) -> pb.Run:
         """The run an earlier StartRun with the same request_id created, if it asked for the same spec."""
