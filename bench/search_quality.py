@@ -35,6 +35,7 @@ import structlog
 
 from bench.report import write_table
 from optimizer_service.baselines import hand_engineered
+from optimizer_service.pool import Candidate, rank
 from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
 from promptclimb_common.logging import configure_logging
@@ -148,33 +149,40 @@ def run_cell(cell: Path, method: Method, budget: Budget, seed: int, scorer: Scor
 def held_by_llm_call(trajectory: list[dict]) -> list[tuple[int, str, float]]:
     """(LLM calls made, template train selection holds, its train accuracy), after the pool and after each call.
 
-    Selection takes the best train accuracy, the earliest scored among ties."""
-    calls: dict[str, list[dict]] = {}
+    Selection is the optimizer's own: the best train accuracy, ties broken by pool.rank."""
+    calls: dict[str, list[Candidate]] = {}
     for row in sorted(trajectory, key=lambda r: r["sequence"]):
-        calls.setdefault(row["llm_call"], []).append(row)
-    held: dict | None = None
+        calls.setdefault(row["llm_call"], []).append(Candidate(
+            template=row["template"], accuracy=row["train_accuracy"], restart=row["restart"], reset=row["reset"],
+            iteration=row["iteration"], sequence=row["sequence"], llm_call=row["llm_call"], position=row["position"]))
+    held: Candidate | None = None
     out = []
-    for count, rows in enumerate([calls.pop("", []), *calls.values()]):
-        for row in rows:
-            if held is None or row["train_accuracy"] > held["train_accuracy"]:
-                held = row
+    for count, candidates in enumerate([calls.pop("", []), *calls.values()]):
+        for candidate in candidates:
+            if held is None or rank(candidate) < rank(held):
+                held = candidate
         if held is not None:
-            out.append((count, held["template"], held["train_accuracy"]))
+            out.append((count, held.template, held.accuracy))
     return out
 
 
 def grade(result: dict, scorer: Scorer) -> dict:
-    """The cell's numbers: its selected template on train and test, its curve on test, its costs."""
+    """The cell's numbers: its selected template and found ensemble on train and test, its curve on test, its costs."""
     curve = held_by_llm_call(result["trajectory"])
     initial = held_by_llm_call([r for r in result["trajectory"] if not r["llm_call"]])
     templates = list(dict.fromkeys([t for _, t, _ in curve]))
-    test = dict(zip(templates, scorer.accuracies([[t] for t in templates], "test"), strict=True))
+    ensemble = result["ensemble"]["templates"]
+    *single, ensemble_test = scorer.accuracies([[t] for t in templates] + [ensemble], "test")
+    test = dict(zip(templates, single, strict=True))
     counters = result["counters"]
     _, selected, selected_train = curve[-1]
+    if selected != result["best"][0]["template"]:
+        raise RuntimeError(f"the benchmark's selection {selected!r} is not the run's answer {result['best'][0]['template']!r}")
     _, pool_best, pool_train = initial[-1]
     return {
         "selected": selected, "train": selected_train, "test": test[selected],
         "pool_best": pool_best, "pool_train": pool_train, "pool_test": test[pool_best],
+        "ensemble": ensemble, "ensemble_train": result["ensemble"]["train_accuracy"], "ensemble_test": ensemble_test,
         "curve": [(calls, test[t]) for calls, t, _ in curve],
         "llm_calls": counters["llm_calls"], "tokens": counters["llm_prompt_tokens"] + counters["llm_completion_tokens"],
         "templates_scored": counters["templates_scored"], "wall_seconds": result["wall_seconds"],
@@ -216,6 +224,13 @@ def build_tables(graded: dict[str, dict[int, dict]], baselines: dict[str, dict[i
             f"{statistics.fmean(r['llm_calls'] for r in rows):.0f} | {statistics.fmean(r['tokens'] for r in rows):.0f} | "
             f"{statistics.fmean(r['templates_scored'] for r in rows):.0f} | "
             f"{statistics.fmean(r['wall_seconds'] for r in rows):.0f} |")
+    lines += ["", "The run's answer as an ensemble (greedy forward selection over the run's pool on train, "
+              "scored as one prompt ensemble), beside its single best template, test accuracy (%):", "",
+              "| method | single template | ensemble | ensemble's train acc. (%) | members (mean) |", "|---|---|---|---|---|"]
+    for key, per_seed in graded.items():
+        rows = [per_seed[s] for s in seeds]
+        lines.append(f"| {METHODS[key].name} | {spread([r['test'] for r in rows])} | {spread([r['ensemble_test'] for r in rows])} | "
+                     f"{spread([r['ensemble_train'] for r in rows])} | {statistics.fmean(len(r['ensemble']) for r in rows):.1f} |")
     lines += ["", "Templates selected (seed " + str(seeds[0]) + "):", ""]
     lines += [f"- {METHODS[key].name}: `{per_seed[seeds[0]]['selected']}`" for key, per_seed in graded.items()]
     if target:

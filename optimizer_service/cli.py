@@ -207,7 +207,8 @@ def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str 
                      for s, t, a, x in selected],
         "trajectory": [
             {"sequence": c.sequence, "template": c.template, "train_accuracy": c.accuracy, "restart": c.restart,
-             "reset": c.reset, "iteration": c.iteration, "llm_call": c.llm_call, "reused": c.reused}
+             "reset": c.reset, "iteration": c.iteration, "position": c.position, "llm_call": c.llm_call,
+             "reused": c.reused}
             for c in candidates
         ],
     }

@@ -25,8 +25,10 @@ def benchmark(tmp_path_factory):
     return out
 
 
-def _rows(table: str) -> dict[str, list[str]]:
-    rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+def _rows(markdown: str, table: int = 0) -> dict[str, list[str]]:
+    """The rows of the markdown's n-th table, by first cell (its header row left out)."""
+    tables = [block for block in markdown.split("\n\n") if block.startswith("| ")]
+    rows = [line.strip("|").split("|") for line in tables[table].splitlines() if "---" not in line]
     return {cells[0].strip(): [c.strip() for c in cells[1:]] for cells in rows[1:]}
 
 
@@ -46,7 +48,8 @@ def test_the_table_has_every_row_and_column(benchmark):
 def test_every_accuracy_is_what_the_scorer_answers(benchmark):
     graded = {key: json.loads((benchmark / "cells" / "fmnist-vit-p7" / "seed1" / key / "graded.json").read_text())
               for key in METHODS}
-    rows = _rows((benchmark / "search_quality.md").read_text())
+    markdown = (benchmark / "search_quality.md").read_text()
+    rows = _rows(markdown)
     data = prepare_testbed_task()
     with search_quality.Scorer(ensure_model(), data, 1, benchmark / "check") as scorer:
         for key, cell in graded.items():
@@ -57,5 +60,11 @@ def test_every_accuracy_is_what_the_scorer_answers(benchmark):
             result = json.loads((benchmark / "cells" / "fmnist-vit-p7" / "seed1" / key / "result.json").read_text())
             scored = {r["template"]: r["train_accuracy"] for r in result["trajectory"]}
             assert scored[cell["selected"]] == train == max(scored.values())  # selected on train, never on test
+            assert cell["selected"] == result["best"][0]["template"]  # the run's own answer
+            assert set(cell["ensemble"]) <= set(scored)  # built from the run's pool
+            ensemble_test, ensemble_train = (scorer.accuracies([cell["ensemble"]], split)[0] for split in ("test", "train"))
+            assert (cell["ensemble_test"], cell["ensemble_train"]) == (ensemble_test, ensemble_train)
+            ensembles = _rows(markdown, table=1)[search_quality.METHODS[key].name]
+            assert ensembles[:2] == [f"{100 * test:.1f} ± 0.0", f"{100 * ensemble_test:.1f} ± 0.0"]
         for name, members in search_quality.BASELINES.items():
             assert rows[name][0] == f"{100 * scorer.accuracies([members], 'test')[0]:.1f} ± 0.0"
