@@ -369,7 +369,7 @@ class RunManager:
     @staticmethod
     def _known_state(state: int) -> bool:
         if state not in pb.RunState.values() or state == pb.RUN_STATE_UNSPECIFIED:
-            raise PageError(f"states: {state} is not a run state; use RUN_STATE_PENDING .. RUN_STATE_CANCELLED")
+            raise PageError("states", f"states: {state} is not a run state; use RUN_STATE_PENDING .. RUN_STATE_CANCELLED")
         return True
 
     def _run_proto(self, record, caller: Principal) -> pb.Run:

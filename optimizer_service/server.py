@@ -42,8 +42,8 @@ def service_error(err: Exception) -> ServiceError:
     if isinstance(err, SpecError):  # its message starts with the field it is about
         field = next((f"spec.{f}" for f in SPEC_FIELDS if message.startswith(f)), "spec")
         return invalid(field, message, Reason.MODEL_NOT_ALLOWED if isinstance(err, ModelNotAllowed) else Reason.INVALID_FIELD)
-    if isinstance(err, PageError):  # its message starts with the list request's field
-        return invalid(message.split(" ", 1)[0].rstrip(":"), message)
+    if isinstance(err, PageError):
+        return invalid(err.field, message)
     if isinstance(err, RequestIdReused):
         return ServiceError(grpc.StatusCode.ALREADY_EXISTS, Reason.REQUEST_ID_REUSED, message)
     if isinstance(err, RunNotFound):

@@ -15,13 +15,17 @@ import json
 
 
 class PageError(ValueError):
-    """A list request's page_size, page_token or filter the caller must fix; the message says how."""
+    """A list request's page_size, page_token or filter the caller must fix; the message says how, `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def page_size(requested: int, default: int, maximum: int) -> int:
     """0 takes the default; above the maximum is coerced to it (AIP-158); negative is refused."""
     if requested < 0:
-        raise PageError(f"page_size must be >= 0 (0 takes the default {default}), got {requested}")
+        raise PageError("page_size", f"page_size must be >= 0 (0 takes the default {default}), got {requested}")
     return min(requested or default, maximum)
 
 
@@ -40,7 +44,7 @@ def decode_token(token: str, shape: tuple[type | tuple[type, ...], ...], filter_
         position, token_filter = None, filter_
     if not (isinstance(position, list) and len(position) == len(shape)
             and all(isinstance(item, kind) and not isinstance(item, bool) for item, kind in zip(position, shape, strict=True))):
-        raise PageError("page_token is not one this service issued; pass next_page_token unchanged, or empty for the first page")
+        raise PageError("page_token", "page_token is not one this service issued; pass next_page_token unchanged, or empty for the first page")
     if token_filter != filter_:
-        raise PageError("page_token was issued for another filter; list again from the first page with this filter")
+        raise PageError("page_token", "page_token was issued for another filter; list again from the first page with this filter")
     return position

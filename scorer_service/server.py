@@ -62,8 +62,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             size = page_size(request.page_size, TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE)
             after = decode_token(request.page_token, (str,))
         except PageError as err:
-            message = str(err)
-            await abort(context, invalid(message.split(" ", 1)[0], message))
+            await abort(context, invalid(err.field, str(err)))
         ids = [task_id for task_id in sorted(self.tasks) if after is None or task_id > after[0]]
         page = ids[:size]
         return scorer_pb2.ListTasksResponse(tasks=[self._task_info(self.tasks[task_id]) for task_id in page],
