@@ -20,7 +20,10 @@ from scorer_service.config import ScorerConfig
 from scorer_service.coop import load_coop_task
 from scorer_service.datasets import TEST, TRAIN, Task, build_task, load_image_folder
 from scorer_service.features import SplitFeatures, load_split_features
-from scorer_service.model import ClipEncoder, ModelIdentity, default_batch_prompts, load_clip
+from scorer_service.device import default_batch_prompts
+from scorer_service.factory import load_clip
+from scorer_service.identity import ModelIdentity, weights_digest
+from scorer_service.model import ClipEncoder
 from scorer_service.quota import BudgetExhaustedError, QuotaStore, QuotaStoreError, RedisQuota, SqliteQuota
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
 
@@ -228,6 +231,7 @@ class ScorerApp:
         self.config = config
         self.service: GrpcService | None = None
         self.batcher: TextEncodeBatcher | None = None
+        self.scorer: TemplateScorer | None = None
         self.quota: QuotaStore | None = None
         self.auth: Authenticator | None = None
 
@@ -238,7 +242,7 @@ class ScorerApp:
         self.auth = auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights,
                                          rate_limit=self.quota.take_request)
         encoder = await asyncio.to_thread(load_clip, config.model, config.device, config.dtype, config.cpu_matmul)
-        model = ModelIdentity.of(encoder, await asyncio.to_thread(encoder.identity), config.model_version)
+        model = ModelIdentity.of(encoder, await asyncio.to_thread(weights_digest, encoder), config.model_version)
         metrics.MODEL_INFO.info({"model": config.model, "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch."),
                                  "digest": model.digest, "version": model.version})
         log.info("model_identity", model_digest=model.digest, model_version=model.version)
@@ -249,7 +253,7 @@ class ScorerApp:
         )
         log.info("batching", max_batch_prompts=batch_prompts, max_batch_delay_ms=config.max_batch_delay_ms)
         self.batcher.start()
-        scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes)
+        self.scorer = scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes)
         servicer = ScorerServicer(tasks, features, scorer, auth, self.quota, config.max_templates_per_request, model,
                                   config.max_queued_prompts)
         if config.metrics_port:
@@ -275,6 +279,8 @@ class ScorerApp:
         await self._release()
 
     async def _release(self) -> None:
+        if self.scorer:
+            self.scorer.close()
         if self.batcher:
             await self.batcher.close()
         if self.quota:

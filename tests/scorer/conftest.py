@@ -51,7 +51,8 @@ def base_config(tiny_clip_dir, image_task_dir, tmp_path_factory) -> ScorerConfig
     )
 
 
-async def _serve(config: ScorerConfig):
+async def serve_scorer(config: ScorerConfig):
+    """A started ScorerApp and a plaintext channel to it; stopped after."""
     app = ScorerApp(config)
     port = await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -65,12 +66,12 @@ async def _serve(config: ScorerConfig):
 @pytest_asyncio.fixture(scope="session")
 async def open_scorer(base_config):
     """Auth off: anonymous callers may score train, not test."""
-    async for app, channel in _serve(base_config):
+    async for app, channel in serve_scorer(base_config):
         yield app, scorer_pb2_grpc.ScorerStub(channel), channel
 
 
 @pytest_asyncio.fixture(scope="session")
 async def locked_scorer(base_config, tokens_file):
     """Auth on, from the tokens file."""
-    async for app, channel in _serve(replace(base_config, tokens_file=str(tokens_file))):
+    async for app, channel in serve_scorer(replace(base_config, tokens_file=str(tokens_file))):
         yield app, scorer_pb2_grpc.ScorerStub(channel), channel

@@ -10,7 +10,8 @@ import pytest_asyncio
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from scorer_service.config import TaskSource
-from scorer_service.model import load_clip
+from scorer_service.factory import load_clip
+from scorer_service.identity import weights_digest
 from scorer_service.server import ScorerApp
 from tests.scorer.test_service import expect_status
 
@@ -18,7 +19,7 @@ from tests.scorer.test_service import expect_status
 async def test_the_model_digest_is_the_feature_cache_identity_and_comes_with_every_answer(open_scorer, tiny_clip_dir):
     _, stub, _ = open_scorer
     task = await stub.GetTask(scorer_pb2.GetTaskRequest(task_id="shapes"))
-    assert task.model_digest == load_clip(str(tiny_clip_dir), "cpu", "auto").identity()
+    assert task.model_digest == weights_digest(load_clip(str(tiny_clip_dir), "cpu", "auto"))
     assert re.fullmatch(r"[0-9a-f]{32}", task.model_digest)
     assert task.model_version == f"{tiny_clip_dir.name}@{task.model_digest[:12]}"  # the default: name and digest
     (listed,) = (await stub.ListTasks(scorer_pb2.ListTasksRequest())).tasks
