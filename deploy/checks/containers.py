@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ PYTORCH_TAG = re.compile(r"^pytorch/pytorch:(\d+\.\d+\.\d+)-cuda[\d.]+-cudnn\d+-
 
 def pins(requirements: list[str]) -> dict[str, str]:
     """name -> exact version ('' when not pinned with ==), by packaging's parser."""
-    out = {}
+    out: dict[str, str] = {}
     for line in requirements:
         req = Requirement(line)
         exact = [s.version for s in req.specifier if s.operator == "=="]
@@ -72,7 +73,8 @@ def check_requirements(r: Report) -> None:
     build = requirement_file_pins(DOCKER / "build-requirements.txt")
     build_system = pins(pyproject()["build-system"]["requires"])
     for name in ("grpcio-tools", "setuptools"):
-        r.check(build.get(name) == build_system.get(name), "build-requirements.txt", f"{name} must match [build-system]")
+        r.check(build.get(name) == build_system.get(name), "build-requirements.txt",
+                f"{name} must match [build-system]")
 
 
 def dockerignore_patterns() -> list[str]:
@@ -82,7 +84,8 @@ def dockerignore_patterns() -> list[str]:
 
 def dockerignore_allows(path: str, patterns: list[str]) -> bool:
     """Whether a path of the build context reaches the build (Docker's rule: the last matching pattern wins)."""
-    return not PatternMatcher(patterns).matches(path)
+    # types-docker declares a PathLike; the matcher runs fnmatch on the string, as .dockerignore's lines are.
+    return not PatternMatcher(patterns).matches(path)  # type: ignore[arg-type]
 
 
 def hadolint(path: Path, r: Report) -> None:
@@ -95,6 +98,15 @@ def hadolint(path: Path, r: Report) -> None:
 
 def instructions(parser: DockerfileParser, name: str) -> list[str]:
     return [i["value"] for i in parser.structure if i["instruction"] == name]
+
+
+def exec_form(value: str) -> list[str] | None:
+    """An instruction's JSON (exec) form, None for the shell form (hadolint's DL3025 names that)."""
+    try:
+        words = json.loads(value)
+    except json.JSONDecodeError:
+        return None
+    return words if isinstance(words, list) else None
 
 
 def check_dockerfile(path: Path, service: str | None, r: Report) -> None:
@@ -116,7 +128,7 @@ def check_dockerfile(path: Path, service: str | None, r: Report) -> None:
     r.check(any(i["instruction"] == "HEALTHCHECK" and "/app/healthcheck.py" in i["value"] for i in tail), where,
             "HEALTHCHECK must use /app/healthcheck.py")
     entry = [i["value"] for i in tail if i["instruction"] == "ENTRYPOINT"]
-    r.check(bool(entry) and json.loads(entry[-1]) == ["python", "-m", service], where,
+    r.check(bool(entry) and exec_form(entry[-1]) == ["python", "-m", service], where,
             f"ENTRYPOINT must be python -m {service}")
     ignore = dockerignore_patterns()
     for copy in instructions(parser, "COPY"):
@@ -132,7 +144,7 @@ def check_dockerfile(path: Path, service: str | None, r: Report) -> None:
         check_scorer_base(where, parser, final_env, r)
 
 
-def check_scorer_base(where: str, parser: DockerfileParser, final_env: dict[str, str], r: Report) -> None:
+def check_scorer_base(where: str, parser: DockerfileParser, final_env: Mapping[str, str], r: Report) -> None:
     """The scorer runs on a pytorch/pytorch CUDA image whose torch is pyproject.toml's pin."""
     torch = pins(pyproject()["project"]["dependencies"]).get("torch")
     r.check(final_env.get("HF_HUB_OFFLINE") == "1", where, "HF_HUB_OFFLINE=1 must be set in the final stage")

@@ -45,7 +45,7 @@ def validate_schema(obj: Obj, customs: dict[tuple[str, str], Obj]) -> str | None
     """None if valid, else why not."""
     key = (obj.get("apiVersion"), obj.get("kind"))
     if key in customs:
-        validator = jsonschema.Draft202012Validator(customs[key])  # type: ignore[index]
+        validator = jsonschema.Draft202012Validator(customs[key])
         errors = sorted(validator.iter_errors(obj), key=lambda e: list(e.path))
         return "; ".join(f"{'.'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in errors[:3]) or None
     try:

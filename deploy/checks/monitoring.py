@@ -144,7 +144,7 @@ def check_dashboard(where: str, text: str, promtool: str, r: Report) -> None:
     r.check(len(ids) == len(set(ids)) and None not in ids, where, "panel ids must be unique and set")
     queries = list(dashboard_queries(dashboard))
     used = set().union(*(check_names(f"{where} panel {title!r}", expr, r) for title, expr in queries))
-    r.check(DASHBOARD_SERIES <= used, where, f"panels missing for {sorted(DASHBOARD_SERIES - used)}")
+    r.check(used >= DASHBOARD_SERIES, where, f"panels missing for {sorted(DASHBOARD_SERIES - used)}")
     # promtool, Prometheus' own parser, reads each query as a recording rule.
     rules = {"groups": [{"name": "dashboard", "rules": [
         {"record": f"dashboard:query{i}", "expr": substitute(expr)} for i, (_, expr) in enumerate(queries)]}]}
@@ -173,7 +173,7 @@ def check_monitoring(r: Report) -> None:
             f"jobs {jobs} lack promptclimb-scorer/-optimizer")
     alerts = yaml.safe_load(ALERTS.read_text())
     rules = [rule for group in alerts["groups"] for rule in group["rules"]]
-    r.check(REQUIRED_ALERTS <= {rule["alert"] for rule in rules}, "alerts.yml",
+    r.check({rule["alert"] for rule in rules} >= REQUIRED_ALERTS, "alerts.yml",
             "needs scorer-down, scorer error-rate and LLM error-rate alerts")
     for rule in rules:
         check_names(f"alert {rule['alert']}", str(rule["expr"]), r)

@@ -54,16 +54,17 @@ def check_reproduce_jobs(objs: list[Obj], r: Report) -> None:
         args = container.get("args", [])
         if name == "reproduce-cells":
             cell, source = cell_index_source(args, {e["name"]: e for e in container.get("env", [])})
-            r.check(source == COMPLETION_INDEX, "reproduce-cells",
-                    f"--cell must be $(VAR) with VAR from the job-completion-index annotation, is {cell!r} ({source!r})")
+            r.check(source == COMPLETION_INDEX, "reproduce-cells", "--cell must be $(VAR) with VAR from the"
+                    f" job-completion-index annotation, is {cell!r} ({source!r})")
         else:
             r.check("--gather" in args, "reproduce-gather", "must run --gather")
         volumes = {v["name"]: v for v in spec["volumes"]}
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         results = mounts.get(str(grid.out), {})
         claim = volumes.get(results.get("name"), {}).get("persistentVolumeClaim", {}).get("claimName")
-        r.check(claim in claims and "ReadWriteMany" in claims[claim]["spec"]["accessModes"] and not results.get("readOnly"),
-                where, f"grid.toml's out {grid.out} must be a writable ReadWriteMany volume shared by both Jobs")
+        shared = claim in claims and "ReadWriteMany" in claims[claim]["spec"]["accessModes"]
+        r.check(shared and not results.get("readOnly"), where,
+                f"grid.toml's out {grid.out} must be a writable ReadWriteMany volume shared by both Jobs")
         config_dir = str(Path(args[args.index("--config") + 1]).parent) if "--config" in args else None
         r.check(config_dir in mounts, where, "--config must be on the grid ConfigMap's mount")
         for needed in [grid.data_root, *(Path(b.model) for b in grid.backbones)]:

@@ -85,7 +85,7 @@ def check_firewall(name: str, objs: list[Obj], r: Report) -> None:
         assert fw is not None
         r.check(fw["spec"].get("egress") == [] and "Egress" in fw["spec"]["policyTypes"], where,
                 "the scorer may have no egress but DNS")
-        grpc_rules = [rule for rule in fw["spec"]["ingress"] if any(p["port"] == GRPC_PORT for p in rule.get("ports", []))]
+        grpc_rules = [rule for rule in fw["spec"]["ingress"] if GRPC_PORT in {p["port"] for p in rule.get("ports", [])}]
         r.check(bool(grpc_rules), where, "no rule for the gRPC port")
         for rule in fw["spec"]["ingress"]:
             ports = {p["port"] for p in rule.get("ports", [])}
@@ -95,7 +95,8 @@ def check_firewall(name: str, objs: list[Obj], r: Report) -> None:
                 if GRPC_PORT in ports:
                     r.check(peer.get("podSelector", {}).get("matchLabels", {}).get(SCORER_CLIENT) == "true", where,
                             f"gRPC peer {peer} must require the scorer-client pod label")
-        scorer_pods = [t for _, t in pod_templates(objs) if t["metadata"]["labels"].get("app.kubernetes.io/name") == "scorer"]
+        scorer_pods = [t for _, t in pod_templates(objs)
+                       if t["metadata"]["labels"].get("app.kubernetes.io/name") == "scorer"]
         r.check(bool(scorer_pods) and all(matches(fw["spec"]["podSelector"]["matchLabels"], t["metadata"]["labels"])
                                           for t in scorer_pods), where, "podSelector does not select the scorer pods")
     dns = policies.get("allow-dns-egress")
@@ -109,17 +110,21 @@ def check_monitors(name: str, objs: list[Obj], r: Report) -> None:
     templates = list(pod_templates(objs))
     for monitor in by_kind(objs, "ServiceMonitor"):
         where = f"{name}: ServiceMonitor/{monitor['metadata']['name']}"
-        hits = [s for s in services if matches(monitor["spec"]["selector"].get("matchLabels"), s["metadata"].get("labels", {}))]
-        r.check(len(hits) == 1, where, f"selector must match exactly one Service, matches {[s['metadata']['name'] for s in hits]}")
+        selector = monitor["spec"]["selector"].get("matchLabels")
+        hits = [s for s in services if matches(selector, s["metadata"].get("labels", {}))]
+        r.check(len(hits) == 1, where,
+                f"selector must match exactly one Service, matches {[s['metadata']['name'] for s in hits]}")
         for svc in hits:
             ports = {p.get("name") for p in svc["spec"]["ports"]}
             for ep in monitor["spec"]["endpoints"]:
-                r.check(ep.get("port") in ports, where, f"Service/{svc['metadata']['name']} has no port {ep.get('port')!r}")
+                r.check(ep.get("port") in ports, where,
+                        f"Service/{svc['metadata']['name']} has no port {ep.get('port')!r}")
             r.check(svc["metadata"]["labels"].get(monitor["spec"].get("jobLabel", "")) == "promptclimb-scorer", where,
                     "jobLabel must give job=promptclimb-scorer")
     for monitor in by_kind(objs, "PodMonitor"):
         where = f"{name}: PodMonitor/{monitor['metadata']['name']}"
-        pods = [t for _, t in templates if matches(monitor["spec"]["selector"].get("matchLabels"), t["metadata"].get("labels", {}))]
+        selector = monitor["spec"]["selector"].get("matchLabels")
+        pods = [t for _, t in templates if matches(selector, t["metadata"].get("labels", {}))]
         r.check(bool(pods), where, "selector matches no pod template")
         for t in pods:
             ports = {p["name"] for c in t["spec"]["containers"] for p in c.get("ports", [])}
@@ -135,8 +140,9 @@ def check_monitors(name: str, objs: list[Obj], r: Report) -> None:
         ann = template["metadata"].get("annotations", {})
         if ann.get("prometheus.io/scrape") == "true":
             ports = {p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
-            r.check(ann.get("prometheus.io/port", "").isdigit() and int(ann["prometheus.io/port"]) in ports,
-                    f"{name}: {owner['kind']}/{owner['metadata']['name']}", "prometheus.io/port is not a container port")
+            port = ann.get("prometheus.io/port", "")
+            r.check(port.isdigit() and int(port) in ports, f"{name}: {owner['kind']}/{owner['metadata']['name']}",
+                    "prometheus.io/port is not a container port")
     for owner_name in ("scorer", "optimizer"):
         found = next((t for o, t in templates if o["metadata"]["name"] == owner_name), None)
         if found is not None:
@@ -161,7 +167,8 @@ def check_kubernetes(r: Report) -> None:
         return
     assert kubectl is not None
     overlays = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
-    r.check({o.name for o in overlays} >= {"cpu-dev", "gpu"}, "overlays", f"expected cpu-dev and gpu, found {[o.name for o in overlays]}")
+    r.check({o.name for o in overlays} >= {"cpu-dev", "gpu"}, "overlays",
+            f"expected cpu-dev and gpu, found {[o.name for o in overlays]}")
     for overlay in overlays:
         try:
             objs = k8s.render(overlay, kubectl)
