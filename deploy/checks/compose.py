@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +16,42 @@ from checks.common import DEPLOY, ROOT, Report, check_env_names, output, pinned,
 
 COMPOSE = DEPLOY / "compose.yaml"
 ENV_EXAMPLE = DEPLOY / "env.example"
-# env.example leaves the secrets empty for the user to fill; Compose's ${VAR:?} refuses empty values.
 PLACEHOLDER = "placeholder-for-deploy-check"
 
 
-def compose_config(path: Path, r: Report) -> dict[str, Any] | None:
-    """The project as Compose resolves it, or None (a failure reported) where Compose rejects it."""
+class ComposeRejected(Exception):
+    """docker-compose refused the file; the message is what it said."""
+
+
+def resolve(path: Path, variables: Mapping[str, str], env_file: Path | None = None) -> dict[str, Any]:
+    """The project as Compose resolves it (`config --format json`), interpolated from `variables` and `env_file`
+    only: no variable of this process and no deploy/.env reaches it."""
     exe = tool("docker-compose")
-    if not r.check(exe is not None, "docker-compose", "not found (make deploy-check pip-installs it)"):
-        return None
-    assert exe is not None
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PROMPTCLIMB_", "COMPOSE_", "GRAFANA_"))}
+    if exe is None:
+        raise ComposeRejected("docker-compose not found (make deploy-check pip-installs it)")
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")} | dict(variables)
+    cmd = [exe, "--project-directory", str(DEPLOY), "--env-file", str(env_file or os.devnull), "-f", str(path),
+           "config", "--format", "json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
+    if proc.returncode != 0:
+        raise ComposeRejected(output(proc))
+    config: dict[str, Any] = json.loads(proc.stdout)
+    return config
+
+
+def compose_config(path: Path, r: Report) -> dict[str, Any] | None:
+    """The project with deploy/env.example's variables, or None (a failure reported) where Compose rejects it."""
+    # env.example leaves the secrets empty for the user to fill; Compose's ${VAR:?} refuses empty values.
+    placeholders = {}
     for line in ENV_EXAMPLE.read_text().splitlines():
         name, sep, value = line.partition("=")
         if sep and not name.startswith("#") and not value:
-            env[name.strip()] = PLACEHOLDER
-    cmd = [exe, "--project-directory", str(DEPLOY), "--env-file", str(ENV_EXAMPLE), "-f", str(path),
-           "config", "--format", "json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
-    if not r.check(proc.returncode == 0, f"docker-compose config {path.name}", output(proc)):
+            placeholders[name.strip()] = PLACEHOLDER
+    try:
+        return resolve(path, placeholders, ENV_EXAMPLE)
+    except ComposeRejected as err:
+        r.check(False, f"docker-compose config {path.name}", str(err))
         return None
-    config: dict[str, Any] = json.loads(proc.stdout)
-    return config
 
 
 def git_ignored(path: Path) -> bool:
