@@ -11,8 +11,8 @@ import pytest
 import pytest_asyncio
 
 from promptclimb.scorer.v1 import scorer_pb2_grpc
+from scorer_service.app import ScorerApp
 from scorer_service.config import ScorerConfig, TaskSource
-from scorer_service.server import ScorerApp
 
 TOKENS = {
     "client": ("client-token-123", ["score"]),

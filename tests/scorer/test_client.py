@@ -12,7 +12,7 @@ import pytest
 from promptclimb.client import CallError, Retry, Scorer, Tls
 from promptclimb.scorer.v1 import scorer_pb2
 from promptclimb_common.grpc_runtime import TlsFiles
-from scorer_service.server import ScorerApp
+from scorer_service.app import ScorerApp
 from tests.procs import free_port
 from tests.scorer.conftest import TOKENS
 from tests.tls_certs import make_certs

@@ -12,8 +12,8 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from scorer_service.app import ScorerApp
 from scorer_service.config import TaskSource
-from scorer_service.server import ScorerApp
 from tests.fixtures import write_coop_dataset
 from tests.scorer.conftest import bearer
 from tests.scorer.test_service import expect_status

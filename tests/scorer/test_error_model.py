@@ -12,7 +12,7 @@ import pytest
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.auth import AuthConfigError, parse_tokens
 from promptclimb_common.errors import details_of
-from scorer_service.server import ScorerApp
+from scorer_service.app import ScorerApp
 
 TEAM = (("authorization", "Bearer t-secret"),)
 

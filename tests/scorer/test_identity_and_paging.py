@@ -9,10 +9,10 @@ import grpc
 import pytest_asyncio
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from scorer_service.app import ScorerApp
 from scorer_service.config import TaskSource
 from scorer_service.factory import load_clip
 from scorer_service.identity import weights_digest
-from scorer_service.server import ScorerApp
 from tests.scorer.test_service import expect_status
 
 

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from scorer_service.server import ScorerApp
+from scorer_service.app import ScorerApp
 
 
 async def test_budget_is_enforced_and_survives_restart(base_config, tmp_path):

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.errors import details_of
-from scorer_service.server import ScorerApp
+from scorer_service.app import ScorerApp
 from tests.scorer.conftest import bearer
 
 
