@@ -127,12 +127,15 @@ class TemplateScorer:
     cache run on a few `prepare` threads, so a small call is not held up by a
     big one's tokenizing; the accuracy matmul runs on one thread of its own, so
     torch computes on two threads at most (it and the batcher's encoder), each
-    with torch's intra-op threads, never one team per concurrent call.
+    with torch's intra-op threads, never one team per concurrent call. A call
+    its client cancels stops its prepare thread between templates (and leaves
+    the encoder, see the batcher).
     """
 
     PREPARE_THREADS = 4
 
-    def __init__(self, encoder: ClipEncoder, batcher: TextEncodeBatcher, cache: TextEmbeddingCache, max_template_bytes: int) -> None:
+    def __init__(self, encoder: ClipEncoder, batcher: TextEncodeBatcher, cache: TextEmbeddingCache,
+                 max_template_bytes: int) -> None:
         self.encoder = encoder
         self.batcher = batcher
         self.cache = cache
@@ -149,16 +152,23 @@ class TemplateScorer:
         self, task: Task, split: str, features: SplitFeatures, templates: list[str], ensembles: Sequence[Sequence[str]]
     ) -> tuple[list[TemplateScore], list[EnsembleScore]]:
         """Scores templates and ensembles in one encoder pass; results in request order, invalid ones with `error`."""
-        plan = await _run_in(self._prepare, self._plan, task, templates, ensembles)
+        plan = await _run_abandonable(self._prepare, self._plan, task, templates, ensembles)
         missing = list(plan.missing)
         encoded = await self.batcher.encode(missing, list(plan.missing.values())) if missing else None
         return await _run_in(self._accuracy, self._scores, task, split, features, templates, ensembles, plan, encoded)
 
-    def _plan(self, task: Task, templates: list[str], ensembles: Sequence[Sequence[str]]) -> _Plan:
-        """Fills and checks every template (tokenizing the prompts the cache lacks) and looks its prompts up."""
+    def _plan(self, task: Task, templates: list[str], ensembles: Sequence[Sequence[str]],
+              abandoned: threading.Event) -> _Plan:
+        """Fills and checks every template (tokenizing the prompts the cache lacks) and looks its prompts up;
+        stops (Abandoned) at the next template once `abandoned` is set."""
         members = dict.fromkeys([*templates, *(t for ensemble in ensembles for t in ensemble)])
         prompts_of = {t: [fill(t, c) for c in task.class_names] for t in members}
-        problems = {t: self._problem(t, prompts) for t, prompts in prompts_of.items()}
+        problems: dict[str, Problem | None] = {}
+        for t, prompts in prompts_of.items():
+            if abandoned.is_set():
+                metrics.ABANDONED_PROMPTS.inc(len(task.class_names) * (len(prompts_of) - len(problems)))
+                raise Abandoned(f"stopped after {len(problems)} of {len(prompts_of)} templates: the call was cancelled")
+            problems[t] = self._problem(t, prompts)
         ensemble_problems = [self._ensemble_problem(ensemble, problems) for ensemble in ensembles]
         prefix_of = {p: t.split(PLACEHOLDER, 1)[0] for t in prompts_of if problems[t] is None for p in prompts_of[t]}
         found = {p: self.cache.get(p) for p in prefix_of}
@@ -225,6 +235,21 @@ class TemplateScorer:
             for e, problem in zip(ensembles, plan.ensemble_problems, strict=True)
         ]
         return template_scores, ensemble_scores
+
+
+class Abandoned(Exception):
+    """Work stopped because the call that wanted it was cancelled; nobody reads its result."""
+
+
+async def _run_abandonable(executor: ThreadPoolExecutor, function: Callable[..., T], *args: object) -> T:
+    """`function(*args, abandoned)` on one of the executor's threads; `abandoned` is set when the awaiting call is
+    cancelled, so the thread can stop instead of finishing work nobody will read."""
+    abandoned = threading.Event()
+    try:
+        return await _run_in(executor, function, *args, abandoned)
+    except asyncio.CancelledError:
+        abandoned.set()
+        raise
 
 
 async def _run_in(executor: ThreadPoolExecutor, function: Callable[..., T], *args: object) -> T:
