@@ -21,12 +21,13 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
-from optimizer_service.config import (KNOBS, PRESETS, Conversation, Feedback, InitialPool, Preset, RunSettings, SpecError,
-                                      add_connection_args, add_serve_args, connection_settings, serve_config)
+from optimizer_service.choices import Conversation, Feedback, InitialPool, Preset, to_proto
+from optimizer_service.config import add_connection_args, add_serve_args, connection_settings, serve_config
 from optimizer_service.llm import LlmClient
 from optimizer_service.pool import Candidate, rank
 from optimizer_service.runs import FAILED, LOCAL, PENDING, RUNNING, RunManager
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
+from optimizer_service.spec import KNOBS, PRESETS, RunSettings, SpecError
 from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.logging import configure_logging
@@ -35,13 +36,6 @@ from promptclimb_common.serving_args import env_reader
 
 log = structlog.get_logger(__name__)
 _env = env_reader("OPTIMIZER")
-
-_FEEDBACK = {Feedback.POSITIVE_NEGATIVE: pb.FEEDBACK_POSITIVE_NEGATIVE, Feedback.POSITIVE_ONLY: pb.FEEDBACK_POSITIVE_ONLY,
-             Feedback.NONE: pb.FEEDBACK_NONE}
-_CONVERSATION = {Conversation.CHAT: pb.CONVERSATION_MODE_CHAT, Conversation.STATELESS: pb.CONVERSATION_MODE_STATELESS}
-_PRESET = {Preset.PROMPTCLIMB: pb.PRESET_PROMPTCLIMB, Preset.AUTHORS: pb.PRESET_AUTHORS}
-_POOL = {InitialPool.BUILTIN: pb.INITIAL_POOL_BUILTIN, InitialPool.GIVEN: pb.INITIAL_POOL_GIVEN, InitialPool.LLM: pb.INITIAL_POOL_LLM,
-         InitialPool.HAND_ENGINEERED: pb.INITIAL_POOL_HAND_ENGINEERED}
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -84,10 +78,10 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
     if not 0 <= ns.max_wall_seconds < math.inf:
         raise SpecError("--max-wall-seconds must be a finite number >= 0 (0 means no limit)")
     spec = pb.RunSpec(
-        task_id=ns.task, llm_model=ns.llm_model, initial_pool=_POOL[InitialPool(ns.initial_pool)], initial_templates=templates,
-        feedback=_FEEDBACK[Feedback(ns.feedback)] if ns.feedback else pb.FEEDBACK_UNSPECIFIED,
-        conversation=_CONVERSATION[Conversation(ns.conversation)] if ns.conversation else pb.CONVERSATION_MODE_UNSPECIFIED,
-        preset=_PRESET[Preset(ns.preset)], replay_run_id=ns.replay_run, **optional,
+        task_id=ns.task, llm_model=ns.llm_model, initial_pool=to_proto(InitialPool(ns.initial_pool)), initial_templates=templates,
+        feedback=to_proto(Feedback(ns.feedback)) if ns.feedback else pb.FEEDBACK_UNSPECIFIED,
+        conversation=to_proto(Conversation(ns.conversation)) if ns.conversation else pb.CONVERSATION_MODE_UNSPECIFIED,
+        preset=to_proto(Preset(ns.preset)), replay_run_id=ns.replay_run, **optional,
         max_llm_calls=ns.max_llm_calls, max_llm_tokens=ns.max_llm_tokens, max_scored_templates=ns.max_scored_templates,
         seed=ns.seed, label=ns.label, hand_engineered_dataset=ns.hand_engineered_dataset, **{name: getattr(ns, name) for name in KNOBS},
     )

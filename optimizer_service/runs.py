@@ -6,9 +6,8 @@ reached), FAILED (with the reason; it stays resumable) or CANCELLED. A run is
 pinned to the scorer model it started on (its digest), so a rollout of another
 model under it fails it (resumably) instead of mixing accuracies. A service
 shutdown stops the tasks without ending the runs, so the next start resumes
-them. Events are appended to the store in the transaction of the progress they
-report, and watchers read them from there, so a replay and a live stream are
-the same sequence.
+them. Progress is committed by the journal (journal.py) and reported as events
+(events.py).
 
 A run belongs to the principal that started it: every read or change names
 its caller, and a caller who is not the owner (nor an `admin`) is told the run
@@ -21,20 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator
 
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from optimizer_service import metrics
-from optimizer_service.config import RunLimits, RunSettings, SpecError
+from optimizer_service import events, metrics
+from optimizer_service.events import counters_proto, stamp
+from optimizer_service.journal import RunJournal
 from optimizer_service.llm import LlmClient, LlmUnavailable
-from optimizer_service.pool import INITIAL, Candidate, Pool
+from optimizer_service.pool import INITIAL, Pool
 from optimizer_service.scorer_client import ModelChanged, ScorerClient, ScorerError, ScorerUnavailable
 from optimizer_service.search import Counters, HillClimb, SearchFailed
-from optimizer_service.store import RunRecord, Step, Store, StoreError
+from optimizer_service.signals import Signal
+from optimizer_service.spec import RunLimits, RunSettings, SpecError
+from optimizer_service.store import RunRecord, Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.auth import Principal
 from promptclimb_common.paging import PageError, decode_token, encode_token, page_size
@@ -47,7 +48,6 @@ ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 MAX_WAITING_RUNS = 100  # runs queued behind the active ones; more are refused
 RUNS_PAGE_SIZE, MAX_RUNS_PAGE_SIZE = 50, 500
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-WATCH_POLL_S = 5.0  # a watcher re-reads the store at least this often
 # The caller of a local `run` (the CLI): it owns its state directory and its scorer token, so it sees everything.
 LOCAL = Principal("local", frozenset({"run", "test", "admin"}))
 
@@ -68,87 +68,14 @@ class RequestIdReused(Exception):
     """A StartRun request_id was used before with a different spec."""
 
 
-class _Signal:
-    """Wakes every waiter once per fire; a waiter takes `current` before reading, so no fire is missed."""
-
-    def __init__(self) -> None:
-        self.current = asyncio.Event()
-
-    def fire(self) -> None:
-        self.current.set()
-        self.current = asyncio.Event()
-
-
-class RunJournal:
-    """Commits a climb's progress together with the events that report it."""
-
-    def __init__(self, store: Store, run_id: str, pool: Pool, counters: Counters, signal: _Signal) -> None:
-        self.store, self.run_id, self.pool, self.counters, self.signal = store, run_id, pool, counters, signal
-        best = pool.best()
-        self._best_accuracy = best[0].accuracy if best else -1.0
-        if best:
-            metrics.BEST_TRAIN_ACCURACY.labels(run_id).set(self._best_accuracy)
-
-    def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
-               rejected: list[tuple[str, str]]) -> None:
-        events: list[pb.RunEvent] = []
-        for c in candidates:
-            events.append(pb.RunEvent(candidate_scored=pb.CandidateScored(
-                template=c.template, train_accuracy=c.accuracy, restart=c.restart, reset=c.reset, iteration=c.iteration,
-                llm_call=c.llm_call, candidate_sequence=c.sequence, reused=c.reused)))
-        best = self.pool.best()
-        if best and best[0].accuracy > self._best_accuracy:
-            self._best_accuracy = best[0].accuracy
-            events.append(pb.RunEvent(new_best=pb.NewBest(template=best[0].template, train_accuracy=best[0].accuracy)))
-            metrics.BEST_TRAIN_ACCURACY.labels(self.run_id).set(best[0].accuracy)
-        if iteration is not None:
-            restart, reset, index = iteration
-            events.append(pb.RunEvent(iteration_done=pb.IterationDone(
-                restart=restart, reset=reset, iteration=index, best_train_accuracy=max(self._best_accuracy, 0.0),
-                mean_train_accuracy=self.pool.mean_accuracy(), counters=counters_proto(self.counters.to_json()))))
-        self.store.commit_progress(self.run_id, candidates, self.counters.to_json(), stamp(self.store, self.run_id, events), steps,
-                                   rejected)
-        self.signal.fire()
-
-
-def stamp(store: Store, run_id: str, events: list[pb.RunEvent]) -> list[tuple[int, bytes]]:
-    """Numbers events after the run's last stored one and serializes them."""
-    first = store.last_event_sequence(run_id) + 1
-    now = time.time_ns()
-    stamped = []
-    for offset, event in enumerate(events):
-        event.sequence, event.run_id = first + offset, run_id
-        event.time.FromNanoseconds(now)
-        stamped.append((event.sequence, event.SerializeToString()))
-    return stamped
-
-
-def counters_proto(counters: dict) -> pb.Counters:
-    """The stored counters (search.Counters.to_json) as the proto reports them."""
-    known = set(pb.Counters.DESCRIPTOR.fields_by_name)
-    proto = pb.Counters(**{k: v for k, v in counters.items() if k in known})
-    proto.active_time.FromNanoseconds(round(counters.get("active_seconds", 0.0) * 1e9))
-    return proto
-
-
 def _timestamp(unix_seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(round(unix_seconds * 1e9))
-    return stamp
+    value = Timestamp()
+    value.FromNanoseconds(round(unix_seconds * 1e9))
+    return value
 
 
 def may_see(caller: Principal, record) -> bool:
     return record.owner == caller.name or caller.has("admin")
-
-
-def without_test(event: pb.RunEvent) -> pb.RunEvent:
-    """The event with every test accuracy cleared (only RunEnded carries them)."""
-    if event.HasField("run_ended"):
-        for scored in event.run_ended.best:
-            scored.ClearField("test_accuracy")
-        if event.run_ended.HasField("ensemble"):
-            event.run_ended.ensemble.ClearField("test_accuracy")
-    return event
 
 
 class RunManager:
@@ -159,7 +86,7 @@ class RunManager:
         self._slots = asyncio.Semaphore(max_active_runs)
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancelling: set[str] = set()
-        self._signals: dict[str, _Signal] = {}
+        self._signals: dict[str, Signal] = {}
         self._refresh_gauges()
 
     # Lifecycle --------------------------------------------------------------
@@ -243,7 +170,7 @@ class RunManager:
             await asyncio.wait(tasks)
 
     def _launch(self, run_id: str) -> None:
-        self._signals.setdefault(run_id, _Signal())
+        self._signals.setdefault(run_id, Signal())
         self._tasks[run_id] = asyncio.create_task(self._drive(run_id), name=f"run-{run_id}")
         self._refresh_gauges()
 
@@ -313,7 +240,7 @@ class RunManager:
         except StoreError:
             log.exception("run_end_not_stored", state=state, reason=reason)
         log.info("run_ended", run_id=run_id, state=state, reason=reason)
-        self._signals.setdefault(run_id, _Signal()).fire()
+        self._signals.setdefault(run_id, Signal()).fire()
         self._refresh_gauges()
 
     def _refresh_gauges(self) -> None:
@@ -384,34 +311,10 @@ class RunManager:
         )
 
     async def watch(self, run_id: str, caller: Principal, after_sequence: int = 0) -> AsyncIterator[pb.RunEvent]:
-        """The run's events after `after_sequence`, then live ones until the run ends.
-
-        A RunEnded that a resume superseded (events follow it) is not sent, so the
-        only RunEnded a watcher sees is the run's last event.
-        """
+        """The run's events after `after_sequence`, then live ones until the run ends (events.watch)."""
         self._record(run_id, caller)
-        with_test = caller.has("test")
-        signal = self._signals.setdefault(run_id, _Signal())
-        last = after_sequence
-        while True:
-            woken = signal.current
-            ended = self._record(run_id).state in ENDED  # read before the events, so none is missed
-            payloads = self.store.events_after(run_id, last)
-            progressed = False
-            for index, payload in enumerate(payloads):
-                event = pb.RunEvent.FromString(payload)
-                superseded = event.HasField("run_ended") and index < len(payloads) - 1
-                if event.HasField("run_ended") and not superseded and not ended:
-                    break  # resumed since it ended: wait for what follows, which supersedes it
-                last, progressed = event.sequence, True
-                if not superseded:
-                    yield event if with_test else without_test(event)
-            if progressed:
-                continue
-            if ended:
-                return
-            try:
-                await asyncio.wait_for(woken.wait(), WATCH_POLL_S)
-            except TimeoutError:
-                pass
-
+        signal = self._signals.setdefault(run_id, Signal())
+        stream = events.watch(self.store, run_id, signal, lambda: self._record(run_id).state in ENDED,
+                              after_sequence=after_sequence, with_test=caller.has("test"))
+        async for event in stream:
+            yield event

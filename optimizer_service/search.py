@@ -36,13 +36,14 @@ import grpc
 import structlog
 
 from optimizer_service import metrics
-from optimizer_service.config import Conversation, Feedback, InitialPool, RunSettings
+from optimizer_service.choices import Conversation, Feedback, InitialPool
 from optimizer_service.llm import ContextTooLong, LlmClient, LlmResult, LlmUnavailable
 from optimizer_service.metaprompt import MetaPrompt, estimate_tokens, fit_chat, initial_pool_messages, template_lines_grammar
 from optimizer_service.parsing import parse_templates
 from optimizer_service.pool import INITIAL, Candidate, Pool, template_key
 from optimizer_service.scorer_client import ScorerClient, ScorerError
 from optimizer_service.seeds import builtin_pool, draw
+from optimizer_service.spec import RunSettings
 from optimizer_service.store import Step
 from promptclimb.scorer.v1 import scorer_pb2
 
@@ -111,7 +112,7 @@ def scorer_refused(err: ScorerError) -> SearchFailed:
 
 
 class Journal(Protocol):
-    """Where the climb commits its progress; see runs.RunJournal."""
+    """Where the climb commits its progress; see journal.RunJournal."""
 
     def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
                rejected: list[tuple[str, str]]) -> None: ...

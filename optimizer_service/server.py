@@ -13,10 +13,11 @@ import grpc
 import prometheus_client
 import structlog
 
-from optimizer_service.config import ModelNotAllowed, OptimizerConfig, SpecError
+from optimizer_service.config import OptimizerConfig
 from optimizer_service.llm import LlmClient
 from optimizer_service.runs import RequestIdReused, RunManager, RunNotFound, RunStateError, TooManyRuns
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
+from optimizer_service.spec import ModelNotAllowed, SpecError
 from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc

@@ -12,11 +12,12 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from optimizer_service.config import LlmSettings, RunLimits, ScorerSettings
+from optimizer_service.config import LlmSettings, ScorerSettings
 from optimizer_service.llm import LlmClient
 from optimizer_service.runs import RunManager
 from optimizer_service.scorer_client import ScorerClient
 from optimizer_service.server import SERVICE_NAME, OptimizerServicer
+from optimizer_service.spec import RunLimits
 from optimizer_service.store import Store
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc

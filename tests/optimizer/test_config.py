@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from optimizer_service.config import KNOBS, Conversation, Feedback, InitialPool, Preset, RunSettings, SpecError
+from optimizer_service.choices import Conversation, Feedback, InitialPool, Preset
 from optimizer_service.seeds import BUILTIN_TEMPLATES
+from optimizer_service.spec import KNOBS, RunSettings, SpecError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 
 
