@@ -111,7 +111,7 @@ async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int
         unfinished = [r for r in store.runs([PENDING, RUNNING, FAILED]) if r.settings == wanted]
         if unfinished:
             run_id = unfinished[-1].run_id
-            manager.resume(run_id, LOCAL)
+            await manager.resume(run_id, LOCAL)
             log.info("run_resumed", run_id=run_id)
         else:
             run_id = (await manager.start(spec, LOCAL)).run_id

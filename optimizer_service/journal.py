@@ -21,8 +21,8 @@ class RunJournal:
         if best:
             metrics.BEST_TRAIN_ACCURACY.labels(run_id).set(self._best_accuracy)
 
-    def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
-               rejected: list[tuple[str, str]]) -> None:
+    async def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
+                     rejected: list[tuple[str, str]]) -> None:
         events: list[pb.RunEvent] = []
         for c in candidates:
             events.append(pb.RunEvent(candidate_scored=pb.CandidateScored(
@@ -38,6 +38,6 @@ class RunJournal:
             events.append(pb.RunEvent(iteration_done=pb.IterationDone(
                 restart=restart, reset=reset, iteration=index, best_train_accuracy=max(self._best_accuracy, 0.0),
                 mean_train_accuracy=self.pool.mean_accuracy(), counters=counters_proto(self.counters.to_json()))))
-        self.store.commit_progress(self.run_id, candidates, self.counters.to_json(), stamp(self.store, self.run_id, events), steps,
-                                   rejected)
+        await self.store.commit_progress(self.run_id, candidates, self.counters.to_json(), stamp(self.store, self.run_id, events),
+                                         steps, rejected)
         self.signal.fire()

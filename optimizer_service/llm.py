@@ -187,7 +187,7 @@ class LlmClient:
                 message += " (this model wants --llm-token-limit-field max_completion_tokens)"
             raise LlmUnavailable(message, tally.requests, tally.errors) from err
         if self._store is not None:
-            self._store.cache_reply(key, CachedReply(content, prompt_tokens, completion_tokens))
+            await self._store.cache_reply(key, CachedReply(content, prompt_tokens, completion_tokens))
         cost = self.settings.price.cost(prompt_tokens, completion_tokens)
         return LlmResult(content, tally.requests, tally.errors, prompt_tokens, completion_tokens, cost)
 

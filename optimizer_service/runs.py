@@ -113,7 +113,7 @@ class RunManager:
             raise SpecError(f"task_id: {err}") from None
         run_id = uuid.uuid4().hex
         counters = Counters(iterations_total=settings.iterations_total)
-        record = self.store.create_run(run_id, settings.to_json(), counters.to_json(), PENDING, owner=owner.name,
+        record = await self.store.create_run(run_id, settings.to_json(), counters.to_json(), PENDING, owner=owner.name,
                                        owner_may_test=owner.has("test"), request_id=request_id or None,
                                        model_digest=task.model_digest)
         if record.run_id != run_id:  # a concurrent repeat stored it first
@@ -139,7 +139,7 @@ class RunManager:
             self._launch(run_id)
         return run_ids
 
-    def resume(self, run_id: str, caller: Principal) -> pb.Run:
+    async def resume(self, run_id: str, caller: Principal) -> pb.Run:
         """Continues a run that failed, was cancelled, or was left unfinished by another process."""
         record = self._record(run_id, caller)
         task = self._tasks.get(run_id)
@@ -147,7 +147,7 @@ class RunManager:
             raise RunStateError(f"run {run_id} is {record.state} and still searching; nothing to resume")
         if record.state == SUCCEEDED:
             raise RunStateError(f"run {run_id} SUCCEEDED; only FAILED or CANCELLED runs can be resumed")
-        self.store.set_state(run_id, PENDING, "", record.counters)
+        await self.store.set_state(run_id, PENDING, "", record.counters)
         self._launch(run_id)
         return self.get(run_id, caller)
 
@@ -183,25 +183,25 @@ class RunManager:
             async with self._slots:
                 record = self._record(run_id)
                 counters = Counters.from_json(record.counters)
-                self.store.set_state(run_id, RUNNING, "", record.counters)
+                await self.store.set_state(run_id, RUNNING, "", record.counters)
                 self._refresh_gauges()
                 stop_reason = await self._search(run_id, RunSettings.from_json(record.settings), counters,
                                                  record.model_digest, record.owner_may_test)
-            self._finish(run_id, SUCCEEDED, stop_reason, counters)
+            await self._finish(run_id, SUCCEEDED, stop_reason, counters)
         except asyncio.CancelledError:
             if run_id in self._cancelling:
-                self._finish(run_id, CANCELLED, "cancelled", counters)
+                await self._finish(run_id, CANCELLED, "cancelled", counters)
             raise
         except ModelChanged as err:
             log.warning("run_failed", reason=str(err))
-            self._finish(run_id, FAILED, f"{err}; resume the run once the scorer serves its pinned model again, or start a new "
+            await self._finish(run_id, FAILED, f"{err}; resume the run once the scorer serves its pinned model again, or start a new "
                                          "run on the new model", counters)
         except (LlmUnavailable, ScorerUnavailable, SearchFailed, StoreError) as err:
             log.warning("run_failed", reason=str(err))
-            self._finish(run_id, FAILED, str(err), counters)
+            await self._finish(run_id, FAILED, str(err), counters)
         except Exception as err:  # noqa: BLE001 - one run's bug must not take the service down
             log.exception("run_crashed")
-            self._finish(run_id, FAILED, f"internal error: {err!r}", counters)
+            await self._finish(run_id, FAILED, f"internal error: {err!r}", counters)
         finally:
             self._cancelling.discard(run_id)
             self._tasks.pop(run_id, None)
@@ -224,19 +224,19 @@ class RunManager:
         stop_reason = await climb.run()
         ensemble = await climb.ensemble()
         singles, ensemble_test = await climb.test_accuracies(pool.best(settings.report_top), ensemble) if measure_test else ({}, None)
-        self.store.set_test_accuracies(run_id, singles)
+        await self.store.set_test_accuracies(run_id, singles)
         if ensemble is not None:
-            self.store.set_ensemble(run_id, ensemble.templates, ensemble.accuracy, ensemble_test)
+            await self.store.set_ensemble(run_id, ensemble.templates, ensemble.accuracy, ensemble_test)
         return stop_reason
 
-    def _finish(self, run_id: str, state: str, reason: str, counters: Counters | None = None) -> None:
+    async def _finish(self, run_id: str, state: str, reason: str, counters: Counters | None = None) -> None:
         try:
             record = self._record(run_id)
             counter_values = counters.to_json() if counters else record.counters
             best = self._best(run_id, RunSettings.from_json(record.settings).report_top, record.owner_may_test)
             ended = pb.RunEvent(run_ended=pb.RunEnded(state=pb.RunState.Value(f"RUN_STATE_{state}"), stop_reason=reason, best=best,
                                                       ensemble=self._ensemble(run_id, record.owner_may_test)))
-            self.store.set_state(run_id, state, reason, counter_values, stamp(self.store, run_id, [ended]))
+            await self.store.set_state(run_id, state, reason, counter_values, stamp(self.store, run_id, [ended]))
         except StoreError:
             log.exception("run_end_not_stored", state=state, reason=reason)
         log.info("run_ended", run_id=run_id, state=state, reason=reason)

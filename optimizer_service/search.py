@@ -114,8 +114,8 @@ def scorer_refused(err: ScorerError) -> SearchFailed:
 class Journal(Protocol):
     """Where the climb commits its progress; see journal.RunJournal."""
 
-    def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
-               rejected: list[tuple[str, str]]) -> None: ...
+    async def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
+                     rejected: list[tuple[str, str]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ class HillClimb:
         empty = [r for r in range(self.settings.restarts) if not self.pool.view(r)]
         if empty:
             raise SearchFailed(f"no template of restart {empty[0]}'s initial pool could be scored; check the pool and the scorer's task")
-        self.commit(candidates, steps, None)
+        await self.commit(candidates, steps, None)
 
     async def llm_written_pool(self) -> tuple[list[Candidate], list[Step]]:
         """N templates written by the LLM from the task's name and class names, asking again if it wrote too few.
@@ -230,7 +230,7 @@ class HillClimb:
         self.counters.iterations_done += 1
         step = Step(restart, reset, iteration, call_id, messages, reply)
         self.steps[(restart, reset, iteration)] = step
-        self.commit(candidates, [step], (restart, reset, iteration))
+        await self.commit(candidates, [step], (restart, reset, iteration))
 
     def usable(self, parsed, restart: int) -> list[str]:
         """The reply's templates that are new to the restart and not known to be refused by the scorer; the rest counted."""
@@ -242,11 +242,11 @@ class HillClimb:
         metrics.CANDIDATES.labels("duplicate").inc(len(duplicates))
         return [t for t in new if self.pool.rejection(t) is None]
 
-    def commit(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None) -> None:
+    async def commit(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None) -> None:
         """Nothing counts as done until the journal holds it."""
         self.counters.active_seconds = self.active_seconds()
         rejected, self._rejected_now = self._rejected_now, []
-        self.journal.record(candidates, steps, iteration, rejected)
+        await self.journal.record(candidates, steps, iteration, rejected)
 
     # The conversation ------------------------------------------------------
 

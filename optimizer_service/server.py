@@ -1,13 +1,16 @@
 """The Optimizer gRPC service: thin RPC handlers over the RunManager, and the process that serves them.
 
-Each handler authenticates, validates its input and maps every known failure
-to the status and ErrorInfo reason the proto documents (promptclimb_common/
-errors.py), with a message a caller can act on. The shared interceptor turns
+Each handler authenticates and validates its input; `maps_failures` turns
+every known failure into the status and ErrorInfo reason the proto documents
+(promptclimb_common/errors.py), with a message a caller can act on. The shared interceptor turns
 anything unforeseen into INTERNAL, so one bad request never takes the service
 down. Every handler passes its caller on: runs belong to their owner.
 """
 
 from __future__ import annotations
+
+import functools
+import inspect
 
 import grpc
 import prometheus_client
@@ -57,8 +60,25 @@ def service_error(err: Exception) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, message, retry_after_s=RETRY_S)
 
 
-async def _abort_for(context: grpc.aio.ServicerContext, err: Exception) -> None:
-    await abort(context, service_error(err))
+def maps_failures(handler):
+    """Aborts a handler's known failure with its documented status (service_error); anything else is the interceptor's."""
+    if inspect.isasyncgenfunction(handler):
+        @functools.wraps(handler)
+        async def stream(self, request, context):
+            try:
+                async for item in handler(self, request, context):
+                    yield item
+            except KNOWN_FAILURES as err:
+                await abort(context, service_error(err))
+        return stream
+
+    @functools.wraps(handler)
+    async def unary(self, request, context):
+        try:
+            return await handler(self, request, context)
+        except KNOWN_FAILURES as err:
+            await abort(context, service_error(err))
+    return unary
 
 
 async def _run_id(context: grpc.aio.ServicerContext, run_id: str) -> str:
@@ -71,55 +91,40 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
     def __init__(self, manager: RunManager, auth: Authenticator) -> None:
         self.manager, self.auth = manager, auth
 
+    @maps_failures
     async def StartRun(self, request: pb.StartRunRequest, context) -> pb.Run:
         caller = await self.auth.require(context, "run")
-        try:
-            return await self.manager.start(request.spec, caller, request.request_id)
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        return await self.manager.start(request.spec, caller, request.request_id)
 
+    @maps_failures
     async def GetRun(self, request: pb.GetRunRequest, context) -> pb.Run:
         caller = await self.auth.require(context, "run")
-        run_id = await _run_id(context, request.run_id)
-        try:
-            return self.manager.get(run_id, caller)
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        return self.manager.get(await _run_id(context, request.run_id), caller)
 
+    @maps_failures
     async def WatchRun(self, request: pb.WatchRunRequest, context):
         caller = await self.auth.require(context, "run")
         run_id = await _run_id(context, request.run_id)
         if request.after_sequence < 0:
             await abort(context, invalid("after_sequence", "after_sequence must be >= 0"))
-        try:
-            async for event in self.manager.watch(run_id, caller, request.after_sequence):
-                yield event
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        async for event in self.manager.watch(run_id, caller, request.after_sequence):
+            yield event
 
+    @maps_failures
     async def CancelRun(self, request: pb.CancelRunRequest, context) -> pb.Run:
         caller = await self.auth.require(context, "run")
-        run_id = await _run_id(context, request.run_id)
-        try:
-            return await self.manager.cancel(run_id, caller)
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        return await self.manager.cancel(await _run_id(context, request.run_id), caller)
 
+    @maps_failures
     async def ResumeRun(self, request: pb.ResumeRunRequest, context) -> pb.Run:
         caller = await self.auth.require(context, "run")
-        run_id = await _run_id(context, request.run_id)
-        try:
-            return self.manager.resume(run_id, caller)
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        return await self.manager.resume(await _run_id(context, request.run_id), caller)
 
+    @maps_failures
     async def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
         caller = await self.auth.require(context, "run")
-        try:
-            runs, next_page_token = self.manager.list(caller, request.page_size, request.page_token, list(request.states))
-            return pb.ListRunsResponse(runs=runs, next_page_token=next_page_token)
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        runs, next_page_token = self.manager.list(caller, request.page_size, request.page_token, list(request.states))
+        return pb.ListRunsResponse(runs=runs, next_page_token=next_page_token)
 
 
 async def serve(config: OptimizerConfig) -> None:
