@@ -1,14 +1,13 @@
-"""A run's events: numbered and stored with the progress they report, and read back by watchers.
+"""A run's events as watchers see them.
 
 Events are appended to the store in the transaction of the progress they
-report, and watchers read them from there, so a replay and a live stream are
-the same sequence.
+report (the store numbers them there), and watchers read them from there, so a
+replay and a live stream are the same sequence.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 
 from optimizer_service.signals import Signal
@@ -16,18 +15,6 @@ from optimizer_service.store import Store
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 
 WATCH_POLL_S = 5.0  # a watcher re-reads the store at least this often
-
-
-def stamp(store: Store, run_id: str, events: list[pb.RunEvent]) -> list[tuple[int, bytes]]:
-    """Numbers events after the run's last stored one and serializes them."""
-    first = store.last_event_sequence(run_id) + 1
-    now = time.time_ns()
-    stamped = []
-    for offset, event in enumerate(events):
-        event.sequence, event.run_id = first + offset, run_id
-        event.time.FromNanoseconds(now)
-        stamped.append((event.sequence, event.SerializeToString()))
-    return stamped
 
 
 def counters_proto(counters: dict) -> pb.Counters:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from optimizer_service import metrics
-from optimizer_service.events import counters_proto, stamp
+from optimizer_service.events import counters_proto
 from optimizer_service.pool import Candidate, Pool
 from optimizer_service.search import Counters
 from optimizer_service.signals import Signal
@@ -38,6 +38,5 @@ class RunJournal:
             events.append(pb.RunEvent(iteration_done=pb.IterationDone(
                 restart=restart, reset=reset, iteration=index, best_train_accuracy=max(self._best_accuracy, 0.0),
                 mean_train_accuracy=self.pool.mean_accuracy(), counters=counters_proto(self.counters.to_json()))))
-        await self.store.commit_progress(self.run_id, candidates, self.counters.to_json(), stamp(self.store, self.run_id, events),
-                                         steps, rejected)
+        await self.store.commit_progress(self.run_id, candidates, self.counters.to_json(), events, steps, rejected)
         self.signal.fire()

@@ -27,7 +27,7 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from optimizer_service import events, metrics
-from optimizer_service.events import counters_proto, stamp
+from optimizer_service.events import counters_proto
 from optimizer_service.journal import RunJournal
 from optimizer_service.llm import LlmClient, LlmUnavailable
 from optimizer_service.pool import INITIAL, Pool
@@ -236,7 +236,7 @@ class RunManager:
             best = self._best(run_id, RunSettings.from_json(record.settings).report_top, record.owner_may_test)
             ended = pb.RunEvent(run_ended=pb.RunEnded(state=pb.RunState.Value(f"RUN_STATE_{state}"), stop_reason=reason, best=best,
                                                       ensemble=self._ensemble(run_id, record.owner_may_test)))
-            await self.store.set_state(run_id, state, reason, counter_values, stamp(self.store, run_id, [ended]))
+            await self.store.set_state(run_id, state, reason, counter_values, [ended])
         except StoreError:
             log.exception("run_end_not_stored", state=state, reason=reason)
         log.info("run_ended", run_id=run_id, state=state, reason=reason)

@@ -31,6 +31,7 @@ from typing import TypeVar
 import structlog
 
 from optimizer_service.pool import Candidate
+from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -220,11 +221,11 @@ class Store:
         return _run_record(row) if row else None
 
     async def set_state(self, run_id: str, state: str, stop_reason: str, counters: dict,
-                        events: Sequence[tuple[int, bytes]] = ()) -> None:
+                        events: Sequence[pb.RunEvent] = ()) -> None:
         def update(db: sqlite3.Connection) -> None:
             db.execute("UPDATE runs SET state = ?, stop_reason = ?, counters = ?, updated = ? WHERE run_id = ?",
                        (state, stop_reason, json.dumps(counters), time.time(), run_id))
-            db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(run_id, seq, payload) for seq, payload in events])
+            _append_events(db, run_id, events)
 
         await self._write(update)
 
@@ -263,7 +264,7 @@ class Store:
         run_id: str,
         candidates: Sequence[Candidate],
         counters: dict,
-        events: Sequence[tuple[int, bytes]],
+        events: Sequence[pb.RunEvent],
         steps: Sequence[Step] = (),
         rejected: Sequence[tuple[str, str]] = (),
     ) -> None:
@@ -280,7 +281,7 @@ class Store:
             )
             db.executemany("INSERT OR IGNORE INTO rejections VALUES (?, ?, ?)", [(run_id, t, reason) for t, reason in rejected])
             db.execute("UPDATE runs SET counters = ?, updated = ? WHERE run_id = ?", (json.dumps(counters), time.time(), run_id))
-            db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(run_id, seq, payload) for seq, payload in events])
+            _append_events(db, run_id, events)
 
         await self._write(commit)
 
@@ -322,7 +323,7 @@ class Store:
         return [row[0] for row in rows.fetchall()]
 
     def last_event_sequence(self, run_id: str) -> int:
-        return self._db.execute("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
+        return _last_event_sequence(self._db, run_id)
 
     # LLM response cache -----------------------------------------------------
 
@@ -388,6 +389,21 @@ def _transact(work: Callable[[sqlite3.Connection], T]) -> T:
             raise StoreError(f"cannot write the state database: {err}") from None
         raise
     return result
+
+
+def _append_events(db: sqlite3.Connection, run_id: str, events: Sequence[pb.RunEvent]) -> None:
+    """Numbers the events after the run's last stored one and stores them, in the caller's transaction: numbering and
+    storing are one step, so concurrent writers of one run's events cannot take the same number."""
+    first = _last_event_sequence(db, run_id) + 1
+    now = time.time_ns()
+    for offset, event in enumerate(events):
+        event.sequence, event.run_id = first + offset, run_id
+        event.time.FromNanoseconds(now)
+    db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(run_id, e.sequence, e.SerializeToString()) for e in events])
+
+
+def _last_event_sequence(db: sqlite3.Connection, run_id: str) -> int:
+    return db.execute("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
 
 
 def _in_states(states: Iterable[str] | None) -> tuple[str, list]:

@@ -14,14 +14,22 @@ from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from tests.optimizer.conftest import small_spec
 
 
+def event(label: str) -> pb.RunEvent:
+    return pb.RunEvent(new_best=pb.NewBest(template=label))
+
+
+def labels(payloads: list[bytes]) -> list[tuple[int, str]]:
+    return [(e.sequence, e.new_best.template) for e in map(pb.RunEvent.FromString, payloads)]
+
+
 async def test_opens_in_wal_mode_and_round_trips_a_run(tmp_path):
     store = Store.open(tmp_path / "state")
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     await store.create_run("r1", {"task_id": "pets"}, {"llm_calls": 0}, "PENDING")
     seeds = [Candidate("a {}", 0.5, INITIAL, INITIAL, INITIAL, 0), Candidate("the {}", 0.25, INITIAL, INITIAL, INITIAL, 1)]
-    await store.commit_progress("r1", seeds, {"llm_calls": 0}, [(1, b"e1"), (2, b"e2")])
+    await store.commit_progress("r1", seeds, {"llm_calls": 0}, [event("e1"), event("e2")])
     step = Step(0, 0, 0, "r1/0/0/0", [{"role": "user", "content": "go {}"}], "- a new {}")
-    await store.commit_progress("r1", [Candidate("a new {}", 0.75, 0, 0, 0, 2, "r1/0/0/0")], {"llm_calls": 1}, [(3, b"e3")], [step])
+    await store.commit_progress("r1", [Candidate("a new {}", 0.75, 0, 0, 0, 2, "r1/0/0/0")], {"llm_calls": 1}, [event("e3")], [step])
     store.close()
 
     reopened = Store.open(tmp_path / "state")
@@ -29,7 +37,7 @@ async def test_opens_in_wal_mode_and_round_trips_a_run(tmp_path):
     assert reopened.candidates("r1")[2].llm_call == "r1/0/0/0"
     assert reopened.steps("r1") == {(0, 0, 0): step}
     assert reopened.run("r1").counters == {"llm_calls": 1}
-    assert reopened.events_after("r1", 1) == [b"e2", b"e3"]
+    assert labels(reopened.events_after("r1", 1)) == [(2, "e2"), (3, "e3")]  # numbered by the store, after the last
     assert reopened.last_event_sequence("r1") == 3
     assert reopened.test_accuracies("r1") == {}
     await reopened.set_test_accuracies("r1", {2: 0.7})
@@ -67,13 +75,13 @@ def test_a_database_from_before_the_new_columns_is_upgraded_on_open(tmp_path):
 async def test_a_failed_commit_writes_nothing(tmp_path):
     store = Store.open(tmp_path)
     await store.create_run("r1", {}, {"n": 0}, "RUNNING")
-    await store.commit_progress("r1", [Candidate("a {}", 0.5, INITIAL, INITIAL, INITIAL, 0)], {"n": 1}, [(1, b"e1")])
+    await store.commit_progress("r1", [Candidate("a {}", 0.5, INITIAL, INITIAL, INITIAL, 0)], {"n": 1}, [event("e1")])
     step = Step(0, 0, 0, "c", [], "reply")
     with pytest.raises(StoreError):  # sequence 0 is taken: the whole step must roll back
-        await store.commit_progress("r1", [Candidate("b {}", 0.1, 0, 0, 0, 0)], {"n": 2}, [(2, b"e2")], [step])
+        await store.commit_progress("r1", [Candidate("b {}", 0.1, 0, 0, 0, 0)], {"n": 2}, [event("e2")], [step])
     assert store.steps("r1") == {}
     assert store.run("r1").counters == {"n": 1}
-    assert store.events_after("r1", 0) == [b"e1"]
+    assert labels(store.events_after("r1", 0)) == [(1, "e1")]
 
 
 async def test_response_cache(tmp_path):
@@ -123,8 +131,9 @@ async def test_pages_of_runs_created_at_the_same_instant_neither_repeat_nor_skip
 async def test_writes_asked_at_once_are_committed_in_the_order_asked(tmp_path):
     store = Store.open(tmp_path)
     await store.create_run("r1", {}, {}, "PENDING")
-    await asyncio.gather(*(store.set_state("r1", f"S{n}", "", {"n": n}, [(n, b"e")]) for n in range(1, 31)))
-    assert store.run("r1").state == "S30" and store.last_event_sequence("r1") == 30
+    await asyncio.gather(*(store.set_state("r1", f"S{n}", "", {"n": n}, [event(f"e{n}")]) for n in range(1, 31)))
+    assert store.run("r1").state == "S30"
+    assert labels(store.events_after("r1", 0)) == [(n, f"e{n}") for n in range(1, 31)]  # one number each, in order
     store.close()
 
 
