@@ -32,7 +32,7 @@ from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.paths import UnwritablePathError, WritablePath, require_writable
-from promptclimb_common.serving_args import env_reader
+from promptclimb_common.serving_args import EnvError, env_reader
 
 log = structlog.get_logger(__name__)
 _env = env_reader("OPTIMIZER")
@@ -42,29 +42,29 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     add_connection_args(p, state_dir_default=None)
     a = p.add_argument
     a("--task", default=_env("task", None), required=_env("task", None) is None, help="scorer task id to optimize for")
-    a("--out", type=Path, default=_env("out", None), required=_env("out", None) is None,
+    a("--out", type=Path, default=_env("out", None, Path), required=_env("out", None) is None,
       help="directory for result.json and accuracy.png (and the state, unless --state-dir)")
-    a("--initial-pool", choices=[p.value for p in InitialPool], default=_env("initial_pool", InitialPool.BUILTIN.value))
-    a("--initial-templates-file", type=Path, default=_env("initial_templates_file", None),
+    a("--initial-pool", choices=[p.value for p in InitialPool], default=_env("initial_pool", InitialPool.BUILTIN, InitialPool))
+    a("--initial-templates-file", type=Path, default=_env("initial_templates_file", None, Path),
       help="one template per line, for --initial-pool given")
     a("--hand-engineered-dataset", default=_env("hand_engineered_dataset", ""),
       help="CoOp dataset name whose CLIP-authors' templates seed --initial-pool hand_engineered (e.g. oxford_pets)")
     # Unset knobs stay 0/None here, so the preset and the defaults of config.py decide them (one place).
-    a("--preset", choices=[p.value for p in Preset], default=_env("preset", Preset.PROMPTCLIMB.value),
+    a("--preset", choices=[p.value for p in Preset], default=_env("preset", Preset.PROMPTCLIMB, Preset),
       help="authors: " + ", ".join(f"{k}={v}" for k, v in {**PRESETS[Preset.AUTHORS].fixed, **PRESETS[Preset.AUTHORS].defaults}.items()))
     for name, knob in KNOBS.items():
-        a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, 0)), help=f"{knob.low}..{knob.cap}, default {knob.default}")
-    a("--feedback", choices=[f.value for f in Feedback], default=_env("feedback", None), help="default positive_negative")
-    a("--conversation", choices=[c.value for c in Conversation], default=_env("conversation", None), help="default chat")
-    a("--show-accuracies", action=argparse.BooleanOptionalAction, default=_flag_env("show_accuracies"),
+        a(f"--{name.replace('_', '-')}", type=int, default=_env(name, 0, int), help=f"{knob.low}..{knob.cap}, default {knob.default}")
+    a("--feedback", choices=[f.value for f in Feedback], default=_env("feedback", None, Feedback), help="default positive_negative")
+    a("--conversation", choices=[c.value for c in Conversation], default=_env("conversation", None, Conversation), help="default chat")
+    a("--show-accuracies", action=argparse.BooleanOptionalAction, default=_env("show_accuracies", None, bool),
       help="show the LLM each template's accuracy (default: yes; preset authors: no)")
-    a("--temperature", type=float, default=_env("temperature", None), help="default 1.0")
+    a("--temperature", type=float, default=_env("temperature", None, float), help="default 1.0")
     a("--replay-run", default=_env("replay_run", ""), help="answer identical LLM questions from this earlier run's stored replies")
     for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
-        a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, 0)), help="0: no limit")
-    a("--max-wall-seconds", type=float, default=float(_env("max_wall_seconds", 0.0)),
+        a(f"--{name.replace('_', '-')}", type=int, default=_env(name, 0, int), help="0: no limit")
+    a("--max-wall-seconds", type=float, default=_env("max_wall_seconds", 0.0, float),
       help="search time (the spec's max_wall_time) in seconds; 0: no limit")
-    a("--seed", type=int, default=int(_env("seed", 0)))
+    a("--seed", type=int, default=_env("seed", 0, int))
     a("--label", default=_env("label", ""))
 
 
@@ -87,12 +87,6 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
     )
     spec.max_wall_time.FromNanoseconds(round(ns.max_wall_seconds * 1e9))
     return spec
-
-
-def _flag_env(name: str) -> bool | None:
-    """A yes/no flag's default from $OPTIMIZER_<NAME> (true/false); None when unset, so the preset decides."""
-    value = _env(name, None)
-    return None if value is None else str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int:
@@ -256,9 +250,12 @@ def main(argv: list[str] | None = None, prog: str = "python -m optimizer_service
                                      description="Hill-climb CLIP prompt templates with a chat LLM against a promptclimb scorer.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the Optimizer gRPC service")
-    add_serve_args(serve_parser)
     run_parser = commands.add_parser("run", help="optimize once in-process and write a report")
-    add_run_args(run_parser)
+    try:
+        add_serve_args(serve_parser)
+        add_run_args(run_parser)
+    except EnvError as err:
+        parser.error(str(err))
     ns = parser.parse_args(argv)
     configure_logging(ns.log_level)
     try:

@@ -11,10 +11,11 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from optimizer_service.spec import RunLimits
 from promptclimb_common.paths import WritablePath
-from promptclimb_common.serving_args import ServingConfig, add_serving_args, env_reader, serving_settings
+from promptclimb_common.serving_args import ServingConfig, add_serving_args, env_reader, flag_type, serving_settings
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,7 @@ class OptimizerConfig(ServingConfig):
 
 
 _env = env_reader("OPTIMIZER")
-
-
-def _flag(value: str) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+yes_no = flag_type(bool)
 
 
 def _price(text: str) -> Price:
@@ -113,7 +111,7 @@ def add_connection_args(p: argparse.ArgumentParser, *, state_dir_default: Path |
     """Flags both `serve` and `run` take: state, scorer, LLM endpoint."""
     d, s, llm = OptimizerConfig(), ScorerSettings(), LlmSettings()
     a = p.add_argument
-    a("--state-dir", type=Path, default=_env("state_dir", state_dir_default),
+    a("--state-dir", type=Path, default=_env("state_dir", state_dir_default, Path),
       help="directory of the SQLite state (runs, pool, conversations, LLM response cache)")
     a("--scorer", default=_env("scorer", s.address), help="HOST:PORT of the scorer")
     a("--scorer-token-env", default=_env("scorer_token_env", "SCORER_TOKEN"),
@@ -121,33 +119,34 @@ def add_connection_args(p: argparse.ArgumentParser, *, state_dir_default: Path |
     a("--scorer-tls-ca", default=_env("scorer_tls_ca", None), help="CA (PEM) of the scorer's certificate; enables TLS")
     a("--scorer-tls-cert", default=_env("scorer_tls_cert", None), help="client certificate (PEM) for a scorer with mTLS")
     a("--scorer-tls-key", default=_env("scorer_tls_key", None), help="client key (PEM) for a scorer with mTLS")
-    a("--scorer-deadline-s", type=float, default=float(_env("scorer_deadline_s", s.deadline_s)), help="deadline of one Score call")
-    a("--scorer-grace-s", type=float, default=float(_env("scorer_grace_s", s.grace_s)),
+    a("--scorer-deadline-s", type=float, default=_env("scorer_deadline_s", s.deadline_s, float), help="deadline of one Score call")
+    a("--scorer-grace-s", type=float, default=_env("scorer_grace_s", s.grace_s, float),
       help="how long the scorer may stay unreachable before a run fails (it stays resumable)")
     a("--llm-base-url", default=_env("llm_base_url", llm.base_url), help="OpenAI-compatible endpoint, e.g. http://host:8080/v1")
     a("--llm-model", default=_env("llm_model", llm.model), help="chat model name (a run's spec may override it)")
-    a("--llm-concurrency", type=int, default=int(_env("llm_concurrency", llm.concurrency)), help="most LLM calls in flight")
-    a("--llm-timeout-s", type=float, default=float(_env("llm_timeout_s", llm.timeout_s)), help="timeout of one LLM call")
-    a("--llm-max-attempts", type=int, default=int(_env("llm_max_attempts", llm.max_attempts)),
+    a("--llm-concurrency", type=int, default=_env("llm_concurrency", llm.concurrency, int), help="most LLM calls in flight")
+    a("--llm-timeout-s", type=float, default=_env("llm_timeout_s", llm.timeout_s, float), help="timeout of one LLM call")
+    a("--llm-max-attempts", type=int, default=_env("llm_max_attempts", llm.max_attempts, int),
       help="attempts per LLM call on 429/5xx/timeouts/malformed replies")
-    a("--llm-backoff-initial-s", type=float, default=float(_env("llm_backoff_initial_s", llm.backoff_initial_s)))
-    a("--llm-backoff-max-s", type=float, default=float(_env("llm_backoff_max_s", llm.backoff_max_s)),
+    a("--llm-backoff-initial-s", type=float, default=_env("llm_backoff_initial_s", llm.backoff_initial_s, float))
+    a("--llm-backoff-max-s", type=float, default=_env("llm_backoff_max_s", llm.backoff_max_s, float),
       help="longest wait between attempts, Retry-After included")
-    a("--llm-max-completion-tokens", type=int, default=int(_env("llm_max_completion_tokens", llm.max_completion_tokens)),
+    a("--llm-max-completion-tokens", type=int, default=_env("llm_max_completion_tokens", llm.max_completion_tokens, int),
       help="most tokens one reply may have")
-    a("--llm-token-limit-field", default=_env("llm_token_limit_field", llm.token_limit_field), choices=TOKEN_LIMIT_FIELDS,
+    a("--llm-token-limit-field", default=_env("llm_token_limit_field", llm.token_limit_field, Literal[TOKEN_LIMIT_FIELDS]),
+      choices=TOKEN_LIMIT_FIELDS,
       help="request field carrying that limit: max_tokens (llama.cpp, vLLM, Ollama, most OpenAI chat models) or "
            "max_completion_tokens (OpenAI reasoning models, which refuse max_tokens)")
-    a("--llm-price", type=_price, default=_price(str(_env("llm_price", ""))),
+    a("--llm-price", type=_price, default=_env("llm_price", Price(), _price),
       help="PROMPT,COMPLETION in USD per million tokens, to report cost")
-    a("--llm-grammar", type=_flag, default=_flag(str(_env("llm_grammar", "false"))),
+    a("--llm-grammar", type=yes_no, default=_env("llm_grammar", False, bool),
       help="send a GBNF grammar forcing one template per line with one {} (llama.cpp's llama-server only)")
-    a("--llm-context-tokens", type=int, default=int(_env("llm_context_tokens", llm.context_tokens)),
+    a("--llm-context-tokens", type=int, default=_env("llm_context_tokens", llm.context_tokens, int),
       help="the LLM's context size in tokens; a chat keeps its opening and as many recent exchanges as fit in it, "
            "less --llm-max-completion-tokens")
-    a("--llm-seed", type=_flag, default=_flag(str(_env("llm_seed", "true"))),
+    a("--llm-seed", type=yes_no, default=_env("llm_seed", True, bool),
       help="send each call a `seed` derived from the run's seed and the call (true/false; llama-server, vLLM and OpenAI accept it)")
-    a("--llm-cache", type=_flag, default=_flag(str(_env("llm_cache", "true"))),
+    a("--llm-cache", type=yes_no, default=_env("llm_cache", True, bool),
       help="reuse stored LLM replies for identical requests (true/false)")
     a("--log-level", default=_env("log_level", d.log_level))
 
@@ -186,15 +185,15 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     a = p.add_argument
     add_serving_args(p, _env, port=d.port, metrics_port=d.metrics_port, anonymous_rights=d.anonymous_rights,
                      host=d.host, grace_seconds=d.grace_seconds)
-    a("--max-active-runs", type=int, default=int(_env("max_active_runs", d.max_active_runs)),
+    a("--max-active-runs", type=int, default=_env("max_active_runs", d.max_active_runs, int),
       help="runs that search at once; more wait as PENDING")
     a("--llm-allowed-models", default=_env("llm_allowed_models", ""),
       help="comma-separated models a run spec may name besides --llm-model; any other gets INVALID_ARGUMENT")
-    a("--run-max-llm-calls", type=int, default=int(_env("run_max_llm_calls", d.limits.max_llm_calls)),
+    a("--run-max-llm-calls", type=int, default=_env("run_max_llm_calls", d.limits.max_llm_calls, int),
       help="ceiling of a run's LLM calls: a spec's 0 takes it, a spec above it is refused (0: none)")
-    a("--run-max-llm-tokens", type=int, default=int(_env("run_max_llm_tokens", d.limits.max_llm_tokens)),
+    a("--run-max-llm-tokens", type=int, default=_env("run_max_llm_tokens", d.limits.max_llm_tokens, int),
       help="ceiling of a run's LLM tokens, prompt and completion (0: none)")
-    a("--run-max-llm-cost-usd", type=float, default=float(_env("run_max_llm_cost_usd", d.limits.max_llm_cost_usd)),
+    a("--run-max-llm-cost-usd", type=float, default=_env("run_max_llm_cost_usd", d.limits.max_llm_cost_usd, float),
       help="ceiling of a run's LLM cost in USD by --llm-price; applies only with a price (0: none)")
 
 
