@@ -53,9 +53,9 @@ def is_context_error(err: BaseException) -> bool:
 class LlmUnavailable(Exception):
     """The endpoint stayed down through every retry, or refused the request; the run cannot go on."""
 
-    def __init__(self, message: str, requests: int, errors: int) -> None:
+    def __init__(self, message: str, errors: int) -> None:
         super().__init__(message)
-        self.requests, self.errors = requests, errors
+        self.errors = errors  # failed requests before giving up, which the run's counters add up
 
 
 class ContextTooLong(LlmUnavailable):
@@ -67,8 +67,7 @@ class LlmResult:
     """One question's outcome: the reply text (None: skipped, malformed every time) and what it cost."""
 
     content: str | None
-    requests: int = 0  # HTTP requests sent (0 for a cached reply)
-    errors: int = 0
+    errors: int = 0  # failed HTTP requests before the reply
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -176,20 +175,20 @@ class LlmClient:
                     content, prompt_tokens, completion_tokens = await self._request(messages, model, sampling, call_id, tally)
         except MalformedReply:
             log.warning("llm_reply_skipped", call=call_id, attempts=tally.requests, error=tally.last_error)
-            return LlmResult(None, tally.requests, tally.errors)
+            return LlmResult(None, tally.errors)
         except openai.OpenAIError as err:
             if is_context_error(err):
                 raise ContextTooLong(f"LLM endpoint {self.settings.base_url} refused the prompt as too long for its context "
                                      f"({tally.last_error}); set --llm-context-tokens to the model's context size",
-                                     tally.requests, tally.errors) from err
+                                     tally.errors) from err
             message = f"LLM endpoint {self.settings.base_url} failed after {tally.requests} attempt(s): {tally.last_error}"
             if "max_completion_tokens" in tally.last_error and self.settings.token_limit_field != "max_completion_tokens":
                 message += " (this model wants --llm-token-limit-field max_completion_tokens)"
-            raise LlmUnavailable(message, tally.requests, tally.errors) from err
+            raise LlmUnavailable(message, tally.errors) from err
         if self._store is not None:
             await self._store.cache_reply(key, CachedReply(content, prompt_tokens, completion_tokens))
         cost = self.settings.price.cost(prompt_tokens, completion_tokens)
-        return LlmResult(content, tally.requests, tally.errors, prompt_tokens, completion_tokens, cost)
+        return LlmResult(content, tally.errors, prompt_tokens, completion_tokens, cost)
 
     async def _request(self, messages: list[dict], model: str, sampling: dict, call_id: str, tally: _Tally) -> tuple[str, int, int]:
         """One HTTP request; every failure is counted and re-raised for the retry policy to judge."""
