@@ -2,9 +2,10 @@
 
 Each handler authenticates and validates its input; `maps_failures` turns
 every known failure into the status and ErrorInfo reason the proto documents
-(promptclimb_common/errors.py), with a message a caller can act on. The shared interceptor turns
-anything unforeseen into INTERNAL, so one bad request never takes the service
-down. Every handler passes its caller on: runs belong to their owner.
+(promptclimb_common/errors.py), with a message a caller can act on. The shared
+interceptor turns anything unforeseen into INTERNAL, so one bad request never
+takes the service down. Every handler passes its caller on: runs belong to
+their owner.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 from optimizer_service.baselines import A_PHOTO_OF, PLAIN, BaselineError, hand_engineered
-from optimizer_service.choices import Conversation, Feedback, InitialPool, Preset, UnknownChoice, from_proto, to_proto
+from optimizer_service.choices import Choice, Conversation, Feedback, InitialPool, Preset, UnknownChoice, from_proto, to_proto
 from optimizer_service.pool import template_key
 from optimizer_service.seeds import BUILTIN_TEMPLATES
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
@@ -279,7 +279,7 @@ def pool_templates(pool: InitialPool, given: tuple[str, ...], dataset: str) -> t
     return tuple(first_of.values())
 
 
-def _choice(kind, value: int, name: str):
+def _choice(kind: type[Choice], value: int, name: str) -> Choice | None:
     """The spec's choice for `name`; None when unspecified (the default or the preset decides)."""
     try:
         return from_proto(kind, value)

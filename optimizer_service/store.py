@@ -223,9 +223,9 @@ class Store:
     async def set_state(self, run_id: str, state: str, stop_reason: str, counters: dict,
                         events: Sequence[pb.RunEvent] = ()) -> None:
         def update(db: sqlite3.Connection) -> None:
+            _append_events(db, run_id, events)  # first: its events are stamped no later than the run's update time
             db.execute("UPDATE runs SET state = ?, stop_reason = ?, counters = ?, updated = ? WHERE run_id = ?",
                        (state, stop_reason, json.dumps(counters), time.time(), run_id))
-            _append_events(db, run_id, events)
 
         await self._write(update)
 
@@ -280,8 +280,8 @@ class Store:
                  for c in candidates],
             )
             db.executemany("INSERT OR IGNORE INTO rejections VALUES (?, ?, ?)", [(run_id, t, reason) for t, reason in rejected])
-            db.execute("UPDATE runs SET counters = ?, updated = ? WHERE run_id = ?", (json.dumps(counters), time.time(), run_id))
             _append_events(db, run_id, events)
+            db.execute("UPDATE runs SET counters = ?, updated = ? WHERE run_id = ?", (json.dumps(counters), time.time(), run_id))
 
         await self._write(commit)
 

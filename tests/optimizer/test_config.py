@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from optimizer_service.choices import Conversation, Feedback, InitialPool, Preset
+from optimizer_service.choices import Conversation, Feedback, InitialPool, Preset, from_proto, to_proto
 from optimizer_service.seeds import BUILTIN_TEMPLATES
 from optimizer_service.spec import KNOBS, RunSettings, SpecError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
@@ -119,3 +119,11 @@ def test_settings_stored_before_the_new_knobs_still_load():
         del settings[name]
     old = RunSettings.from_json(settings)
     assert (old.preset, old.ensemble_size, old.replay_run_id) == (Preset.PROMPTCLIMB, 8, "")
+
+
+@pytest.mark.parametrize(("kind", "proto_enum"), [(Feedback, pb.Feedback), (Conversation, pb.ConversationMode), (Preset, pb.Preset),
+                                                  (InitialPool, pb.InitialPool)])
+def test_every_proto_value_names_one_choice_and_back(kind, proto_enum):
+    values = sorted(v for v in proto_enum.values() if v)  # UNSPECIFIED (0) names none: the defaults decide
+    assert sorted(to_proto(member) for member in kind) == values
+    assert [to_proto(from_proto(kind, v)) for v in values] == values and from_proto(kind, 0) is None
