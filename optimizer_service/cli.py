@@ -49,7 +49,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
       help="one template per line, for --initial-pool given")
     a("--hand-engineered-dataset", default=_env("hand_engineered_dataset", ""),
       help="CoOp dataset name whose CLIP-authors' templates seed --initial-pool hand_engineered (e.g. oxford_pets)")
-    # Unset knobs stay 0/None here, so the preset and the defaults of config.py decide them (one place).
+    # Unset knobs stay 0/None here, so the preset and the defaults of spec.py decide them (one place).
     a("--preset", choices=[p.value for p in Preset], default=_env("preset", Preset.PROMPTCLIMB, Preset),
       help="authors: " + ", ".join(f"{k}={v}" for k, v in {**PRESETS[Preset.AUTHORS].fixed, **PRESETS[Preset.AUTHORS].defaults}.items()))
     for name, knob in KNOBS.items():
