@@ -7,28 +7,28 @@ stored settings); both go through here, so a new choice is added in one place.
 from __future__ import annotations
 
 import enum
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 
 
-class Feedback(str, enum.Enum):
+class Feedback(enum.StrEnum):
     POSITIVE_NEGATIVE = "positive_negative"  # the paper's method: good and bad lists
     POSITIVE_ONLY = "positive_only"  # the paper's ablation: good list only
     NONE = "none"  # random search: nothing shown, the control for whether feedback helps
 
 
-class Conversation(str, enum.Enum):
+class Conversation(enum.StrEnum):
     CHAT = "chat"  # one growing chat per reset, later turns carry accuracy feedback
     STATELESS = "stateless"  # one fresh message per iteration (the authors' code)
 
 
-class Preset(str, enum.Enum):
+class Preset(enum.StrEnum):
     PROMPTCLIMB = "promptclimb"  # our defaults (the README's "Presets" says why each differs)
     AUTHORS = "authors"  # the authors' public code, knob for knob
 
 
-class InitialPool(str, enum.Enum):
+class InitialPool(enum.StrEnum):
     BUILTIN = "builtin"
     GIVEN = "given"
     LLM = "llm"
@@ -52,7 +52,15 @@ class UnknownChoice(ValueError):
     """A proto value no member maps to (a newer client's, or garbage)."""
 
 
-def to_proto(member: enum.Enum) -> int:
+@overload
+def to_proto(member: Feedback) -> pb.Feedback: ...
+@overload
+def to_proto(member: Conversation) -> pb.ConversationMode: ...
+@overload
+def to_proto(member: Preset) -> pb.Preset: ...
+@overload
+def to_proto(member: InitialPool) -> pb.InitialPool: ...
+def to_proto(member: enum.Enum) -> Any:
     return PROTO_VALUES[type(member)][member]
 
 

@@ -22,7 +22,8 @@ from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
 from optimizer_service.choices import Conversation, Feedback, InitialPool, Preset, to_proto
-from optimizer_service.config import add_connection_args, add_serve_args, connection_settings, serve_config
+from optimizer_service.config import (LlmSettings, ScorerSettings, add_connection_args, add_serve_args, connection_settings,
+                                      serve_config)
 from optimizer_service.llm import LlmClient
 from optimizer_service.pool import Candidate, rank
 from optimizer_service.runs import FAILED, LOCAL, PENDING, RUNNING, RunManager
@@ -72,24 +73,25 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
     templates = []
     if ns.initial_templates_file:
         templates = [line.strip() for line in ns.initial_templates_file.read_text().splitlines() if line.strip()]
-    optional = {"temperature": float(ns.temperature)} if ns.temperature is not None else {}
-    if ns.show_accuracies is not None:
-        optional["show_accuracies"] = ns.show_accuracies
     if not 0 <= ns.max_wall_seconds < math.inf:
         raise SpecError("--max-wall-seconds must be a finite number >= 0 (0 means no limit)")
     spec = pb.RunSpec(
         task_id=ns.task, llm_model=ns.llm_model, initial_pool=to_proto(InitialPool(ns.initial_pool)), initial_templates=templates,
         feedback=to_proto(Feedback(ns.feedback)) if ns.feedback else pb.FEEDBACK_UNSPECIFIED,
         conversation=to_proto(Conversation(ns.conversation)) if ns.conversation else pb.CONVERSATION_MODE_UNSPECIFIED,
-        preset=to_proto(Preset(ns.preset)), replay_run_id=ns.replay_run, **optional,
+        preset=to_proto(Preset(ns.preset)), replay_run_id=ns.replay_run,
         max_llm_calls=ns.max_llm_calls, max_llm_tokens=ns.max_llm_tokens, max_scored_templates=ns.max_scored_templates,
         seed=ns.seed, label=ns.label, hand_engineered_dataset=ns.hand_engineered_dataset, **{name: getattr(ns, name) for name in KNOBS},
     )
     spec.max_wall_time.FromNanoseconds(round(ns.max_wall_seconds * 1e9))
+    if ns.temperature is not None:  # unset stays unset: the preset decides
+        spec.temperature = ns.temperature
+    if ns.show_accuracies is not None:
+        spec.show_accuracies = ns.show_accuracies
     return spec
 
 
-async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int:
+async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_settings: LlmSettings) -> int:
     """Starts (or resumes, if --state-dir holds the same unfinished run) one run, follows it, writes the report."""
     out: Path = ns.out
     state = WritablePath("--state-dir", "OPTIMIZER_STATE_DIR", ns.state_dir) if ns.state_dir else \

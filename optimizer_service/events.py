@@ -8,6 +8,7 @@ replay and a live stream are the same sequence.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from optimizer_service.signals import Signal
@@ -60,7 +61,5 @@ async def watch(store: Store, run_id: str, signal: Signal, ended: Callable[[], b
             continue
         if is_ended:
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(woken.wait(), WATCH_POLL_S)
-        except TimeoutError:
-            pass

@@ -23,9 +23,11 @@ import re
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from typing import cast
 
 import openai
 import structlog
+from openai.types.chat import ChatCompletionMessageParam
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from optimizer_service import metrics
@@ -168,11 +170,10 @@ class LlmClient:
                     metrics.LLM_CALLS.labels(model, "cached").inc()
                     return LlmResult(hit.content, prompt_tokens=0, completion_tokens=0, cached=True)
         tally = _Tally()
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.settings.max_attempts), wait=self._wait,
+                                 retry=retry_if_exception(is_retryable), reraise=True)
         try:
-            async for attempt in AsyncRetrying(stop=stop_after_attempt(self.settings.max_attempts), wait=self._wait,
-                                               retry=retry_if_exception(is_retryable), reraise=True):
-                with attempt:
-                    content, prompt_tokens, completion_tokens = await self._request(messages, model, sampling, call_id, tally)
+            reply: tuple[str, int, int] = await retrying(self._request, messages, model, sampling, call_id, tally)
         except MalformedReply:
             log.warning("llm_reply_skipped", call=call_id, attempts=tally.requests, error=tally.last_error)
             return LlmResult(None, tally.errors)
@@ -185,6 +186,7 @@ class LlmClient:
             if "max_completion_tokens" in tally.last_error and self.settings.token_limit_field != "max_completion_tokens":
                 message += " (this model wants --llm-token-limit-field max_completion_tokens)"
             raise LlmUnavailable(message, tally.errors) from err
+        content, prompt_tokens, completion_tokens = reply
         if self._store is not None:
             await self._store.cache_reply(key, CachedReply(content, prompt_tokens, completion_tokens))
         cost = self.settings.price.cost(prompt_tokens, completion_tokens)
@@ -198,7 +200,8 @@ class LlmClient:
                 started = time.perf_counter()
                 try:
                     response = await self._client.chat.completions.create(
-                        model=model, messages=messages, extra_headers={CALL_HEADER: call_id}, **sampling
+                        model=model, messages=cast("list[ChatCompletionMessageParam]", messages),  # metaprompt's role/content dicts
+                        extra_headers={CALL_HEADER: call_id}, **sampling
                     )
                 finally:
                     metrics.LLM_SECONDS.labels(model).observe(time.perf_counter() - started)

@@ -74,7 +74,7 @@ def _timestamp(unix_seconds: float) -> Timestamp:
     return value
 
 
-def may_see(caller: Principal, record) -> bool:
+def may_see(caller: Principal, record: RunRecord) -> bool:
     return record.owner == caller.name or caller.has("admin")
 
 
@@ -199,7 +199,7 @@ class RunManager:
         except (LlmUnavailable, ScorerUnavailable, SearchFailed, StoreError) as err:
             log.warning("run_failed", reason=str(err))
             await self._finish(run_id, FAILED, str(err), counters)
-        except Exception as err:  # noqa: BLE001 - one run's bug must not take the service down
+        except Exception as err:  # one run's bug must not take the service down
             log.exception("run_crashed")
             await self._finish(run_id, FAILED, f"internal error: {err!r}", counters)
         finally:
@@ -234,7 +234,7 @@ class RunManager:
             record = self._record(run_id)
             counter_values = counters.to_json() if counters else record.counters
             best = self._best(run_id, RunSettings.from_json(record.settings).report_top, record.owner_may_test)
-            ended = pb.RunEvent(run_ended=pb.RunEnded(state=pb.RunState.Value(f"RUN_STATE_{state}"), stop_reason=reason, best=best,
+            ended = pb.RunEvent(run_ended=pb.RunEnded(state=f"RUN_STATE_{state}", stop_reason=reason, best=best,
                                                       ensemble=self._ensemble(run_id, record.owner_may_test)))
             await self.store.set_state(run_id, state, reason, counter_values, [ended])
         except StoreError:
@@ -250,7 +250,7 @@ class RunManager:
 
     # Reading ----------------------------------------------------------------
 
-    def _record(self, run_id: str, caller: Principal | None = None):
+    def _record(self, run_id: str, caller: Principal | None = None) -> RunRecord:
         """The run's record; RunNotFound also when `caller` may not see it (its existence is not told)."""
         record = self.store.run(run_id)
         if record is None or (caller is not None and not may_see(caller, record)):
@@ -299,11 +299,11 @@ class RunManager:
             raise PageError("states", f"states: {state} is not a run state; use RUN_STATE_PENDING .. RUN_STATE_CANCELLED")
         return True
 
-    def _run_proto(self, record, caller: Principal) -> pb.Run:
+    def _run_proto(self, record: RunRecord, caller: Principal) -> pb.Run:
         settings = RunSettings.from_json(record.settings)
         with_test = caller.has("test")
         return pb.Run(
-            run_id=record.run_id, spec=settings.to_proto(), state=pb.RunState.Value(f"RUN_STATE_{record.state}"),
+            run_id=record.run_id, spec=settings.to_proto(), state=f"RUN_STATE_{record.state}",
             stop_reason=record.stop_reason, best=self._best(record.run_id, settings.report_top, with_test),
             ensemble=self._ensemble(record.run_id, with_test), counters=counters_proto(record.counters),
             create_time=_timestamp(record.created), update_time=_timestamp(record.updated),

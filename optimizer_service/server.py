@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar, cast
 
 import grpc
 import prometheus_client
 import structlog
+from google.protobuf.message import Message
 
 from optimizer_service.config import OptimizerConfig
 from optimizer_service.llm import LlmClient
@@ -33,6 +36,7 @@ from promptclimb_common.paths import require_writable
 
 log = structlog.get_logger(__name__)
 
+Context = grpc.aio.ServicerContext
 SERVICE_NAME = "promptclimb.optimizer.v1.Optimizer"
 MAX_RUN_ID = 64
 
@@ -61,25 +65,28 @@ def service_error(err: Exception) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, message, retry_after_s=RETRY_S)
 
 
-def maps_failures(handler):
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def maps_failures(handler: Handler) -> Handler:
     """Aborts a handler's known failure with its documented status (service_error); anything else is the interceptor's."""
     if inspect.isasyncgenfunction(handler):
         @functools.wraps(handler)
-        async def stream(self, request, context):
+        async def stream(self: OptimizerServicer, request: Message, context: Context) -> AsyncIterator[Message]:
             try:
                 async for item in handler(self, request, context):
                     yield item
             except KNOWN_FAILURES as err:
                 await abort(context, service_error(err))
-        return stream
+        return cast(Handler, stream)
 
     @functools.wraps(handler)
-    async def unary(self, request, context):
+    async def unary(self: OptimizerServicer, request: Message, context: Context) -> Message:
         try:
-            return await handler(self, request, context)
+            return cast(Message, await handler(self, request, context))
         except KNOWN_FAILURES as err:
             await abort(context, service_error(err))
-    return unary
+    return cast(Handler, unary)
 
 
 async def _run_id(context: grpc.aio.ServicerContext, run_id: str) -> str:
@@ -93,17 +100,17 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
         self.manager, self.auth = manager, auth
 
     @maps_failures
-    async def StartRun(self, request: pb.StartRunRequest, context) -> pb.Run:
+    async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
         return await self.manager.start(request.spec, caller, request.request_id)
 
     @maps_failures
-    async def GetRun(self, request: pb.GetRunRequest, context) -> pb.Run:
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
         return self.manager.get(await _run_id(context, request.run_id), caller)
 
     @maps_failures
-    async def WatchRun(self, request: pb.WatchRunRequest, context):
+    async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.RunEvent]:
         caller = await self.auth.require(context, "run")
         run_id = await _run_id(context, request.run_id)
         if request.after_sequence < 0:
@@ -112,17 +119,17 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
             yield event
 
     @maps_failures
-    async def CancelRun(self, request: pb.CancelRunRequest, context) -> pb.Run:
+    async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
         return await self.manager.cancel(await _run_id(context, request.run_id), caller)
 
     @maps_failures
-    async def ResumeRun(self, request: pb.ResumeRunRequest, context) -> pb.Run:
+    async def ResumeRun(self, request: pb.ResumeRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
         return await self.manager.resume(await _run_id(context, request.run_id), caller)
 
     @maps_failures
-    async def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         caller = await self.auth.require(context, "run")
         runs, next_page_token = self.manager.list(caller, request.page_size, request.page_token, list(request.states))
         return pb.ListRunsResponse(runs=runs, next_page_token=next_page_token)

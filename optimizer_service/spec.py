@@ -9,9 +9,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from optimizer_service.baselines import A_PHOTO_OF, PLAIN, BaselineError, hand_engineered
-from optimizer_service.choices import Choice, Conversation, Feedback, InitialPool, Preset, UnknownChoice, from_proto, to_proto
+from optimizer_service.choices import (
+    Choice,
+    Conversation,
+    Feedback,
+    InitialPool,
+    Preset,
+    UnknownChoice,
+    from_proto,
+    to_proto,
+)
 from optimizer_service.pool import template_key
 from optimizer_service.seeds import BUILTIN_TEMPLATES
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
@@ -144,6 +154,7 @@ class RunSettings:
         knobs = {}
         for name, knob in KNOBS.items():
             if name == "initial_pool_size" and pool in (InitialPool.GIVEN, InitialPool.HAND_ENGINEERED):
+                assert available is not None, "a given or hand-engineered pool is a list"
                 default = len(available)  # a listed pool: all of it, whatever the preset
                 value = getattr(spec, name) or default
             else:
@@ -229,7 +240,7 @@ class _Chooser:
     def __init__(self, preset: Preset) -> None:
         self.preset, self.values = preset, PRESETS[preset]
 
-    def __call__(self, name: str, given, default):
+    def __call__(self, name: str, given: Any, default: Any) -> Any:
         fixed = self.values.fixed.get(name)
         if fixed is not None and given is not None and given != fixed:
             raise SpecError(f"preset {self.preset.value} fixes {name}={fixed}; {name}={given} contradicts it "

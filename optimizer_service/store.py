@@ -208,7 +208,11 @@ class Store:
             return existing
 
         existing = await self._write(create)
-        return existing if existing is not None else self.run(run_id)
+        if existing is not None:
+            return existing
+        created = self.run(run_id)
+        assert created is not None, "a committed run reads back"
+        return created
 
     def run_by_request_id(self, owner: str, request_id: str) -> RunRecord | None:
         return self._by_request_id(self._db, owner, request_id)
@@ -287,7 +291,8 @@ class Store:
 
     def candidates(self, run_id: str) -> list[Candidate]:
         rows = self._db.execute(f"SELECT {CANDIDATE_COLUMNS} FROM candidates WHERE run_id = ? ORDER BY sequence", (run_id,))
-        return [Candidate(*row[:8], reused=bool(row[8])) for row in rows.fetchall()]
+        return [Candidate(template, accuracy, restart, reset, iteration, sequence, llm_call, position, bool(reused))
+                for template, accuracy, restart, reset, iteration, sequence, llm_call, position, reused in rows.fetchall()]
 
     def test_accuracies(self, run_id: str) -> dict[int, float]:
         """Measured test accuracies by candidate sequence."""
@@ -403,7 +408,7 @@ def _append_events(db: sqlite3.Connection, run_id: str, events: Sequence[pb.RunE
 
 
 def _last_event_sequence(db: sqlite3.Connection, run_id: str) -> int:
-    return db.execute("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
+    return int(db.execute("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0])
 
 
 def _in_states(states: Iterable[str] | None) -> tuple[str, list]:
