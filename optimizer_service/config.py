@@ -82,7 +82,8 @@ class OptimizerConfig(ServingConfig):
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
     max_active_runs: int = 4
-    # A service run's LLM spend is bounded by default: 1000 calls (the default spec asks 60), 2M tokens, $5 where priced.
+    # A service run's LLM spend is bounded by default: 1000 calls (the default spec asks 60), 2M tokens, $5 where
+    # priced.
     limits: RunLimits = field(default_factory=lambda: RunLimits(frozenset(), 1000, 2_000_000, 5.0))
     log_level: str = "INFO"
 
@@ -101,7 +102,8 @@ def _price(text: str) -> Price:
     try:
         prompt, completion = (float(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--llm-price wants PROMPT,COMPLETION in USD per million tokens, got {text!r}") from None
+        wanted = "--llm-price wants PROMPT,COMPLETION in USD per million tokens"
+        raise argparse.ArgumentTypeError(f"{wanted}, got {text!r}") from None
     if prompt < 0 or completion < 0:
         raise argparse.ArgumentTypeError("--llm-price values must be >= 0")
     return Price(prompt, completion)
@@ -117,24 +119,30 @@ def add_connection_args(p: argparse.ArgumentParser, *, state_dir_default: Path |
     a("--scorer-token-env", default=_env("scorer_token_env", "SCORER_TOKEN"),
       help="name of the environment variable holding the scorer bearer token")
     a("--scorer-tls-ca", default=_env("scorer_tls_ca", None), help="CA (PEM) of the scorer's certificate; enables TLS")
-    a("--scorer-tls-cert", default=_env("scorer_tls_cert", None), help="client certificate (PEM) for a scorer with mTLS")
+    a("--scorer-tls-cert", default=_env("scorer_tls_cert", None),
+      help="client certificate (PEM) for a scorer with mTLS")
     a("--scorer-tls-key", default=_env("scorer_tls_key", None), help="client key (PEM) for a scorer with mTLS")
-    a("--scorer-deadline-s", type=float, default=_env("scorer_deadline_s", s.deadline_s, float), help="deadline of one Score call")
+    a("--scorer-deadline-s", type=float, default=_env("scorer_deadline_s", s.deadline_s, float),
+      help="deadline of one Score call")
     a("--scorer-grace-s", type=float, default=_env("scorer_grace_s", s.grace_s, float),
       help="how long the scorer may stay unreachable before a run fails (it stays resumable)")
-    a("--llm-base-url", default=_env("llm_base_url", llm.base_url), help="OpenAI-compatible endpoint, e.g. http://host:8080/v1")
+    a("--llm-base-url", default=_env("llm_base_url", llm.base_url),
+      help="OpenAI-compatible endpoint, e.g. http://host:8080/v1")
     a("--llm-model", default=_env("llm_model", llm.model), help="chat model name (a run's spec may override it)")
-    a("--llm-concurrency", type=int, default=_env("llm_concurrency", llm.concurrency, int), help="most LLM calls in flight")
-    a("--llm-timeout-s", type=float, default=_env("llm_timeout_s", llm.timeout_s, float), help="timeout of one LLM call")
+    a("--llm-concurrency", type=int, default=_env("llm_concurrency", llm.concurrency, int),
+      help="most LLM calls in flight")
+    a("--llm-timeout-s", type=float, default=_env("llm_timeout_s", llm.timeout_s, float),
+      help="timeout of one LLM call")
     a("--llm-max-attempts", type=int, default=_env("llm_max_attempts", llm.max_attempts, int),
       help="attempts per LLM call on 429/5xx/timeouts/malformed replies")
     a("--llm-backoff-initial-s", type=float, default=_env("llm_backoff_initial_s", llm.backoff_initial_s, float))
     a("--llm-backoff-max-s", type=float, default=_env("llm_backoff_max_s", llm.backoff_max_s, float),
       help="longest wait between attempts, Retry-After included")
-    a("--llm-max-completion-tokens", type=int, default=_env("llm_max_completion_tokens", llm.max_completion_tokens, int),
+    a("--llm-max-completion-tokens", type=int,
+      default=_env("llm_max_completion_tokens", llm.max_completion_tokens, int),
       help="most tokens one reply may have")
-    a("--llm-token-limit-field", default=_env("llm_token_limit_field", llm.token_limit_field, Literal[TOKEN_LIMIT_FIELDS]),
-      choices=TOKEN_LIMIT_FIELDS,
+    a("--llm-token-limit-field", choices=TOKEN_LIMIT_FIELDS,
+      default=_env("llm_token_limit_field", llm.token_limit_field, Literal[TOKEN_LIMIT_FIELDS]),
       help="request field carrying that limit: max_tokens (llama.cpp, vLLM, Ollama, most OpenAI chat models) or "
            "max_completion_tokens (OpenAI reasoning models, which refuse max_tokens)")
     a("--llm-price", type=_price, default=_env("llm_price", Price(), _price),
@@ -145,7 +153,8 @@ def add_connection_args(p: argparse.ArgumentParser, *, state_dir_default: Path |
       help="the LLM's context size in tokens; a chat keeps its opening and as many recent exchanges as fit in it, "
            "less --llm-max-completion-tokens")
     a("--llm-seed", type=yes_no, default=_env("llm_seed", True, bool),
-      help="send each call a `seed` derived from the run's seed and the call (true/false; llama-server, vLLM and OpenAI accept it)")
+      help="send each call a `seed` derived from the run's seed and the call (true/false; llama-server, vLLM and "
+           "OpenAI accept it)")
     a("--llm-cache", type=yes_no, default=_env("llm_cache", True, bool),
       help="reuse stored LLM replies for identical requests (true/false)")
     a("--log-level", default=_env("log_level", d.log_level))
@@ -164,7 +173,8 @@ def connection_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> t
         p.error("--scorer-tls-cert and --scorer-tls-key go together")
     scorer = ScorerSettings(
         address=ns.scorer, token=os.environ.get(ns.scorer_token_env, ""), tls_ca=ns.scorer_tls_ca,
-        tls_cert=ns.scorer_tls_cert, tls_key=ns.scorer_tls_key, deadline_s=ns.scorer_deadline_s, grace_s=ns.scorer_grace_s,
+        tls_cert=ns.scorer_tls_cert, tls_key=ns.scorer_tls_key, deadline_s=ns.scorer_deadline_s,
+        grace_s=ns.scorer_grace_s,
     )
     llm = LlmSettings(
         base_url=ns.llm_base_url, model=ns.llm_model, api_key=os.environ.get("OPENAI_API_KEY", ""),
@@ -201,11 +211,13 @@ def serve_config(p: argparse.ArgumentParser, ns: argparse.Namespace) -> Optimize
     scorer, llm = connection_settings(p, ns)
     if ns.max_active_runs < 1:
         p.error("--max-active-runs must be at least 1")
-    if min(ns.run_max_llm_calls, ns.run_max_llm_tokens) < 0 or not (ns.run_max_llm_cost_usd >= 0 and math.isfinite(ns.run_max_llm_cost_usd)):
+    cost_ceiling_ok = ns.run_max_llm_cost_usd >= 0 and math.isfinite(ns.run_max_llm_cost_usd)
+    if min(ns.run_max_llm_calls, ns.run_max_llm_tokens) < 0 or not cost_ceiling_ok:
         p.error("--run-max-llm-calls, --run-max-llm-tokens and --run-max-llm-cost-usd must be >= 0 (0: no ceiling)")
     limits = RunLimits(
         allowed_models=frozenset(m.strip() for m in ns.llm_allowed_models.split(",") if m.strip()),
-        max_llm_calls=ns.run_max_llm_calls, max_llm_tokens=ns.run_max_llm_tokens, max_llm_cost_usd=ns.run_max_llm_cost_usd,
+        max_llm_calls=ns.run_max_llm_calls, max_llm_tokens=ns.run_max_llm_tokens,
+        max_llm_cost_usd=ns.run_max_llm_cost_usd,
         priced=llm.price != Price(),
     )
     return OptimizerConfig(

@@ -1,4 +1,4 @@
-"""Where a climb commits its progress: candidates, steps, counters and the events that report them, in one transaction."""
+"""Where a climb commits its progress: candidates, steps, counters and the events reporting them, in one transaction."""
 
 from __future__ import annotations
 

@@ -43,13 +43,15 @@ class MalformedReply(Exception):
     """The endpoint answered 200 with something that is not a usable chat completion."""
 
 
-_CONTEXT_ERROR = re.compile(r"context[_ ](?:length|size|window)|exceed_context|maximum context|too many tokens|prompt is too long",
-                            re.IGNORECASE)
+_CONTEXT_ERROR = re.compile(
+    r"context[_ ](?:length|size|window)|exceed_context|maximum context|too many tokens|prompt is too long",
+    re.IGNORECASE)
 
 
 def is_context_error(err: BaseException) -> bool:
     """llama-server: 400 "exceeds the available context size"; OpenAI and vLLM: 400 "maximum context length"."""
-    return isinstance(err, openai.APIStatusError) and err.status_code in (400, 413) and bool(_CONTEXT_ERROR.search(str(err)))
+    refused = isinstance(err, openai.APIStatusError) and err.status_code in (400, 413)
+    return refused and bool(_CONTEXT_ERROR.search(str(err)))
 
 
 class LlmUnavailable(Exception):
@@ -156,8 +158,10 @@ class LlmClient:
         """Asks once, retrying what can be retried; answers from the cache if this exact question was answered before in
         `cache_scope` (the run) or `replay_scope` (a run it replays). The reply is stored under `cache_scope`.
 
-        `sample` names the call within its run (seed included); `grammar` (GBNF) constrains the reply on llama.cpp endpoints."""
-        sampling: dict = {"temperature": temperature, self.settings.token_limit_field: self.settings.max_completion_tokens}
+        `sample` names the call within its run (seed included); `grammar` (GBNF) constrains the reply on llama.cpp
+        endpoints."""
+        sampling: dict = {"temperature": temperature,
+                          self.settings.token_limit_field: self.settings.max_completion_tokens}
         if self.settings.send_seed:
             sampling["seed"] = call_seed(sample)
         if grammar:
@@ -165,7 +169,8 @@ class LlmClient:
         key = cache_key(cache_scope, self.settings.base_url, model, messages, sampling, sample)
         if self._store is not None:
             for scope in filter(None, (cache_scope, replay_scope)):
-                hit = self._store.cached_reply(cache_key(scope, self.settings.base_url, model, messages, sampling, sample))
+                hit = self._store.cached_reply(cache_key(scope, self.settings.base_url, model, messages, sampling,
+                                                         sample))
                 if hit is not None:
                     metrics.LLM_CALLS.labels(model, "cached").inc()
                     return LlmResult(hit.content, prompt_tokens=0, completion_tokens=0, cached=True)
@@ -179,11 +184,14 @@ class LlmClient:
             return LlmResult(None, tally.errors)
         except openai.OpenAIError as err:
             if is_context_error(err):
-                raise ContextTooLong(f"LLM endpoint {self.settings.base_url} refused the prompt as too long for its context "
-                                     f"({tally.last_error}); set --llm-context-tokens to the model's context size",
+                raise ContextTooLong(f"LLM endpoint {self.settings.base_url} refused the prompt as too long for its "
+                                     f"context ({tally.last_error}); set --llm-context-tokens to the model's context "
+                                     "size",
                                      tally.errors) from err
-            message = f"LLM endpoint {self.settings.base_url} failed after {tally.requests} attempt(s): {tally.last_error}"
-            if "max_completion_tokens" in tally.last_error and self.settings.token_limit_field != "max_completion_tokens":
+            message = (f"LLM endpoint {self.settings.base_url} failed after {tally.requests} attempt(s): "
+                       f"{tally.last_error}")
+            wants_new_field = "max_completion_tokens" in tally.last_error
+            if wants_new_field and self.settings.token_limit_field != "max_completion_tokens":
                 message += " (this model wants --llm-token-limit-field max_completion_tokens)"
             raise LlmUnavailable(message, tally.errors) from err
         content, prompt_tokens, completion_tokens = reply
@@ -192,7 +200,8 @@ class LlmClient:
         cost = self.settings.price.cost(prompt_tokens, completion_tokens)
         return LlmResult(content, tally.errors, prompt_tokens, completion_tokens, cost)
 
-    async def _request(self, messages: list[dict], model: str, sampling: dict, call_id: str, tally: _Tally) -> tuple[str, int, int]:
+    async def _request(self, messages: list[dict], model: str, sampling: dict, call_id: str,
+                       tally: _Tally) -> tuple[str, int, int]:
         """One HTTP request; every failure is counted and re-raised for the retry policy to judge."""
         tally.requests += 1
         try:
@@ -200,14 +209,16 @@ class LlmClient:
                 started = time.perf_counter()
                 try:
                     response = await self._client.chat.completions.create(
-                        model=model, messages=cast("list[ChatCompletionMessageParam]", messages),  # metaprompt's role/content dicts
+                        # metaprompt's role/content dicts are the chat messages the API types
+                        model=model, messages=cast("list[ChatCompletionMessageParam]", messages),
                         extra_headers={CALL_HEADER: call_id}, **sampling
                     )
                 finally:
                     metrics.LLM_SECONDS.labels(model).observe(time.perf_counter() - started)
             content = _content_of(response)
         except (openai.APIError, MalformedReply, ValueError) as err:
-            failure = err if isinstance(err, (openai.APIError, MalformedReply)) else MalformedReply(f"unreadable body: {err}")
+            readable = isinstance(err, (openai.APIError, MalformedReply))
+            failure = err if readable else MalformedReply(f"unreadable body: {err}")
             tally.errors += 1
             tally.last_error = f"{error_kind(failure)}: {str(failure)[:200]}"
             metrics.LLM_CALLS.labels(model, "error").inc()

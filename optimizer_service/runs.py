@@ -95,16 +95,19 @@ class RunManager:
         """Validates the spec (and that the scorer has its task), stores the run as `owner`'s, pinned to the scorer's
         model, and launches it.
 
-        A `request_id` the owner used before returns its run (stored, so across restarts too) instead of starting another.
+        A `request_id` the owner used before returns its run (stored, so across restarts too) instead of starting
+        another.
         """
         settings = RunSettings.from_proto(spec, self.default_model, self.limits)
         if request_id and not REQUEST_ID.fullmatch(request_id):
-            raise SpecError("request_id must be 1 to 64 letters, digits, '-' or '_' (a UUID is a good choice), or empty")
+            raise SpecError("request_id must be 1 to 64 letters, digits, '-' or '_' (a UUID is a good choice), "
+                            "or empty")
         if request_id and (earlier := self.store.run_by_request_id(owner.name, request_id)) is not None:
             return self._repeated(earlier, settings, owner)
         replayed = self.store.run(settings.replay_run_id) if settings.replay_run_id else None
         if settings.replay_run_id and (replayed is None or not may_see(owner, replayed)):
-            raise SpecError(f"replay_run_id: no run {settings.replay_run_id!r} to replay; ListRuns shows the known ones")
+            raise SpecError(f"replay_run_id: no run {settings.replay_run_id!r} to replay; "
+                            "ListRuns shows the known ones")
         if len(self._tasks) >= MAX_WAITING_RUNS:
             raise TooManyRuns(f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one")
         try:
@@ -118,16 +121,16 @@ class RunManager:
                                        model_digest=task.model_digest)
         if record.run_id != run_id:  # a concurrent repeat stored it first
             return self._repeated(record, settings, owner)
-        log.info("run_created", run_id=run_id, task_id=settings.task_id, label=settings.label, model_digest=task.model_digest,
-                 model_version=task.model_version)
+        log.info("run_created", run_id=run_id, task_id=settings.task_id, label=settings.label,
+                 model_digest=task.model_digest, model_version=task.model_version)
         self._launch(run_id)
         return self.get(run_id, owner)
 
     def _repeated(self, earlier: RunRecord, settings: RunSettings, caller: Principal) -> pb.Run:
         """The run an earlier StartRun with the same request_id created, if it asked for the same spec."""
         if earlier.settings != settings.to_json():
-            raise RequestIdReused(f"request_id {earlier.request_id!r} already started run {earlier.run_id} with another spec; "
-                                  "use a new request_id for a new run")
+            raise RequestIdReused(f"request_id {earlier.request_id!r} already started run {earlier.run_id} "
+                                  "with another spec; use a new request_id for a new run")
         log.info("run_start_repeated", run_id=earlier.run_id, request_id=earlier.request_id)
         return self.get(earlier.run_id, caller)
 
@@ -194,8 +197,8 @@ class RunManager:
             raise
         except ModelChanged as err:
             log.warning("run_failed", reason=str(err))
-            await self._finish(run_id, FAILED, f"{err}; resume the run once the scorer serves its pinned model again, or start a new "
-                                         "run on the new model", counters)
+            advice = "resume the run once the scorer serves its pinned model again, or start a new run on the new model"
+            await self._finish(run_id, FAILED, f"{err}; {advice}", counters)
         except (LlmUnavailable, ScorerUnavailable, SearchFailed, StoreError) as err:
             log.warning("run_failed", reason=str(err))
             await self._finish(run_id, FAILED, str(err), counters)
@@ -223,7 +226,10 @@ class RunManager:
         climb = HillClimb(run_id, settings, task, self.llm, self.scorer, journal, pool, steps, counters)
         stop_reason = await climb.run()
         ensemble = await climb.ensemble()
-        singles, ensemble_test = await climb.test_accuracies(pool.best(settings.report_top), ensemble) if measure_test else ({}, None)
+        singles: dict[int, float] = {}
+        ensemble_test: float | None = None
+        if measure_test:
+            singles, ensemble_test = await climb.test_accuracies(pool.best(settings.report_top), ensemble)
         await self.store.set_test_accuracies(run_id, singles)
         if ensemble is not None:
             await self.store.set_ensemble(run_id, ensemble.templates, ensemble.accuracy, ensemble_test)
@@ -282,7 +288,8 @@ class RunManager:
     def get(self, run_id: str, caller: Principal) -> pb.Run:
         return self._run_proto(self._record(run_id, caller), caller)
 
-    def list(self, caller: Principal, size: int = 0, token: str = "", states: list[int] | None = None) -> tuple[list[pb.Run], str]:
+    def list(self, caller: Principal, size: int = 0, token: str = "",
+             states: list[int] | None = None) -> tuple[list[pb.Run], str]:
         """A page of the caller's runs (an admin's: every run), newest first, optionally only in `states` (RunState
         values); returns it and the next page's token."""
         names = sorted({pb.RunState.Name(s).removeprefix("RUN_STATE_") for s in states or () if self._known_state(s)})
@@ -290,13 +297,15 @@ class RunManager:
         position = decode_token(token, ((int, float), str), names)
         owner = None if caller.has("admin") else caller.name
         records = self.store.runs_page(names or None, tuple(position) if position else None, limit + 1, owner)
-        next_token = encode_token([records[limit - 1].created, records[limit - 1].run_id], names) if len(records) > limit else ""
+        last = records[limit - 1] if len(records) > limit else None
+        next_token = encode_token([last.created, last.run_id], names) if last else ""
         return [self._run_proto(record, caller) for record in records[:limit]], next_token
 
     @staticmethod
     def _known_state(state: int) -> bool:
         if state not in pb.RunState.values() or state == pb.RUN_STATE_UNSPECIFIED:
-            raise PageError("states", f"states: {state} is not a run state; use RUN_STATE_PENDING .. RUN_STATE_CANCELLED")
+            raise PageError("states",
+                            f"states: {state} is not a run state; use RUN_STATE_PENDING .. RUN_STATE_CANCELLED")
         return True
 
     def _run_proto(self, record: RunRecord, caller: Principal) -> pb.Run:

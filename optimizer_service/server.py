@@ -41,8 +41,10 @@ SERVICE_NAME = "promptclimb.optimizer.v1.Optimizer"
 MAX_RUN_ID = 64
 
 RETRY_S = 5.0  # RetryInfo of what passes: a full queue of runs, an unreachable scorer or database
-SPEC_FIELDS = tuple(sorted(pb.RunSpec.DESCRIPTOR.fields_by_name, key=len, reverse=True))  # longest first: a prefix is no match
-KNOWN_FAILURES = (SpecError, PageError, RequestIdReused, RunNotFound, RunStateError, TooManyRuns, ScorerUnavailable, StoreError)
+# Longest first: a field whose name is a prefix of another's is no match for it.
+SPEC_FIELDS = tuple(sorted(pb.RunSpec.DESCRIPTOR.fields_by_name, key=len, reverse=True))
+KNOWN_FAILURES = (SpecError, PageError, RequestIdReused, RunNotFound, RunStateError, TooManyRuns, ScorerUnavailable,
+                  StoreError)
 
 
 def service_error(err: Exception) -> ServiceError:
@@ -50,7 +52,8 @@ def service_error(err: Exception) -> ServiceError:
     message = str(err)
     if isinstance(err, SpecError):  # its message starts with the field it is about
         field = next((f"spec.{f}" for f in SPEC_FIELDS if message.startswith(f)), "spec")
-        return invalid(field, message, Reason.MODEL_NOT_ALLOWED if isinstance(err, ModelNotAllowed) else Reason.INVALID_FIELD)
+        return invalid(field, message,
+                       Reason.MODEL_NOT_ALLOWED if isinstance(err, ModelNotAllowed) else Reason.INVALID_FIELD)
     if isinstance(err, PageError):
         return invalid(err.field, message)
     if isinstance(err, RequestIdReused):
@@ -69,7 +72,8 @@ Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
 def maps_failures(handler: Handler) -> Handler:
-    """Aborts a handler's known failure with its documented status (service_error); anything else is the interceptor's."""
+    """Aborts a handler's known failure with its documented status (service_error); anything else is the
+    interceptor's."""
     if inspect.isasyncgenfunction(handler):
         @functools.wraps(handler)
         async def stream(self: OptimizerServicer, request: Message, context: Context) -> AsyncIterator[Message]:
@@ -146,14 +150,16 @@ async def serve(config: OptimizerConfig) -> None:
                          limits=config.limits)
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port, addr=config.host)
-    service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(manager, auth), SERVICE_NAME)],
+    servicer = OptimizerServicer(manager, auth)
+    service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, servicer, SERVICE_NAME)],
                           host=config.host, port=config.port, tls=config.tls, grace_seconds=config.grace_seconds,
                           max_concurrent_rpcs=config.max_concurrent_rpcs)
     await service.start()
     log.info("optimizer_serving", port=service.port, state_dir=str(config.state_dir), scorer=config.scorer.address,
              llm=config.llm.base_url, auth=auth.enabled, resumed=manager.resume_unfinished())
     try:
-        await service.serve_until_signalled(on_hangup=lambda: reload_tokens(auth, config.tokens_file, "PROMPTCLIMB_TOKENS"))
+        await service.serve_until_signalled(
+            on_hangup=lambda: reload_tokens(auth, config.tokens_file, "PROMPTCLIMB_TOKENS"))
     finally:
         await manager.shutdown()
         await llm.close()

@@ -84,8 +84,8 @@ class PresetValues:
 PRESETS: dict[Preset, PresetValues] = {
     Preset.PROMPTCLIMB: PresetValues(),
     Preset.AUTHORS: PresetValues(
-        fixed={"conversation": "stateless", "show_accuracies": False, "templates_per_call": 1, "top_k": 3, "iterations": 10,
-               "temperature": 1.0},
+        fixed={"conversation": "stateless", "show_accuracies": False, "templates_per_call": 1, "top_k": 3,
+               "iterations": 10, "temperature": 1.0},
         defaults={"restarts": 1, "resets": 1, "initial_pool_size": 80},
     ),
 }
@@ -161,11 +161,13 @@ class RunSettings:
                 default = knob.default
                 value = chosen(name, getattr(spec, name) or None, default)
             if not knob.low <= value <= knob.cap:
-                raise SpecError(f"{name}={value} is out of range; allowed {knob.low}..{knob.cap} (0 takes the default {default})")
+                raise SpecError(f"{name}={value} is out of range; allowed {knob.low}..{knob.cap} "
+                                f"(0 takes the default {default})")
             knobs[name] = value
         if available is not None and knobs["initial_pool_size"] > len(available):
-            raise SpecError(f"initial_pool_size={knobs['initial_pool_size']} is larger than the {pool.value} pool, which has "
-                            f"{len(available)} templates; ask for at most {len(available)} (or 0 for the default)")
+            raise SpecError(f"initial_pool_size={knobs['initial_pool_size']} is larger than the {pool.value} pool, "
+                            f"which has {len(available)} templates; ask for at most {len(available)} "
+                            "(or 0 for the default)")
         for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
             if getattr(spec, name) < 0:
                 raise SpecError(f"{name} must be >= 0 (0 means no limit)")
@@ -183,8 +185,10 @@ class RunSettings:
             initial_pool=pool,
             initial_templates=tuple(spec.initial_templates),
             feedback=_choice(Feedback, spec.feedback, "feedback") or Feedback.POSITIVE_NEGATIVE,
-            conversation=Conversation(chosen("conversation", conversation.value if conversation else None, Conversation.CHAT.value)),
-            show_accuracies=chosen("show_accuracies", spec.show_accuracies if spec.HasField("show_accuracies") else None, True),
+            conversation=Conversation(chosen("conversation", conversation.value if conversation else None,
+                                             Conversation.CHAT.value)),
+            show_accuracies=chosen("show_accuracies",
+                                   spec.show_accuracies if spec.HasField("show_accuracies") else None, True),
             temperature=temperature,
             max_scored_templates=spec.max_scored_templates,
             max_wall_seconds=wall.ToNanoseconds() / 1e9,
@@ -213,7 +217,8 @@ class RunSettings:
     def from_json(cls, data: dict) -> RunSettings:
         """Also reads the settings of runs stored before a knob existed (they take its default)."""
         return cls(**{**data, "initial_pool": InitialPool(data["initial_pool"]), "feedback": Feedback(data["feedback"]),
-                      "conversation": Conversation(data["conversation"]), "preset": Preset(data.get("preset", "promptclimb")),
+                      "conversation": Conversation(data["conversation"]),
+                      "preset": Preset(data.get("preset", "promptclimb")),
                       "initial_templates": tuple(data["initial_templates"])})
 
 
@@ -222,7 +227,8 @@ def _llm_budgets(spec: pb.RunSpec, limits: RunLimits) -> dict:
     if not (spec.max_llm_cost_usd >= 0 and math.isfinite(spec.max_llm_cost_usd)):
         raise SpecError("max_llm_cost_usd must be a finite number >= 0 (0 takes the service's ceiling)")
     if spec.max_llm_cost_usd and not limits.priced:
-        raise SpecError("max_llm_cost_usd is set, but this service has no LLM price table (--llm-price) to count cost by")
+        raise SpecError("max_llm_cost_usd is set, but this service has no LLM price table (--llm-price) "
+                        "to count cost by")
     ceilings = {"max_llm_calls": limits.max_llm_calls, "max_llm_tokens": limits.max_llm_tokens,
                 "max_llm_cost_usd": limits.max_llm_cost_usd if limits.priced else 0.0}
     budgets = {}
@@ -235,7 +241,8 @@ def _llm_budgets(spec: pb.RunSpec, limits: RunLimits) -> dict:
 
 
 class _Chooser:
-    """One knob's value: the spec's if set, else the preset's, else the default; a spec may not contradict a fixed one."""
+    """One knob's value: the spec's if set, else the preset's, else the default; a spec may not contradict a fixed
+    one."""
 
     def __init__(self, preset: Preset) -> None:
         self.preset, self.values = preset, PRESETS[preset]

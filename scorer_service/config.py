@@ -102,7 +102,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     a("--task", dest="tasks", action="append", type=_task, default=None,
       help="ID=DIR of an image-folder dataset, or ID=coop:NAME:DIR of a CoOp dataset folder (NAME: "
            f"{', '.join(COOP_DATASETS)}); repeatable (env SCORER_TASKS: comma-separated)")
-    a("--shots", type=int, default=_env("shots", d.shots, int), help="K training images per class in the few-shot train split")
+    a("--shots", type=int, default=_env("shots", d.shots, int),
+      help="K training images per class in the few-shot train split")
     a("--seed", type=int, default=_env("seed", d.seed, int), help="seed of the few-shot sample")
     a("--split-seed", type=int, default=_env("split_seed", d.split_seed, int),
       help="seed that splits a dataset without train/ and test/ folders")
@@ -122,7 +123,8 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     a("--quota-store", default=_env("quota_store", d.quota_store),
       help="where rate limits and evaluation budgets live: sqlite (default; a file in --state-dir, right for one "
            "replica) or redis://[:PASSWORD@]HOST:PORT/DB (shared by every replica; atomic updates)")
-    a("--max-templates-per-request", type=int, default=_env("max_templates_per_request", d.max_templates_per_request, int))
+    a("--max-templates-per-request", type=int,
+      default=_env("max_templates_per_request", d.max_templates_per_request, int))
     a("--max-template-bytes", type=int, default=_env("max_template_bytes", d.max_template_bytes, int))
     a("--max-message-bytes", type=int, default=_env("max_message_bytes", d.max_message_bytes, int))
     a("--max-batch-prompts", type=int, default=_env("max_batch_prompts", d.max_batch_prompts, int),

@@ -14,9 +14,12 @@ def test_fill_is_plain_substitution():
     assert fill("{} photo", "{0.__class__}") == "{0.__class__} photo"  # class names are never parsed
 
 
-@pytest.mark.parametrize(("template", "reason"), [("{:>999999999}{}", "STRAY_BRACE"), ("{0.__class__.__init__.__globals__}{}", "STRAY_BRACE"),
-                                                ("{}{", "STRAY_BRACE"), ("}{}", "STRAY_BRACE"), ("{{}}", "STRAY_BRACE"),
-                                                ("{}{}", "SEVERAL_PLACEHOLDERS"), ("a photo", "NO_PLACEHOLDER")])
+REFUSED = [("{:>999999999}{}", "STRAY_BRACE"), ("{0.__class__.__init__.__globals__}{}", "STRAY_BRACE"),
+           ("{}{", "STRAY_BRACE"), ("}{}", "STRAY_BRACE"), ("{{}}", "STRAY_BRACE"), ("{}{}", "SEVERAL_PLACEHOLDERS"),
+           ("a photo", "NO_PLACEHOLDER")]
+
+
+@pytest.mark.parametrize(("template", "reason"), REFUSED)
 def test_format_syntax_is_refused_with_its_reason(template, reason):
     problem = template_problem(template)
     assert problem is not None and problem.reason == reason and problem

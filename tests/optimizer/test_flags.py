@@ -16,8 +16,11 @@ def refusal(capsys, argv: list[str]) -> str:
     return capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("variable", "value"), [("OPTIMIZER_LLM_CONCURRENCY", "four"), ("OPTIMIZER_SCORER_DEADLINE_S", "1m"),
-                                                 ("OPTIMIZER_PORT", "50052x"), ("OPTIMIZER_MAX_ACTIVE_RUNS", "")])
+MALFORMED = [("OPTIMIZER_LLM_CONCURRENCY", "four"), ("OPTIMIZER_SCORER_DEADLINE_S", "1m"), ("OPTIMIZER_PORT", "50052x"),
+             ("OPTIMIZER_MAX_ACTIVE_RUNS", "")]
+
+
+@pytest.mark.parametrize(("variable", "value"), MALFORMED)
 def test_a_malformed_number_in_the_environment_is_refused_naming_its_variable(monkeypatch, capsys, variable, value):
     monkeypatch.setenv(variable, value)
     said = refusal(capsys, ["serve"])
