@@ -22,7 +22,7 @@ REFUSED = [("{:>999999999}{}", "STRAY_BRACE"), ("{0.__class__.__init__.__globals
 @pytest.mark.parametrize(("template", "reason"), REFUSED)
 def test_format_syntax_is_refused_with_its_reason(template, reason):
     problem = template_problem(template)
-    assert problem is not None and problem.reason == reason and problem
+    assert problem is not None and problem.reason == reason
 
 
 def test_a_valid_template_has_no_problem():

@@ -8,7 +8,7 @@ import pytest
 from optimizer_service.cli import main
 
 
-def refusal(capsys, argv: list[str]) -> str:
+def refusal(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     """What the command line says when it refuses `argv` (it must exit 2, argparse's usage error)."""
     with pytest.raises(SystemExit) as stopped:
         main(argv)

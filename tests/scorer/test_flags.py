@@ -8,7 +8,7 @@ import pytest
 from scorer_service.config import parse_config
 
 
-def refusal(capsys, argv: list[str]) -> str:
+def refusal(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     with pytest.raises(SystemExit) as stopped:
         parse_config(argv)
     assert stopped.value.code == 2
