@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+from tqdm import tqdm
 from transformers import CLIPConfig, CLIPModel
 
 from bench.report import write_table
@@ -52,12 +52,12 @@ def build_encoder(tokenizer, dtype: torch.dtype = torch.float32, onednn: bool = 
     shape = SHAPES["vit-b-32"]
     vocab = tokenizer.get_vocab()
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=shape.text_width, intermediate_size=4 * shape.text_width,
-                         num_hidden_layers=shape.text_layers, num_attention_heads=shape.text_heads, max_position_embeddings=77,
-                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                         pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16),  # the vision tower is not benchmarked
+        text_config={"vocab_size": len(vocab), "hidden_size": shape.text_width, "intermediate_size": 4 * shape.text_width,
+                         "num_hidden_layers": shape.text_layers, "num_attention_heads": shape.text_heads, "max_position_embeddings": 77,
+                         "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+                         "pad_token_id": vocab["<|endoftext|>"]},
+        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+                           "image_size": 32, "patch_size": 16},  # the vision tower is not benchmarked
         projection_dim=shape.projection_dim,
     )
     torch.manual_seed(0)

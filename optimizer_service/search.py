@@ -38,7 +38,13 @@ import structlog
 from optimizer_service import metrics
 from optimizer_service.config import Conversation, Feedback, InitialPool, RunSettings
 from optimizer_service.llm import ContextTooLong, LlmClient, LlmResult, LlmUnavailable
-from optimizer_service.metaprompt import MetaPrompt, estimate_tokens, fit_chat, initial_pool_messages, template_lines_grammar
+from optimizer_service.metaprompt import (
+    MetaPrompt,
+    estimate_tokens,
+    fit_chat,
+    initial_pool_messages,
+    template_lines_grammar,
+)
 from optimizer_service.parsing import parse_templates
 from optimizer_service.pool import INITIAL, Candidate, Pool, template_key
 from optimizer_service.scorer_client import ScorerClient, ScorerError

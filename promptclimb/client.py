@@ -31,13 +31,19 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
-from tenacity import wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
 
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
 from promptclimb_common.errors import details_of, rich_status, status_detail
+from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
 
 __all__ = ["CallError", "Optimizer", "Retry", "Scorer", "Tls"]
 

@@ -31,8 +31,15 @@ from pathlib import Path, PurePath
 
 import structlog
 
-from scorer_service.datasets import (IMAGE_SUFFIXES, Dataset, DatasetError, LabeledImage, Task, build_task,
-                                     class_name_from_folder)
+from scorer_service.datasets import (
+    IMAGE_SUFFIXES,
+    Dataset,
+    DatasetError,
+    LabeledImage,
+    Task,
+    build_task,
+    class_name_from_folder,
+)
 
 log = structlog.get_logger(__name__)
 

@@ -87,16 +87,16 @@ DEFAULT_RECIPE = "fmnist-vit-p7"
 def _config(recipe: Recipe, tokenizer) -> CLIPConfig:
     vocab = tokenizer.get_vocab()
     return CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=recipe.text.width, intermediate_size=4 * recipe.text.width,
-            num_hidden_layers=recipe.text.layers, num_attention_heads=recipe.text.heads,
-            max_position_embeddings=77, bos_token_id=vocab[START], eos_token_id=vocab[END], pad_token_id=vocab[END],
-        ),
-        vision_config=dict(
-            hidden_size=recipe.vision.width, intermediate_size=4 * recipe.vision.width,
-            num_hidden_layers=recipe.vision.layers, num_attention_heads=recipe.vision.heads,
-            image_size=28, patch_size=recipe.patch_size, num_channels=3,
-        ),
+        text_config={
+            "vocab_size": len(vocab), "hidden_size": recipe.text.width, "intermediate_size": 4 * recipe.text.width,
+            "num_hidden_layers": recipe.text.layers, "num_attention_heads": recipe.text.heads,
+            "max_position_embeddings": 77, "bos_token_id": vocab[START], "eos_token_id": vocab[END], "pad_token_id": vocab[END],
+        },
+        vision_config={
+            "hidden_size": recipe.vision.width, "intermediate_size": 4 * recipe.vision.width,
+            "num_hidden_layers": recipe.vision.layers, "num_attention_heads": recipe.vision.heads,
+            "image_size": 28, "patch_size": recipe.patch_size, "num_channels": 3,
+        },
         projection_dim=recipe.projection_dim,
     )
 

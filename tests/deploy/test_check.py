@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from tests.deploy import REPO, load_check
 from tests.conftest import prerequisite
+from tests.deploy import REPO, load_check
 
 check = load_check()
 kubectl = check.tool("kubectl")

@@ -34,7 +34,7 @@ class ScorerEndpoint:
     address: str
 
     def settings(self, token_name: str = "optimizer", **overrides) -> ScorerSettings:
-        values = dict(address=self.address, token=SCORER_TOKENS[token_name][0], deadline_s=30.0, grace_s=5.0)
+        values = {"address": self.address, "token": SCORER_TOKENS[token_name][0], "deadline_s": 30.0, "grace_s": 5.0}
         return ScorerSettings(**{**values, **overrides})
 
 
@@ -57,8 +57,8 @@ def llm():
 
 
 def llm_settings(url: str, **overrides) -> LlmSettings:
-    values = dict(base_url=url, model="scripted-model", api_key="placeholder", concurrency=4, timeout_s=5.0, max_attempts=3,
-                  backoff_initial_s=0.01, backoff_max_s=0.1)
+    values = {"base_url": url, "model": "scripted-model", "api_key": "placeholder", "concurrency": 4, "timeout_s": 5.0, "max_attempts": 3,
+                  "backoff_initial_s": 0.01, "backoff_max_s": 0.1}
     return LlmSettings(**{**values, **overrides})
 
 
@@ -80,7 +80,7 @@ class Optimizer:
 
 
 def small_spec(**overrides) -> pb.RunSpec:
-    values = dict(task_id=TASK, initial_pool_size=6, restarts=2, resets=2, iterations=2, top_k=2, templates_per_call=2)
+    values = {"task_id": TASK, "initial_pool_size": 6, "restarts": 2, "resets": 2, "iterations": 2, "top_k": 2, "templates_per_call": 2}
     return pb.RunSpec(**{**values, **overrides})
 
 

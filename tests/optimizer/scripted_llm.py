@@ -154,7 +154,7 @@ def _handler(server: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args) -> None:  # quiet
             pass
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
             headers = {k.lower(): v for k, v in self.headers.items()}

@@ -77,9 +77,9 @@ def test_the_authors_preset_fills_their_knobs_and_refuses_a_contradiction():
     given = pb.RunSpec(task_id="pets", preset=pb.PRESET_AUTHORS, initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=["a {}", "b {}"])
     assert RunSettings.from_proto(given, "m").initial_pool_size == 2  # a given list is used whole
     assert RunSettings.from_proto(settings.to_proto(), "m") == settings
-    for contradiction, named in [(dict(templates_per_call=4), "templates_per_call=4"), (dict(temperature=0.7), "temperature=0.7"),
-                                 (dict(conversation=pb.CONVERSATION_MODE_CHAT), "conversation=chat"), (dict(top_k=5), "top_k=5"),
-                                 (dict(show_accuracies=True), "show_accuracies=True")]:
+    for contradiction, named in [({"templates_per_call": 4}, "templates_per_call=4"), ({"temperature": 0.7}, "temperature=0.7"),
+                                 ({"conversation": pb.CONVERSATION_MODE_CHAT}, "conversation=chat"), ({"top_k": 5}, "top_k=5"),
+                                 ({"show_accuracies": True}, "show_accuracies=True")]:
         with pytest.raises(SpecError, match=f"preset authors fixes .*{named} contradicts it"):
             RunSettings.from_proto(pb.RunSpec(task_id="pets", preset=pb.PRESET_AUTHORS, **contradiction), "m")
 

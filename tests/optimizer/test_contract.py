@@ -11,7 +11,7 @@ from tests.optimizer.conftest import SCORER_TOKENS, TASK, open_optimizer, small_
 from tests.optimizer.test_scorer_restart import watch_to_end
 from tests.optimizer.test_service import _status_of
 
-TINY = dict(restarts=1, resets=1, iterations=1)
+TINY = {"restarts": 1, "resets": 1, "iterations": 1}
 
 
 async def _scorer_digest(scorer) -> str:
