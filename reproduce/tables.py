@@ -16,6 +16,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from optimizer_service.baselines import A_PHOTO_OF, CLIP_ENSEMBLE, COOP_PROMPT, PLAIN, reference_candidates
 from reproduce.grid import Grid
@@ -80,8 +81,9 @@ def collect_transfers(grid: Grid, own: dict[str, dict[str, dict[str, Cell]]]) ->
     return dict(sorted(table.items()))
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text())
+def _json(path: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
 
 
 def _average(cells: dict[str, Cell], datasets: tuple[str, ...]) -> str:
@@ -129,10 +131,10 @@ def write_tables(grid: Grid) -> list[Path]:
     with paths[1].open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["backbone", "method", "dataset", "mean", "std", "seeds"])
-        for backbone, rows in results.items():
+        for backbone_name, rows in results.items():
             for method, cells in rows.items():
                 for dataset, cell in cells.items():
-                    out.writerow([backbone, method, dataset, f"{cell.mean:.6f}", f"{cell.spread:.6f}", len(cell.values)])
+                    out.writerow([backbone_name, method, dataset, f"{cell.mean:.6f}", f"{cell.spread:.6f}", len(cell.values)])
     with paths[2].open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["source", "target", "dataset", "mean", "std", "seeds"])
