@@ -44,8 +44,8 @@ class CallShape:
 CALL_SHAPES = (CallShape("small", 10, 1), CallShape("large", 50, 4))
 
 
-async def client(stub, shape: CallShape, deadline: float, counter: itertools.count, latencies: list[float],
-                 errors: list[str]) -> None:
+async def client(stub: scorer_pb2_grpc.ScorerAsyncStub, shape: CallShape, deadline: float, counter: itertools.count[int],
+                 latencies: list[float], errors: list[str]) -> None:
     while time.perf_counter() < deadline:
         templates = [f"a photo {next(counter)} of a {{}}." for _ in range(shape.templates_per_call)]
         started = time.perf_counter()
