@@ -154,10 +154,10 @@ def test_retry_after_is_read_in_milliseconds_seconds_or_as_a_date():
 
 
 def test_the_wait_honors_retry_after_up_to_the_backoff_cap():
-    from tenacity import RetryCallState
+    from tenacity import RetryCallState, Retrying
 
     client = LlmClient(settings("http://127.0.0.1:9/v1", backoff_max_s=10.0), None)
-    state = RetryCallState(None, None, (), {})
+    state = RetryCallState(Retrying(), None, (), {})
     state.set_exception((openai.RateLimitError, _rate_limited({"retry-after": "4"}), None))
     assert client._wait(state) == 4.0
     state.set_exception((openai.RateLimitError, _rate_limited({"retry-after": "600"}), None))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from optimizer_service.pool import INITIAL, Candidate
-from optimizer_service.store import CachedReply, Step, Store, StoreError
+from optimizer_service.store import CachedReply, RunRecord, Step, Store, StoreError
+
+
+def stored(store: Store, run_id: str) -> RunRecord:
+    record = store.run(run_id)
+    assert record is not None, f"no run {run_id!r} in the store"
+    return record
 
 
 def test_opens_in_wal_mode_and_round_trips_a_run(tmp_path):
@@ -22,7 +28,7 @@ def test_opens_in_wal_mode_and_round_trips_a_run(tmp_path):
     assert [c.template for c in reopened.candidates("r1")] == ["a {}", "the {}", "a new {}"]
     assert reopened.candidates("r1")[2].llm_call == "r1/0/0/0"
     assert reopened.steps("r1") == {(0, 0, 0): step}
-    assert reopened.run("r1").counters == {"llm_calls": 1}
+    assert stored(reopened, "r1").counters == {"llm_calls": 1}
     assert reopened.events_after("r1", 1) == [b"e2", b"e3"]
     assert reopened.last_event_sequence("r1") == 3
     assert reopened.test_accuracies("r1") == {}
@@ -66,7 +72,7 @@ def test_a_failed_commit_writes_nothing(tmp_path):
     with pytest.raises(StoreError):  # sequence 0 is taken: the whole step must roll back
         store.commit_progress("r1", [Candidate("b {}", 0.1, 0, 0, 0, 0)], {"n": 2}, [(2, b"e2")], [step])
     assert store.steps("r1") == {}
-    assert store.run("r1").counters == {"n": 1}
+    assert stored(store, "r1").counters == {"n": 1}
     assert store.events_after("r1", 0) == [b"e1"]
 
 
@@ -95,7 +101,7 @@ def test_a_runs_table_from_before_request_ids_and_pinning_is_upgraded_on_open(tm
     old.commit()
     old.close()
     store = Store.open(tmp_path)
-    before = store.run("old")
+    before = stored(store, "old")
     assert (before.request_id, before.model_digest, before.stop_reason) == (None, "", "finished")  # unpinned, as it ran
     new = store.create_run("new", {"a": 1}, {}, "PENDING", request_id="req-1", model_digest="d" * 32)
     assert (new.request_id, new.model_digest) == ("req-1", "d" * 32)
