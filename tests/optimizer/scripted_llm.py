@@ -17,8 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 WORDS = ("bright", "dark", "vivid", "faded", "sharp", "soft", "tiny", "huge", "old", "new", "calm", "busy")
 
