@@ -38,8 +38,14 @@ import structlog
 from optimizer_service import metrics
 from optimizer_service.choices import Conversation, Feedback, InitialPool
 from optimizer_service.llm import ContextTooLong, LlmClient, LlmResult, LlmUnavailable
-from optimizer_service.metaprompt import MetaPrompt, estimate_tokens, fit_chat, initial_pool_messages, template_lines_grammar
-from optimizer_service.parsing import parse_templates
+from optimizer_service.metaprompt import (
+    MetaPrompt,
+    estimate_tokens,
+    fit_chat,
+    initial_pool_messages,
+    template_lines_grammar,
+)
+from optimizer_service.parsing import ParsedReply, parse_templates
 from optimizer_service.pool import INITIAL, Candidate, Pool, template_key
 from optimizer_service.scorer_client import ScorerClient, ScorerError
 from optimizer_service.seeds import builtin_pool, draw
@@ -174,14 +180,18 @@ class HillClimb:
         if self.settings.initial_pool is InitialPool.BUILTIN:
             return builtin_pool(size, seed)
         baselines = 2 if self.settings.initial_pool is InitialPool.HAND_ENGINEERED else 0  # `{}` and "a photo of a {}."
-        return draw(self.settings.pool_templates(), size, seed, fixed=baselines)
+        listed = self.settings.pool_templates()
+        assert listed is not None, "only the LLM-written pool has no list, and it is written, not drawn"
+        return draw(listed, size, seed, fixed=baselines)
 
     async def score_initial_pool(self) -> None:
         if self.settings.initial_pool is InitialPool.LLM:
             candidates, steps = await self.llm_written_pool()
         else:
             if self.settings.initial_pool is InitialPool.GIVEN:  # repeats in the given list
-                self.counters.candidates_duplicate += len(self.settings.initial_templates) - len(self.settings.pool_templates())
+                distinct = self.settings.pool_templates()
+                assert distinct is not None, "a given pool is a list"
+                self.counters.candidates_duplicate += len(self.settings.initial_templates) - len(distinct)
             samples = [self.initial_sample(restart) for restart in range(self.settings.restarts)]
             fresh = await self.learn([t for sample in samples for t in sample])  # the union, in one Score call
             candidates, steps = [], []
@@ -232,7 +242,7 @@ class HillClimb:
         self.steps[(restart, reset, iteration)] = step
         await self.commit(candidates, [step], (restart, reset, iteration))
 
-    def usable(self, parsed, restart: int) -> list[str]:
+    def usable(self, parsed: ParsedReply, restart: int) -> list[str]:
         """The reply's templates that are new to the restart and not known to be refused by the scorer; the rest counted."""
         new, duplicates = self.pool.split_new(parsed.templates, restart)
         refused = [t for t in new if self.pool.rejection(t) is not None]
@@ -431,7 +441,7 @@ class HillClimb:
             accuracy = results[best].accuracy
         return Ensemble(tuple(chosen), accuracy)
 
-    async def score_ensembles(self, ensembles: list[list[str]], split: int) -> list[scorer_pb2.EnsembleScore]:
+    async def score_ensembles(self, ensembles: list[list[str]], split: scorer_pb2.Split) -> list[scorer_pb2.EnsembleScore]:
         """Scores the ensembles in as many calls as keep each under ENSEMBLE_MEMBERS_PER_CALL members."""
         per_call = max(1, ENSEMBLE_MEMBERS_PER_CALL // max(len(e) for e in ensembles))
         results = []

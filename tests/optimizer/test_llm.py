@@ -12,16 +12,26 @@ from optimizer_service.config import LlmSettings, Price
 from optimizer_service.llm import CALL_HEADER, ContextTooLong, LlmClient, LlmUnavailable, call_seed, retry_after_seconds
 from optimizer_service.metaprompt import template_lines_grammar
 from optimizer_service.store import Store
-from tests.optimizer.scripted_llm import (EMPTY_CHOICES, GARBAGE, NOT_UTF8, TRUNCATED_JSON, Delay, Drop, Fail, Raw, Reply,
-                                          ScriptedLLM)
+from tests.optimizer.scripted_llm import (
+    EMPTY_CHOICES,
+    GARBAGE,
+    NOT_UTF8,
+    TRUNCATED_JSON,
+    Delay,
+    Drop,
+    Fail,
+    Raw,
+    Reply,
+    ScriptedLLM,
+)
 
 MESSAGES = [{"role": "user", "content": "Write 2 new templates"}]
 NULL_CONTENT = Raw(b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": null}}]}')
 
 
 def settings(url: str, **overrides) -> LlmSettings:
-    values = dict(base_url=url, model="scripted", api_key="placeholder", concurrency=4, timeout_s=5.0, max_attempts=3,
-                  backoff_initial_s=0.01, backoff_max_s=0.2)
+    values = {"base_url": url, "model": "scripted", "api_key": "placeholder", "concurrency": 4, "timeout_s": 5.0, "max_attempts": 3,
+                  "backoff_initial_s": 0.01, "backoff_max_s": 0.2}
     return LlmSettings(**{**values, **overrides})
 
 
@@ -144,10 +154,10 @@ def test_retry_after_is_read_in_milliseconds_seconds_or_as_a_date():
 
 
 def test_the_wait_honors_retry_after_up_to_the_backoff_cap():
-    from tenacity import RetryCallState
+    from tenacity import RetryCallState, Retrying
 
     client = LlmClient(settings("http://127.0.0.1:9/v1", backoff_max_s=10.0), None)
-    state = RetryCallState(None, None, (), {})
+    state = RetryCallState(Retrying(), None, (), {})
     state.set_exception((openai.RateLimitError, _rate_limited({"retry-after": "4"}), None))
     assert client._wait(state) == 4.0
     state.set_exception((openai.RateLimitError, _rate_limited({"retry-after": "600"}), None))
