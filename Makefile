@@ -7,7 +7,7 @@ PY := $(BIN)/python
 ENV_STAMP := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: all env test test-fast demo bench bench-search reliability clean
+.PHONY: all env lint test test-fast demo bench bench-search reliability clean
 
 all: test
 
@@ -69,8 +69,15 @@ $(NODE_TOOLS): tools/node/package.json tools/node/package-lock.json
 	cd tools/node && npm ci --no-audit --no-fund
 	@touch $@
 
-# Everything the tests need is installed first, so no test has a reason to skip.
-TEST_DEPS := env deploy-check llm-env demo-data proto-check node-tools redis-server
+# The code's own checks, configured in pyproject.toml: ruff's lint and format check, and mypy over every
+# package (its file list is [tool.mypy] files; the generated stubs are typed by their .pyi).
+lint: env
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Everything the tests need is installed first, so no test has a reason to skip; lint comes first.
+TEST_DEPS := lint env deploy-check llm-env demo-data proto-check node-tools redis-server
 test: $(TEST_DEPS)
 	$(PY) -m pytest -q
 

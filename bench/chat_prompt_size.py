@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
@@ -28,11 +27,9 @@ from optimizer_service.config import LlmSettings
 from optimizer_service.metaprompt import estimate_tokens
 from promptclimb_common.processes import REPO
 from testbed.random_clip import build_random_clip
+from tests.fixtures import write_image_folder
 from tests.optimizer.scripted_llm import ScriptedLLM
-
-sys.path.insert(0, str(REPO / "tests"))
-from fixtures import write_image_folder  # noqa: E402
-from procs import start_scorer, stop_process  # noqa: E402
+from tests.procs import start_scorer, stop_process
 
 RESULT = REPO / "bench" / "results" / "chat_prompt_size.md"
 

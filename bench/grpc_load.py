@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import itertools
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,10 +26,8 @@ import grpc
 from bench.report import write_table
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from testbed.random_clip import build_random_clip
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fixtures import write_image_folder  # noqa: E402
-from procs import start_scorer, stop_process  # noqa: E402
+from tests.fixtures import write_image_folder
+from tests.procs import start_scorer, stop_process
 
 
 @dataclass(frozen=True)
@@ -47,8 +44,8 @@ class CallShape:
 CALL_SHAPES = (CallShape("small", 10, 1), CallShape("large", 50, 4))
 
 
-async def client(stub, shape: CallShape, deadline: float, counter: itertools.count, latencies: list[float],
-                 errors: list[str]) -> None:
+async def client(stub: scorer_pb2_grpc.ScorerAsyncStub, shape: CallShape, deadline: float, counter: itertools.count[int],
+                 latencies: list[float], errors: list[str]) -> None:
     while time.perf_counter() < deadline:
         templates = [f"a photo {next(counter)} of a {{}}." for _ in range(shape.templates_per_call)]
         started = time.perf_counter()

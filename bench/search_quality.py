@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -105,7 +106,7 @@ class Scorer(contextlib.AbstractContextManager):
                 raise RuntimeError(f"scorer refused {list(result.templates)}: {result.error}")
         return [r.accuracy for r in reply.ensemble_results]
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.channel.close()
         stop_process(self.process, signal.SIGTERM, 60)
 
@@ -141,7 +142,7 @@ def run_cell(cell: Path, method: Method, budget: Budget, seed: int, scorer: Scor
     if code != 0:
         tail = "\n".join((cell / "optimizer.log").read_text(errors="replace").splitlines()[-10:])
         raise RuntimeError(f"optimizer run for {cell} exited with {code}:\n{tail}")
-    result = json.loads((cell / "result.json").read_text())
+    result: dict[str, Any] = json.loads((cell / "result.json").read_text())
     result["wall_seconds"] = time.monotonic() - started
     return result
 
@@ -211,8 +212,8 @@ def build_tables(graded: dict[str, dict[int, dict]], baselines: dict[str, dict[i
         "templates scored | wall s |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, per_seed in baselines.items():
-        lines.append(f"| {name} | {spread([per_seed[s][1] for s in seeds])} | {spread([per_seed[s][0] for s in seeds])} "
+    for name, train_test in baselines.items():
+        lines.append(f"| {name} | {spread([train_test[s][1] for s in seeds])} | {spread([train_test[s][0] for s in seeds])} "
                      "| 0 | 0 | - | - |")
     first = next(iter(graded.values()))
     lines.append(f"| best of the initial pool | {spread([first[s]['pool_test'] for s in seeds])} | "

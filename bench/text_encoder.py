@@ -20,14 +20,14 @@ import asyncio
 import math
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
-from transformers import CLIPConfig, CLIPModel
+from tqdm import tqdm
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from bench.report import write_table
 from bench.workload import TEMPLATES, class_names, image_features
@@ -46,20 +46,23 @@ from testbed.tokenizer import clip_tokenizer
 from testbed.train import CLASS_NAMES, ensure_model, full_test_features
 
 IMAGES = 1000
+CPU = torch.device("cpu")
+# A benchmarked step: (encoder, templates, class names) -> each template's class embeddings.
+Step = Callable[[ClipEncoder, list[str], list[str]], list[torch.Tensor]]
 
 
-def build_encoder(tokenizer, dtype: torch.dtype = torch.float32, onednn: bool = False,
-                  device: torch.device = torch.device("cpu")) -> ClipEncoder:
+def build_encoder(tokenizer: CLIPTokenizer, dtype: torch.dtype = torch.float32, onednn: bool = False,
+                  device: torch.device = CPU) -> ClipEncoder:
     """A ViT-B/32-shaped CLIP (random weights) wrapped as the scorer wraps a checkpoint."""
     shape = SHAPES["vit-b-32"]
     vocab = tokenizer.get_vocab()
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=shape.text_width, intermediate_size=4 * shape.text_width,
-                         num_hidden_layers=shape.text_layers, num_attention_heads=shape.text_heads, max_position_embeddings=77,
-                         bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                         pad_token_id=vocab["<|endoftext|>"]),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16),  # the vision tower is not benchmarked
+        text_config={"vocab_size": len(vocab), "hidden_size": shape.text_width, "intermediate_size": 4 * shape.text_width,
+                         "num_hidden_layers": shape.text_layers, "num_attention_heads": shape.text_heads, "max_position_embeddings": 77,
+                         "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
+                         "pad_token_id": vocab["<|endoftext|>"]},
+        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+                           "image_size": 32, "patch_size": 16},  # the vision tower is not benchmarked
         projection_dim=shape.projection_dim,
     )
     torch.manual_seed(0)
@@ -72,20 +75,20 @@ def build_encoder(tokenizer, dtype: torch.dtype = torch.float32, onednn: bool = 
 # torch.utils.flop_counter knows aten's matmuls; these two CPU kernels it does not.
 
 @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
-def _onednn_linear_flops(x_shape, w_shape, *args, **kwargs) -> int:
+def _onednn_linear_flops(x_shape: Sequence[int], w_shape: Sequence[int], *args: object, **kwargs: object) -> int:
     return 2 * math.prod(x_shape[:-1]) * w_shape[0] * w_shape[1]
 
 
 @register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
-def _cpu_attention_flops(q_shape, k_shape, *args, **kwargs) -> int:
+def _cpu_attention_flops(q_shape: Sequence[int], k_shape: Sequence[int], *args: object, **kwargs: object) -> int:
     batch, heads, queries, dim = q_shape
     return 4 * batch * heads * queries * k_shape[-2] * dim  # scores and weighted sum, masked ones included
 
 
-def count_flops(step: Callable, encoder: ClipEncoder, templates: list[str], names: list[str]) -> int:
+def count_flops(step: Step, encoder: ClipEncoder, templates: list[str], names: list[str]) -> int:
     with FlopCounterMode(display=False) as counter:
         step(encoder, templates, names)
-    return counter.get_total_flops()
+    return int(counter.get_total_flops())
 
 
 def synchronize(device: torch.device) -> None:
@@ -93,7 +96,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_flops(matmul: Callable, dtype: torch.dtype, device: torch.device = torch.device("cpu"),
+def matmul_peak_flops(matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dtype: torch.dtype, device: torch.device = CPU,
                       size: int = 2048, seconds: float = 2.0) -> float:
     size = size * 4 if device.type == "cuda" else size
     a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
@@ -108,7 +111,8 @@ def matmul_peak_flops(matmul: Callable, dtype: torch.dtype, device: torch.device
 
 
 def onednn_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    product: torch.Tensor = torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    return product
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -152,7 +156,7 @@ def predictions_of(class_embeddings: list[torch.Tensor], features: torch.Tensor)
     return torch.stack([(features.to(e.device) @ e.float().T).argmax(dim=-1).cpu() for e in class_embeddings])
 
 
-def per_template_step(padding: str):
+def per_template_step(padding: str) -> Step:
     """One template at a time, fp32, no cache: the authors' evaluation with padding="max_length"
     (77 tokens), or its first improvement with padding="longest"."""
 
@@ -188,7 +192,8 @@ def int8_encoder(encoder: ClipEncoder) -> ClipEncoder:
     return ClipEncoder(encoder.name, quantized, encoder.tokenizer, encoder.image_processor, encoder.device, encoder.dtype)
 
 
-def run_step(name, step: Callable, encoder, templates, names, features, flops: int, peak: float | None) -> StepResult:
+def run_step(name: str, step: Step, encoder: ClipEncoder, templates: list[str], names: list[str], features: torch.Tensor,
+             flops: int, peak: float | None) -> StepResult:
     reset_peak_memory(encoder.device)
     synchronize(encoder.device)
     started = time.perf_counter()
@@ -199,7 +204,8 @@ def run_step(name, step: Callable, encoder, templates, names, features, flops: i
     return StepResult(name, len(templates), len(names), seconds, flops, predictions_of(embeddings, features), memory, peak)
 
 
-def cached_repeat_step(encoder: ClipEncoder, templates: list[str], names: list[str], features, labels) -> StepResult:
+def cached_repeat_step(encoder: ClipEncoder, templates: list[str], names: list[str], features: torch.Tensor,
+                       labels: torch.Tensor) -> StepResult:
     """The whole TemplateScorer.score_candidates call for templates already in the text cache."""
 
     async def score_twice() -> float:
@@ -243,12 +249,13 @@ def trained_model_agreement(model_dir: Path) -> list[str]:
     fp32 = load_clip(str(model_dir), device="cpu", dtype="float32", cpu_matmul="torch")
     rows = [("fp32 (reference)", fp32), ("bf16 (scorer --dtype bfloat16)", load_clip(str(model_dir), "cpu", "bfloat16", "torch")),
             ("int8 dynamic quantization", int8_encoder(fp32))]
-    results = {}
+    results: dict[str, torch.Tensor] = {}
+    labels: dict[str, torch.Tensor] = {}
     for name, encoder in rows:
-        features, target = full_test_features(encoder)
+        features, labels[name] = full_test_features(encoder)
         embeddings = scorer_path_step(encoder, templates, list(CLASS_NAMES))
         results[name] = predictions_of(embeddings, features.float())
-    reference = results[rows[0][0]]
+    reference, target = results[rows[0][0]], labels[rows[0][0]]
     lines = ["", f"Trained testbed model ({model_dir.name}: a small CLIP trained on this machine, not CLIP): "
              f"{len(templates)} built-in templates x {len(target)} Fashion-MNIST test images.", "",
              "| dtype | predictions = fp32 | mean test accuracy | largest accuracy change of a template |", "|---|---|---|---|"]
@@ -294,6 +301,7 @@ def main() -> None:
     bf16 = build_encoder(tokenizer, torch.bfloat16, device=device)
     torch_peak = matmul_peak_flops(torch.matmul, torch.float32, device)
     bf16_peak = matmul_peak_flops(torch.matmul, torch.bfloat16, device)
+    int8: ClipEncoder | None = None  # CPU only
     if on_gpu:
         default = fp32  # what counts FLOPs and serves the cached step
         fp32_peak = torch_peak
@@ -318,12 +326,12 @@ def main() -> None:
     ]
     for count in args.classes:
         names = names_all[:count]
-        features, labels = image_features(IMAGES, fp32.model.config.projection_dim, count)
+        features, labels = image_features(IMAGES, SHAPES["vit-b-32"].projection_dim, count)
         templates = TEMPLATES[: max(1, min(args.templates, args.max_prompts // count))]
         slow = templates[: args.baseline_templates]
         mean_tokens = sum(fp32.tokenizer.lengths([fill(t, n) for t in templates for n in names])) / (len(templates) * count)
         pad_77, pad_longest = per_template_step("max_length"), per_template_step("longest")
-        steps = [
+        steps: list[tuple[str, Step, ClipEncoder, list[str], float | None]] = [
             ("baseline: per template, pad 77, fp32", pad_77, fp32, slow, fp32_peak),
             ("+ pad to longest", pad_longest, fp32, slow, fp32_peak),
             ("+ all templates batched, length-sorted", batched_step, fp32, templates, fp32_peak),
@@ -331,7 +339,7 @@ def main() -> None:
              f"({'scorer --dtype float32' if on_gpu else 'scorer --cpu-matmul torch'})", scorer_path_step, fp32, templates,
              fp32_peak),
         ]
-        if on_gpu:
+        if int8 is None:  # on a GPU
             steps.append(("+ bf16 weights (scorer default on GPU)", scorer_path_step, bf16, templates, bf16_peak))
         else:
             steps += [

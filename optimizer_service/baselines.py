@@ -66,7 +66,8 @@ class BaselineError(ValueError):
 def _clip_benchmark_templates() -> dict[str, list[str]]:
     try:
         data = importlib.resources.files("clip_benchmark.datasets") / "en_zeroshot_classification_templates.json"
-        return json.loads(data.read_text())
+        templates: dict[str, list[str]] = json.loads(data.read_text())
+        return templates
     except ModuleNotFoundError as err:
         raise BaselineError(f"hand-engineered templates come from the package {CLIP_BENCHMARK_PIN}, which is not "
                             "installed: run `make env` (or pip install --no-deps it)") from err
@@ -97,7 +98,7 @@ def coop_prompt(dataset: str) -> str:
 def reference_candidates(dataset: str) -> dict[str, tuple[str, ...]]:
     """The paper's baseline rows as ensembles (a one-template ensemble is that template); a row is left out
     where its source has nothing for the dataset (clip-benchmark for UCF101, both for a non-CoOp dataset)."""
-    rows = {PLAIN: (PLAIN,), A_PHOTO_OF: (A_PHOTO_OF,)}
+    rows: dict[str, tuple[str, ...]] = {PLAIN: (PLAIN,), A_PHOTO_OF: (A_PHOTO_OF,)}
     if dataset in COOP_PROMPTS:
         rows[COOP_PROMPT] = (coop_prompt(dataset),)
     if CLIP_BENCHMARK_KEYS.get(dataset) in _clip_benchmark_templates():

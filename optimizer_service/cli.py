@@ -21,56 +21,63 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
-from optimizer_service.config import (KNOBS, PRESETS, Conversation, Feedback, InitialPool, Preset, RunSettings, SpecError,
-                                      add_connection_args, add_serve_args, connection_settings, serve_config)
+from optimizer_service.choices import Conversation, Feedback, InitialPool, Preset, to_proto
+from optimizer_service.config import (
+    LlmSettings,
+    ScorerSettings,
+    add_connection_args,
+    add_serve_args,
+    connection_settings,
+    serve_config,
+)
 from optimizer_service.llm import LlmClient
 from optimizer_service.pool import Candidate, rank
 from optimizer_service.runs import FAILED, LOCAL, PENDING, RUNNING, RunManager
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
+from optimizer_service.spec import KNOBS, PRESETS, RunSettings, SpecError
 from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.paths import UnwritablePathError, WritablePath, require_writable
-from promptclimb_common.serving_args import env_reader
+from promptclimb_common.serving_args import EnvError, env_reader
 
 log = structlog.get_logger(__name__)
 _env = env_reader("OPTIMIZER")
-
-_FEEDBACK = {Feedback.POSITIVE_NEGATIVE: pb.FEEDBACK_POSITIVE_NEGATIVE, Feedback.POSITIVE_ONLY: pb.FEEDBACK_POSITIVE_ONLY,
-             Feedback.NONE: pb.FEEDBACK_NONE}
-_CONVERSATION = {Conversation.CHAT: pb.CONVERSATION_MODE_CHAT, Conversation.STATELESS: pb.CONVERSATION_MODE_STATELESS}
-_PRESET = {Preset.PROMPTCLIMB: pb.PRESET_PROMPTCLIMB, Preset.AUTHORS: pb.PRESET_AUTHORS}
-_POOL = {InitialPool.BUILTIN: pb.INITIAL_POOL_BUILTIN, InitialPool.GIVEN: pb.INITIAL_POOL_GIVEN, InitialPool.LLM: pb.INITIAL_POOL_LLM,
-         InitialPool.HAND_ENGINEERED: pb.INITIAL_POOL_HAND_ENGINEERED}
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
     add_connection_args(p, state_dir_default=None)
     a = p.add_argument
     a("--task", default=_env("task", None), required=_env("task", None) is None, help="scorer task id to optimize for")
-    a("--out", type=Path, default=_env("out", None), required=_env("out", None) is None,
+    a("--out", type=Path, default=_env("out", None, Path), required=_env("out", None) is None,
       help="directory for result.json and accuracy.png (and the state, unless --state-dir)")
-    a("--initial-pool", choices=[p.value for p in InitialPool], default=_env("initial_pool", InitialPool.BUILTIN.value))
-    a("--initial-templates-file", type=Path, default=_env("initial_templates_file", None),
+    a("--initial-pool", choices=[p.value for p in InitialPool],
+      default=_env("initial_pool", InitialPool.BUILTIN, InitialPool))
+    a("--initial-templates-file", type=Path, default=_env("initial_templates_file", None, Path),
       help="one template per line, for --initial-pool given")
     a("--hand-engineered-dataset", default=_env("hand_engineered_dataset", ""),
       help="CoOp dataset name whose CLIP-authors' templates seed --initial-pool hand_engineered (e.g. oxford_pets)")
-    # Unset knobs stay 0/None here, so the preset and the defaults of config.py decide them (one place).
-    a("--preset", choices=[p.value for p in Preset], default=_env("preset", Preset.PROMPTCLIMB.value),
-      help="authors: " + ", ".join(f"{k}={v}" for k, v in {**PRESETS[Preset.AUTHORS].fixed, **PRESETS[Preset.AUTHORS].defaults}.items()))
+    # Unset knobs stay 0/None here, so the preset and the defaults of spec.py decide them (one place).
+    authors = {**PRESETS[Preset.AUTHORS].fixed, **PRESETS[Preset.AUTHORS].defaults}
+    a("--preset", choices=[p.value for p in Preset], default=_env("preset", Preset.PROMPTCLIMB, Preset),
+      help="authors: " + ", ".join(f"{k}={v}" for k, v in authors.items()))
     for name, knob in KNOBS.items():
-        a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, 0)), help=f"{knob.low}..{knob.cap}, default {knob.default}")
-    a("--feedback", choices=[f.value for f in Feedback], default=_env("feedback", None), help="default positive_negative")
-    a("--conversation", choices=[c.value for c in Conversation], default=_env("conversation", None), help="default chat")
-    a("--show-accuracies", action=argparse.BooleanOptionalAction, default=_flag_env("show_accuracies"),
+        a(f"--{name.replace('_', '-')}", type=int, default=_env(name, 0, int),
+          help=f"{knob.low}..{knob.cap}, default {knob.default}")
+    a("--feedback", choices=[f.value for f in Feedback], default=_env("feedback", None, Feedback),
+      help="default positive_negative")
+    a("--conversation", choices=[c.value for c in Conversation], default=_env("conversation", None, Conversation),
+      help="default chat")
+    a("--show-accuracies", action=argparse.BooleanOptionalAction, default=_env("show_accuracies", None, bool),
       help="show the LLM each template's accuracy (default: yes; preset authors: no)")
-    a("--temperature", type=float, default=_env("temperature", None), help="default 1.0")
-    a("--replay-run", default=_env("replay_run", ""), help="answer identical LLM questions from this earlier run's stored replies")
+    a("--temperature", type=float, default=_env("temperature", None, float), help="default 1.0")
+    a("--replay-run", default=_env("replay_run", ""),
+      help="answer identical LLM questions from this earlier run's stored replies")
     for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
-        a(f"--{name.replace('_', '-')}", type=int, default=int(_env(name, 0)), help="0: no limit")
-    a("--max-wall-seconds", type=float, default=float(_env("max_wall_seconds", 0.0)),
+        a(f"--{name.replace('_', '-')}", type=int, default=_env(name, 0, int), help="0: no limit")
+    a("--max-wall-seconds", type=float, default=_env("max_wall_seconds", 0.0, float),
       help="search time (the spec's max_wall_time) in seconds; 0: no limit")
-    a("--seed", type=int, default=int(_env("seed", 0)))
+    a("--seed", type=int, default=_env("seed", 0, int))
     a("--label", default=_env("label", ""))
 
 
@@ -78,30 +85,27 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
     templates = []
     if ns.initial_templates_file:
         templates = [line.strip() for line in ns.initial_templates_file.read_text().splitlines() if line.strip()]
-    optional = {"temperature": float(ns.temperature)} if ns.temperature is not None else {}
-    if ns.show_accuracies is not None:
-        optional["show_accuracies"] = ns.show_accuracies
     if not 0 <= ns.max_wall_seconds < math.inf:
         raise SpecError("--max-wall-seconds must be a finite number >= 0 (0 means no limit)")
     spec = pb.RunSpec(
-        task_id=ns.task, llm_model=ns.llm_model, initial_pool=_POOL[InitialPool(ns.initial_pool)], initial_templates=templates,
-        feedback=_FEEDBACK[Feedback(ns.feedback)] if ns.feedback else pb.FEEDBACK_UNSPECIFIED,
-        conversation=_CONVERSATION[Conversation(ns.conversation)] if ns.conversation else pb.CONVERSATION_MODE_UNSPECIFIED,
-        preset=_PRESET[Preset(ns.preset)], replay_run_id=ns.replay_run, **optional,
+        task_id=ns.task, llm_model=ns.llm_model, initial_pool=to_proto(InitialPool(ns.initial_pool)),
+        initial_templates=templates,
+        feedback=to_proto(Feedback(ns.feedback)) if ns.feedback else pb.FEEDBACK_UNSPECIFIED,
+        conversation=to_proto(Conversation(ns.conversation)) if ns.conversation else pb.CONVERSATION_MODE_UNSPECIFIED,
+        preset=to_proto(Preset(ns.preset)), replay_run_id=ns.replay_run,
         max_llm_calls=ns.max_llm_calls, max_llm_tokens=ns.max_llm_tokens, max_scored_templates=ns.max_scored_templates,
-        seed=ns.seed, label=ns.label, hand_engineered_dataset=ns.hand_engineered_dataset, **{name: getattr(ns, name) for name in KNOBS},
+        seed=ns.seed, label=ns.label, hand_engineered_dataset=ns.hand_engineered_dataset,
+        **{name: getattr(ns, name) for name in KNOBS},
     )
     spec.max_wall_time.FromNanoseconds(round(ns.max_wall_seconds * 1e9))
+    if ns.temperature is not None:  # unset stays unset: the preset decides
+        spec.temperature = ns.temperature
+    if ns.show_accuracies is not None:
+        spec.show_accuracies = ns.show_accuracies
     return spec
 
 
-def _flag_env(name: str) -> bool | None:
-    """A yes/no flag's default from $OPTIMIZER_<NAME> (true/false); None when unset, so the preset decides."""
-    value = _env(name, None)
-    return None if value is None else str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int:
+async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_settings: LlmSettings) -> int:
     """Starts (or resumes, if --state-dir holds the same unfinished run) one run, follows it, writes the report."""
     out: Path = ns.out
     state = WritablePath("--state-dir", "OPTIMIZER_STATE_DIR", ns.state_dir) if ns.state_dir else \
@@ -117,7 +121,7 @@ async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int
         unfinished = [r for r in store.runs([PENDING, RUNNING, FAILED]) if r.settings == wanted]
         if unfinished:
             run_id = unfinished[-1].run_id
-            manager.resume(run_id, LOCAL)
+            await manager.resume(run_id, LOCAL)
             log.info("run_resumed", run_id=run_id)
         else:
             run_id = (await manager.start(spec, LOCAL)).run_id
@@ -137,13 +141,15 @@ async def run_once(ns: argparse.Namespace, scorer_settings, llm_settings) -> int
 async def follow(manager: RunManager, run_id: str) -> None:
     """A progress bar over the run's events: iterations, best accuracy, LLM calls and tokens."""
     run = manager.get(run_id, LOCAL)
-    with tqdm(total=run.counters.iterations_total, initial=run.counters.iterations_done, unit="it", desc="climbing") as bar:
+    with tqdm(total=run.counters.iterations_total, initial=run.counters.iterations_done, unit="it",
+              desc="climbing") as bar:
         async for event in manager.watch(run_id, LOCAL):
             if event.HasField("iteration_done"):
                 done = event.iteration_done
                 bar.n = done.counters.iterations_done
                 bar.set_postfix(best=f"{100 * done.best_train_accuracy:.1f}%", llm_calls=done.counters.llm_calls,
-                                tokens=done.counters.llm_prompt_tokens + done.counters.llm_completion_tokens, refresh=True)
+                                tokens=done.counters.llm_prompt_tokens + done.counters.llm_completion_tokens,
+                                refresh=True)
 
 
 def step_of(candidate: Candidate, iterations: int) -> int:
@@ -259,12 +265,16 @@ def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, 
 def main(argv: list[str] | None = None, prog: str = "python -m optimizer_service") -> int:
     """The optimizer's command line; `prog` is the name its help shows (promptclimb-optimizer when installed)."""
     parser = argparse.ArgumentParser(prog=prog,
-                                     description="Hill-climb CLIP prompt templates with a chat LLM against a promptclimb scorer.")
+                                     description="Hill-climb CLIP prompt templates with a chat LLM against a "
+                                                 "promptclimb scorer.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the Optimizer gRPC service")
-    add_serve_args(serve_parser)
     run_parser = commands.add_parser("run", help="optimize once in-process and write a report")
-    add_run_args(run_parser)
+    try:
+        add_serve_args(serve_parser)
+        add_run_args(run_parser)
+    except EnvError as err:
+        parser.error(str(err))
     ns = parser.parse_args(argv)
     configure_logging(ns.log_level)
     try:

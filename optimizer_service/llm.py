@@ -23,9 +23,11 @@ import re
 import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from typing import cast
 
 import openai
 import structlog
+from openai.types.chat import ChatCompletionMessageParam
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from optimizer_service import metrics
@@ -41,21 +43,23 @@ class MalformedReply(Exception):
     """The endpoint answered 200 with something that is not a usable chat completion."""
 
 
-_CONTEXT_ERROR = re.compile(r"context[_ ](?:length|size|window)|exceed_context|maximum context|too many tokens|prompt is too long",
-                            re.IGNORECASE)
+_CONTEXT_ERROR = re.compile(
+    r"context[_ ](?:length|size|window)|exceed_context|maximum context|too many tokens|prompt is too long",
+    re.IGNORECASE)
 
 
 def is_context_error(err: BaseException) -> bool:
     """llama-server: 400 "exceeds the available context size"; OpenAI and vLLM: 400 "maximum context length"."""
-    return isinstance(err, openai.APIStatusError) and err.status_code in (400, 413) and bool(_CONTEXT_ERROR.search(str(err)))
+    refused = isinstance(err, openai.APIStatusError) and err.status_code in (400, 413)
+    return refused and bool(_CONTEXT_ERROR.search(str(err)))
 
 
 class LlmUnavailable(Exception):
     """The endpoint stayed down through every retry, or refused the request; the run cannot go on."""
 
-    def __init__(self, message: str, requests: int, errors: int) -> None:
+    def __init__(self, message: str, errors: int) -> None:
         super().__init__(message)
-        self.requests, self.errors = requests, errors
+        self.errors = errors  # failed requests before giving up, which the run's counters add up
 
 
 class ContextTooLong(LlmUnavailable):
@@ -67,8 +71,7 @@ class LlmResult:
     """One question's outcome: the reply text (None: skipped, malformed every time) and what it cost."""
 
     content: str | None
-    requests: int = 0  # HTTP requests sent (0 for a cached reply)
-    errors: int = 0
+    errors: int = 0  # failed HTTP requests before the reply
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -155,8 +158,10 @@ class LlmClient:
         """Asks once, retrying what can be retried; answers from the cache if this exact question was answered before in
         `cache_scope` (the run) or `replay_scope` (a run it replays). The reply is stored under `cache_scope`.
 
-        `sample` names the call within its run (seed included); `grammar` (GBNF) constrains the reply on llama.cpp endpoints."""
-        sampling: dict = {"temperature": temperature, self.settings.token_limit_field: self.settings.max_completion_tokens}
+        `sample` names the call within its run (seed included); `grammar` (GBNF) constrains the reply on llama.cpp
+        endpoints."""
+        sampling: dict = {"temperature": temperature,
+                          self.settings.token_limit_field: self.settings.max_completion_tokens}
         if self.settings.send_seed:
             sampling["seed"] = call_seed(sample)
         if grammar:
@@ -164,34 +169,39 @@ class LlmClient:
         key = cache_key(cache_scope, self.settings.base_url, model, messages, sampling, sample)
         if self._store is not None:
             for scope in filter(None, (cache_scope, replay_scope)):
-                hit = self._store.cached_reply(cache_key(scope, self.settings.base_url, model, messages, sampling, sample))
+                hit = self._store.cached_reply(cache_key(scope, self.settings.base_url, model, messages, sampling,
+                                                         sample))
                 if hit is not None:
                     metrics.LLM_CALLS.labels(model, "cached").inc()
                     return LlmResult(hit.content, prompt_tokens=0, completion_tokens=0, cached=True)
         tally = _Tally()
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.settings.max_attempts), wait=self._wait,
+                                 retry=retry_if_exception(is_retryable), reraise=True)
         try:
-            async for attempt in AsyncRetrying(stop=stop_after_attempt(self.settings.max_attempts), wait=self._wait,
-                                               retry=retry_if_exception(is_retryable), reraise=True):
-                with attempt:
-                    content, prompt_tokens, completion_tokens = await self._request(messages, model, sampling, call_id, tally)
+            reply: tuple[str, int, int] = await retrying(self._request, messages, model, sampling, call_id, tally)
         except MalformedReply:
             log.warning("llm_reply_skipped", call=call_id, attempts=tally.requests, error=tally.last_error)
-            return LlmResult(None, tally.requests, tally.errors)
+            return LlmResult(None, tally.errors)
         except openai.OpenAIError as err:
             if is_context_error(err):
-                raise ContextTooLong(f"LLM endpoint {self.settings.base_url} refused the prompt as too long for its context "
-                                     f"({tally.last_error}); set --llm-context-tokens to the model's context size",
-                                     tally.requests, tally.errors) from err
-            message = f"LLM endpoint {self.settings.base_url} failed after {tally.requests} attempt(s): {tally.last_error}"
-            if "max_completion_tokens" in tally.last_error and self.settings.token_limit_field != "max_completion_tokens":
+                raise ContextTooLong(f"LLM endpoint {self.settings.base_url} refused the prompt as too long for its "
+                                     f"context ({tally.last_error}); set --llm-context-tokens to the model's context "
+                                     "size",
+                                     tally.errors) from err
+            message = (f"LLM endpoint {self.settings.base_url} failed after {tally.requests} attempt(s): "
+                       f"{tally.last_error}")
+            wants_new_field = "max_completion_tokens" in tally.last_error
+            if wants_new_field and self.settings.token_limit_field != "max_completion_tokens":
                 message += " (this model wants --llm-token-limit-field max_completion_tokens)"
-            raise LlmUnavailable(message, tally.requests, tally.errors) from err
+            raise LlmUnavailable(message, tally.errors) from err
+        content, prompt_tokens, completion_tokens = reply
         if self._store is not None:
-            self._store.cache_reply(key, CachedReply(content, prompt_tokens, completion_tokens))
+            await self._store.cache_reply(key, CachedReply(content, prompt_tokens, completion_tokens))
         cost = self.settings.price.cost(prompt_tokens, completion_tokens)
-        return LlmResult(content, tally.requests, tally.errors, prompt_tokens, completion_tokens, cost)
+        return LlmResult(content, tally.errors, prompt_tokens, completion_tokens, cost)
 
-    async def _request(self, messages: list[dict], model: str, sampling: dict, call_id: str, tally: _Tally) -> tuple[str, int, int]:
+    async def _request(self, messages: list[dict], model: str, sampling: dict, call_id: str,
+                       tally: _Tally) -> tuple[str, int, int]:
         """One HTTP request; every failure is counted and re-raised for the retry policy to judge."""
         tally.requests += 1
         try:
@@ -199,13 +209,16 @@ class LlmClient:
                 started = time.perf_counter()
                 try:
                     response = await self._client.chat.completions.create(
-                        model=model, messages=messages, extra_headers={CALL_HEADER: call_id}, **sampling
+                        # metaprompt's role/content dicts are the chat messages the API types
+                        model=model, messages=cast("list[ChatCompletionMessageParam]", messages),
+                        extra_headers={CALL_HEADER: call_id}, **sampling
                     )
                 finally:
                     metrics.LLM_SECONDS.labels(model).observe(time.perf_counter() - started)
             content = _content_of(response)
         except (openai.APIError, MalformedReply, ValueError) as err:
-            failure = err if isinstance(err, (openai.APIError, MalformedReply)) else MalformedReply(f"unreadable body: {err}")
+            readable = isinstance(err, (openai.APIError, MalformedReply))
+            failure = err if readable else MalformedReply(f"unreadable body: {err}")
             tally.errors += 1
             tally.last_error = f"{error_kind(failure)}: {str(failure)[:200]}"
             metrics.LLM_CALLS.labels(model, "error").inc()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from optimizer_service.config import Feedback
+from optimizer_service.choices import Feedback
 from optimizer_service.pool import Candidate
 
 Message = dict[str, str]

@@ -16,7 +16,7 @@ which is also what a resumed run relies on.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 INITIAL = -1  # reset/iteration of initial-pool candidates (and restart of an initial pool shared by every restart)
@@ -70,7 +70,7 @@ class Pool:
     def __len__(self) -> int:
         return len(self._order)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Candidate]:
         return iter(self._order)
 
     @property
@@ -108,7 +108,9 @@ class Pool:
 
     def split_new(self, templates: Iterable[str], restart: int) -> tuple[list[str], list[str]]:
         """(templates new to this restart, repeats of its own or of earlier ones in the list), order kept."""
-        new, duplicates, seen = [], [], set()
+        new: list[str] = []
+        duplicates: list[str] = []
+        seen: set[str] = set()
         for template in templates:
             key = template_key(template)
             (duplicates if key in seen or self.holds(template, restart) else new).append(template)

@@ -6,9 +6,8 @@ reached), FAILED (with the reason; it stays resumable) or CANCELLED. A run is
 pinned to the scorer model it started on (its digest), so a rollout of another
 model under it fails it (resumably) instead of mixing accuracies. A service
 shutdown stops the tasks without ending the runs, so the next start resumes
-them. Events are appended to the store in the transaction of the progress they
-report, and watchers read them from there, so a replay and a live stream are
-the same sequence.
+them. Progress is committed by the journal (journal.py) and reported as events
+(events.py).
 
 A run belongs to the principal that started it: every read or change names
 its caller, and a caller who is not the owner (nor an `admin`) is told the run
@@ -21,20 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
 import uuid
 from collections.abc import AsyncIterator
 
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from optimizer_service import metrics
-from optimizer_service.config import RunLimits, RunSettings, SpecError
+from optimizer_service import events, metrics
+from optimizer_service.events import counters_proto
+from optimizer_service.journal import RunJournal
 from optimizer_service.llm import LlmClient, LlmUnavailable
-from optimizer_service.pool import INITIAL, Candidate, Pool
+from optimizer_service.pool import INITIAL, Pool
 from optimizer_service.scorer_client import ModelChanged, ScorerClient, ScorerError, ScorerUnavailable
 from optimizer_service.search import Counters, HillClimb, SearchFailed
-from optimizer_service.store import RunRecord, Step, Store, StoreError
+from optimizer_service.signals import Signal
+from optimizer_service.spec import RunLimits, RunSettings, SpecError
+from optimizer_service.store import RunRecord, Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.auth import Principal
 from promptclimb_common.paging import PageError, decode_token, encode_token, page_size
@@ -47,7 +48,6 @@ ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 MAX_WAITING_RUNS = 100  # runs queued behind the active ones; more are refused
 RUNS_PAGE_SIZE, MAX_RUNS_PAGE_SIZE = 50, 500
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-WATCH_POLL_S = 5.0  # a watcher re-reads the store at least this often
 # The caller of a local `run` (the CLI): it owns its state directory and its scorer token, so it sees everything.
 LOCAL = Principal("local", frozenset({"run", "test", "admin"}))
 
@@ -68,87 +68,14 @@ class RequestIdReused(Exception):
     """A StartRun request_id was used before with a different spec."""
 
 
-class _Signal:
-    """Wakes every waiter once per fire; a waiter takes `current` before reading, so no fire is missed."""
-
-    def __init__(self) -> None:
-        self.current = asyncio.Event()
-
-    def fire(self) -> None:
-        self.current.set()
-        self.current = asyncio.Event()
-
-
-class RunJournal:
-    """Commits a climb's progress together with the events that report it."""
-
-    def __init__(self, store: Store, run_id: str, pool: Pool, counters: Counters, signal: _Signal) -> None:
-        self.store, self.run_id, self.pool, self.counters, self.signal = store, run_id, pool, counters, signal
-        best = pool.best()
-        self._best_accuracy = best[0].accuracy if best else -1.0
-        if best:
-            metrics.BEST_TRAIN_ACCURACY.labels(run_id).set(self._best_accuracy)
-
-    def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
-               rejected: list[tuple[str, str]]) -> None:
-        events: list[pb.RunEvent] = []
-        for c in candidates:
-            events.append(pb.RunEvent(candidate_scored=pb.CandidateScored(
-                template=c.template, train_accuracy=c.accuracy, restart=c.restart, reset=c.reset, iteration=c.iteration,
-                llm_call=c.llm_call, candidate_sequence=c.sequence, reused=c.reused)))
-        best = self.pool.best()
-        if best and best[0].accuracy > self._best_accuracy:
-            self._best_accuracy = best[0].accuracy
-            events.append(pb.RunEvent(new_best=pb.NewBest(template=best[0].template, train_accuracy=best[0].accuracy)))
-            metrics.BEST_TRAIN_ACCURACY.labels(self.run_id).set(best[0].accuracy)
-        if iteration is not None:
-            restart, reset, index = iteration
-            events.append(pb.RunEvent(iteration_done=pb.IterationDone(
-                restart=restart, reset=reset, iteration=index, best_train_accuracy=max(self._best_accuracy, 0.0),
-                mean_train_accuracy=self.pool.mean_accuracy(), counters=counters_proto(self.counters.to_json()))))
-        self.store.commit_progress(self.run_id, candidates, self.counters.to_json(), stamp(self.store, self.run_id, events), steps,
-                                   rejected)
-        self.signal.fire()
-
-
-def stamp(store: Store, run_id: str, events: list[pb.RunEvent]) -> list[tuple[int, bytes]]:
-    """Numbers events after the run's last stored one and serializes them."""
-    first = store.last_event_sequence(run_id) + 1
-    now = time.time_ns()
-    stamped = []
-    for offset, event in enumerate(events):
-        event.sequence, event.run_id = first + offset, run_id
-        event.time.FromNanoseconds(now)
-        stamped.append((event.sequence, event.SerializeToString()))
-    return stamped
-
-
-def counters_proto(counters: dict) -> pb.Counters:
-    """The stored counters (search.Counters.to_json) as the proto reports them."""
-    known = set(pb.Counters.DESCRIPTOR.fields_by_name)
-    proto = pb.Counters(**{k: v for k, v in counters.items() if k in known})
-    proto.active_time.FromNanoseconds(round(counters.get("active_seconds", 0.0) * 1e9))
-    return proto
-
-
 def _timestamp(unix_seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(round(unix_seconds * 1e9))
-    return stamp
+    value = Timestamp()
+    value.FromNanoseconds(round(unix_seconds * 1e9))
+    return value
 
 
-def may_see(caller: Principal, record) -> bool:
+def may_see(caller: Principal, record: RunRecord) -> bool:
     return record.owner == caller.name or caller.has("admin")
-
-
-def without_test(event: pb.RunEvent) -> pb.RunEvent:
-    """The event with every test accuracy cleared (only RunEnded carries them)."""
-    if event.HasField("run_ended"):
-        for scored in event.run_ended.best:
-            scored.ClearField("test_accuracy")
-        if event.run_ended.HasField("ensemble"):
-            event.run_ended.ensemble.ClearField("test_accuracy")
-    return event
 
 
 class RunManager:
@@ -159,7 +86,7 @@ class RunManager:
         self._slots = asyncio.Semaphore(max_active_runs)
         self._tasks: dict[str, asyncio.Task] = {}
         self._cancelling: set[str] = set()
-        self._signals: dict[str, _Signal] = {}
+        self._signals: dict[str, Signal] = {}
         self._refresh_gauges()
 
     # Lifecycle --------------------------------------------------------------
@@ -168,16 +95,19 @@ class RunManager:
         """Validates the spec (and that the scorer has its task), stores the run as `owner`'s, pinned to the scorer's
         model, and launches it.
 
-        A `request_id` the owner used before returns its run (stored, so across restarts too) instead of starting another.
+        A `request_id` the owner used before returns its run (stored, so across restarts too) instead of starting
+        another.
         """
         settings = RunSettings.from_proto(spec, self.default_model, self.limits)
         if request_id and not REQUEST_ID.fullmatch(request_id):
-            raise SpecError("request_id must be 1 to 64 letters, digits, '-' or '_' (a UUID is a good choice), or empty")
+            raise SpecError("request_id must be 1 to 64 letters, digits, '-' or '_' (a UUID is a good choice), "
+                            "or empty")
         if request_id and (earlier := self.store.run_by_request_id(owner.name, request_id)) is not None:
             return self._repeated(earlier, settings, owner)
         replayed = self.store.run(settings.replay_run_id) if settings.replay_run_id else None
         if settings.replay_run_id and (replayed is None or not may_see(owner, replayed)):
-            raise SpecError(f"replay_run_id: no run {settings.replay_run_id!r} to replay; ListRuns shows the known ones")
+            raise SpecError(f"replay_run_id: no run {settings.replay_run_id!r} to replay; "
+                            "ListRuns shows the known ones")
         if len(self._tasks) >= MAX_WAITING_RUNS:
             raise TooManyRuns(f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one")
         try:
@@ -186,21 +116,21 @@ class RunManager:
             raise SpecError(f"task_id: {err}") from None
         run_id = uuid.uuid4().hex
         counters = Counters(iterations_total=settings.iterations_total)
-        record = self.store.create_run(run_id, settings.to_json(), counters.to_json(), PENDING, owner=owner.name,
+        record = await self.store.create_run(run_id, settings.to_json(), counters.to_json(), PENDING, owner=owner.name,
                                        owner_may_test=owner.has("test"), request_id=request_id or None,
                                        model_digest=task.model_digest)
         if record.run_id != run_id:  # a concurrent repeat stored it first
             return self._repeated(record, settings, owner)
-        log.info("run_created", run_id=run_id, task_id=settings.task_id, label=settings.label, model_digest=task.model_digest,
-                 model_version=task.model_version)
+        log.info("run_created", run_id=run_id, task_id=settings.task_id, label=settings.label,
+                 model_digest=task.model_digest, model_version=task.model_version)
         self._launch(run_id)
         return self.get(run_id, owner)
 
     def _repeated(self, earlier: RunRecord, settings: RunSettings, caller: Principal) -> pb.Run:
         """The run an earlier StartRun with the same request_id created, if it asked for the same spec."""
         if earlier.settings != settings.to_json():
-            raise RequestIdReused(f"request_id {earlier.request_id!r} already started run {earlier.run_id} with another spec; "
-                                  "use a new request_id for a new run")
+            raise RequestIdReused(f"request_id {earlier.request_id!r} already started run {earlier.run_id} "
+                                  "with another spec; use a new request_id for a new run")
         log.info("run_start_repeated", run_id=earlier.run_id, request_id=earlier.request_id)
         return self.get(earlier.run_id, caller)
 
@@ -212,7 +142,7 @@ class RunManager:
             self._launch(run_id)
         return run_ids
 
-    def resume(self, run_id: str, caller: Principal) -> pb.Run:
+    async def resume(self, run_id: str, caller: Principal) -> pb.Run:
         """Continues a run that failed, was cancelled, or was left unfinished by another process."""
         record = self._record(run_id, caller)
         task = self._tasks.get(run_id)
@@ -220,7 +150,7 @@ class RunManager:
             raise RunStateError(f"run {run_id} is {record.state} and still searching; nothing to resume")
         if record.state == SUCCEEDED:
             raise RunStateError(f"run {run_id} SUCCEEDED; only FAILED or CANCELLED runs can be resumed")
-        self.store.set_state(run_id, PENDING, "", record.counters)
+        await self.store.set_state(run_id, PENDING, "", record.counters)
         self._launch(run_id)
         return self.get(run_id, caller)
 
@@ -243,7 +173,7 @@ class RunManager:
             await asyncio.wait(tasks)
 
     def _launch(self, run_id: str) -> None:
-        self._signals.setdefault(run_id, _Signal())
+        self._signals.setdefault(run_id, Signal())
         self._tasks[run_id] = asyncio.create_task(self._drive(run_id), name=f"run-{run_id}")
         self._refresh_gauges()
 
@@ -256,25 +186,25 @@ class RunManager:
             async with self._slots:
                 record = self._record(run_id)
                 counters = Counters.from_json(record.counters)
-                self.store.set_state(run_id, RUNNING, "", record.counters)
+                await self.store.set_state(run_id, RUNNING, "", record.counters)
                 self._refresh_gauges()
                 stop_reason = await self._search(run_id, RunSettings.from_json(record.settings), counters,
                                                  record.model_digest, record.owner_may_test)
-            self._finish(run_id, SUCCEEDED, stop_reason, counters)
+            await self._finish(run_id, SUCCEEDED, stop_reason, counters)
         except asyncio.CancelledError:
             if run_id in self._cancelling:
-                self._finish(run_id, CANCELLED, "cancelled", counters)
+                await self._finish(run_id, CANCELLED, "cancelled", counters)
             raise
         except ModelChanged as err:
             log.warning("run_failed", reason=str(err))
-            self._finish(run_id, FAILED, f"{err}; resume the run once the scorer serves its pinned model again, or start a new "
-                                         "run on the new model", counters)
+            advice = "resume the run once the scorer serves its pinned model again, or start a new run on the new model"
+            await self._finish(run_id, FAILED, f"{err}; {advice}", counters)
         except (LlmUnavailable, ScorerUnavailable, SearchFailed, StoreError) as err:
             log.warning("run_failed", reason=str(err))
-            self._finish(run_id, FAILED, str(err), counters)
-        except Exception as err:  # noqa: BLE001 - one run's bug must not take the service down
+            await self._finish(run_id, FAILED, str(err), counters)
+        except Exception as err:  # one run's bug must not take the service down
             log.exception("run_crashed")
-            self._finish(run_id, FAILED, f"internal error: {err!r}", counters)
+            await self._finish(run_id, FAILED, f"internal error: {err!r}", counters)
         finally:
             self._cancelling.discard(run_id)
             self._tasks.pop(run_id, None)
@@ -296,24 +226,27 @@ class RunManager:
         climb = HillClimb(run_id, settings, task, self.llm, self.scorer, journal, pool, steps, counters)
         stop_reason = await climb.run()
         ensemble = await climb.ensemble()
-        singles, ensemble_test = await climb.test_accuracies(pool.best(settings.report_top), ensemble) if measure_test else ({}, None)
-        self.store.set_test_accuracies(run_id, singles)
+        singles: dict[int, float] = {}
+        ensemble_test: float | None = None
+        if measure_test:
+            singles, ensemble_test = await climb.test_accuracies(pool.best(settings.report_top), ensemble)
+        await self.store.set_test_accuracies(run_id, singles)
         if ensemble is not None:
-            self.store.set_ensemble(run_id, ensemble.templates, ensemble.accuracy, ensemble_test)
+            await self.store.set_ensemble(run_id, ensemble.templates, ensemble.accuracy, ensemble_test)
         return stop_reason
 
-    def _finish(self, run_id: str, state: str, reason: str, counters: Counters | None = None) -> None:
+    async def _finish(self, run_id: str, state: str, reason: str, counters: Counters | None = None) -> None:
         try:
             record = self._record(run_id)
             counter_values = counters.to_json() if counters else record.counters
             best = self._best(run_id, RunSettings.from_json(record.settings).report_top, record.owner_may_test)
-            ended = pb.RunEvent(run_ended=pb.RunEnded(state=pb.RunState.Value(f"RUN_STATE_{state}"), stop_reason=reason, best=best,
+            ended = pb.RunEvent(run_ended=pb.RunEnded(state=f"RUN_STATE_{state}", stop_reason=reason, best=best,
                                                       ensemble=self._ensemble(run_id, record.owner_may_test)))
-            self.store.set_state(run_id, state, reason, counter_values, stamp(self.store, run_id, [ended]))
+            await self.store.set_state(run_id, state, reason, counter_values, [ended])
         except StoreError:
             log.exception("run_end_not_stored", state=state, reason=reason)
         log.info("run_ended", run_id=run_id, state=state, reason=reason)
-        self._signals.setdefault(run_id, _Signal()).fire()
+        self._signals.setdefault(run_id, Signal()).fire()
         self._refresh_gauges()
 
     def _refresh_gauges(self) -> None:
@@ -323,7 +256,7 @@ class RunManager:
 
     # Reading ----------------------------------------------------------------
 
-    def _record(self, run_id: str, caller: Principal | None = None):
+    def _record(self, run_id: str, caller: Principal | None = None) -> RunRecord:
         """The run's record; RunNotFound also when `caller` may not see it (its existence is not told)."""
         record = self.store.run(run_id)
         if record is None or (caller is not None and not may_see(caller, record)):
@@ -355,7 +288,8 @@ class RunManager:
     def get(self, run_id: str, caller: Principal) -> pb.Run:
         return self._run_proto(self._record(run_id, caller), caller)
 
-    def list(self, caller: Principal, size: int = 0, token: str = "", states: list[int] | None = None) -> tuple[list[pb.Run], str]:
+    def list(self, caller: Principal, size: int = 0, token: str = "",
+             states: list[int] | None = None) -> tuple[list[pb.Run], str]:
         """A page of the caller's runs (an admin's: every run), newest first, optionally only in `states` (RunState
         values); returns it and the next page's token."""
         names = sorted({pb.RunState.Name(s).removeprefix("RUN_STATE_") for s in states or () if self._known_state(s)})
@@ -363,20 +297,22 @@ class RunManager:
         position = decode_token(token, ((int, float), str), names)
         owner = None if caller.has("admin") else caller.name
         records = self.store.runs_page(names or None, tuple(position) if position else None, limit + 1, owner)
-        next_token = encode_token([records[limit - 1].created, records[limit - 1].run_id], names) if len(records) > limit else ""
+        last = records[limit - 1] if len(records) > limit else None
+        next_token = encode_token([last.created, last.run_id], names) if last else ""
         return [self._run_proto(record, caller) for record in records[:limit]], next_token
 
     @staticmethod
     def _known_state(state: int) -> bool:
         if state not in pb.RunState.values() or state == pb.RUN_STATE_UNSPECIFIED:
-            raise PageError("states", f"states: {state} is not a run state; use RUN_STATE_PENDING .. RUN_STATE_CANCELLED")
+            raise PageError("states",
+                            f"states: {state} is not a run state; use RUN_STATE_PENDING .. RUN_STATE_CANCELLED")
         return True
 
-    def _run_proto(self, record, caller: Principal) -> pb.Run:
+    def _run_proto(self, record: RunRecord, caller: Principal) -> pb.Run:
         settings = RunSettings.from_json(record.settings)
         with_test = caller.has("test")
         return pb.Run(
-            run_id=record.run_id, spec=settings.to_proto(), state=pb.RunState.Value(f"RUN_STATE_{record.state}"),
+            run_id=record.run_id, spec=settings.to_proto(), state=f"RUN_STATE_{record.state}",
             stop_reason=record.stop_reason, best=self._best(record.run_id, settings.report_top, with_test),
             ensemble=self._ensemble(record.run_id, with_test), counters=counters_proto(record.counters),
             create_time=_timestamp(record.created), update_time=_timestamp(record.updated),
@@ -384,34 +320,10 @@ class RunManager:
         )
 
     async def watch(self, run_id: str, caller: Principal, after_sequence: int = 0) -> AsyncIterator[pb.RunEvent]:
-        """The run's events after `after_sequence`, then live ones until the run ends.
-
-        A RunEnded that a resume superseded (events follow it) is not sent, so the
-        only RunEnded a watcher sees is the run's last event.
-        """
+        """The run's events after `after_sequence`, then live ones until the run ends (events.watch)."""
         self._record(run_id, caller)
-        with_test = caller.has("test")
-        signal = self._signals.setdefault(run_id, _Signal())
-        last = after_sequence
-        while True:
-            woken = signal.current
-            ended = self._record(run_id).state in ENDED  # read before the events, so none is missed
-            payloads = self.store.events_after(run_id, last)
-            progressed = False
-            for index, payload in enumerate(payloads):
-                event = pb.RunEvent.FromString(payload)
-                superseded = event.HasField("run_ended") and index < len(payloads) - 1
-                if event.HasField("run_ended") and not superseded and not ended:
-                    break  # resumed since it ended: wait for what follows, which supersedes it
-                last, progressed = event.sequence, True
-                if not superseded:
-                    yield event if with_test else without_test(event)
-            if progressed:
-                continue
-            if ended:
-                return
-            try:
-                await asyncio.wait_for(woken.wait(), WATCH_POLL_S)
-            except TimeoutError:
-                pass
-
+        signal = self._signals.setdefault(run_id, Signal())
+        stream = events.watch(self.store, run_id, signal, lambda: self._record(run_id).state in ENDED,
+                              after_sequence=after_sequence, with_test=caller.has("test"))
+        async for event in stream:
+            yield event

@@ -15,9 +15,11 @@ ModelChanged, so one run never mixes accuracies of two models.
 from __future__ import annotations
 
 import time
+from typing import TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
 from optimizer_service import metrics
@@ -27,6 +29,8 @@ from promptclimb_common.errors import ErrorDetails, Reason, details_of
 from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
 
 log = structlog.get_logger(__name__)
+_Request = TypeVar("_Request", bound=Message)
+_Reply = TypeVar("_Reply", bound=Message)
 
 class ScorerError(Exception):
     """The scorer refused the request; retrying will not help. `code` is its gRPC status, `reason` its ErrorInfo reason."""
@@ -76,7 +80,8 @@ class ScorerClient:
         hint = details.retry_after_s if details else None
         return min(hint, self._backoff_max_s) if hint is not None else self._backoff(state)
 
-    async def _call(self, what: str, method, request, grace_s: float):
+    async def _call(self, what: str, method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Reply], request: _Request,
+                    grace_s: float) -> _Reply:
         """One RPC with retries on passing failures for up to `grace_s` seconds.
 
         With a grace period, a call also waits (within its deadline) for a scorer that is
@@ -90,13 +95,14 @@ class ScorerClient:
                         return await method(request, timeout=self.settings.deadline_s, metadata=self._metadata,
                                             wait_for_ready=grace_s > 0)
                     except grpc.aio.AioRpcError as err:
-                        if _retryable(err):
-                            log.info("scorer_call_retrying", call=what, code=err.code().name, reason=_details(err).reason,
+                        details = details_of(err)
+                        if details.retryable:
+                            log.info("scorer_call_retrying", call=what, code=err.code().name, reason=details.reason,
                                      details=err.details())
                         raise
         except grpc.aio.AioRpcError as err:
             details = details_of(err)
-            if details.reason == Reason.MODEL_MISMATCH and getattr(request, "model_digest", ""):
+            if details.reason == Reason.MODEL_MISMATCH and isinstance(request, scorer_pb2.ScoreRequest) and request.model_digest:
                 raise ModelChanged(f"scorer model changed: {err.details()}") from None
             if details.retryable:
                 raise ScorerUnavailable(
@@ -105,13 +111,14 @@ class ScorerClient:
             reason = f" ({details.reason})" if details.reason else ""
             raise ScorerError(err.code(), f"scorer refused {what}: {err.code().name}{reason}: {err.details()}",
                               details.reason) from None
+        raise AssertionError("tenacity ends an attempt loop by returning or raising")
 
     async def task(self, task_id: str, grace_s: float | None = None) -> scorer_pb2.TaskInfo:
         """The task's description (class names, model digest and all); ScorerError(NOT_FOUND) names the tasks there are."""
         grace = self.settings.grace_s if grace_s is None else grace_s
         return await self._call("GetTask", self._stub.GetTask, scorer_pb2.GetTaskRequest(task_id=task_id), grace)
 
-    async def score(self, task_id: str, templates: list[str], split: int = scorer_pb2.SPLIT_TRAIN,
+    async def score(self, task_id: str, templates: list[str], split: scorer_pb2.Split = scorer_pb2.SPLIT_TRAIN,
                     model_digest: str = "") -> list[scorer_pb2.TemplateScore]:
         """Scores the templates in one call (on the model `model_digest`, if set); results come back in request order."""
         reply = await self._score(scorer_pb2.ScoreRequest(task_id=task_id, templates=templates, split=split,
@@ -120,7 +127,7 @@ class ScorerClient:
             raise ScorerError(grpc.StatusCode.INTERNAL, f"scorer answered {len(reply.results)} results for {len(templates)} templates")
         return list(reply.results)
 
-    async def score_ensembles(self, task_id: str, ensembles: list[list[str]], split: int,
+    async def score_ensembles(self, task_id: str, ensembles: list[list[str]], split: scorer_pb2.Split,
                               model_digest: str = "") -> list[scorer_pb2.EnsembleScore]:
         """Scores prompt ensembles (each one accuracy) in one call; results come back in request order."""
         request = scorer_pb2.ScoreRequest(task_id=task_id, split=split, model_digest=model_digest,

@@ -36,13 +36,20 @@ import grpc
 import structlog
 
 from optimizer_service import metrics
-from optimizer_service.config import Conversation, Feedback, InitialPool, RunSettings
+from optimizer_service.choices import Conversation, Feedback, InitialPool
 from optimizer_service.llm import ContextTooLong, LlmClient, LlmResult, LlmUnavailable
-from optimizer_service.metaprompt import MetaPrompt, estimate_tokens, fit_chat, initial_pool_messages, template_lines_grammar
-from optimizer_service.parsing import parse_templates
+from optimizer_service.metaprompt import (
+    MetaPrompt,
+    estimate_tokens,
+    fit_chat,
+    initial_pool_messages,
+    template_lines_grammar,
+)
+from optimizer_service.parsing import ParsedReply, parse_templates
 from optimizer_service.pool import INITIAL, Candidate, Pool, template_key
 from optimizer_service.scorer_client import ScorerClient, ScorerError
 from optimizer_service.seeds import builtin_pool, draw
+from optimizer_service.spec import RunSettings
 from optimizer_service.store import Step
 from promptclimb.scorer.v1 import scorer_pb2
 
@@ -111,10 +118,10 @@ def scorer_refused(err: ScorerError) -> SearchFailed:
 
 
 class Journal(Protocol):
-    """Where the climb commits its progress; see runs.RunJournal."""
+    """Where the climb commits its progress; see journal.RunJournal."""
 
-    def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
-               rejected: list[tuple[str, str]]) -> None: ...
+    async def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
+                     rejected: list[tuple[str, str]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -173,14 +180,18 @@ class HillClimb:
         if self.settings.initial_pool is InitialPool.BUILTIN:
             return builtin_pool(size, seed)
         baselines = 2 if self.settings.initial_pool is InitialPool.HAND_ENGINEERED else 0  # `{}` and "a photo of a {}."
-        return draw(self.settings.pool_templates(), size, seed, fixed=baselines)
+        listed = self.settings.pool_templates()
+        assert listed is not None, "only the LLM-written pool has no list, and it is written, not drawn"
+        return draw(listed, size, seed, fixed=baselines)
 
     async def score_initial_pool(self) -> None:
         if self.settings.initial_pool is InitialPool.LLM:
             candidates, steps = await self.llm_written_pool()
         else:
             if self.settings.initial_pool is InitialPool.GIVEN:  # repeats in the given list
-                self.counters.candidates_duplicate += len(self.settings.initial_templates) - len(self.settings.pool_templates())
+                distinct = self.settings.pool_templates()
+                assert distinct is not None, "a given pool is a list"
+                self.counters.candidates_duplicate += len(self.settings.initial_templates) - len(distinct)
             samples = [self.initial_sample(restart) for restart in range(self.settings.restarts)]
             fresh = await self.learn([t for sample in samples for t in sample])  # the union, in one Score call
             candidates, steps = [], []
@@ -191,7 +202,7 @@ class HillClimb:
         empty = [r for r in range(self.settings.restarts) if not self.pool.view(r)]
         if empty:
             raise SearchFailed(f"no template of restart {empty[0]}'s initial pool could be scored; check the pool and the scorer's task")
-        self.commit(candidates, steps, None)
+        await self.commit(candidates, steps, None)
 
     async def llm_written_pool(self) -> tuple[list[Candidate], list[Step]]:
         """N templates written by the LLM from the task's name and class names, asking again if it wrote too few.
@@ -229,9 +240,9 @@ class HillClimb:
         self.counters.iterations_done += 1
         step = Step(restart, reset, iteration, call_id, messages, reply)
         self.steps[(restart, reset, iteration)] = step
-        self.commit(candidates, [step], (restart, reset, iteration))
+        await self.commit(candidates, [step], (restart, reset, iteration))
 
-    def usable(self, parsed, restart: int) -> list[str]:
+    def usable(self, parsed: ParsedReply, restart: int) -> list[str]:
         """The reply's templates that are new to the restart and not known to be refused by the scorer; the rest counted."""
         new, duplicates = self.pool.split_new(parsed.templates, restart)
         refused = [t for t in new if self.pool.rejection(t) is not None]
@@ -241,11 +252,11 @@ class HillClimb:
         metrics.CANDIDATES.labels("duplicate").inc(len(duplicates))
         return [t for t in new if self.pool.rejection(t) is None]
 
-    def commit(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None) -> None:
+    async def commit(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None) -> None:
         """Nothing counts as done until the journal holds it."""
         self.counters.active_seconds = self.active_seconds()
         rejected, self._rejected_now = self._rejected_now, []
-        self.journal.record(candidates, steps, iteration, rejected)
+        await self.journal.record(candidates, steps, iteration, rejected)
 
     # The conversation ------------------------------------------------------
 
@@ -430,7 +441,7 @@ class HillClimb:
             accuracy = results[best].accuracy
         return Ensemble(tuple(chosen), accuracy)
 
-    async def score_ensembles(self, ensembles: list[list[str]], split: int) -> list[scorer_pb2.EnsembleScore]:
+    async def score_ensembles(self, ensembles: list[list[str]], split: scorer_pb2.Split) -> list[scorer_pb2.EnsembleScore]:
         """Scores the ensembles in as many calls as keep each under ENSEMBLE_MEMBERS_PER_CALL members."""
         per_call = max(1, ENSEMBLE_MEMBERS_PER_CALL // max(len(e) for e in ensembles))
         results = []

@@ -127,7 +127,7 @@ def builtin_pool(size: int, seed: int | str) -> list[str]:
 def draw(templates: Sequence[str], size: int, seed: int | str, fixed: int = 0) -> list[str]:
     """The first `fixed` templates (baselines a climb should always hold), then the rest of `size` drawn by `seed`.
 
-    The caller checks that `size` fits (config.py refuses a spec whose N exceeds its pool)."""
+    The caller checks that `size` fits (spec.py refuses a spec whose N exceeds its pool)."""
     if not 0 <= size <= len(templates):
         raise ValueError(f"cannot draw {size} of {len(templates)} templates")
     kept = list(templates[:min(fixed, size)])

@@ -1,22 +1,30 @@
 """The Optimizer gRPC service: thin RPC handlers over the RunManager, and the process that serves them.
 
-Each handler authenticates, validates its input and maps every known failure
-to the status and ErrorInfo reason the proto documents (promptclimb_common/
-errors.py), with a message a caller can act on. The shared interceptor turns
-anything unforeseen into INTERNAL, so one bad request never takes the service
-down. Every handler passes its caller on: runs belong to their owner.
+Each handler authenticates and validates its input; `maps_failures` turns
+every known failure into the status and ErrorInfo reason the proto documents
+(promptclimb_common/errors.py), with a message a caller can act on. The shared
+interceptor turns anything unforeseen into INTERNAL, so one bad request never
+takes the service down. Every handler passes its caller on: runs belong to
+their owner.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar, cast
+
 import grpc
 import prometheus_client
 import structlog
+from google.protobuf.message import Message
 
-from optimizer_service.config import ModelNotAllowed, OptimizerConfig, SpecError
+from optimizer_service.config import OptimizerConfig
 from optimizer_service.llm import LlmClient
 from optimizer_service.runs import RequestIdReused, RunManager, RunNotFound, RunStateError, TooManyRuns
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
+from optimizer_service.spec import ModelNotAllowed, SpecError
 from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
@@ -28,12 +36,15 @@ from promptclimb_common.paths import require_writable
 
 log = structlog.get_logger(__name__)
 
+Context = grpc.aio.ServicerContext
 SERVICE_NAME = "promptclimb.optimizer.v1.Optimizer"
 MAX_RUN_ID = 64
 
 RETRY_S = 5.0  # RetryInfo of what passes: a full queue of runs, an unreachable scorer or database
-SPEC_FIELDS = tuple(sorted(pb.RunSpec.DESCRIPTOR.fields_by_name, key=len, reverse=True))  # longest first: a prefix is no match
-KNOWN_FAILURES = (SpecError, PageError, RequestIdReused, RunNotFound, RunStateError, TooManyRuns, ScorerUnavailable, StoreError)
+# Longest first: a field whose name is a prefix of another's is no match for it.
+SPEC_FIELDS = tuple(sorted(pb.RunSpec.DESCRIPTOR.fields_by_name, key=len, reverse=True))
+KNOWN_FAILURES = (SpecError, PageError, RequestIdReused, RunNotFound, RunStateError, TooManyRuns, ScorerUnavailable,
+                  StoreError)
 
 
 def service_error(err: Exception) -> ServiceError:
@@ -41,7 +52,8 @@ def service_error(err: Exception) -> ServiceError:
     message = str(err)
     if isinstance(err, SpecError):  # its message starts with the field it is about
         field = next((f"spec.{f}" for f in SPEC_FIELDS if message.startswith(f)), "spec")
-        return invalid(field, message, Reason.MODEL_NOT_ALLOWED if isinstance(err, ModelNotAllowed) else Reason.INVALID_FIELD)
+        return invalid(field, message,
+                       Reason.MODEL_NOT_ALLOWED if isinstance(err, ModelNotAllowed) else Reason.INVALID_FIELD)
     if isinstance(err, PageError):
         return invalid(err.field, message)
     if isinstance(err, RequestIdReused):
@@ -56,8 +68,29 @@ def service_error(err: Exception) -> ServiceError:
     return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, message, retry_after_s=RETRY_S)
 
 
-async def _abort_for(context: grpc.aio.ServicerContext, err: Exception) -> None:
-    await abort(context, service_error(err))
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def maps_failures(handler: Handler) -> Handler:
+    """Aborts a handler's known failure with its documented status (service_error); anything else is the
+    interceptor's."""
+    if inspect.isasyncgenfunction(handler):
+        @functools.wraps(handler)
+        async def stream(self: OptimizerServicer, request: Message, context: Context) -> AsyncIterator[Message]:
+            try:
+                async for item in handler(self, request, context):
+                    yield item
+            except KNOWN_FAILURES as err:
+                await abort(context, service_error(err))
+        return cast(Handler, stream)
+
+    @functools.wraps(handler)
+    async def unary(self: OptimizerServicer, request: Message, context: Context) -> Message:
+        try:
+            return cast(Message, await handler(self, request, context))
+        except KNOWN_FAILURES as err:
+            await abort(context, service_error(err))
+    return cast(Handler, unary)
 
 
 async def _run_id(context: grpc.aio.ServicerContext, run_id: str) -> str:
@@ -70,55 +103,40 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
     def __init__(self, manager: RunManager, auth: Authenticator) -> None:
         self.manager, self.auth = manager, auth
 
-    async def StartRun(self, request: pb.StartRunRequest, context) -> pb.Run:
+    @maps_failures
+    async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
-        try:
-            return await self.manager.start(request.spec, caller, request.request_id)
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        return await self.manager.start(request.spec, caller, request.request_id)
 
-    async def GetRun(self, request: pb.GetRunRequest, context) -> pb.Run:
+    @maps_failures
+    async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
-        run_id = await _run_id(context, request.run_id)
-        try:
-            return self.manager.get(run_id, caller)
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        return self.manager.get(await _run_id(context, request.run_id), caller)
 
-    async def WatchRun(self, request: pb.WatchRunRequest, context):
+    @maps_failures
+    async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.RunEvent]:
         caller = await self.auth.require(context, "run")
         run_id = await _run_id(context, request.run_id)
         if request.after_sequence < 0:
             await abort(context, invalid("after_sequence", "after_sequence must be >= 0"))
-        try:
-            async for event in self.manager.watch(run_id, caller, request.after_sequence):
-                yield event
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        async for event in self.manager.watch(run_id, caller, request.after_sequence):
+            yield event
 
-    async def CancelRun(self, request: pb.CancelRunRequest, context) -> pb.Run:
+    @maps_failures
+    async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
-        run_id = await _run_id(context, request.run_id)
-        try:
-            return await self.manager.cancel(run_id, caller)
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        return await self.manager.cancel(await _run_id(context, request.run_id), caller)
 
-    async def ResumeRun(self, request: pb.ResumeRunRequest, context) -> pb.Run:
+    @maps_failures
+    async def ResumeRun(self, request: pb.ResumeRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
-        run_id = await _run_id(context, request.run_id)
-        try:
-            return self.manager.resume(run_id, caller)
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        return await self.manager.resume(await _run_id(context, request.run_id), caller)
 
-    async def ListRuns(self, request: pb.ListRunsRequest, context) -> pb.ListRunsResponse:
+    @maps_failures
+    async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         caller = await self.auth.require(context, "run")
-        try:
-            runs, next_page_token = self.manager.list(caller, request.page_size, request.page_token, list(request.states))
-            return pb.ListRunsResponse(runs=runs, next_page_token=next_page_token)
-        except KNOWN_FAILURES as err:
-            await _abort_for(context, err)
+        runs, next_page_token = self.manager.list(caller, request.page_size, request.page_token, list(request.states))
+        return pb.ListRunsResponse(runs=runs, next_page_token=next_page_token)
 
 
 async def serve(config: OptimizerConfig) -> None:
@@ -132,14 +150,16 @@ async def serve(config: OptimizerConfig) -> None:
                          limits=config.limits)
     if config.metrics_port:
         prometheus_client.start_http_server(config.metrics_port, addr=config.host)
-    service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(manager, auth), SERVICE_NAME)],
+    servicer = OptimizerServicer(manager, auth)
+    service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, servicer, SERVICE_NAME)],
                           host=config.host, port=config.port, tls=config.tls, grace_seconds=config.grace_seconds,
                           max_concurrent_rpcs=config.max_concurrent_rpcs)
     await service.start()
     log.info("optimizer_serving", port=service.port, state_dir=str(config.state_dir), scorer=config.scorer.address,
              llm=config.llm.base_url, auth=auth.enabled, resumed=manager.resume_unfinished())
     try:
-        await service.serve_until_signalled(on_hangup=lambda: reload_tokens(auth, config.tokens_file, "PROMPTCLIMB_TOKENS"))
+        await service.serve_until_signalled(
+            on_hangup=lambda: reload_tokens(auth, config.tokens_file, "PROMPTCLIMB_TOKENS"))
     finally:
         await manager.shutdown()
         await llm.close()

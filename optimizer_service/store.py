@@ -1,4 +1,5 @@
-"""SQLite persistence of runs: spec, pool, scorer refusals, steps (the conversation), counters, events, ensemble, LLM replies.
+"""SQLite persistence of runs: spec, pool, scorer refusals, steps (the conversation), counters, events, ensemble,
+LLM replies.
 
 A run may be killed at any instant, so the rule is: commit before relying. An
 LLM reply is stored the moment it arrives (the response cache), and a finished
@@ -7,22 +8,34 @@ committed in one transaction before the climb moves on. A restarted service
 rebuilds each run from these rows and re-asks the LLM only for iterations that
 had not finished. WAL mode lets readers (GetRun, WatchRun) run beside the
 writer; synchronous=FULL makes a commit survive power loss, not just SIGKILL.
+
+Such a commit waits for the disk, so every write runs on one writer thread that
+owns its own connection (the only shape sqlite3 connections are safe in), one
+transaction at a time in the order they were asked; the event loop awaits it
+and keeps answering meanwhile. Reads use a second connection on the caller's
+thread: in WAL mode they never wait for the writer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import structlog
 
 from optimizer_service.pool import Candidate
+from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -98,8 +111,10 @@ ADDED_COLUMNS = (
 )
 # After ADDED_COLUMNS, which may have just added the columns it indexes. A request_id is the owner's: two callers
 # choosing the same one start two runs, and neither can reach the other's through it.
-INDEXES = "CREATE UNIQUE INDEX IF NOT EXISTS runs_by_request_id ON runs (owner, request_id) WHERE request_id IS NOT NULL;"
-RUN_COLUMNS = "run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest, owner, owner_may_test"
+INDEXES = ("CREATE UNIQUE INDEX IF NOT EXISTS runs_by_request_id ON runs (owner, request_id) "
+           "WHERE request_id IS NOT NULL;")
+RUN_COLUMNS = ("run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest, owner, "
+               "owner_may_test")
 CANDIDATE_COLUMNS = "template, accuracy, restart, reset, iteration, sequence, llm_call, position, reused"
 
 
@@ -142,52 +157,68 @@ class CachedReply:
 
 
 class Store:
-    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
-        self._db = connection
+    def __init__(self, reader: sqlite3.Connection, writer: ThreadPoolExecutor, path: Path) -> None:
+        self._db = reader
+        self._writer = writer  # one thread; it alone holds the writing connection (_WRITER.db)
         self.path = path
 
     @classmethod
     def open(cls, state_dir: Path) -> Store:
         """Opens (creating) the state database; an unusable directory fails here, loudly."""
+        path = state_dir / "optimizer.sqlite3"
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="optimizer-store-writer")
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
-            path = state_dir / "optimizer.sqlite3"
-            connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=FULL")
-            connection.execute("PRAGMA busy_timeout=5000")
-            connection.executescript(SCHEMA)
-            for table, column, definition in ADDED_COLUMNS:
-                if column not in {row[1] for row in connection.execute(f"PRAGMA table_info({table})")}:
-                    connection.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-            connection.executescript(INDEXES)
-            connection.execute("BEGIN IMMEDIATE")  # proves the database is writable now, not at the first run
-            connection.execute("COMMIT")
+            writer.submit(_open_writer, path).result()
+            reader = _connect(path, check_same_thread=False)
         except (OSError, sqlite3.Error) as err:
-            raise StoreError(f"state dir {state_dir} is not usable: {err}; check that it exists, is writable and has free space") from None
+            writer.submit(_close_writer).result()
+            writer.shutdown()
+            raise StoreError(f"state dir {state_dir} is not usable: {err}; check that it exists, is writable and has "
+                             "free space") from None
         log.info("store_opened", path=str(path))
-        return cls(connection, path)
+        return cls(reader, writer, path)
 
     def close(self) -> None:
         self._db.close()
+        self._writer.submit(_close_writer).result()
+        self._writer.shutdown()
 
-    def _transaction(self):
-        return _Transaction(self._db)
+    async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Runs `work` as one transaction on the writer thread, after every write asked before it.
+
+        Cancelling the caller does not abandon a write it began: it is awaited to its end first, so a cancelled run's
+        last commit is done (or failed) before whatever the cancellation writes next."""
+        future = asyncio.wrap_future(self._writer.submit(_transact, work))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            raise
 
     # Runs -------------------------------------------------------------------
 
-    def create_run(self, run_id: str, settings: dict, counters: dict, state: str, *, owner: str = "anonymous",
-                   owner_may_test: bool = False, request_id: str | None = None, model_digest: str = "") -> RunRecord:
-        """Stores a new run; if the owner's `request_id` already names one, stores nothing and returns that run instead."""
+    async def create_run(self, run_id: str, settings: dict, counters: dict, state: str, *, owner: str = "anonymous",
+                         owner_may_test: bool = False, request_id: str | None = None,
+                         model_digest: str = "") -> RunRecord:
+        """Stores a new run; if the owner's `request_id` already names one, stores nothing and returns that run
+        instead."""
         now = time.time()
-        with self._transaction() as db:
+
+        def create(db: sqlite3.Connection) -> RunRecord | None:
             existing = self._by_request_id(db, owner, request_id)
-            if existing is not None:
-                return existing
-            db.execute(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
-                       (run_id, json.dumps(settings), state, json.dumps(counters), now, now, request_id, model_digest,
-                        owner, int(owner_may_test)))
-        return self.run(run_id)
+            if existing is None:
+                db.execute(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
+                           (run_id, json.dumps(settings), state, json.dumps(counters), now, now, request_id,
+                            model_digest, owner, int(owner_may_test)))
+            return existing
+
+        existing = await self._write(create)
+        if existing is not None:
+            return existing
+        created = self.run(run_id)
+        assert created is not None, "a committed run reads back"
+        return created
 
     def run_by_request_id(self, owner: str, request_id: str) -> RunRecord | None:
         return self._by_request_id(self._db, owner, request_id)
@@ -196,14 +227,18 @@ class Store:
     def _by_request_id(db: sqlite3.Connection, owner: str, request_id: str | None) -> RunRecord | None:
         if request_id is None:
             return None
-        row = db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE owner = ? AND request_id = ?", (owner, request_id)).fetchone()
+        row = db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE owner = ? AND request_id = ?",
+                         (owner, request_id)).fetchone()
         return _run_record(row) if row else None
 
-    def set_state(self, run_id: str, state: str, stop_reason: str, counters: dict, events: Sequence[tuple[int, bytes]] = ()) -> None:
-        with self._transaction() as db:
+    async def set_state(self, run_id: str, state: str, stop_reason: str, counters: dict,
+                        events: Sequence[pb.RunEvent] = ()) -> None:
+        def update(db: sqlite3.Connection) -> None:
+            _append_events(db, run_id, events)  # first: its events are stamped no later than the run's update time
             db.execute("UPDATE runs SET state = ?, stop_reason = ?, counters = ?, updated = ? WHERE run_id = ?",
                        (state, stop_reason, json.dumps(counters), time.time(), run_id))
-            db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(run_id, seq, payload) for seq, payload in events])
+
+        await self._write(update)
 
     def run(self, run_id: str) -> RunRecord | None:
         row = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -235,50 +270,58 @@ class Store:
 
     # Progress ---------------------------------------------------------------
 
-    def commit_progress(
+    async def commit_progress(
         self,
         run_id: str,
         candidates: Sequence[Candidate],
         counters: dict,
-        events: Sequence[tuple[int, bytes]],
+        events: Sequence[pb.RunEvent],
         steps: Sequence[Step] = (),
         rejected: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Commits one step's outcome at once: its exchanges, its candidates, the scorer's refusals, counters and events."""
-        with self._transaction() as db:
+        """Commits one step's outcome at once: its exchanges, its candidates, the scorer's refusals, counters and
+        events."""
+        def commit(db: sqlite3.Connection) -> None:
             db.executemany(
                 "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(run_id, s.restart, s.reset, s.iteration, s.llm_call, json.dumps(s.messages), s.reply) for s in steps],
             )
             db.executemany(
                 f"INSERT INTO candidates (run_id, {CANDIDATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, c.template, c.accuracy, c.restart, c.reset, c.iteration, c.sequence, c.llm_call, c.position, int(c.reused))
-                 for c in candidates],
+                [(run_id, c.template, c.accuracy, c.restart, c.reset, c.iteration, c.sequence, c.llm_call, c.position,
+                  int(c.reused)) for c in candidates],
             )
-            db.executemany("INSERT OR IGNORE INTO rejections VALUES (?, ?, ?)", [(run_id, t, reason) for t, reason in rejected])
-            db.execute("UPDATE runs SET counters = ?, updated = ? WHERE run_id = ?", (json.dumps(counters), time.time(), run_id))
-            db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(run_id, seq, payload) for seq, payload in events])
+            db.executemany("INSERT OR IGNORE INTO rejections VALUES (?, ?, ?)",
+                           [(run_id, t, reason) for t, reason in rejected])
+            _append_events(db, run_id, events)
+            db.execute("UPDATE runs SET counters = ?, updated = ? WHERE run_id = ?",
+                       (json.dumps(counters), time.time(), run_id))
+
+        await self._write(commit)
 
     def candidates(self, run_id: str) -> list[Candidate]:
-        rows = self._db.execute(f"SELECT {CANDIDATE_COLUMNS} FROM candidates WHERE run_id = ? ORDER BY sequence", (run_id,))
-        return [Candidate(*row[:8], reused=bool(row[8])) for row in rows.fetchall()]
+        rows = self._db.execute(f"SELECT {CANDIDATE_COLUMNS} FROM candidates WHERE run_id = ? ORDER BY sequence",
+                                (run_id,))
+        return [Candidate(t, accuracy, restart, reset, iteration, sequence, call, position, bool(reused))
+                for t, accuracy, restart, reset, iteration, sequence, call, position, reused in rows.fetchall()]
 
     def test_accuracies(self, run_id: str) -> dict[int, float]:
         """Measured test accuracies by candidate sequence."""
-        rows = self._db.execute("SELECT sequence, test_accuracy FROM candidates WHERE run_id = ? AND test_accuracy IS NOT NULL",
-                                (run_id,))
+        rows = self._db.execute("SELECT sequence, test_accuracy FROM candidates "
+                                "WHERE run_id = ? AND test_accuracy IS NOT NULL", (run_id,))
         return dict(rows.fetchall())
 
     def rejections(self, run_id: str) -> list[tuple[str, str]]:
         return self._db.execute("SELECT template, reason FROM rejections WHERE run_id = ?", (run_id,)).fetchall()
 
-    def set_ensemble(self, run_id: str, templates: Sequence[str], train_accuracy: float, test_accuracy: float | None) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO ensembles VALUES (?, ?, ?, ?)", (run_id, json.dumps(list(templates)), train_accuracy,
-                                                                              test_accuracy))
+    async def set_ensemble(self, run_id: str, templates: Sequence[str], train_accuracy: float,
+                           test_accuracy: float | None) -> None:
+        row = (run_id, json.dumps(list(templates)), train_accuracy, test_accuracy)
+        await self._write(lambda db: db.execute("INSERT OR REPLACE INTO ensembles VALUES (?, ?, ?, ?)", row))
 
     def ensemble(self, run_id: str) -> tuple[list[str], float, float | None] | None:
-        row = self._db.execute("SELECT templates, train_accuracy, test_accuracy FROM ensembles WHERE run_id = ?", (run_id,)).fetchone()
+        row = self._db.execute("SELECT templates, train_accuracy, test_accuracy FROM ensembles WHERE run_id = ?",
+                               (run_id,)).fetchone()
         return (json.loads(row[0]), row[1], row[2]) if row else None
 
     def steps(self, run_id: str) -> dict[tuple[int, int, int], Step]:
@@ -287,56 +330,101 @@ class Store:
         ).fetchall()
         return {(r, s, t): Step(r, s, t, call, json.loads(messages), reply) for r, s, t, call, messages, reply in rows}
 
-    def set_test_accuracies(self, run_id: str, accuracies: dict[int, float]) -> None:
-        with self._transaction() as db:
-            db.executemany("UPDATE candidates SET test_accuracy = ? WHERE run_id = ? AND sequence = ?",
-                           [(acc, run_id, seq) for seq, acc in accuracies.items()])
+    async def set_test_accuracies(self, run_id: str, accuracies: dict[int, float]) -> None:
+        rows = [(acc, run_id, seq) for seq, acc in accuracies.items()]
+        update = "UPDATE candidates SET test_accuracy = ? WHERE run_id = ? AND sequence = ?"
+        await self._write(lambda db: db.executemany(update, rows))
 
     # Events -----------------------------------------------------------------
 
     def events_after(self, run_id: str, sequence: int) -> list[bytes]:
-        rows = self._db.execute("SELECT payload FROM events WHERE run_id = ? AND sequence > ? ORDER BY sequence", (run_id, sequence))
+        rows = self._db.execute("SELECT payload FROM events WHERE run_id = ? AND sequence > ? ORDER BY sequence",
+                                (run_id, sequence))
         return [row[0] for row in rows.fetchall()]
 
     def last_event_sequence(self, run_id: str) -> int:
-        return self._db.execute("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
+        return _last_event_sequence(self._db, run_id)
 
     # LLM response cache -----------------------------------------------------
 
     def cached_reply(self, key: str) -> CachedReply | None:
-        row = self._db.execute("SELECT content, prompt_tokens, completion_tokens FROM llm_cache WHERE key = ?", (key,)).fetchone()
+        row = self._db.execute("SELECT content, prompt_tokens, completion_tokens FROM llm_cache WHERE key = ?",
+                               (key,)).fetchone()
         return CachedReply(*row) if row else None
 
-    def cache_reply(self, key: str, reply: CachedReply) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT OR REPLACE INTO llm_cache VALUES (?, ?, ?, ?, ?)",
-                       (key, reply.content, reply.prompt_tokens, reply.completion_tokens, time.time()))
+    async def cache_reply(self, key: str, reply: CachedReply) -> None:
+        row = (key, reply.content, reply.prompt_tokens, reply.completion_tokens, time.time())
+        await self._write(lambda db: db.execute("INSERT OR REPLACE INTO llm_cache VALUES (?, ?, ?, ?, ?)", row))
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error; a write failure surfaces as StoreError."""
+class _WriterState(threading.local):
+    db: sqlite3.Connection | None = None
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
 
-    def __enter__(self) -> sqlite3.Connection:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as err:
+_WRITER = _WriterState()  # the writing connection, seen only by the writer thread that opened it
+
+
+def _connect(path: Path, *, check_same_thread: bool) -> sqlite3.Connection:
+    connection = sqlite3.connect(path, isolation_level=None, check_same_thread=check_same_thread)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA busy_timeout=5000")
+    return connection
+
+
+def _open_writer(path: Path) -> None:
+    """On the writer thread: its connection (sqlite3 refuses it to any other thread), the schema, and a proof that the
+    database is writable now, not at the first run."""
+    db = _WRITER.db = _connect(path, check_same_thread=True)
+    db.executescript(SCHEMA)
+    for table, column, definition in ADDED_COLUMNS:
+        if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    db.executescript(INDEXES)
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("COMMIT")
+
+
+def _close_writer() -> None:
+    if _WRITER.db is not None:
+        _WRITER.db.close()
+        _WRITER.db = None
+
+
+def _transact(work: Callable[[sqlite3.Connection], T]) -> T:
+    """On the writer thread: BEGIN IMMEDIATE, `work`, COMMIT; or ROLLBACK, a write failure surfacing as StoreError."""
+    db = _WRITER.db
+    if db is None:
+        raise StoreError("the state database is closed")
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as err:
+        raise StoreError(f"cannot write the state database: {err}") from None
+    try:
+        result = work(db)
+        db.execute("COMMIT")
+    except BaseException as err:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        if isinstance(err, sqlite3.Error):
             raise StoreError(f"cannot write the state database: {err}") from None
-        return self._db
+        raise
+    return result
 
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self._db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"cannot write the state database: {exc}") from None
-            return
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as err:
-            self._db.execute("ROLLBACK")
-            raise StoreError(f"cannot write the state database: {err}") from None
+
+def _append_events(db: sqlite3.Connection, run_id: str, events: Sequence[pb.RunEvent]) -> None:
+    """Numbers the events after the run's last stored one and stores them, in the caller's transaction: numbering and
+    storing are one step, so concurrent writers of one run's events cannot take the same number."""
+    first = _last_event_sequence(db, run_id) + 1
+    now = time.time_ns()
+    for offset, event in enumerate(events):
+        event.sequence, event.run_id = first + offset, run_id
+        event.time.FromNanoseconds(now)
+    db.executemany("INSERT INTO events VALUES (?, ?, ?)", [(run_id, e.sequence, e.SerializeToString()) for e in events])
+
+
+def _last_event_sequence(db: sqlite3.Connection, run_id: str) -> int:
+    return int(db.execute("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0])
 
 
 def _in_states(states: Iterable[str] | None) -> tuple[str, list]:
@@ -347,6 +435,6 @@ def _in_states(states: Iterable[str] | None) -> tuple[str, list]:
 
 
 def _run_record(row: tuple) -> RunRecord:
-    run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest, owner, owner_may_test = row
-    return RunRecord(run_id, json.loads(settings), state, stop_reason, json.loads(counters), created, updated, request_id,
-                     model_digest, owner, bool(owner_may_test))
+    run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest, owner, may_test = row
+    return RunRecord(run_id, json.loads(settings), state, stop_reason, json.loads(counters), created, updated,
+                     request_id, model_digest, owner, bool(may_test))

@@ -13,6 +13,7 @@ import os
 import sys
 
 from google.protobuf.json_format import MessageToJson
+from google.protobuf.message import Message
 
 from optimizer_service.cli import main as optimizer_main
 from promptclimb.client import CallError, Scorer, Tls
@@ -62,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
 
 async def _call(ns: argparse.Namespace) -> str:
     tls = Tls(ns.tls_ca, ns.tls_cert, ns.tls_key) if ns.tls_ca or ns.tls_cert else None
+    reply: Message
     async with Scorer(ns.scorer, token=os.environ.get(ns.token_env), tls=tls, deadline_s=ns.deadline_s) as client:
         if ns.command == "tasks":
             reply = await client.list_tasks()

@@ -26,23 +26,30 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 from google.rpc import status_pb2
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
-from tenacity import wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
 
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
 from promptclimb_common.errors import details_of, rich_status, status_detail
+from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
 
 __all__ = ["CallError", "Optimizer", "Retry", "Scorer", "Tls"]
 
 Tls = ClientTls
 M = TypeVar("M", bound=Message)
+_Reply = TypeVar("_Reply", bound=Message)
 _RETRIED_WITH_RETRY_INFO = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
 
 
@@ -92,10 +99,10 @@ class _Client:
     async def close(self) -> None:
         await self._channel.close()
 
-    async def __aenter__(self):
+    async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
     def _wait(self, state: RetryCallState) -> float:
@@ -103,9 +110,10 @@ class _Client:
         hinted = details_of(err).retry_after_s if isinstance(err, grpc.aio.AioRpcError) else None
         return hinted if hinted is not None else self._backoff(state)
 
-    async def _unary(self, name: str, request: Message, deadline_s: float | None):
-        """Calls the stub's method `name` under the deadline, retrying as the module's docstring says."""
-        method = getattr(self._stub, name)
+    async def _unary(self, method: grpc.aio.UnaryUnaryMultiCallable[Any, _Reply], request: Message,
+                     deadline_s: float | None) -> _Reply:
+        """Calls the stub's `method` under the deadline, retrying as the module's docstring says."""
+        name = type(request).__name__.removesuffix("Request")  # buf lint: every RPC's request is <RPC>Request
         budget = self.deadline_s if deadline_s is None else deadline_s
         started = time.monotonic()
         retrying = AsyncRetrying(stop=stop_after_attempt(self.retry.attempts) | stop_before_delay(budget), wait=self._wait,
@@ -118,30 +126,31 @@ class _Client:
         except grpc.aio.AioRpcError as err:
             raise CallError(name, err.code(), err.details() or "", rich_status(err),
                             retrying.statistics.get("attempt_number", 1)) from err
+        raise AssertionError("tenacity ends an attempt loop by returning or raising")
 
 
 class Scorer(_Client):
     """The Scorer service (promptclimb.scorer.v1): templates in, accuracy out."""
 
-    def __init__(self, address: str, **options) -> None:
+    def __init__(self, address: str, **options: Any) -> None:
         super().__init__(address, **options)
         self._stub = scorer_pb2_grpc.ScorerStub(self._channel)
 
     async def list_tasks(self, request: scorer_pb2.ListTasksRequest | None = None, *,
                          deadline_s: float | None = None) -> scorer_pb2.ListTasksResponse:
-        return await self._unary("ListTasks", request or scorer_pb2.ListTasksRequest(), deadline_s)
+        return await self._unary(self._stub.ListTasks, request or scorer_pb2.ListTasksRequest(), deadline_s)
 
     async def get_task(self, request: scorer_pb2.GetTaskRequest, *, deadline_s: float | None = None) -> scorer_pb2.TaskInfo:
-        return await self._unary("GetTask", request, deadline_s)
+        return await self._unary(self._stub.GetTask, request, deadline_s)
 
     async def score(self, request: scorer_pb2.ScoreRequest, *, deadline_s: float | None = None) -> scorer_pb2.ScoreResponse:
-        return await self._unary("Score", request, deadline_s)
+        return await self._unary(self._stub.Score, request, deadline_s)
 
 
 class Optimizer(_Client):
     """The Optimizer service (promptclimb.optimizer.v1): runs of the prompt search."""
 
-    def __init__(self, address: str, **options) -> None:
+    def __init__(self, address: str, **options: Any) -> None:
         super().__init__(address, **options)
         self._stub = optimizer_pb2_grpc.OptimizerStub(self._channel)
 
@@ -153,22 +162,22 @@ class Optimizer(_Client):
             filled.CopyFrom(request)
             filled.request_id = uuid.uuid4().hex
             request = filled
-        return await self._unary("StartRun", request, deadline_s)
+        return await self._unary(self._stub.StartRun, request, deadline_s)
 
     async def get_run(self, request: optimizer_pb2.GetRunRequest, *, deadline_s: float | None = None) -> optimizer_pb2.Run:
-        return await self._unary("GetRun", request, deadline_s)
+        return await self._unary(self._stub.GetRun, request, deadline_s)
 
     async def list_runs(self, request: optimizer_pb2.ListRunsRequest | None = None, *,
                         deadline_s: float | None = None) -> optimizer_pb2.ListRunsResponse:
-        return await self._unary("ListRuns", request or optimizer_pb2.ListRunsRequest(), deadline_s)
+        return await self._unary(self._stub.ListRuns, request or optimizer_pb2.ListRunsRequest(), deadline_s)
 
     async def cancel_run(self, request: optimizer_pb2.CancelRunRequest, *,
                          deadline_s: float | None = None) -> optimizer_pb2.Run:
-        return await self._unary("CancelRun", request, deadline_s)
+        return await self._unary(self._stub.CancelRun, request, deadline_s)
 
     async def resume_run(self, request: optimizer_pb2.ResumeRunRequest, *,
                          deadline_s: float | None = None) -> optimizer_pb2.Run:
-        return await self._unary("ResumeRun", request, deadline_s)
+        return await self._unary(self._stub.ResumeRun, request, deadline_s)
 
     async def watch_run(self, request: optimizer_pb2.WatchRunRequest, *,
                         deadline_s: float | None = None) -> AsyncIterator[optimizer_pb2.RunEvent]:

@@ -23,7 +23,7 @@ import hmac
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,7 +188,7 @@ class Authenticator:
         entry = self._entry(metadata)
         return Principal(entry.name, entry.rights, entry.evaluation_budget) if entry else None
 
-    def _entry(self, metadata) -> TokenEntry | None:
+    def _entry(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> TokenEntry | None:
         header = next((v for k, v in metadata or () if k == "authorization"), None)
         if not isinstance(header, str) or not header.startswith("Bearer "):
             return None

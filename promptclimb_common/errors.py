@@ -120,7 +120,10 @@ class ErrorDetails:
 def rich_status(err: grpc.RpcError) -> status_pb2.Status | None:
     """A failed call's google.rpc.Status; None when it sent none (or one that contradicts the call's own status)."""
     try:
-        return rpc_status.from_call(err)
+        # grpcio-status reads code(), details() and trailing_metadata() alone, which an AioRpcError has too;
+        # its stubs accept only a grpc.Call.
+        status: status_pb2.Status | None = rpc_status.from_call(err)  # type: ignore[arg-type]
+        return status
     except ValueError:
         return None
 

@@ -2,18 +2,26 @@
 
 Each flag's default comes from the environment (PREFIX_FLAG), so a container
 sets env and a shell passes flags; both services read them here, the same way.
+A variable's value is parsed by pydantic's rules for its flag's type, and a
+malformed one is refused naming the variable (EnvError; each command line turns
+it into its usage error). A yes/no, from the environment or the command line
+(flag_type(bool)), takes only true/false, yes/no, on/off, t/f, y/n or 1/0.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from promptclimb_common.grpc_runtime import DEFAULT_MAX_CONCURRENT_RPCS, TlsFiles
 
-EnvReader = Callable[[str, object], object]
+EnvReader = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -30,17 +38,51 @@ class ServingConfig:
     grace_seconds: float = 30.0
 
 
+class EnvError(ValueError):
+    """An environment variable holds a value its flag cannot take; the message names both."""
+
+
+def parse(kind: Any, text: str) -> Any:
+    """`text` as a `kind`: a type (int, Path, an Enum, a Literal) by pydantic's string rules; a function parses it itself."""
+    if inspect.isfunction(kind):
+        return kind(text)
+    try:
+        return TypeAdapter(kind).validate_strings(text)
+    except ValidationError as err:
+        raise ValueError("; ".join(e["msg"] for e in err.errors())) from None
+
+
+def flag_type(kind: type) -> Callable[[str], Any]:
+    """An argparse `type=` that parses a command-line value as env_reader parses the variable."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(kind, text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+    convert.__name__ = kind.__name__  # argparse names it in its own messages
+    return convert
+
+
 def env_reader(prefix: str) -> EnvReader:
-    """`read("metrics_port", 9101)` gives $PREFIX_METRICS_PORT, else 9101."""
-    return lambda name, default: os.environ.get(f"{prefix}_{name.upper()}", default)
+    """`read("metrics_port", 9101, int)` gives $PREFIX_METRICS_PORT as an int, else 9101; EnvError if it is no int."""
+    def read(name: str, default: Any, kind: Any = str) -> Any:
+        variable = f"{prefix}_{name.upper()}"
+        text = os.environ.get(variable)
+        if text is None:
+            return default
+        try:
+            return parse(kind, text)
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise EnvError(f"${variable}={text!r}: {err}") from None
+    return read
 
 
 def add_serving_args(p: argparse.ArgumentParser, env: EnvReader, *, port: int, metrics_port: int,
                      anonymous_rights: frozenset[str], host: str = "127.0.0.1", grace_seconds: float = 30.0) -> None:
     a = p.add_argument
     a("--host", default=env("host", host), help="address to listen on (0.0.0.0 in a container)")
-    a("--port", type=int, default=int(env("port", port)), help="gRPC port")
-    a("--metrics-port", type=int, default=int(env("metrics_port", metrics_port)), help="Prometheus /metrics port; 0 disables")
+    a("--port", type=int, default=env("port", port, int), help="gRPC port")
+    a("--metrics-port", type=int, default=env("metrics_port", metrics_port, int), help="Prometheus /metrics port; 0 disables")
     a("--tokens-file", default=env("tokens_file", None),
       help="JSON file of bearer tokens for this API; else $PROMPTCLIMB_TOKENS; none: auth off")
     a("--anonymous-rights", default=env("anonymous_rights", ",".join(sorted(anonymous_rights))),
@@ -48,9 +90,9 @@ def add_serving_args(p: argparse.ArgumentParser, env: EnvReader, *, port: int, m
     a("--tls-cert", default=env("tls_cert", None), help="server certificate (PEM); enables TLS")
     a("--tls-key", default=env("tls_key", None), help="server private key (PEM)")
     a("--tls-client-ca", default=env("tls_client_ca", None), help="CA of client certificates; enables mTLS")
-    a("--max-concurrent-rpcs", type=int, default=int(env("max_concurrent_rpcs", DEFAULT_MAX_CONCURRENT_RPCS)),
+    a("--max-concurrent-rpcs", type=int, default=env("max_concurrent_rpcs", DEFAULT_MAX_CONCURRENT_RPCS, int),
       help="calls in progress at once (watch streams included); beyond: RESOURCE_EXHAUSTED")
-    a("--grace-seconds", type=float, default=float(env("grace_seconds", grace_seconds)),
+    a("--grace-seconds", type=float, default=env("grace_seconds", grace_seconds, float),
       help="how long SIGTERM waits for in-flight calls")
 
 

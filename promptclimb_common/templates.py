@@ -27,10 +27,6 @@ class Problem(str):
         return problem
 
 
-class TemplateError(ValueError):
-    """A template breaks a rule; the message says which, for a person to fix."""
-
-
 def template_problem(template: str, max_bytes: int = DEFAULT_MAX_TEMPLATE_BYTES) -> Problem | None:
     """Returns why `template` is invalid, or None when it is valid."""
     size = len(template.encode("utf-8", errors="surrogatepass"))
@@ -48,16 +44,9 @@ def template_problem(template: str, max_bytes: int = DEFAULT_MAX_TEMPLATE_BYTES)
         return Problem(f"template has {count} '{{}}' placeholders; exactly one is allowed", "SEVERAL_PLACEHOLDERS")
     rest = template.replace(PLACEHOLDER, "", 1)
     if "{" in rest or "}" in rest:
-        return Problem("template has a brace besides its one '{}' (format fields and specs are not allowed)", "STRAY_BRACE")
+        return Problem("template has a brace besides its one '{}' (format fields and specs are not allowed)",
+                       "STRAY_BRACE")
     return None
-
-
-def validate_template(template: str, max_bytes: int = DEFAULT_MAX_TEMPLATE_BYTES) -> str:
-    """Returns the template unchanged, or raises TemplateError naming the problem."""
-    problem = template_problem(template, max_bytes)
-    if problem is not None:
-        raise TemplateError(problem)
-    return template
 
 
 def fill(template: str, class_name: str) -> str:

@@ -14,9 +14,12 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from scorer_service.coop import COOP_DATASETS, COOP_FOLDERS, check_layout
 from scorer_service.datasets import DatasetError
+
+_Value = TypeVar("_Value")
 
 FEEDBACKS = ("positive_only", "positive_negative")
 SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -67,10 +70,11 @@ def load_grid(path: Path, out: Path | None = None, check_data: bool = True) -> G
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise GridError(f"cannot read grid config {path}: {err}") from err
-    def need(key: str, kind: type):
-        if not isinstance(raw.get(key), kind):
+    def need(key: str, kind: type[_Value]) -> _Value:
+        value = raw.get(key)
+        if not isinstance(value, kind):
             raise GridError(f"{path}: '{key}' is required ({kind.__name__})")
-        return raw[key]
+        return value
 
     datasets = tuple(need("datasets", list))
     unknown = [d for d in datasets if d not in COOP_DATASETS]

@@ -16,10 +16,11 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from optimizer_service.baselines import A_PHOTO_OF, CLIP_ENSEMBLE, COOP_PROMPT, PLAIN, reference_candidates
 from reproduce.grid import Grid
-from reproduce.runner import SEARCHED_FEEDBACK, SUCCEEDED, references_path, transfers_path, cell_dir, read_result
+from reproduce.runner import SEARCHED_FEEDBACK, SUCCEEDED, cell_dir, read_result, references_path, transfers_path
 
 METHODS = {PLAIN: f"`{PLAIN}`", A_PHOTO_OF: f"`{A_PHOTO_OF}`", COOP_PROMPT: "CoOp's single prompt per dataset",
            CLIP_ENSEMBLE: "CLIP authors' ensemble", "positive_only": "LLM optimizer, positive only",
@@ -80,8 +81,9 @@ def collect_transfers(grid: Grid, own: dict[str, dict[str, dict[str, Cell]]]) ->
     return dict(sorted(table.items()))
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text())
+def _json(path: Path) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(path.read_text())
+    return loaded
 
 
 def _average(cells: dict[str, Cell], datasets: tuple[str, ...]) -> str:
@@ -120,19 +122,19 @@ def write_tables(grid: Grid) -> list[Path]:
           *_baseline_notes(grid.datasets), ""]
     for backbone in grid.backbones:
         md += [f"## {backbone.name} (`{backbone.model}`)", ""]
-        md += _markdown_table("method", {METHODS[m]: cells for m, cells in results[backbone.name].items()}, grid.datasets) + [""]
+        md += [*_markdown_table("method", {METHODS[m]: cells for m, cells in results[backbone.name].items()}, grid.datasets), ""]
     md += ["## Transfer: best positive + negative prompts found on A, scored on B", "",
            "A → A is the backbone's own result, for comparison.", ""]
-    md += _markdown_table("A → B", {f"{a} → {b}": cells for (a, b), cells in transfers.items()}, grid.datasets) + [""]
+    md += [*_markdown_table("A → B", {f"{a} → {b}": cells for (a, b), cells in transfers.items()}, grid.datasets), ""]
     paths = [grid.out / "results.md", grid.out / "results.csv", grid.out / "transfer.csv"]
     paths[0].write_text("\n".join(md))
     with paths[1].open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["backbone", "method", "dataset", "mean", "std", "seeds"])
-        for backbone, rows in results.items():
+        for backbone_name, rows in results.items():
             for method, cells in rows.items():
                 for dataset, cell in cells.items():
-                    out.writerow([backbone, method, dataset, f"{cell.mean:.6f}", f"{cell.spread:.6f}", len(cell.values)])
+                    out.writerow([backbone_name, method, dataset, f"{cell.mean:.6f}", f"{cell.spread:.6f}", len(cell.values)])
     with paths[2].open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["source", "target", "dataset", "mean", "std", "seeds"])

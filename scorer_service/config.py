@@ -10,14 +10,16 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from promptclimb_common.paths import WritablePath
-from promptclimb_common.serving_args import ServingConfig, add_serving_args, env_reader, serving_settings
+from promptclimb_common.serving_args import EnvError, ServingConfig, add_serving_args, env_reader, serving_settings
 from scorer_service.coop import COOP_DATASETS
 
 # Kernels of fp32 linear layers on CPU (scorer_service/cpu_kernels.py). Named here, not imported from there:
 # this module must load without torch, so that a bad flag or path fails in well under a second.
 CPU_MATMULS = ("onednn", "torch")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,16 @@ def _task(text: str) -> TaskSource:
 
 
 def build_parser(prog: str = "python -m scorer_service") -> argparse.ArgumentParser:
-    d = ScorerConfig()
     p = argparse.ArgumentParser(prog=prog, description="Black-box CLIP scorer: templates in, accuracy out.")
+    try:
+        _add_args(p)
+    except EnvError as err:
+        p.error(str(err))
+    return p
+
+
+def _add_args(p: argparse.ArgumentParser) -> None:
+    d = ScorerConfig()
     a = p.add_argument
     a("--model", default=_env("model", d.model), help="Hugging Face hub id or local directory of a CLIP checkpoint")
     a("--model-version", default=_env("model_version", d.model_version),
@@ -92,41 +102,42 @@ def build_parser(prog: str = "python -m scorer_service") -> argparse.ArgumentPar
     a("--task", dest="tasks", action="append", type=_task, default=None,
       help="ID=DIR of an image-folder dataset, or ID=coop:NAME:DIR of a CoOp dataset folder (NAME: "
            f"{', '.join(COOP_DATASETS)}); repeatable (env SCORER_TASKS: comma-separated)")
-    a("--shots", type=int, default=int(_env("shots", d.shots)), help="K training images per class in the few-shot train split")
-    a("--seed", type=int, default=int(_env("seed", d.seed)), help="seed of the few-shot sample")
-    a("--split-seed", type=int, default=int(_env("split_seed", d.split_seed)),
+    a("--shots", type=int, default=_env("shots", d.shots, int),
+      help="K training images per class in the few-shot train split")
+    a("--seed", type=int, default=_env("seed", d.seed, int), help="seed of the few-shot sample")
+    a("--split-seed", type=int, default=_env("split_seed", d.split_seed, int),
       help="seed that splits a dataset without train/ and test/ folders")
-    a("--test-fraction", type=float, default=float(_env("test_fraction", d.test_fraction)),
+    a("--test-fraction", type=float, default=_env("test_fraction", d.test_fraction, float),
       help="share of each class held out as test when a dataset has no test/ folder")
     add_serving_args(p, _env, port=d.port, metrics_port=d.metrics_port, anonymous_rights=d.anonymous_rights,
                      host=d.host, grace_seconds=d.grace_seconds)
     a("--device", default=_env("device", d.device), help="auto, cpu, cuda or cuda:N")
-    a("--dtype", default=_env("dtype", d.dtype), choices=["auto", "float32", "float16", "bfloat16"],
+    a("--dtype", default=_env("dtype", d.dtype, Literal[DTYPES]), choices=DTYPES,
       help="auto: bfloat16 (or float16) on GPU, float32 on CPU")
-    a("--cpu-matmul", default=_env("cpu_matmul", d.cpu_matmul), choices=CPU_MATMULS,
+    a("--cpu-matmul", default=_env("cpu_matmul", d.cpu_matmul, Literal[CPU_MATMULS]), choices=CPU_MATMULS,
       help="kernels of fp32 linear layers on CPU: onednn (AVX-512 also on AMD; checked to be fp32 at start) or "
            "torch's default (MKL)")
-    a("--cache-dir", type=Path, default=Path(_env("cache_dir", d.cache_dir)), help="on-disk cache of image features")
-    a("--state-dir", type=Path, default=Path(_env("state_dir", d.state_dir)),
+    a("--cache-dir", type=Path, default=_env("cache_dir", d.cache_dir, Path), help="on-disk cache of image features")
+    a("--state-dir", type=Path, default=_env("state_dir", d.state_dir, Path),
       help="durable state: each token's count of evaluated templates (SQLite, with --quota-store sqlite)")
     a("--quota-store", default=_env("quota_store", d.quota_store),
       help="where rate limits and evaluation budgets live: sqlite (default; a file in --state-dir, right for one "
            "replica) or redis://[:PASSWORD@]HOST:PORT/DB (shared by every replica; atomic updates)")
-    a("--max-templates-per-request", type=int, default=int(_env("max_templates_per_request", d.max_templates_per_request)))
-    a("--max-template-bytes", type=int, default=int(_env("max_template_bytes", d.max_template_bytes)))
-    a("--max-message-bytes", type=int, default=int(_env("max_message_bytes", d.max_message_bytes)))
-    a("--max-batch-prompts", type=int, default=int(_env("max_batch_prompts", d.max_batch_prompts)),
+    a("--max-templates-per-request", type=int,
+      default=_env("max_templates_per_request", d.max_templates_per_request, int))
+    a("--max-template-bytes", type=int, default=_env("max_template_bytes", d.max_template_bytes, int))
+    a("--max-message-bytes", type=int, default=_env("max_message_bytes", d.max_message_bytes, int))
+    a("--max-batch-prompts", type=int, default=_env("max_batch_prompts", d.max_batch_prompts, int),
       help="most class prompts the text encoder takes in one batch; 0 (default): 256 on CPU, where one encoder "
            "chunk already saturates the cores and larger batches only add wait, 4096 on GPU")
-    a("--max-batch-delay-ms", type=float, default=float(_env("max_batch_delay_ms", d.max_batch_delay_ms)),
+    a("--max-batch-delay-ms", type=float, default=_env("max_batch_delay_ms", d.max_batch_delay_ms, float),
       help="how long a batch waits for concurrent requests to join it")
-    a("--max-queued-prompts", type=int, default=int(_env("max_queued_prompts", d.max_queued_prompts)),
+    a("--max-queued-prompts", type=int, default=_env("max_queued_prompts", d.max_queued_prompts, int),
       help="prompts waiting for the encoder beyond which calls get RESOURCE_EXHAUSTED")
-    a("--text-cache-bytes", type=int, default=int(_env("text_cache_bytes", d.text_cache_bytes)),
+    a("--text-cache-bytes", type=int, default=_env("text_cache_bytes", d.text_cache_bytes, int),
       help="bound of the text-embedding LRU cache")
-    a("--image-batch-size", type=int, default=int(_env("image_batch_size", d.image_batch_size)))
+    a("--image-batch-size", type=int, default=_env("image_batch_size", d.image_batch_size, int))
     a("--log-level", default=_env("log_level", d.log_level))
-    return p
 
 
 def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_service") -> ScorerConfig:
@@ -135,7 +146,10 @@ def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_se
     tasks = ns.tasks
     if tasks is None:
         env_tasks = os.environ.get("SCORER_TASKS", "")
-        tasks = [_task(t) for t in env_tasks.split(",") if t.strip()]
+        try:
+            tasks = [_task(t) for t in env_tasks.split(",") if t.strip()]
+        except argparse.ArgumentTypeError as err:
+            parser.error(f"$SCORER_TASKS={env_tasks!r}: {err}")
     if not tasks:
         parser.error("at least one --task ID=DIR is required")
     if len({t.task_id for t in tasks}) != len(tasks):

@@ -31,8 +31,15 @@ from pathlib import Path, PurePath
 
 import structlog
 
-from scorer_service.datasets import (IMAGE_SUFFIXES, Dataset, DatasetError, LabeledImage, Task, build_task,
-                                     class_name_from_folder)
+from scorer_service.datasets import (
+    IMAGE_SUFFIXES,
+    Dataset,
+    DatasetError,
+    LabeledImage,
+    Task,
+    build_task,
+    class_name_from_folder,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -159,9 +166,9 @@ def _load_imagenet(root: Path) -> Dataset:
     strays = [w for w in _class_folders(val_dir) if w not in wnids]
     if strays:
         raise DatasetError(f"CoOp dataset 'imagenet': {(val_dir / strays[0]).resolve()} has no train folder")
-    splits = {}
+    splits: dict[str, list[tuple[Path, int]]] = {}
     for key, folder in (("train", train_dir), ("test", val_dir)):
-        items = []
+        items: list[tuple[Path, int]] = []
         for label, wnid in enumerate(wnids):
             class_dir = folder / wnid
             if not class_dir.is_dir():

@@ -19,9 +19,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio
+import redis.commands.core
 import redis.exceptions
 import structlog
 
@@ -166,7 +167,8 @@ class RedisQuota:
         scheme, sep, rest = self._url.partition("://")
         return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
-    async def _run(self, script, keys: list[str], args: list) -> object:
+    async def _run(self, script: redis.commands.core.AsyncScript, keys: list[str], args: list[float]) -> Any:
+        """The script's reply, as the Lua script shapes it."""
         try:
             return await script(keys=keys, args=args)
         except redis.exceptions.RedisError as err:

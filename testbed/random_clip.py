@@ -50,25 +50,25 @@ def build_random_clip(directory: Path, shape: str = "tiny", seed: int = 0) -> Pa
     tokenizer = clip_tokenizer()
     vocab = tokenizer.get_vocab()
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab),
-            hidden_size=s.text_width,
-            intermediate_size=4 * s.text_width,
-            num_hidden_layers=s.text_layers,
-            num_attention_heads=s.text_heads,
-            max_position_embeddings=77,
-            bos_token_id=vocab["<|startoftext|>"],
-            eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            hidden_size=s.vision_width,
-            intermediate_size=4 * s.vision_width,
-            num_hidden_layers=s.vision_layers,
-            num_attention_heads=s.vision_heads,
-            image_size=s.image_size,
-            patch_size=s.patch_size,
-        ),
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": s.text_width,
+            "intermediate_size": 4 * s.text_width,
+            "num_hidden_layers": s.text_layers,
+            "num_attention_heads": s.text_heads,
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": s.vision_width,
+            "intermediate_size": 4 * s.vision_width,
+            "num_hidden_layers": s.vision_layers,
+            "num_attention_heads": s.vision_heads,
+            "image_size": s.image_size,
+            "patch_size": s.patch_size,
+        },
         projection_dim=s.projection_dim,
     )
     torch.manual_seed(seed)

@@ -45,7 +45,7 @@ def bpe_path() -> Path:
 @lru_cache(maxsize=1)
 def _vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     lines = gzip.decompress(bpe_path().read_bytes()).decode("utf-8").split("\n")
-    merges = tuple(tuple(line.split()) for line in lines[1 : MERGES + 1])  # line 0 is a version header
+    merges = tuple((first, second) for first, second in (line.split() for line in lines[1 : MERGES + 1]))  # line 0: a header
     symbols = list(bytes_to_unicode().values())
     entries = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges), START, END]
     return {token: index for index, token in enumerate(entries)}, merges
@@ -54,4 +54,5 @@ def _vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
 def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     """A fresh tokenizer with OpenAI CLIP's vocabulary and merges (ids 49406/49407: start/end)."""
     vocab, merges = _vocab_and_merges()
-    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)
+    # transformers hints merges as list[str]; it hands them to tokenizers' BPE, which takes the (a, b) pairs given here.
+    return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), model_max_length=model_max_length)  # type: ignore[arg-type]

@@ -20,17 +20,21 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import structlog
 import torch
 from PIL import Image
-from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
 from promptclimb_common.logging import configure_logging
 from testbed import captions as caption_model
 from testbed.fashion_mnist import CLASS_FOLDERS, DEBIAN_DIR, load_split
 from testbed.tokenizer import END, START, clip_tokenizer
+
+if TYPE_CHECKING:
+    from scorer_service.model import ClipEncoder
 
 log = structlog.get_logger(__name__)
 
@@ -84,19 +88,19 @@ RECIPES = {
 DEFAULT_RECIPE = "fmnist-vit-p7"
 
 
-def _config(recipe: Recipe, tokenizer) -> CLIPConfig:
+def _config(recipe: Recipe, tokenizer: CLIPTokenizer) -> CLIPConfig:
     vocab = tokenizer.get_vocab()
     return CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab), hidden_size=recipe.text.width, intermediate_size=4 * recipe.text.width,
-            num_hidden_layers=recipe.text.layers, num_attention_heads=recipe.text.heads,
-            max_position_embeddings=77, bos_token_id=vocab[START], eos_token_id=vocab[END], pad_token_id=vocab[END],
-        ),
-        vision_config=dict(
-            hidden_size=recipe.vision.width, intermediate_size=4 * recipe.vision.width,
-            num_hidden_layers=recipe.vision.layers, num_attention_heads=recipe.vision.heads,
-            image_size=28, patch_size=recipe.patch_size, num_channels=3,
-        ),
+        text_config={
+            "vocab_size": len(vocab), "hidden_size": recipe.text.width, "intermediate_size": 4 * recipe.text.width,
+            "num_hidden_layers": recipe.text.layers, "num_attention_heads": recipe.text.heads,
+            "max_position_embeddings": 77, "bos_token_id": vocab[START], "eos_token_id": vocab[END], "pad_token_id": vocab[END],
+        },
+        vision_config={
+            "hidden_size": recipe.vision.width, "intermediate_size": 4 * recipe.vision.width,
+            "num_hidden_layers": recipe.vision.layers, "num_attention_heads": recipe.vision.heads,
+            "image_size": 28, "patch_size": recipe.patch_size, "num_channels": 3,
+        },
         projection_dim=recipe.projection_dim,
     )
 
@@ -122,7 +126,7 @@ def _lr(step: int, total: int, recipe: Recipe) -> float:
     return recipe.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_model(recipe: Recipe, source: Path = DEBIAN_DIR) -> tuple[CLIPModel, object]:
+def train_model(recipe: Recipe, source: Path = DEBIAN_DIR) -> tuple[CLIPModel, CLIPTokenizer]:
     """Contrastive training (symmetric InfoNCE over the batch); returns the model and its tokenizer."""
     torch.manual_seed(recipe.seed)
     images, labels = load_split(source, "train")
@@ -168,7 +172,7 @@ def train_model(recipe: Recipe, source: Path = DEBIAN_DIR) -> tuple[CLIPModel, o
     return model, tokenizer
 
 
-def full_test_features(encoder, source: Path = DEBIAN_DIR) -> tuple[torch.Tensor, torch.Tensor]:
+def full_test_features(encoder: ClipEncoder, source: Path = DEBIAN_DIR) -> tuple[torch.Tensor, torch.Tensor]:
     """The encoder's embeddings of the full 10,000 test images (as the PNGs the scorer reads), and their labels."""
     images, labels = load_split(source, "test")
     features = torch.cat([encoder.encode_images([Image.fromarray(i, mode="L").convert("RGB") for i in images[s : s + 1000]])

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fixtures import write_image_folder  # noqa: E402
-
-from promptclimb_common.logging import configure_logging  # noqa: E402
-from testbed.random_clip import build_random_clip  # noqa: E402
+from promptclimb_common.logging import configure_logging
+from testbed.random_clip import build_random_clip
+from tests.fixtures import write_image_folder
 
 configure_logging("WARNING", json=True)
 

@@ -99,7 +99,7 @@ def write_coop_dataset(root: Path, name: str, classes=CLASSES, train_per_class: 
             (root / f"images_variant_{split}.txt").write_text("".join(lines))
         return root
     image_dir, split_file = COOP_SPLIT_FILE_LAYOUT[name]
-    split = {}
+    split_lists: dict[str, list[list[object]]] = {}
     for key, count in counts.items():
         entries = []
         for label, class_name in enumerate(classes):
@@ -109,9 +109,9 @@ def write_coop_dataset(root: Path, name: str, classes=CLASSES, train_per_class: 
                 _noise_image(root / image_dir / relative, label, rng, size)
                 entries.append([relative, label, folder])
         rng.shuffle(entries)
-        split[key] = entries
+        split_lists[key] = entries
     (root / image_dir / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
-    (root / split_file).write_text(json.dumps(split))
+    (root / split_file).write_text(json.dumps(split_lists))
     return root
 
 

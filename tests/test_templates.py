@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from promptclimb_common.templates import TemplateError, fill, template_problem, validate_template
+from promptclimb_common.templates import fill, template_problem
 
 
 def test_fill_is_plain_substitution():
@@ -14,10 +14,19 @@ def test_fill_is_plain_substitution():
     assert fill("{} photo", "{0.__class__}") == "{0.__class__} photo"  # class names are never parsed
 
 
-@pytest.mark.parametrize("template", ["{:>999999999}{}", "{0.__class__.__init__.__globals__}{}", "{}{", "}{}", "{{}}"])
-def test_format_syntax_is_refused(template):
-    with pytest.raises(TemplateError):
-        validate_template(template)
+REFUSED = [("{:>999999999}{}", "STRAY_BRACE"), ("{0.__class__.__init__.__globals__}{}", "STRAY_BRACE"),
+           ("{}{", "STRAY_BRACE"), ("}{}", "STRAY_BRACE"), ("{{}}", "STRAY_BRACE"), ("{}{}", "SEVERAL_PLACEHOLDERS"),
+           ("a photo", "NO_PLACEHOLDER")]
+
+
+@pytest.mark.parametrize(("template", "reason"), REFUSED)
+def test_format_syntax_is_refused_with_its_reason(template, reason):
+    problem = template_problem(template)
+    assert problem is not None and problem.reason == reason
+
+
+def test_a_valid_template_has_no_problem():
+    assert template_problem("a photo of a {}.") is None
 
 
 @given(st.text(max_size=200))

@@ -32,7 +32,7 @@ def _write_key(key, path: Path) -> Path:
 
 
 def _issue(subject: str, ca_key, ca_name, public_key, *, is_ca: bool, usage=None, san=None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(_name(subject))

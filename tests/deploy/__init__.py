@@ -14,6 +14,7 @@ def load_check():
     name = "promptclimb_deploy_check"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, REPO / "deploy" / "check.py")
+        assert spec is not None and spec.loader is not None, "deploy/check.py is a Python file"
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)

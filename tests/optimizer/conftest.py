@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,11 +13,12 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from optimizer_service.config import LlmSettings, RunLimits, ScorerSettings
+from optimizer_service.config import LlmSettings, ScorerSettings
 from optimizer_service.llm import LlmClient
 from optimizer_service.runs import RunManager
 from optimizer_service.scorer_client import ScorerClient
 from optimizer_service.server import SERVICE_NAME, OptimizerServicer
+from optimizer_service.spec import RunLimits
 from optimizer_service.store import Store
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
@@ -34,12 +36,12 @@ class ScorerEndpoint:
     address: str
 
     def settings(self, token_name: str = "optimizer", **overrides) -> ScorerSettings:
-        values = dict(address=self.address, token=SCORER_TOKENS[token_name][0], deadline_s=30.0, grace_s=5.0)
+        values = {"address": self.address, "token": SCORER_TOKENS[token_name][0], "deadline_s": 30.0, "grace_s": 5.0}
         return ScorerSettings(**{**values, **overrides})
 
 
 @pytest.fixture(scope="session")
-def scorer(tiny_clip_dir, image_task_dir, tmp_path_factory) -> ScorerEndpoint:
+def scorer(tiny_clip_dir, image_task_dir, tmp_path_factory) -> Iterator[ScorerEndpoint]:
     """One real scorer process for the whole session, with auth on."""
     root = tmp_path_factory.mktemp("scorer")
     tokens = root / "tokens.json"
@@ -57,8 +59,8 @@ def llm():
 
 
 def llm_settings(url: str, **overrides) -> LlmSettings:
-    values = dict(base_url=url, model="scripted-model", api_key="placeholder", concurrency=4, timeout_s=5.0, max_attempts=3,
-                  backoff_initial_s=0.01, backoff_max_s=0.1)
+    values = {"base_url": url, "model": "scripted-model", "api_key": "placeholder", "concurrency": 4, "timeout_s": 5.0, "max_attempts": 3,
+                  "backoff_initial_s": 0.01, "backoff_max_s": 0.1}
     return LlmSettings(**{**values, **overrides})
 
 
@@ -66,7 +68,7 @@ def llm_settings(url: str, **overrides) -> LlmSettings:
 class Optimizer:
     """An in-process Optimizer service on loopback and the stub that calls it."""
 
-    stub: optimizer_pb2_grpc.OptimizerStub
+    stub: optimizer_pb2_grpc.OptimizerAsyncStub
     manager: RunManager
     store: Store
     llm: ScriptedLLM
@@ -80,15 +82,15 @@ class Optimizer:
 
 
 def small_spec(**overrides) -> pb.RunSpec:
-    values = dict(task_id=TASK, initial_pool_size=6, restarts=2, resets=2, iterations=2, top_k=2, templates_per_call=2)
+    values = {"task_id": TASK, "initial_pool_size": 6, "restarts": 2, "resets": 2, "iterations": 2, "top_k": 2, "templates_per_call": 2}
     return pb.RunSpec(**{**values, **overrides})
 
 
 @contextlib.asynccontextmanager
-async def open_optimizer(scorer_settings: ScorerSettings, llm: ScriptedLLM, state_dir: Path, *, tokens: list | None = None,
+async def open_optimizer(scorer_settings: ScorerSettings, llm: ScriptedLLM, state_dir: Path, *, tokens: list[dict[str, object]] | None = None,
                          tls: TlsFiles = TlsFiles(), client_credentials: grpc.ChannelCredentials | None = None,
                          anonymous_rights: frozenset[str] = frozenset({"run", "test"}), limits: RunLimits = RunLimits(),
-                         **llm_overrides) -> Optimizer:
+                         **llm_overrides) -> AsyncIterator[Optimizer]:
     """The Optimizer service in this process, wired as `serve` wires it, on a free loopback port.
 
     With auth off (no `tokens`) callers are anonymous with `anonymous_rights` (by default they may see test accuracy).
@@ -103,6 +105,7 @@ async def open_optimizer(scorer_settings: ScorerSettings, llm: ScriptedLLM, stat
                           host="127.0.0.1", port=0, tls=tls, grace_seconds=1)
     port = await service.start()
     if tls.enabled:
+        assert client_credentials is not None, "a TLS server needs the client's credentials"
         channel = grpc.aio.secure_channel(f"localhost:{port}", client_credentials)
     else:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -118,7 +121,7 @@ async def open_optimizer(scorer_settings: ScorerSettings, llm: ScriptedLLM, stat
 
 
 @pytest_asyncio.fixture
-async def optimizer(scorer, llm, tmp_path, request) -> Optimizer:
+async def optimizer(scorer, llm, tmp_path, request) -> AsyncIterator[Optimizer]:
     """Options come from @pytest.mark.optimizer(llm={...}, scorer={...}, tokens=[...], limits=RunLimits(...))."""
     marker = request.node.get_closest_marker("optimizer")
     options = marker.kwargs if marker else {}

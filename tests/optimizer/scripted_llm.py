@@ -15,9 +15,10 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 WORDS = ("bright", "dark", "vivid", "faded", "sharp", "soft", "tiny", "huge", "old", "new", "calm", "busy")
 
@@ -63,13 +64,14 @@ GARBAGE = Raw(b"<html>502 bad gateway from a proxy</html>")
 class Seen:
     """One request as the server received it."""
 
-    body: dict
+    body: dict[str, Any]
     headers: dict[str, str]
     answered: str  # what the server did: "pending" (still delaying), "reply", "fail 429", "raw", "drop"
 
     @property
-    def messages(self) -> list[dict]:
-        return self.body.get("messages", [])
+    def messages(self) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = self.body.get("messages", [])
+        return messages
 
     @property
     def call_id(self) -> str:
@@ -77,10 +79,11 @@ class Seen:
 
     @property
     def last_user_message(self) -> str:
-        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
+        content: str = next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
+        return content
 
 
-def invented_templates(counter: Iterable[int]) -> Callable[[dict], Reply]:
+def invented_templates(counter: Iterator[int]) -> Callable[[dict], Reply]:
     """A default answer: m new, unique templates in a typical messy style."""
 
     def answer(body: dict) -> Reply:
@@ -154,7 +157,7 @@ def _handler(server: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
         def log_message(self, *args) -> None:  # quiet
             pass
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             length = int(self.headers.get("content-length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
             headers = {k.lower(): v for k, v in self.headers.items()}

@@ -10,7 +10,8 @@ import pytest
 
 from optimizer_service.baselines import (A_PHOTO_OF, CLIP_BENCHMARK_PIN, CLIP_ENSEMBLE, COOP_PROMPT, PLAIN, BaselineError,
                                          coop_prompt, hand_engineered, reference_candidates)
-from optimizer_service.config import InitialPool, RunSettings, SpecError
+from optimizer_service.choices import InitialPool
+from optimizer_service.spec import RunSettings, SpecError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from tests.optimizer.test_service import _status_of
 from tests.procs import REPO

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from google.protobuf.duration_pb2 import Duration
 
-from optimizer_service.config import KNOBS, Conversation, Feedback, InitialPool, Preset, RunSettings, SpecError
+from optimizer_service.choices import Conversation, Feedback, InitialPool, Preset, from_proto, to_proto
 from optimizer_service.seeds import BUILTIN_TEMPLATES
+from optimizer_service.spec import KNOBS, RunSettings, SpecError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 
 
@@ -35,10 +38,13 @@ def test_effective_spec_round_trips_through_proto_and_json():
 
 @pytest.mark.parametrize("name", sorted(KNOBS))
 def test_every_knob_above_its_cap_is_rejected_naming_it(name):
+    above, negative = pb.RunSpec(task_id="pets"), pb.RunSpec(task_id="pets")
+    setattr(above, name, KNOBS[name].cap + 1)
+    setattr(negative, name, -1)
     with pytest.raises(SpecError, match=rf"{name}={KNOBS[name].cap + 1} is out of range; allowed 1\.\.{KNOBS[name].cap}"):
-        RunSettings.from_proto(pb.RunSpec(task_id="pets", **{name: KNOBS[name].cap + 1}), "m")
+        RunSettings.from_proto(above, "m")
     with pytest.raises(SpecError, match=name):
-        RunSettings.from_proto(pb.RunSpec(task_id="pets", **{name: -1}), "m")
+        RunSettings.from_proto(negative, "m")
 
 
 @pytest.mark.parametrize(
@@ -53,7 +59,7 @@ def test_every_knob_above_its_cap_is_rejected_naming_it(name):
         (pb.RunSpec(task_id="pets", initial_pool=pb.INITIAL_POOL_GIVEN), "needs initial_templates"),
         (pb.RunSpec(task_id="pets", initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=["a {0.__class__}"]), r"initial_templates\[0\]"),
         (pb.RunSpec(task_id="pets", initial_templates=["a {}"]), "only used with initial_pool=GIVEN"),
-        (pb.RunSpec(task_id="pets", feedback=7), "feedback=7"),
+        (pb.RunSpec(task_id="pets", feedback=7), "feedback=7"),  # type: ignore[arg-type]  # no such feedback, on purpose
     ],
 )
 def test_bad_specs_are_rejected_with_an_actionable_message(spec, message):
@@ -77,9 +83,10 @@ def test_the_authors_preset_fills_their_knobs_and_refuses_a_contradiction():
     given = pb.RunSpec(task_id="pets", preset=pb.PRESET_AUTHORS, initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=["a {}", "b {}"])
     assert RunSettings.from_proto(given, "m").initial_pool_size == 2  # a given list is used whole
     assert RunSettings.from_proto(settings.to_proto(), "m") == settings
-    for contradiction, named in [(dict(templates_per_call=4), "templates_per_call=4"), (dict(temperature=0.7), "temperature=0.7"),
-                                 (dict(conversation=pb.CONVERSATION_MODE_CHAT), "conversation=chat"), (dict(top_k=5), "top_k=5"),
-                                 (dict(show_accuracies=True), "show_accuracies=True")]:
+    contradictions: list[tuple[dict[str, Any], str]] = [({"templates_per_call": 4}, "templates_per_call=4"), ({"temperature": 0.7}, "temperature=0.7"),
+                                 ({"conversation": pb.CONVERSATION_MODE_CHAT}, "conversation=chat"), ({"top_k": 5}, "top_k=5"),
+                                 ({"show_accuracies": True}, "show_accuracies=True")]
+    for contradiction, named in contradictions:
         with pytest.raises(SpecError, match=f"preset authors fixes .*{named} contradicts it"):
             RunSettings.from_proto(pb.RunSpec(task_id="pets", preset=pb.PRESET_AUTHORS, **contradiction), "m")
 
@@ -118,3 +125,11 @@ def test_settings_stored_before_the_new_knobs_still_load():
         del settings[name]
     old = RunSettings.from_json(settings)
     assert (old.preset, old.ensemble_size, old.replay_run_id) == (Preset.PROMPTCLIMB, 8, "")
+
+
+@pytest.mark.parametrize(("kind", "proto_enum"), [(Feedback, pb.Feedback), (Conversation, pb.ConversationMode), (Preset, pb.Preset),
+                                                  (InitialPool, pb.InitialPool)])
+def test_every_proto_value_names_one_choice_and_back(kind, proto_enum):
+    values = sorted(v for v in proto_enum.values() if v)  # UNSPECIFIED (0) names none: the defaults decide
+    assert sorted(to_proto(member) for member in kind) == values
+    assert [from_proto(kind, to_proto(member)) for member in kind] == list(kind) and from_proto(kind, 0) is None

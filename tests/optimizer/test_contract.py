@@ -11,7 +11,7 @@ from tests.optimizer.conftest import SCORER_TOKENS, TASK, open_optimizer, small_
 from tests.optimizer.test_scorer_restart import watch_to_end
 from tests.optimizer.test_service import _status_of
 
-TINY = dict(restarts=1, resets=1, iterations=1)
+TINY = {"restarts": 1, "resets": 1, "iterations": 1}
 
 
 async def _scorer_digest(scorer) -> str:
@@ -83,7 +83,7 @@ async def test_list_runs_pages_newest_first_and_filters_by_state(optimizer):
         (pb.ListRunsRequest(page_token="garbage"), "not one this service issued"),
         (pb.ListRunsRequest(page_size=-5), "page_size"),
         (pb.ListRunsRequest(states=[pb.RUN_STATE_UNSPECIFIED]), "not a run state"),
-        (pb.ListRunsRequest(states=[42]), "not a run state"),
+        (pb.ListRunsRequest(states=[42]), "not a run state"),  # type: ignore[list-item]  # no such state, on purpose
     ]:
         code, details = await _status_of(stub.ListRuns(request))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and fragment in details, (request, details)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from optimizer_service.config import Feedback
+from optimizer_service.choices import Feedback
 from optimizer_service.metaprompt import MetaPrompt, estimate_tokens, fit_chat, initial_pool_messages
 from optimizer_service.pool import Candidate
 

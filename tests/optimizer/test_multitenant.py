@@ -13,7 +13,8 @@ import grpc
 import pytest
 
 from optimizer_service.cli import write_report
-from optimizer_service.config import Price, RunLimits, ScorerSettings
+from optimizer_service.config import Price, ScorerSettings
+from optimizer_service.spec import RunLimits
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.errors import details_of
 from tests.optimizer.conftest import TASK, open_optimizer, small_spec

@@ -142,7 +142,7 @@ def _deterministic_llm(phase: dict):
 async def test_concurrent_restarts_give_the_same_trajectory_twice_and_never_score_a_template_twice(optimizer):
     phase = {"name": "first"}
     optimizer.llm._default = _deterministic_llm(phase)
-    spec = dict(seed=5, restarts=3, resets=2, iterations=3, templates_per_call=2, initial_pool_size=8)
+    spec = {"seed": 5, "restarts": 3, "resets": 2, "iterations": 3, "templates_per_call": 2, "initial_pool_size": 8}
     trials = []
     for name in ("first", "second"):
         phase["name"] = name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
@@ -207,10 +209,10 @@ async def test_without_the_test_right_the_result_has_no_test_accuracy(optimizer)
     assert not any(b.HasField("test_accuracy") for b in run.best)
 
 
-async def _status_of(call) -> grpc.StatusCode:
+async def _status_of(call: Awaitable[object]) -> tuple[grpc.StatusCode, str]:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
-    return caught.value.code(), caught.value.details()
+    return caught.value.code(), caught.value.details() or ""
 
 
 async def test_bad_requests_get_the_documented_status_and_an_actionable_message(optimizer):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from optimizer_service.config import KNOBS, MAX_TEMPERATURE, MAX_TEXT_FIELD
+from optimizer_service.spec import KNOBS, MAX_TEMPERATURE, MAX_TEXT_FIELD
 from tests.conftest import prerequisite
 from tests.procs import REPO
 

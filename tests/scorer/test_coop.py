@@ -156,7 +156,7 @@ def test_few_shot_draw_is_dassls_in_coops_order(coop_root, name):
         for shots in (1, 2, 3, 5):  # 5: more than a class has (3), so Dassl repeats images
             drawn = [(image.path, image.label) for image in few_shot(dataset.train, shots, seed)]
             assert drawn == dassl_few_shot(listing, shots, seed), (seed, shots)
-            assert Counter(label for _, label in drawn) == {label: shots for label in range(len(CLASSES))}
+            assert Counter(label for _, label in drawn) == dict.fromkeys(range(len(CLASSES)), shots)
 
 
 def test_imagenet_skips_hidden_and_other_files_and_labels_its_folders_as_coop(tmp_path):

@@ -59,7 +59,7 @@ def fuzz_scorer(tiny_clip_dir, image_task_dir, tmp_path_factory):
                                      "--max-message-bytes", "65536", "--log-level", "DEBUG")
     channel = grpc.insecure_channel(address)
     yield scorer_pb2_grpc.ScorerStub(channel), channel
-    healthy = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    healthy = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)  # type: ignore[attr-defined]  # typeshed's HealthStub declares no methods
     channel.close()
     assert stop_process(process) == 0
     assert healthy.status == health_pb2.HealthCheckResponse.SERVING

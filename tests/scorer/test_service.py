@@ -24,10 +24,11 @@ def sample(name: str, **labels) -> float:
 async def expect_status(call, code: grpc.StatusCode, *fragments: str) -> str:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
-    assert caught.value.code() == code, caught.value.details()
+    details = caught.value.details() or ""
+    assert caught.value.code() == code, details
     for fragment in fragments:
-        assert fragment in caught.value.details()
-    return caught.value.details()
+        assert fragment in details
+    return details
 
 
 async def test_list_tasks_describes_task(open_scorer, tiny_clip_dir):
@@ -46,10 +47,11 @@ async def test_health_and_reflection_are_served(open_scorer):
     _, _, channel = open_scorer
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "promptclimb.scorer.v1.Scorer"):
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))  # type: ignore[attr-defined]  # typeshed's HealthStub declares no methods
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
     reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-    replies = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    replies = reflection.ServerReflectionInfo(iter([request]))  # type: ignore[operator]  # typeshed leaves it untyped
     names = [s.name async for reply in replies for s in reply.list_services_response.service]
     assert "promptclimb.scorer.v1.Scorer" in names
     assert "grpc.health.v1.Health" in names
@@ -62,7 +64,7 @@ async def test_request_level_errors(open_scorer):
     await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes")), grpc.StatusCode.INVALID_ARGUMENT, "no templates")
     await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"{i} {{}}" for i in range(17)])),
                         grpc.StatusCode.INVALID_ARGUMENT, "17 templates", "limit is 16")
-    await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"], split=7)),
+    await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"], split=7)),  # type: ignore[arg-type]  # no such split, on purpose
                         grpc.StatusCode.INVALID_ARGUMENT, "unknown split 7")
     # over the message size limit: refused by gRPC before it reaches the servicer
     await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["x" * 300_000 + "{}"])),
@@ -111,7 +113,7 @@ async def test_auth_required_when_tokens_configured(locked_scorer):
     await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest()), grpc.StatusCode.UNAUTHENTICATED)
     reply = await stub.Score(request, metadata=bearer("client"))
     assert reply.results[0].total == 8
-    health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+    health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())  # type: ignore[attr-defined]  # typeshed's HealthStub declares no methods
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -133,10 +135,10 @@ async def test_rate_limit_per_token(locked_scorer):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Score(request, metadata=bearer("throttled"))
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "rate limit of token 'throttled'" in caught.value.details()
+    assert "rate limit of token 'throttled'" in (caught.value.details() or "")
     details = details_of(caught.value)
     assert details.reason == "RATE_LIMITED" and details.domain == "promptclimb.dev"
-    assert details.retry_after_s > 0 and details.retryable
+    assert (details.retry_after_s or 0) > 0 and details.retryable
     await stub.Score(request, metadata=bearer("client"))  # other tokens unaffected
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from scorer_service.datasets import load_image_folder
 from testbed.fashion_mnist import (
     APT_COMMAND,
     CLASS_FOLDERS,
@@ -18,7 +19,6 @@ from testbed.fashion_mnist import (
     prepare_fashion_mnist,
     read_idx,
 )
-from scorer_service.datasets import load_image_folder
 from tests.conftest import prerequisite
 
 needs_debian_data = prerequisite(

@@ -18,6 +18,7 @@ WORDS = ("photo", "Picture", "of", "a", "the", "{}", "T-shirt", "ankle boot", "i
 def _open_clip_tokenizer():
     """open_clip's tokenizer module, loaded from its file (the package needs torchvision to import)."""
     spec = importlib.util.spec_from_file_location("open_clip_tokenizer", bpe_path().parent / "tokenizer.py")
+    assert spec is not None and spec.loader is not None, "open_clip's tokenizer.py is a Python file"
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.SimpleTokenizer()
