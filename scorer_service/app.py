@@ -30,12 +30,16 @@ LEDGER_FILE = "evaluations.sqlite"
 async def open_quota(config: ScorerConfig) -> QuotaStore:
     """The quota store the config names; fails at start (not at the first call) when it cannot be used."""
     if config.quota_store != "sqlite":
-        return await RedisQuota.connect(config.quota_store)
+        redis_store = await RedisQuota.connect(config.quota_store)
+        log.info("quota_store", store=redis_store.safe_url)
+        return redis_store
     try:
-        return SqliteQuota(config.state_dir / LEDGER_FILE)
+        sqlite_store = SqliteQuota(config.state_dir / LEDGER_FILE)
     except (OSError, sqlite3.Error) as err:
         state = next(p for p in config.writable_paths() if p.flag == "--state-dir")
         raise state.error(f"its evaluation ledger {LEDGER_FILE} cannot be written ({err})") from None
+    log.info("quota_store", store="sqlite")
+    return sqlite_store
 
 
 class ScorerApp:
@@ -57,7 +61,8 @@ class ScorerApp:
                                          rate_limit=self.quota.take_request)
         encoder = await asyncio.to_thread(load_clip, config.model, config.device, config.dtype, config.cpu_matmul)
         model = ModelIdentity.of(encoder, await asyncio.to_thread(weights_digest, encoder), config.model_version)
-        metrics.MODEL_INFO.info({"model": config.model, "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch."),
+        metrics.MODEL_INFO.info({"model": config.model, "device": str(encoder.device),
+                                 "dtype": str(encoder.dtype).removeprefix("torch."),
                                  "digest": model.digest, "version": model.version})
         log.info("model_identity", model_digest=model.digest, model_version=model.version)
         tasks, features = await asyncio.to_thread(load_tasks, config, encoder, model.digest)
@@ -67,7 +72,8 @@ class ScorerApp:
         )
         log.info("batching", max_batch_prompts=batch_prompts, max_batch_delay_ms=config.max_batch_delay_ms)
         self.batcher.start()
-        self.scorer = scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes)
+        self.scorer = scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes),
+                                              config.max_template_bytes)
         servicer = ScorerServicer(tasks, features, scorer, auth, self.quota, config.max_templates_per_request, model,
                                   config.max_queued_prompts)
         if config.metrics_port:
@@ -82,8 +88,8 @@ class ScorerApp:
             max_concurrent_rpcs=config.max_concurrent_rpcs,
             grace_seconds=config.grace_seconds,
         )
-        log.info("quota_store", store=config.quota_store if config.quota_store == "sqlite" else self.quota.safe_url)
-        log.info("auth", enabled=auth.enabled, anonymous_rights=sorted(config.anonymous_rights) if not auth.enabled else [])
+        log.info("auth", enabled=auth.enabled,
+                 anonymous_rights=sorted(config.anonymous_rights) if not auth.enabled else [])
         return await self.service.start()
 
     async def stop(self) -> None:
@@ -102,8 +108,10 @@ class ScorerApp:
 
     async def run_until_signalled(self) -> None:
         await self.start()
+        assert self.service is not None and self.auth is not None  # start() sets both
+        auth = self.auth
         try:
             await self.service.serve_until_signalled(
-                on_hangup=lambda: reload_tokens(self.auth, self.config.tokens_file, "PROMPTCLIMB_TOKENS"))
+                on_hangup=lambda: reload_tokens(auth, self.config.tokens_file, "PROMPTCLIMB_TOKENS"))
         finally:
             await self._release()

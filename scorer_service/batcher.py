@@ -33,7 +33,7 @@ class QueueFullError(RuntimeError):
 class _Job:
     prompts: Sequence[str]
     prefixes: Sequence[str | None]
-    future: asyncio.Future
+    future: asyncio.Future[torch.Tensor]
     enqueued: float = field(default_factory=time.perf_counter)
     taken: int = 0  # prompts already taken into batches
     parts: list[torch.Tensor] = field(default_factory=list)  # their embeddings, batch by batch

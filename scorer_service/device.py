@@ -24,7 +24,8 @@ def pick_device(requested: str) -> torch.device:
 def pick_dtype(requested: str, device: torch.device) -> torch.dtype:
     """`auto`: bf16 (else fp16) on a GPU, fp32 on CPU."""
     if requested != "auto":
-        return getattr(torch, requested)
+        dtype: torch.dtype = getattr(torch, requested)
+        return dtype
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32

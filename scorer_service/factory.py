@@ -7,10 +7,11 @@ always read with `local_files_only`.
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 
 import structlog
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPTextConfig
 
 from scorer_service.cpu_kernels import use_onednn_kernels
 from scorer_service.device import DeviceUnavailableError, pick_device, pick_dtype
@@ -32,7 +33,8 @@ def load_clip(ref: str, device: str = "auto", dtype: str = "auto", cpu_matmul: s
     local = Path(ref).expanduser()
     is_dir = local.is_dir()
     if not is_dir and not _looks_like_hub_id(ref):
-        raise ModelLoadError(f"model directory {local.resolve()} does not exist (and {ref!r} is not a hub id like 'openai/clip-vit-base-patch32')")
+        raise ModelLoadError(f"model directory {local.resolve()} does not exist "
+                             f"(and {ref!r} is not a hub id like 'openai/clip-vit-base-patch32')")
     source = str(local) if is_dir else ref
     offline = is_dir or os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
@@ -49,10 +51,12 @@ def load_clip(ref: str, device: str = "auto", dtype: str = "auto", cpu_matmul: s
         raise ModelLoadError(f"cannot load CLIP model from {where}: {err}") from err
     model.eval().to(torch_device)
     onednn_modules = use_onednn_kernels(model) if cpu_matmul == "onednn" else 0
-    context_length = int(model.config.text_config.max_position_embeddings)
+    text_config = typing.cast(CLIPTextConfig, model.config.text_config)  # CLIPConfig makes its dict one
+    context_length = int(text_config.max_position_embeddings)
     log.info("model_loaded", model=ref, device=str(torch_device), dtype=str(torch_dtype).removeprefix("torch."),
              context_length=context_length, onednn_modules=onednn_modules)
-    return ClipEncoder(ref, model, PromptTokenizer(tokenizer, context_length), image_processor, torch_device, torch_dtype)
+    return ClipEncoder(ref, model, PromptTokenizer(tokenizer, context_length), image_processor, torch_device,
+                       torch_dtype)
 
 
 def _looks_like_hub_id(ref: str) -> bool:

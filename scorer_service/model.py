@@ -8,7 +8,7 @@ hidden states (prefix_groups, prefix_sharing).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +49,7 @@ class ClipEncoder:
         """
         ids = self.tokenizer.ids(prompts)
         pad_id = self.tokenizer.pad_token_id
-        out = torch.empty(len(ids), self.model.config.projection_dim, dtype=self.dtype, device=self.device)
+        out = torch.empty(len(ids), self.model.text_projection.out_features, dtype=self.dtype, device=self.device)
         groups = prefix_groups(self.tokenizer, ids, prefixes or [None] * len(ids))
         unshared = groups.pop(None, [])
         prefix_of = {i: key for key, members in groups.items() for i in members if key is not None}
@@ -58,7 +58,8 @@ class ClipEncoder:
             keys = list(dict.fromkeys(prefix_of[i] for i in chunk))
             slot = {key: k for k, key in enumerate(keys)}
             features = encode_with_shared_prefixes(
-                self.model, [list(k) for k in keys], [suffix[i] for i in chunk], [slot[prefix_of[i]] for i in chunk], pad_id,
+                self.model, [list(k) for k in keys], [suffix[i] for i in chunk], [slot[prefix_of[i]] for i in chunk],
+                pad_id,
             )
             out[torch.tensor(chunk, device=self.device)] = self._normalise(features)
         for chunk in _length_sorted_chunks(unshared, ids):
@@ -79,7 +80,8 @@ class ClipEncoder:
         if self.image_processor is None:
             raise ValueError(f"{self.name} has no image processor: it encodes text only")
         pixels = self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
-        return self._normalise(_as_tensor(self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))))
+        features = self.model.get_image_features(pixel_values=pixels.to(self.device, self.dtype))
+        return self._normalise(_as_tensor(features))
 
     def preprocessing_config(self) -> dict:
         return self.image_processor.to_dict() if self.image_processor is not None else {}
@@ -88,7 +90,8 @@ class ClipEncoder:
         return torch.nn.functional.normalize(features.float(), dim=-1).to(self.dtype)
 
 
-def _length_sorted_chunks(indices: list[int], ids, size: int = CHUNK_PROMPTS) -> list[list[int]]:
+def _length_sorted_chunks(indices: list[int], ids: Mapping[int, Sequence[int]] | Sequence[Sequence[int]],
+                          size: int = CHUNK_PROMPTS) -> list[list[int]]:
     """Chunks of prompts of similar length, so each pads little."""
     ordered = sorted(indices, key=lambda i: len(ids[i]))
     return [ordered[start : start + size] for start in range(0, len(ordered), size)]

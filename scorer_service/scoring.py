@@ -84,6 +84,7 @@ class TextEmbeddingCache:
 class _Accuracy:
     correct: int
     total: int
+    error: str
 
     @property
     def accuracy(self) -> float:

@@ -18,6 +18,7 @@ from scorer_service.quota import BudgetExhaustedError, QuotaStore, QuotaStoreErr
 from scorer_service.scoring import TemplateScorer
 
 log = structlog.get_logger(__name__)
+Context = grpc.aio.ServicerContext
 
 SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
 SPLIT_NAMES = {scorer_pb2.SPLIT_UNSPECIFIED: TRAIN, scorer_pb2.SPLIT_TRAIN: TRAIN, scorer_pb2.SPLIT_TEST: TEST}
@@ -48,7 +49,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         self.max_templates_per_request = max_templates_per_request
         self.max_queued_prompts = max_queued_prompts
 
-    async def ListTasks(self, request, context):
+    async def ListTasks(self, request: scorer_pb2.ListTasksRequest, context: Context) -> scorer_pb2.ListTasksResponse:
         await self.auth.require(context, "score")
         try:
             size = page_size(request.page_size, TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE)
@@ -60,11 +61,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         return scorer_pb2.ListTasksResponse(tasks=[self._task_info(self.tasks[task_id]) for task_id in page],
                                             next_page_token=encode_token([page[-1]]) if len(ids) > size else "")
 
-    async def GetTask(self, request, context):
+    async def GetTask(self, request: scorer_pb2.GetTaskRequest, context: Context) -> scorer_pb2.TaskInfo:
         await self.auth.require(context, "score")
         return self._task_info(await self._task(request.task_id, context))
 
-    async def _task(self, task_id: str, context) -> Task:
+    async def _task(self, task_id: str, context: Context) -> Task:
         task = self.tasks.get(task_id)
         if task is None:
             known = ", ".join(sorted(self.tasks)) or "none"
@@ -77,7 +78,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             task_id=task.task_id,
             class_names=task.class_names,
             num_classes=len(task.class_names),
-            splits=[scorer_pb2.SplitInfo(split=SPLIT_ENUMS[name], num_images=len(images)) for name, images in task.splits.items()],
+            splits=[scorer_pb2.SplitInfo(split=SPLIT_ENUMS[name], num_images=len(images))
+                    for name, images in task.splits.items()],
             model_name=self.scorer.encoder.name,
             shots=task.shots,
             seed=task.seed,
@@ -86,7 +88,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             model_version=self.model.version,
         )
 
-    async def Score(self, request, context):
+    async def Score(self, request: scorer_pb2.ScoreRequest, context: Context) -> scorer_pb2.ScoreResponse:
         test = request.split == scorer_pb2.SPLIT_TEST
         principal = await self.auth.require(context, "test" if test else "score",
                                             Reason.TEST_SPLIT_FORBIDDEN if test else Reason.RIGHT_MISSING)
@@ -128,18 +130,18 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             model_digest=self.model.digest,
             model_version=self.model.version,
             results=[
-                scorer_pb2.TemplateScore(template=s.template, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error,
-                                         error_reason=_reason(s.reason))
+                scorer_pb2.TemplateScore(template=s.template, accuracy=s.accuracy, correct=s.correct, total=s.total,
+                                         error=s.error, error_reason=_reason(s.reason))
                 for s in scores
             ],
             ensemble_results=[
-                scorer_pb2.EnsembleScore(templates=s.templates, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error,
-                                         error_reason=_reason(s.reason))
+                scorer_pb2.EnsembleScore(templates=s.templates, accuracy=s.accuracy, correct=s.correct, total=s.total,
+                                         error=s.error, error_reason=_reason(s.reason))
                 for s in ensemble_scores
             ],
         )
 
-    async def _check_size(self, context, request: scorer_pb2.ScoreRequest, task: Task) -> None:
+    async def _check_size(self, context: Context, request: scorer_pb2.ScoreRequest, task: Task) -> None:
         """Refuses, as INVALID_ARGUMENT, what could never be served: retrying it would not help.
 
         The request limit bounds one call's encoding work, so it counts every ensemble member; the budget bounds
@@ -159,12 +161,13 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                 f"{len(task.class_names)} classes); the encoder queue holds at most {self.max_queued_prompts}: "
                 "split the request", Reason.REQUEST_TOO_LARGE, limit=str(self.max_queued_prompts)))
 
-    async def _charge(self, context, token: str, count: int, budget: int) -> None:
+    async def _charge(self, context: Context, token: str, count: int, budget: int) -> None:
         try:
             await self.quota.charge(token, count, budget)
         except BudgetExhaustedError as err:
             await abort(context, ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.EVALUATION_BUDGET_SPENT,
-                                              f"{err}; ask the scorer's operator for more", quota_subject=f"token:{token}",
+                                              f"{err}; ask the scorer's operator for more",
+                                              quota_subject=f"token:{token}",
                                               metadata={"used": str(err.used), "budget": str(err.budget)}))
         except QuotaStoreError as err:
             log.error("quota_store_failed", reason=str(err))
@@ -179,5 +182,6 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             log.error("quota_refund_failed", token=token, count=count, reason=str(err))
 
 
-def _reason(name: str) -> int:
-    return scorer_pb2.TemplateErrorReason.Value(f"TEMPLATE_ERROR_REASON_{name}") if name else 0
+def _reason(name: str) -> str:
+    """The TemplateErrorReason value's name (protobuf takes enum values by name)."""
+    return f"TEMPLATE_ERROR_REASON_{name or 'UNSPECIFIED'}"

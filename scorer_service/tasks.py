@@ -13,7 +13,8 @@ from scorer_service.model import ClipEncoder
 log = structlog.get_logger(__name__)
 
 
-def load_tasks(config: ScorerConfig, encoder: ClipEncoder, identity: str) -> tuple[dict[str, Task], dict[tuple[str, str], SplitFeatures]]:
+def load_tasks(config: ScorerConfig, encoder: ClipEncoder,
+               identity: str) -> tuple[dict[str, Task], dict[tuple[str, str], SplitFeatures]]:
     """Builds every task and loads (or computes) its image features (cached under the model's `identity`)."""
     tasks, features = {}, {}
     for source in config.tasks:

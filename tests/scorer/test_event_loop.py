@@ -83,7 +83,8 @@ async def watch_a_big_call_then_cancel_it(channel) -> Observed:
     await stub.Score(cached)  # its prompts are in the text cache from now on
 
     seen, encoded_before, abandoned_before = score_requests_seen(), prompts_encoded(), abandoned_prompts()
-    big_request = scorer_pb2.ScoreRequest(task_id="many", templates=[f"a photo {i} of a {{}}." for i in range(BIG_TEMPLATES)])
+    big_templates = [f"a photo {i} of a {{}}." for i in range(BIG_TEMPLATES)]
+    big_request = scorer_pb2.ScoreRequest(task_id="many", templates=big_templates)
     big = stub.Score(big_request, timeout=900)
     big_task = asyncio.ensure_future(big)
     while score_requests_seen() == seen:  # the server has taken the big call in and is tokenizing it
@@ -112,7 +113,8 @@ async def watch_a_big_call_then_cancel_it(channel) -> Observed:
     async with asyncio.timeout(60):  # the scorer counts what it dropped once its thread has stopped
         while abandoned_prompts() == abandoned_before:
             await asyncio.sleep(0.01)
-    later = await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["a later photo of a {}."]), timeout=900)
+    later_request = scorer_pb2.ScoreRequest(task_id="shapes", templates=["a later photo of a {}."])
+    later = await stub.Score(later_request, timeout=900)
     return Observed(fresh, later, big_pending, probes, watched_seconds, abandoned_prompts() - abandoned_before,
                     prompts_encoded() - encoded_before)
 
