@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -78,7 +79,8 @@ class Observed:
 
 
 async def watch_a_big_call_then_cancel_it(channel) -> Observed:
-    stub, health = scorer_pb2_grpc.ScorerStub(channel), health_pb2_grpc.HealthStub(channel)
+    stub = scorer_pb2_grpc.ScorerStub(channel)
+    health: Any = health_pb2_grpc.HealthStub(channel)  # types-grpcio-health-checking declares no methods on it
     cached = scorer_pb2.ScoreRequest(task_id="shapes", templates=["a cached photo of a {}."])
     await stub.Score(cached)  # its prompts are in the text cache from now on
 
@@ -93,8 +95,8 @@ async def watch_a_big_call_then_cancel_it(channel) -> Observed:
     watched = asyncio.Event()
 
     async def fresh_call_then_watch() -> scorer_pb2.ScoreResponse:
-        fresh = await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["a fresh photo of a {}."]),
-                                 timeout=900)
+        fresh_request = scorer_pb2.ScoreRequest(task_id="shapes", templates=["a fresh photo of a {}."])
+        fresh: scorer_pb2.ScoreResponse = await stub.Score(fresh_request, timeout=900)
         await asyncio.sleep(max(0.0, WATCH_SECONDS - (time.perf_counter() - started)))
         watched.set()
         return fresh
@@ -124,8 +126,10 @@ async def test_calls_beside_a_big_request_answer_and_cancelling_it_drops_its_wor
     config = replace(base_config, tasks=(*base_config.tasks, TaskSource("many", many_classes_dir)), shots=1,
                      max_templates_per_request=BIG_TEMPLATES, max_queued_prompts=BIG_TEMPLATES * BIG_CLASSES,
                      cache_dir=tmp_path / "features", state_dir=tmp_path / "state")
+    seen = None
     async for _, channel in serve_scorer(config):
         seen = await watch_a_big_call_then_cancel_it(channel)
+    assert seen is not None
 
     # A small call that needs the encoder, sent while the big one was being tokenized, did not wait for it.
     assert seen.big_pending_at_cancel
