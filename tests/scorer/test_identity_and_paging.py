@@ -41,7 +41,8 @@ async def test_a_pinned_digest_scores_only_on_that_model(open_scorer):
 
 async def test_get_task_names_the_known_tasks_when_it_has_none_by_that_id(open_scorer):
     _, stub, _ = open_scorer
-    await expect_status(stub.GetTask(scorer_pb2.GetTaskRequest(task_id="nope")), grpc.StatusCode.NOT_FOUND, "'nope'", "shapes")
+    await expect_status(stub.GetTask(scorer_pb2.GetTaskRequest(task_id="nope")), grpc.StatusCode.NOT_FOUND, "'nope'",
+                        "shapes")
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -69,6 +70,7 @@ async def test_list_tasks_pages_by_task_id(three_task_scorer):
 
 async def test_list_tasks_refuses_a_bad_page_request(three_task_scorer):
     stub = three_task_scorer
-    await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest(page_size=-1)), grpc.StatusCode.INVALID_ARGUMENT, "page_size")
-    await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest(page_token="not-a-token")), grpc.StatusCode.INVALID_ARGUMENT,
-                        "page_token is not one this service issued")
+    await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest(page_size=-1)), grpc.StatusCode.INVALID_ARGUMENT,
+                        "page_size")
+    await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest(page_token="not-a-token")),
+                        grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this service issued")
