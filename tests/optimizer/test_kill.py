@@ -14,7 +14,7 @@ from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from tests.optimizer.conftest import SCORER_TOKENS, small_spec
 from tests.optimizer.scripted_llm import Delay, ScriptedLLM, invented_templates
-from tests.procs import free_port, start_process, stop_process, wait_healthy
+from tests.procs import start_service, stop_process
 
 ENDED = (pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
 # Iterations done (of 16) after which the service is killed; the reliability run sets five, e.g. "1,4,7,10,13".
@@ -22,16 +22,12 @@ KILL_POINTS = [int(n) for n in os.environ.get("PROMPTCLIMB_KILL_POINTS", "3,9").
 
 
 def start_service(state_dir, scorer_address: str, llm_url: str, log_path):
-    port = free_port()
-    process = start_process(
-        ["optimizer_service", "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-         "--state-dir", str(state_dir), "--scorer", scorer_address, "--llm-base-url", llm_url, "--llm-model", "scripted-model",
-         "--llm-backoff-initial-s", "0.01", "--scorer-grace-s", "10"],
-        log_path, env={"OPENAI_API_KEY": "placeholder", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]},
+    service = start_service(
+        ["optimizer_service", "serve", "--state-dir", str(state_dir), "--scorer", scorer_address, "--llm-base-url", llm_url,
+         "--llm-model", "scripted-model", "--llm-backoff-initial-s", "0.01", "--scorer-grace-s", "10"],
+        log_path, env={"OPENAI_API_KEY": "placeholder", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]}, timeout=60,
     )
-    address = f"127.0.0.1:{port}"
-    wait_healthy(address, process, timeout=60)
-    return process, address
+    return service.process, service.address  # a new port at each start: the clients follow the address
 
 
 def wait_for(stub, run_id: str, predicate, timeout: float = 90.0) -> pb.Run:
