@@ -39,7 +39,7 @@ from optimizer_service.pool import Candidate, rank
 from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
 from promptclimb_common.logging import configure_logging
-from promptclimb_common.processes import start_service, stop_process
+from promptclimb_common.processes import start_module, start_service, stop_process
 from testbed.fashion_mnist import prepare_testbed_task
 from testbed.train import DEFAULT_RECIPE, RECIPES, ensure_model
 

@@ -21,7 +21,7 @@ from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from tests.optimizer.conftest import SCORER_TOKENS, TASK
 from tests.optimizer.scripted_llm import ScriptedLLM
-from tests.procs import start_service, stop_process
+from tests.procs import start_service, stop_process, wait_healthy
 
 TOKEN = "fuzz-token-1"
 HOSTILE = ["", "{}", "{0.__class__.__init__.__globals__}", "{:>999999999}", "a" * 5000, "\x00\x07\u202e", "../../etc/passwd",

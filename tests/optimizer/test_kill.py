@@ -21,7 +21,7 @@ ENDED = (pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
 KILL_POINTS = [int(n) for n in os.environ.get("PROMPTCLIMB_KILL_POINTS", "3,9").split(",")]
 
 
-def start_service(state_dir, scorer_address: str, llm_url: str, log_path):
+def start_optimizer(state_dir, scorer_address: str, llm_url: str, log_path):
     service = start_service(
         ["optimizer_service", "serve", "--state-dir", str(state_dir), "--scorer", scorer_address, "--llm-base-url", llm_url,
          "--llm-model", "scripted-model", "--llm-backoff-initial-s", "0.01", "--scorer-grace-s", "10"],
@@ -59,7 +59,7 @@ def test_sigkill_mid_run_then_restart(scorer, tmp_path):
     with ScriptedLLM(default=lambda body: Delay(0.25, invent(body))) as llm:
         process = None
         try:
-            process, address = start_service(state_dir, scorer.address, llm.url, tmp_path / "service.log")
+            process, address = start_optimizer(state_dir, scorer.address, llm.url, tmp_path / "service.log")
             with grpc.insecure_channel(address) as channel:
                 stub = optimizer_pb2_grpc.OptimizerStub(channel)
                 run_id = stub.StartRun(pb.StartRunRequest(spec=small_spec(iterations=4)), timeout=30).run_id
@@ -73,7 +73,7 @@ def test_sigkill_mid_run_then_restart(scorer, tmp_path):
                 assert scored >= scored_before  # nothing committed before an earlier kill was lost
                 kills.append((len(llm.seen), finished))
                 scored_before = scored
-                process, address = start_service(state_dir, scorer.address, llm.url, tmp_path / "service.log")
+                process, address = start_optimizer(state_dir, scorer.address, llm.url, tmp_path / "service.log")
 
             with grpc.insecure_channel(address) as channel:
                 stub = optimizer_pb2_grpc.OptimizerStub(channel)
