@@ -53,10 +53,11 @@ ARG MODEL_REVISION=""
 COPY promptclimb_common /app/promptclimb_common
 COPY scorer_service /app/scorer_service
 COPY testbed /app/testbed
+WORKDIR /app
 RUN mkdir -p /models/clip && set -e; \
     case "${MODEL_ID}" in \
       "") echo "no model baked in: mount one at /models/clip" ;; \
-      random:*) cd /app && /opt/venv/bin/python -m testbed.random_clip /models/clip --shape "${MODEL_ID#random:}" ;; \
+      random:*) /opt/venv/bin/python -m testbed.random_clip /models/clip --shape "${MODEL_ID#random:}" ;; \
       *) test -n "${MODEL_REVISION}" || { echo "MODEL_REVISION (a commit sha) is required with MODEL_ID" >&2; exit 1; }; \
          /opt/venv/bin/python -c "import sys; from huggingface_hub import snapshot_download; snapshot_download(sys.argv[1], revision=sys.argv[2], local_dir='/models/clip', allow_patterns=['*.json', '*.txt', '*.safetensors'])" \
            "${MODEL_ID}" "${MODEL_REVISION}" ;; \

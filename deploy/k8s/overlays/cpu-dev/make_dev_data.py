@@ -13,7 +13,8 @@ from pathlib import Path
 
 from PIL import Image
 
-CLASSES = {"red square": (200, 30, 30), "green leaf": (30, 170, 40), "blue sky": (40, 90, 210), "black cat": (20, 20, 20)}
+CLASSES = {"red square": (200, 30, 30), "green leaf": (30, 170, 40), "blue sky": (40, 90, 210),
+           "black cat": (20, 20, 20)}
 
 
 def main(root: Path, per_split: int = 4, size: int = 48) -> None:

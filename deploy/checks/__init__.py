@@ -1,0 +1,1 @@
+"""The checks of `make deploy-check` (deploy/check.py), one module per thing checked."""
