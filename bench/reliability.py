@@ -34,7 +34,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -42,12 +41,12 @@ import grpc
 
 from bench.report import write_table
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from promptclimb_common.processes import REPO, free_port
+from promptclimb_common.processes import REPO
 from testbed.random_clip import build_random_clip
 
 sys.path.insert(0, str(REPO / "tests"))
 from fixtures import write_image_folder  # noqa: E402
-from procs import start_scorer, stop_process  # noqa: E402
+from procs import scorer_service, scraped, stop_process  # noqa: E402
 
 CACHED = [f"a cached template number {i} of a {{}}." for i in range(32)]
 SUITES = {
@@ -86,12 +85,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else float("nan")
 
 
 async def load(address: str, clients: int, seconds: float) -> dict:
@@ -147,9 +140,9 @@ def load_row(seconds: float, clients: int) -> str:
     work = Path(tempfile.mkdtemp(prefix="promptclimb-reliability-"))
     model = build_random_clip(work / "model", "tiny")
     data = write_image_folder(work / "data", per_class=6)
-    metrics_port = free_port()
-    process, address = start_scorer(model, {"load": data}, work / "cache", work / "scorer.log",
-                                    "--metrics-port", str(metrics_port), "--text-cache-bytes", str(4 * 1024 * 1024))
+    scorer = scorer_service(model, {"load": data}, work / "cache", work / "scorer.log",
+                            "--text-cache-bytes", str(4 * 1024 * 1024), metrics=True)
+    process, address = scorer.process, scorer.address
     try:
         asyncio.run(load(address, clients, 3))  # warm-up
         rss_start = rss_mib(process.pid)
@@ -158,7 +151,7 @@ def load_row(seconds: float, clients: int) -> str:
         result = asyncio.run(load(address, clients, seconds))
         tenths = sampler.stop()
         rss_end = rss_mib(process.pid)
-        cache_bytes = metric(metrics_port, "scorer_text_cache_bytes")
+        cache_bytes = scraped(scorer.metrics_url, "scorer_text_cache_bytes")
     finally:
         stop_process(process)
     errors = sum(result["errors"].values())

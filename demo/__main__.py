@@ -52,7 +52,7 @@ from promptclimb.optimizer.v1 import optimizer_pb2_grpc as opt_grpc
 from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
 from promptclimb_common.logging import configure_logging
-from promptclimb_common.processes import free_port, start_module, stop_process, wait_healthy
+from promptclimb_common.processes import start_service, stop_process
 from testbed.fashion_mnist import prepare_testbed_task
 from testbed.random_clip import UNTRAINED_MARKER, build_random_clip
 from testbed.train import ensure_model
@@ -139,20 +139,17 @@ class Processes(contextlib.ExitStack):
     """Every child of the demo, stopped in reverse order on exit, Ctrl-C included."""
 
     def service(self, name: str, args: list[str], env: dict | None = None) -> str:
-        port = free_port()
         log_path = WORK / f"{name}.log"
         log_path.unlink(missing_ok=True)
-        process = start_module([*args, "--host", "127.0.0.1", "--port", str(port)], log_path, env)
-        self.callback(stop_process, process, signal.SIGTERM, 60)
-        address = f"127.0.0.1:{port}"
-        log.info("service_starting", service=name, address=address, log=str(log_path))
+        log.info("service_starting", service=name, log=str(log_path))
         try:
-            wait_healthy(address, process, timeout=900)
+            service = start_service(args, log_path, env, timeout=900)
         except Exception as err:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
             raise RuntimeError(f"{name} did not start ({err}); the end of {log_path}:\n{tail}") from None
-        log.info("service_ready", service=name, address=address)
-        return address
+        self.callback(stop_process, service.process, signal.SIGTERM, 60)
+        log.info("service_ready", service=name, address=service.address)
+        return service.address
 
 
 def write_tokens(path: Path) -> dict[str, str]:
@@ -236,11 +233,11 @@ def run_demo(settings: DemoSettings) -> int:
             base_url, llm_model = llm.base_url, llm.alias
         scorer_address = processes.service("scorer", [
             "scorer_service", "--model", model, "--task", f"demo={data}", "--shots", str(settings.shots), "--seed", "1",
-            "--metrics-port", "0", "--tokens-file", str(WORK / "tokens.json"),
+            "--tokens-file", str(WORK / "tokens.json"),
             "--cache-dir", str(WORK / "scorer-cache"), "--state-dir", str(WORK / "scorer-state"),
         ])
         optimizer_address = processes.service("optimizer", [
-            "optimizer_service", "serve", "--metrics-port", "0", "--state-dir", str(WORK / "optimizer-state"),
+            "optimizer_service", "serve", "--state-dir", str(WORK / "optimizer-state"),
             "--scorer", scorer_address, "--llm-base-url", base_url, "--llm-model", llm_model, "--llm-grammar", str(settings.llm_grammar).lower(),
             "--tokens-file", str(WORK / "tokens.json"),
         ], env={"SCORER_TOKEN": tokens["optimizer"], "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "not-needed")})

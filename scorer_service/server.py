@@ -7,7 +7,6 @@ import sqlite3
 
 import grpc
 import structlog
-from prometheus_client import start_http_server
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.auth import Authenticator, load_tokens, reload_tokens
@@ -252,9 +251,6 @@ class ScorerApp:
         scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes)
         servicer = ScorerServicer(tasks, features, scorer, auth, self.quota, config.max_templates_per_request, model,
                                   config.max_queued_prompts)
-        if config.metrics_port:
-            start_http_server(config.metrics_port, addr=config.host)
-            log.info("metrics_serving", port=config.metrics_port)
         self.service = GrpcService(
             [(scorer_pb2_grpc.add_ScorerServicer_to_server, servicer, SERVICE_NAME)],
             host=config.host,
@@ -263,6 +259,8 @@ class ScorerApp:
             max_message_bytes=config.max_message_bytes,
             max_concurrent_rpcs=config.max_concurrent_rpcs,
             grace_seconds=config.grace_seconds,
+            metrics_port=config.metrics_port,
+            port_file=config.port_file,
         )
         log.info("quota_store", store=config.quota_store if config.quota_store == "sqlite" else self.quota.safe_url)
         log.info("auth", enabled=auth.enabled, anonymous_rights=sorted(config.anonymous_rights) if not auth.enabled else [])

@@ -21,7 +21,7 @@ from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from tests.optimizer.conftest import SCORER_TOKENS, TASK
 from tests.optimizer.scripted_llm import ScriptedLLM
-from tests.procs import free_port, start_process, stop_process, wait_healthy
+from tests.procs import start_service, stop_process, wait_healthy
 
 TOKEN = "fuzz-token-1"
 HOSTILE = ["", "{}", "{0.__class__.__init__.__globals__}", "{:>999999999}", "a" * 5000, "\x00\x07\u202e", "../../etc/passwd",
@@ -62,20 +62,17 @@ def service(scorer, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     tokens = root / "tokens.json"
     tokens.write_text(json.dumps({"tokens": [{"name": "fuzzer", "token": TOKEN, "rights": ["run"]}]}))
-    port = free_port()
     with ScriptedLLM() as llm:
-        process = start_process(
-            ["optimizer_service", "serve", "--port", str(port), "--metrics-port", "0", "--state-dir", str(root / "state"),
+        service = start_service(
+            ["optimizer_service", "serve", "--state-dir", str(root / "state"),
              "--scorer", scorer.address, "--llm-base-url", llm.url, "--llm-model", "m", "--tokens-file", str(tokens)],
-            root / "service.log", env={"OPENAI_API_KEY": "x", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]},
+            root / "service.log", env={"OPENAI_API_KEY": "x", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]}, timeout=60,
         )
-        address = f"127.0.0.1:{port}"
         try:
-            wait_healthy(address, process, timeout=60)
-            with grpc.insecure_channel(address) as channel:
-                yield optimizer_pb2_grpc.OptimizerStub(channel), process, address, root / "service.log"
+            with grpc.insecure_channel(service.address) as channel:
+                yield optimizer_pb2_grpc.OptimizerStub(channel), service.process, service.address, root / "service.log"
         finally:
-            stop_process(process, signal.SIGTERM)
+            stop_process(service.process, signal.SIGTERM)
 
 
 def status(call, *args, **kwargs) -> grpc.StatusCode:

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.errors import details_of
 from scorer_service.server import ScorerApp
+from tests.procs import await_until
 from tests.scorer.conftest import bearer
 
 
@@ -193,7 +194,7 @@ async def test_calls_beyond_the_concurrency_bound_are_refused_not_queued(base_co
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = scorer_pb2_grpc.ScorerStub(channel)
             first = asyncio.ensure_future(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["bound one {}"])))
-            await asyncio.sleep(0.3)
+            await await_until(lambda: sample("scorer_queued_prompts"), 10, "the first call waiting for the encoder")
             await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["bound two {}"])),
                                 grpc.StatusCode.RESOURCE_EXHAUSTED)
             assert (await first).results[0].total == 8
