@@ -43,10 +43,8 @@ from bench.report import write_table
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.processes import REPO
 from testbed.random_clip import build_random_clip
-
-sys.path.insert(0, str(REPO / "tests"))
-from fixtures import write_image_folder  # noqa: E402
-from procs import scorer_service, scraped, stop_process  # noqa: E402
+from tests.fixtures import write_image_folder
+from tests.procs import scorer_service, scraped, stop_process
 
 CACHED = [f"a cached template number {i} of a {{}}." for i in range(32)]
 SUITES = {
@@ -73,8 +71,9 @@ GOALS = {
     "LLM fault matrix": "429/500/503/timeout/reset/truncated/empty/not-UTF-8: retried, skipped or a clean stop",
     "fuzzing, every RPC of both services": "crashes 0, statuses outside the documented mapping 0",
     "security (auth, rights, quotas, TLS/mTLS, tokens never logged)": "all refusals as documented",
-    "multi-tenant (run ownership, the test right, LLM spend bounds, error model, no charge for refusals)":
-        "other callers' runs NOT_FOUND, test numbers 0 without the test right, refusals charged 0",
+    "multi-tenant (run ownership, the test right, LLM spend bounds, error model, no charge for refusals)": (
+        "other callers' runs NOT_FOUND, test numbers 0 without the test right, refusals charged 0"
+    ),
     "shared quota: 2 scorer replicas, one redis-server": "over-spend 0, one rate across replicas",
 }
 QUOTA_SUITE = "shared quota: 2 scorer replicas, one redis-server"

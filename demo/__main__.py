@@ -122,7 +122,7 @@ def resolve_model(ref: str | None) -> tuple[str, bool]:
         snapshot_download(ref, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1",
                           allow_patterns=["*.json", "*.safetensors", "*.txt"])
         return ref, False
-    except Exception as err:  # noqa: BLE001 - any failure means: no real weights here
+    except OSError as err:  # huggingface_hub's errors (offline, not found, HTTP) are all OSErrors
         log.warning("clip_model_unavailable", model=ref, error=str(err).splitlines()[0][:200])
     if not (RANDOM_MODEL / UNTRAINED_MARKER).exists():
         log.warning("building_random_clip", path=str(RANDOM_MODEL), shape="tiny")
@@ -144,7 +144,7 @@ class Processes(contextlib.ExitStack):
         log.info("service_starting", service=name, log=str(log_path))
         try:
             service = start_service(args, log_path, env, timeout=900)
-        except Exception as err:
+        except (RuntimeError, TimeoutError) as err:  # it exited, or never served
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
             raise RuntimeError(f"{name} did not start ({err}); the end of {log_path}:\n{tail}") from None
         self.callback(stop_process, service.process, signal.SIGTERM, 60)
@@ -200,7 +200,7 @@ def report(scorer: sc_grpc.ScorerStub, task_id: str, selected: str, best: list[s
     templates = list(dict.fromkeys([*BASELINES, selected, *best]))
     train = scores(scorer, task_id, templates, sc_pb.SPLIT_TRAIN, admin)
     test = scores(scorer, task_id, templates, sc_pb.SPLIT_TEST, admin)
-    kinds = {t: "baseline" for t in BASELINES} | {selected: "selected"}
+    kinds = dict.fromkeys(BASELINES, "baseline") | {selected: "selected"}
     rows = [{"template": t, "kind": kinds.get(t, "found"), "train_accuracy": train[t], "test_accuracy": test[t]}
             for t in templates]
     print("\n  train   test   template")

@@ -52,7 +52,8 @@ def held_port(host: str = LOOPBACK) -> Iterator[int]:
 
 
 def wait_for_ports(port_file: Path, process: subprocess.Popen, timeout: float = 120.0) -> BoundPorts:
-    """Waits for the port file of a child started with `--port-file` (written once it serves); fails early if it exits."""
+    """Waits for the port file of a child started with `--port-file` (written once it serves); fails early if it
+    exits."""
     deadline = time.monotonic() + timeout
     while (ports := BoundPorts.read(port_file)) is None:
         if process.poll() is not None:
@@ -126,7 +127,8 @@ class Service:
 
 def start_service(args: list[str], log_path: Path, env: dict | None = None, *, port: int = 0, metrics: bool = False,
                   timeout: float = 120.0) -> Service:
-    """Starts one of our services (`python -m <args>`) on loopback, on ports of the kernel's choice; returns once it serves.
+    """Starts one of our services (`python -m <args>`) on loopback, on ports of the kernel's choice; returns once
+    it serves.
 
     `port` is the gRPC port (0: the kernel's pick; another: one the caller
     holds, see held_port). `metrics` serves /metrics too, on a port of the
@@ -145,14 +147,13 @@ def start_service(args: list[str], log_path: Path, env: dict | None = None, *, p
 
 def signal_group(pgid: int, sig: int) -> None:
     """Signals a child's process group; one that is already gone is left alone."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-    """Sends `sig` to the child's process group, waits up to `timeout` s, then kills the group; returns the exit code."""
+    """Sends `sig` to the child's process group, waits up to `timeout` s, then kills the group; returns the exit
+    code."""
     if process.poll() is None:
         signal_group(process.pid, sig)
         try:

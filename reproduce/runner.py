@@ -119,7 +119,8 @@ def _scorer_token(path: Path) -> str:
     """The grid's own scorer token (score and test rights), made once and kept beside the results."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Written aside, then linked into place: of cells starting at once on a shared volume, the first one's token wins.
+        # Written aside, then linked into place: of cells starting at once on a shared volume, the first one's token
+        # wins.
         candidate = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
         candidate.write_text(json.dumps({"tokens": [{"name": "reproduce", "token": secrets.token_urlsafe(32), "rights": ["score", "test"]}]}))
         candidate.chmod(0o600)
@@ -134,7 +135,8 @@ def _scorer_token(path: Path) -> str:
 
 @contextmanager
 def scorer(grid: Grid, backbone: Backbone, seed: int, datasets: tuple[str, ...] | None = None, name: str = "") -> Iterator[str]:
-    """A scorer process for the datasets (default: all of the grid's) with this backbone and few-shot seed; yields its address.
+    """A scorer process for the datasets (default: all of the grid's) with this backbone and few-shot seed; yields
+    its address.
 
     A `name` gives it a state directory and log of its own."""
     state = grid.out / "scorer-state" / name if name else grid.out / "scorer-state"
@@ -217,7 +219,8 @@ def _score_references(grid: Grid, stub, target: Backbone, dataset: str) -> None:
 
 
 def _score_transfers(grid: Grid, stub, target: Backbone, dataset: str) -> None:
-    """Every other backbone's best P+N template per seed (selected on its own train split), scored on target's test split."""
+    """Every other backbone's best P+N template per seed (selected on its own train split), scored on target's test
+    split."""
     path = transfers_path(grid, target.name, dataset)
     if path.is_file():
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import operator
 import shutil
@@ -17,11 +18,34 @@ from prometheus_client.parser import text_string_to_metric_families
 from tenacity import AsyncRetrying, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from promptclimb_common.processes import (
-    REPO, Service, as_child, held_port, start_module, start_service, stop_process, wait_for_ports, wait_healthy,
+    REPO,
+    Service,
+    as_child,
+    held_port,
+    start_module,
+    start_service,
+    stop_process,
+    wait_for_ports,
+    wait_healthy,
 )
 
-__all__ = ["REPO", "Service", "await_until", "held_port", "log_events", "start_process", "scorer_service", "scraped", "start_redis",
-           "start_scorer", "start_service", "stop_process", "wait_for_ports", "wait_healthy", "wait_until"]
+__all__ = [
+    "REPO",
+    "Service",
+    "await_until",
+    "held_port",
+    "log_events",
+    "scorer_service",
+    "scraped",
+    "start_process",
+    "start_redis",
+    "start_scorer",
+    "start_service",
+    "stop_process",
+    "wait_for_ports",
+    "wait_healthy",
+    "wait_until",
+]
 
 T = TypeVar("T")
 POLL_S = 0.05
@@ -33,8 +57,8 @@ def _polling(timeout: float, what: str) -> dict:
     def timed_out(_state) -> None:
         raise TimeoutError(f"{what} not within {timeout} s")
 
-    return dict(stop=stop_after_delay(timeout), wait=wait_fixed(POLL_S), retry=retry_if_result(operator.not_),
-                retry_error_callback=timed_out, reraise=True)
+    return {"stop": stop_after_delay(timeout), "wait": wait_fixed(POLL_S), "retry": retry_if_result(operator.not_),
+            "retry_error_callback": timed_out, "reraise": True}
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str = "the condition") -> T:
@@ -56,10 +80,8 @@ def log_events(log_path: Path) -> list[dict]:
     events = []
     for line in log_path.read_text(errors="replace").splitlines():
         if line.startswith("{"):
-            try:
+            with contextlib.suppress(json.JSONDecodeError):
                 events.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
     return events
 
 
@@ -67,7 +89,8 @@ def scorer_service(
     model_dir: Path, tasks: dict[str, Path], cache_dir: Path, log_path: Path, *extra: str, env: dict | None = None,
     metrics: bool = False,
 ) -> Service:
-    """Starts the real scorer on loopback ports of the kernel's choice (/metrics too with `metrics`); returns once it serves."""
+    """Starts the real scorer on loopback ports of the kernel's choice (/metrics too with `metrics`); returns once it
+    serves."""
     args = ["scorer_service", "--model", str(model_dir), "--cache-dir", str(cache_dir),
             "--state-dir", str(cache_dir.with_name(cache_dir.name + "-state")), *extra]
     for task_id, root in tasks.items():
@@ -77,7 +100,7 @@ def scorer_service(
 
 def scraped(metrics_url: str, sample: str) -> float:
     """One unlabelled sample of a service's /metrics, read with prometheus_client's own parser."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as reply:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(metrics_url, timeout=5) as reply:
         text = reply.read().decode()
     for family in text_string_to_metric_families(text):
         for found in family.samples:

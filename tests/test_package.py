@@ -89,9 +89,9 @@ def test_the_wheel_carries_the_generated_stubs_and_the_console_scripts(installed
 
 def test_the_installed_package_is_the_one_imported(installed, tmp_path):
     _, venv = installed
-    done = run(str(venv / "bin" / "python"), "-c", "import promptclimb.client, promptclimb.scorer.v1.scorer_pb2_grpc as s, "
-               "promptclimb.optimizer.v1.optimizer_pb2 as o, scorer_service, optimizer_service; "
-               "print(promptclimb.client.__file__, s.__file__, o.__file__, scorer_service.__file__, optimizer_service.__file__)",
+    modules = ("promptclimb.client, promptclimb.scorer.v1.scorer_pb2_grpc, promptclimb.optimizer.v1.optimizer_pb2, "
+               "scorer_service, optimizer_service")
+    done = run(str(venv / "bin" / "python"), "-c", f"import {modules}; print(*(m.__file__ for m in ({modules})))",
                cwd=tmp_path, env=venv_env(venv))
     for path in done.stdout.split():
         assert Path(path).is_relative_to(venv), path

@@ -1,4 +1,4 @@
-"""Both services bind port 0 and say which ports they got: in the log and in the port file; explicit ports still work."""
+"""Both services bind port 0 and say which ports they got, in the log and in the port file; explicit ports work."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def serving(port: int) -> bool:
 
 
 def metrics_page(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         return reply.read().decode()
 
 

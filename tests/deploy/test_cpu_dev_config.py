@@ -23,9 +23,9 @@ import pytest
 
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from tests.conftest import prerequisite
 from tests.deploy import REPO, load_check
 from tests.procs import start_process, start_redis, stop_process, wait_for_ports
-from tests.conftest import prerequisite
 
 check = load_check()
 kubectl = check.tool("kubectl")

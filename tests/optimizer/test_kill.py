@@ -67,7 +67,7 @@ def test_sigkill_mid_run_then_restart(scorer, tmp_path):
             scored_before: set[tuple] = set()
             for kill_after in KILL_POINTS:
                 with grpc.insecure_channel(address) as channel:
-                    wait_for(optimizer_pb2_grpc.OptimizerStub(channel), run_id, lambda r: r.counters.iterations_done >= kill_after)
+                    wait_for(optimizer_pb2_grpc.OptimizerStub(channel), run_id, lambda r, k=kill_after: r.counters.iterations_done >= k)
                 stop_process(process, signal.SIGKILL)
                 finished, scored = snapshot(state_dir, run_id)
                 assert scored >= scored_before  # nothing committed before an earlier kill was lost

@@ -45,6 +45,7 @@ async def run_as(optimizer, name: str, **spec) -> tuple[pb.Run, list[pb.RunEvent
 async def _first(stream):
     async for item in stream:
         return item
+    raise AssertionError("the stream ended before its first item")
 
 
 @pytest.mark.optimizer(tokens=TOKENS)
@@ -75,8 +76,8 @@ def _test_numbers(run: pb.Run) -> list[float]:
 @pytest.mark.optimizer(tokens=TOKENS)  # the service's scorer token has the scorer's test right
 async def test_a_run_only_caller_gets_no_test_number_by_any_path(optimizer, tmp_path):
     given = ["a {}", "the {}", "a photo of a {}.", "{} here", "art of a {}", "my {}", "one {}", "some {}", "big {}", "{}"]
-    spec = dict(initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=given, initial_pool_size=0, restarts=1,
-                max_scored_templates=10, report_top=50)
+    spec = {"initial_pool": pb.INITIAL_POOL_GIVEN, "initial_templates": given, "initial_pool_size": 0, "restarts": 1,
+            "max_scored_templates": 10, "report_top": 50}
     run, events = await run_as(optimizer, "alice", **spec)
     assert run.state == pb.RUN_STATE_SUCCEEDED and len(run.best) == 10 and run.counters.llm_calls == 0
     assert _test_numbers(run) == []
