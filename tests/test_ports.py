@@ -32,13 +32,15 @@ both_services = pytest.mark.parametrize("service_args", ["scorer", "optimizer"],
 
 def serving(port: int) -> bool:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply: health_pb2.HealthCheckResponse = stub.Check(health_pb2.HealthCheckRequest(), timeout=10)  # type: ignore[attr-defined]  # typeshed's HealthStub declares no methods
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def metrics_page(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        return reply.read().decode()
+        page: str = reply.read().decode()
+    return page
 
 
 @both_services
@@ -47,7 +49,7 @@ def test_port_0_binds_ports_of_the_kernels_choice_and_reports_them(service_args,
     service = start_service(service_args, log_path, ENV, metrics=True)
     try:
         ports = service.ports
-        assert 0 not in (ports.grpc, ports.metrics) and ports.grpc != ports.metrics
+        assert ports.metrics is not None and 0 not in (ports.grpc, ports.metrics) and ports.grpc != ports.metrics
         assert serving(ports.grpc)
         assert "# TYPE grpc_server_handled_total counter" in metrics_page(ports.metrics)
         [started] = [e for e in log_events(log_path) if e["event"] == "grpc_server_started"]

@@ -59,7 +59,8 @@ def pod_command(objs: list[dict], kind: str, name: str, container: str, init: bo
     owner = next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
     spec = owner["spec"]["template"]["spec"]
     c = next(c for c in spec["initContainers" if init else "containers"] if c["name"] == container)
-    return c.get("command", []) + c.get("args", [])
+    command: list[str] = c.get("command", []) + c.get("args", [])
+    return command
 
 
 @pytest.fixture(scope="module")

@@ -39,13 +39,15 @@ pytestmark = prerequisite(PROMETHEUS is None, why="no prometheus binary: `make d
 
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as reply:
-        return json.load(reply)
+        body: dict = json.load(reply)
+    return body
 
 
 def query(api: str, promql: str) -> list[dict]:
     body = get_json(f"{api}/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
     assert body["status"] == "success", body
-    return body["data"]["result"]
+    result: list[dict] = body["data"]["result"]
+    return result
 
 
 def declared_families(metrics_url: str) -> dict[str, str]:
@@ -110,6 +112,7 @@ def services(tiny_clip_dir, image_task_dir, tmp_path_factory):
 
 @pytest.fixture
 def prometheus(services, tmp_path):
+    assert PROMETHEUS is not None  # pytestmark skips the module without it
     log_path = tmp_path / "prometheus.log"
     # Prometheus scrapes itself, so its config names its port before it starts: a held one, until it listens (see
     # held_port).

@@ -92,19 +92,17 @@ def status(call, *args, **kwargs) -> grpc.StatusCode:
 @example(spec=pb.RunSpec(task_id=TASK, restarts=1, resets=1, iterations=1), request_id="", meta=(("authorization", f"Bearer {TOKEN}"),))
 def test_start_run_answers_every_spec_with_a_documented_status(service, spec, request_id, meta):
     stub = service[0]
-    refusal: grpc.RpcError | None = None
     try:
         reply = stub.StartRun(pb.StartRunRequest(spec=spec, request_id=request_id), metadata=meta, timeout=10)
     except grpc.RpcError as err:
         refusal = err
-    if refusal is not None:
-        assert refusal.code() in AUTH_ERRORS | {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                                grpc.StatusCode.ALREADY_EXISTS}, refusal
+    else:
+        assert meta and TOKEN in meta[0][1]
+        if reply.state in (pb.RUN_STATE_PENDING, pb.RUN_STATE_RUNNING):  # a repeated request_id may return an ended run
+            status(stub.CancelRun, pb.CancelRunRequest(run_id=reply.run_id), metadata=meta)
         return
-    assert meta and TOKEN in meta[0][1]
-    if reply.state not in (pb.RUN_STATE_PENDING, pb.RUN_STATE_RUNNING):
-        return  # a repeated request_id returned a run that has ended
-    status(stub.CancelRun, pb.CancelRunRequest(run_id=reply.run_id), metadata=meta)
+    assert refusal.code() in AUTH_ERRORS | {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            grpc.StatusCode.ALREADY_EXISTS}, refusal
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -30,8 +31,10 @@ def start_optimizer(state_dir, scorer_address: str, llm_url: str, log_path):
     return service.process, service.address  # a new port at each start: the clients follow the address
 
 
-def wait_for(stub, run_id: str, predicate, timeout: float = 90.0) -> pb.Run:
+def wait_for(stub: optimizer_pb2_grpc.OptimizerStub, run_id: str, predicate: Callable[[pb.Run], bool],
+             timeout: float = 90.0) -> pb.Run:
     deadline = time.monotonic() + timeout
+    run: pb.Run | None = None
     while time.monotonic() < deadline:
         run = stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=5)
         if predicate(run):
@@ -40,6 +43,10 @@ def wait_for(stub, run_id: str, predicate, timeout: float = 90.0) -> pb.Run:
             raise AssertionError(f"run ended early: {pb.RunState.Name(run.state)} ({run.stop_reason})")
         time.sleep(0.05)
     raise TimeoutError(f"run {run_id} did not get there: {run}")
+
+
+def iterations_done(at_least: int) -> Callable[[pb.Run], bool]:
+    return lambda run: run.counters.iterations_done >= at_least
 
 
 def snapshot(state_dir, run_id: str) -> tuple[set[str], set[tuple]]:
@@ -67,7 +74,7 @@ def test_sigkill_mid_run_then_restart(scorer, tmp_path):
             scored_before: set[tuple] = set()
             for kill_after in KILL_POINTS:
                 with grpc.insecure_channel(address) as channel:
-                    wait_for(optimizer_pb2_grpc.OptimizerStub(channel), run_id, lambda r, k=kill_after: r.counters.iterations_done >= k)
+                    wait_for(optimizer_pb2_grpc.OptimizerStub(channel), run_id, iterations_done(kill_after))
                 stop_process(process, signal.SIGKILL)
                 finished, scored = snapshot(state_dir, run_id)
                 assert scored >= scored_before  # nothing committed before an earlier kill was lost

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
+import subprocess
 
 import pytest
 
 from optimizer_service.config import ScorerSettings
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from tests.optimizer.conftest import TASK, open_optimizer, small_spec
 from tests.optimizer.scripted_llm import Delay, ScriptedLLM, invented_templates
 from tests.procs import held_port, start_service, stop_process
@@ -24,7 +26,7 @@ class ScorerOnFixedPort:
         self.args = ["scorer_service", "--model", str(model_dir), "--task", f"{TASK}={task_dir}", "--shots", "3",
                      "--cache-dir", str(root / "cache"), "--state-dir", str(root / "scorer-state")]
         self.log = root / "scorer.log"
-        self.process = None
+        self.process: subprocess.Popen | None = None
 
     async def start(self) -> None:
         service = await asyncio.to_thread(start_service, self.args, self.log, port=self.port)
@@ -51,7 +53,7 @@ def restartable_scorer(tiny_clip_dir, image_task_dir, tmp_path):
             scorer.kill()
 
 
-async def watch_to_end(stub, run_id: str, after: int = 0) -> pb.Run:
+async def watch_to_end(stub: optimizer_pb2_grpc.OptimizerAsyncStub, run_id: str, after: int = 0) -> pb.Run:
     async for _ in stub.WatchRun(pb.WatchRunRequest(run_id=run_id, after_sequence=after)):
         pass
     return await stub.GetRun(pb.GetRunRequest(run_id=run_id))
