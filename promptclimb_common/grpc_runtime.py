@@ -163,7 +163,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
-            except Exception as err:
+            except Exception as err:  # the boundary of one call: logged, answered INTERNAL
                 if context.code() not in (None, grpc.StatusCode.OK):  # an abort
                     code = context.code()
                     raise
