@@ -197,7 +197,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-Registrar = Callable[[Any, grpc.aio.Server], None]  # a generated add_XServicer_to_server, or a test's own
+# Takes the servicer its stub module generated for (any of them), so: Any, not object (parameters are contravariant).
+Registrar = Callable[[Any, grpc.aio.Server], None]
 
 
 class GrpcService:
