@@ -34,7 +34,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -42,12 +41,10 @@ import grpc
 
 from bench.report import write_table
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from promptclimb_common.processes import REPO, free_port
+from promptclimb_common.processes import REPO
 from testbed.random_clip import build_random_clip
-
-sys.path.insert(0, str(REPO / "tests"))
-from fixtures import write_image_folder  # noqa: E402
-from procs import start_scorer, stop_process  # noqa: E402
+from tests.fixtures import write_image_folder
+from tests.procs import scorer_service, scraped, stop_process
 
 CACHED = [f"a cached template number {i} of a {{}}." for i in range(32)]
 SUITES = {
@@ -74,8 +71,9 @@ GOALS = {
     "LLM fault matrix": "429/500/503/timeout/reset/truncated/empty/not-UTF-8: retried, skipped or a clean stop",
     "fuzzing, every RPC of both services": "crashes 0, statuses outside the documented mapping 0",
     "security (auth, rights, quotas, TLS/mTLS, tokens never logged)": "all refusals as documented",
-    "multi-tenant (run ownership, the test right, LLM spend bounds, error model, no charge for refusals)":
-        "other callers' runs NOT_FOUND, test numbers 0 without the test right, refusals charged 0",
+    "multi-tenant (run ownership, the test right, LLM spend bounds, error model, no charge for refusals)": (
+        "other callers' runs NOT_FOUND, test numbers 0 without the test right, refusals charged 0"
+    ),
     "shared quota: 2 scorer replicas, one redis-server": "over-spend 0, one rate across replicas",
 }
 QUOTA_SUITE = "shared quota: 2 scorer replicas, one redis-server"
@@ -88,18 +86,12 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def metric(port: int, name: str) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else float("nan")
-
-
 async def load(address: str, clients: int, seconds: float) -> dict:
     fresh = itertools.count()
     latencies: list[float] = []
     errors: dict[str, int] = {}
 
-    async def client(stub, index: int) -> None:
+    async def client(stub: scorer_pb2_grpc.ScorerAsyncStub, index: int) -> None:
         for call in itertools.count():
             if time.perf_counter() >= deadline:
                 return
@@ -130,7 +122,8 @@ class RssSampler(threading.Thread):
 
     def __init__(self, pid: int, interval: float) -> None:
         super().__init__(daemon=True)
-        self.pid, self.interval, self.samples = pid, interval, []
+        self.pid, self.interval = pid, interval
+        self.samples: list[float] = []
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -147,9 +140,9 @@ def load_row(seconds: float, clients: int) -> str:
     work = Path(tempfile.mkdtemp(prefix="promptclimb-reliability-"))
     model = build_random_clip(work / "model", "tiny")
     data = write_image_folder(work / "data", per_class=6)
-    metrics_port = free_port()
-    process, address = start_scorer(model, {"load": data}, work / "cache", work / "scorer.log",
-                                    "--metrics-port", str(metrics_port), "--text-cache-bytes", str(4 * 1024 * 1024))
+    scorer = scorer_service(model, {"load": data}, work / "cache", work / "scorer.log",
+                            "--text-cache-bytes", str(4 * 1024 * 1024), metrics=True)
+    process, address = scorer.process, scorer.address
     try:
         asyncio.run(load(address, clients, 3))  # warm-up
         rss_start = rss_mib(process.pid)
@@ -158,7 +151,7 @@ def load_row(seconds: float, clients: int) -> str:
         result = asyncio.run(load(address, clients, seconds))
         tenths = sampler.stop()
         rss_end = rss_mib(process.pid)
-        cache_bytes = metric(metrics_port, "scorer_text_cache_bytes")
+        cache_bytes = scraped(scorer.metrics_url, "scorer_text_cache_bytes")
     finally:
         stop_process(process)
     errors = sum(result["errors"].values())
@@ -178,8 +171,9 @@ def suite_row(name: str, args: list[str], env: dict) -> str:
                                cwd=REPO, env={**env, "PROMPTCLIMB_QUOTA_FIGURES": str(figures_file)}, capture_output=True,
                                text=True)
     seconds = time.perf_counter() - started
-    suite = ElementTree.parse(junit).getroot()
-    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    root = ElementTree.parse(junit).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    assert suite is not None, f"no testsuite in {junit}"
     tests, failures, errors = (int(suite.get(k, 0)) for k in ("tests", "failures", "errors"))
     passed = tests - failures - errors - int(suite.get("skipped", 0))
     examples = sum(int(n) for n in re.findall(r"(\d+) passing, (?:\d+) failing", completed.stdout))

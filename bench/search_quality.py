@@ -40,7 +40,7 @@ from optimizer_service.pool import Candidate, rank
 from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
 from promptclimb_common.logging import configure_logging
-from promptclimb_common.processes import free_port, start_module, stop_process, wait_healthy
+from promptclimb_common.processes import start_module, start_service, stop_process
 from testbed.fashion_mnist import prepare_testbed_task
 from testbed.train import DEFAULT_RECIPE, RECIPES, ensure_model
 
@@ -84,15 +84,13 @@ class Scorer(contextlib.AbstractContextManager):
     """A scorer process for one backbone and few-shot seed, on loopback; test split open (the benchmark grades)."""
 
     def __init__(self, model: Path, data: Path, seed: int, work: Path) -> None:
-        port = free_port()
-        self.address = f"127.0.0.1:{port}"
         work.mkdir(parents=True, exist_ok=True)
-        self.process = start_module(
+        service = start_service(
             ["scorer_service", "--model", str(model), "--task", f"{TASK}={data}", "--shots", str(SHOTS), "--seed", str(seed),
-             "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0", "--anonymous-rights", "score,test",
+             "--anonymous-rights", "score,test",
              "--cache-dir", str(work / "scorer-cache"), "--state-dir", str(work / f"scorer-state-{model.name}-{seed}")],
-            work / f"scorer-{model.name}-seed{seed}.log")
-        wait_healthy(self.address, self.process, timeout=600)
+            work / f"scorer-{model.name}-seed{seed}.log", timeout=600)
+        self.process, self.address = service.process, service.address
         self.channel = grpc.insecure_channel(self.address)
         self.stub = sc_grpc.ScorerStub(self.channel)
 

@@ -39,6 +39,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -52,7 +53,7 @@ from promptclimb.optimizer.v1 import optimizer_pb2_grpc as opt_grpc
 from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
 from promptclimb_common.logging import configure_logging
-from promptclimb_common.processes import free_port, start_module, stop_process, wait_healthy
+from promptclimb_common.processes import start_service, stop_process
 from testbed.fashion_mnist import prepare_testbed_task
 from testbed.random_clip import UNTRAINED_MARKER, build_random_clip
 from testbed.train import ensure_model
@@ -72,7 +73,7 @@ class DemoSettings:
     shots: int
     out: Path
     llm_base_url: str | None
-    llm_model: str | None
+    llm_model: str  # the remote endpoint's; the embedded server names its own
     embedded_llm: str
     llm_grammar: bool
     restarts: int
@@ -87,11 +88,11 @@ class DemoSettings:
         remote = env("LLM_BASE_URL") or ("https://api.openai.com/v1" if env("OPENAI_API_KEY") else None)
         return cls(
             model=env("SCORER_MODEL") or None,
-            data=Path(env("DEMO_DATA")) if env("DEMO_DATA") else None,
+            data=Path(data) if (data := env("DEMO_DATA")) else None,
             shots=int(env("DEMO_SHOTS", 16)),
             out=Path(env("DEMO_OUT", "demo-out")),
             llm_base_url=remote,
-            llm_model=env("LLM_MODEL", "gpt-4o-mini" if remote else None),
+            llm_model=env("LLM_MODEL", "gpt-4o-mini"),
             embedded_llm=env("DEMO_LLM", DEFAULT_MODEL),
             # GBNF is llama.cpp's: on for the embedded server, off for remote endpoints unless asked for
             llm_grammar=env("DEMO_LLM_GRAMMAR", "false" if remote else "true").lower() == "true",
@@ -122,7 +123,7 @@ def resolve_model(ref: str | None) -> tuple[str, bool]:
         snapshot_download(ref, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1",
                           allow_patterns=["*.json", "*.safetensors", "*.txt"])
         return ref, False
-    except Exception as err:  # noqa: BLE001 - any failure means: no real weights here
+    except OSError as err:  # huggingface_hub's errors (offline, not found, HTTP) are all OSErrors
         log.warning("clip_model_unavailable", model=ref, error=str(err).splitlines()[0][:200])
     if not (RANDOM_MODEL / UNTRAINED_MARKER).exists():
         log.warning("building_random_clip", path=str(RANDOM_MODEL), shape="tiny")
@@ -139,20 +140,17 @@ class Processes(contextlib.ExitStack):
     """Every child of the demo, stopped in reverse order on exit, Ctrl-C included."""
 
     def service(self, name: str, args: list[str], env: dict | None = None) -> str:
-        port = free_port()
         log_path = WORK / f"{name}.log"
         log_path.unlink(missing_ok=True)
-        process = start_module([*args, "--host", "127.0.0.1", "--port", str(port)], log_path, env)
-        self.callback(stop_process, process, signal.SIGTERM, 60)
-        address = f"127.0.0.1:{port}"
-        log.info("service_starting", service=name, address=address, log=str(log_path))
+        log.info("service_starting", service=name, log=str(log_path))
         try:
-            wait_healthy(address, process, timeout=900)
-        except Exception as err:
+            service = start_service(args, log_path, env, timeout=900)
+        except (RuntimeError, TimeoutError) as err:  # it exited, or never served
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
             raise RuntimeError(f"{name} did not start ({err}); the end of {log_path}:\n{tail}") from None
-        log.info("service_ready", service=name, address=address)
-        return address
+        self.callback(stop_process, service.process, signal.SIGTERM, 60)
+        log.info("service_ready", service=name, address=service.address)
+        return service.address
 
 
 def write_tokens(path: Path) -> dict[str, str]:
@@ -191,20 +189,20 @@ def follow(stub: opt_grpc.OptimizerStub, run_id: str, token: str) -> list[Candid
     return candidates
 
 
-def scores(scorer: sc_grpc.ScorerStub, task_id: str, templates: list[str], split: int, token: str) -> dict[str, float]:
+def scores(scorer: sc_grpc.ScorerStub, task_id: str, templates: list[str], split: sc_pb.Split, token: str) -> dict[str, float]:
     reply = scorer.Score(sc_pb.ScoreRequest(task_id=task_id, templates=templates, split=split), metadata=bearer(token))
     return {r.template: r.accuracy for r in reply.results}
 
 
 def report(scorer: sc_grpc.ScorerStub, task_id: str, selected: str, best: list[str], admin: str,
-           untrained: bool) -> list[dict]:
+           untrained: bool) -> list[dict[str, Any]]:
     """Train and test accuracy of the baselines, the train-selected template and the other best ones
     (test read with the admin token, after the search: selection never sees it)."""
     templates = list(dict.fromkeys([*BASELINES, selected, *best]))
     train = scores(scorer, task_id, templates, sc_pb.SPLIT_TRAIN, admin)
     test = scores(scorer, task_id, templates, sc_pb.SPLIT_TEST, admin)
-    kinds = {t: "baseline" for t in BASELINES} | {selected: "selected"}
-    rows = [{"template": t, "kind": kinds.get(t, "found"), "train_accuracy": train[t], "test_accuracy": test[t]}
+    kinds = dict.fromkeys(BASELINES, "baseline") | {selected: "selected"}
+    rows: list[dict[str, Any]] = [{"template": t, "kind": kinds.get(t, "found"), "train_accuracy": train[t], "test_accuracy": test[t]}
             for t in templates]
     print("\n  train   test   template")
     for row in rows:
@@ -236,11 +234,11 @@ def run_demo(settings: DemoSettings) -> int:
             base_url, llm_model = llm.base_url, llm.alias
         scorer_address = processes.service("scorer", [
             "scorer_service", "--model", model, "--task", f"demo={data}", "--shots", str(settings.shots), "--seed", "1",
-            "--metrics-port", "0", "--tokens-file", str(WORK / "tokens.json"),
+            "--tokens-file", str(WORK / "tokens.json"),
             "--cache-dir", str(WORK / "scorer-cache"), "--state-dir", str(WORK / "scorer-state"),
         ])
         optimizer_address = processes.service("optimizer", [
-            "optimizer_service", "serve", "--metrics-port", "0", "--state-dir", str(WORK / "optimizer-state"),
+            "optimizer_service", "serve", "--state-dir", str(WORK / "optimizer-state"),
             "--scorer", scorer_address, "--llm-base-url", base_url, "--llm-model", llm_model, "--llm-grammar", str(settings.llm_grammar).lower(),
             "--tokens-file", str(WORK / "tokens.json"),
         ], env={"SCORER_TOKEN": tokens["optimizer"], "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "not-needed")})

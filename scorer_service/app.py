@@ -6,7 +6,6 @@ import asyncio
 import sqlite3
 
 import structlog
-from prometheus_client import start_http_server
 
 from promptclimb.scorer.v1 import scorer_pb2_grpc
 from promptclimb_common.auth import Authenticator, load_tokens, reload_tokens
@@ -76,9 +75,6 @@ class ScorerApp:
                                               config.max_template_bytes)
         servicer = ScorerServicer(tasks, features, scorer, auth, self.quota, config.max_templates_per_request, model,
                                   config.max_queued_prompts)
-        if config.metrics_port:
-            start_http_server(config.metrics_port, addr=config.host)
-            log.info("metrics_serving", port=config.metrics_port)
         self.service = GrpcService(
             [(scorer_pb2_grpc.add_ScorerServicer_to_server, servicer, SERVICE_NAME)],
             host=config.host,
@@ -87,6 +83,8 @@ class ScorerApp:
             max_message_bytes=config.max_message_bytes,
             max_concurrent_rpcs=config.max_concurrent_rpcs,
             grace_seconds=config.grace_seconds,
+            metrics_port=config.metrics_port,
+            port_file=config.port_file,
         )
         log.info("auth", enabled=auth.enabled,
                  anonymous_rights=sorted(config.anonymous_rights) if not auth.enabled else [])

@@ -36,7 +36,7 @@ class ScorerConfig(ServingConfig):
     """The scorer's settings: the shared serving ones plus model, tasks and bounds."""
 
     port: int = 50051
-    metrics_port: int = 9101
+    metrics_port: int | None = 9101
     anonymous_rights: frozenset[str] = frozenset({"score"})
     model: str = "openai/clip-vit-base-patch32"
     model_version: str = ""  # empty: the model's name and digest (model.ModelIdentity)

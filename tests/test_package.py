@@ -24,7 +24,7 @@ import pytest
 
 from promptclimb_common.processes import as_child
 from tests.optimizer.scripted_llm import ScriptedLLM
-from tests.procs import REPO, free_port, stop_process, wait_healthy
+from tests.procs import REPO, stop_process, wait_for_ports
 
 STUBS = [f"promptclimb/{service}/v1/{service}_pb2{suffix}" for service in ("scorer", "optimizer")
          for suffix in (".py", ".pyi", "_grpc.py")]
@@ -89,9 +89,9 @@ def test_the_wheel_carries_the_generated_stubs_and_the_console_scripts(installed
 
 def test_the_installed_package_is_the_one_imported(installed, tmp_path):
     _, venv = installed
-    done = run(str(venv / "bin" / "python"), "-c", "import promptclimb.client, promptclimb.scorer.v1.scorer_pb2_grpc as s, "
-               "promptclimb.optimizer.v1.optimizer_pb2 as o, scorer_service, optimizer_service; "
-               "print(promptclimb.client.__file__, s.__file__, o.__file__, scorer_service.__file__, optimizer_service.__file__)",
+    modules = ("promptclimb.client, promptclimb.scorer.v1.scorer_pb2_grpc, promptclimb.optimizer.v1.optimizer_pb2, "
+               "scorer_service, optimizer_service")
+    done = run(str(venv / "bin" / "python"), "-c", f"import {modules}; print(*(m.__file__ for m in ({modules})))",
                cwd=tmp_path, env=venv_env(venv))
     for path in done.stdout.split():
         assert Path(path).is_relative_to(venv), path
@@ -116,16 +116,15 @@ def test_the_console_scripts_take_the_modules_flags(installed, tmp_path, install
 def test_the_console_scripts_serve_score_and_optimize_a_tiny_model(installed, tiny_clip_dir, image_task_dir, tmp_path):
     _, venv = installed
     env = venv_env(venv, OPENAI_API_KEY="placeholder", PYTHONUNBUFFERED="1")
-    port = free_port()
+    port_file = tmp_path / "scorer.ports.json"
     command = [str(venv / "bin" / "promptclimb-scorer"), "--model", str(tiny_clip_dir), "--task", f"shapes={image_task_dir}",
-               "--shots", "2", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
+               "--shots", "2", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off", "--port-file", str(port_file),
                "--cache-dir", str(tmp_path / "cache"), "--state-dir", str(tmp_path / "state")]
     with (tmp_path / "scorer.log").open("wb") as log:
         scorer = subprocess.Popen(**as_child(command), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL)
-    address = f"127.0.0.1:{port}"
     try:
-        wait_healthy(address, scorer)
+        address = f"127.0.0.1:{wait_for_ports(port_file, scorer).grpc}"
         tasks = json.loads(run(str(venv / "bin" / "promptclimb"), "tasks", "--scorer", address, cwd=tmp_path, env=env).stdout)
         assert [t["task_id"] for t in tasks["tasks"]] == ["shapes"]
         scored = json.loads(run(str(venv / "bin" / "promptclimb"), "score", "--scorer", address, "--task", "shapes",

@@ -13,6 +13,8 @@ from testbed.train import ensure_model
 from tests.optimizer.scripted_llm import ScriptedLLM
 
 METHODS = ["random", "pn-chat"]
+# The first test trains the testbed model when it is not cached yet (538 s on the 2-core build machine).
+pytestmark = pytest.mark.timeout(1800)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from tests.procs import REPO
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.timeout(1500)  # the demo's own 1200 s, and the fixtures
 def test_demo_produces_a_result_with_a_valid_best_template(tiny_clip_dir, tmp_path):
     out = tmp_path / "out"
     env = {
@@ -43,6 +44,7 @@ def test_demo_produces_a_result_with_a_valid_best_template(tiny_clip_dir, tmp_pa
     assert (out / "accuracy.png").stat().st_size > 0
 
 
+@pytest.mark.timeout(2100)  # the demo's own 1800 s (the testbed model is trained on first use), and the fixtures
 def test_the_default_demo_climbs_on_the_trained_testbed_model(tmp_path):
     """No SCORER_MODEL: the testbed CLIP (trained on first use), real accuracies, and a test curve."""
     out = tmp_path / "out"

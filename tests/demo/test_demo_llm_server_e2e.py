@@ -70,6 +70,7 @@ def test_a_gbnf_grammar_constrains_the_reply(server, client):
 
 def test_stop_ends_the_servers_process_group(tmp_path):
     with LlamaServer.for_model(QWEN_CODER_0_5B, parallel=1, ctx_per_slot=512, log_path=tmp_path / "server.log") as server:
+        assert server.process is not None
         pgid = server.process.pid
         with urllib.request.urlopen(f"{server.url}/health", timeout=5) as response:
             assert response.status == 200

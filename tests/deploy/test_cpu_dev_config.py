@@ -5,7 +5,8 @@ random-weight tiny CLIP, the synthetic dataset), then starts the scorer and the
 optimizer the way their containers do: no flags, only the rendered ConfigMaps
 as environment, the Secrets as files and variables. Only what a test must
 change is changed: /models, /data, /var/... and /etc/... become temporary
-directories and the ports free loopback ones. The dev tokens must then open
+directories and the ports loopback ones of the kernel's choice (port 0, read back
+from the port file each service writes). The dev tokens must then open
 (and only open) what the manifests intend.
 """
 
@@ -22,9 +23,9 @@ import pytest
 
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from tests.deploy import REPO, load_check
-from tests.procs import free_port, start_process, start_redis, stop_process, wait_healthy
 from tests.conftest import prerequisite
+from tests.deploy import REPO, load_check
+from tests.procs import start_process, start_redis, stop_process, wait_for_ports
 
 check = load_check()
 kubectl = check.tool("kubectl")
@@ -43,7 +44,7 @@ def secret_files(secret: dict, directory) -> None:
         (directory / key).write_bytes(base64.b64decode(value))
 
 
-def remap(env: dict[str, str], tmp, ports: dict[str, int]) -> dict[str, str]:
+def remap(env: dict[str, str], tmp, ports: dict[str, object]) -> dict[str, str]:
     out = {}
     for key, value in env.items():
         for prefix in ("/models", "/data", "/var/cache/promptclimb", "/var/lib/promptclimb", "/etc/promptclimb"):
@@ -58,7 +59,8 @@ def pod_command(objs: list[dict], kind: str, name: str, container: str, init: bo
     owner = next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
     spec = owner["spec"]["template"]["spec"]
     c = next(c for c in spec["initContainers" if init else "containers"] if c["name"] == container)
-    return c.get("command", []) + c.get("args", [])
+    command: list[str] = c.get("command", []) + c.get("args", [])
+    return command
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +80,9 @@ def stack(tmp_path_factory):
     secret_files(by_prefix(objs, "Secret", "optimizer-tokens"), tmp / "etc/promptclimb/optimizer-tokens")
     credentials = {k: base64.b64decode(v).decode() for k, v in by_prefix(objs, "Secret", "optimizer-credentials")["data"].items()}
 
-    scorer_port, optimizer_port = free_port(), free_port()
     scorer_env = remap(by_prefix(objs, "ConfigMap", "scorer-config")["data"], tmp,
-                       {"SCORER_HOST": "127.0.0.1", "SCORER_PORT": scorer_port, "SCORER_METRICS_PORT": free_port()})
+                       {"SCORER_HOST": "127.0.0.1", "SCORER_PORT": 0, "SCORER_METRICS_PORT": 0,
+                        "SCORER_PORT_FILE": tmp / "scorer.ports.json"})
     scorer_command = pod_command(objs, "Deployment", "scorer", "scorer")
     assert scorer_command == []  # the image's ENTRYPOINT: python -m scorer_service
     # The overlay's quota store is its Redis Service (components/quota-redis); here a redis-server on loopback.
@@ -88,20 +90,18 @@ def stack(tmp_path_factory):
     assert any(o["kind"] == "Deployment" and o["metadata"]["name"] == "quota-redis" for o in objs)
     redis, scorer_env["SCORER_QUOTA_STORE"] = start_redis(tmp / "redis")
     scorer = start_process(["scorer_service"], tmp / "scorer.log", env={**scorer_env, "HF_HUB_OFFLINE": "1"})
-    scorer_address = f"127.0.0.1:{scorer_port}"
     optimizer = None
     try:
-        wait_healthy(scorer_address, scorer, timeout=180)
+        scorer_address = f"127.0.0.1:{wait_for_ports(tmp / 'scorer.ports.json', scorer, timeout=180).grpc}"
         optimizer_env = remap(by_prefix(objs, "ConfigMap", "optimizer-config")["data"], tmp,
-                              {"OPTIMIZER_HOST": "127.0.0.1", "OPTIMIZER_PORT": optimizer_port, "OPTIMIZER_METRICS_PORT": free_port(),
-                               "OPTIMIZER_SCORER": scorer_address})
+                              {"OPTIMIZER_HOST": "127.0.0.1", "OPTIMIZER_PORT": 0, "OPTIMIZER_METRICS_PORT": 0,
+                               "OPTIMIZER_PORT_FILE": tmp / "optimizer.ports.json", "OPTIMIZER_SCORER": scorer_address})
         optimizer_args = pod_command(objs, "StatefulSet", "optimizer", "optimizer")
         assert optimizer_args == ["serve"]
         optimizer = start_process(["optimizer_service", *optimizer_args], tmp / "optimizer.log",
                                   env={**optimizer_env, "SCORER_TOKEN": credentials["scorer-token"],
                                        "OPENAI_API_KEY": credentials["openai-api-key"]})
-        optimizer_address = f"127.0.0.1:{optimizer_port}"
-        wait_healthy(optimizer_address, optimizer, timeout=60)
+        optimizer_address = f"127.0.0.1:{wait_for_ports(tmp / 'optimizer.ports.json', optimizer, timeout=60).grpc}"
         yield {"scorer": scorer_address, "optimizer": optimizer_address, "tmp": tmp, "objs": objs,
                "processes": {"scorer": scorer, "optimizer": optimizer}}
     finally:

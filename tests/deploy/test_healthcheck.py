@@ -11,7 +11,6 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tests.deploy import REPO
-from tests.procs import free_port
 from tests.tls_certs import make_certs
 
 SCRIPT = REPO / "deploy" / "docker" / "healthcheck.py"
@@ -25,12 +24,8 @@ def serve(credentials: grpc.ServerCredentials | None = None):
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    if credentials:
-        server.add_secure_port(address, credentials)
-    else:
-        server.add_insecure_port(address)
+    address = "127.0.0.1:0"  # the kernel's pick, returned by the bind
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     server.start()
     return server, servicer, port
 

@@ -10,11 +10,10 @@ each service's own /metrics exposition.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
-import signal
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -26,9 +25,9 @@ import yaml
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.processes import as_child
-from tests.deploy import load_check
-from tests.procs import REPO, free_port, start_process, start_scorer, stop_process, wait_healthy
 from tests.conftest import prerequisite
+from tests.deploy import load_check
+from tests.procs import REPO, held_port, scorer_service, start_service, stop_process, wait_until
 
 MONITORING = REPO / "deploy" / "monitoring"
 PROMETHEUS = shutil.which("prometheus")
@@ -39,19 +38,21 @@ pytestmark = prerequisite(PROMETHEUS is None, why="no prometheus binary: `make d
 
 
 def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - loopback only
-        return json.load(reply)
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        body: dict = json.load(reply)
+    return body
 
 
 def query(api: str, promql: str) -> list[dict]:
     body = get_json(f"{api}/api/v1/query?" + urllib.parse.urlencode({"query": promql}))
     assert body["status"] == "success", body
-    return body["data"]["result"]
+    result: list[dict] = body["data"]["result"]
+    return result
 
 
 def declared_families(metrics_url: str) -> dict[str, str]:
     """`# TYPE name kind` lines of a /metrics page: families exist even before their first sample."""
-    with urllib.request.urlopen(metrics_url, timeout=5) as reply:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(metrics_url, timeout=5) as reply:
         text = reply.read().decode()
     out = {}
     for line in text.splitlines():
@@ -85,76 +86,63 @@ def write_config(tmp: Path, scorer_metrics: int, optimizer_metrics: int, prometh
 @pytest.fixture(scope="module")
 def services(tiny_clip_dir, image_task_dir, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("services")
-    scorer_metrics, optimizer_metrics, optimizer_port = free_port(), free_port(), free_port()
-    scorer, scorer_address = start_scorer(tiny_clip_dir, {"shapes": image_task_dir}, tmp_path / "cache", tmp_path / "scorer.log",
-                                          "--metrics-port", str(scorer_metrics))
-    optimizer_address = f"127.0.0.1:{optimizer_port}"
-    optimizer = start_process(
-        ["optimizer_service", "serve", "--host", "127.0.0.1", "--port", str(optimizer_port), "--metrics-port", str(optimizer_metrics),
-         "--state-dir", str(tmp_path / "state"), "--scorer", scorer_address,
-         # No run is started, so the LLM is never called.
-         "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "none"],
-        tmp_path / "optimizer.log",
-        env={"OPENAI_API_KEY": "placeholder-for-an-unused-llm"},
-    )
+    scorer = scorer_service(tiny_clip_dir, {"shapes": image_task_dir}, tmp_path / "cache", tmp_path / "scorer.log", metrics=True)
     try:
-        wait_healthy(optimizer_address, optimizer, timeout=60)
+        optimizer = start_service(
+            ["optimizer_service", "serve", "--state-dir", str(tmp_path / "state"), "--scorer", scorer.address,
+             # No run is started, so the LLM is never called.
+             "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "none"],
+            tmp_path / "optimizer.log", env={"OPENAI_API_KEY": "placeholder-for-an-unused-llm"}, metrics=True, timeout=60,
+        )
+    except BaseException:
+        stop_process(scorer.process)
+        raise
+    try:
         # Traffic, so that labelled series exist.
-        with grpc.insecure_channel(scorer_address) as channel:
+        with grpc.insecure_channel(scorer.address) as channel:
             scorer_pb2_grpc.ScorerStub(channel).Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["a photo of a {}."]), timeout=30)
-        with grpc.insecure_channel(optimizer_address) as channel:
-            try:
-                optimizer_pb2_grpc.OptimizerStub(channel).ListRuns(optimizer_pb2.ListRunsRequest(), timeout=10)
-            except grpc.RpcError:
-                pass  # counted all the same
-        yield {"scorer_metrics": scorer_metrics, "optimizer_metrics": optimizer_metrics}
+        # A refusal is counted all the same.
+        with grpc.insecure_channel(optimizer.address) as channel, contextlib.suppress(grpc.RpcError):
+            optimizer_pb2_grpc.OptimizerStub(channel).ListRuns(optimizer_pb2.ListRunsRequest(), timeout=10)
+        yield {"scorer_metrics": scorer.ports.metrics, "optimizer_metrics": optimizer.ports.metrics}
     finally:
-        stop_process(optimizer)
-        stop_process(scorer)
+        stop_process(optimizer.process)
+        stop_process(scorer.process)
 
 
 @pytest.fixture
 def prometheus(services, tmp_path):
-    port = free_port()
-    config = write_config(tmp_path, services["scorer_metrics"], services["optimizer_metrics"], port)
-    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        **as_child([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                    f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]),
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    api = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
+    assert PROMETHEUS is not None  # pytestmark skips the module without it
+    log_path = tmp_path / "prometheus.log"
+    # Prometheus scrapes itself, so its config names its port before it starts: a held one, until it listens (see
+    # held_port).
+    with held_port() as port:
+        config = write_config(tmp_path, services["scorer_metrics"], services["optimizer_metrics"], port)
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                **as_child([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]),
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        api = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            assert process.poll() is None, log_path.read_text()
             try:
-                with urllib.request.urlopen(f"{api}/-/ready", timeout=1):  # noqa: S310 - loopback only
-                    break
+                with urllib.request.urlopen(f"{api}/-/ready", timeout=1):
+                    return True
             except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+                return False
+
+        try:
+            wait_until(ready, 30, "prometheus ready")
+        except BaseException:
+            stop_process(process, timeout=15)
+            raise
+    try:
         yield api
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
-
-def wait_for(check, timeout: float = 30.0, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.5)
+        stop_process(process, timeout=15)
 
 
 def test_prometheus_scrapes_scorer_and_optimizer(services, prometheus):
@@ -163,17 +151,17 @@ def test_prometheus_scrapes_scorer_and_optimizer(services, prometheus):
         health = {t["labels"]["job"]: t["health"] for t in active}
         return health if health.get("promptclimb-scorer") == "up" and health.get("promptclimb-optimizer") == "up" else None
 
-    wait_for(targets_up, what="both promptclimb targets up")
+    wait_until(targets_up, what="both promptclimb targets up")
 
-    model = wait_for(lambda: query(prometheus, 'scorer_model_info{job="promptclimb-scorer"}'), what="scorer_model_info")
+    model = wait_until(lambda: query(prometheus, 'scorer_model_info{job="promptclimb-scorer"}'), what="scorer_model_info")
     assert model[0]["metric"]["device"] == "cpu"
-    scored = wait_for(lambda: query(prometheus, 'scorer_templates_scored_total{job="promptclimb-scorer", task="shapes"}'),
+    scored = wait_until(lambda: query(prometheus, 'scorer_templates_scored_total{job="promptclimb-scorer", task="shapes"}'),
                       what="scorer_templates_scored_total")
     assert float(scored[0]["value"][1]) >= 1
-    calls = wait_for(lambda: query(prometheus, 'grpc_server_handled_total{job="promptclimb-optimizer", grpc_method="ListRuns"}'),
+    calls = wait_until(lambda: query(prometheus, 'grpc_server_handled_total{job="promptclimb-optimizer", grpc_method="ListRuns"}'),
                      what="the optimizer's grpc_server_handled_total")
     assert calls[0]["metric"]["grpc_service"] == "promptclimb.optimizer.v1.Optimizer"
-    assert wait_for(lambda: query(prometheus, 'optimizer_runs{job="promptclimb-optimizer"}'), what="optimizer_runs") is not None
+    assert wait_until(lambda: query(prometheus, 'optimizer_runs{job="promptclimb-optimizer"}'), what="optimizer_runs") is not None
 
     # The alert rules load and evaluate against live data, and with both targets
     # up the "down" alerts settle to inactive (absent() may fire before the first scrape).
@@ -185,7 +173,7 @@ def test_prometheus_scrapes_scorer_and_optimizer(services, prometheus):
         down = [rules[name]["state"] for name in ("PromptclimbScorerDown", "PromptclimbOptimizerDown")]
         return rules if down == ["inactive", "inactive"] else None
 
-    rules = wait_for(down_alerts_settled, what="alert rules evaluated, no target down")
+    rules = wait_until(down_alerts_settled, what="alert rules evaluated, no target down")
     assert {"PromptclimbScorerErrorRate", "PromptclimbLLMErrorRate"} <= set(rules)
 
 

@@ -7,6 +7,7 @@ documented status, never INTERNAL, and never take the service down.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from tests.optimizer.conftest import SCORER_TOKENS, TASK
 from tests.optimizer.scripted_llm import ScriptedLLM
-from tests.procs import free_port, start_process, stop_process, wait_healthy
+from tests.procs import start_service, stop_process, wait_healthy
 
 TOKEN = "fuzz-token-1"
 HOSTILE = ["", "{}", "{0.__class__.__init__.__globals__}", "{:>999999999}", "a" * 5000, "\x00\x07\u202e", "../../etc/passwd",
@@ -62,28 +63,24 @@ def service(scorer, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     tokens = root / "tokens.json"
     tokens.write_text(json.dumps({"tokens": [{"name": "fuzzer", "token": TOKEN, "rights": ["run"]}]}))
-    port = free_port()
     with ScriptedLLM() as llm:
-        process = start_process(
-            ["optimizer_service", "serve", "--port", str(port), "--metrics-port", "0", "--state-dir", str(root / "state"),
+        service = start_service(
+            ["optimizer_service", "serve", "--state-dir", str(root / "state"),
              "--scorer", scorer.address, "--llm-base-url", llm.url, "--llm-model", "m", "--tokens-file", str(tokens)],
-            root / "service.log", env={"OPENAI_API_KEY": "x", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]},
+            root / "service.log", env={"OPENAI_API_KEY": "x", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]}, timeout=60,
         )
-        address = f"127.0.0.1:{port}"
         try:
-            wait_healthy(address, process, timeout=60)
-            with grpc.insecure_channel(address) as channel:
-                yield optimizer_pb2_grpc.OptimizerStub(channel), process, address, root / "service.log"
+            with grpc.insecure_channel(service.address) as channel:
+                yield optimizer_pb2_grpc.OptimizerStub(channel), service.process, service.address, root / "service.log"
         finally:
-            stop_process(process, signal.SIGTERM)
+            stop_process(service.process, signal.SIGTERM)
 
 
 def status(call, *args, **kwargs) -> grpc.StatusCode:
     try:
         result = call(*args, timeout=10, **kwargs)
         if hasattr(result, "__iter__") and not hasattr(result, "ListFields"):
-            for _ in zip(range(3), result):  # a stream: read a little, then stop
-                pass
+            list(itertools.islice(result, 3))  # a stream: read a little, then stop
             result.cancel()
         return grpc.StatusCode.OK
     except grpc.RpcError as err:
@@ -98,13 +95,14 @@ def test_start_run_answers_every_spec_with_a_documented_status(service, spec, re
     try:
         reply = stub.StartRun(pb.StartRunRequest(spec=spec, request_id=request_id), metadata=meta, timeout=10)
     except grpc.RpcError as err:
-        assert err.code() in AUTH_ERRORS | {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                            grpc.StatusCode.ALREADY_EXISTS}, err
+        refusal = err
+    else:
+        assert meta and TOKEN in meta[0][1]
+        if reply.state in (pb.RUN_STATE_PENDING, pb.RUN_STATE_RUNNING):  # a repeated request_id may return an ended run
+            status(stub.CancelRun, pb.CancelRunRequest(run_id=reply.run_id), metadata=meta)
         return
-    assert meta and TOKEN in meta[0][1]
-    if reply.state not in (pb.RUN_STATE_PENDING, pb.RUN_STATE_RUNNING):
-        return  # a repeated request_id returned a run that has ended
-    status(stub.CancelRun, pb.CancelRunRequest(run_id=reply.run_id), metadata=meta)
+    assert refusal.code() in AUTH_ERRORS | {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                            grpc.StatusCode.ALREADY_EXISTS}, refusal
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

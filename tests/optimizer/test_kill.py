@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -14,28 +15,26 @@ from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from tests.optimizer.conftest import SCORER_TOKENS, small_spec
 from tests.optimizer.scripted_llm import Delay, ScriptedLLM, invented_templates
-from tests.procs import free_port, start_process, stop_process, wait_healthy
+from tests.procs import start_service, stop_process
 
 ENDED = (pb.RUN_STATE_SUCCEEDED, pb.RUN_STATE_FAILED, pb.RUN_STATE_CANCELLED)
 # Iterations done (of 16) after which the service is killed; the reliability run sets five, e.g. "1,4,7,10,13".
 KILL_POINTS = [int(n) for n in os.environ.get("PROMPTCLIMB_KILL_POINTS", "3,9").split(",")]
 
 
-def start_service(state_dir, scorer_address: str, llm_url: str, log_path):
-    port = free_port()
-    process = start_process(
-        ["optimizer_service", "serve", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", "0",
-         "--state-dir", str(state_dir), "--scorer", scorer_address, "--llm-base-url", llm_url, "--llm-model", "scripted-model",
-         "--llm-backoff-initial-s", "0.01", "--scorer-grace-s", "10"],
-        log_path, env={"OPENAI_API_KEY": "placeholder", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]},
+def start_optimizer(state_dir, scorer_address: str, llm_url: str, log_path):
+    service = start_service(
+        ["optimizer_service", "serve", "--state-dir", str(state_dir), "--scorer", scorer_address, "--llm-base-url", llm_url,
+         "--llm-model", "scripted-model", "--llm-backoff-initial-s", "0.01", "--scorer-grace-s", "10"],
+        log_path, env={"OPENAI_API_KEY": "placeholder", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]}, timeout=60,
     )
-    address = f"127.0.0.1:{port}"
-    wait_healthy(address, process, timeout=60)
-    return process, address
+    return service.process, service.address  # a new port at each start: the clients follow the address
 
 
-def wait_for(stub, run_id: str, predicate, timeout: float = 90.0) -> pb.Run:
+def wait_for(stub: optimizer_pb2_grpc.OptimizerStub, run_id: str, predicate: Callable[[pb.Run], bool],
+             timeout: float = 90.0) -> pb.Run:
     deadline = time.monotonic() + timeout
+    run: pb.Run | None = None
     while time.monotonic() < deadline:
         run = stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=5)
         if predicate(run):
@@ -44,6 +43,10 @@ def wait_for(stub, run_id: str, predicate, timeout: float = 90.0) -> pb.Run:
             raise AssertionError(f"run ended early: {pb.RunState.Name(run.state)} ({run.stop_reason})")
         time.sleep(0.05)
     raise TimeoutError(f"run {run_id} did not get there: {run}")
+
+
+def iterations_done(at_least: int) -> Callable[[pb.Run], bool]:
+    return lambda run: run.counters.iterations_done >= at_least
 
 
 def snapshot(state_dir, run_id: str) -> tuple[set[str], set[tuple]]:
@@ -63,7 +66,7 @@ def test_sigkill_mid_run_then_restart(scorer, tmp_path):
     with ScriptedLLM(default=lambda body: Delay(0.25, invent(body))) as llm:
         process = None
         try:
-            process, address = start_service(state_dir, scorer.address, llm.url, tmp_path / "service.log")
+            process, address = start_optimizer(state_dir, scorer.address, llm.url, tmp_path / "service.log")
             with grpc.insecure_channel(address) as channel:
                 stub = optimizer_pb2_grpc.OptimizerStub(channel)
                 run_id = stub.StartRun(pb.StartRunRequest(spec=small_spec(iterations=4)), timeout=30).run_id
@@ -71,13 +74,13 @@ def test_sigkill_mid_run_then_restart(scorer, tmp_path):
             scored_before: set[tuple] = set()
             for kill_after in KILL_POINTS:
                 with grpc.insecure_channel(address) as channel:
-                    wait_for(optimizer_pb2_grpc.OptimizerStub(channel), run_id, lambda r: r.counters.iterations_done >= kill_after)
+                    wait_for(optimizer_pb2_grpc.OptimizerStub(channel), run_id, iterations_done(kill_after))
                 stop_process(process, signal.SIGKILL)
                 finished, scored = snapshot(state_dir, run_id)
                 assert scored >= scored_before  # nothing committed before an earlier kill was lost
                 kills.append((len(llm.seen), finished))
                 scored_before = scored
-                process, address = start_service(state_dir, scorer.address, llm.url, tmp_path / "service.log")
+                process, address = start_optimizer(state_dir, scorer.address, llm.url, tmp_path / "service.log")
 
             with grpc.insecure_channel(address) as channel:
                 stub = optimizer_pb2_grpc.OptimizerStub(channel)

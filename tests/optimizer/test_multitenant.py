@@ -18,7 +18,7 @@ from optimizer_service.spec import RunLimits
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.errors import details_of
 from tests.optimizer.conftest import TASK, open_optimizer, small_spec
-from tests.procs import free_port, start_scorer, stop_process
+from tests.procs import await_until, log_events, scorer_service, start_scorer, stop_process
 
 TOKENS = [{"name": "alice", "token": "alice-secret", "rights": ["run"]},
           {"name": "bob", "token": "bob-secret", "rights": ["run"]},
@@ -45,6 +45,7 @@ async def run_as(optimizer, name: str, **spec) -> tuple[pb.Run, list[pb.RunEvent
 async def _first(stream):
     async for item in stream:
         return item
+    raise AssertionError("the stream ended before its first item")
 
 
 @pytest.mark.optimizer(tokens=TOKENS)
@@ -75,8 +76,8 @@ def _test_numbers(run: pb.Run) -> list[float]:
 @pytest.mark.optimizer(tokens=TOKENS)  # the service's scorer token has the scorer's test right
 async def test_a_run_only_caller_gets_no_test_number_by_any_path(optimizer, tmp_path):
     given = ["a {}", "the {}", "a photo of a {}.", "{} here", "art of a {}", "my {}", "one {}", "some {}", "big {}", "{}"]
-    spec = dict(initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=given, initial_pool_size=0, restarts=1,
-                max_scored_templates=10, report_top=50)
+    spec = {"initial_pool": pb.INITIAL_POOL_GIVEN, "initial_templates": given, "initial_pool_size": 0, "restarts": 1,
+            "max_scored_templates": 10, "report_top": 50}
     run, events = await run_as(optimizer, "alice", **spec)
     assert run.state == pb.RUN_STATE_SUCCEEDED and len(run.best) == 10 and run.counters.llm_calls == 0
     assert _test_numbers(run) == []
@@ -146,7 +147,8 @@ async def test_a_spent_scorer_budget_stops_the_run_at_once_and_it_resumes_once_r
 
             grant(100)
             process.send_signal(signal.SIGHUP)  # the scorer rereads its tokens without a restart
-            time.sleep(1.0)
+            await await_until(lambda: "tokens_reloaded" in {e["event"] for e in log_events(tmp_path / "scorer.log")},
+                              10, "the scorer's tokens_reloaded")
             await optimizer.stub.ResumeRun(pb.ResumeRunRequest(run_id=run.run_id))
             async for _ in optimizer.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id)):
                 pass
@@ -155,7 +157,6 @@ async def test_a_spent_scorer_budget_stops_the_run_at_once_and_it_resumes_once_r
             assert resumed.counters.iterations_done == 3
     finally:
         stop_process(process, signal.SIGTERM)
-    assert "tokens_reloaded" in (tmp_path / "scorer.log").read_text()
 
 
 async def test_the_scorer_client_retries_a_rate_limit_after_the_delay_the_scorer_names(tiny_clip_dir, image_task_dir,
@@ -163,16 +164,16 @@ async def test_the_scorer_client_retries_a_rate_limit_after_the_delay_the_scorer
     tokens = tmp_path / "scorer-tokens.json"
     tokens.write_text(json.dumps({"tokens": [{"name": "optimizer", "token": "paced-token", "rights": ["score"],
                                                "requests_per_second": 2, "burst": 1}]}))
-    metrics_port = free_port()
-    process, address = start_scorer(tiny_clip_dir, {TASK: image_task_dir}, tmp_path / "cache", tmp_path / "scorer.log",
-                                    "--shots", "3", "--tokens-file", str(tokens), "--metrics-port", str(metrics_port))
+    scorer = scorer_service(tiny_clip_dir, {TASK: image_task_dir}, tmp_path / "cache", tmp_path / "scorer.log",
+                            "--shots", "3", "--tokens-file", str(tokens), metrics=True)
+    process, address = scorer.process, scorer.address
     try:
         settings = ScorerSettings(address=address, token="paced-token", deadline_s=10.0, grace_s=30.0)
         async with open_optimizer(settings, llm, tmp_path / "state") as optimizer:
             started = time.monotonic()
             run, _ = await optimizer.run_to_end(restarts=1, resets=1, iterations=3, ensemble_size=1)
             elapsed = time.monotonic() - started
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+        metrics = urllib.request.urlopen(scorer.metrics_url, timeout=5).read().decode()
     finally:
         stop_process(process, signal.SIGTERM)
     assert (run.state, run.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "finished")

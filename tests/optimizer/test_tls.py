@@ -19,7 +19,7 @@ async def test_mtls_to_the_scorer_and_on_the_optimizer_api(tiny_clip_dir, image_
     certs = make_certs(tmp_path / "certs")
     mtls = TlsFiles(str(certs.server_cert), str(certs.server_key), client_ca=str(certs.ca))
     scorer = ScorerApp(ScorerConfig(model=str(tiny_clip_dir), tasks=(TaskSource(TASK, image_task_dir),), shots=3, port=0,
-                                    metrics_port=0, cache_dir=tmp_path / "cache", tls=mtls))
+                                    metrics_port=None, cache_dir=tmp_path / "cache", tls=mtls))
     scorer_port = await scorer.start()
     try:
         to_scorer = ScorerSettings(address=f"localhost:{scorer_port}", tls_ca=str(certs.ca), tls_cert=str(certs.client_cert),

@@ -21,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from optimizer_service.baselines import coop_prompt, hand_engineered
+from promptclimb_common.port_file import BoundPorts
 from promptclimb_common.processes import as_child
 from reproduce.__main__ import main as reproduce_main
 from reproduce.grid import GridError, load_grid
@@ -278,8 +279,9 @@ def test_sigkill_of_reproduce_leaves_no_child_behind(tiny_clip_dir, tmp_path):
                 assert grid.poll() is None and time.monotonic() < deadline, "reproduce never reached its first LLM call"
                 time.sleep(0.2)
             children = _children(grid.pid)
-            ports = [int(a.split(b"\0")[0]) for pid in children
-                     for a in open(f"/proc/{pid}/cmdline", "rb").read().split(b"--port\0")[1:]]  # noqa: SIM115
+            port_files = [Path(a.split(b"\0")[0].decode()) for pid in children
+                          for a in open(f"/proc/{pid}/cmdline", "rb").read().split(b"--port-file\0")[1:]]  # noqa: SIM115
+            ports = [BoundPorts.read(path).grpc for path in port_files]
             assert children and len(ports) == 1 and _serves(ports[0])
             grid.send_signal(signal.SIGKILL)
             grid.wait()

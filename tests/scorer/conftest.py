@@ -43,7 +43,7 @@ def base_config(tiny_clip_dir, image_task_dir, tmp_path_factory) -> ScorerConfig
         shots=2,
         seed=1,
         port=0,
-        metrics_port=0,
+        metrics_port=None,
         cache_dir=tmp_path_factory.mktemp("feature-cache"),
         state_dir=tmp_path_factory.mktemp("scorer-state"),
         max_templates_per_request=16,

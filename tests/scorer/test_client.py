@@ -13,7 +13,7 @@ from promptclimb.client import CallError, Retry, Scorer, Tls
 from promptclimb.scorer.v1 import scorer_pb2
 from promptclimb_common.grpc_runtime import TlsFiles
 from scorer_service.app import ScorerApp
-from tests.procs import free_port
+from tests.procs import held_port
 from tests.scorer.conftest import TOKENS
 from tests.tls_certs import make_certs
 
@@ -66,20 +66,20 @@ async def test_mtls_needs_the_client_certificate(base_config, certs):
 
 
 async def test_a_call_waits_out_a_scorer_that_is_still_starting(base_config):
-    port = free_port()
-    app = ScorerApp(replace(base_config, port=port))
+    with held_port() as port:  # the address is known, and refuses connections, before the server binds it
+        app = ScorerApp(replace(base_config, port=port))
 
-    async def start_late():
-        await asyncio.sleep(1.0)
-        await app.start()
+        async def start_late():
+            await asyncio.sleep(1.0)  # a slow start, not an ordering: the call must wait it out whatever its timing
+            await app.start()
 
-    starting = asyncio.create_task(start_late())
-    started = time.monotonic()
-    try:
-        async with Scorer(f"127.0.0.1:{port}", retry=Retry(attempts=30, initial_backoff_s=0.1, max_backoff_s=0.5),
-                          deadline_s=60) as scorer:
-            reply = await scorer.score(REQUEST)
-        assert reply.results[0].total == 8 and time.monotonic() - started >= 1.0
-    finally:
-        await starting
-        await app.stop()
+        starting = asyncio.create_task(start_late())
+        started = time.monotonic()
+        try:
+            async with Scorer(f"127.0.0.1:{port}", retry=Retry(attempts=30, initial_backoff_s=0.1, max_backoff_s=0.5),
+                              deadline_s=60) as scorer:
+                reply = await scorer.score(REQUEST)
+            assert reply.results[0].total == 8 and time.monotonic() - started >= 1.0
+        finally:
+            await starting
+            await app.stop()

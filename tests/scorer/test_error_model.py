@@ -8,11 +8,13 @@ from dataclasses import replace
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.auth import AuthConfigError, parse_tokens
 from promptclimb_common.errors import details_of
 from scorer_service.app import ScorerApp
+from tests.procs import await_until
 
 TEAM = (("authorization", "Bearer t-secret"),)
 
@@ -47,7 +49,7 @@ async def test_refused_failed_and_invalid_work_is_not_charged(base_config, budge
             stub = scorer_pb2_grpc.ScorerStub(channel)
             first = asyncio.ensure_future(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["queued {}"]),
                                                      metadata=TEAM))
-            await asyncio.sleep(0.3)
+            await await_until(lambda: REGISTRY.get_sample_value("scorer_queued_prompts"), 10, "the first call in the queue")
             for attempt in range(5):
                 busy = details_of(await refusal(stub.Score(
                     scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"busy {attempt} {{}}"]), metadata=TEAM)))

@@ -13,15 +13,7 @@ import grpc
 import pytest
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from tests.procs import REPO, start_scorer, stop_process
-
-
-def events(log_path) -> list[dict]:
-    out = []
-    for line in log_path.read_text().splitlines():
-        if line.startswith("{"):
-            out.append(json.loads(line))
-    return out
+from tests.procs import REPO, log_events, scorer_service, scraped, start_scorer, stop_process, wait_until
 
 
 def test_feature_cache_is_reused_across_restarts(tiny_clip_dir, image_task_dir, tmp_path):
@@ -33,7 +25,7 @@ def test_feature_cache_is_reused_across_restarts(tiny_clip_dir, image_task_dir, 
             reply = scorer_pb2_grpc.ScorerStub(channel).Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"]))
         assert reply.results[0].total == 1 * 4  # default 1 shot
         assert stop_process(process) == 0
-        kinds = [e["event"] for e in events(log_path)]
+        kinds = [e["event"] for e in log_events(log_path)]
         if run == "first":
             assert kinds.count("image_features_computed") == 2 and "image_features_loaded" not in kinds
         else:
@@ -42,9 +34,11 @@ def test_feature_cache_is_reused_across_restarts(tiny_clip_dir, image_task_dir, 
 
 def test_sigterm_lets_in_flight_calls_finish(tiny_clip_dir, image_task_dir, tmp_path):
     # a 1.5 s batching delay keeps the call in flight while SIGTERM arrives
-    process, address = start_scorer(
-        tiny_clip_dir, {"shapes": image_task_dir}, tmp_path / "cache", tmp_path / "scorer.log", "--max-batch-delay-ms", "1500"
+    scorer = scorer_service(
+        tiny_clip_dir, {"shapes": image_task_dir}, tmp_path / "cache", tmp_path / "scorer.log", "--max-batch-delay-ms", "1500",
+        metrics=True,
     )
+    process, address = scorer.process, scorer.address
     outcome = {}
 
     def call():
@@ -54,12 +48,12 @@ def test_sigterm_lets_in_flight_calls_finish(tiny_clip_dir, image_task_dir, tmp_
 
     caller = threading.Thread(target=call)
     caller.start()
-    time.sleep(0.5)
+    wait_until(lambda: scraped(scorer.metrics_url, "scorer_queued_prompts"), 10, "the call waiting in the batching window")
     process.send_signal(signal.SIGTERM)
     caller.join(30)
     assert outcome["reply"].results[0].total == 4
     assert stop_process(process) == 0
-    kinds = [e["event"] for e in events(tmp_path / "scorer.log")]
+    kinds = [e["event"] for e in log_events(tmp_path / "scorer.log")]
     assert kinds.index("shutdown_requested") < kinds.index("grpc_server_stopped")
 
 
@@ -152,9 +146,7 @@ def test_tokens_rotate_on_sighup_and_a_broken_file_keeps_the_current_ones(tiny_c
 
     def hang_up_and_wait(event: str, count: int) -> None:
         process.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while sum(1 for e in events(log_path) if e["event"] == event) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: sum(1 for e in log_events(log_path) if e["event"] == event) >= count, 10, f"{event} #{count}")
 
     try:
         assert code_with("old-secret") == grpc.StatusCode.OK

@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.errors import details_of
 from scorer_service.app import ScorerApp
+from tests.procs import await_until
 from tests.scorer.conftest import bearer
 
 
@@ -201,7 +202,7 @@ async def test_calls_beyond_the_concurrency_bound_are_refused_not_queued(base_co
             stub = scorer_pb2_grpc.ScorerStub(channel)
             bound_one = scorer_pb2.ScoreRequest(task_id="shapes", templates=["bound one {}"])
             first = asyncio.ensure_future(stub.Score(bound_one))
-            await asyncio.sleep(0.3)
+            await await_until(lambda: sample("scorer_queued_prompts"), 10, "the first call waiting for the encoder")
             await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["bound two {}"])),
                                 grpc.StatusCode.RESOURCE_EXHAUSTED)
             assert (await first).results[0].total == 8
