@@ -37,8 +37,10 @@ from scorer_service.batcher import TextEncodeBatcher
 from scorer_service.cpu_kernels import use_onednn_kernels
 from scorer_service.datasets import Dataset, Task
 from scorer_service.features import SplitFeatures
-from scorer_service.model import ClipEncoder, load_clip
+from scorer_service.factory import load_clip
+from scorer_service.model import ClipEncoder
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
+from scorer_service.tokenizer import PromptTokenizer
 from testbed.random_clip import SHAPES
 from testbed.tokenizer import clip_tokenizer
 from testbed.train import CLASS_NAMES, ensure_model, full_test_features
@@ -67,7 +69,7 @@ def build_encoder(tokenizer: CLIPTokenizer, dtype: torch.dtype = torch.float32, 
     model = CLIPModel(config).eval().to(device, dtype)
     if onednn and not use_onednn_kernels(model):
         raise SystemExit("oneDNN's fp32 linear is unavailable or not fp32 here; see scorer_service/cpu_kernels.py")
-    return ClipEncoder("random ViT-B/32 text tower", model, tokenizer, None, device, dtype)
+    return ClipEncoder("random ViT-B/32 text tower", model, PromptTokenizer(tokenizer, 77), None, device, dtype)
 
 
 # torch.utils.flop_counter knows aten's matmuls; these two CPU kernels it does not.
@@ -161,7 +163,7 @@ def per_template_step(padding: str) -> Step:
     def step(encoder: ClipEncoder, templates: list[str], names: list[str]) -> list[torch.Tensor]:
         embeddings = []
         for template in templates:
-            batch = encoder.tokenizer([fill(template, n) for n in names], padding=padding, max_length=77, return_tensors="pt")
+            batch = encoder.tokenizer.hf([fill(template, n) for n in names], padding=padding, max_length=77, return_tensors="pt")
             with torch.inference_mode():
                 out = encoder.model.get_text_features(**batch.to(encoder.device))
             out = out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -204,7 +206,7 @@ def run_step(name: str, step: Step, encoder: ClipEncoder, templates: list[str], 
 
 def cached_repeat_step(encoder: ClipEncoder, templates: list[str], names: list[str], features: torch.Tensor,
                        labels: torch.Tensor) -> StepResult:
-    """The whole TemplateScorer.score call for templates already in the text cache."""
+    """The whole TemplateScorer.score_candidates call for templates already in the text cache."""
 
     async def score_twice() -> float:
         batcher = TextEncodeBatcher(encoder.encode_text, 4096, 0.0, 10**7)
@@ -213,11 +215,12 @@ def cached_repeat_step(encoder: ClipEncoder, templates: list[str], names: list[s
         dataset = Dataset("bench", tuple(names), (), ())
         task = Task("bench", dataset, 1, 1, {})
         split = SplitFeatures(features.to(encoder.device, encoder.dtype), labels.to(encoder.device))
-        await scorer.score(task, "train", split, templates)
+        await scorer.score_candidates(task, "train", split, templates, [])
         reset_peak_memory(encoder.device)
         started = time.perf_counter()
-        await scorer.score(task, "train", split, templates)
+        await scorer.score_candidates(task, "train", split, templates, [])
         elapsed = time.perf_counter() - started
+        scorer.close()
         await batcher.close()
         return elapsed
 
@@ -328,7 +331,7 @@ def main() -> None:
         features, labels = image_features(IMAGES, SHAPES["vit-b-32"].projection_dim, count)
         templates = TEMPLATES[: max(1, min(args.templates, args.max_prompts // count))]
         slow = templates[: args.baseline_templates]
-        mean_tokens = sum(fp32.token_lengths([fill(t, n) for t in templates for n in names])) / (len(templates) * count)
+        mean_tokens = sum(fp32.tokenizer.lengths([fill(t, n) for t in templates for n in names])) / (len(templates) * count)
         pad_77, pad_longest = per_template_step("max_length"), per_template_step("longest")
         steps: list[tuple[str, Step, ClipEncoder, list[str], float | None]] = [
             ("baseline: per template, pad 77, fp32", pad_77, fp32, slow, fp32_peak),

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import structlog
@@ -178,7 +179,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-Registrar = Callable[[object, grpc.aio.Server], None]
+# Takes the servicer its stub module generated for (any of them), so: Any, not object (parameters are contravariant).
+Registrar = Callable[[Any, grpc.aio.Server], None]
 
 
 class GrpcService:

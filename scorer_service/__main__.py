@@ -25,9 +25,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m scorer_service") 
     except UnwritablePathError as err:
         return startup_failed(err)
     # Imported only now: torch and the model stack take seconds to load, and a bad path must fail at once.
-    from scorer_service.model import ModelLoadError
+    from scorer_service.app import ScorerApp
+    from scorer_service.factory import ModelLoadError
     from scorer_service.quota import QuotaStoreError
-    from scorer_service.server import ScorerApp
 
     try:
         asyncio.run(ScorerApp(config).run_until_signalled())

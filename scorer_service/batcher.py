@@ -3,7 +3,9 @@
 The encoder is far more efficient on one large batch than on many small ones,
 so a call's prompts wait up to `max_delay_s` for other calls to join. The
 queue is bounded in prompts: beyond it a call is refused (QueueFullError),
-never left to grow memory without limit.
+never left to grow memory without limit. A batch never exceeds
+`max_batch_prompts`: a bigger call is encoded over several batches, so a call
+its client cancels stops using the encoder after the batch in hand.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ class QueueFullError(RuntimeError):
 class _Job:
     prompts: Sequence[str]
     prefixes: Sequence[str | None]
-    future: asyncio.Future
+    future: asyncio.Future[torch.Tensor]
     enqueued: float = field(default_factory=time.perf_counter)
+    taken: int = 0  # prompts already taken into batches
+    parts: list[torch.Tensor] = field(default_factory=list)  # their embeddings, batch by batch
 
 
 class TextEncodeBatcher:
@@ -86,12 +90,29 @@ class TextEncodeBatcher:
         self._queued = value
         metrics.QUEUED_PROMPTS.set(value)
 
-    def _take_batch(self) -> list[_Job]:
-        batch, size = [], 0
-        while self._jobs and (not batch or size + len(self._jobs[0].prompts) <= self.max_batch_prompts):
-            job = self._jobs.popleft()
-            batch.append(job)
-            size += len(job.prompts)
+    def _take_batch(self) -> list[tuple[_Job, int, int]]:
+        """Up to max_batch_prompts prompts, as (job, start, end) slices: whole jobs while they fit, else a slice
+        of the first; jobs whose caller gave up (their future is done) are dropped, their prompts never encoded."""
+        batch: list[tuple[_Job, int, int]] = []
+        size = 0
+        while self._jobs and size < self.max_batch_prompts:
+            job = self._jobs[0]
+            remaining = len(job.prompts) - job.taken
+            if job.future.done():
+                self._jobs.popleft()
+                self._set_queued(self._queued - remaining)
+                if job.future.cancelled():
+                    metrics.ABANDONED_PROMPTS.inc(remaining)
+                continue
+            room = self.max_batch_prompts - size
+            if batch and remaining > room:
+                break
+            end = job.taken + min(remaining, room)
+            batch.append((job, job.taken, end))
+            size += end - job.taken
+            job.taken = end
+            if end == len(job.prompts):
+                self._jobs.popleft()
         self._set_queued(self._queued - size)
         return batch
 
@@ -103,29 +124,32 @@ class TextEncodeBatcher:
             while self._jobs:
                 if self._queued < self.max_batch_prompts and self.max_delay_s > 0:
                     await asyncio.sleep(self.max_delay_s)  # let concurrent calls join this batch
-                batch = [job for job in self._take_batch() if not job.future.done()]
+                batch = self._take_batch()
                 if not batch:
                     continue
-                prompts = [p for job in batch for p in job.prompts]
-                prefixes = [p for job in batch for p in job.prefixes]
+                prompts = [p for job, start, end in batch for p in job.prompts[start:end]]
+                prefixes = [p for job, start, end in batch for p in job.prefixes[start:end]]
                 now = time.perf_counter()
-                for job in batch:
-                    metrics.QUEUE_WAIT.observe(now - job.enqueued)
+                for job, start, _ in batch:
+                    if start == 0:
+                        metrics.QUEUE_WAIT.observe(now - job.enqueued)
                 metrics.BATCH_PROMPTS.observe(len(prompts))
                 metrics.BATCH_REQUESTS.observe(len(batch))
                 try:
                     embeddings = await loop.run_in_executor(self._executor, self._timed_encode, prompts, prefixes)
-                except Exception as err:  # noqa: BLE001 - fail this batch's calls, keep serving
+                except Exception as err:  # fail this batch's calls, keep serving
                     log.exception("text_encode_failed", prompts=len(prompts))
-                    for job in batch:
+                    for job, _, _ in batch:
                         if not job.future.done():
-                            job.future.set_exception(err)
+                            job.future.set_exception(err)  # a remainder still queued is dropped with it
                     continue
-                start = 0
-                for job in batch:
+                offset = 0
+                for job, start, end in batch:
                     if not job.future.done():
-                        job.future.set_result(embeddings[start : start + len(job.prompts)])
-                    start += len(job.prompts)
+                        job.parts.append(embeddings[offset : offset + end - start])
+                        if end == len(job.prompts):
+                            job.future.set_result(job.parts[0] if len(job.parts) == 1 else torch.cat(job.parts))
+                    offset += end - start
 
     def _timed_encode(self, prompts: list[str], prefixes: list[str | None]) -> torch.Tensor:
         started = time.perf_counter()

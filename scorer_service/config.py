@@ -54,7 +54,7 @@ class ScorerConfig(ServingConfig):
     max_templates_per_request: int = 256
     max_template_bytes: int = 1024
     max_message_bytes: int = 4 * 1024 * 1024
-    max_batch_prompts: int = 0  # 0: by device, see model.default_batch_prompts
+    max_batch_prompts: int = 0  # 0: by device, see device.default_batch_prompts
     max_batch_delay_ms: float = 5.0
     max_queued_prompts: int = 200_000
     text_cache_bytes: int = 512 * 1024 * 1024

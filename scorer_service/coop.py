@@ -83,9 +83,11 @@ def check_layout(name: str, root: Path) -> None:
         files, folders = list(FGVC_LISTS), ["images"]
     else:
         files, folders = [SPLIT_FILE_DATASETS[name].split_file], [SPLIT_FILE_DATASETS[name].image_dir]
-    missing = [root / f for f in files if not (root / f).is_file()] + [root / f for f in folders if not (root / f).is_dir()]
+    missing = [root / f for f in files if not (root / f).is_file()]
+    missing += [root / f for f in folders if not (root / f).is_dir()]
     if missing:
-        raise DatasetError(f"CoOp dataset {name!r} is incomplete: {missing[0].resolve()} is missing (see CoOp's DATASETS.md)")
+        raise DatasetError(f"CoOp dataset {name!r} is incomplete: {missing[0].resolve()} is missing "
+                           "(see CoOp's DATASETS.md)")
 
 
 def load_coop(name: str, root: Path) -> Dataset:
@@ -115,11 +117,13 @@ def _load_split_file(name: str, root: Path, layout: SplitFileLayout) -> Dataset:
     if missing:
         raise DatasetError(f"{split_path.resolve()} has no {' or '.join(repr(k) for k in missing)} list")
     image_dir = root / layout.image_dir
-    entries = {key: [_split_entry(split_path, key, i, e) for i, e in enumerate(split[key])] for key in ("train", "test")}
+    entries = {key: [_split_entry(split_path, key, i, e) for i, e in enumerate(split[key])]
+               for key in ("train", "test")}
     names: dict[int, str] = {}
     for label, class_name in (e[1:] for key in ("train", "test") for e in entries[key]):
         if names.setdefault(label, class_name) != class_name:
-            raise DatasetError(f"{split_path.resolve()}: label {label} is named both {names[label]!r} and {class_name!r}")
+            raise DatasetError(f"{split_path.resolve()}: label {label} is named both {names[label]!r} "
+                               f"and {class_name!r}")
     return _dataset(name, root, names,
                     {key: [(image_dir / path, label) for path, label, _ in entries[key]] for key in ("train", "test")})
 
@@ -131,7 +135,8 @@ def _split_entry(split_path: Path, key: str, index: int, entry: object) -> tuple
         label = int(label)
     if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
             and isinstance(label, int) and not isinstance(label, bool) and isinstance(entry[2], str)):
-        raise DatasetError(f"{split_path.resolve()}: {key}[{index}] is {entry!r}; expected [relative_path, label, classname]")
+        raise DatasetError(f"{split_path.resolve()}: {key}[{index}] is {entry!r}; "
+                           "expected [relative_path, label, classname]")
     return entry[0], label, entry[2]
 
 
@@ -145,14 +150,16 @@ def _load_fgvc_aircraft(root: Path) -> Dataset:
         for line in filter(None, (raw.strip() for raw in list_path.read_text().splitlines())):
             image_id, _, variant = line.partition(" ")
             if variant not in label_of:
-                raise DatasetError(f"{list_path.resolve()}: variant {variant!r} of image {image_id} is not in variants.txt")
+                raise DatasetError(f"{list_path.resolve()}: variant {variant!r} of image {image_id} "
+                                   "is not in variants.txt")
             items.append((root / "images" / f"{image_id}.jpg", label_of[variant]))
         splits[key] = items
     return _dataset("fgvc_aircraft", root, {label: variant for variant, label in label_of.items()}, splits)
 
 
 def _load_imagenet(root: Path) -> Dataset:
-    """Labels are the sorted train class folders' positions; val is labelled by folder name, so it may not add classes."""
+    """Labels are the sorted train class folders' positions; val is labelled by folder name, so it may not add
+    classes."""
     class_file = root / "classnames.txt"
     name_of = {}
     for line in filter(None, (raw.strip() for raw in class_file.read_text().splitlines())):
@@ -162,7 +169,8 @@ def _load_imagenet(root: Path) -> Dataset:
     wnids = _class_folders(train_dir)
     unnamed = [w for w in wnids if w not in name_of]
     if unnamed:
-        raise DatasetError(f"CoOp dataset 'imagenet': {(train_dir / unnamed[0]).resolve()} is not in {class_file.resolve()}")
+        raise DatasetError(f"CoOp dataset 'imagenet': {(train_dir / unnamed[0]).resolve()} "
+                           f"is not in {class_file.resolve()}")
     strays = [w for w in _class_folders(val_dir) if w not in wnids]
     if strays:
         raise DatasetError(f"CoOp dataset 'imagenet': {(val_dir / strays[0]).resolve()} has no train folder")
@@ -218,7 +226,8 @@ def read_saved_few_shot(root: Path, dataset: Dataset, shots: int, seed: int) -> 
         parts = PurePath(impath).parts
         image = next((by_relative[parts[i:]] for i in range(len(parts)) if parts[i:] in by_relative), None)
         if image is None:
-            raise DatasetError(f"{path.resolve()}: {impath} is not in the train split; the file is stale, remove it to draw again")
+            raise DatasetError(f"{path.resolve()}: {impath} is not in the train split; "
+                               "the file is stale, remove it to draw again")
         if image.label != label:
             raise DatasetError(f"{path.resolve()}: {impath} has label {label}, the split file {image.label}; "
                                "the file is stale, remove it to draw again")
@@ -230,12 +239,13 @@ def read_saved_few_shot(root: Path, dataset: Dataset, shots: int, seed: int) -> 
 def _dataset(name: str, root: Path, names: dict[int, str], splits: dict[str, list[tuple[Path, int]]]) -> Dataset:
     """Checks labels run 0..n-1 and every listed image exists, then builds the Dataset."""
     if len(names) < 2 or sorted(names) != list(range(len(names))):
-        raise DatasetError(f"CoOp dataset {name!r} at {root.resolve()}: labels must run 0..n-1 over at least 2 classes, "
-                           f"found {sorted(names)[:10]}")
+        raise DatasetError(f"CoOp dataset {name!r} at {root.resolve()}: labels must run 0..n-1 "
+                           f"over at least 2 classes, found {sorted(names)[:10]}")
     for key, items in splits.items():
         absent = [path for path, _ in items if not path.is_file()]
         if absent:
             raise DatasetError(f"CoOp dataset {name!r} is incomplete: {len(absent)} {key} image(s) missing, "
                                f"first {absent[0].resolve()}")
     class_names = tuple(class_name_from_folder(names[label]) for label in range(len(names)))
-    return Dataset(name, class_names, *(tuple(LabeledImage(p, label) for p, label in splits[key]) for key in ("train", "test")))
+    train, test = (tuple(LabeledImage(p, label) for p, label in splits[key]) for key in ("train", "test"))
+    return Dataset(name, class_names, train, test)

@@ -18,6 +18,7 @@ if the check fails, so predictions never move beyond float noise.
 from __future__ import annotations
 
 import functools
+import typing
 
 import structlog
 import torch
@@ -33,7 +34,8 @@ _FP32_TOLERANCE = 1e-5
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none",
             algorithm: str = "") -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], algorithm)
+    out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], algorithm)
+    return out
 
 
 class OneDnnLinear(nn.Linear):
@@ -101,7 +103,7 @@ def use_onednn_kernels(model: nn.Module) -> int:
     for module in model.modules():
         if type(module) is CLIPMLP and module.config.hidden_act in _FUSIBLE_ACTIVATIONS and _is_cpu_fp32(module.fc1):
             module.__class__ = OneDnnClipMlp
-            module.fuse()
+            typing.cast(OneDnnClipMlp, module).fuse()
             changed += 1
         elif type(module) is nn.Linear and _is_cpu_fp32(module):
             module.__class__ = OneDnnLinear

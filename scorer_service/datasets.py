@@ -99,7 +99,8 @@ def load_image_folder(root: Path, split_seed: int = 0, test_fraction: float = 0.
         raise DatasetError(f"{root.resolve()} has class folders that name the same class once '_' is read as a space")
 
     def labelled(by_class: dict[str, list[Path]]) -> tuple[LabeledImage, ...]:
-        return tuple(LabeledImage(path, folders.index(folder)) for folder in folders for path in by_class.get(folder, []))
+        return tuple(LabeledImage(path, folders.index(folder))
+                     for folder in folders for path in by_class.get(folder, []))
 
     return Dataset(root.name, class_names, labelled(train_by_class), labelled(test_by_class))
 

@@ -61,7 +61,8 @@ def _encode(encoder: ClipEncoder, images: tuple[LabeledImage, ...], batch_size: 
 
 
 def load_split_features(
-    encoder: ClipEncoder, model_identity: str, images: tuple[LabeledImage, ...], cache_dir: Path, batch_size: int, what: str
+    encoder: ClipEncoder, model_identity: str, images: tuple[LabeledImage, ...], cache_dir: Path, batch_size: int,
+    what: str,
 ) -> SplitFeatures:
     """Reads the split's features from the cache, or encodes and stores them."""
     key = cache_key(model_identity, images)

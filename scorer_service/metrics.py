@@ -24,6 +24,10 @@ QUEUE_WAIT = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 QUEUED_PROMPTS = Gauge("scorer_queued_prompts", "Class prompts waiting for the text encoder.")
+ABANDONED_PROMPTS = Counter(
+    "scorer_abandoned_prompts_total",
+    "Class prompts of calls cancelled by their client, dropped before checking or encoding.",
+)
 ENCODE_SECONDS = Histogram(
     "scorer_encode_seconds", "Text-encoder time per batch.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
@@ -33,5 +37,7 @@ IMAGE_FEATURES_SECONDS = Histogram(
     ["source"], buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
 )
 MODEL_INFO = Info("scorer_model", "The CLIP checkpoint being served.")
-TOKEN_EVALUATIONS = Counter("scorer_token_evaluations_total", "Templates charged to each token's evaluation budget.", ["token"])
+TOKEN_EVALUATIONS = Counter(
+    "scorer_token_evaluations_total", "Templates charged to each token's evaluation budget.", ["token"]
+)
 TOKEN_REQUESTS = Counter("scorer_token_requests_total", "Score calls by token name and split.", ["token", "split"])

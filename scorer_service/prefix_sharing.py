@@ -95,13 +95,16 @@ def encode_with_shared_prefixes(
     kp, vp = _heads(attn.k_proj(normed_p), heads), _heads(attn.v_proj(normed_p), heads)
     ks, vs = _heads(attn.k_proj(normed_s), heads), _heads(attn.v_proj(normed_s), heads)
     q_eot = _heads(attn.q_proj(normed_s[rows, eot][:, None]), heads)  # [n, h, 1, d]
-    out = _suffix_attention(q_eot, kp[group], vp[group], ks, vs, prefix_bias, causal_bias[eot][:, None, None], attn.scale)
+    out = _suffix_attention(q_eot, kp[group], vp[group], ks, vs, prefix_bias, causal_bias[eot][:, None, None],
+                            attn.scale)
     pooled = suffix_h[rows, eot][:, None] + attn.out_proj(_merge_heads(out))
     pooled = pooled + last.mlp(last.layer_norm2(pooled))
-    return model.text_projection(text.final_layer_norm(pooled[:, 0]))
+    projected: torch.Tensor = model.text_projection(text.final_layer_norm(pooled[:, 0]))
+    return projected
 
 
-def _suffix_attention(q, kp_rows, vp_rows, ks, vs, prefix_bias, suffix_bias, scale) -> torch.Tensor:
+def _suffix_attention(q: torch.Tensor, kp_rows: torch.Tensor, vp_rows: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor,
+                      prefix_bias: torch.Tensor, suffix_bias: torch.Tensor, scale: float) -> torch.Tensor:
     """Suffix queries attending to their prefix's keys and to the suffix's (masked by the biases).
 
     kp_rows and vp_rows [n, h, P, d] are the prefix's keys and values per suffix row: small, P is a few tokens.

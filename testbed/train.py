@@ -183,7 +183,7 @@ def full_test_features(encoder: ClipEncoder, source: Path = DEBIAN_DIR) -> tuple
 @torch.inference_mode()
 def zero_shot_accuracies(model_dir: Path, templates: list[str], source: Path = DEBIAN_DIR) -> dict[str, float]:
     """Test-set accuracy of each template on the full 10,000 test images, through the scorer's loader."""
-    from scorer_service.model import load_clip
+    from scorer_service.factory import load_clip
 
     encoder = load_clip(str(model_dir), device="cpu", dtype="float32", cpu_matmul="torch")
     features, target = full_test_features(encoder, source)

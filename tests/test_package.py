@@ -81,7 +81,7 @@ def test_the_wheel_carries_the_generated_stubs_and_the_console_scripts(installed
         [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         scripts = archive.read(entry_points).decode()
     assert set(STUBS) <= names
-    assert {"promptclimb/client.py", "promptclimb/py.typed", "scorer_service/server.py", "optimizer_service/server.py"} <= names
+    assert {"promptclimb/client.py", "promptclimb/py.typed", "scorer_service/app.py", "optimizer_service/server.py"} <= names
     assert not [n for n in names if n.startswith(("tests/", "protos/"))]
     for script, target in SCRIPTS.items():
         assert f"{script} = {target}" in scripts

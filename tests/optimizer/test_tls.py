@@ -9,8 +9,8 @@ from optimizer_service.config import ScorerSettings
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from promptclimb_common.grpc_runtime import TlsFiles, channel_credentials
+from scorer_service.app import ScorerApp
 from scorer_service.config import ScorerConfig, TaskSource
-from scorer_service.server import ScorerApp
 from tests.optimizer.conftest import TASK, open_optimizer
 from tests.tls_certs import make_certs
 

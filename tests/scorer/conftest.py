@@ -11,8 +11,8 @@ import pytest
 import pytest_asyncio
 
 from promptclimb.scorer.v1 import scorer_pb2_grpc
+from scorer_service.app import ScorerApp
 from scorer_service.config import ScorerConfig, TaskSource
-from scorer_service.server import ScorerApp
 
 TOKENS = {
     "client": ("client-token-123", ["score"]),
@@ -26,9 +26,10 @@ def bearer(name: str) -> tuple[tuple[str, str], ...]:
 
 
 @pytest.fixture(scope="session")
-def tokens_file(tmp_path_factory) -> Path:
+def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("auth") / "tokens.json"
-    entries = [{"name": name, "token": token, "rights": rights} for name, (token, rights) in TOKENS.items()]
+    entries: list[dict[str, object]] = [{"name": name, "token": token, "rights": rights}
+                                        for name, (token, rights) in TOKENS.items()]
     entries[-1].update(requests_per_second=0.01, burst=2)
     path.write_text(json.dumps({"tokens": entries}))
     return path
@@ -51,7 +52,8 @@ def base_config(tiny_clip_dir, image_task_dir, tmp_path_factory) -> ScorerConfig
     )
 
 
-async def _serve(config: ScorerConfig):
+async def serve_scorer(config: ScorerConfig):
+    """A started ScorerApp and a plaintext channel to it; stopped after."""
     app = ScorerApp(config)
     port = await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
@@ -65,12 +67,12 @@ async def _serve(config: ScorerConfig):
 @pytest_asyncio.fixture(scope="session")
 async def open_scorer(base_config):
     """Auth off: anonymous callers may score train, not test."""
-    async for app, channel in _serve(base_config):
+    async for app, channel in serve_scorer(base_config):
         yield app, scorer_pb2_grpc.ScorerStub(channel), channel
 
 
 @pytest_asyncio.fixture(scope="session")
 async def locked_scorer(base_config, tokens_file):
     """Auth on, from the tokens file."""
-    async for app, channel in _serve(replace(base_config, tokens_file=str(tokens_file))):
+    async for app, channel in serve_scorer(replace(base_config, tokens_file=str(tokens_file))):
         yield app, scorer_pb2_grpc.ScorerStub(channel), channel

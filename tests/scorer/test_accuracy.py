@@ -34,7 +34,8 @@ def reference_accuracy(model_dir: Path, image_root: Path, template: str) -> tupl
 async def test_test_split_accuracy_matches_plain_forward_pass(locked_scorer, tiny_clip_dir, image_task_dir):
     _, stub, _ = locked_scorer
     reply = await stub.Score(
-        scorer_pb2.ScoreRequest(task_id="shapes", templates=TEMPLATES, split=scorer_pb2.SPLIT_TEST), metadata=bearer("admin")
+        scorer_pb2.ScoreRequest(task_id="shapes", templates=TEMPLATES, split=scorer_pb2.SPLIT_TEST),
+        metadata=bearer("admin"),
     )
     assert [r.template for r in reply.results] == TEMPLATES
     assert reply.split == scorer_pb2.SPLIT_TEST

@@ -12,7 +12,7 @@ import pytest
 from promptclimb.client import CallError, Retry, Scorer, Tls
 from promptclimb.scorer.v1 import scorer_pb2
 from promptclimb_common.grpc_runtime import TlsFiles
-from scorer_service.server import ScorerApp
+from scorer_service.app import ScorerApp
 from tests.procs import free_port
 from tests.scorer.conftest import TOKENS
 from tests.tls_certs import make_certs
@@ -27,14 +27,16 @@ def certs(tmp_path_factory):
 
 
 async def test_a_token_over_tls_scores_and_a_missing_one_is_refused_at_once(base_config, tokens_file, certs):
-    app = ScorerApp(replace(base_config, tokens_file=str(tokens_file), tls=TlsFiles(str(certs.server_cert), str(certs.server_key))))
+    server_tls = TlsFiles(str(certs.server_cert), str(certs.server_key))
+    app = ScorerApp(replace(base_config, tokens_file=str(tokens_file), tls=server_tls))
     port = await app.start()
     try:
         address, tls = f"localhost:{port}", Tls(ca=certs.ca)
         async with Scorer(address, token=TOKENS["admin"][0], tls=tls) as scorer:
             tasks = await scorer.list_tasks()
             assert [t.task_id for t in tasks.tasks] == ["shapes"]
-            test = await scorer.score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"], split=scorer_pb2.SPLIT_TEST))
+            test_request = scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"], split=scorer_pb2.SPLIT_TEST)
+            test = await scorer.score(test_request)
             assert test.results[0].total == 12 and test.split == scorer_pb2.SPLIT_TEST
         async with Scorer(address, tls=tls, retry=FAST) as anonymous:
             with pytest.raises(CallError) as caught:
@@ -42,14 +44,15 @@ async def test_a_token_over_tls_scores_and_a_missing_one_is_refused_at_once(base
         assert caught.value.code == grpc.StatusCode.UNAUTHENTICATED and caught.value.attempts == 1
         async with Scorer(address, token=TOKENS["client"][0], tls=tls) as train_only:
             with pytest.raises(CallError) as caught:
-                await train_only.score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"], split=scorer_pb2.SPLIT_TEST))
+                await train_only.score(test_request)
         assert caught.value.code == grpc.StatusCode.PERMISSION_DENIED
     finally:
         await app.stop()
 
 
 async def test_mtls_needs_the_client_certificate(base_config, certs):
-    app = ScorerApp(replace(base_config, tls=TlsFiles(str(certs.server_cert), str(certs.server_key), client_ca=str(certs.ca))))
+    server_tls = TlsFiles(str(certs.server_cert), str(certs.server_key), client_ca=str(certs.ca))
+    app = ScorerApp(replace(base_config, tls=server_tls))
     port = await app.start()
     try:
         async with Scorer(f"localhost:{port}", tls=Tls(certs.ca, certs.client_cert, certs.client_key)) as scorer:

@@ -70,7 +70,7 @@ def test_missing_and_incomplete_datasets_name_the_file(tmp_path):
         load_coop("pets", tmp_path)
     root = write_coop_dataset(tmp_path / "eurosat", "eurosat")
     (root / "split_zhou_EuroSAT.json").unlink()
-    with pytest.raises(DatasetError, match="split_zhou_EuroSAT.json is missing"):
+    with pytest.raises(DatasetError, match=r"split_zhou_EuroSAT\.json is missing"):
         load_coop("eurosat", root)
     root = write_coop_dataset(tmp_path / "food101", "food101")
     next((root / "images" / "black_cat").glob("test_01.jpg")).unlink()
@@ -82,7 +82,7 @@ def test_missing_and_incomplete_datasets_name_the_file(tmp_path):
         load_coop("imagenet", root)
     root = write_coop_dataset(tmp_path / "fgvc", "fgvc_aircraft")
     (root / "images_variant_test.txt").unlink()
-    with pytest.raises(DatasetError, match="images_variant_test.txt is missing"):
+    with pytest.raises(DatasetError, match=r"images_variant_test\.txt is missing"):
         load_coop("fgvc_aircraft", root)
 
 
@@ -134,14 +134,17 @@ def coop_train_listing(root, name) -> list[tuple]:
     position, with each folder's os.listdir order (hidden files and non-images left out)."""
     if name in COOP_SPLIT_FILE_LAYOUT:
         image_dir, split_file = COOP_SPLIT_FILE_LAYOUT[name]
-        return [(root / image_dir / path, int(label)) for path, label, _ in json.loads((root / split_file).read_text())["train"]]
+        entries = json.loads((root / split_file).read_text())["train"]
+        return [(root / image_dir / path, int(label)) for path, label, _ in entries]
     if name == "fgvc_aircraft":
         label_of = {v: i for i, v in enumerate(filter(None, (root / "variants.txt").read_text().splitlines()))}
         lines = filter(None, (root / "images_variant_train.txt").read_text().splitlines())
-        return [(root / "images" / f"{image_id}.jpg", label_of[variant]) for image_id, variant in (line.split(" ", 1) for line in lines)]
+        return [(root / "images" / f"{image_id}.jpg", label_of[variant])
+                for image_id, variant in (line.split(" ", 1) for line in lines)]
     train = root / "images" / "train"
     folders = sorted(entry.name for entry in os.scandir(train) if entry.is_dir())
-    return [(train / folder / file, label) for label, folder in enumerate(folders) for file in os.listdir(train / folder)
+    return [(train / folder / file, label)
+            for label, folder in enumerate(folders) for file in os.listdir(train / folder)
             if not file.startswith(".") and file.endswith(".JPEG")]
 
 
@@ -150,7 +153,8 @@ def test_few_shot_draw_is_dassls_in_coops_order(coop_root, name):
     root = coop_root / name
     listing = coop_train_listing(root, name)
     if name != "imagenet":  # ImageNet's order is its class folders' (sorted), then the file system's
-        assert [label for _, label in listing] != sorted(label for _, label in listing), "the fixture must not be sorted"
+        labels = [label for _, label in listing]
+        assert labels != sorted(labels), "the fixture must not be sorted"
     dataset = load_coop(name, root)
     for seed in (1, 2, 3):
         for shots in (1, 2, 3, 5):  # 5: more than a class has (3), so Dassl repeats images
@@ -171,7 +175,8 @@ def test_imagenet_skips_hidden_and_other_files_and_labels_its_folders_as_coop(tm
         shutil.rmtree(root / "images" / split / "n00000001")
     subset = load_coop("imagenet", root)
     assert subset.class_names == (EXPECTED_CLASSES[0], *EXPECTED_CLASSES[2:])
-    assert {image.path.parent.name: image.label for image in subset.train} == {"n00000000": 0, "n00000002": 1, "n00000003": 2}
+    labels = {image.path.parent.name: image.label for image in subset.train}
+    assert labels == {"n00000000": 0, "n00000002": 1, "n00000003": 2}
     stray = root / "images" / "train" / "n07777777"
     shutil.copytree(root / "images" / "train" / "n00000000", stray)
     with pytest.raises(DatasetError, match=r"images/train/n07777777 is not in .*classnames.txt"):
@@ -187,20 +192,23 @@ def test_string_labels_are_read_as_coop_reads_them(tmp_path):
     path = root / "split_zhou_DescribableTextures.json"
     as_numbers = load_coop("dtd", root)
     split = json.loads(path.read_text())
-    path.write_text(json.dumps({key: [[p, str(label), name] for p, label, name in entries] for key, entries in split.items()}))
+    path.write_text(json.dumps({key: [[p, str(label), name] for p, label, name in entries]
+                                for key, entries in split.items()}))
     assert load_coop("dtd", root) == as_numbers
 
 
 @pytest.fixture
 def dassl_datum(monkeypatch):
-    """A class that pickles under Dassl's name, as the Datum objects in CoOp's split_fewshot files (Dassl is not installed)."""
+    """A class that pickles under Dassl's name, as the Datum objects in CoOp's split_fewshot files (Dassl is not
+    installed)."""
 
     class Datum:
         def __init__(self, impath: str, label: int, classname: str) -> None:
             self._impath, self._label, self._domain, self._classname = impath, label, 0, classname
 
     module = types.ModuleType("dassl.data.datasets.base_dataset")
-    Datum.__module__, Datum.__qualname__, module.Datum = module.__name__, "Datum", Datum
+    Datum.__module__, Datum.__qualname__ = module.__name__, "Datum"
+    module.__dict__["Datum"] = Datum
     for package in ("dassl", "dassl.data", "dassl.data.datasets"):
         monkeypatch.setitem(sys.modules, package, types.ModuleType(package))
     monkeypatch.setitem(sys.modules, module.__name__, module)
@@ -218,12 +226,15 @@ def test_coops_saved_few_shot_files_are_read_instead_of_drawing(tmp_path, dassl_
     train = json.loads((root / "split_zhou_OxfordPets.json").read_text())["train"]
     chosen = [entry for label in (2, 0, 3, 1) for entry in [e for e in train if e[1] == label][-2:]]
     elsewhere = "/home/someone/DATA/oxford_pets/images"  # CoOp saves the absolute paths of the machine that drew them
-    _save_few_shot(root, 2, 3, {"train": [dassl_datum(f"{elsewhere}/{path}", label, name) for path, label, name in chosen],
+    _save_few_shot(root, 2, 3, {"train": [dassl_datum(f"{elsewhere}/{path}", label, name)
+                                          for path, label, name in chosen],
                                 "val": [dassl_datum(f"{elsewhere}/{train[0][0]}", train[0][1], train[0][2])]})
     task = load_coop_task("pets", "oxford_pets", root, shots=2, seed=3)
-    assert [(image.path, image.label) for image in task.splits["train"]] == [(root / "images" / p, label) for p, label, _ in chosen]
+    assert [(image.path, image.label) for image in task.splits["train"]] == [
+        (root / "images" / p, label) for p, label, _ in chosen]
     assert task.splits["train"] != few_shot(task.dataset.train, 2, 3)
-    drawn = load_coop_task("pets", "oxford_pets", root, shots=1, seed=3)  # no saved file for 1 shot: drawn as Dassl draws
+    # No saved file for 1 shot: drawn as Dassl draws.
+    drawn = load_coop_task("pets", "oxford_pets", root, shots=1, seed=3)
     assert drawn.splits["train"] == few_shot(drawn.dataset.train, 1, 3)
 
 
@@ -231,10 +242,12 @@ def test_a_saved_few_shot_file_that_does_not_fit_is_refused_with_its_path(tmp_pa
     root = write_coop_dataset(tmp_path / "dtd", "dtd")
     path, label, name = json.loads((root / "split_zhou_DescribableTextures.json").read_text())["train"][0]
     _save_few_shot(root, 1, 1, {"train": [dassl_datum(f"/old/dtd/images/{path}", label + 1, name)]})
-    with pytest.raises(DatasetError, match=rf"shot_1-seed_1.pkl: /old/dtd/images/{path} has label {label + 1}, the split file {label}"):
+    refused = rf"shot_1-seed_1.pkl: /old/dtd/images/{path} has label {label + 1}, the split file {label}"
+    with pytest.raises(DatasetError, match=refused):
         load_coop_task("dtd", "dtd", root, shots=1, seed=1)
     _save_few_shot(root, 1, 1, {"train": [dassl_datum("/old/dtd/images/elsewhere/x.jpg", label, name)]})
-    with pytest.raises(DatasetError, match=r"shot_1-seed_1.pkl: /old/dtd/images/elsewhere/x.jpg is not in the train split"):
+    with pytest.raises(DatasetError,
+                       match=r"shot_1-seed_1.pkl: /old/dtd/images/elsewhere/x.jpg is not in the train split"):
         load_coop_task("dtd", "dtd", root, shots=1, seed=1)
     _save_few_shot(root, 1, 1, {"train": [print]})  # a pickle may name any callable: only Dassl's Datum is let in
     with pytest.raises(DatasetError, match=r"shot_1-seed_1.pkl is not a CoOp few-shot file: .*builtins.print"):

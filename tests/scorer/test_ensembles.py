@@ -12,8 +12,8 @@ from PIL import Image
 from transformers import CLIPModel, CLIPProcessor
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from scorer_service.app import ScorerApp
 from scorer_service.config import TaskSource
-from scorer_service.server import ScorerApp
 from tests.fixtures import write_coop_dataset
 from tests.scorer.conftest import bearer
 from tests.scorer.test_service import expect_status
@@ -66,7 +66,8 @@ async def test_ensemble_accuracy_matches_plain_transformers(locked_scorer, tiny_
         assert (result.correct, result.total, result.error) == (correct, total, ""), ensemble
         assert result.accuracy == correct / total
     # a one-member ensemble is its template
-    assert (reply.ensemble_results[2].correct, reply.ensemble_results[2].total) == (reply.results[0].correct, reply.results[0].total)
+    pair, single = reply.ensemble_results[2], reply.results[0]
+    assert (pair.correct, pair.total) == (single.correct, single.total)
 
 
 async def test_invalid_ensembles_get_errors_and_the_rest_is_scored(open_scorer):
@@ -85,13 +86,15 @@ async def test_invalid_ensembles_get_errors_and_the_rest_is_scored(open_scorer):
 
 async def test_ensemble_members_count_against_the_request_limit(open_scorer):
     _, stub, _ = open_scorer
+    triple = scorer_pb2.TemplateEnsemble(templates=["{}", "a {}", "the {}"])
+    single = scorer_pb2.TemplateEnsemble(templates=["{}"])
     too_many = scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"{i} {{}}" for i in range(10)],
-                                       ensembles=[scorer_pb2.TemplateEnsemble(templates=["{}", "a {}", "the {}"])] * 2 + [
-                                           scorer_pb2.TemplateEnsemble(templates=["{}"])])
+                                       ensembles=[triple, triple, single])
     await expect_status(stub.Score(too_many), grpc.StatusCode.INVALID_ARGUMENT,
                         "17 templates in one request (ensemble members included)", "limit is 16")
     at_limit = await stub.Score(scorer_pb2.ScoreRequest(
-        task_id="shapes", templates=["{}"], ensembles=[scorer_pb2.TemplateEnsemble(templates=[f"{i} {{}}" for i in range(15)])]))
+        task_id="shapes", templates=["{}"],
+        ensembles=[scorer_pb2.TemplateEnsemble(templates=[f"{i} {{}}" for i in range(15)])]))
     assert at_limit.results[0].total == 8 and at_limit.ensemble_results[0].total == 8
     only_ensembles = await stub.Score(scorer_pb2.ScoreRequest(
         task_id="shapes", ensembles=[scorer_pb2.TemplateEnsemble(templates=["{}", "a {}"])]))
@@ -100,7 +103,8 @@ async def test_ensemble_members_count_against_the_request_limit(open_scorer):
 
 async def test_ensemble_is_one_evaluation_of_the_budget_on_a_coop_task(base_config, tmp_path):
     tokens = tmp_path / "tokens.json"
-    tokens.write_text(json.dumps({"tokens": [{"name": "team", "token": "t-secret", "rights": ["score"], "evaluation_budget": 3}]}))
+    entry = {"name": "team", "token": "t-secret", "rights": ["score"], "evaluation_budget": 3}
+    tokens.write_text(json.dumps({"tokens": [entry]}))
     coop = write_coop_dataset(tmp_path / "dtd", "dtd")
     config = replace(base_config, tokens_file=str(tokens), state_dir=tmp_path / "state",
                      tasks=(TaskSource("dtd", coop, "dtd"),), shots=1)
@@ -118,7 +122,8 @@ async def test_ensemble_is_one_evaluation_of_the_budget_on_a_coop_task(base_conf
             ]), metadata=team)
             assert [r.total for r in reply.ensemble_results] == [4, 4]
             await expect_status(
-                stub.Score(scorer_pb2.ScoreRequest(task_id="dtd", ensembles=[scorer_pb2.TemplateEnsemble(templates=["{}"])]),
+                stub.Score(scorer_pb2.ScoreRequest(task_id="dtd",
+                                                   ensembles=[scorer_pb2.TemplateEnsemble(templates=["{}"])]),
                            metadata=team),
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "3 of 3 templates used, this request needs 1")
     finally:

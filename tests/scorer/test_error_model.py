@@ -12,7 +12,7 @@ import pytest
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.auth import AuthConfigError, parse_tokens
 from promptclimb_common.errors import details_of
-from scorer_service.server import ScorerApp
+from scorer_service.app import ScorerApp
 
 TEAM = (("authorization", "Bearer t-secret"),)
 
@@ -40,6 +40,8 @@ async def test_refused_failed_and_invalid_work_is_not_charged(base_config, budge
                      max_batch_delay_ms=1500)
     app = ScorerApp(config)
     port = await app.start()
+    quota = app.quota
+    assert quota is not None
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = scorer_pb2_grpc.ScorerStub(channel)
@@ -52,7 +54,7 @@ async def test_refused_failed_and_invalid_work_is_not_charged(base_config, budge
                 assert (busy.code, busy.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_FULL")
                 assert busy.retryable and busy.retry_after_s == 1.0
             assert (await first).results[0].total == 8
-            assert await app.quota.used("team") == 1  # the five refusals cost nothing
+            assert await quota.used("team") == 1  # the five refusals cost nothing
 
             # More class prompts than the queue can ever hold: INVALID_ARGUMENT naming the bound, not "retry".
             too_large = details_of(await refusal(stub.Score(
@@ -62,20 +64,23 @@ async def test_refused_failed_and_invalid_work_is_not_charged(base_config, budge
             assert "the encoder queue holds at most 4" in too_large.message
 
             # An invalid template is answered with its reason and not charged.
-            reply = await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["no placeholder"]), metadata=TEAM)
+            reply = await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["no placeholder"]),
+                                     metadata=TEAM)
             assert reply.results[0].error_reason == scorer_pb2.TEMPLATE_ERROR_REASON_NO_PLACEHOLDER
-            assert await app.quota.used("team") == 1
+            assert await quota.used("team") == 1
 
             for index in range(5):  # the rest of the budget
-                await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"t{index} {{}}"]), metadata=TEAM)
+                await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"t{index} {{}}"]),
+                                 metadata=TEAM)
             spent = details_of(await refusal(stub.Score(
                 scorer_pb2.ScoreRequest(task_id="shapes", templates=["late {}"]), metadata=TEAM)))
             assert (spent.code, spent.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "EVALUATION_BUDGET_SPENT")
             assert spent.quota_subjects == ("token:team",) and not spent.retryable and spent.retry_after_s is None
-            assert await app.quota.used("team") == 6
+            assert await quota.used("team") == 6
 
             forbidden = details_of(await refusal(stub.Score(
-                scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"], split=scorer_pb2.SPLIT_TEST), metadata=TEAM)))
+                scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"], split=scorer_pb2.SPLIT_TEST),
+                metadata=TEAM)))
             assert (forbidden.code, forbidden.reason) == (grpc.StatusCode.PERMISSION_DENIED, "TEST_SPLIT_FORBIDDEN")
             missing = details_of(await refusal(stub.ListTasks(scorer_pb2.ListTasksRequest())))
             assert (missing.code, missing.reason) == (grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
@@ -108,7 +113,8 @@ async def test_a_repeated_ensemble_member_is_not_a_weight(open_scorer):
     # With repeats as weights, a pair's ensemble would move between its members' counts as the repeats change
     # (it did for several of these pairs); deduplicated, every weighting of a pair is the pair.
     _, stub, _ = open_scorer
-    candidates = ["{}", "a {}", "the {}", "a photo of a {}.", "art of the {}", "a blurry {}", "{} in the wild", "many {}"]
+    candidates = ["{}", "a {}", "the {}", "a photo of a {}.", "art of the {}", "a blurry {}", "{} in the wild",
+                  "many {}"]
 
     async def ensemble_correct(*ensembles: list[str]) -> list[int]:
         reply = await stub.Score(scorer_pb2.ScoreRequest(

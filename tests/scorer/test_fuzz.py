@@ -76,7 +76,8 @@ def call(rpc, request, md):
         return err.code(), None
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(
     task_id=st.one_of(st.sampled_from(["shapes", "", "nope", "SHAPES", "shapes\x00"]), st.text(max_size=300)),
     templates=st.lists(template, max_size=MAX_TEMPLATES + 4),
@@ -98,7 +99,8 @@ def test_score_answers_only_documented_statuses(fuzz_scorer, task_id, templates,
         assert split == 2
 
 
-@settings(max_examples=max(10, EXAMPLES // 10), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=max(10, EXAMPLES // 10), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(md=metadata)
 def test_list_tasks_answers_only_documented_statuses(fuzz_scorer, md):
     stub, _ = fuzz_scorer

@@ -9,16 +9,17 @@ import grpc
 import pytest_asyncio
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from scorer_service.app import ScorerApp
 from scorer_service.config import TaskSource
-from scorer_service.model import load_clip
-from scorer_service.server import ScorerApp
+from scorer_service.factory import load_clip
+from scorer_service.identity import weights_digest
 from tests.scorer.test_service import expect_status
 
 
 async def test_the_model_digest_is_the_feature_cache_identity_and_comes_with_every_answer(open_scorer, tiny_clip_dir):
     _, stub, _ = open_scorer
     task = await stub.GetTask(scorer_pb2.GetTaskRequest(task_id="shapes"))
-    assert task.model_digest == load_clip(str(tiny_clip_dir), "cpu", "auto").identity()
+    assert task.model_digest == weights_digest(load_clip(str(tiny_clip_dir), "cpu", "auto"))
     assert re.fullmatch(r"[0-9a-f]{32}", task.model_digest)
     assert task.model_version == f"{tiny_clip_dir.name}@{task.model_digest[:12]}"  # the default: name and digest
     (listed,) = (await stub.ListTasks(scorer_pb2.ListTasksRequest())).tasks
@@ -40,7 +41,8 @@ async def test_a_pinned_digest_scores_only_on_that_model(open_scorer):
 
 async def test_get_task_names_the_known_tasks_when_it_has_none_by_that_id(open_scorer):
     _, stub, _ = open_scorer
-    await expect_status(stub.GetTask(scorer_pb2.GetTaskRequest(task_id="nope")), grpc.StatusCode.NOT_FOUND, "'nope'", "shapes")
+    await expect_status(stub.GetTask(scorer_pb2.GetTaskRequest(task_id="nope")), grpc.StatusCode.NOT_FOUND, "'nope'",
+                        "shapes")
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -68,6 +70,7 @@ async def test_list_tasks_pages_by_task_id(three_task_scorer):
 
 async def test_list_tasks_refuses_a_bad_page_request(three_task_scorer):
     stub = three_task_scorer
-    await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest(page_size=-1)), grpc.StatusCode.INVALID_ARGUMENT, "page_size")
-    await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest(page_token="not-a-token")), grpc.StatusCode.INVALID_ARGUMENT,
-                        "page_token is not one this service issued")
+    await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest(page_size=-1)), grpc.StatusCode.INVALID_ARGUMENT,
+                        "page_size")
+    await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest(page_token="not-a-token")),
+                        grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this service issued")

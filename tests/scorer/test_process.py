@@ -107,7 +107,7 @@ def blocked_dir(tmp_path, name: str):
     return blocker / name
 
 
-@pytest.mark.parametrize("flag, env", [("--state-dir", "SCORER_STATE_DIR"), ("--cache-dir", "SCORER_CACHE_DIR")])
+@pytest.mark.parametrize(("flag", "env"), [("--state-dir", "SCORER_STATE_DIR"), ("--cache-dir", "SCORER_CACHE_DIR")])
 def test_an_unwritable_path_fails_at_once_naming_its_flag(image_task_dir, tmp_path, flag, env):
     # The model does not exist either: only a check made before loading anything reports the path.
     path = blocked_dir(tmp_path, flag.strip("-"))

@@ -15,7 +15,8 @@ def test_least_recently_used_prompts_leave_first_to_keep_the_byte_bound():
     assert cache.get("prompt 0") is not None  # now the most recent
     cache.put("prompt 3", torch.zeros(8))
     assert cache.get("prompt 1") is None and len(cache) == 3 and cache.bytes <= cache.max_bytes
-    assert torch.equal(cache.get("prompt 0"), torch.zeros(8))
+    kept = cache.get("prompt 0")
+    assert kept is not None and torch.equal(kept, torch.zeros(8))
 
 
 def test_a_cached_row_does_not_keep_its_encoder_batch_alive():
@@ -23,5 +24,5 @@ def test_a_cached_row_does_not_keep_its_encoder_batch_alive():
     cache = TextEmbeddingCache(max_bytes=2**20)
     cache.put("a photo of a cat.", batch[7])
     cached = cache.get("a photo of a cat.")
-    assert torch.equal(cached, batch[7])
+    assert cached is not None and torch.equal(cached, batch[7])
     assert cached.untyped_storage().nbytes() == 512 * 4  # its own row, not the batch's storage

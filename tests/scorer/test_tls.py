@@ -9,7 +9,7 @@ import pytest
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.grpc_runtime import TlsFiles, channel_credentials
-from scorer_service.server import ScorerApp
+from scorer_service.app import ScorerApp
 from tests.tls_certs import make_certs
 
 REQUEST = scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"])

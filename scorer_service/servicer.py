@@ -1,30 +1,24 @@
-"""The Scorer gRPC service: validation, auth and status codes around TemplateScorer."""
+"""The Scorer's RPC handlers: validation, auth, quota and status codes around TemplateScorer."""
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-
 import grpc
 import structlog
-from prometheus_client import start_http_server
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from promptclimb_common.auth import Authenticator, load_tokens, reload_tokens
+from promptclimb_common.auth import Authenticator
 from promptclimb_common.errors import Reason, ServiceError, abort, invalid
-from promptclimb_common.grpc_runtime import GrpcService
 from promptclimb_common.paging import PageError, decode_token, encode_token, page_size
 from scorer_service import metrics
-from scorer_service.batcher import QueueFullError, TextEncodeBatcher
-from scorer_service.config import ScorerConfig
-from scorer_service.coop import load_coop_task
-from scorer_service.datasets import TEST, TRAIN, Task, build_task, load_image_folder
-from scorer_service.features import SplitFeatures, load_split_features
-from scorer_service.model import ClipEncoder, ModelIdentity, default_batch_prompts, load_clip
-from scorer_service.quota import BudgetExhaustedError, QuotaStore, QuotaStoreError, RedisQuota, SqliteQuota
-from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
+from scorer_service.batcher import QueueFullError
+from scorer_service.datasets import TEST, TRAIN, Task
+from scorer_service.features import SplitFeatures
+from scorer_service.identity import ModelIdentity
+from scorer_service.quota import BudgetExhaustedError, QuotaStore, QuotaStoreError
+from scorer_service.scoring import TemplateScorer
 
 log = structlog.get_logger(__name__)
+Context = grpc.aio.ServicerContext
 
 SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
 SPLIT_NAMES = {scorer_pb2.SPLIT_UNSPECIFIED: TRAIN, scorer_pb2.SPLIT_TRAIN: TRAIN, scorer_pb2.SPLIT_TEST: TEST}
@@ -32,7 +26,6 @@ SPLIT_ENUMS = {TRAIN: scorer_pb2.SPLIT_TRAIN, TEST: scorer_pb2.SPLIT_TEST}
 QUEUE_RETRY_SECONDS = 1.0
 TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE = 100, 1000
 QUOTA_STORE_RETRY_SECONDS = 1.0
-LEDGER_FILE = "evaluations.sqlite"
 
 
 class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
@@ -56,7 +49,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         self.max_templates_per_request = max_templates_per_request
         self.max_queued_prompts = max_queued_prompts
 
-    async def ListTasks(self, request, context):
+    async def ListTasks(self, request: scorer_pb2.ListTasksRequest, context: Context) -> scorer_pb2.ListTasksResponse:
         await self.auth.require(context, "score")
         try:
             size = page_size(request.page_size, TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE)
@@ -68,11 +61,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         return scorer_pb2.ListTasksResponse(tasks=[self._task_info(self.tasks[task_id]) for task_id in page],
                                             next_page_token=encode_token([page[-1]]) if len(ids) > size else "")
 
-    async def GetTask(self, request, context):
+    async def GetTask(self, request: scorer_pb2.GetTaskRequest, context: Context) -> scorer_pb2.TaskInfo:
         await self.auth.require(context, "score")
         return self._task_info(await self._task(request.task_id, context))
 
-    async def _task(self, task_id: str, context) -> Task:
+    async def _task(self, task_id: str, context: Context) -> Task:
         task = self.tasks.get(task_id)
         if task is None:
             known = ", ".join(sorted(self.tasks)) or "none"
@@ -85,7 +78,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             task_id=task.task_id,
             class_names=task.class_names,
             num_classes=len(task.class_names),
-            splits=[scorer_pb2.SplitInfo(split=SPLIT_ENUMS[name], num_images=len(images)) for name, images in task.splits.items()],
+            splits=[scorer_pb2.SplitInfo(split=SPLIT_ENUMS[name], num_images=len(images))
+                    for name, images in task.splits.items()],
             model_name=self.scorer.encoder.name,
             shots=task.shots,
             seed=task.seed,
@@ -94,7 +88,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             model_version=self.model.version,
         )
 
-    async def Score(self, request, context):
+    async def Score(self, request: scorer_pb2.ScoreRequest, context: Context) -> scorer_pb2.ScoreResponse:
         test = request.split == scorer_pb2.SPLIT_TEST
         principal = await self.auth.require(context, "test" if test else "score",
                                             Reason.TEST_SPLIT_FORBIDDEN if test else Reason.RIGHT_MISSING)
@@ -136,18 +130,18 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             model_digest=self.model.digest,
             model_version=self.model.version,
             results=[
-                scorer_pb2.TemplateScore(template=s.template, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error,
-                                         error_reason=_reason(s.reason))
+                scorer_pb2.TemplateScore(template=s.template, accuracy=s.accuracy, correct=s.correct, total=s.total,
+                                         error=s.error, error_reason=_reason(s.reason))
                 for s in scores
             ],
             ensemble_results=[
-                scorer_pb2.EnsembleScore(templates=s.templates, accuracy=s.accuracy, correct=s.correct, total=s.total, error=s.error,
-                                         error_reason=_reason(s.reason))
+                scorer_pb2.EnsembleScore(templates=s.templates, accuracy=s.accuracy, correct=s.correct, total=s.total,
+                                         error=s.error, error_reason=_reason(s.reason))
                 for s in ensemble_scores
             ],
         )
 
-    async def _check_size(self, context, request: scorer_pb2.ScoreRequest, task: Task) -> None:
+    async def _check_size(self, context: Context, request: scorer_pb2.ScoreRequest, task: Task) -> None:
         """Refuses, as INVALID_ARGUMENT, what could never be served: retrying it would not help.
 
         The request limit bounds one call's encoding work, so it counts every ensemble member; the budget bounds
@@ -167,12 +161,13 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                 f"{len(task.class_names)} classes); the encoder queue holds at most {self.max_queued_prompts}: "
                 "split the request", Reason.REQUEST_TOO_LARGE, limit=str(self.max_queued_prompts)))
 
-    async def _charge(self, context, token: str, count: int, budget: int) -> None:
+    async def _charge(self, context: Context, token: str, count: int, budget: int) -> None:
         try:
             await self.quota.charge(token, count, budget)
         except BudgetExhaustedError as err:
             await abort(context, ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.EVALUATION_BUDGET_SPENT,
-                                              f"{err}; ask the scorer's operator for more", quota_subject=f"token:{token}",
+                                              f"{err}; ask the scorer's operator for more",
+                                              quota_subject=f"token:{token}",
                                               metadata={"used": str(err.used), "budget": str(err.budget)}))
         except QuotaStoreError as err:
             log.error("quota_store_failed", reason=str(err))
@@ -187,103 +182,6 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             log.error("quota_refund_failed", token=token, count=count, reason=str(err))
 
 
-def _reason(name: str) -> int:
-    return scorer_pb2.TemplateErrorReason.Value(f"TEMPLATE_ERROR_REASON_{name}") if name else 0
-
-
-def load_tasks(config: ScorerConfig, encoder: ClipEncoder, identity: str) -> tuple[dict[str, Task], dict[tuple[str, str], SplitFeatures]]:
-    """Builds every task and loads (or computes) its image features (cached under the model's `identity`)."""
-    tasks, features = {}, {}
-    for source in config.tasks:
-        if source.coop_dataset:
-            task = load_coop_task(source.task_id, source.coop_dataset, source.root, config.shots, config.seed)
-        else:
-            dataset = load_image_folder(source.root, config.split_seed, config.test_fraction)
-            task = build_task(source.task_id, dataset, config.shots, config.seed)
-        tasks[task.task_id] = task
-        for split, images in task.splits.items():
-            features[task.task_id, split] = load_split_features(
-                encoder, identity, images, config.cache_dir, config.image_batch_size, f"{task.task_id}/{split}"
-            )
-        log.info("task_ready", task=task.task_id, classes=len(task.class_names),
-                 **{f"{split}_images": len(images) for split, images in task.splits.items()})
-    return tasks, features
-
-
-async def open_quota(config: ScorerConfig) -> QuotaStore:
-    """The quota store the config names; fails at start (not at the first call) when it cannot be used."""
-    if config.quota_store != "sqlite":
-        return await RedisQuota.connect(config.quota_store)
-    try:
-        return SqliteQuota(config.state_dir / LEDGER_FILE)
-    except (OSError, sqlite3.Error) as err:
-        state = next(p for p in config.writable_paths() if p.flag == "--state-dir")
-        raise state.error(f"its evaluation ledger {LEDGER_FILE} cannot be written ({err})") from None
-
-
-class ScorerApp:
-    """The whole scorer process: model, tasks, batcher, gRPC server, metrics endpoint."""
-
-    def __init__(self, config: ScorerConfig) -> None:
-        self.config = config
-        self.service: GrpcService | None = None
-        self.batcher: TextEncodeBatcher | None = None
-        self.quota: QuotaStore | None = None
-        self.auth: Authenticator | None = None
-
-    async def start(self) -> int:
-        """Opens the ledger, loads everything, then serves; returns the bound gRPC port."""
-        config = self.config
-        self.quota = await open_quota(config)  # first: an unusable quota store fails before minutes of loading
-        self.auth = auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights,
-                                         rate_limit=self.quota.take_request)
-        encoder = await asyncio.to_thread(load_clip, config.model, config.device, config.dtype, config.cpu_matmul)
-        model = ModelIdentity.of(encoder, await asyncio.to_thread(encoder.identity), config.model_version)
-        metrics.MODEL_INFO.info({"model": config.model, "device": str(encoder.device), "dtype": str(encoder.dtype).removeprefix("torch."),
-                                 "digest": model.digest, "version": model.version})
-        log.info("model_identity", model_digest=model.digest, model_version=model.version)
-        tasks, features = await asyncio.to_thread(load_tasks, config, encoder, model.digest)
-        batch_prompts = config.max_batch_prompts or default_batch_prompts(encoder.device)
-        self.batcher = TextEncodeBatcher(
-            encoder.encode_text, batch_prompts, config.max_batch_delay_ms / 1000, config.max_queued_prompts
-        )
-        log.info("batching", max_batch_prompts=batch_prompts, max_batch_delay_ms=config.max_batch_delay_ms)
-        self.batcher.start()
-        scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes)
-        servicer = ScorerServicer(tasks, features, scorer, auth, self.quota, config.max_templates_per_request, model,
-                                  config.max_queued_prompts)
-        if config.metrics_port:
-            start_http_server(config.metrics_port, addr=config.host)
-            log.info("metrics_serving", port=config.metrics_port)
-        self.service = GrpcService(
-            [(scorer_pb2_grpc.add_ScorerServicer_to_server, servicer, SERVICE_NAME)],
-            host=config.host,
-            port=config.port,
-            tls=config.tls,
-            max_message_bytes=config.max_message_bytes,
-            max_concurrent_rpcs=config.max_concurrent_rpcs,
-            grace_seconds=config.grace_seconds,
-        )
-        log.info("quota_store", store=config.quota_store if config.quota_store == "sqlite" else self.quota.safe_url)
-        log.info("auth", enabled=auth.enabled, anonymous_rights=sorted(config.anonymous_rights) if not auth.enabled else [])
-        return await self.service.start()
-
-    async def stop(self) -> None:
-        """Drains the server, then releases the encoder thread and the ledger."""
-        if self.service:
-            await self.service.stop()
-        await self._release()
-
-    async def _release(self) -> None:
-        if self.batcher:
-            await self.batcher.close()
-        if self.quota:
-            await self.quota.close()
-
-    async def run_until_signalled(self) -> None:
-        await self.start()
-        try:
-            await self.service.serve_until_signalled(
-                on_hangup=lambda: reload_tokens(self.auth, self.config.tokens_file, "PROMPTCLIMB_TOKENS"))
-        finally:
-            await self._release()
+def _reason(name: str) -> str:
+    """The TemplateErrorReason value's name (protobuf takes enum values by name)."""
+    return f"TEMPLATE_ERROR_REASON_{name or 'UNSPECIFIED'}"
