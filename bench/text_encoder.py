@@ -36,8 +36,8 @@ from promptclimb_common.templates import fill
 from scorer_service.batcher import TextEncodeBatcher
 from scorer_service.cpu_kernels import use_onednn_kernels
 from scorer_service.datasets import Dataset, Task
-from scorer_service.features import SplitFeatures
 from scorer_service.factory import load_clip
+from scorer_service.features import SplitFeatures
 from scorer_service.model import ClipEncoder
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
 from scorer_service.tokenizer import PromptTokenizer
