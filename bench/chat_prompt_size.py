@@ -65,9 +65,11 @@ def main() -> None:
     shown = sorted({1, 2, 5, 10, 25, 50, 75, ns.iterations} & set(range(1, ns.iterations + 1)))
     budget = LlmSettings(context_tokens=ns.context_tokens).prompt_budget_tokens
     lines = [f"Prompt size per LLM call, one climb of T={ns.iterations} (m=4, k=3), `python -m bench.chat_prompt_size` "
-             f"on {os.cpu_count()} CPU cores ({platform.machine()}); chat bounded by --llm-context-tokens {ns.context_tokens} "
+             f"on {os.cpu_count()} CPU cores ({platform.machine()}); "
+             f"chat bounded by --llm-context-tokens {ns.context_tokens} "
              f"(prompt budget {budget} estimated tokens).", "",
-             "| call | chat: messages | chat: characters | chat: est. tokens | stateless: characters | stateless: est. tokens |",
+             "| call | chat: messages | chat: characters | chat: est. tokens "
+             "| stateless: characters | stateless: est. tokens |",
              "|---:|---:|---:|---:|---:|---:|"]
     for call in shown:
         chat, stateless = runs["chat"][call - 1], runs["stateless"][call - 1]

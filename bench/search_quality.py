@@ -220,7 +220,8 @@ def build_tables(graded: dict[str, dict[int, dict]], baselines: dict[str, dict[i
         rows = [per_seed[s] for s in seeds]
         lines.append(
             f"| {METHODS[key].name} | {spread([r['test'] for r in rows])} | {spread([r['train'] for r in rows])} | "
-            f"{statistics.fmean(r['llm_calls'] for r in rows):.0f} | {statistics.fmean(r['tokens'] for r in rows):.0f} | "
+            f"{statistics.fmean(r['llm_calls'] for r in rows):.0f} | "
+            f"{statistics.fmean(r['tokens'] for r in rows):.0f} | "
             f"{statistics.fmean(r['templates_scored'] for r in rows):.0f} | "
             f"{statistics.fmean(r['wall_seconds'] for r in rows):.0f} |")
     lines += ["", "The run's answer as an ensemble (greedy forward selection over the run's pool on train, "
@@ -228,8 +229,9 @@ def build_tables(graded: dict[str, dict[int, dict]], baselines: dict[str, dict[i
               "| method | single template | ensemble | ensemble's train acc. (%) | members (mean) |", "|---|---|---|---|---|"]
     for key, per_seed in graded.items():
         rows = [per_seed[s] for s in seeds]
-        lines.append(f"| {METHODS[key].name} | {spread([r['test'] for r in rows])} | {spread([r['ensemble_test'] for r in rows])} | "
-                     f"{spread([r['ensemble_train'] for r in rows])} | {statistics.fmean(len(r['ensemble']) for r in rows):.1f} |")
+        lines.append(f"| {METHODS[key].name} | {spread([r['test'] for r in rows])} | "
+                     f"{spread([r['ensemble_test'] for r in rows])} | {spread([r['ensemble_train'] for r in rows])} | "
+                     f"{statistics.fmean(len(r['ensemble']) for r in rows):.1f} |")
     lines += ["", "Templates selected (seed " + str(seeds[0]) + "):", ""]
     lines += [f"- {METHODS[key].name}: `{per_seed[seeds[0]]['selected']}`" for key, per_seed in graded.items()]
     if target:

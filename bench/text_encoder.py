@@ -36,8 +36,8 @@ from promptclimb_common.templates import fill
 from scorer_service.batcher import TextEncodeBatcher
 from scorer_service.cpu_kernels import use_onednn_kernels
 from scorer_service.datasets import Dataset, Task
-from scorer_service.features import SplitFeatures
 from scorer_service.factory import load_clip
+from scorer_service.features import SplitFeatures
 from scorer_service.model import ClipEncoder
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
 from scorer_service.tokenizer import PromptTokenizer
@@ -263,7 +263,8 @@ def trained_model_agreement(model_dir: Path) -> list[str]:
     for name, predictions in results.items():
         accuracy = (predictions == target).float().mean(dim=1)
         lines.append(f"| {name} | {100 * (predictions == reference).float().mean().item():.2f}% | "
-                     f"{100 * accuracy.mean().item():.2f}% | {100 * (accuracy - reference_accuracy).abs().max().item():.2f} points |")
+                     f"{100 * accuracy.mean().item():.2f}% | "
+                     f"{100 * (accuracy - reference_accuracy).abs().max().item():.2f} points |")
     return lines
 
 
@@ -312,7 +313,8 @@ def main() -> None:
         int8 = int8_encoder(fp32)
         onednn_peak = matmul_peak_flops(onednn_matmul, torch.float32)
         fp32_peak = max(torch_peak, onednn_peak)
-        machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        cpu = platform.processor() or platform.machine()
+        machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         peaks = (f"measured matmul peak fp32 {torch_peak / 1e9:.0f} GFLOP/s with torch's kernels and "
                  f"{onednn_peak / 1e9:.0f} with oneDNN's, bf16 {bf16_peak / 1e9:.0f} GFLOP/s.")
 
@@ -364,7 +366,8 @@ def main() -> None:
             flops_cell = f"{gflops:.0f}{share}" if result.flops else "n/a"
             lines.append(
                 f"| {count} | {result.name} | {result.templates_per_s:.2f} | {result.prompts_per_s:.0f} | "
-                f"{result.templates_per_s / baseline.templates_per_s:.1f}x | {flops_cell} | {result.peak_memory_mib:.0f} | "
+                f"{result.templates_per_s / baseline.templates_per_s:.1f}x | {flops_cell} | "
+                f"{result.peak_memory_mib:.0f} | "
                 f"{agreement(result, baseline)} |"
             )
         lines.append(f"| {count} | (mean prompt length {mean_tokens:.1f} tokens; {IMAGES} images) | | | | | | |")

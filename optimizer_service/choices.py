@@ -72,5 +72,5 @@ def from_proto(kind: type[Choice], value: int) -> Choice | None:
         return None
     for member, number in PROTO_VALUES[kind].items():
         if number == value:
-            return member  # type: ignore[return-value]
+            return kind(member.value)  # the member, typed as its own enum
     raise UnknownChoice(f"{value} is not a known value")

@@ -120,9 +120,11 @@ def estimate_tokens(messages: Sequence[Message]) -> int:
 
 
 def fit_chat(transcript: Sequence[Message], budget_tokens: int) -> list[Message]:
-    """The chat to send: the opening (system and first ask) and the latest exchanges (reply, next ask) that fit the budget.
+    """The chat to send: the opening (system and first ask) and the latest exchanges (reply, next ask) that fit
+    the budget.
 
-    The last exchange, which holds the current ask, is always kept, so the result may exceed a budget too small for it."""
+    The last exchange, which holds the current ask, is always kept, so the result may exceed a budget too small
+    for it."""
     head, exchanges = list(transcript[:2]), [list(transcript[i:i + 2]) for i in range(2, len(transcript), 2)]
     kept: list[list[Message]] = []
     used = estimate_tokens(head)

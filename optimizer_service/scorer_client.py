@@ -33,7 +33,9 @@ _Request = TypeVar("_Request", bound=Message)
 _Reply = TypeVar("_Reply", bound=Message)
 
 class ScorerError(Exception):
-    """The scorer refused the request; retrying will not help. `code` is its gRPC status, `reason` its ErrorInfo reason."""
+    """The scorer refused the request; retrying will not help.
+
+    `code` is its gRPC status, `reason` its ErrorInfo reason."""
 
     def __init__(self, code: grpc.StatusCode, message: str, reason: str = "") -> None:
         super().__init__(message)
@@ -106,7 +108,8 @@ class ScorerClient:
                 raise ModelChanged(f"scorer model changed: {err.details()}") from None
             if details.retryable:
                 raise ScorerUnavailable(
-                    f"scorer at {self.settings.address} unavailable for over {grace_s:g} s ({err.code().name}: {err.details()})"
+                    f"scorer at {self.settings.address} unavailable for over {grace_s:g} s "
+                    f"({err.code().name}: {err.details()})"
                 ) from None
             reason = f" ({details.reason})" if details.reason else ""
             raise ScorerError(err.code(), f"scorer refused {what}: {err.code().name}{reason}: {err.details()}",
@@ -114,13 +117,15 @@ class ScorerClient:
         raise AssertionError("tenacity ends an attempt loop by returning or raising")
 
     async def task(self, task_id: str, grace_s: float | None = None) -> scorer_pb2.TaskInfo:
-        """The task's description (class names, model digest and all); ScorerError(NOT_FOUND) names the tasks there are."""
+        """The task's description (class names, model digest and all).
+
+        ScorerError(NOT_FOUND) names the tasks there are."""
         grace = self.settings.grace_s if grace_s is None else grace_s
         return await self._call("GetTask", self._stub.GetTask, scorer_pb2.GetTaskRequest(task_id=task_id), grace)
 
     async def score(self, task_id: str, templates: list[str], split: scorer_pb2.Split = scorer_pb2.SPLIT_TRAIN,
                     model_digest: str = "") -> list[scorer_pb2.TemplateScore]:
-        """Scores the templates in one call (on the model `model_digest`, if set); results come back in request order."""
+        """Scores the templates in one call (on the model `model_digest`, if set), results in request order."""
         reply = await self._score(scorer_pb2.ScoreRequest(task_id=task_id, templates=templates, split=split,
                                                           model_digest=model_digest))
         if len(reply.results) != len(templates):

@@ -201,7 +201,8 @@ class HillClimb:
                 candidates += admitted
         empty = [r for r in range(self.settings.restarts) if not self.pool.view(r)]
         if empty:
-            raise SearchFailed(f"no template of restart {empty[0]}'s initial pool could be scored; check the pool and the scorer's task")
+            raise SearchFailed(f"no template of restart {empty[0]}'s initial pool could be scored; "
+                               "check the pool and the scorer's task")
         await self.commit(candidates, steps, None)
 
     async def llm_written_pool(self) -> tuple[list[Candidate], list[Step]]:
@@ -243,7 +244,9 @@ class HillClimb:
         await self.commit(candidates, [step], (restart, reset, iteration))
 
     def usable(self, parsed: ParsedReply, restart: int) -> list[str]:
-        """The reply's templates that are new to the restart and not known to be refused by the scorer; the rest counted."""
+        """The reply's templates that are new to the restart and not known to be refused by the scorer.
+
+        The rest are counted."""
         new, duplicates = self.pool.split_new(parsed.templates, restart)
         refused = [t for t in new if self.pool.rejection(t) is not None]
         self.counters.candidates_invalid += len(parsed.rejected) + len(refused)
@@ -276,7 +279,9 @@ class HillClimb:
         return [*asked, {"role": "assistant", "content": previous.reply}, self.metaprompt.follow_up(results, unusable, good, bad)]
 
     def asked_in(self, restart: int, reset: int, iteration: int) -> list[dict]:
-        """The whole conversation a finished step asked from, rebuilt from the journal (the step itself holds it trimmed)."""
+        """The whole conversation a finished step asked from, rebuilt from the journal.
+
+        The step itself holds it trimmed."""
         conversation = self.steps[(restart, reset, 0)].messages
         for index in range(1, iteration + 1):
             before = self.steps[(restart, reset, index - 1)]
@@ -306,7 +311,9 @@ class HillClimb:
     # LLM and scorer, under the budgets -------------------------------------
 
     async def ask(self, messages: list[dict], *, sample: str, call_id: str, lines: int) -> str | None:
-        """One LLM question asking for `lines` templates; None when every attempt came back malformed (counted, skipped)."""
+        """One LLM question asking for `lines` templates.
+
+        None when every attempt came back malformed (counted, skipped)."""
         self.check_llm_budgets()
         self._calls_in_flight += 1
         try:
@@ -451,7 +458,8 @@ class HillClimb:
         return results
 
     async def test_accuracies(self, best: list[Candidate], ensemble: Ensemble | None) -> tuple[dict[int, float], float | None]:
-        """Test accuracy of the final best templates and the ensemble, if our scorer token has the test right; else none.
+        """Test accuracy of the final best templates and the ensemble, if our scorer token has the test right;
+        else none.
 
         Called only for a run whose owner has the optimizer's test right (runs.py)."""
         try:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 import grpc
 import structlog
 from google.protobuf.message import Message
+from typing_extensions import override
 
 from optimizer_service.config import OptimizerConfig
 from optimizer_service.llm import LlmClient
@@ -102,16 +103,19 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
     def __init__(self, manager: RunManager, auth: Authenticator) -> None:
         self.manager, self.auth = manager, auth
 
+    @override
     @maps_failures
     async def StartRun(self, request: pb.StartRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
         return await self.manager.start(request.spec, caller, request.request_id)
 
+    @override
     @maps_failures
     async def GetRun(self, request: pb.GetRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
         return self.manager.get(await _run_id(context, request.run_id), caller)
 
+    @override
     @maps_failures
     async def WatchRun(self, request: pb.WatchRunRequest, context: Context) -> AsyncIterator[pb.RunEvent]:
         caller = await self.auth.require(context, "run")
@@ -121,16 +125,19 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
         async for event in self.manager.watch(run_id, caller, request.after_sequence):
             yield event
 
+    @override
     @maps_failures
     async def CancelRun(self, request: pb.CancelRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
         return await self.manager.cancel(await _run_id(context, request.run_id), caller)
 
+    @override
     @maps_failures
     async def ResumeRun(self, request: pb.ResumeRunRequest, context: Context) -> pb.Run:
         caller = await self.auth.require(context, "run")
         return await self.manager.resume(await _run_id(context, request.run_id), caller)
 
+    @override
     @maps_failures
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         caller = await self.auth.require(context, "run")

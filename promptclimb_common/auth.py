@@ -109,7 +109,9 @@ def load_tokens(file: str | None, env_var: str) -> list[TokenEntry]:
 
 
 def reload_tokens(auth: Authenticator, file: str | None, env_var: str) -> None:
-    """SIGHUP: reads the tokens again; a broken or emptied file keeps the current tokens (logged), never stops the service."""
+    """SIGHUP: reads the tokens again.
+
+    A broken or emptied file keeps the current tokens (logged) and never stops the service."""
     try:
         tokens = load_tokens(file, env_var)
     except AuthConfigError as err:
@@ -201,7 +203,9 @@ class Authenticator:
 
     async def require(self, context: grpc.aio.ServicerContext, right: str,
                       forbidden: Reason = Reason.RIGHT_MISSING) -> Principal:
-        """Authenticates, rate-limits and checks `right`; aborts the call otherwise (PERMISSION_DENIED with `forbidden`)."""
+        """Authenticates, rate-limits and checks `right`.
+
+        Aborts the call otherwise (PERMISSION_DENIED with `forbidden`)."""
         entry = self._entry(context.invocation_metadata()) if self.enabled else None
         principal = self._anonymous if not self.enabled else \
             (Principal(entry.name, entry.rights, entry.evaluation_budget) if entry else None)

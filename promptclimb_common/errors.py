@@ -29,7 +29,7 @@ DOMAIN = "promptclimb.dev"
 M = TypeVar("M", bound=Message)
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """ErrorInfo reasons. The protos list each with its status code; names never change within v1."""
 
     # Either service

@@ -45,7 +45,9 @@ class EnvError(ValueError):
 
 
 def parse(kind: Any, text: str) -> Any:
-    """`text` as a `kind`: a type (int, Path, an Enum, a Literal) by pydantic's string rules; a function parses it itself."""
+    """`text` as a `kind`.
+
+    A type (int, Path, an Enum, a Literal) is parsed by pydantic's string rules; a function parses it itself."""
     if inspect.isfunction(kind):
         return kind(text)
     try:
@@ -118,9 +120,10 @@ def serving_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> dict
         p.error("--grace-seconds must not be negative")
     if ns.max_concurrent_rpcs < 1:
         p.error("--max-concurrent-rpcs must be at least 1")
-    return dict(
-        host=ns.host, port=ns.port, metrics_port=ns.metrics_port, port_file=ns.port_file, tokens_file=ns.tokens_file,
-        anonymous_rights=frozenset(r.strip() for r in ns.anonymous_rights.split(",") if r.strip()),
-        tls=TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca), grace_seconds=ns.grace_seconds,
-        max_concurrent_rpcs=ns.max_concurrent_rpcs,
-    )
+    return {
+        "host": ns.host, "port": ns.port, "metrics_port": ns.metrics_port, "port_file": ns.port_file,
+        "tokens_file": ns.tokens_file,
+        "anonymous_rights": frozenset(r.strip() for r in ns.anonymous_rights.split(",") if r.strip()),
+        "tls": TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca), "grace_seconds": ns.grace_seconds,
+        "max_concurrent_rpcs": ns.max_concurrent_rpcs,
+    }

@@ -2,8 +2,9 @@
 
 Rows as in the paper's Table 1: `{}`, `a photo of a {}.`, and both things
 "hand-engineered" can mean, each named for what it is (CoOp's single prompt per
-dataset, CoOp's zero-shot baseline; the CLIP authors' ensemble), then the LLM optimizer with positive-only and with positive+negative feedback
-(test accuracy of the best template by few-shot train accuracy). Columns are
+dataset, CoOp's zero-shot baseline; the CLIP authors' ensemble), then the LLM
+optimizer with positive-only and with positive+negative feedback (test accuracy
+of the best template by few-shot train accuracy). Columns are
 the datasets and their average. Spread is the sample standard deviation over
 seeds; the reference rows are zero-shot and the same for every seed.
 """
@@ -67,7 +68,9 @@ def collect(grid: Grid) -> dict[str, dict[str, dict[str, Cell]]]:
 
 
 def collect_transfers(grid: Grid, own: dict[str, dict[str, dict[str, Cell]]]) -> dict[tuple[str, str], dict[str, Cell]]:
-    """(source, target) -> dataset -> Cell over seeds; (b, b) is b's own P+N result (from `own`, collect's) for comparison."""
+    """(source, target) -> dataset -> Cell over seeds.
+
+    (b, b) is b's own P+N result (from `own`, collect's) for comparison."""
     table: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)
     for target in grid.backbones:
         for dataset in grid.datasets:

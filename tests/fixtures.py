@@ -50,10 +50,8 @@ def write_image_folder(root: Path, classes=CLASSES, per_class: int = 6, size: in
     for label, name in enumerate(classes):
         folder_name = name.replace(" ", "_")
         for index in range(per_class):
-            if split_dirs:
-                folder = root / ("train" if index % 2 == 0 else "test") / folder_name
-            else:
-                folder = root / folder_name
+            parent = root / ("train" if index % 2 == 0 else "test") if split_dirs else root
+            folder = parent / folder_name
             _noise_image(folder / f"img_{index:03d}.png", label, rng, size)
     return root
 

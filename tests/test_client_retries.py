@@ -16,6 +16,7 @@ import pytest_asyncio
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from typing_extensions import override
 
 from promptclimb.client import CallError, Optimizer, Retry, Scorer
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
@@ -46,6 +47,7 @@ class ScriptedServer(scorer_pb2_grpc.ScorerServicer, optimizer_pb2_grpc.Optimize
         self.script: list[Failure] = []
         self.calls: list[float] = []
         self.request_ids: list[str] = []
+        self.address = ""  # host:port, once serving
 
     async def _next(self, context) -> None:
         self.calls.append(time.monotonic())
@@ -59,11 +61,13 @@ class ScriptedServer(scorer_pb2_grpc.ScorerServicer, optimizer_pb2_grpc.Optimize
         rich = rpc_status.to_status(status)
         await context.abort(failure.code, rich.details, rich.trailing_metadata)
 
+    @override
     async def Score(self, request, context):
         await self._next(context)
         return scorer_pb2.ScoreResponse(results=[scorer_pb2.TemplateScore(template=t, accuracy=0.5, correct=4, total=8)
                                                  for t in request.templates])
 
+    @override
     async def StartRun(self, request, context):
         self.request_ids.append(request.request_id)
         await self._next(context)
@@ -72,7 +76,8 @@ class ScriptedServer(scorer_pb2_grpc.ScorerServicer, optimizer_pb2_grpc.Optimize
 
 @pytest_asyncio.fixture
 async def server():
-    scripted = ScriptedServer()
+    # The stubs mark every method abstract; the generated bases answer the ones not scripted here UNIMPLEMENTED.
+    scripted = ScriptedServer()  # type: ignore[abstract]
     grpc_server = grpc.aio.server()
     scorer_pb2_grpc.add_ScorerServicer_to_server(scripted, grpc_server)
     optimizer_pb2_grpc.add_OptimizerServicer_to_server(scripted, grpc_server)
@@ -103,7 +108,8 @@ async def test_a_refusal_without_retry_info_surfaces_at_once_with_its_details(se
     assert len(server.calls) == 1
     err = caught.value
     assert err.code == code and err.attempts == 1 and err.method == "Score"
-    assert err.detail(error_details_pb2.ErrorInfo).reason == "EVALUATION_BUDGET_SPENT"
+    info = err.detail(error_details_pb2.ErrorInfo)
+    assert info is not None and info.reason == "EVALUATION_BUDGET_SPENT"
     assert err.detail(error_details_pb2.RetryInfo) is None
 
 

@@ -36,4 +36,4 @@ def test_any_text_gets_a_verdict_and_valid_ones_fill(text):
         assert text.count("{}") == 1
         assert fill(text, "X").count("X") >= 1
     else:
-        assert isinstance(problem, str) and problem
+        assert problem  # a reason, never an empty string

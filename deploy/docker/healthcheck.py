@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         channel = grpc.insecure_channel(target)
     try:
         with channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
+            reply = health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[attr-defined]  # typeshed's HealthStub declares no methods
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
             )
     except grpc.RpcError as err:

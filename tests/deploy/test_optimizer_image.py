@@ -57,6 +57,7 @@ def test_optimizer_imports_only_what_its_image_installs():
                     continue
                 owners = {normalize(d) for d in dists.get(name, [])}
                 if not owners & listed:
-                    problems.append(f"{path.relative_to(REPO)} imports {name} (from {sorted(owners) or 'no installed distribution'}), "
+                    found_in = sorted(owners) or "no installed distribution"
+                    problems.append(f"{path.relative_to(REPO)} imports {name} (from {found_in}), "
                                     "not in deploy/docker/optimizer-requirements.txt")
     assert not problems, "\n".join(problems)

@@ -1,4 +1,5 @@
-"""The optimizer's test rig: the real scorer (tiny random CLIP) as a process, a scripted LLM, the service on loopback."""
+"""The optimizer's test rig: the real scorer (tiny random CLIP) as a process, a scripted LLM, the service on
+loopback."""
 
 from __future__ import annotations
 

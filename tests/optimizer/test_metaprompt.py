@@ -59,7 +59,7 @@ def test_llm_text_with_braces_is_embedded_verbatim_never_formatted():
 
 
 def test_initial_pool_request_names_the_task_and_its_classes():
-    system, user = initial_pool_messages("flowers", [f"class {i}" for i in range(40)], 20)
+    _, user = initial_pool_messages("flowers", [f"class {i}" for i in range(40)], 20)
     assert "Write 20 different templates" in user["content"]
     assert "class 0, class 1" in user["content"] and "and 10 more" in user["content"]
     assert "class 35" not in user["content"]

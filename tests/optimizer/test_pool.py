@@ -62,7 +62,7 @@ def test_duplicates_are_per_restart_and_the_memory_is_the_runs():
     assert pool.accuracy("a PHOTO of a {}") == 0.5 and pool.accuracy("a new {}") is None
     assert pool.holds("a PHOTO of a {}", 1) and not pool.holds("a photo of a {}", 0)
     pool.add(Candidate("a photo of a {}", 0.5, 0, 0, 0, 2, reused=True))  # restart 0 may admit it too
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="already in restart 0's pool"):
         pool.add(Candidate("a photo of a {}", 0.5, 0, 0, 1, 3))
 
 

@@ -238,8 +238,7 @@ async def test_bad_requests_get_the_documented_status_and_an_actionable_message(
 
 
 async def _first(stream):
-    async for item in stream:
-        return item
+    return await anext(aiter(stream))
 
 
 @pytest.mark.optimizer(scorer={"address": "127.0.0.1:9", "grace_s": 0.2})
@@ -282,7 +281,7 @@ async def test_metrics_count_what_a_run_did(optimizer):
     after = [_sample(name, **labels) for name, labels in names]
     # the distinct seeds + 8 iterations x 2 templates scored; 1 + 8 train Score calls and 1 on test for the final best.
     assert run.counters.templates_scored > 8 * 2
-    assert [a - b for a, b in zip(after, before)] == [8, 8 * 40, run.counters.templates_scored, 1 + 8 + 1, 8]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [8, 8 * 40, run.counters.templates_scored, 1 + 8 + 1, 8]
     assert _sample("optimizer_runs", state="SUCCEEDED") == 1 and _sample("optimizer_runs", state="RUNNING") == 0
     assert REGISTRY.get_sample_value("optimizer_run_best_train_accuracy", {"run_id": run.run_id}) is None  # gone when it ended
 

@@ -9,13 +9,19 @@ import time
 import pytest
 
 from optimizer_service.pool import INITIAL, Candidate
-from optimizer_service.store import CachedReply, Step, Store, StoreError
+from optimizer_service.store import CachedReply, RunRecord, Step, Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from tests.optimizer.conftest import small_spec
 
 
 def event(label: str) -> pb.RunEvent:
     return pb.RunEvent(new_best=pb.NewBest(template=label))
+
+
+def stored_run(store: Store, run_id: str) -> RunRecord:
+    record = store.run(run_id)
+    assert record is not None, f"no run {run_id} in the store"
+    return record
 
 
 def labels(payloads: list[bytes]) -> list[tuple[int, str]]:
@@ -36,7 +42,7 @@ async def test_opens_in_wal_mode_and_round_trips_a_run(tmp_path):
     assert [c.template for c in reopened.candidates("r1")] == ["a {}", "the {}", "a new {}"]
     assert reopened.candidates("r1")[2].llm_call == "r1/0/0/0"
     assert reopened.steps("r1") == {(0, 0, 0): step}
-    assert reopened.run("r1").counters == {"llm_calls": 1}
+    assert stored_run(reopened, "r1").counters == {"llm_calls": 1}
     assert labels(reopened.events_after("r1", 1)) == [(2, "e2"), (3, "e3")]  # numbered by the store, after the last
     assert reopened.last_event_sequence("r1") == 3
     assert reopened.test_accuracies("r1") == {}
@@ -80,7 +86,7 @@ async def test_a_failed_commit_writes_nothing(tmp_path):
     with pytest.raises(StoreError):  # sequence 0 is taken: the whole step must roll back
         await store.commit_progress("r1", [Candidate("b {}", 0.1, 0, 0, 0, 0)], {"n": 2}, [event("e2")], [step])
     assert store.steps("r1") == {}
-    assert store.run("r1").counters == {"n": 1}
+    assert stored_run(store, "r1").counters == {"n": 1}
     assert labels(store.events_after("r1", 0)) == [(1, "e1")]
 
 
@@ -109,7 +115,7 @@ async def test_a_runs_table_from_before_request_ids_and_pinning_is_upgraded_on_o
     old.commit()
     old.close()
     store = Store.open(tmp_path)
-    before = store.run("old")
+    before = stored_run(store, "old")
     assert (before.request_id, before.model_digest, before.stop_reason) == (None, "", "finished")  # unpinned, as it ran
     new = await store.create_run("new", {"a": 1}, {}, "PENDING", request_id="req-1", model_digest="d" * 32)
     assert (new.request_id, new.model_digest) == ("req-1", "d" * 32)
@@ -132,7 +138,7 @@ async def test_writes_asked_at_once_are_committed_in_the_order_asked(tmp_path):
     store = Store.open(tmp_path)
     await store.create_run("r1", {}, {}, "PENDING")
     await asyncio.gather(*(store.set_state("r1", f"S{n}", "", {"n": n}, [event(f"e{n}")]) for n in range(1, 31)))
-    assert store.run("r1").state == "S30"
+    assert stored_run(store, "r1").state == "S30"
     assert labels(store.events_after("r1", 0)) == [(n, f"e{n}") for n in range(1, 31)]  # one number each, in order
     store.close()
 
