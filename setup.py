@@ -39,10 +39,19 @@ def compile_protos(out: Path, *, typed_services: bool = False) -> list[Path]:
         raise RuntimeError(f"no .proto files under {PROTOS}")
     well_known = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/*.proto (Timestamp, Duration, ...)
     out.mkdir(parents=True, exist_ok=True)
-    args = ["grpc_tools.protoc", f"-I{PROTOS}", f"-I{well_known}", f"--python_out={out}", f"--pyi_out={out}",
-            f"--grpc_python_out={out}", *protos]
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTOS}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *protos,
+    ]
     if typed_services:
-        plugin = shutil.which("protoc-gen-mypy_grpc") or shutil.which("protoc-gen-mypy_grpc", path=Path(sys.executable).parent)
+        plugin = shutil.which("protoc-gen-mypy_grpc") or shutil.which(
+            "protoc-gen-mypy_grpc", path=Path(sys.executable).parent
+        )
         if plugin is None:
             raise RuntimeError("protoc-gen-mypy_grpc not found: install mypy-protobuf (pyproject's [build-system])")
         args[1:1] = [f"--plugin=protoc-gen-mypy_grpc={plugin}", f"--mypy_grpc_out={out}"]

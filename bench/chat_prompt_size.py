@@ -37,10 +37,35 @@ RESULT = REPO / "bench" / "results" / "chat_prompt_size.md"
 def climb(scorer: str, out: Path, conversation: str, iterations: int, context_tokens: int) -> list[list[dict]]:
     """The messages of every LLM call of one climb, in iteration order."""
     with ScriptedLLM() as llm:
-        code = optimizer_main(["run", "--scorer", scorer, "--task", "shapes", "--out", str(out), "--llm-base-url", llm.url,
-                               "--llm-model", "scripted", "--restarts", "1", "--resets", "1", "--iterations", str(iterations),
-                               "--conversation", conversation, "--llm-context-tokens", str(context_tokens),
-                               "--ensemble-size", "1", "--log-level", "WARNING"])
+        code = optimizer_main(
+            [
+                "run",
+                "--scorer",
+                scorer,
+                "--task",
+                "shapes",
+                "--out",
+                str(out),
+                "--llm-base-url",
+                llm.url,
+                "--llm-model",
+                "scripted",
+                "--restarts",
+                "1",
+                "--resets",
+                "1",
+                "--iterations",
+                str(iterations),
+                "--conversation",
+                conversation,
+                "--llm-context-tokens",
+                str(context_tokens),
+                "--ensemble-size",
+                "1",
+                "--log-level",
+                "WARNING",
+            ]
+        )
         if code != 0:
             raise SystemExit(f"the {conversation} run failed (exit {code}); see its log above")
         calls = sorted(llm.seen, key=lambda s: int(s.call_id.rsplit("/", 1)[1]))
@@ -59,22 +84,30 @@ def main() -> None:
         images = write_image_folder(root / "images", per_class=6)
         process, address = start_scorer(model, {"shapes": images}, root / "cache", root / "scorer.log", "--shots", "3")
         try:
-            runs = {mode: climb(address, root / mode, mode, ns.iterations, ns.context_tokens) for mode in ("chat", "stateless")}
+            runs = {
+                mode: climb(address, root / mode, mode, ns.iterations, ns.context_tokens)
+                for mode in ("chat", "stateless")
+            }
         finally:
             stop_process(process, signal.SIGTERM)
     shown = sorted({1, 2, 5, 10, 25, 50, 75, ns.iterations} & set(range(1, ns.iterations + 1)))
     budget = LlmSettings(context_tokens=ns.context_tokens).prompt_budget_tokens
-    lines = [f"Prompt size per LLM call, one climb of T={ns.iterations} (m=4, k=3), `python -m bench.chat_prompt_size` "
-             f"on {os.cpu_count()} CPU cores ({platform.machine()}); "
-             f"chat bounded by --llm-context-tokens {ns.context_tokens} "
-             f"(prompt budget {budget} estimated tokens).", "",
-             "| call | chat: messages | chat: characters | chat: est. tokens "
-             "| stateless: characters | stateless: est. tokens |",
-             "|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Prompt size per LLM call, one climb of T={ns.iterations} (m=4, k=3), `python -m bench.chat_prompt_size` "
+        f"on {os.cpu_count()} CPU cores ({platform.machine()}); "
+        f"chat bounded by --llm-context-tokens {ns.context_tokens} "
+        f"(prompt budget {budget} estimated tokens).",
+        "",
+        "| call | chat: messages | chat: characters | chat: est. tokens "
+        "| stateless: characters | stateless: est. tokens |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
     for call in shown:
         chat, stateless = runs["chat"][call - 1], runs["stateless"][call - 1]
-        lines.append(f"| {call} | {len(chat)} | {sum(len(m['content']) for m in chat):,} | {estimate_tokens(chat):,} | "
-                     f"{sum(len(m['content']) for m in stateless):,} | {estimate_tokens(stateless):,} |")
+        lines.append(
+            f"| {call} | {len(chat)} | {sum(len(m['content']) for m in chat):,} | {estimate_tokens(chat):,} | "
+            f"{sum(len(m['content']) for m in stateless):,} | {estimate_tokens(stateless):,} |"
+        )
     largest = max(estimate_tokens(m) for m in runs["chat"])
     lines += ["", f"Largest chat prompt: {largest:,} estimated tokens."]
     write_table(RESULT, lines)

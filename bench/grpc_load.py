@@ -44,8 +44,14 @@ class CallShape:
 CALL_SHAPES = (CallShape("small", 10, 1), CallShape("large", 50, 4))
 
 
-async def client(stub: scorer_pb2_grpc.ScorerAsyncStub, shape: CallShape, deadline: float, counter: itertools.count[int],
-                 latencies: list[float], errors: list[str]) -> None:
+async def client(
+    stub: scorer_pb2_grpc.ScorerAsyncStub,
+    shape: CallShape,
+    deadline: float,
+    counter: itertools.count[int],
+    latencies: list[float],
+    errors: list[str],
+) -> None:
     while time.perf_counter() < deadline:
         templates = [f"a photo {next(counter)} of a {{}}." for _ in range(shape.templates_per_call)]
         started = time.perf_counter()
@@ -63,7 +69,9 @@ async def drive(address: str, shape: CallShape, clients: int, seconds: float, co
         stub = scorer_pb2_grpc.ScorerStub(channel)
         await stub.Score(scorer_pb2.ScoreRequest(task_id=shape.task_id, templates=["warm-up {}"]))
         started = time.perf_counter()
-        await asyncio.gather(*(client(stub, shape, started + seconds, counter, latencies, errors) for _ in range(clients)))
+        await asyncio.gather(
+            *(client(stub, shape, started + seconds, counter, latencies, errors) for _ in range(clients))
+        )
         elapsed = time.perf_counter() - started
     ordered = sorted(latencies)
     return {
@@ -84,8 +92,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="promptclimb-bench-"))
     model = build_random_clip(work / "model", "vit-b-32")
     tasks = {
-        shape.task_id: write_image_folder(work / shape.task_id, classes=tuple(f"class number {i}" for i in range(shape.classes)),
-                                          per_class=2, size=32)
+        shape.task_id: write_image_folder(
+            work / shape.task_id, classes=tuple(f"class number {i}" for i in range(shape.classes)), per_class=2, size=32
+        )
         for shape in CALL_SHAPES
     }
     counter = itertools.count()
@@ -114,9 +123,11 @@ def main() -> None:
     ]
     for shape, name, clients, r in rows:
         call = f"{shape.templates_per_call} template(s) x {shape.classes} classes"
-        lines.append(f"| {call} | {name} | {clients} | {r['calls_per_s']:.1f} | {r['templates_per_s']:.1f} | "
-                     f"{r['templates_per_s'] / unbatched[shape, clients]:.2f}x | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                     f"{r['errors']} |")
+        lines.append(
+            f"| {call} | {name} | {clients} | {r['calls_per_s']:.1f} | {r['templates_per_s']:.1f} | "
+            f"{r['templates_per_s'] / unbatched[shape, clients]:.2f}x | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+            f"{r['errors']} |"
+        )
     write_table(args.out / "grpc_load.md", lines)
 
 

@@ -50,16 +50,29 @@ CACHED = [f"a cached template number {i} of a {{}}." for i in range(32)]
 SUITES = {
     "kill and resume (5 SIGKILLs of the optimizer in one run)": ["tests/optimizer/test_kill.py"],
     "scorer restart mid-run": ["tests/optimizer/test_scorer_restart.py"],
-    "LLM fault matrix": ["tests/optimizer/test_llm.py", "tests/optimizer/test_service.py", "-k",
-                         "fault or skipped or stays_down or llm"],
-    "fuzzing, every RPC of both services": ["tests/scorer/test_fuzz.py", "tests/optimizer/test_fuzz.py",
-                                            "--hypothesis-show-statistics"],
+    "LLM fault matrix": [
+        "tests/optimizer/test_llm.py",
+        "tests/optimizer/test_service.py",
+        "-k",
+        "fault or skipped or stays_down or llm",
+    ],
+    "fuzzing, every RPC of both services": [
+        "tests/scorer/test_fuzz.py",
+        "tests/optimizer/test_fuzz.py",
+        "--hypothesis-show-statistics",
+    ],
     "security (auth, rights, quotas, TLS/mTLS, tokens never logged)": [
-        "tests/scorer/test_service.py", "tests/scorer/test_quota.py", "tests/scorer/test_tls.py",
-        "tests/optimizer/test_tls.py", "tests/optimizer/test_service.py", "-k", "auth or right or rate_limit or budget or tls or bearer",
+        "tests/scorer/test_service.py",
+        "tests/scorer/test_quota.py",
+        "tests/scorer/test_tls.py",
+        "tests/optimizer/test_tls.py",
+        "tests/optimizer/test_service.py",
+        "-k",
+        "auth or right or rate_limit or budget or tls or bearer",
     ],
     "multi-tenant (run ownership, the test right, LLM spend bounds, error model, no charge for refusals)": [
-        "tests/optimizer/test_multitenant.py", "tests/scorer/test_error_model.py",
+        "tests/optimizer/test_multitenant.py",
+        "tests/scorer/test_error_model.py",
         "tests/scorer/test_process.py::test_tokens_rotate_on_sighup_and_a_broken_file_keeps_the_current_ones",
         "tests/scorer/test_process.py::test_a_token_file_with_a_repeated_token_is_refused_at_start",
     ],
@@ -111,8 +124,10 @@ async def load(address: str, clients: int, seconds: float) -> dict:
         elapsed = time.perf_counter() - started
     ordered = sorted(latencies)
     return {
-        "calls": len(latencies), "calls_per_s": len(latencies) / elapsed,
-        "p50_ms": 1000 * statistics.median(ordered), "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
+        "calls": len(latencies),
+        "calls_per_s": len(latencies) / elapsed,
+        "p50_ms": 1000 * statistics.median(ordered),
+        "p99_ms": 1000 * ordered[int(0.99 * (len(ordered) - 1))],
         "errors": errors,
     }
 
@@ -140,8 +155,15 @@ def load_row(seconds: float, clients: int) -> str:
     work = Path(tempfile.mkdtemp(prefix="promptclimb-reliability-"))
     model = build_random_clip(work / "model", "tiny")
     data = write_image_folder(work / "data", per_class=6)
-    scorer = scorer_service(model, {"load": data}, work / "cache", work / "scorer.log",
-                            "--text-cache-bytes", str(4 * 1024 * 1024), metrics=True)
+    scorer = scorer_service(
+        model,
+        {"load": data},
+        work / "cache",
+        work / "scorer.log",
+        "--text-cache-bytes",
+        str(4 * 1024 * 1024),
+        metrics=True,
+    )
     process, address = scorer.process, scorer.address
     try:
         asyncio.run(load(address, clients, 3))  # warm-up
@@ -156,20 +178,26 @@ def load_row(seconds: float, clients: int) -> str:
         stop_process(process)
     errors = sum(result["errors"].values())
     detail = f" ({result['errors']})" if errors else ""
-    return (f"| load: {clients} clients x {seconds:.0f} s, half cached, half fresh | {result['calls']} calls, "
-            f"{result['calls_per_s']:.0f} calls/s, p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
-            f"errors {errors}{detail}; scorer RSS {rss_start:.0f} -> {rss_end:.0f} MiB (each tenth of the run: "
-            f"{', '.join(f'{r:.0f}' for r in tenths)}), text cache {cache_bytes / 2**20:.1f} "
-            f"MiB (bound 4 MiB) | errors 0, memory bounded by the caches |")
+    return (
+        f"| load: {clients} clients x {seconds:.0f} s, half cached, half fresh | {result['calls']} calls, "
+        f"{result['calls_per_s']:.0f} calls/s, p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
+        f"errors {errors}{detail}; scorer RSS {rss_start:.0f} -> {rss_end:.0f} MiB (each tenth of the run: "
+        f"{', '.join(f'{r:.0f}' for r in tenths)}), text cache {cache_bytes / 2**20:.1f} "
+        f"MiB (bound 4 MiB) | errors 0, memory bounded by the caches |"
+    )
 
 
 def suite_row(name: str, args: list[str], env: dict) -> str:
     work = Path(tempfile.mkdtemp())
     junit, figures_file = work / "junit.xml", work / "quota-figures.json"
     started = time.perf_counter()
-    completed = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *args],
-                               cwd=REPO, env={**env, "PROMPTCLIMB_QUOTA_FIGURES": str(figures_file)}, capture_output=True,
-                               text=True)
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", *args],
+        cwd=REPO,
+        env={**env, "PROMPTCLIMB_QUOTA_FIGURES": str(figures_file)},
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     root = ElementTree.parse(junit).getroot()
     suite = root if root.tag == "testsuite" else root.find("testsuite")
@@ -180,8 +208,10 @@ def suite_row(name: str, args: list[str], env: dict) -> str:
     fuzzed = f", {examples} generated requests" if examples else ""
     if name == QUOTA_SUITE and figures_file.exists():  # the figures the shared-quota test measured
         f = json.loads(figures_file.read_text())
-        fuzzed += (f"; {f['replicas']} replicas, {f['clients']} clients, budget {f['budget']}, scored {f['scored']}, "
-                   f"over-spend {f['over_spend']}")
+        fuzzed += (
+            f"; {f['replicas']} replicas, {f['clients']} clients, budget {f['budget']}, scored {f['scored']}, "
+            f"over-spend {f['over_spend']}"
+        )
     print(completed.stdout[-2000:] if failures or errors else f"{name}: {passed}/{tests} passed", flush=True)
     return f"| {name} | {passed}/{tests} tests passed{fuzzed}, {seconds:.0f} s | {GOALS[name]} |"
 
@@ -190,7 +220,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--fuzz-examples", type=int, default=3400, help="per fuzz test (3 large ones: over 10,000 requests)")
+    parser.add_argument(
+        "--fuzz-examples", type=int, default=3400, help="per fuzz test (3 large ones: over 10,000 requests)"
+    )
     parser.add_argument("--soak", action="store_true", help="the load alone (to soak.md), for long --seconds")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
@@ -199,14 +231,17 @@ def main() -> None:
     print(rows[0], flush=True)
     if not args.soak:
         rows += [suite_row(name, suite, env) for name, suite in SUITES.items()]
-    write_table(args.out / ("soak.md" if args.soak else "reliability.md"), [
-        f"Measured on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d')}.",
-        "",
-        "| check | figure | goal |",
-        "|---|---|---|",
-        *rows,
-    ])
+    write_table(
+        args.out / ("soak.md" if args.soak else "reliability.md"),
+        [
+            f"Measured on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{time.strftime('%Y-%m-%d')}.",
+            "",
+            "| check | figure | goal |",
+            "|---|---|---|",
+            *rows,
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,11 @@ log = structlog.get_logger("bench.search_quality")
 
 TASK = "fmnist"
 SHOTS = 16  # 160 train images: 1 shot would be 10, and accuracy steps of 10 points select on noise
-BASELINES = {"`{}`": ["{}"], "`a photo of a {}.`": ["a photo of a {}."],
-             "CLIP authors' ImageNet ensemble (80)": list(hand_engineered("imagenet"))}
+BASELINES = {
+    "`{}`": ["{}"],
+    "`a photo of a {}.`": ["a photo of a {}."],
+    "CLIP authors' ImageNet ensemble (80)": list(hand_engineered("imagenet")),
+}
 
 
 @dataclass(frozen=True)
@@ -86,18 +89,37 @@ class Scorer(contextlib.AbstractContextManager):
     def __init__(self, model: Path, data: Path, seed: int, work: Path) -> None:
         work.mkdir(parents=True, exist_ok=True)
         service = start_service(
-            ["scorer_service", "--model", str(model), "--task", f"{TASK}={data}", "--shots", str(SHOTS), "--seed", str(seed),
-             "--anonymous-rights", "score,test",
-             "--cache-dir", str(work / "scorer-cache"), "--state-dir", str(work / f"scorer-state-{model.name}-{seed}")],
-            work / f"scorer-{model.name}-seed{seed}.log", timeout=600)
+            [
+                "scorer_service",
+                "--model",
+                str(model),
+                "--task",
+                f"{TASK}={data}",
+                "--shots",
+                str(SHOTS),
+                "--seed",
+                str(seed),
+                "--anonymous-rights",
+                "score,test",
+                "--cache-dir",
+                str(work / "scorer-cache"),
+                "--state-dir",
+                str(work / f"scorer-state-{model.name}-{seed}"),
+            ],
+            work / f"scorer-{model.name}-seed{seed}.log",
+            timeout=600,
+        )
         self.process, self.address = service.process, service.address
         self.channel = grpc.insecure_channel(self.address)
         self.stub = sc_grpc.ScorerStub(self.channel)
 
     def accuracies(self, ensembles: list[list[str]], split: str) -> list[float]:
         """Accuracy of each ensemble (a one-template ensemble is that template) on a split."""
-        request = sc_pb.ScoreRequest(task_id=TASK, split=sc_pb.SPLIT_TEST if split == "test" else sc_pb.SPLIT_TRAIN,
-                                     ensembles=[sc_pb.TemplateEnsemble(templates=e) for e in ensembles])
+        request = sc_pb.ScoreRequest(
+            task_id=TASK,
+            split=sc_pb.SPLIT_TEST if split == "test" else sc_pb.SPLIT_TRAIN,
+            ensembles=[sc_pb.TemplateEnsemble(templates=e) for e in ensembles],
+        )
         reply = self.stub.Score(request, timeout=600)
         for result in reply.ensemble_results:
             if result.error:
@@ -121,18 +143,49 @@ def llm_endpoint(args: argparse.Namespace, work: Path) -> Iterator[tuple[str, st
         yield server.base_url, server.alias, True
 
 
-def run_cell(cell: Path, method: Method, budget: Budget, seed: int, scorer: Scorer, llm: tuple[str, str, bool],
-             api_key_env: str) -> dict:
+def run_cell(
+    cell: Path, method: Method, budget: Budget, seed: int, scorer: Scorer, llm: tuple[str, str, bool], api_key_env: str
+) -> dict:
     """One optimizer run (resumed if its state holds it unfinished); returns its result.json plus wall time."""
     base_url, model, grammar = llm
     started = time.monotonic()
     command = [
-        "optimizer_service", "run", "--scorer", scorer.address, "--task", TASK, "--out", str(cell),
-        "--llm-base-url", base_url, "--llm-model", model, "--llm-grammar", str(grammar).lower(),
-        "--feedback", method.feedback, "--conversation", method.conversation, "--seed", str(seed),
-        "--restarts", str(budget.restarts), "--resets", "1", "--iterations", str(budget.iterations),
-        "--templates-per-call", str(budget.templates_per_call), "--initial-pool-size", str(budget.initial_pool_size),
-        "--max-llm-calls", str(budget.llm_calls), "--report-top", "5", "--label", f"bench {method.name} seed {seed}",
+        "optimizer_service",
+        "run",
+        "--scorer",
+        scorer.address,
+        "--task",
+        TASK,
+        "--out",
+        str(cell),
+        "--llm-base-url",
+        base_url,
+        "--llm-model",
+        model,
+        "--llm-grammar",
+        str(grammar).lower(),
+        "--feedback",
+        method.feedback,
+        "--conversation",
+        method.conversation,
+        "--seed",
+        str(seed),
+        "--restarts",
+        str(budget.restarts),
+        "--resets",
+        "1",
+        "--iterations",
+        str(budget.iterations),
+        "--templates-per-call",
+        str(budget.templates_per_call),
+        "--initial-pool-size",
+        str(budget.initial_pool_size),
+        "--max-llm-calls",
+        str(budget.llm_calls),
+        "--report-top",
+        "5",
+        "--label",
+        f"bench {method.name} seed {seed}",
     ]
     env = {**os.environ, "OPENAI_API_KEY": os.environ.get(api_key_env, "not-needed"), "PYTHONUNBUFFERED": "1"}
     process = start_module(command, cell / "optimizer.log", env)
@@ -151,9 +204,18 @@ def held_by_llm_call(trajectory: list[dict]) -> list[tuple[int, str, float]]:
     Selection is the optimizer's own: the best train accuracy, ties broken by pool.rank."""
     calls: dict[str, list[Candidate]] = {}
     for row in sorted(trajectory, key=lambda r: r["sequence"]):
-        calls.setdefault(row["llm_call"], []).append(Candidate(
-            template=row["template"], accuracy=row["train_accuracy"], restart=row["restart"], reset=row["reset"],
-            iteration=row["iteration"], sequence=row["sequence"], llm_call=row["llm_call"], position=row["position"]))
+        calls.setdefault(row["llm_call"], []).append(
+            Candidate(
+                template=row["template"],
+                accuracy=row["train_accuracy"],
+                restart=row["restart"],
+                reset=row["reset"],
+                iteration=row["iteration"],
+                sequence=row["sequence"],
+                llm_call=row["llm_call"],
+                position=row["position"],
+            )
+        )
     held: Candidate | None = None
     out = []
     for count, candidates in enumerate([calls.pop("", []), *calls.values()]):
@@ -176,15 +238,25 @@ def grade(result: dict, scorer: Scorer) -> dict:
     counters = result["counters"]
     _, selected, selected_train = curve[-1]
     if selected != result["best"][0]["template"]:
-        raise RuntimeError(f"the benchmark's selection {selected!r} is not the run's answer {result['best'][0]['template']!r}")
+        raise RuntimeError(
+            f"the benchmark's selection {selected!r} is not the run's answer {result['best'][0]['template']!r}"
+        )
     _, pool_best, pool_train = initial[-1]
     return {
-        "selected": selected, "train": selected_train, "test": test[selected],
-        "pool_best": pool_best, "pool_train": pool_train, "pool_test": test[pool_best],
-        "ensemble": ensemble, "ensemble_train": result["ensemble"]["train_accuracy"], "ensemble_test": ensemble_test,
+        "selected": selected,
+        "train": selected_train,
+        "test": test[selected],
+        "pool_best": pool_best,
+        "pool_train": pool_train,
+        "pool_test": test[pool_best],
+        "ensemble": ensemble,
+        "ensemble_train": result["ensemble"]["train_accuracy"],
+        "ensemble_test": ensemble_test,
         "curve": [(calls, test[t]) for calls, t, _ in curve],
-        "llm_calls": counters["llm_calls"], "tokens": counters["llm_prompt_tokens"] + counters["llm_completion_tokens"],
-        "templates_scored": counters["templates_scored"], "wall_seconds": result["wall_seconds"],
+        "llm_calls": counters["llm_calls"],
+        "tokens": counters["llm_prompt_tokens"] + counters["llm_completion_tokens"],
+        "templates_scored": counters["templates_scored"],
+        "wall_seconds": result["wall_seconds"],
     }
 
 
@@ -194,8 +266,14 @@ def spread(values: list[float]) -> str:
     return f"{100 * mean:.1f} ± {100 * sd:.1f}"
 
 
-def build_tables(graded: dict[str, dict[int, dict]], baselines: dict[str, dict[int, tuple[float, float]]],
-                 transfer: dict[str, dict[int, float]], args: argparse.Namespace, budget: Budget, target: str | None) -> list[str]:
+def build_tables(
+    graded: dict[str, dict[int, dict]],
+    baselines: dict[str, dict[int, tuple[float, float]]],
+    transfer: dict[str, dict[int, float]],
+    args: argparse.Namespace,
+    budget: Budget,
+    target: str | None,
+) -> list[str]:
     seeds = args.seeds
     lines = [
         f"Testbed: `{args.backbone}`, a small CLIP trained on Fashion-MNIST on this machine (testbed/train.py), "
@@ -211,11 +289,15 @@ def build_tables(graded: dict[str, dict[int, dict]], baselines: dict[str, dict[i
         "|---|---|---|---|---|---|---|",
     ]
     for name, train_test in baselines.items():
-        lines.append(f"| {name} | {spread([train_test[s][1] for s in seeds])} | {spread([train_test[s][0] for s in seeds])} "
-                     "| 0 | 0 | - | - |")
+        lines.append(
+            f"| {name} | {spread([train_test[s][1] for s in seeds])} | {spread([train_test[s][0] for s in seeds])} "
+            "| 0 | 0 | - | - |"
+        )
     first = next(iter(graded.values()))
-    lines.append(f"| best of the initial pool | {spread([first[s]['pool_test'] for s in seeds])} | "
-                 f"{spread([first[s]['pool_train'] for s in seeds])} | 0 | 0 | {budget.initial_pool_size} | - |")
+    lines.append(
+        f"| best of the initial pool | {spread([first[s]['pool_test'] for s in seeds])} | "
+        f"{spread([first[s]['pool_train'] for s in seeds])} | 0 | 0 | {budget.initial_pool_size} | - |"
+    )
     for key, per_seed in graded.items():
         rows = [per_seed[s] for s in seeds]
         lines.append(
@@ -223,24 +305,39 @@ def build_tables(graded: dict[str, dict[int, dict]], baselines: dict[str, dict[i
             f"{statistics.fmean(r['llm_calls'] for r in rows):.0f} | "
             f"{statistics.fmean(r['tokens'] for r in rows):.0f} | "
             f"{statistics.fmean(r['templates_scored'] for r in rows):.0f} | "
-            f"{statistics.fmean(r['wall_seconds'] for r in rows):.0f} |")
-    lines += ["", "The run's answer as an ensemble (greedy forward selection over the run's pool on train, "
-              "scored as one prompt ensemble), beside its single best template, test accuracy (%):", "",
-              "| method | single template | ensemble | ensemble's train acc. (%) | members (mean) |", "|---|---|---|---|---|"]
+            f"{statistics.fmean(r['wall_seconds'] for r in rows):.0f} |"
+        )
+    lines += [
+        "",
+        "The run's answer as an ensemble (greedy forward selection over the run's pool on train, "
+        "scored as one prompt ensemble), beside its single best template, test accuracy (%):",
+        "",
+        "| method | single template | ensemble | ensemble's train acc. (%) | members (mean) |",
+        "|---|---|---|---|---|",
+    ]
     for key, per_seed in graded.items():
         rows = [per_seed[s] for s in seeds]
-        lines.append(f"| {METHODS[key].name} | {spread([r['test'] for r in rows])} | "
-                     f"{spread([r['ensemble_test'] for r in rows])} | {spread([r['ensemble_train'] for r in rows])} | "
-                     f"{statistics.fmean(len(r['ensemble']) for r in rows):.1f} |")
+        lines.append(
+            f"| {METHODS[key].name} | {spread([r['test'] for r in rows])} | "
+            f"{spread([r['ensemble_test'] for r in rows])} | {spread([r['ensemble_train'] for r in rows])} | "
+            f"{statistics.fmean(len(r['ensemble']) for r in rows):.1f} |"
+        )
     lines += ["", "Templates selected (seed " + str(seeds[0]) + "):", ""]
     lines += [f"- {METHODS[key].name}: `{per_seed[seeds[0]]['selected']}`" for key, per_seed in graded.items()]
     if target:
-        lines += ["", f"Transfer: the same selected templates scored on `{target}` (another testbed backbone, "
-                  "a different vision tower), test accuracy (%):", "", "| method | on the backbone searched | on the other |",
-                  "|---|---|---|"]
+        lines += [
+            "",
+            f"Transfer: the same selected templates scored on `{target}` (another testbed backbone, "
+            "a different vision tower), test accuracy (%):",
+            "",
+            "| method | on the backbone searched | on the other |",
+            "|---|---|---|",
+        ]
         for key, per_seed in graded.items():
-            lines.append(f"| {METHODS[key].name} | {spread([per_seed[s]['test'] for s in seeds])} | "
-                         f"{spread([transfer[key][s] for s in seeds])} |")
+            lines.append(
+                f"| {METHODS[key].name} | {spread([per_seed[s]['test'] for s in seeds])} | "
+                f"{spread([transfer[key][s] for s in seeds])} |"
+            )
         lines.append(f"| `a photo of a {{}}.` | | {spread([transfer['photo'][s] for s in seeds])} |")
     return lines
 
@@ -268,13 +365,16 @@ def plot(path: Path, graded: dict[str, dict[int, dict]], seeds: list[int], backb
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.search_quality", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.search_quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="few-shot seeds (one scorer each)")
     parser.add_argument("--llm-calls", type=int, default=20, help="LLM calls per run, every method alike")
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
     parser.add_argument("--backbone", choices=sorted(RECIPES), default=DEFAULT_RECIPE, help="testbed model searched on")
-    parser.add_argument("--transfer-to", default="fmnist-vit-p4", help="testbed model for the transfer table ('none': skip)")
+    parser.add_argument(
+        "--transfer-to", default="fmnist-vit-p4", help="testbed model for the transfer table ('none': skip)"
+    )
     parser.add_argument("--llm-base-url", help="an OpenAI-compatible endpoint (default: the embedded llama-server)")
     parser.add_argument("--llm-model", default="gpt-4o-mini", help="model name at --llm-base-url")
     parser.add_argument("--llm-api-key-env", default="OPENAI_API_KEY", help="variable holding the endpoint's key")

@@ -51,18 +51,32 @@ CPU = torch.device("cpu")
 Step = Callable[[ClipEncoder, list[str], list[str]], list[torch.Tensor]]
 
 
-def build_encoder(tokenizer: CLIPTokenizer, dtype: torch.dtype = torch.float32, onednn: bool = False,
-                  device: torch.device = CPU) -> ClipEncoder:
+def build_encoder(
+    tokenizer: CLIPTokenizer, dtype: torch.dtype = torch.float32, onednn: bool = False, device: torch.device = CPU
+) -> ClipEncoder:
     """A ViT-B/32-shaped CLIP (random weights) wrapped as the scorer wraps a checkpoint."""
     shape = SHAPES["vit-b-32"]
     vocab = tokenizer.get_vocab()
     config = CLIPConfig(
-        text_config={"vocab_size": len(vocab), "hidden_size": shape.text_width, "intermediate_size": 4 * shape.text_width,
-                         "num_hidden_layers": shape.text_layers, "num_attention_heads": shape.text_heads, "max_position_embeddings": 77,
-                         "bos_token_id": vocab["<|startoftext|>"], "eos_token_id": vocab["<|endoftext|>"],
-                         "pad_token_id": vocab["<|endoftext|>"]},
-        vision_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
-                           "image_size": 32, "patch_size": 16},  # the vision tower is not benchmarked
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": shape.text_width,
+            "intermediate_size": 4 * shape.text_width,
+            "num_hidden_layers": shape.text_layers,
+            "num_attention_heads": shape.text_heads,
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab["<|startoftext|>"],
+            "eos_token_id": vocab["<|endoftext|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 16,
+        },  # the vision tower is not benchmarked
         projection_dim=shape.projection_dim,
     )
     torch.manual_seed(0)
@@ -73,6 +87,7 @@ def build_encoder(tokenizer: CLIPTokenizer, dtype: torch.dtype = torch.float32, 
 
 
 # torch.utils.flop_counter knows aten's matmuls; these two CPU kernels it does not.
+
 
 @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
 def _onednn_linear_flops(x_shape: Sequence[int], w_shape: Sequence[int], *args: object, **kwargs: object) -> int:
@@ -96,8 +111,13 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_peak_flops(matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], dtype: torch.dtype, device: torch.device = CPU,
-                      size: int = 2048, seconds: float = 2.0) -> float:
+def matmul_peak_flops(
+    matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    dtype: torch.dtype,
+    device: torch.device = CPU,
+    size: int = 2048,
+    seconds: float = 2.0,
+) -> float:
     size = size * 4 if device.type == "cuda" else size
     a, b = (torch.randn(size, size, dtype=dtype, device=device) for _ in range(2))
     matmul(a, b)
@@ -163,7 +183,9 @@ def per_template_step(padding: str) -> Step:
     def step(encoder: ClipEncoder, templates: list[str], names: list[str]) -> list[torch.Tensor]:
         embeddings = []
         for template in templates:
-            batch = encoder.tokenizer.hf([fill(template, n) for n in names], padding=padding, max_length=77, return_tensors="pt")
+            batch = encoder.tokenizer.hf(
+                [fill(template, n) for n in names], padding=padding, max_length=77, return_tensors="pt"
+            )
             with torch.inference_mode():
                 out = encoder.model.get_text_features(**batch.to(encoder.device))
             out = out if isinstance(out, torch.Tensor) else out.pooler_output
@@ -189,11 +211,21 @@ def scorer_path_step(encoder: ClipEncoder, templates: list[str], names: list[str
 def int8_encoder(encoder: ClipEncoder) -> ClipEncoder:
     """Dynamic int8 quantization of the text tower's linear layers (CPU)."""
     quantized = torch.ao.quantization.quantize_dynamic(encoder.model, {torch.nn.Linear}, dtype=torch.qint8)
-    return ClipEncoder(encoder.name, quantized, encoder.tokenizer, encoder.image_processor, encoder.device, encoder.dtype)
+    return ClipEncoder(
+        encoder.name, quantized, encoder.tokenizer, encoder.image_processor, encoder.device, encoder.dtype
+    )
 
 
-def run_step(name: str, step: Step, encoder: ClipEncoder, templates: list[str], names: list[str], features: torch.Tensor,
-             flops: int, peak: float | None) -> StepResult:
+def run_step(
+    name: str,
+    step: Step,
+    encoder: ClipEncoder,
+    templates: list[str],
+    names: list[str],
+    features: torch.Tensor,
+    flops: int,
+    peak: float | None,
+) -> StepResult:
     reset_peak_memory(encoder.device)
     synchronize(encoder.device)
     started = time.perf_counter()
@@ -201,11 +233,14 @@ def run_step(name: str, step: Step, encoder: ClipEncoder, templates: list[str], 
     synchronize(encoder.device)
     seconds = time.perf_counter() - started
     memory = peak_memory_mib(encoder.device)
-    return StepResult(name, len(templates), len(names), seconds, flops, predictions_of(embeddings, features), memory, peak)
+    return StepResult(
+        name, len(templates), len(names), seconds, flops, predictions_of(embeddings, features), memory, peak
+    )
 
 
-def cached_repeat_step(encoder: ClipEncoder, templates: list[str], names: list[str], features: torch.Tensor,
-                       labels: torch.Tensor) -> StepResult:
+def cached_repeat_step(
+    encoder: ClipEncoder, templates: list[str], names: list[str], features: torch.Tensor, labels: torch.Tensor
+) -> StepResult:
     """The whole TemplateScorer.score_candidates call for templates already in the text cache."""
 
     async def score_twice() -> float:
@@ -225,8 +260,16 @@ def cached_repeat_step(encoder: ClipEncoder, templates: list[str], names: list[s
         return elapsed
 
     seconds = asyncio.run(score_twice())
-    return StepResult("+ text cache hit (whole score call)", len(templates), len(names), seconds, 0, torch.empty(0),
-                      peak_memory_mib(encoder.device), None)
+    return StepResult(
+        "+ text cache hit (whole score call)",
+        len(templates),
+        len(names),
+        seconds,
+        0,
+        torch.empty(0),
+        peak_memory_mib(encoder.device),
+        None,
+    )
 
 
 def agreement(step: StepResult, baseline: StepResult) -> str:
@@ -247,8 +290,11 @@ def trained_model_agreement(model_dir: Path) -> list[str]:
     """
     templates = list(BUILTIN_TEMPLATES)
     fp32 = load_clip(str(model_dir), device="cpu", dtype="float32", cpu_matmul="torch")
-    rows = [("fp32 (reference)", fp32), ("bf16 (scorer --dtype bfloat16)", load_clip(str(model_dir), "cpu", "bfloat16", "torch")),
-            ("int8 dynamic quantization", int8_encoder(fp32))]
+    rows = [
+        ("fp32 (reference)", fp32),
+        ("bf16 (scorer --dtype bfloat16)", load_clip(str(model_dir), "cpu", "bfloat16", "torch")),
+        ("int8 dynamic quantization", int8_encoder(fp32)),
+    ]
     results: dict[str, torch.Tensor] = {}
     labels: dict[str, torch.Tensor] = {}
     for name, encoder in rows:
@@ -256,15 +302,22 @@ def trained_model_agreement(model_dir: Path) -> list[str]:
         embeddings = scorer_path_step(encoder, templates, list(CLASS_NAMES))
         results[name] = predictions_of(embeddings, features.float())
     reference, target = results[rows[0][0]], labels[rows[0][0]]
-    lines = ["", f"Trained testbed model ({model_dir.name}: a small CLIP trained on this machine, not CLIP): "
-             f"{len(templates)} built-in templates x {len(target)} Fashion-MNIST test images.", "",
-             "| dtype | predictions = fp32 | mean test accuracy | largest accuracy change of a template |", "|---|---|---|---|"]
+    lines = [
+        "",
+        f"Trained testbed model ({model_dir.name}: a small CLIP trained on this machine, not CLIP): "
+        f"{len(templates)} built-in templates x {len(target)} Fashion-MNIST test images.",
+        "",
+        "| dtype | predictions = fp32 | mean test accuracy | largest accuracy change of a template |",
+        "|---|---|---|---|",
+    ]
     reference_accuracy = (reference == target).float().mean(dim=1)
     for name, predictions in results.items():
         accuracy = (predictions == target).float().mean(dim=1)
-        lines.append(f"| {name} | {100 * (predictions == reference).float().mean().item():.2f}% | "
-                     f"{100 * accuracy.mean().item():.2f}% | "
-                     f"{100 * (accuracy - reference_accuracy).abs().max().item():.2f} points |")
+        lines.append(
+            f"| {name} | {100 * (predictions == reference).float().mean().item():.2f}% | "
+            f"{100 * accuracy.mean().item():.2f}% | "
+            f"{100 * (accuracy - reference_accuracy).abs().max().item():.2f} points |"
+        )
     return lines
 
 
@@ -276,18 +329,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--templates", type=int, default=64, help="templates scored by the fast steps")
-    parser.add_argument("--max-prompts", type=int, default=8000,
-                        help="fewer templates for many classes, so each step encodes at most this many prompts")
-    parser.add_argument("--baseline-templates", type=int, default=4,
-                        help="templates scored by the slow steps (their rate is per template; fewer keeps the run short)")
+    parser.add_argument(
+        "--max-prompts",
+        type=int,
+        default=8000,
+        help="fewer templates for many classes, so each step encodes at most this many prompts",
+    )
+    parser.add_argument(
+        "--baseline-templates",
+        type=int,
+        default=4,
+        help="templates scored by the slow steps (their rate is per template; fewer keeps the run short)",
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for a GPU")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--trained-model", default="testbed",
-                        help="checkpoint dir for the bf16/int8 agreement rows; 'testbed' trains or loads the testbed "
-                             "model, 'none' skips them")
-    parser.add_argument("--trained-model-only", action="store_true",
-                        help="only the trained model's agreement rows (bench/results/dtype_agreement.md)")
+    parser.add_argument(
+        "--trained-model",
+        default="testbed",
+        help="checkpoint dir for the bf16/int8 agreement rows; 'testbed' trains or loads the testbed "
+        "model, 'none' skips them",
+    )
+    parser.add_argument(
+        "--trained-model-only",
+        action="store_true",
+        help="only the trained model's agreement rows (bench/results/dtype_agreement.md)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -315,8 +382,10 @@ def main() -> None:
         fp32_peak = max(torch_peak, onednn_peak)
         cpu = platform.processor() or platform.machine()
         machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-        peaks = (f"measured matmul peak fp32 {torch_peak / 1e9:.0f} GFLOP/s with torch's kernels and "
-                 f"{onednn_peak / 1e9:.0f} with oneDNN's, bf16 {bf16_peak / 1e9:.0f} GFLOP/s.")
+        peaks = (
+            f"measured matmul peak fp32 {torch_peak / 1e9:.0f} GFLOP/s with torch's kernels and "
+            f"{onednn_peak / 1e9:.0f} with oneDNN's, bf16 {bf16_peak / 1e9:.0f} GFLOP/s."
+        )
 
     lines = [
         f"Machine: {machine}; {peaks} The FLOP/s column is against the faster fp32 peak "
@@ -331,22 +400,34 @@ def main() -> None:
         features, labels = image_features(IMAGES, SHAPES["vit-b-32"].projection_dim, count)
         templates = TEMPLATES[: max(1, min(args.templates, args.max_prompts // count))]
         slow = templates[: args.baseline_templates]
-        mean_tokens = sum(fp32.tokenizer.lengths([fill(t, n) for t in templates for n in names])) / (len(templates) * count)
+        mean_tokens = sum(fp32.tokenizer.lengths([fill(t, n) for t in templates for n in names])) / (
+            len(templates) * count
+        )
         pad_77, pad_longest = per_template_step("max_length"), per_template_step("longest")
         steps: list[tuple[str, Step, ClipEncoder, list[str], float | None]] = [
             ("baseline: per template, pad 77, fp32", pad_77, fp32, slow, fp32_peak),
             ("+ pad to longest", pad_longest, fp32, slow, fp32_peak),
             ("+ all templates batched, length-sorted", batched_step, fp32, templates, fp32_peak),
-            ("+ shared template prefix, last layer on end-of-text only "
-             f"({'scorer --dtype float32' if on_gpu else 'scorer --cpu-matmul torch'})", scorer_path_step, fp32, templates,
-             fp32_peak),
+            (
+                "+ shared template prefix, last layer on end-of-text only "
+                f"({'scorer --dtype float32' if on_gpu else 'scorer --cpu-matmul torch'})",
+                scorer_path_step,
+                fp32,
+                templates,
+                fp32_peak,
+            ),
         ]
         if int8 is None:  # on a GPU
             steps.append(("+ bf16 weights (scorer default on GPU)", scorer_path_step, bf16, templates, bf16_peak))
         else:
             steps += [
-                ("+ oneDNN fp32 kernels, MLP activation fused (scorer default on CPU)", scorer_path_step, default,
-                 templates, fp32_peak),
+                (
+                    "+ oneDNN fp32 kernels, MLP activation fused (scorer default on CPU)",
+                    scorer_path_step,
+                    default,
+                    templates,
+                    fp32_peak,
+                ),
                 ("+ bf16 weights (scorer --dtype bfloat16)", scorer_path_step, bf16, templates, bf16_peak),
                 ("+ int8 dynamic quantization", scorer_path_step, int8, templates, None),
                 ("reference: the baseline on oneDNN kernels", pad_77, default, slow, fp32_peak),

@@ -120,8 +120,11 @@ def resolve_model(ref: str | None) -> tuple[str, bool]:
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot_download(ref, local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1",
-                          allow_patterns=["*.json", "*.safetensors", "*.txt"])
+        snapshot_download(
+            ref,
+            local_files_only=os.environ.get("HF_HUB_OFFLINE") == "1",
+            allow_patterns=["*.json", "*.safetensors", "*.txt"],
+        )
         return ref, False
     except OSError as err:  # huggingface_hub's errors (offline, not found, HTTP) are all OSErrors
         log.warning("clip_model_unavailable", model=ref, error=str(err).splitlines()[0][:200])
@@ -155,11 +158,17 @@ class Processes(contextlib.ExitStack):
 
 def write_tokens(path: Path) -> dict[str, str]:
     tokens = {name: secrets.token_urlsafe(24) for name in ("optimizer", "admin", "user")}
-    path.write_text(json.dumps({"tokens": [
-        {"name": "optimizer", "token": tokens["optimizer"], "rights": ["score"]},
-        {"name": "admin", "token": tokens["admin"], "rights": ["score", "test", "run"]},
-        {"name": "user", "token": tokens["user"], "rights": ["run"]},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "tokens": [
+                    {"name": "optimizer", "token": tokens["optimizer"], "rights": ["score"]},
+                    {"name": "admin", "token": tokens["admin"], "rights": ["score", "test", "run"]},
+                    {"name": "user", "token": tokens["user"], "rights": ["run"]},
+                ]
+            }
+        )
+    )
     path.chmod(0o600)
     return tokens
 
@@ -177,33 +186,45 @@ def follow(stub: opt_grpc.OptimizerStub, run_id: str, token: str) -> list[Candid
             kind = event.WhichOneof("event")
             if kind == "candidate_scored":
                 c = event.candidate_scored
-                candidates.append(Candidate(c.template, c.train_accuracy, c.restart, c.reset, c.iteration,
-                                            c.candidate_sequence, c.llm_call))
+                candidates.append(
+                    Candidate(
+                        c.template, c.train_accuracy, c.restart, c.reset, c.iteration, c.candidate_sequence, c.llm_call
+                    )
+                )
             elif kind == "iteration_done":
                 done = event.iteration_done
                 bar.n = done.counters.iterations_done
-                bar.set_postfix(best=f"{100 * done.best_train_accuracy:.1f}%", llm_calls=done.counters.llm_calls,
-                                tokens=done.counters.llm_prompt_tokens + done.counters.llm_completion_tokens, refresh=True)
+                bar.set_postfix(
+                    best=f"{100 * done.best_train_accuracy:.1f}%",
+                    llm_calls=done.counters.llm_calls,
+                    tokens=done.counters.llm_prompt_tokens + done.counters.llm_completion_tokens,
+                    refresh=True,
+                )
             elif kind == "new_best":
                 bar.write(f"  new best {100 * event.new_best.train_accuracy:5.1f}%  {event.new_best.template}")
     return candidates
 
 
-def scores(scorer: sc_grpc.ScorerStub, task_id: str, templates: list[str], split: sc_pb.Split, token: str) -> dict[str, float]:
+def scores(
+    scorer: sc_grpc.ScorerStub, task_id: str, templates: list[str], split: sc_pb.Split, token: str
+) -> dict[str, float]:
     reply = scorer.Score(sc_pb.ScoreRequest(task_id=task_id, templates=templates, split=split), metadata=bearer(token))
     return {r.template: r.accuracy for r in reply.results}
 
 
-def report(scorer: sc_grpc.ScorerStub, task_id: str, selected: str, best: list[str], admin: str,
-           untrained: bool) -> list[dict[str, Any]]:
+def report(
+    scorer: sc_grpc.ScorerStub, task_id: str, selected: str, best: list[str], admin: str, untrained: bool
+) -> list[dict[str, Any]]:
     """Train and test accuracy of the baselines, the train-selected template and the other best ones
     (test read with the admin token, after the search: selection never sees it)."""
     templates = list(dict.fromkeys([*BASELINES, selected, *best]))
     train = scores(scorer, task_id, templates, sc_pb.SPLIT_TRAIN, admin)
     test = scores(scorer, task_id, templates, sc_pb.SPLIT_TEST, admin)
     kinds = dict.fromkeys(BASELINES, "baseline") | {selected: "selected"}
-    rows: list[dict[str, Any]] = [{"template": t, "kind": kinds.get(t, "found"), "train_accuracy": train[t], "test_accuracy": test[t]}
-            for t in templates]
+    rows: list[dict[str, Any]] = [
+        {"template": t, "kind": kinds.get(t, "found"), "train_accuracy": train[t], "test_accuracy": test[t]}
+        for t in templates
+    ]
     print("\n  train   test   template")
     for row in rows:
         tag = {"baseline": "   (baseline)", "selected": "   <- the climb's pick (best on train)"}.get(row["kind"], "")
@@ -229,35 +250,77 @@ def run_demo(settings: DemoSettings) -> int:
             base_url, llm_model = settings.llm_base_url, settings.llm_model
             log.info("llm_remote", base_url=base_url, model=llm_model)
         else:
-            llm = processes.enter_context(LlamaServer.for_model(settings.embedded_llm, parallel=2,
-                                                                log_path=WORK / "llama-server.log"))
+            llm = processes.enter_context(
+                LlamaServer.for_model(settings.embedded_llm, parallel=2, log_path=WORK / "llama-server.log")
+            )
             base_url, llm_model = llm.base_url, llm.alias
-        scorer_address = processes.service("scorer", [
-            "scorer_service", "--model", model, "--task", f"demo={data}", "--shots", str(settings.shots), "--seed", "1",
-            "--tokens-file", str(WORK / "tokens.json"),
-            "--cache-dir", str(WORK / "scorer-cache"), "--state-dir", str(WORK / "scorer-state"),
-        ])
-        optimizer_address = processes.service("optimizer", [
-            "optimizer_service", "serve", "--state-dir", str(WORK / "optimizer-state"),
-            "--scorer", scorer_address, "--llm-base-url", base_url, "--llm-model", llm_model, "--llm-grammar", str(settings.llm_grammar).lower(),
-            "--tokens-file", str(WORK / "tokens.json"),
-        ], env={"SCORER_TOKEN": tokens["optimizer"], "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "not-needed")})
-        with grpc.insecure_channel(optimizer_address) as opt_channel, grpc.insecure_channel(scorer_address) as sc_channel:
+        scorer_address = processes.service(
+            "scorer",
+            [
+                "scorer_service",
+                "--model",
+                model,
+                "--task",
+                f"demo={data}",
+                "--shots",
+                str(settings.shots),
+                "--seed",
+                "1",
+                "--tokens-file",
+                str(WORK / "tokens.json"),
+                "--cache-dir",
+                str(WORK / "scorer-cache"),
+                "--state-dir",
+                str(WORK / "scorer-state"),
+            ],
+        )
+        optimizer_address = processes.service(
+            "optimizer",
+            [
+                "optimizer_service",
+                "serve",
+                "--state-dir",
+                str(WORK / "optimizer-state"),
+                "--scorer",
+                scorer_address,
+                "--llm-base-url",
+                base_url,
+                "--llm-model",
+                llm_model,
+                "--llm-grammar",
+                str(settings.llm_grammar).lower(),
+                "--tokens-file",
+                str(WORK / "tokens.json"),
+            ],
+            env={"SCORER_TOKEN": tokens["optimizer"], "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY", "not-needed")},
+        )
+        with (
+            grpc.insecure_channel(optimizer_address) as opt_channel,
+            grpc.insecure_channel(scorer_address) as sc_channel,
+        ):
             optimizer = opt_grpc.OptimizerStub(opt_channel)
             scorer = sc_grpc.ScorerStub(sc_channel)
             spec = opt_pb.RunSpec(
-                task_id="demo", restarts=settings.restarts, resets=settings.resets, iterations=settings.iterations,
-                templates_per_call=settings.templates_per_call, initial_pool_size=settings.pool, label="make demo",
+                task_id="demo",
+                restarts=settings.restarts,
+                resets=settings.resets,
+                iterations=settings.iterations,
+                templates_per_call=settings.templates_per_call,
+                initial_pool_size=settings.pool,
+                label="make demo",
             )
             # a request_id makes StartRun safe to retry: a repeat returns this run instead of starting another
-            started_run = optimizer.StartRun(opt_pb.StartRunRequest(spec=spec, request_id=uuid.uuid4().hex),
-                                             metadata=bearer(tokens["user"]))
+            started_run = optimizer.StartRun(
+                opt_pb.StartRunRequest(spec=spec, request_id=uuid.uuid4().hex), metadata=bearer(tokens["user"])
+            )
             run_id = started_run.run_id
             log.info("run_started", run_id=run_id, model_digest=started_run.model_digest)
             candidates = follow(optimizer, run_id, tokens["user"])
             run = optimizer.GetRun(opt_pb.GetRunRequest(run_id=run_id), metadata=bearer(tokens["user"]))
-            print(f"\nrun {run_id}: {opt_pb.RunState.Name(run.state)} ({run.stop_reason}); "
-                  f"{run.counters.llm_calls} LLM calls, {run.counters.templates_scored} templates scored")
+            print(
+                f"\nrun {run_id}: {opt_pb.RunState.Name(run.state)} ({run.stop_reason}); "
+                f"{run.counters.llm_calls} LLM calls, {run.counters.templates_scored} templates scored"
+            )
             held = [c.template for _, c in selected_by_step(candidates, run.spec.iterations)]
             selected = held[-1] if held else run.best[0].template
             rows = report(scorer, "demo", selected, [b.template for b in run.best], tokens["admin"], untrained)
@@ -265,8 +328,12 @@ def run_demo(settings: DemoSettings) -> int:
     write_report(settings.out, run, candidates, note=UNTRAINED_WARNING if untrained else "", test_accuracy=test)
     result_path = settings.out / "result.json"
     result = json.loads(result_path.read_text())
-    result.update(model=model, untrained_model=untrained, baselines_and_best=rows,
-                  warning=UNTRAINED_WARNING if untrained else None)
+    result.update(
+        model=model,
+        untrained_model=untrained,
+        baselines_and_best=rows,
+        warning=UNTRAINED_WARNING if untrained else None,
+    )
     result_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {result_path} and {settings.out / 'accuracy.png'} in {time.monotonic() - started:.0f} s")
     if untrained:
@@ -275,8 +342,9 @@ def run_demo(settings: DemoSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(prog="python -m demo", description=__doc__,
-                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
+    argparse.ArgumentParser(
+        prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args(argv)
     configure_logging("INFO")
     try:
         return run_demo(DemoSettings.from_env())

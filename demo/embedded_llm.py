@@ -153,7 +153,10 @@ def _verified(target: Path, spec: ModelSpec) -> bool:
         recorded = json.loads(marker.read_text())
     except ValueError:
         return False
-    return recorded == {"sha256": spec.sha256, "size": spec.size, "mtime_ns": stat.st_mtime_ns} and stat.st_size == spec.size
+    return (
+        recorded == {"sha256": spec.sha256, "size": spec.size, "mtime_ns": stat.st_mtime_ns}
+        and stat.st_size == spec.size
+    )
 
 
 def assemble_model(
@@ -200,7 +203,9 @@ def assemble_model(
     finally:
         partial.unlink(missing_ok=True)
     stat = target.stat()
-    _marker_path(target).write_text(json.dumps({"sha256": spec.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+    _marker_path(target).write_text(
+        json.dumps({"sha256": spec.sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    )
     log.info("llm_model_ready", model=spec.name, path=str(target), seconds=round(time.monotonic() - started, 1))
     return target
 
@@ -272,7 +277,9 @@ class LlamaServer:
         self.process: subprocess.Popen | None = None
 
     @classmethod
-    def for_model(cls, model: str | ModelSpec = DEFAULT_MODEL, cache_dir: Path = DEFAULT_CACHE_DIR, **kwargs: Any) -> LlamaServer:
+    def for_model(
+        cls, model: str | ModelSpec = DEFAULT_MODEL, cache_dir: Path = DEFAULT_CACHE_DIR, **kwargs: Any
+    ) -> LlamaServer:
         """A server for a packaged model, assembling (or reusing) its verified GGUF first."""
         spec = model_spec(model)
         return cls(assemble_model(spec, cache_dir), alias=spec.name, **kwargs)
@@ -307,7 +314,13 @@ class LlamaServer:
         self.port = self.requested_port
         command = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log.info("llm_server_starting", port=self.port, model=str(self.model_path), parallel=self.parallel, log=str(self.log_path))
+        log.info(
+            "llm_server_starting",
+            port=self.port,
+            model=str(self.model_path),
+            parallel=self.parallel,
+            log=str(self.log_path),
+        )
         with self.log_path.open("wb") as log_file:
             self.process = process = subprocess.Popen(
                 **as_child(command), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT
@@ -324,7 +337,9 @@ class LlamaServer:
         next_report = started + 5
         while True:
             if process.poll() is not None:
-                raise LlamaServerError(f"llama-server exited with {process.returncode} while starting:\n{self.log_tail()}")
+                raise LlamaServerError(
+                    f"llama-server exited with {process.returncode} while starting:\n{self.log_tail()}"
+                )
             if self.port == 0:
                 self.port = self._listening_port()
             elif self._health() == 200:
@@ -332,7 +347,9 @@ class LlamaServer:
                 return
             now = time.monotonic()
             if now - started > self.startup_timeout:
-                raise LlamaServerError(f"llama-server not healthy after {self.startup_timeout:.0f} s:\n{self.log_tail()}")
+                raise LlamaServerError(
+                    f"llama-server not healthy after {self.startup_timeout:.0f} s:\n{self.log_tail()}"
+                )
             if now >= next_report:
                 log.info("llm_server_waiting", seconds=round(now - started), timeout=self.startup_timeout)
                 next_report = now + 5
@@ -392,7 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     pins = commands.add_parser("requirements", help="print the pip requirements, one a line")
     pins.add_argument("--model", action="append", choices=MODELS, help="default: every model")
-    for name, text in (("assemble", "assemble and verify a model; print its path"), ("serve", "serve a model until stopped")):
+    for name, text in (
+        ("assemble", "assemble and verify a model; print its path"),
+        ("serve", "serve a model until stopped"),
+    ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL)
         sub.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
@@ -412,7 +432,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         server = LlamaServer.for_model(
-            args.model, args.cache_dir, port=args.port, parallel=args.parallel, ctx_per_slot=args.ctx_per_slot, threads=args.threads
+            args.model,
+            args.cache_dir,
+            port=args.port,
+            parallel=args.parallel,
+            ctx_per_slot=args.ctx_per_slot,
+            threads=args.threads,
         )
         with server:
             print(server.base_url, flush=True)

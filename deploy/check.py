@@ -42,8 +42,9 @@ SECTIONS: list[Callable[[Report], None]] = [
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--write-prometheusrule", action="store_true",
-                        help="regenerate the PrometheusRule from alerts.yml and exit")
+    parser.add_argument(
+        "--write-prometheusrule", action="store_true", help="regenerate the PrometheusRule from alerts.yml and exit"
+    )
     args = parser.parse_args(argv)
     if args.write_prometheusrule:
         monitoring.PROMETHEUSRULE.write_text(monitoring.prometheusrule_text())

@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             seconds = build(name, pip_flags)
             cached = (LOGS / f"build-{name}.log").read_text().count("Using cache")
             config = image_config(IMAGES[name])
-            report.append(f"- built {IMAGES[name]} in {seconds:.0f} s ({cached} layers from cache): "
-                          f"{config['Size'] / 1e6:.0f} MB, USER {config['User']}, ENTRYPOINT {config['Entrypoint']}")
+            report.append(
+                f"- built {IMAGES[name]} in {seconds:.0f} s ({cached} layers from cache): "
+                f"{config['Size'] / 1e6:.0f} MB, USER {config['User']}, ENTRYPOINT {config['Entrypoint']}"
+            )
     except CheckFailed as err:
         say("\n".join(report) + f"\nFAIL {err}")
         return 1
@@ -95,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         run_report = LOGS / "run-report.md"
         if code == 0 and run_report.exists():
             seconds = time.monotonic() - started
-            say(run_report.read_text() + f"\nimage-check: both images ran as the manifests say ({seconds:.0f} s "
-                                         f"of running; logs in {LOGS.relative_to(ROOT)})")
+            say(
+                run_report.read_text() + f"\nimage-check: both images ran as the manifests say ({seconds:.0f} s "
+                f"of running; logs in {LOGS.relative_to(ROOT)})"
+            )
             return 0
     say(f"image-check: FAILED (logs in {LOGS.relative_to(ROOT)})")
     return 1

@@ -69,8 +69,10 @@ def _clip_benchmark_templates() -> dict[str, list[str]]:
         templates: dict[str, list[str]] = json.loads(data.read_text())
         return templates
     except ModuleNotFoundError as err:
-        raise BaselineError(f"hand-engineered templates come from the package {CLIP_BENCHMARK_PIN}, which is not "
-                            "installed: run `make env` (or pip install --no-deps it)") from err
+        raise BaselineError(
+            f"hand-engineered templates come from the package {CLIP_BENCHMARK_PIN}, which is not "
+            "installed: run `make env` (or pip install --no-deps it)"
+        ) from err
 
 
 def hand_engineered(dataset: str) -> tuple[str, ...]:
@@ -84,7 +86,9 @@ def hand_engineered(dataset: str) -> tuple[str, ...]:
     converted = tuple(t.replace("{c}", PLACEHOLDER) for t in templates)
     bad = next((t for t in converted if template_problem(t)), None)
     if bad is not None:
-        raise BaselineError(f"{CLIP_BENCHMARK_PIN}'s template {bad!r} for {dataset!r} is not usable: {template_problem(bad)}")
+        raise BaselineError(
+            f"{CLIP_BENCHMARK_PIN}'s template {bad!r} for {dataset!r} is not usable: {template_problem(bad)}"
+        )
     return converted
 
 

@@ -39,14 +39,22 @@ Choice = TypeVar("Choice", Feedback, Conversation, Preset, InitialPool)
 
 # Every member's proto value. The proto's UNSPECIFIED (0) is no member: the spec's defaults decide what it means.
 PROTO_VALUES: dict[type[enum.Enum], dict[enum.Enum, int]] = {
-    Feedback: {Feedback.POSITIVE_NEGATIVE: pb.FEEDBACK_POSITIVE_NEGATIVE,
-               Feedback.POSITIVE_ONLY: pb.FEEDBACK_POSITIVE_ONLY,
-               Feedback.NONE: pb.FEEDBACK_NONE},
-    Conversation: {Conversation.CHAT: pb.CONVERSATION_MODE_CHAT,
-                   Conversation.STATELESS: pb.CONVERSATION_MODE_STATELESS},
+    Feedback: {
+        Feedback.POSITIVE_NEGATIVE: pb.FEEDBACK_POSITIVE_NEGATIVE,
+        Feedback.POSITIVE_ONLY: pb.FEEDBACK_POSITIVE_ONLY,
+        Feedback.NONE: pb.FEEDBACK_NONE,
+    },
+    Conversation: {
+        Conversation.CHAT: pb.CONVERSATION_MODE_CHAT,
+        Conversation.STATELESS: pb.CONVERSATION_MODE_STATELESS,
+    },
     Preset: {Preset.PROMPTCLIMB: pb.PRESET_PROMPTCLIMB, Preset.AUTHORS: pb.PRESET_AUTHORS},
-    InitialPool: {InitialPool.BUILTIN: pb.INITIAL_POOL_BUILTIN, InitialPool.GIVEN: pb.INITIAL_POOL_GIVEN,
-                  InitialPool.LLM: pb.INITIAL_POOL_LLM, InitialPool.HAND_ENGINEERED: pb.INITIAL_POOL_HAND_ENGINEERED},
+    InitialPool: {
+        InitialPool.BUILTIN: pb.INITIAL_POOL_BUILTIN,
+        InitialPool.GIVEN: pb.INITIAL_POOL_GIVEN,
+        InitialPool.LLM: pb.INITIAL_POOL_LLM,
+        InitialPool.HAND_ENGINEERED: pb.INITIAL_POOL_HAND_ENGINEERED,
+    },
 }
 
 

@@ -49,34 +49,76 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     add_connection_args(p, state_dir_default=None)
     a = p.add_argument
     a("--task", default=_env("task", None), required=_env("task", None) is None, help="scorer task id to optimize for")
-    a("--out", type=Path, default=_env("out", None, Path), required=_env("out", None) is None,
-      help="directory for result.json and accuracy.png (and the state, unless --state-dir)")
-    a("--initial-pool", choices=[p.value for p in InitialPool],
-      default=_env("initial_pool", InitialPool.BUILTIN, InitialPool))
-    a("--initial-templates-file", type=Path, default=_env("initial_templates_file", None, Path),
-      help="one template per line, for --initial-pool given")
-    a("--hand-engineered-dataset", default=_env("hand_engineered_dataset", ""),
-      help="CoOp dataset name whose CLIP-authors' templates seed --initial-pool hand_engineered (e.g. oxford_pets)")
+    a(
+        "--out",
+        type=Path,
+        default=_env("out", None, Path),
+        required=_env("out", None) is None,
+        help="directory for result.json and accuracy.png (and the state, unless --state-dir)",
+    )
+    a(
+        "--initial-pool",
+        choices=[p.value for p in InitialPool],
+        default=_env("initial_pool", InitialPool.BUILTIN, InitialPool),
+    )
+    a(
+        "--initial-templates-file",
+        type=Path,
+        default=_env("initial_templates_file", None, Path),
+        help="one template per line, for --initial-pool given",
+    )
+    a(
+        "--hand-engineered-dataset",
+        default=_env("hand_engineered_dataset", ""),
+        help="CoOp dataset name whose CLIP-authors' templates seed --initial-pool hand_engineered (e.g. oxford_pets)",
+    )
     # Unset knobs stay 0/None here, so the preset and the defaults of spec.py decide them (one place).
     authors = {**PRESETS[Preset.AUTHORS].fixed, **PRESETS[Preset.AUTHORS].defaults}
-    a("--preset", choices=[p.value for p in Preset], default=_env("preset", Preset.PROMPTCLIMB, Preset),
-      help="authors: " + ", ".join(f"{k}={v}" for k, v in authors.items()))
+    a(
+        "--preset",
+        choices=[p.value for p in Preset],
+        default=_env("preset", Preset.PROMPTCLIMB, Preset),
+        help="authors: " + ", ".join(f"{k}={v}" for k, v in authors.items()),
+    )
     for name, knob in KNOBS.items():
-        a(f"--{name.replace('_', '-')}", type=int, default=_env(name, 0, int),
-          help=f"{knob.low}..{knob.cap}, default {knob.default}")
-    a("--feedback", choices=[f.value for f in Feedback], default=_env("feedback", None, Feedback),
-      help="default positive_negative")
-    a("--conversation", choices=[c.value for c in Conversation], default=_env("conversation", None, Conversation),
-      help="default chat")
-    a("--show-accuracies", action=argparse.BooleanOptionalAction, default=_env("show_accuracies", None, bool),
-      help="show the LLM each template's accuracy (default: yes; preset authors: no)")
+        a(
+            f"--{name.replace('_', '-')}",
+            type=int,
+            default=_env(name, 0, int),
+            help=f"{knob.low}..{knob.cap}, default {knob.default}",
+        )
+    a(
+        "--feedback",
+        choices=[f.value for f in Feedback],
+        default=_env("feedback", None, Feedback),
+        help="default positive_negative",
+    )
+    a(
+        "--conversation",
+        choices=[c.value for c in Conversation],
+        default=_env("conversation", None, Conversation),
+        help="default chat",
+    )
+    a(
+        "--show-accuracies",
+        action=argparse.BooleanOptionalAction,
+        default=_env("show_accuracies", None, bool),
+        help="show the LLM each template's accuracy (default: yes; preset authors: no)",
+    )
     a("--temperature", type=float, default=_env("temperature", None, float), help="default 1.0")
-    a("--replay-run", default=_env("replay_run", ""),
-      help="answer identical LLM questions from this earlier run's stored replies")
+    a(
+        "--replay-run",
+        default=_env("replay_run", ""),
+        help="answer identical LLM questions from this earlier run's stored replies",
+    )
     for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
         a(f"--{name.replace('_', '-')}", type=int, default=_env(name, 0, int), help="0: no limit")
-    a("--max-wall-seconds", type=float, default=_env("max_wall_seconds", 0.0, float),
-      help="search time (the spec's max_wall_time) in seconds; 0: no limit")
+    a(
+        "--max-wall-seconds",
+        type=float,
+        default=_env("max_wall_seconds", 0.0, float),
+        help="search time (the spec's max_wall_time) in seconds; 0: no limit",
+    )
     a("--seed", type=int, default=_env("seed", 0, int))
     a("--label", default=_env("label", ""))
 
@@ -88,13 +130,20 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
     if not 0 <= ns.max_wall_seconds < math.inf:
         raise SpecError("--max-wall-seconds must be a finite number >= 0 (0 means no limit)")
     spec = pb.RunSpec(
-        task_id=ns.task, llm_model=ns.llm_model, initial_pool=to_proto(InitialPool(ns.initial_pool)),
+        task_id=ns.task,
+        llm_model=ns.llm_model,
+        initial_pool=to_proto(InitialPool(ns.initial_pool)),
         initial_templates=templates,
         feedback=to_proto(Feedback(ns.feedback)) if ns.feedback else pb.FEEDBACK_UNSPECIFIED,
         conversation=to_proto(Conversation(ns.conversation)) if ns.conversation else pb.CONVERSATION_MODE_UNSPECIFIED,
-        preset=to_proto(Preset(ns.preset)), replay_run_id=ns.replay_run,
-        max_llm_calls=ns.max_llm_calls, max_llm_tokens=ns.max_llm_tokens, max_scored_templates=ns.max_scored_templates,
-        seed=ns.seed, label=ns.label, hand_engineered_dataset=ns.hand_engineered_dataset,
+        preset=to_proto(Preset(ns.preset)),
+        replay_run_id=ns.replay_run,
+        max_llm_calls=ns.max_llm_calls,
+        max_llm_tokens=ns.max_llm_tokens,
+        max_scored_templates=ns.max_scored_templates,
+        seed=ns.seed,
+        label=ns.label,
+        hand_engineered_dataset=ns.hand_engineered_dataset,
         **{name: getattr(ns, name) for name in KNOBS},
     )
     spec.max_wall_time.FromNanoseconds(round(ns.max_wall_seconds * 1e9))
@@ -108,8 +157,11 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
 async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_settings: LlmSettings) -> int:
     """Starts (or resumes, if --state-dir holds the same unfinished run) one run, follows it, writes the report."""
     out: Path = ns.out
-    state = WritablePath("--state-dir", "OPTIMIZER_STATE_DIR", ns.state_dir) if ns.state_dir else \
-        WritablePath("--out", "OPTIMIZER_OUT", out / "state")
+    state = (
+        WritablePath("--state-dir", "OPTIMIZER_STATE_DIR", ns.state_dir)
+        if ns.state_dir
+        else WritablePath("--out", "OPTIMIZER_OUT", out / "state")
+    )
     require_writable([WritablePath("--out", "OPTIMIZER_OUT", out), state])
     store = Store.open(state.path)
     llm = LlmClient(llm_settings, store)
@@ -133,23 +185,33 @@ async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_
         await llm.close()
         await scorer.close()
         store.close()
-    log.info("run_report_written", run_id=run_id, state=pb.RunState.Name(run.state), stop_reason=run.stop_reason,
-             best=run.best[0].template if run.best else None, out=str(out))
+    log.info(
+        "run_report_written",
+        run_id=run_id,
+        state=pb.RunState.Name(run.state),
+        stop_reason=run.stop_reason,
+        best=run.best[0].template if run.best else None,
+        out=str(out),
+    )
     return 0 if run.state == pb.RUN_STATE_SUCCEEDED else 1
 
 
 async def follow(manager: RunManager, run_id: str) -> None:
     """A progress bar over the run's events: iterations, best accuracy, LLM calls and tokens."""
     run = manager.get(run_id, LOCAL)
-    with tqdm(total=run.counters.iterations_total, initial=run.counters.iterations_done, unit="it",
-              desc="climbing") as bar:
+    with tqdm(
+        total=run.counters.iterations_total, initial=run.counters.iterations_done, unit="it", desc="climbing"
+    ) as bar:
         async for event in manager.watch(run_id, LOCAL):
             if event.HasField("iteration_done"):
                 done = event.iteration_done
                 bar.n = done.counters.iterations_done
-                bar.set_postfix(best=f"{100 * done.best_train_accuracy:.1f}%", llm_calls=done.counters.llm_calls,
-                                tokens=done.counters.llm_prompt_tokens + done.counters.llm_completion_tokens,
-                                refresh=True)
+                bar.set_postfix(
+                    best=f"{100 * done.best_train_accuracy:.1f}%",
+                    llm_calls=done.counters.llm_calls,
+                    tokens=done.counters.llm_prompt_tokens + done.counters.llm_completion_tokens,
+                    refresh=True,
+                )
 
 
 def step_of(candidate: Candidate, iterations: int) -> int:
@@ -188,8 +250,9 @@ def selected_by_step(candidates: list[Candidate], iterations: int) -> list[tuple
     return out
 
 
-def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str = "",
-                 test_accuracy: dict[str, float] | None = None) -> None:
+def write_report(
+    out: Path, run: pb.Run, candidates: list[Candidate], note: str = "", test_accuracy: dict[str, float] | None = None
+) -> None:
     """result.json and accuracy.png; `note` (e.g. a warning about the model) goes under the plot's title.
 
     `test_accuracy` (template -> test accuracy, for callers allowed to see test) adds the test
@@ -197,8 +260,10 @@ def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str 
     """
     iterations = run.spec.iterations
     curve = accuracy_curve(candidates, iterations)
-    selected = [(step, c.template, c.accuracy, (test_accuracy or {}).get(c.template))
-                for step, c in selected_by_step(candidates, iterations)]
+    selected = [
+        (step, c.template, c.accuracy, (test_accuracy or {}).get(c.template))
+        for step, c in selected_by_step(candidates, iterations)
+    ]
     result = {
         "run_id": run.run_id,
         "state": pb.RunState.Name(run.state),
@@ -209,12 +274,22 @@ def write_report(out: Path, run: pb.Run, candidates: list[Candidate], note: str 
         "counters": counter_values(run.counters),
         "spec": RunSettings.from_proto(run.spec, run.spec.llm_model).to_json(),
         "curve": [{"step": s, "best_train_accuracy": b, "mean_train_accuracy": m} for s, b, m in curve],
-        "selected": [{"step": s, "template": t, "train_accuracy": a, **({"test_accuracy": x} if x is not None else {})}
-                     for s, t, a, x in selected],
+        "selected": [
+            {"step": s, "template": t, "train_accuracy": a, **({"test_accuracy": x} if x is not None else {})}
+            for s, t, a, x in selected
+        ],
         "trajectory": [
-            {"sequence": c.sequence, "template": c.template, "train_accuracy": c.accuracy, "restart": c.restart,
-             "reset": c.reset, "iteration": c.iteration, "position": c.position, "llm_call": c.llm_call,
-             "reused": c.reused}
+            {
+                "sequence": c.sequence,
+                "template": c.template,
+                "train_accuracy": c.accuracy,
+                "restart": c.restart,
+                "reset": c.reset,
+                "iteration": c.iteration,
+                "position": c.position,
+                "llm_call": c.llm_call,
+                "reused": c.reused,
+            }
             for c in candidates
         ],
     }
@@ -235,8 +310,14 @@ def counter_values(counters: pb.Counters) -> dict:
     return values
 
 
-def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, iterations: int, note: str = "",
-               test_curve: list[tuple[int, float]] | None = None) -> None:
+def plot_curve(
+    path: Path,
+    curve: list[tuple[int, float, float]],
+    task_id: str,
+    iterations: int,
+    note: str = "",
+    test_curve: list[tuple[int, float]] | None = None,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,8 +329,12 @@ def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, 
     ax.plot(steps, [100 * b for _, b, _ in curve], marker="o", label="train: best so far")
     ax.plot(steps, [100 * m for _, _, m in curve], marker=".", label="train: mean of scored")
     if test_curve:
-        ax.plot([s for s, _ in test_curve], [100 * x for _, x in test_curve], marker="s",
-                label="test: template selected on train")
+        ax.plot(
+            [s for s, _ in test_curve],
+            [100 * x for _, x in test_curve],
+            marker="s",
+            label="test: template selected on train",
+        )
     ax.set_xlabel(f"iteration (0: initial pool; resets continue at multiples of {iterations})")
     ax.set_ylabel("accuracy (%)")
     title = f"prompt search on {task_id}" + ("\n" + "\n".join(textwrap.wrap(note, 70)) if note else "")
@@ -264,9 +349,9 @@ def plot_curve(path: Path, curve: list[tuple[int, float, float]], task_id: str, 
 
 def main(argv: list[str] | None = None, prog: str = "python -m optimizer_service") -> int:
     """The optimizer's command line; `prog` is the name its help shows (promptclimb-optimizer when installed)."""
-    parser = argparse.ArgumentParser(prog=prog,
-                                     description="Hill-climb CLIP prompt templates with a chat LLM against a "
-                                                 "promptclimb scorer.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="Hill-climb CLIP prompt templates with a chat LLM against a promptclimb scorer."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="run the Optimizer gRPC service")
     run_parser = commands.add_parser("run", help="optimize once in-process and write a report")

@@ -113,50 +113,113 @@ def add_connection_args(p: argparse.ArgumentParser, *, state_dir_default: Path |
     """Flags both `serve` and `run` take: state, scorer, LLM endpoint."""
     d, s, llm = OptimizerConfig(), ScorerSettings(), LlmSettings()
     a = p.add_argument
-    a("--state-dir", type=Path, default=_env("state_dir", state_dir_default, Path),
-      help="directory of the SQLite state (runs, pool, conversations, LLM response cache)")
+    a(
+        "--state-dir",
+        type=Path,
+        default=_env("state_dir", state_dir_default, Path),
+        help="directory of the SQLite state (runs, pool, conversations, LLM response cache)",
+    )
     a("--scorer", default=_env("scorer", s.address), help="HOST:PORT of the scorer")
-    a("--scorer-token-env", default=_env("scorer_token_env", "SCORER_TOKEN"),
-      help="name of the environment variable holding the scorer bearer token")
+    a(
+        "--scorer-token-env",
+        default=_env("scorer_token_env", "SCORER_TOKEN"),
+        help="name of the environment variable holding the scorer bearer token",
+    )
     a("--scorer-tls-ca", default=_env("scorer_tls_ca", None), help="CA (PEM) of the scorer's certificate; enables TLS")
-    a("--scorer-tls-cert", default=_env("scorer_tls_cert", None),
-      help="client certificate (PEM) for a scorer with mTLS")
+    a(
+        "--scorer-tls-cert",
+        default=_env("scorer_tls_cert", None),
+        help="client certificate (PEM) for a scorer with mTLS",
+    )
     a("--scorer-tls-key", default=_env("scorer_tls_key", None), help="client key (PEM) for a scorer with mTLS")
-    a("--scorer-deadline-s", type=float, default=_env("scorer_deadline_s", s.deadline_s, float),
-      help="deadline of one Score call")
-    a("--scorer-grace-s", type=float, default=_env("scorer_grace_s", s.grace_s, float),
-      help="how long the scorer may stay unreachable before a run fails (it stays resumable)")
-    a("--llm-base-url", default=_env("llm_base_url", llm.base_url),
-      help="OpenAI-compatible endpoint, e.g. http://host:8080/v1")
+    a(
+        "--scorer-deadline-s",
+        type=float,
+        default=_env("scorer_deadline_s", s.deadline_s, float),
+        help="deadline of one Score call",
+    )
+    a(
+        "--scorer-grace-s",
+        type=float,
+        default=_env("scorer_grace_s", s.grace_s, float),
+        help="how long the scorer may stay unreachable before a run fails (it stays resumable)",
+    )
+    a(
+        "--llm-base-url",
+        default=_env("llm_base_url", llm.base_url),
+        help="OpenAI-compatible endpoint, e.g. http://host:8080/v1",
+    )
     a("--llm-model", default=_env("llm_model", llm.model), help="chat model name (a run's spec may override it)")
-    a("--llm-concurrency", type=int, default=_env("llm_concurrency", llm.concurrency, int),
-      help="most LLM calls in flight")
-    a("--llm-timeout-s", type=float, default=_env("llm_timeout_s", llm.timeout_s, float),
-      help="timeout of one LLM call")
-    a("--llm-max-attempts", type=int, default=_env("llm_max_attempts", llm.max_attempts, int),
-      help="attempts per LLM call on 429/5xx/timeouts/malformed replies")
+    a(
+        "--llm-concurrency",
+        type=int,
+        default=_env("llm_concurrency", llm.concurrency, int),
+        help="most LLM calls in flight",
+    )
+    a(
+        "--llm-timeout-s",
+        type=float,
+        default=_env("llm_timeout_s", llm.timeout_s, float),
+        help="timeout of one LLM call",
+    )
+    a(
+        "--llm-max-attempts",
+        type=int,
+        default=_env("llm_max_attempts", llm.max_attempts, int),
+        help="attempts per LLM call on 429/5xx/timeouts/malformed replies",
+    )
     a("--llm-backoff-initial-s", type=float, default=_env("llm_backoff_initial_s", llm.backoff_initial_s, float))
-    a("--llm-backoff-max-s", type=float, default=_env("llm_backoff_max_s", llm.backoff_max_s, float),
-      help="longest wait between attempts, Retry-After included")
-    a("--llm-max-completion-tokens", type=int,
-      default=_env("llm_max_completion_tokens", llm.max_completion_tokens, int),
-      help="most tokens one reply may have")
-    a("--llm-token-limit-field", choices=TOKEN_LIMIT_FIELDS,
-      default=_env("llm_token_limit_field", llm.token_limit_field, Literal[TOKEN_LIMIT_FIELDS]),
-      help="request field carrying that limit: max_tokens (llama.cpp, vLLM, Ollama, most OpenAI chat models) or "
-           "max_completion_tokens (OpenAI reasoning models, which refuse max_tokens)")
-    a("--llm-price", type=_price, default=_env("llm_price", Price(), _price),
-      help="PROMPT,COMPLETION in USD per million tokens, to report cost")
-    a("--llm-grammar", type=yes_no, default=_env("llm_grammar", False, bool),
-      help="send a GBNF grammar forcing one template per line with one {} (llama.cpp's llama-server only)")
-    a("--llm-context-tokens", type=int, default=_env("llm_context_tokens", llm.context_tokens, int),
-      help="the LLM's context size in tokens; a chat keeps its opening and as many recent exchanges as fit in it, "
-           "less --llm-max-completion-tokens")
-    a("--llm-seed", type=yes_no, default=_env("llm_seed", True, bool),
-      help="send each call a `seed` derived from the run's seed and the call (true/false; llama-server, vLLM and "
-           "OpenAI accept it)")
-    a("--llm-cache", type=yes_no, default=_env("llm_cache", True, bool),
-      help="reuse stored LLM replies for identical requests (true/false)")
+    a(
+        "--llm-backoff-max-s",
+        type=float,
+        default=_env("llm_backoff_max_s", llm.backoff_max_s, float),
+        help="longest wait between attempts, Retry-After included",
+    )
+    a(
+        "--llm-max-completion-tokens",
+        type=int,
+        default=_env("llm_max_completion_tokens", llm.max_completion_tokens, int),
+        help="most tokens one reply may have",
+    )
+    a(
+        "--llm-token-limit-field",
+        choices=TOKEN_LIMIT_FIELDS,
+        default=_env("llm_token_limit_field", llm.token_limit_field, Literal[TOKEN_LIMIT_FIELDS]),
+        help="request field carrying that limit: max_tokens (llama.cpp, vLLM, Ollama, most OpenAI chat models) or "
+        "max_completion_tokens (OpenAI reasoning models, which refuse max_tokens)",
+    )
+    a(
+        "--llm-price",
+        type=_price,
+        default=_env("llm_price", Price(), _price),
+        help="PROMPT,COMPLETION in USD per million tokens, to report cost",
+    )
+    a(
+        "--llm-grammar",
+        type=yes_no,
+        default=_env("llm_grammar", False, bool),
+        help="send a GBNF grammar forcing one template per line with one {} (llama.cpp's llama-server only)",
+    )
+    a(
+        "--llm-context-tokens",
+        type=int,
+        default=_env("llm_context_tokens", llm.context_tokens, int),
+        help="the LLM's context size in tokens; a chat keeps its opening and as many recent exchanges as fit in it, "
+        "less --llm-max-completion-tokens",
+    )
+    a(
+        "--llm-seed",
+        type=yes_no,
+        default=_env("llm_seed", True, bool),
+        help="send each call a `seed` derived from the run's seed and the call (true/false; llama-server, vLLM and "
+        "OpenAI accept it)",
+    )
+    a(
+        "--llm-cache",
+        type=yes_no,
+        default=_env("llm_cache", True, bool),
+        help="reuse stored LLM replies for identical requests (true/false)",
+    )
     a("--log-level", default=_env("log_level", d.log_level))
 
 
@@ -165,23 +228,38 @@ def connection_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> t
     if ns.llm_concurrency < 1 or ns.llm_max_attempts < 1 or ns.llm_max_completion_tokens < 1:
         p.error("--llm-concurrency, --llm-max-attempts and --llm-max-completion-tokens must be at least 1")
     if ns.llm_context_tokens <= ns.llm_max_completion_tokens:
-        p.error(f"--llm-context-tokens ({ns.llm_context_tokens}) must exceed --llm-max-completion-tokens "
-                f"({ns.llm_max_completion_tokens}): the reply needs room in the context")
+        p.error(
+            f"--llm-context-tokens ({ns.llm_context_tokens}) must exceed --llm-max-completion-tokens "
+            f"({ns.llm_max_completion_tokens}): the reply needs room in the context"
+        )
     if min(ns.llm_timeout_s, ns.scorer_deadline_s) <= 0 or min(ns.scorer_grace_s, ns.llm_backoff_initial_s) < 0:
         p.error("timeouts must be > 0 and grace/backoff >= 0")
     if bool(ns.scorer_tls_cert) != bool(ns.scorer_tls_key):
         p.error("--scorer-tls-cert and --scorer-tls-key go together")
     scorer = ScorerSettings(
-        address=ns.scorer, token=os.environ.get(ns.scorer_token_env, ""), tls_ca=ns.scorer_tls_ca,
-        tls_cert=ns.scorer_tls_cert, tls_key=ns.scorer_tls_key, deadline_s=ns.scorer_deadline_s,
+        address=ns.scorer,
+        token=os.environ.get(ns.scorer_token_env, ""),
+        tls_ca=ns.scorer_tls_ca,
+        tls_cert=ns.scorer_tls_cert,
+        tls_key=ns.scorer_tls_key,
+        deadline_s=ns.scorer_deadline_s,
         grace_s=ns.scorer_grace_s,
     )
     llm = LlmSettings(
-        base_url=ns.llm_base_url, model=ns.llm_model, api_key=os.environ.get("OPENAI_API_KEY", ""),
-        concurrency=ns.llm_concurrency, timeout_s=ns.llm_timeout_s, max_attempts=ns.llm_max_attempts,
-        backoff_initial_s=ns.llm_backoff_initial_s, backoff_max_s=ns.llm_backoff_max_s,
-        max_completion_tokens=ns.llm_max_completion_tokens, token_limit_field=ns.llm_token_limit_field,
-        price=ns.llm_price, cache=ns.llm_cache, grammar=ns.llm_grammar, context_tokens=ns.llm_context_tokens,
+        base_url=ns.llm_base_url,
+        model=ns.llm_model,
+        api_key=os.environ.get("OPENAI_API_KEY", ""),
+        concurrency=ns.llm_concurrency,
+        timeout_s=ns.llm_timeout_s,
+        max_attempts=ns.llm_max_attempts,
+        backoff_initial_s=ns.llm_backoff_initial_s,
+        backoff_max_s=ns.llm_backoff_max_s,
+        max_completion_tokens=ns.llm_max_completion_tokens,
+        token_limit_field=ns.llm_token_limit_field,
+        price=ns.llm_price,
+        cache=ns.llm_cache,
+        grammar=ns.llm_grammar,
+        context_tokens=ns.llm_context_tokens,
         send_seed=ns.llm_seed,
     )
     if not llm.api_key:
@@ -193,18 +271,44 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     d = OptimizerConfig()
     add_connection_args(p, state_dir_default=d.state_dir)
     a = p.add_argument
-    add_serving_args(p, _env, port=d.port, metrics_port=d.metrics_port, anonymous_rights=d.anonymous_rights,
-                     host=d.host, grace_seconds=d.grace_seconds)
-    a("--max-active-runs", type=int, default=_env("max_active_runs", d.max_active_runs, int),
-      help="runs that search at once; more wait as PENDING")
-    a("--llm-allowed-models", default=_env("llm_allowed_models", ""),
-      help="comma-separated models a run spec may name besides --llm-model; any other gets INVALID_ARGUMENT")
-    a("--run-max-llm-calls", type=int, default=_env("run_max_llm_calls", d.limits.max_llm_calls, int),
-      help="ceiling of a run's LLM calls: a spec's 0 takes it, a spec above it is refused (0: none)")
-    a("--run-max-llm-tokens", type=int, default=_env("run_max_llm_tokens", d.limits.max_llm_tokens, int),
-      help="ceiling of a run's LLM tokens, prompt and completion (0: none)")
-    a("--run-max-llm-cost-usd", type=float, default=_env("run_max_llm_cost_usd", d.limits.max_llm_cost_usd, float),
-      help="ceiling of a run's LLM cost in USD by --llm-price; applies only with a price (0: none)")
+    add_serving_args(
+        p,
+        _env,
+        port=d.port,
+        metrics_port=d.metrics_port,
+        anonymous_rights=d.anonymous_rights,
+        host=d.host,
+        grace_seconds=d.grace_seconds,
+    )
+    a(
+        "--max-active-runs",
+        type=int,
+        default=_env("max_active_runs", d.max_active_runs, int),
+        help="runs that search at once; more wait as PENDING",
+    )
+    a(
+        "--llm-allowed-models",
+        default=_env("llm_allowed_models", ""),
+        help="comma-separated models a run spec may name besides --llm-model; any other gets INVALID_ARGUMENT",
+    )
+    a(
+        "--run-max-llm-calls",
+        type=int,
+        default=_env("run_max_llm_calls", d.limits.max_llm_calls, int),
+        help="ceiling of a run's LLM calls: a spec's 0 takes it, a spec above it is refused (0: none)",
+    )
+    a(
+        "--run-max-llm-tokens",
+        type=int,
+        default=_env("run_max_llm_tokens", d.limits.max_llm_tokens, int),
+        help="ceiling of a run's LLM tokens, prompt and completion (0: none)",
+    )
+    a(
+        "--run-max-llm-cost-usd",
+        type=float,
+        default=_env("run_max_llm_cost_usd", d.limits.max_llm_cost_usd, float),
+        help="ceiling of a run's LLM cost in USD by --llm-price; applies only with a price (0: none)",
+    )
 
 
 def serve_config(p: argparse.ArgumentParser, ns: argparse.Namespace) -> OptimizerConfig:
@@ -216,11 +320,17 @@ def serve_config(p: argparse.ArgumentParser, ns: argparse.Namespace) -> Optimize
         p.error("--run-max-llm-calls, --run-max-llm-tokens and --run-max-llm-cost-usd must be >= 0 (0: no ceiling)")
     limits = RunLimits(
         allowed_models=frozenset(m.strip() for m in ns.llm_allowed_models.split(",") if m.strip()),
-        max_llm_calls=ns.run_max_llm_calls, max_llm_tokens=ns.run_max_llm_tokens,
+        max_llm_calls=ns.run_max_llm_calls,
+        max_llm_tokens=ns.run_max_llm_tokens,
         max_llm_cost_usd=ns.run_max_llm_cost_usd,
         priced=llm.price != Price(),
     )
     return OptimizerConfig(
-        **serving_settings(p, ns), state_dir=ns.state_dir, scorer=scorer, llm=llm,
-        max_active_runs=ns.max_active_runs, limits=limits, log_level=ns.log_level,
+        **serving_settings(p, ns),
+        state_dir=ns.state_dir,
+        scorer=scorer,
+        llm=llm,
+        max_active_runs=ns.max_active_runs,
+        limits=limits,
+        log_level=ns.log_level,
     )

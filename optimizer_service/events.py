@@ -36,8 +36,9 @@ def without_test(event: pb.RunEvent) -> pb.RunEvent:
     return event
 
 
-async def watch(store: Store, run_id: str, signal: Signal, ended: Callable[[], bool], *, after_sequence: int,
-                with_test: bool) -> AsyncIterator[pb.RunEvent]:
+async def watch(
+    store: Store, run_id: str, signal: Signal, ended: Callable[[], bool], *, after_sequence: int, with_test: bool
+) -> AsyncIterator[pb.RunEvent]:
     """The run's events after `after_sequence`, then live ones until `ended()`.
 
     A RunEnded that a resume superseded (events follow it) is not sent, so the

@@ -21,13 +21,29 @@ class RunJournal:
         if best:
             metrics.BEST_TRAIN_ACCURACY.labels(run_id).set(self._best_accuracy)
 
-    async def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
-                     rejected: list[tuple[str, str]]) -> None:
+    async def record(
+        self,
+        candidates: list[Candidate],
+        steps: list[Step],
+        iteration: tuple[int, int, int] | None,
+        rejected: list[tuple[str, str]],
+    ) -> None:
         events: list[pb.RunEvent] = []
         for c in candidates:
-            events.append(pb.RunEvent(candidate_scored=pb.CandidateScored(
-                template=c.template, train_accuracy=c.accuracy, restart=c.restart, reset=c.reset, iteration=c.iteration,
-                llm_call=c.llm_call, candidate_sequence=c.sequence, reused=c.reused)))
+            events.append(
+                pb.RunEvent(
+                    candidate_scored=pb.CandidateScored(
+                        template=c.template,
+                        train_accuracy=c.accuracy,
+                        restart=c.restart,
+                        reset=c.reset,
+                        iteration=c.iteration,
+                        llm_call=c.llm_call,
+                        candidate_sequence=c.sequence,
+                        reused=c.reused,
+                    )
+                )
+            )
         best = self.pool.best()
         if best and best[0].accuracy > self._best_accuracy:
             self._best_accuracy = best[0].accuracy
@@ -35,8 +51,17 @@ class RunJournal:
             metrics.BEST_TRAIN_ACCURACY.labels(self.run_id).set(best[0].accuracy)
         if iteration is not None:
             restart, reset, index = iteration
-            events.append(pb.RunEvent(iteration_done=pb.IterationDone(
-                restart=restart, reset=reset, iteration=index, best_train_accuracy=max(self._best_accuracy, 0.0),
-                mean_train_accuracy=self.pool.mean_accuracy(), counters=counters_proto(self.counters.to_json()))))
+            events.append(
+                pb.RunEvent(
+                    iteration_done=pb.IterationDone(
+                        restart=restart,
+                        reset=reset,
+                        iteration=index,
+                        best_train_accuracy=max(self._best_accuracy, 0.0),
+                        mean_train_accuracy=self.pool.mean_accuracy(),
+                        counters=counters_proto(self.counters.to_json()),
+                    )
+                )
+            )
         await self.store.commit_progress(self.run_id, candidates, self.counters.to_json(), events, steps, rejected)
         self.signal.fire()

@@ -45,7 +45,8 @@ class MalformedReply(Exception):
 
 _CONTEXT_ERROR = re.compile(
     r"context[_ ](?:length|size|window)|exceed_context|maximum context|too many tokens|prompt is too long",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def is_context_error(err: BaseException) -> bool:
@@ -123,8 +124,18 @@ def retry_after_seconds(err: BaseException | None) -> float | None:
 
 def cache_key(scope: str, base_url: str, model: str, messages: list[dict], sampling: dict, sample: str) -> str:
     """`scope` is the run whose replies may answer (its own, or the one it replays)."""
-    blob = json.dumps({"scope": scope, "endpoint": base_url.rstrip("/"), "model": model, "messages": messages,
-                       "sampling": sampling, "sample": sample}, sort_keys=True, ensure_ascii=False)
+    blob = json.dumps(
+        {
+            "scope": scope,
+            "endpoint": base_url.rstrip("/"),
+            "model": model,
+            "messages": messages,
+            "sampling": sampling,
+            "sample": sample,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -141,8 +152,9 @@ class LlmClient:
         self._client = openai.AsyncOpenAI(
             api_key=settings.api_key, base_url=settings.base_url, max_retries=0, timeout=settings.timeout_s
         )
-        self._backoff = wait_exponential_jitter(multiplier=settings.backoff_initial_s, max=settings.backoff_max_s,
-                                                jitter=settings.backoff_initial_s)
+        self._backoff = wait_exponential_jitter(
+            multiplier=settings.backoff_initial_s, max=settings.backoff_max_s, jitter=settings.backoff_initial_s
+        )
 
     async def close(self) -> None:
         await self._client.close()
@@ -153,15 +165,27 @@ class LlmClient:
             return min(hinted, self.settings.backoff_max_s)
         return self._backoff(state)
 
-    async def complete(self, messages: list[dict], *, model: str, temperature: float, sample: str, call_id: str,
-                       cache_scope: str, replay_scope: str = "", grammar: str | None = None) -> LlmResult:
+    async def complete(
+        self,
+        messages: list[dict],
+        *,
+        model: str,
+        temperature: float,
+        sample: str,
+        call_id: str,
+        cache_scope: str,
+        replay_scope: str = "",
+        grammar: str | None = None,
+    ) -> LlmResult:
         """Asks once, retrying what can be retried; answers from the cache if this exact question was answered before in
         `cache_scope` (the run) or `replay_scope` (a run it replays). The reply is stored under `cache_scope`.
 
         `sample` names the call within its run (seed included); `grammar` (GBNF) constrains the reply on llama.cpp
         endpoints."""
-        sampling: dict = {"temperature": temperature,
-                          self.settings.token_limit_field: self.settings.max_completion_tokens}
+        sampling: dict = {
+            "temperature": temperature,
+            self.settings.token_limit_field: self.settings.max_completion_tokens,
+        }
         if self.settings.send_seed:
             sampling["seed"] = call_seed(sample)
         if grammar:
@@ -169,14 +193,19 @@ class LlmClient:
         key = cache_key(cache_scope, self.settings.base_url, model, messages, sampling, sample)
         if self._store is not None:
             for scope in filter(None, (cache_scope, replay_scope)):
-                hit = self._store.cached_reply(cache_key(scope, self.settings.base_url, model, messages, sampling,
-                                                         sample))
+                hit = self._store.cached_reply(
+                    cache_key(scope, self.settings.base_url, model, messages, sampling, sample)
+                )
                 if hit is not None:
                     metrics.LLM_CALLS.labels(model, "cached").inc()
                     return LlmResult(hit.content, prompt_tokens=0, completion_tokens=0, cached=True)
         tally = _Tally()
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.settings.max_attempts), wait=self._wait,
-                                 retry=retry_if_exception(is_retryable), reraise=True)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception(is_retryable),
+            reraise=True,
+        )
         try:
             reply: tuple[str, int, int] = await retrying(self._request, messages, model, sampling, call_id, tally)
         except MalformedReply:
@@ -184,12 +213,15 @@ class LlmClient:
             return LlmResult(None, tally.errors)
         except openai.OpenAIError as err:
             if is_context_error(err):
-                raise ContextTooLong(f"LLM endpoint {self.settings.base_url} refused the prompt as too long for its "
-                                     f"context ({tally.last_error}); set --llm-context-tokens to the model's context "
-                                     "size",
-                                     tally.errors) from err
-            message = (f"LLM endpoint {self.settings.base_url} failed after {tally.requests} attempt(s): "
-                       f"{tally.last_error}")
+                raise ContextTooLong(
+                    f"LLM endpoint {self.settings.base_url} refused the prompt as too long for its "
+                    f"context ({tally.last_error}); set --llm-context-tokens to the model's context "
+                    "size",
+                    tally.errors,
+                ) from err
+            message = (
+                f"LLM endpoint {self.settings.base_url} failed after {tally.requests} attempt(s): {tally.last_error}"
+            )
             wants_new_field = "max_completion_tokens" in tally.last_error
             if wants_new_field and self.settings.token_limit_field != "max_completion_tokens":
                 message += " (this model wants --llm-token-limit-field max_completion_tokens)"
@@ -200,8 +232,9 @@ class LlmClient:
         cost = self.settings.price.cost(prompt_tokens, completion_tokens)
         return LlmResult(content, tally.errors, prompt_tokens, completion_tokens, cost)
 
-    async def _request(self, messages: list[dict], model: str, sampling: dict, call_id: str,
-                       tally: _Tally) -> tuple[str, int, int]:
+    async def _request(
+        self, messages: list[dict], model: str, sampling: dict, call_id: str, tally: _Tally
+    ) -> tuple[str, int, int]:
         """One HTTP request; every failure is counted and re-raised for the retry policy to judge."""
         tally.requests += 1
         try:
@@ -210,8 +243,10 @@ class LlmClient:
                 try:
                     response = await self._client.chat.completions.create(
                         # metaprompt's role/content dicts are the chat messages the API types
-                        model=model, messages=cast("list[ChatCompletionMessageParam]", messages),
-                        extra_headers={CALL_HEADER: call_id}, **sampling
+                        model=model,
+                        messages=cast("list[ChatCompletionMessageParam]", messages),
+                        extra_headers={CALL_HEADER: call_id},
+                        **sampling,
                     )
                 finally:
                     metrics.LLM_SECONDS.labels(model).observe(time.perf_counter() - started)

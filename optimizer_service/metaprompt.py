@@ -34,7 +34,7 @@ def _requirements(count: int, shape: str = "similar in structure to the good tem
             "Requirements:",
             "- keep exactly one {} where the class name goes, and no other braces;",
             f"- fewer than 15 words, {shape};",
-            f"- answer with the {noun} only, one per line, each line starting with \"- \".",
+            f'- answer with the {noun} only, one per line, each line starting with "- ".',
         ]
     )
 
@@ -59,10 +59,16 @@ class MetaPrompt:
         """The request for new templates, given the current good and bad lists."""
         count = self.templates_per_call
         if self.feedback is Feedback.NONE:  # random search: the task alone, no template shown
-            return "\n\n".join([f"Write {'a new template' if count == 1 else f'{count} new, varied templates'}.",
-                                 _requirements(count, "varied in wording")])
-        parts = [f"Here are templates that work well for this task{', best first' if self.show_accuracies else ''}:",
-                 self._listing(good)]
+            return "\n\n".join(
+                [
+                    f"Write {'a new template' if count == 1 else f'{count} new, varied templates'}.",
+                    _requirements(count, "varied in wording"),
+                ]
+            )
+        parts = [
+            f"Here are templates that work well for this task{', best first' if self.show_accuracies else ''}:",
+            self._listing(good),
+        ]
         if self.feedback is Feedback.POSITIVE_NEGATIVE and bad:
             parts += ["Here are templates that work poorly:", self._listing(bad)]
             wish = "better than the good templates and unlike the poor ones"
@@ -74,13 +80,18 @@ class MetaPrompt:
     def opening(self, good: Sequence[Candidate], bad: Sequence[Candidate]) -> list[Message]:
         """The first messages of a conversation (or the only ones, in stateless mode)."""
         intro = (
-            f"I classify images of the task \"{self.task_name}\" with CLIP by filling a prompt template "
-            "with each class name, for example \"a photo of a {}.\" becomes \"a photo of a dog.\". "
+            f'I classify images of the task "{self.task_name}" with CLIP by filling a prompt template '
+            'with each class name, for example "a photo of a {}." becomes "a photo of a dog.". '
             "Help me find the template with the highest accuracy."
         )
-        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": intro + "\n\n" + self.ask(good, bad)}]
+        return [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": intro + "\n\n" + self.ask(good, bad)},
+        ]
 
-    def follow_up(self, results: Sequence[Candidate], unusable: int, good: Sequence[Candidate], bad: Sequence[Candidate]) -> Message:
+    def follow_up(
+        self, results: Sequence[Candidate], unusable: int, good: Sequence[Candidate], bad: Sequence[Candidate]
+    ) -> Message:
         """The next chat turn: how the last templates did, then a fresh ask.
 
         Positive-only: only the new templates that joined the good list are named, nothing else is said."""
@@ -94,16 +105,18 @@ class MetaPrompt:
             if positive_only and candidate.sequence not in good_keys:
                 continue
             if self.show_accuracies:
-                lines.append(f"The accuracy of \"{candidate.template}\" is now {_percent(candidate.accuracy)}.")
+                lines.append(f'The accuracy of "{candidate.template}" is now {_percent(candidate.accuracy)}.')
             elif candidate.sequence in good_keys:
-                lines.append(f"\"{candidate.template}\" is now among the best templates.")
+                lines.append(f'"{candidate.template}" is now among the best templates.')
             elif candidate.sequence in bad_keys:
-                lines.append(f"\"{candidate.template}\" is among the worst templates.")
+                lines.append(f'"{candidate.template}" is among the worst templates.')
             else:
-                lines.append(f"\"{candidate.template}\" did not beat the best templates.")
+                lines.append(f'"{candidate.template}" did not beat the best templates.')
         if unusable and not positive_only:
-            lines.append(f"{unusable} of your lines repeated a template already tried, broke the requirements, "
-                         f"or came after the {self.templates_per_call} asked for.")
+            lines.append(
+                f"{unusable} of your lines repeated a template already tried, broke the requirements, "
+                f"or came after the {self.templates_per_call} asked for."
+            )
         if not lines and not positive_only:
             lines.append("Your last answer held no usable template.")
         ask = self.ask(good, bad)
@@ -125,7 +138,7 @@ def fit_chat(transcript: Sequence[Message], budget_tokens: int) -> list[Message]
 
     The last exchange, which holds the current ask, is always kept, so the result may exceed a budget too small
     for it."""
-    head, exchanges = list(transcript[:2]), [list(transcript[i:i + 2]) for i in range(2, len(transcript), 2)]
+    head, exchanges = list(transcript[:2]), [list(transcript[i : i + 2]) for i in range(2, len(transcript), 2)]
     kept: list[list[Message]] = []
     used = estimate_tokens(head)
     for exchange in reversed(exchanges):
@@ -143,10 +156,10 @@ def initial_pool_messages(task_name: str, class_names: Sequence[str], count: int
     more = f" and {len(class_names) - len(shown)} more" if len(class_names) > len(shown) else ""
     user = "\n\n".join(
         [
-            f"I classify images of the task \"{task_name}\" with CLIP by filling a prompt template with each class name. "
+            f'I classify images of the task "{task_name}" with CLIP by filling a prompt template with each class name. '
             f"The classes are: {', '.join(shown)}{more}.",
             f"Write {count} different templates that describe such images well, "
-            "for example \"a photo of a {}.\" becomes \"a photo of a dog.\".",
+            'for example "a photo of a {}." becomes "a photo of a dog.".',
             _requirements(count, "varied in wording"),
         ]
     )

@@ -31,7 +31,7 @@ _LIST_MARKER = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 _EMPHASIS = re.compile(r"(\*\*|__|`)")
-_QUOTES = (("\"", "\""), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019"), ("`", "`"), ("\u00ab", "\u00bb"))
+_QUOTES = (('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019"), ("`", "`"), ("\u00ab", "\u00bb"))
 _NUMBER = r"(?<![\w.,])(?:\d{1,3}(?:[.,]\d+)?\s*%|[01]?\.\d+|1\.0+)"  # a whole number, never the tail of "2.5"
 _TRAILING_SCORE = re.compile(
     rf"""\s*(?:[-\u2013\u2014:|,=]|->|\u2192|=>)?\s*        # separator
@@ -132,4 +132,4 @@ def _class_name_to_placeholder(line: str, class_pattern: re.Pattern) -> tuple[st
     if len(matches) != 1:
         return line, bool(matches)
     match = matches[0]
-    return line[: match.start()] + PLACEHOLDER + line[match.end():], True
+    return line[: match.start()] + PLACEHOLDER + line[match.end() :], True

@@ -79,8 +79,16 @@ def may_see(caller: Principal, record: RunRecord) -> bool:
 
 
 class RunManager:
-    def __init__(self, store: Store, llm: LlmClient, scorer: ScorerClient, *, max_active_runs: int, default_model: str,
-                 limits: RunLimits = RunLimits()) -> None:
+    def __init__(
+        self,
+        store: Store,
+        llm: LlmClient,
+        scorer: ScorerClient,
+        *,
+        max_active_runs: int,
+        default_model: str,
+        limits: RunLimits = RunLimits(),
+    ) -> None:
         self.store, self.llm, self.scorer = store, llm, scorer
         self.default_model, self.limits = default_model, limits
         self._slots = asyncio.Semaphore(max_active_runs)
@@ -100,14 +108,16 @@ class RunManager:
         """
         settings = RunSettings.from_proto(spec, self.default_model, self.limits)
         if request_id and not REQUEST_ID.fullmatch(request_id):
-            raise SpecError("request_id must be 1 to 64 letters, digits, '-' or '_' (a UUID is a good choice), "
-                            "or empty")
+            raise SpecError(
+                "request_id must be 1 to 64 letters, digits, '-' or '_' (a UUID is a good choice), or empty"
+            )
         if request_id and (earlier := self.store.run_by_request_id(owner.name, request_id)) is not None:
             return self._repeated(earlier, settings, owner)
         replayed = self.store.run(settings.replay_run_id) if settings.replay_run_id else None
         if settings.replay_run_id and (replayed is None or not may_see(owner, replayed)):
-            raise SpecError(f"replay_run_id: no run {settings.replay_run_id!r} to replay; "
-                            "ListRuns shows the known ones")
+            raise SpecError(
+                f"replay_run_id: no run {settings.replay_run_id!r} to replay; ListRuns shows the known ones"
+            )
         if len(self._tasks) >= MAX_WAITING_RUNS:
             raise TooManyRuns(f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one")
         try:
@@ -116,21 +126,36 @@ class RunManager:
             raise SpecError(f"task_id: {err}") from None
         run_id = uuid.uuid4().hex
         counters = Counters(iterations_total=settings.iterations_total)
-        record = await self.store.create_run(run_id, settings.to_json(), counters.to_json(), PENDING, owner=owner.name,
-                                       owner_may_test=owner.has("test"), request_id=request_id or None,
-                                       model_digest=task.model_digest)
+        record = await self.store.create_run(
+            run_id,
+            settings.to_json(),
+            counters.to_json(),
+            PENDING,
+            owner=owner.name,
+            owner_may_test=owner.has("test"),
+            request_id=request_id or None,
+            model_digest=task.model_digest,
+        )
         if record.run_id != run_id:  # a concurrent repeat stored it first
             return self._repeated(record, settings, owner)
-        log.info("run_created", run_id=run_id, task_id=settings.task_id, label=settings.label,
-                 model_digest=task.model_digest, model_version=task.model_version)
+        log.info(
+            "run_created",
+            run_id=run_id,
+            task_id=settings.task_id,
+            label=settings.label,
+            model_digest=task.model_digest,
+            model_version=task.model_version,
+        )
         self._launch(run_id)
         return self.get(run_id, owner)
 
     def _repeated(self, earlier: RunRecord, settings: RunSettings, caller: Principal) -> pb.Run:
         """The run an earlier StartRun with the same request_id created, if it asked for the same spec."""
         if earlier.settings != settings.to_json():
-            raise RequestIdReused(f"request_id {earlier.request_id!r} already started run {earlier.run_id} "
-                                  "with another spec; use a new request_id for a new run")
+            raise RequestIdReused(
+                f"request_id {earlier.request_id!r} already started run {earlier.run_id} "
+                "with another spec; use a new request_id for a new run"
+            )
         log.info("run_start_repeated", run_id=earlier.run_id, request_id=earlier.request_id)
         return self.get(earlier.run_id, caller)
 
@@ -188,8 +213,9 @@ class RunManager:
                 counters = Counters.from_json(record.counters)
                 await self.store.set_state(run_id, RUNNING, "", record.counters)
                 self._refresh_gauges()
-                stop_reason = await self._search(run_id, RunSettings.from_json(record.settings), counters,
-                                                 record.model_digest, record.owner_may_test)
+                stop_reason = await self._search(
+                    run_id, RunSettings.from_json(record.settings), counters, record.model_digest, record.owner_may_test
+                )
             await self._finish(run_id, SUCCEEDED, stop_reason, counters)
         except asyncio.CancelledError:
             if run_id in self._cancelling:
@@ -211,16 +237,19 @@ class RunManager:
             with contextlib.suppress(KeyError):  # the run never scored anything
                 metrics.BEST_TRAIN_ACCURACY.remove(run_id)
 
-    async def _search(self, run_id: str, settings: RunSettings, counters: Counters, pinned_digest: str,
-                      measure_test: bool) -> str:
+    async def _search(
+        self, run_id: str, settings: RunSettings, counters: Counters, pinned_digest: str, measure_test: bool
+    ) -> str:
         """Rebuilds the run from the store, climbs, builds the ensemble, measures the final best on test (only for an
         owner with the test right: for others the scorer is never asked for the test split); returns the stop reason."""
         pool = Pool(self.store.candidates(run_id), self.store.rejections(run_id))
         steps = {key: step for key, step in self.store.steps(run_id).items() if key[0] != INITIAL}
         task = await self.scorer.task(settings.task_id)
         if pinned_digest and task.model_digest != pinned_digest:
-            raise ModelChanged(f"scorer model changed: model_digest {pinned_digest} was pinned, but the scorer serves "
-                               f"model_digest {task.model_digest} (version {task.model_version!r})")
+            raise ModelChanged(
+                f"scorer model changed: model_digest {pinned_digest} was pinned, but the scorer serves "
+                f"model_digest {task.model_digest} (version {task.model_version!r})"
+            )
         task.model_digest = pinned_digest  # every Score call of the climb pins it (a run stored before pinning: none)
         journal = RunJournal(self.store, run_id, pool, counters, self._signals[run_id])
         climb = HillClimb(run_id, settings, task, self.llm, self.scorer, journal, pool, steps, counters)
@@ -240,8 +269,14 @@ class RunManager:
             record = self._record(run_id)
             counter_values = counters.to_json() if counters else record.counters
             best = self._best(run_id, RunSettings.from_json(record.settings).report_top, record.owner_may_test)
-            ended = pb.RunEvent(run_ended=pb.RunEnded(state=f"RUN_STATE_{state}", stop_reason=reason, best=best,
-                                                      ensemble=self._ensemble(run_id, record.owner_may_test)))
+            ended = pb.RunEvent(
+                run_ended=pb.RunEnded(
+                    state=f"RUN_STATE_{state}",
+                    stop_reason=reason,
+                    best=best,
+                    ensemble=self._ensemble(run_id, record.owner_may_test),
+                )
+            )
             await self.store.set_state(run_id, state, reason, counter_values, [ended])
         except StoreError:
             log.exception("run_end_not_stored", state=state, reason=reason)
@@ -288,8 +323,9 @@ class RunManager:
     def get(self, run_id: str, caller: Principal) -> pb.Run:
         return self._run_proto(self._record(run_id, caller), caller)
 
-    def list(self, caller: Principal, size: int = 0, token: str = "",
-             states: list[int] | None = None) -> tuple[list[pb.Run], str]:
+    def list(
+        self, caller: Principal, size: int = 0, token: str = "", states: list[int] | None = None
+    ) -> tuple[list[pb.Run], str]:
         """A page of the caller's runs (an admin's: every run), newest first, optionally only in `states` (RunState
         values); returns it and the next page's token."""
         names = sorted({pb.RunState.Name(s).removeprefix("RUN_STATE_") for s in states or () if self._known_state(s)})
@@ -304,26 +340,39 @@ class RunManager:
     @staticmethod
     def _known_state(state: int) -> bool:
         if state not in pb.RunState.values() or state == pb.RUN_STATE_UNSPECIFIED:
-            raise PageError("states",
-                            f"states: {state} is not a run state; use RUN_STATE_PENDING .. RUN_STATE_CANCELLED")
+            raise PageError(
+                "states", f"states: {state} is not a run state; use RUN_STATE_PENDING .. RUN_STATE_CANCELLED"
+            )
         return True
 
     def _run_proto(self, record: RunRecord, caller: Principal) -> pb.Run:
         settings = RunSettings.from_json(record.settings)
         with_test = caller.has("test")
         return pb.Run(
-            run_id=record.run_id, spec=settings.to_proto(), state=f"RUN_STATE_{record.state}",
-            stop_reason=record.stop_reason, best=self._best(record.run_id, settings.report_top, with_test),
-            ensemble=self._ensemble(record.run_id, with_test), counters=counters_proto(record.counters),
-            create_time=_timestamp(record.created), update_time=_timestamp(record.updated),
-            model_digest=record.model_digest, owner=record.owner,
+            run_id=record.run_id,
+            spec=settings.to_proto(),
+            state=f"RUN_STATE_{record.state}",
+            stop_reason=record.stop_reason,
+            best=self._best(record.run_id, settings.report_top, with_test),
+            ensemble=self._ensemble(record.run_id, with_test),
+            counters=counters_proto(record.counters),
+            create_time=_timestamp(record.created),
+            update_time=_timestamp(record.updated),
+            model_digest=record.model_digest,
+            owner=record.owner,
         )
 
     async def watch(self, run_id: str, caller: Principal, after_sequence: int = 0) -> AsyncIterator[pb.RunEvent]:
         """The run's events after `after_sequence`, then live ones until the run ends (events.watch)."""
         self._record(run_id, caller)
         signal = self._signals.setdefault(run_id, Signal())
-        stream = events.watch(self.store, run_id, signal, lambda: self._record(run_id).state in ENDED,
-                              after_sequence=after_sequence, with_test=caller.has("test"))
+        stream = events.watch(
+            self.store,
+            run_id,
+            signal,
+            lambda: self._record(run_id).state in ENDED,
+            after_sequence=after_sequence,
+            with_test=caller.has("test"),
+        )
         async for event in stream:
             yield event

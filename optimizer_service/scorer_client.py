@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 _Request = TypeVar("_Request", bound=Message)
 _Reply = TypeVar("_Reply", bound=Message)
 
+
 class ScorerError(Exception):
     """The scorer refused the request; retrying will not help.
 
@@ -64,13 +65,17 @@ def _retryable(err: BaseException) -> bool:
 
 
 class ScorerClient:
-    def __init__(self, settings: ScorerSettings, *, backoff_initial_s: float = 0.2, backoff_max_s: float = 10.0) -> None:
+    def __init__(
+        self, settings: ScorerSettings, *, backoff_initial_s: float = 0.2, backoff_max_s: float = 10.0
+    ) -> None:
         self.settings = settings
         tls = ClientTls(settings.tls_ca, settings.tls_cert, settings.tls_key) if settings.tls else None
         self._channel = open_channel(settings.address, tls)
         self._stub = scorer_pb2_grpc.ScorerStub(self._channel)
         self._metadata = bearer_metadata(settings.token)
-        self._backoff = wait_exponential_jitter(multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s)
+        self._backoff = wait_exponential_jitter(
+            multiplier=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s
+        )
         self._backoff_max_s = backoff_max_s
 
     async def close(self) -> None:
@@ -82,29 +87,44 @@ class ScorerClient:
         hint = details.retry_after_s if details else None
         return min(hint, self._backoff_max_s) if hint is not None else self._backoff(state)
 
-    async def _call(self, what: str, method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Reply], request: _Request,
-                    grace_s: float) -> _Reply:
+    async def _call(
+        self, what: str, method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Reply], request: _Request, grace_s: float
+    ) -> _Reply:
         """One RPC with retries on passing failures for up to `grace_s` seconds.
 
         With a grace period, a call also waits (within its deadline) for a scorer that is
         reconnecting, instead of failing at once; without one, it fails fast.
         """
         try:
-            async for attempt in AsyncRetrying(stop=stop_after_delay(grace_s), wait=self._wait,
-                                               retry=retry_if_exception(_retryable), reraise=True):
+            async for attempt in AsyncRetrying(
+                stop=stop_after_delay(grace_s), wait=self._wait, retry=retry_if_exception(_retryable), reraise=True
+            ):
                 with attempt:
                     try:
-                        return await method(request, timeout=self.settings.deadline_s, metadata=self._metadata,
-                                            wait_for_ready=grace_s > 0)
+                        return await method(
+                            request,
+                            timeout=self.settings.deadline_s,
+                            metadata=self._metadata,
+                            wait_for_ready=grace_s > 0,
+                        )
                     except grpc.aio.AioRpcError as err:
                         details = details_of(err)
                         if details.retryable:
-                            log.info("scorer_call_retrying", call=what, code=err.code().name, reason=details.reason,
-                                     details=err.details())
+                            log.info(
+                                "scorer_call_retrying",
+                                call=what,
+                                code=err.code().name,
+                                reason=details.reason,
+                                details=err.details(),
+                            )
                         raise
         except grpc.aio.AioRpcError as err:
             details = details_of(err)
-            if details.reason == Reason.MODEL_MISMATCH and isinstance(request, scorer_pb2.ScoreRequest) and request.model_digest:
+            if (
+                details.reason == Reason.MODEL_MISMATCH
+                and isinstance(request, scorer_pb2.ScoreRequest)
+                and request.model_digest
+            ):
                 raise ModelChanged(f"scorer model changed: {err.details()}") from None
             if details.retryable:
                 raise ScorerUnavailable(
@@ -112,8 +132,9 @@ class ScorerClient:
                     f"({err.code().name}: {err.details()})"
                 ) from None
             reason = f" ({details.reason})" if details.reason else ""
-            raise ScorerError(err.code(), f"scorer refused {what}: {err.code().name}{reason}: {err.details()}",
-                              details.reason) from None
+            raise ScorerError(
+                err.code(), f"scorer refused {what}: {err.code().name}{reason}: {err.details()}", details.reason
+            ) from None
         raise AssertionError("tenacity ends an attempt loop by returning or raising")
 
     async def task(self, task_id: str, grace_s: float | None = None) -> scorer_pb2.TaskInfo:
@@ -123,24 +144,39 @@ class ScorerClient:
         grace = self.settings.grace_s if grace_s is None else grace_s
         return await self._call("GetTask", self._stub.GetTask, scorer_pb2.GetTaskRequest(task_id=task_id), grace)
 
-    async def score(self, task_id: str, templates: list[str], split: scorer_pb2.Split = scorer_pb2.SPLIT_TRAIN,
-                    model_digest: str = "") -> list[scorer_pb2.TemplateScore]:
+    async def score(
+        self,
+        task_id: str,
+        templates: list[str],
+        split: scorer_pb2.Split = scorer_pb2.SPLIT_TRAIN,
+        model_digest: str = "",
+    ) -> list[scorer_pb2.TemplateScore]:
         """Scores the templates in one call (on the model `model_digest`, if set), results in request order."""
-        reply = await self._score(scorer_pb2.ScoreRequest(task_id=task_id, templates=templates, split=split,
-                                                          model_digest=model_digest))
+        reply = await self._score(
+            scorer_pb2.ScoreRequest(task_id=task_id, templates=templates, split=split, model_digest=model_digest)
+        )
         if len(reply.results) != len(templates):
-            raise ScorerError(grpc.StatusCode.INTERNAL, f"scorer answered {len(reply.results)} results for {len(templates)} templates")
+            raise ScorerError(
+                grpc.StatusCode.INTERNAL, f"scorer answered {len(reply.results)} results for {len(templates)} templates"
+            )
         return list(reply.results)
 
-    async def score_ensembles(self, task_id: str, ensembles: list[list[str]], split: scorer_pb2.Split,
-                              model_digest: str = "") -> list[scorer_pb2.EnsembleScore]:
+    async def score_ensembles(
+        self, task_id: str, ensembles: list[list[str]], split: scorer_pb2.Split, model_digest: str = ""
+    ) -> list[scorer_pb2.EnsembleScore]:
         """Scores prompt ensembles (each one accuracy) in one call; results come back in request order."""
-        request = scorer_pb2.ScoreRequest(task_id=task_id, split=split, model_digest=model_digest,
-                                          ensembles=[scorer_pb2.TemplateEnsemble(templates=e) for e in ensembles])
+        request = scorer_pb2.ScoreRequest(
+            task_id=task_id,
+            split=split,
+            model_digest=model_digest,
+            ensembles=[scorer_pb2.TemplateEnsemble(templates=e) for e in ensembles],
+        )
         reply = await self._score(request)
         if len(reply.ensemble_results) != len(ensembles):
-            raise ScorerError(grpc.StatusCode.INTERNAL,
-                              f"scorer answered {len(reply.ensemble_results)} results for {len(ensembles)} ensembles")
+            raise ScorerError(
+                grpc.StatusCode.INTERNAL,
+                f"scorer answered {len(reply.ensemble_results)} results for {len(ensembles)} ensembles",
+            )
         return list(reply.ensemble_results)
 
     async def _score(self, request: scorer_pb2.ScoreRequest) -> scorer_pb2.ScoreResponse:

@@ -112,16 +112,22 @@ class SearchFailed(Exception):
 def scorer_refused(err: ScorerError) -> SearchFailed:
     """The run's failure for a scorer refusal; a spent evaluation budget says so first, and how to go on."""
     if err.budget_spent:
-        return SearchFailed(f"evaluation_budget_spent: {err}; once the scorer's operator raises the budget, ResumeRun "
-                            "continues the run")
+        return SearchFailed(
+            f"evaluation_budget_spent: {err}; once the scorer's operator raises the budget, ResumeRun continues the run"
+        )
     return SearchFailed(str(err))
 
 
 class Journal(Protocol):
     """Where the climb commits its progress; see journal.RunJournal."""
 
-    async def record(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None,
-                     rejected: list[tuple[str, str]]) -> None: ...
+    async def record(
+        self,
+        candidates: list[Candidate],
+        steps: list[Step],
+        iteration: tuple[int, int, int] | None,
+        rejected: list[tuple[str, str]],
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -131,16 +137,30 @@ class Ensemble:
 
 
 class HillClimb:
-    def __init__(self, run_id: str, settings: RunSettings, task: scorer_pb2.TaskInfo, llm: LlmClient, scorer: ScorerClient,
-                 journal: Journal, pool: Pool, steps: dict[tuple[int, int, int], Step], counters: Counters) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        settings: RunSettings,
+        task: scorer_pb2.TaskInfo,
+        llm: LlmClient,
+        scorer: ScorerClient,
+        journal: Journal,
+        pool: Pool,
+        steps: dict[tuple[int, int, int], Step],
+        counters: Counters,
+    ) -> None:
         self.run_id, self.settings, self.task = run_id, settings, task
         self.llm, self.scorer, self.journal = llm, scorer, journal
         self.pool, self.steps, self.counters = pool, steps, counters
         self.class_names = list(task.class_names)
-        self.metaprompt = MetaPrompt(task.task_id, settings.feedback, settings.show_accuracies, settings.templates_per_call)
+        self.metaprompt = MetaPrompt(
+            task.task_id, settings.feedback, settings.show_accuracies, settings.templates_per_call
+        )
         self._calls_in_flight = 0
         self._scoring_in_flight = 0
-        self._being_scored: dict[str, asyncio.Future] = {}  # template key -> its accuracy, or the scorer's reason to refuse it
+        self._being_scored: dict[
+            str, asyncio.Future
+        ] = {}  # template key -> its accuracy, or the scorer's reason to refuse it
         self._rejected_now: list[tuple[str, str]] = []  # scorer refusals not yet in the journal
         self._budget_reached = ""
         self._active_before = counters.active_seconds
@@ -201,8 +221,10 @@ class HillClimb:
                 candidates += admitted
         empty = [r for r in range(self.settings.restarts) if not self.pool.view(r)]
         if empty:
-            raise SearchFailed(f"no template of restart {empty[0]}'s initial pool could be scored; "
-                               "check the pool and the scorer's task")
+            raise SearchFailed(
+                f"no template of restart {empty[0]}'s initial pool could be scored; "
+                "check the pool and the scorer's task"
+            )
         await self.commit(candidates, steps, None)
 
     async def llm_written_pool(self) -> tuple[list[Candidate], list[Step]]:
@@ -218,12 +240,15 @@ class HillClimb:
             reply = await self.ask(messages, sample=f"{self.settings.seed}/seed/{ask}", call_id=call_id, lines=wanted)
             steps.append(Step(INITIAL, INITIAL, ask, call_id, messages, reply))
             new = self.usable(parse_templates(reply or "", self.class_names), INITIAL)
-            candidates += await self.admit(new[: wanted - len(candidates)], INITIAL, INITIAL, INITIAL, call_id,
-                                           first_position=len(candidates))
+            candidates += await self.admit(
+                new[: wanted - len(candidates)], INITIAL, INITIAL, INITIAL, call_id, first_position=len(candidates)
+            )
             if len(candidates) >= wanted:
                 break
         else:
-            log.warning("initial_pool_short", run_id=self.run_id, wanted=wanted, written=len(candidates), asks=SEED_ASKS)
+            log.warning(
+                "initial_pool_short", run_id=self.run_id, wanted=wanted, written=len(candidates), asks=SEED_ASKS
+            )
         return candidates, steps
 
     async def iterate(self, restart: int, reset: int, iteration: int) -> None:
@@ -231,8 +256,13 @@ class HillClimb:
         good = self.pool.top(k, restart) if self.settings.feedback is not Feedback.NONE else []
         bad = self.pool.bottom(k, restart) if self.settings.feedback is Feedback.POSITIVE_NEGATIVE else []
         call_id = f"{self.run_id}/{restart}/{reset}/{iteration}"
-        messages, reply = await self.question(self.transcript(restart, reset, iteration, good, bad), good, bad,
-                                              sample=f"{self.settings.seed}/{restart}/{reset}/{iteration}", call_id=call_id)
+        messages, reply = await self.question(
+            self.transcript(restart, reset, iteration, good, bad),
+            good,
+            bad,
+            sample=f"{self.settings.seed}/{restart}/{reset}/{iteration}",
+            call_id=call_id,
+        )
         new = self.usable(parse_templates(reply or "", self.class_names), restart)
         m = self.settings.templates_per_call
         self.counters.candidates_extra += len(new[m:])
@@ -255,7 +285,9 @@ class HillClimb:
         metrics.CANDIDATES.labels("duplicate").inc(len(duplicates))
         return [t for t in new if self.pool.rejection(t) is None]
 
-    async def commit(self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None) -> None:
+    async def commit(
+        self, candidates: list[Candidate], steps: list[Step], iteration: tuple[int, int, int] | None
+    ) -> None:
         """Nothing counts as done until the journal holds it."""
         self.counters.active_seconds = self.active_seconds()
         rejected, self._rejected_now = self._rejected_now, []
@@ -263,7 +295,9 @@ class HillClimb:
 
     # The conversation ------------------------------------------------------
 
-    def transcript(self, restart: int, reset: int, iteration: int, good: list[Candidate], bad: list[Candidate]) -> list[dict]:
+    def transcript(
+        self, restart: int, reset: int, iteration: int, good: list[Candidate], bad: list[Candidate]
+    ) -> list[dict]:
         """The whole conversation up to this ask: the opening, then (reply, feedback turn) per earlier iteration.
 
         Stateless, or a new reset: the opening ask alone. A skipped reply (None) leaves the question as it was."""
@@ -273,10 +307,16 @@ class HillClimb:
         asked = self.asked_in(restart, reset, iteration - 1)
         if previous.reply is None:
             return asked
-        results = [c for c in self.pool.view(restart) if (c.restart, c.reset, c.iteration) == (restart, reset, iteration - 1)]
+        results = [
+            c for c in self.pool.view(restart) if (c.restart, c.reset, c.iteration) == (restart, reset, iteration - 1)
+        ]
         parsed = parse_templates(previous.reply, self.class_names)
         unusable = len(parsed.templates) + len(parsed.rejected) - len(results)
-        return [*asked, {"role": "assistant", "content": previous.reply}, self.metaprompt.follow_up(results, unusable, good, bad)]
+        return [
+            *asked,
+            {"role": "assistant", "content": previous.reply},
+            self.metaprompt.follow_up(results, unusable, good, bad),
+        ]
 
     def asked_in(self, restart: int, reset: int, iteration: int) -> list[dict]:
         """The whole conversation a finished step asked from, rebuilt from the journal.
@@ -286,25 +326,33 @@ class HillClimb:
         for index in range(1, iteration + 1):
             before = self.steps[(restart, reset, index - 1)]
             if before.reply is not None:
-                conversation = [*conversation, {"role": "assistant", "content": before.reply},
-                                self.steps[(restart, reset, index)].messages[-1]]
+                conversation = [
+                    *conversation,
+                    {"role": "assistant", "content": before.reply},
+                    self.steps[(restart, reset, index)].messages[-1],
+                ]
         return conversation
 
-    async def question(self, transcript: list[dict], good: list[Candidate], bad: list[Candidate], *, sample: str,
-                       call_id: str) -> tuple[list[dict], str | None]:
+    async def question(
+        self, transcript: list[dict], good: list[Candidate], bad: list[Candidate], *, sample: str, call_id: str
+    ) -> tuple[list[dict], str | None]:
         """Asks the transcript fitted to the LLM's context; if the endpoint still finds it too long, asks a shorter one:
         fewer exchanges, at last the opening ask alone. Returns what was sent and the reply."""
         messages = fit_chat(transcript, self.llm.settings.prompt_budget_tokens)
         while True:
             try:
-                return messages, await self.ask(messages, sample=sample, call_id=call_id, lines=self.settings.templates_per_call)
+                return messages, await self.ask(
+                    messages, sample=sample, call_id=call_id, lines=self.settings.templates_per_call
+                )
             except ContextTooLong:
                 shorter = fit_chat(transcript, estimate_tokens(messages) // 2)
                 if len(shorter) == len(messages):
                     shorter = self.metaprompt.opening(good, bad)
                     if shorter == messages:
                         raise
-                log.info("llm_context_trimmed", call=call_id, messages_before=len(messages), messages_after=len(shorter))
+                log.info(
+                    "llm_context_trimmed", call=call_id, messages_before=len(messages), messages_after=len(shorter)
+                )
                 self.counters.llm_context_trims += 1
                 messages = shorter
 
@@ -318,9 +366,16 @@ class HillClimb:
         self._calls_in_flight += 1
         try:
             grammar = template_lines_grammar(lines) if self.llm.settings.grammar else None
-            result = await self.llm.complete(messages, model=self.settings.llm_model, temperature=self.settings.temperature,
-                                             sample=sample, call_id=call_id, grammar=grammar, cache_scope=self.run_id,
-                                             replay_scope=self.settings.replay_run_id)
+            result = await self.llm.complete(
+                messages,
+                model=self.settings.llm_model,
+                temperature=self.settings.temperature,
+                sample=sample,
+                call_id=call_id,
+                grammar=grammar,
+                cache_scope=self.run_id,
+                replay_scope=self.settings.replay_run_id,
+            )
         except LlmUnavailable as err:
             self.counters.llm_calls += 1
             self.counters.llm_errors += err.errors
@@ -337,9 +392,13 @@ class HillClimb:
         unknown: dict[str, str] = {}
         for template in templates:
             key = template_key(template)
-            if self.pool.accuracy(template) is None and self.pool.rejection(template) is None and key not in self._being_scored:
+            if (
+                self.pool.accuracy(template) is None
+                and self.pool.rejection(template) is None
+                and key not in self._being_scored
+            ):
                 unknown.setdefault(key, template)
-        sent = list(unknown.items())[:self.remaining_scoring_budget()]
+        sent = list(unknown.items())[: self.remaining_scoring_budget()]
         futures = {key: asyncio.get_running_loop().create_future() for key, _ in sent}
         self._being_scored.update(futures)
         try:
@@ -377,8 +436,16 @@ class HillClimb:
                 metrics.CANDIDATES.labels("scored").inc()
             futures[template_key(template)].set_result(None)
 
-    async def admit(self, templates: list[str], restart: int, reset: int, iteration: int, llm_call: str,
-                    first_position: int = 0, fresh: set[str] | None = None) -> list[Candidate]:
+    async def admit(
+        self,
+        templates: list[str],
+        restart: int,
+        reset: int,
+        iteration: int,
+        llm_call: str,
+        first_position: int = 0,
+        fresh: set[str] | None = None,
+    ) -> list[Candidate]:
         """Scores (or recalls) the templates and adds them to the restart's pool in the given order.
 
         `fresh`: keys already scored for this admission (so not reused); by default, what scoring them now takes."""
@@ -391,8 +458,9 @@ class HillClimb:
                 metrics.CANDIDATES.labels("invalid").inc()
             elif accuracy is not None:  # None: left out by the scoring budget
                 reused = template_key(template) not in scored_here
-                candidate = Candidate(template, accuracy, restart, reset, iteration, self.pool.next_sequence, llm_call,
-                                      position, reused)
+                candidate = Candidate(
+                    template, accuracy, restart, reset, iteration, self.pool.next_sequence, llm_call, position, reused
+                )
                 self.pool.add(candidate)
                 candidates.append(candidate)
                 self.counters.candidates_reused += int(reused)
@@ -441,31 +509,41 @@ class HillClimb:
                 log.warning("ensemble_skipped", run_id=self.run_id, reason=str(err))
                 return None
             self.counters.ensembles_scored += len(results)
-            best = max(range(len(others)), key=lambda i: (not results[i].error, results[i].accuracy, -i))  # ties: the better single
+            best = max(
+                range(len(others)), key=lambda i: (not results[i].error, results[i].accuracy, -i)
+            )  # ties: the better single
             if results[best].error or results[best].accuracy <= accuracy:
                 break
             chosen.append(others[best])
             accuracy = results[best].accuracy
         return Ensemble(tuple(chosen), accuracy)
 
-    async def score_ensembles(self, ensembles: list[list[str]], split: scorer_pb2.Split) -> list[scorer_pb2.EnsembleScore]:
+    async def score_ensembles(
+        self, ensembles: list[list[str]], split: scorer_pb2.Split
+    ) -> list[scorer_pb2.EnsembleScore]:
         """Scores the ensembles in as many calls as keep each under ENSEMBLE_MEMBERS_PER_CALL members."""
         per_call = max(1, ENSEMBLE_MEMBERS_PER_CALL // max(len(e) for e in ensembles))
         results = []
         for first in range(0, len(ensembles), per_call):
-            results += await self.scorer.score_ensembles(self.settings.task_id, ensembles[first:first + per_call], split,
-                                                          self.task.model_digest)
+            results += await self.scorer.score_ensembles(
+                self.settings.task_id, ensembles[first : first + per_call], split, self.task.model_digest
+            )
         return results
 
-    async def test_accuracies(self, best: list[Candidate], ensemble: Ensemble | None) -> tuple[dict[int, float], float | None]:
+    async def test_accuracies(
+        self, best: list[Candidate], ensemble: Ensemble | None
+    ) -> tuple[dict[int, float], float | None]:
         """Test accuracy of the final best templates and the ensemble, if our scorer token has the test right;
         else none.
 
         Called only for a run whose owner has the optimizer's test right (runs.py)."""
         try:
-            results = await self.scorer.score(self.settings.task_id, [c.template for c in best], scorer_pb2.SPLIT_TEST,
-                                              self.task.model_digest)
-            tested = (await self.score_ensembles([list(ensemble.templates)], scorer_pb2.SPLIT_TEST))[0] if ensemble else None
+            results = await self.scorer.score(
+                self.settings.task_id, [c.template for c in best], scorer_pb2.SPLIT_TEST, self.task.model_digest
+            )
+            tested = (
+                (await self.score_ensembles([list(ensemble.templates)], scorer_pb2.SPLIT_TEST))[0] if ensemble else None
+            )
         except ScorerError as err:
             if err.budget_spent:
                 raise scorer_refused(err) from None

@@ -130,5 +130,5 @@ def draw(templates: Sequence[str], size: int, seed: int | str, fixed: int = 0) -
     The caller checks that `size` fits (spec.py refuses a spec whose N exceeds its pool)."""
     if not 0 <= size <= len(templates):
         raise ValueError(f"cannot draw {size} of {len(templates)} templates")
-    kept = list(templates[:min(fixed, size)])
-    return kept + random.Random(str(seed)).sample(list(templates[len(kept):]), size - len(kept))
+    kept = list(templates[: min(fixed, size)])
+    return kept + random.Random(str(seed)).sample(list(templates[len(kept) :]), size - len(kept))

@@ -43,8 +43,16 @@ MAX_RUN_ID = 64
 RETRY_S = 5.0  # RetryInfo of what passes: a full queue of runs, an unreachable scorer or database
 # Longest first: a field whose name is a prefix of another's is no match for it.
 SPEC_FIELDS = tuple(sorted(pb.RunSpec.DESCRIPTOR.fields_by_name, key=len, reverse=True))
-KNOWN_FAILURES = (SpecError, PageError, RequestIdReused, RunNotFound, RunStateError, TooManyRuns, ScorerUnavailable,
-                  StoreError)
+KNOWN_FAILURES = (
+    SpecError,
+    PageError,
+    RequestIdReused,
+    RunNotFound,
+    RunStateError,
+    TooManyRuns,
+    ScorerUnavailable,
+    StoreError,
+)
 
 
 def service_error(err: Exception) -> ServiceError:
@@ -52,8 +60,9 @@ def service_error(err: Exception) -> ServiceError:
     message = str(err)
     if isinstance(err, SpecError):  # its message starts with the field it is about
         field = next((f"spec.{f}" for f in SPEC_FIELDS if message.startswith(f)), "spec")
-        return invalid(field, message,
-                       Reason.MODEL_NOT_ALLOWED if isinstance(err, ModelNotAllowed) else Reason.INVALID_FIELD)
+        return invalid(
+            field, message, Reason.MODEL_NOT_ALLOWED if isinstance(err, ModelNotAllowed) else Reason.INVALID_FIELD
+        )
     if isinstance(err, PageError):
         return invalid(err.field, message)
     if isinstance(err, RequestIdReused):
@@ -75,6 +84,7 @@ def maps_failures(handler: Handler) -> Handler:
     """Aborts a handler's known failure with its documented status (service_error); anything else is the
     interceptor's."""
     if inspect.isasyncgenfunction(handler):
+
         @functools.wraps(handler)
         async def stream(self: OptimizerServicer, request: Message, context: Context) -> AsyncIterator[Message]:
             try:
@@ -82,6 +92,7 @@ def maps_failures(handler: Handler) -> Handler:
                     yield item
             except KNOWN_FAILURES as err:
                 await abort(context, service_error(err))
+
         return cast(Handler, stream)
 
     @functools.wraps(handler)
@@ -90,6 +101,7 @@ def maps_failures(handler: Handler) -> Handler:
             return cast(Message, await handler(self, request, context))
         except KNOWN_FAILURES as err:
             await abort(context, service_error(err))
+
     return cast(Handler, unary)
 
 
@@ -152,19 +164,34 @@ async def serve(config: OptimizerConfig) -> None:
     auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights)
     llm = LlmClient(config.llm, store)
     scorer = ScorerClient(config.scorer)
-    manager = RunManager(store, llm, scorer, max_active_runs=config.max_active_runs, default_model=config.llm.model,
-                         limits=config.limits)
+    manager = RunManager(
+        store, llm, scorer, max_active_runs=config.max_active_runs, default_model=config.llm.model, limits=config.limits
+    )
     servicer = OptimizerServicer(manager, auth)
-    service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, servicer, SERVICE_NAME)],
-                          host=config.host, port=config.port, tls=config.tls, grace_seconds=config.grace_seconds,
-                          max_concurrent_rpcs=config.max_concurrent_rpcs, metrics_port=config.metrics_port,
-                          port_file=config.port_file)
+    service = GrpcService(
+        [(optimizer_pb2_grpc.add_OptimizerServicer_to_server, servicer, SERVICE_NAME)],
+        host=config.host,
+        port=config.port,
+        tls=config.tls,
+        grace_seconds=config.grace_seconds,
+        max_concurrent_rpcs=config.max_concurrent_rpcs,
+        metrics_port=config.metrics_port,
+        port_file=config.port_file,
+    )
     await service.start()
-    log.info("optimizer_serving", port=service.port, state_dir=str(config.state_dir), scorer=config.scorer.address,
-             llm=config.llm.base_url, auth=auth.enabled, resumed=manager.resume_unfinished())
+    log.info(
+        "optimizer_serving",
+        port=service.port,
+        state_dir=str(config.state_dir),
+        scorer=config.scorer.address,
+        llm=config.llm.base_url,
+        auth=auth.enabled,
+        resumed=manager.resume_unfinished(),
+    )
     try:
         await service.serve_until_signalled(
-            on_hangup=lambda: reload_tokens(auth, config.tokens_file, "PROMPTCLIMB_TOKENS"))
+            on_hangup=lambda: reload_tokens(auth, config.tokens_file, "PROMPTCLIMB_TOKENS")
+        )
     finally:
         await manager.shutdown()
         await llm.close()

@@ -84,8 +84,14 @@ class PresetValues:
 PRESETS: dict[Preset, PresetValues] = {
     Preset.PROMPTCLIMB: PresetValues(),
     Preset.AUTHORS: PresetValues(
-        fixed={"conversation": "stateless", "show_accuracies": False, "templates_per_call": 1, "top_k": 3,
-               "iterations": 10, "temperature": 1.0},
+        fixed={
+            "conversation": "stateless",
+            "show_accuracies": False,
+            "templates_per_call": 1,
+            "top_k": 3,
+            "iterations": 10,
+            "temperature": 1.0,
+        },
         defaults={"restarts": 1, "resets": 1, "initial_pool_size": 80},
     ),
 }
@@ -145,8 +151,10 @@ class RunSettings:
             raise SpecError("llm_model is empty and the service has no default model (--llm-model)")
         if limits.allowed_models is not None and model != default_model and model not in limits.allowed_models:
             allowed = ", ".join(sorted({default_model, *limits.allowed_models} - {""}))
-            raise ModelNotAllowed(f"llm_model {model!r} is not allowed by this service; allowed: {allowed} "
-                                  "(its operator sets --llm-allowed-models)")
+            raise ModelNotAllowed(
+                f"llm_model {model!r} is not allowed by this service; allowed: {allowed} "
+                "(its operator sets --llm-allowed-models)"
+            )
         preset = _choice(Preset, spec.preset, "preset") or Preset.PROMPTCLIMB
         chosen = _Chooser(preset)
         pool = _choice(InitialPool, spec.initial_pool, "initial_pool") or InitialPool.BUILTIN
@@ -161,13 +169,16 @@ class RunSettings:
                 default = knob.default
                 value = chosen(name, getattr(spec, name) or None, default)
             if not knob.low <= value <= knob.cap:
-                raise SpecError(f"{name}={value} is out of range; allowed {knob.low}..{knob.cap} "
-                                f"(0 takes the default {default})")
+                raise SpecError(
+                    f"{name}={value} is out of range; allowed {knob.low}..{knob.cap} (0 takes the default {default})"
+                )
             knobs[name] = value
         if available is not None and knobs["initial_pool_size"] > len(available):
-            raise SpecError(f"initial_pool_size={knobs['initial_pool_size']} is larger than the {pool.value} pool, "
-                            f"which has {len(available)} templates; ask for at most {len(available)} "
-                            "(or 0 for the default)")
+            raise SpecError(
+                f"initial_pool_size={knobs['initial_pool_size']} is larger than the {pool.value} pool, "
+                f"which has {len(available)} templates; ask for at most {len(available)} "
+                "(or 0 for the default)"
+            )
         for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
             if getattr(spec, name) < 0:
                 raise SpecError(f"{name} must be >= 0 (0 means no limit)")
@@ -185,10 +196,12 @@ class RunSettings:
             initial_pool=pool,
             initial_templates=tuple(spec.initial_templates),
             feedback=_choice(Feedback, spec.feedback, "feedback") or Feedback.POSITIVE_NEGATIVE,
-            conversation=Conversation(chosen("conversation", conversation.value if conversation else None,
-                                             Conversation.CHAT.value)),
-            show_accuracies=chosen("show_accuracies",
-                                   spec.show_accuracies if spec.HasField("show_accuracies") else None, True),
+            conversation=Conversation(
+                chosen("conversation", conversation.value if conversation else None, Conversation.CHAT.value)
+            ),
+            show_accuracies=chosen(
+                "show_accuracies", spec.show_accuracies if spec.HasField("show_accuracies") else None, True
+            ),
             temperature=temperature,
             max_scored_templates=spec.max_scored_templates,
             max_wall_seconds=wall.ToNanoseconds() / 1e9,
@@ -216,10 +229,16 @@ class RunSettings:
     @classmethod
     def from_json(cls, data: dict) -> RunSettings:
         """Also reads the settings of runs stored before a knob existed (they take its default)."""
-        return cls(**{**data, "initial_pool": InitialPool(data["initial_pool"]), "feedback": Feedback(data["feedback"]),
-                      "conversation": Conversation(data["conversation"]),
-                      "preset": Preset(data.get("preset", "promptclimb")),
-                      "initial_templates": tuple(data["initial_templates"])})
+        return cls(
+            **{
+                **data,
+                "initial_pool": InitialPool(data["initial_pool"]),
+                "feedback": Feedback(data["feedback"]),
+                "conversation": Conversation(data["conversation"]),
+                "preset": Preset(data.get("preset", "promptclimb")),
+                "initial_templates": tuple(data["initial_templates"]),
+            }
+        )
 
 
 def _llm_budgets(spec: pb.RunSpec, limits: RunLimits) -> dict:
@@ -227,10 +246,14 @@ def _llm_budgets(spec: pb.RunSpec, limits: RunLimits) -> dict:
     if not (spec.max_llm_cost_usd >= 0 and math.isfinite(spec.max_llm_cost_usd)):
         raise SpecError("max_llm_cost_usd must be a finite number >= 0 (0 takes the service's ceiling)")
     if spec.max_llm_cost_usd and not limits.priced:
-        raise SpecError("max_llm_cost_usd is set, but this service has no LLM price table (--llm-price) "
-                        "to count cost by")
-    ceilings = {"max_llm_calls": limits.max_llm_calls, "max_llm_tokens": limits.max_llm_tokens,
-                "max_llm_cost_usd": limits.max_llm_cost_usd if limits.priced else 0.0}
+        raise SpecError(
+            "max_llm_cost_usd is set, but this service has no LLM price table (--llm-price) to count cost by"
+        )
+    ceilings = {
+        "max_llm_calls": limits.max_llm_calls,
+        "max_llm_tokens": limits.max_llm_tokens,
+        "max_llm_cost_usd": limits.max_llm_cost_usd if limits.priced else 0.0,
+    }
     budgets = {}
     for name, ceiling in ceilings.items():
         value = getattr(spec, name)
@@ -250,8 +273,10 @@ class _Chooser:
     def __call__(self, name: str, given: Any, default: Any) -> Any:
         fixed = self.values.fixed.get(name)
         if fixed is not None and given is not None and given != fixed:
-            raise SpecError(f"preset {self.preset.value} fixes {name}={fixed}; {name}={given} contradicts it "
-                            "(leave it unset, or use preset promptclimb)")
+            raise SpecError(
+                f"preset {self.preset.value} fixes {name}={fixed}; {name}={given} contradicts it "
+                "(leave it unset, or use preset promptclimb)"
+            )
         if given is not None:
             return given
         return fixed if fixed is not None else self.values.defaults.get(name, default)

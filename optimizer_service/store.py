@@ -111,10 +111,12 @@ ADDED_COLUMNS = (
 )
 # After ADDED_COLUMNS, which may have just added the columns it indexes. A request_id is the owner's: two callers
 # choosing the same one start two runs, and neither can reach the other's through it.
-INDEXES = ("CREATE UNIQUE INDEX IF NOT EXISTS runs_by_request_id ON runs (owner, request_id) "
-           "WHERE request_id IS NOT NULL;")
-RUN_COLUMNS = ("run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest, owner, "
-               "owner_may_test")
+INDEXES = (
+    "CREATE UNIQUE INDEX IF NOT EXISTS runs_by_request_id ON runs (owner, request_id) WHERE request_id IS NOT NULL;"
+)
+RUN_COLUMNS = (
+    "run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest, owner, owner_may_test"
+)
 CANDIDATE_COLUMNS = "template, accuracy, restart, reset, iteration, sequence, llm_call, position, reused"
 
 
@@ -174,8 +176,9 @@ class Store:
         except (OSError, sqlite3.Error) as err:
             writer.submit(_close_writer).result()
             writer.shutdown()
-            raise StoreError(f"state dir {state_dir} is not usable: {err}; check that it exists, is writable and has "
-                             "free space") from None
+            raise StoreError(
+                f"state dir {state_dir} is not usable: {err}; check that it exists, is writable and has free space"
+            ) from None
         log.info("store_opened", path=str(path))
         return cls(reader, writer, path)
 
@@ -198,9 +201,18 @@ class Store:
 
     # Runs -------------------------------------------------------------------
 
-    async def create_run(self, run_id: str, settings: dict, counters: dict, state: str, *, owner: str = "anonymous",
-                         owner_may_test: bool = False, request_id: str | None = None,
-                         model_digest: str = "") -> RunRecord:
+    async def create_run(
+        self,
+        run_id: str,
+        settings: dict,
+        counters: dict,
+        state: str,
+        *,
+        owner: str = "anonymous",
+        owner_may_test: bool = False,
+        request_id: str | None = None,
+        model_digest: str = "",
+    ) -> RunRecord:
         """Stores a new run; if the owner's `request_id` already names one, stores nothing and returns that run
         instead."""
         now = time.time()
@@ -208,9 +220,21 @@ class Store:
         def create(db: sqlite3.Connection) -> RunRecord | None:
             existing = self._by_request_id(db, owner, request_id)
             if existing is None:
-                db.execute(f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
-                           (run_id, json.dumps(settings), state, json.dumps(counters), now, now, request_id,
-                            model_digest, owner, int(owner_may_test)))
+                db.execute(
+                    f"INSERT INTO runs ({RUN_COLUMNS}) VALUES (?, ?, ?, '', ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        run_id,
+                        json.dumps(settings),
+                        state,
+                        json.dumps(counters),
+                        now,
+                        now,
+                        request_id,
+                        model_digest,
+                        owner,
+                        int(owner_may_test),
+                    ),
+                )
             return existing
 
         existing = await self._write(create)
@@ -227,16 +251,20 @@ class Store:
     def _by_request_id(db: sqlite3.Connection, owner: str, request_id: str | None) -> RunRecord | None:
         if request_id is None:
             return None
-        row = db.execute(f"SELECT {RUN_COLUMNS} FROM runs WHERE owner = ? AND request_id = ?",
-                         (owner, request_id)).fetchone()
+        row = db.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE owner = ? AND request_id = ?", (owner, request_id)
+        ).fetchone()
         return _run_record(row) if row else None
 
-    async def set_state(self, run_id: str, state: str, stop_reason: str, counters: dict,
-                        events: Sequence[pb.RunEvent] = ()) -> None:
+    async def set_state(
+        self, run_id: str, state: str, stop_reason: str, counters: dict, events: Sequence[pb.RunEvent] = ()
+    ) -> None:
         def update(db: sqlite3.Connection) -> None:
             _append_events(db, run_id, events)  # first: its events are stamped no later than the run's update time
-            db.execute("UPDATE runs SET state = ?, stop_reason = ?, counters = ?, updated = ? WHERE run_id = ?",
-                       (state, stop_reason, json.dumps(counters), time.time(), run_id))
+            db.execute(
+                "UPDATE runs SET state = ?, stop_reason = ?, counters = ?, updated = ? WHERE run_id = ?",
+                (state, stop_reason, json.dumps(counters), time.time(), run_id),
+            )
 
         await self._write(update)
 
@@ -250,8 +278,9 @@ class Store:
         rows = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY created, run_id", values).fetchall()
         return [_run_record(row) for row in rows]
 
-    def runs_page(self, states: Iterable[str] | None, before: tuple[float, str] | None, limit: int,
-                  owner: str | None = None) -> list[RunRecord]:
+    def runs_page(
+        self, states: Iterable[str] | None, before: tuple[float, str] | None, limit: int, owner: str | None = None
+    ) -> list[RunRecord]:
         """Up to `limit` runs newest first, all or those in `states` (and of `owner`), after the run whose
         (created, run_id) is `before`."""
         where, values = _in_states(states)
@@ -261,8 +290,9 @@ class Store:
         if before is not None:
             where += (" AND" if where else "WHERE") + " (created < ? OR (created = ? AND run_id < ?))"
             values += [before[0], before[0], before[1]]
-        rows = self._db.execute(f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY created DESC, run_id DESC LIMIT ?",
-                                [*values, limit]).fetchall()
+        rows = self._db.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs {where} ORDER BY created DESC, run_id DESC LIMIT ?", [*values, limit]
+        ).fetchall()
         return [_run_record(row) for row in rows]
 
     def count_by_state(self) -> dict[str, int]:
@@ -281,6 +311,7 @@ class Store:
     ) -> None:
         """Commits one step's outcome at once: its exchanges, its candidates, the scorer's refusals, counters and
         events."""
+
         def commit(db: sqlite3.Connection) -> None:
             db.executemany(
                 "INSERT INTO steps VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -288,40 +319,62 @@ class Store:
             )
             db.executemany(
                 f"INSERT INTO candidates (run_id, {CANDIDATE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(run_id, c.template, c.accuracy, c.restart, c.reset, c.iteration, c.sequence, c.llm_call, c.position,
-                  int(c.reused)) for c in candidates],
+                [
+                    (
+                        run_id,
+                        c.template,
+                        c.accuracy,
+                        c.restart,
+                        c.reset,
+                        c.iteration,
+                        c.sequence,
+                        c.llm_call,
+                        c.position,
+                        int(c.reused),
+                    )
+                    for c in candidates
+                ],
             )
-            db.executemany("INSERT OR IGNORE INTO rejections VALUES (?, ?, ?)",
-                           [(run_id, t, reason) for t, reason in rejected])
+            db.executemany(
+                "INSERT OR IGNORE INTO rejections VALUES (?, ?, ?)", [(run_id, t, reason) for t, reason in rejected]
+            )
             _append_events(db, run_id, events)
-            db.execute("UPDATE runs SET counters = ?, updated = ? WHERE run_id = ?",
-                       (json.dumps(counters), time.time(), run_id))
+            db.execute(
+                "UPDATE runs SET counters = ?, updated = ? WHERE run_id = ?",
+                (json.dumps(counters), time.time(), run_id),
+            )
 
         await self._write(commit)
 
     def candidates(self, run_id: str) -> list[Candidate]:
-        rows = self._db.execute(f"SELECT {CANDIDATE_COLUMNS} FROM candidates WHERE run_id = ? ORDER BY sequence",
-                                (run_id,))
-        return [Candidate(t, accuracy, restart, reset, iteration, sequence, call, position, bool(reused))
-                for t, accuracy, restart, reset, iteration, sequence, call, position, reused in rows.fetchall()]
+        rows = self._db.execute(
+            f"SELECT {CANDIDATE_COLUMNS} FROM candidates WHERE run_id = ? ORDER BY sequence", (run_id,)
+        )
+        return [
+            Candidate(t, accuracy, restart, reset, iteration, sequence, call, position, bool(reused))
+            for t, accuracy, restart, reset, iteration, sequence, call, position, reused in rows.fetchall()
+        ]
 
     def test_accuracies(self, run_id: str) -> dict[int, float]:
         """Measured test accuracies by candidate sequence."""
-        rows = self._db.execute("SELECT sequence, test_accuracy FROM candidates "
-                                "WHERE run_id = ? AND test_accuracy IS NOT NULL", (run_id,))
+        rows = self._db.execute(
+            "SELECT sequence, test_accuracy FROM candidates WHERE run_id = ? AND test_accuracy IS NOT NULL", (run_id,)
+        )
         return dict(rows.fetchall())
 
     def rejections(self, run_id: str) -> list[tuple[str, str]]:
         return self._db.execute("SELECT template, reason FROM rejections WHERE run_id = ?", (run_id,)).fetchall()
 
-    async def set_ensemble(self, run_id: str, templates: Sequence[str], train_accuracy: float,
-                           test_accuracy: float | None) -> None:
+    async def set_ensemble(
+        self, run_id: str, templates: Sequence[str], train_accuracy: float, test_accuracy: float | None
+    ) -> None:
         row = (run_id, json.dumps(list(templates)), train_accuracy, test_accuracy)
         await self._write(lambda db: db.execute("INSERT OR REPLACE INTO ensembles VALUES (?, ?, ?, ?)", row))
 
     def ensemble(self, run_id: str) -> tuple[list[str], float, float | None] | None:
-        row = self._db.execute("SELECT templates, train_accuracy, test_accuracy FROM ensembles WHERE run_id = ?",
-                               (run_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT templates, train_accuracy, test_accuracy FROM ensembles WHERE run_id = ?", (run_id,)
+        ).fetchone()
         return (json.loads(row[0]), row[1], row[2]) if row else None
 
     def steps(self, run_id: str) -> dict[tuple[int, int, int], Step]:
@@ -338,8 +391,9 @@ class Store:
     # Events -----------------------------------------------------------------
 
     def events_after(self, run_id: str, sequence: int) -> list[bytes]:
-        rows = self._db.execute("SELECT payload FROM events WHERE run_id = ? AND sequence > ? ORDER BY sequence",
-                                (run_id, sequence))
+        rows = self._db.execute(
+            "SELECT payload FROM events WHERE run_id = ? AND sequence > ? ORDER BY sequence", (run_id, sequence)
+        )
         return [row[0] for row in rows.fetchall()]
 
     def last_event_sequence(self, run_id: str) -> int:
@@ -348,8 +402,9 @@ class Store:
     # LLM response cache -----------------------------------------------------
 
     def cached_reply(self, key: str) -> CachedReply | None:
-        row = self._db.execute("SELECT content, prompt_tokens, completion_tokens FROM llm_cache WHERE key = ?",
-                               (key,)).fetchone()
+        row = self._db.execute(
+            "SELECT content, prompt_tokens, completion_tokens FROM llm_cache WHERE key = ?", (key,)
+        ).fetchone()
         return CachedReply(*row) if row else None
 
     async def cache_reply(self, key: str, reply: CachedReply) -> None:
@@ -436,5 +491,16 @@ def _in_states(states: Iterable[str] | None) -> tuple[str, list]:
 
 def _run_record(row: tuple) -> RunRecord:
     run_id, settings, state, stop_reason, counters, created, updated, request_id, model_digest, owner, may_test = row
-    return RunRecord(run_id, json.loads(settings), state, stop_reason, json.loads(counters), created, updated,
-                     request_id, model_digest, owner, bool(may_test))
+    return RunRecord(
+        run_id,
+        json.loads(settings),
+        state,
+        stop_reason,
+        json.loads(counters),
+        created,
+        updated,
+        request_id,
+        model_digest,
+        owner,
+        bool(may_test),
+    )

@@ -47,7 +47,9 @@ def _client_args(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="promptclimb", description="promptclimb's services and a client of the scorer.")
+    parser = argparse.ArgumentParser(
+        prog="promptclimb", description="promptclimb's services and a client of the scorer."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in PASSED_ON.items():
         commands.add_parser(name, help=help_text, add_help=False)
@@ -56,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     score = commands.add_parser("score", help="score templates on a task of a scorer")
     _client_args(score)
     score.add_argument("--task", required=True, help="task id")
-    score.add_argument("--split", choices=["train", "test"], default="train", help="test needs a token with the test right")
+    score.add_argument(
+        "--split", choices=["train", "test"], default="train", help="test needs a token with the test right"
+    )
     score.add_argument("templates", nargs="+", help="templates, each with one {} where the class name goes")
     return parser
 

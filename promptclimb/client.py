@@ -65,9 +65,12 @@ class Retry:
 class CallError(Exception):
     """A call failed for good: its gRPC `code`, the server's `message`, and the rich `status` when it sent one."""
 
-    def __init__(self, method: str, code: grpc.StatusCode, message: str, status: status_pb2.Status | None,
-                 attempts: int) -> None:
-        super().__init__(f"{method}: {code.name}: {message}" + (f" (after {attempts} attempts)" if attempts > 1 else ""))
+    def __init__(
+        self, method: str, code: grpc.StatusCode, message: str, status: status_pb2.Status | None, attempts: int
+    ) -> None:
+        super().__init__(
+            f"{method}: {code.name}: {message}" + (f" (after {attempts} attempts)" if attempts > 1 else "")
+        )
         self.method, self.code, self.message, self.status, self.attempts = method, code, message, status, attempts
 
     def detail(self, kind: type[M]) -> M | None:
@@ -86,15 +89,23 @@ def _retryable(err: BaseException) -> bool:
 class _Client:
     """One channel, its token and TLS, and the deadline and retry rules every call of it follows."""
 
-    def __init__(self, address: str, *, token: str | None = None, tls: Tls | None = None, deadline_s: float = 60.0,
-                 retry: Retry = Retry()) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        tls: Tls | None = None,
+        deadline_s: float = 60.0,
+        retry: Retry = Retry(),
+    ) -> None:
         if deadline_s <= 0 or retry.attempts < 1:
             raise ValueError("deadline_s must be > 0 and retry.attempts at least 1")
         self.address, self.deadline_s, self.retry = address, deadline_s, retry
         self._channel = open_channel(address, tls)
         self._metadata = bearer_metadata(token)
-        self._backoff = wait_exponential_jitter(multiplier=retry.initial_backoff_s, max=retry.max_backoff_s,
-                                                jitter=retry.initial_backoff_s)
+        self._backoff = wait_exponential_jitter(
+            multiplier=retry.initial_backoff_s, max=retry.max_backoff_s, jitter=retry.initial_backoff_s
+        )
 
     async def close(self) -> None:
         await self._channel.close()
@@ -110,22 +121,28 @@ class _Client:
         hinted = details_of(err).retry_after_s if isinstance(err, grpc.aio.AioRpcError) else None
         return hinted if hinted is not None else self._backoff(state)
 
-    async def _unary(self, method: grpc.aio.UnaryUnaryMultiCallable[Any, _Reply], request: Message,
-                     deadline_s: float | None) -> _Reply:
+    async def _unary(
+        self, method: grpc.aio.UnaryUnaryMultiCallable[Any, _Reply], request: Message, deadline_s: float | None
+    ) -> _Reply:
         """Calls the stub's `method` under the deadline, retrying as the module's docstring says."""
         name = type(request).__name__.removesuffix("Request")  # buf lint: every RPC's request is <RPC>Request
         budget = self.deadline_s if deadline_s is None else deadline_s
         started = time.monotonic()
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.retry.attempts) | stop_before_delay(budget), wait=self._wait,
-                                 retry=retry_if_exception(_retryable), reraise=True)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retry.attempts) | stop_before_delay(budget),
+            wait=self._wait,
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
         try:
             async for attempt in retrying:
                 with attempt:
                     left = max(budget - (time.monotonic() - started), 0.001)
                     return await method(request, timeout=left, metadata=self._metadata)
         except grpc.aio.AioRpcError as err:
-            raise CallError(name, err.code(), err.details() or "", rich_status(err),
-                            retrying.statistics.get("attempt_number", 1)) from err
+            raise CallError(
+                name, err.code(), err.details() or "", rich_status(err), retrying.statistics.get("attempt_number", 1)
+            ) from err
         raise AssertionError("tenacity ends an attempt loop by returning or raising")
 
 
@@ -136,14 +153,19 @@ class Scorer(_Client):
         super().__init__(address, **options)
         self._stub = scorer_pb2_grpc.ScorerStub(self._channel)
 
-    async def list_tasks(self, request: scorer_pb2.ListTasksRequest | None = None, *,
-                         deadline_s: float | None = None) -> scorer_pb2.ListTasksResponse:
+    async def list_tasks(
+        self, request: scorer_pb2.ListTasksRequest | None = None, *, deadline_s: float | None = None
+    ) -> scorer_pb2.ListTasksResponse:
         return await self._unary(self._stub.ListTasks, request or scorer_pb2.ListTasksRequest(), deadline_s)
 
-    async def get_task(self, request: scorer_pb2.GetTaskRequest, *, deadline_s: float | None = None) -> scorer_pb2.TaskInfo:
+    async def get_task(
+        self, request: scorer_pb2.GetTaskRequest, *, deadline_s: float | None = None
+    ) -> scorer_pb2.TaskInfo:
         return await self._unary(self._stub.GetTask, request, deadline_s)
 
-    async def score(self, request: scorer_pb2.ScoreRequest, *, deadline_s: float | None = None) -> scorer_pb2.ScoreResponse:
+    async def score(
+        self, request: scorer_pb2.ScoreRequest, *, deadline_s: float | None = None
+    ) -> scorer_pb2.ScoreResponse:
         return await self._unary(self._stub.Score, request, deadline_s)
 
 
@@ -154,7 +176,9 @@ class Optimizer(_Client):
         super().__init__(address, **options)
         self._stub = optimizer_pb2_grpc.OptimizerStub(self._channel)
 
-    async def start_run(self, request: optimizer_pb2.StartRunRequest, *, deadline_s: float | None = None) -> optimizer_pb2.Run:
+    async def start_run(
+        self, request: optimizer_pb2.StartRunRequest, *, deadline_s: float | None = None
+    ) -> optimizer_pb2.Run:
         """Fills in a `request_id` when the request has none, so every retry of this call returns the one run the
         first attempt may have started; the copy sent is returned to no one, the caller's request is left as it is."""
         if not request.request_id:
@@ -164,23 +188,29 @@ class Optimizer(_Client):
             request = filled
         return await self._unary(self._stub.StartRun, request, deadline_s)
 
-    async def get_run(self, request: optimizer_pb2.GetRunRequest, *, deadline_s: float | None = None) -> optimizer_pb2.Run:
+    async def get_run(
+        self, request: optimizer_pb2.GetRunRequest, *, deadline_s: float | None = None
+    ) -> optimizer_pb2.Run:
         return await self._unary(self._stub.GetRun, request, deadline_s)
 
-    async def list_runs(self, request: optimizer_pb2.ListRunsRequest | None = None, *,
-                        deadline_s: float | None = None) -> optimizer_pb2.ListRunsResponse:
+    async def list_runs(
+        self, request: optimizer_pb2.ListRunsRequest | None = None, *, deadline_s: float | None = None
+    ) -> optimizer_pb2.ListRunsResponse:
         return await self._unary(self._stub.ListRuns, request or optimizer_pb2.ListRunsRequest(), deadline_s)
 
-    async def cancel_run(self, request: optimizer_pb2.CancelRunRequest, *,
-                         deadline_s: float | None = None) -> optimizer_pb2.Run:
+    async def cancel_run(
+        self, request: optimizer_pb2.CancelRunRequest, *, deadline_s: float | None = None
+    ) -> optimizer_pb2.Run:
         return await self._unary(self._stub.CancelRun, request, deadline_s)
 
-    async def resume_run(self, request: optimizer_pb2.ResumeRunRequest, *,
-                         deadline_s: float | None = None) -> optimizer_pb2.Run:
+    async def resume_run(
+        self, request: optimizer_pb2.ResumeRunRequest, *, deadline_s: float | None = None
+    ) -> optimizer_pb2.Run:
         return await self._unary(self._stub.ResumeRun, request, deadline_s)
 
-    async def watch_run(self, request: optimizer_pb2.WatchRunRequest, *,
-                        deadline_s: float | None = None) -> AsyncIterator[optimizer_pb2.RunEvent]:
+    async def watch_run(
+        self, request: optimizer_pb2.WatchRunRequest, *, deadline_s: float | None = None
+    ) -> AsyncIterator[optimizer_pb2.RunEvent]:
         """The run's events until it ends. A stream lasts as long as the run: no deadline unless given, no retries."""
         call = self._stub.WatchRun(request, timeout=deadline_s, metadata=self._metadata)
         try:

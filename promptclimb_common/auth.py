@@ -91,8 +91,9 @@ def parse_tokens(text: str, origin: str) -> list[TokenEntry]:
             )
         )
         if any(e.digest == entries[-1].digest for e in entries[:-1]):
-            raise AuthConfigError(f"{origin}: token '{entries[-1].name}' has the same token as another entry; "
-                                  "each token must be unique")
+            raise AuthConfigError(
+                f"{origin}: token '{entries[-1].name}' has the same token as another entry; each token must be unique"
+            )
     return entries
 
 
@@ -169,7 +170,9 @@ class Authenticator:
     token's next request (the scorer passes its quota store, shared by replicas).
     """
 
-    def __init__(self, tokens: list[TokenEntry], anonymous_rights: frozenset[str], rate_limit: RateLimit | None = None) -> None:
+    def __init__(
+        self, tokens: list[TokenEntry], anonymous_rights: frozenset[str], rate_limit: RateLimit | None = None
+    ) -> None:
         self._tokens = tokens
         self._anonymous = Principal("anonymous", anonymous_rights)
         self._rate_limit = rate_limit or LocalRateLimiter().take_request
@@ -201,24 +204,46 @@ class Authenticator:
                 match = entry
         return match
 
-    async def require(self, context: grpc.aio.ServicerContext, right: str,
-                      forbidden: Reason = Reason.RIGHT_MISSING) -> Principal:
+    async def require(
+        self, context: grpc.aio.ServicerContext, right: str, forbidden: Reason = Reason.RIGHT_MISSING
+    ) -> Principal:
         """Authenticates, rate-limits and checks `right`.
 
         Aborts the call otherwise (PERMISSION_DENIED with `forbidden`)."""
         entry = self._entry(context.invocation_metadata()) if self.enabled else None
-        principal = self._anonymous if not self.enabled else \
-            (Principal(entry.name, entry.rights, entry.evaluation_budget) if entry else None)
+        principal = (
+            self._anonymous
+            if not self.enabled
+            else (Principal(entry.name, entry.rights, entry.evaluation_budget) if entry else None)
+        )
         if principal is None:
-            await abort(context, ServiceError(grpc.StatusCode.UNAUTHENTICATED, Reason.TOKEN_MISSING,
-                                              "missing or unknown token: send metadata 'authorization: Bearer <token>'"))
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    Reason.TOKEN_MISSING,
+                    "missing or unknown token: send metadata 'authorization: Bearer <token>'",
+                ),
+            )
         structlog.contextvars.bind_contextvars(principal=principal.name)
         wait = await self._rate_limit(entry.name, entry.requests_per_second, entry.burst) if entry else 0.0
         if wait > 0:
-            await abort(context, ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.RATE_LIMITED,
-                                              f"rate limit of token '{principal.name}' reached; retry in {wait:.2f} s",
-                                              retry_after_s=wait))
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    Reason.RATE_LIMITED,
+                    f"rate limit of token '{principal.name}' reached; retry in {wait:.2f} s",
+                    retry_after_s=wait,
+                ),
+            )
         if not principal.has(right):
-            await abort(context, ServiceError(grpc.StatusCode.PERMISSION_DENIED, forbidden,
-                                              f"caller '{principal.name}' lacks the '{right}' right for this call"))
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    forbidden,
+                    f"caller '{principal.name}' lacks the '{right}' right for this call",
+                ),
+            )
         return principal

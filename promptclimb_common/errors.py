@@ -76,11 +76,21 @@ class ServiceError(Exception):
             delay.FromNanoseconds(int(self.retry_after_s * 1e9))
             details.append(error_details_pb2.RetryInfo(retry_delay=delay))
         if self.quota_subject:
-            details.append(error_details_pb2.QuotaFailure(violations=[
-                error_details_pb2.QuotaFailure.Violation(subject=self.quota_subject, description=self.message)]))
+            details.append(
+                error_details_pb2.QuotaFailure(
+                    violations=[
+                        error_details_pb2.QuotaFailure.Violation(subject=self.quota_subject, description=self.message)
+                    ]
+                )
+            )
         if self.bad_field:
-            details.append(error_details_pb2.BadRequest(field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=self.bad_field, description=self.message)]))
+            details.append(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=self.bad_field, description=self.message)
+                    ]
+                )
+            )
         status = status_pb2.Status(code=getattr(code_pb2, self.code.name), message=self.message)
         for detail in details:
             status.details.add().Pack(detail)

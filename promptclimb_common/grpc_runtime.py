@@ -33,7 +33,9 @@ from promptclimb_common.port_file import BoundPorts
 log = structlog.get_logger(__name__)
 
 GRPC_HANDLED = Counter(
-    "grpc_server_handled_total", "RPCs completed on the server, by status code.", ["grpc_service", "grpc_method", "grpc_code"]
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by status code.",
+    ["grpc_service", "grpc_method", "grpc_code"],
 )
 GRPC_SECONDS = Histogram(
     "grpc_server_handling_seconds",
@@ -66,9 +68,11 @@ def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=ca is not None)
 
 
-def channel_credentials(ca: str | Path | None, cert: str | Path | None = None,
-                        key: str | Path | None = None) -> grpc.ChannelCredentials:
+def channel_credentials(
+    ca: str | Path | None, cert: str | Path | None = None, key: str | Path | None = None
+) -> grpc.ChannelCredentials:
     """Client credentials: trust `ca` (system roots if None); cert+key for mTLS."""
+
     def read(path: str | Path | None) -> bytes | None:
         return Path(path).read_bytes() if path else None
 
@@ -158,7 +162,9 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     request = decode(raw) if decode else raw
                 except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's malformed message
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {method} message: {err}")
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"request is not a valid {method} message: {err}"
+                    )
                 return await call(request)
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED
@@ -250,7 +256,9 @@ class GrpcService:
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], self.server)
         address = f"{self.host}:{self.port}"
         credentials = server_credentials(self.tls)
-        bound = self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address)
+        bound = (
+            self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address)
+        )
         if bound == 0:
             raise OSError(f"cannot bind gRPC port {address}")
         self.port = bound
@@ -260,8 +268,14 @@ class GrpcService:
         await self.server.start()
         for name in ["", *names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("grpc_server_started", address=f"{self.host}:{bound}", port=bound, metrics_port=self.metrics_port,
-                 tls=self.tls.enabled, mtls=bool(self.tls.client_ca))
+        log.info(
+            "grpc_server_started",
+            address=f"{self.host}:{bound}",
+            port=bound,
+            metrics_port=self.metrics_port,
+            tls=self.tls.enabled,
+            mtls=bool(self.tls.client_ca),
+        )
         if self.port_file is not None:
             BoundPorts(bound, self.metrics_port).write(self.port_file)
         return bound

@@ -42,9 +42,19 @@ def decode_token(token: str, shape: tuple[type | tuple[type, ...], ...], filter_
         position, token_filter = data["p"], data["f"]
     except (ValueError, binascii.Error, KeyError, TypeError):
         position, token_filter = None, filter_
-    if not (isinstance(position, list) and len(position) == len(shape)
-            and all(isinstance(item, kind) and not isinstance(item, bool) for item, kind in zip(position, shape, strict=True))):
-        raise PageError("page_token", "page_token is not one this service issued; pass next_page_token unchanged, or empty for the first page")
+    if not (
+        isinstance(position, list)
+        and len(position) == len(shape)
+        and all(
+            isinstance(item, kind) and not isinstance(item, bool) for item, kind in zip(position, shape, strict=True)
+        )
+    ):
+        raise PageError(
+            "page_token",
+            "page_token is not one this service issued; pass next_page_token unchanged, or empty for the first page",
+        )
     if token_filter != filter_:
-        raise PageError("page_token", "page_token was issued for another filter; list again from the first page with this filter")
+        raise PageError(
+            "page_token", "page_token was issued for another filter; list again from the first page with this filter"
+        )
     return position

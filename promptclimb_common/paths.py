@@ -26,7 +26,8 @@ class WritablePath:
     def error(self, reason: str) -> UnwritablePathError:
         return UnwritablePathError(
             f"{self.flag} {self.path} ({Path(self.path).absolute()}) is not writable: {reason}. Mount a writable "
-            f"volume there, or point {self.flag} (env {self.env}) at a writable directory")
+            f"volume there, or point {self.flag} (env {self.env}) at a writable directory"
+        )
 
 
 def require_writable(paths: Iterable[WritablePath]) -> None:

@@ -64,7 +64,9 @@ def wait_for_ports(port_file: Path, process: subprocess.Popen, timeout: float = 
     return ports
 
 
-def wait_healthy(address: str, process: subprocess.Popen | None = None, timeout: float = 120.0, service: str = "") -> None:
+def wait_healthy(
+    address: str, process: subprocess.Popen | None = None, timeout: float = 120.0, service: str = ""
+) -> None:
     """Polls grpc.health.v1 until SERVING; fails early if the process exits."""
     import grpc  # here, not at the top: the exec wrapper (__main__) imports this module before every child
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -105,8 +107,14 @@ def start_module(args: list[str], log_path: Path, env: dict | None = None) -> su
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        return subprocess.Popen(**as_child([sys.executable, "-m", *args]), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=full_env)
+        return subprocess.Popen(
+            **as_child([sys.executable, "-m", *args]),
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+        )
 
 
 @dataclass(frozen=True)
@@ -125,8 +133,15 @@ class Service:
         return f"http://{LOOPBACK}:{self.ports.metrics}/metrics"
 
 
-def start_service(args: list[str], log_path: Path, env: dict | None = None, *, port: int = 0, metrics: bool = False,
-                  timeout: float = 120.0) -> Service:
+def start_service(
+    args: list[str],
+    log_path: Path,
+    env: dict | None = None,
+    *,
+    port: int = 0,
+    metrics: bool = False,
+    timeout: float = 120.0,
+) -> Service:
     """Starts one of our services (`python -m <args>`) on loopback, on ports of the kernel's choice; returns once
     it serves.
 
@@ -136,8 +151,21 @@ def start_service(args: list[str], log_path: Path, env: dict | None = None, *, p
     """
     port_file = log_path.with_name(f"{log_path.stem}.ports.json")
     port_file.unlink(missing_ok=True)  # a previous start's
-    process = start_module([*args, "--host", LOOPBACK, "--port", str(port), "--metrics-port", "0" if metrics else "off",
-                            "--port-file", str(port_file)], log_path, env)
+    process = start_module(
+        [
+            *args,
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0" if metrics else "off",
+            "--port-file",
+            str(port_file),
+        ],
+        log_path,
+        env,
+    )
     try:
         return Service(process, wait_for_ports(port_file, process, timeout))
     except BaseException:

@@ -58,17 +58,20 @@ def parse(kind: Any, text: str) -> Any:
 
 def flag_type(kind: type) -> Callable[[str], Any]:
     """An argparse `type=` that parses a command-line value as env_reader parses the variable."""
+
     def convert(text: str) -> Any:
         try:
             return parse(kind, text)
         except ValueError as err:
             raise argparse.ArgumentTypeError(f"{text!r}: {err}") from None
+
     convert.__name__ = kind.__name__  # argparse names it in its own messages
     return convert
 
 
 def env_reader(prefix: str) -> EnvReader:
     """`read("metrics_port", 9101, int)` gives $PREFIX_METRICS_PORT as an int, else 9101; EnvError if it is no int."""
+
     def read(name: str, default: Any, kind: Any = str) -> Any:
         variable = f"{prefix}_{name.upper()}"
         text = os.environ.get(variable)
@@ -78,6 +81,7 @@ def env_reader(prefix: str) -> EnvReader:
             return parse(kind, text)
         except (ValueError, argparse.ArgumentTypeError) as err:
             raise EnvError(f"${variable}={text!r}: {err}") from None
+
     return read
 
 
@@ -88,26 +92,56 @@ def metrics_port_arg(text: str) -> int | None:
     return int(text)
 
 
-def add_serving_args(p: argparse.ArgumentParser, env: EnvReader, *, port: int, metrics_port: int | None,
-                     anonymous_rights: frozenset[str], host: str = "127.0.0.1", grace_seconds: float = 30.0) -> None:
+def add_serving_args(
+    p: argparse.ArgumentParser,
+    env: EnvReader,
+    *,
+    port: int,
+    metrics_port: int | None,
+    anonymous_rights: frozenset[str],
+    host: str = "127.0.0.1",
+    grace_seconds: float = 30.0,
+) -> None:
     a = p.add_argument
     a("--host", default=env("host", host), help="address to listen on (0.0.0.0 in a container)")
     a("--port", type=int, default=env("port", port, int), help="gRPC port; 0: any free port (see --port-file)")
-    a("--metrics-port", type=metrics_port_arg, default=env("metrics_port", metrics_port, metrics_port_arg),
-      help="Prometheus /metrics port; 0: any free port; off: none")
-    a("--port-file", type=Path, default=env("port_file", None, Path),
-      help='once serving, write the bound ports here as JSON {"grpc": N, "metrics": M or null} (atomically)')
-    a("--tokens-file", default=env("tokens_file", None),
-      help="JSON file of bearer tokens for this API; else $PROMPTCLIMB_TOKENS; none: auth off")
-    a("--anonymous-rights", default=env("anonymous_rights", ",".join(sorted(anonymous_rights))),
-      help="rights of callers when auth is off (comma-separated)")
+    a(
+        "--metrics-port",
+        type=metrics_port_arg,
+        default=env("metrics_port", metrics_port, metrics_port_arg),
+        help="Prometheus /metrics port; 0: any free port; off: none",
+    )
+    a(
+        "--port-file",
+        type=Path,
+        default=env("port_file", None, Path),
+        help='once serving, write the bound ports here as JSON {"grpc": N, "metrics": M or null} (atomically)',
+    )
+    a(
+        "--tokens-file",
+        default=env("tokens_file", None),
+        help="JSON file of bearer tokens for this API; else $PROMPTCLIMB_TOKENS; none: auth off",
+    )
+    a(
+        "--anonymous-rights",
+        default=env("anonymous_rights", ",".join(sorted(anonymous_rights))),
+        help="rights of callers when auth is off (comma-separated)",
+    )
     a("--tls-cert", default=env("tls_cert", None), help="server certificate (PEM); enables TLS")
     a("--tls-key", default=env("tls_key", None), help="server private key (PEM)")
     a("--tls-client-ca", default=env("tls_client_ca", None), help="CA of client certificates; enables mTLS")
-    a("--max-concurrent-rpcs", type=int, default=env("max_concurrent_rpcs", DEFAULT_MAX_CONCURRENT_RPCS, int),
-      help="calls in progress at once (watch streams included); beyond: RESOURCE_EXHAUSTED")
-    a("--grace-seconds", type=float, default=env("grace_seconds", grace_seconds, float),
-      help="how long SIGTERM waits for in-flight calls")
+    a(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=env("max_concurrent_rpcs", DEFAULT_MAX_CONCURRENT_RPCS, int),
+        help="calls in progress at once (watch streams included); beyond: RESOURCE_EXHAUSTED",
+    )
+    a(
+        "--grace-seconds",
+        type=float,
+        default=env("grace_seconds", grace_seconds, float),
+        help="how long SIGTERM waits for in-flight calls",
+    )
 
 
 def serving_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> dict:
@@ -121,9 +155,13 @@ def serving_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> dict
     if ns.max_concurrent_rpcs < 1:
         p.error("--max-concurrent-rpcs must be at least 1")
     return {
-        "host": ns.host, "port": ns.port, "metrics_port": ns.metrics_port, "port_file": ns.port_file,
+        "host": ns.host,
+        "port": ns.port,
+        "metrics_port": ns.metrics_port,
+        "port_file": ns.port_file,
         "tokens_file": ns.tokens_file,
         "anonymous_rights": frozenset(r.strip() for r in ns.anonymous_rights.split(",") if r.strip()),
-        "tls": TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca), "grace_seconds": ns.grace_seconds,
+        "tls": TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca),
+        "grace_seconds": ns.grace_seconds,
         "max_concurrent_rpcs": ns.max_concurrent_rpcs,
     }

@@ -44,8 +44,9 @@ def template_problem(template: str, max_bytes: int = DEFAULT_MAX_TEMPLATE_BYTES)
         return Problem(f"template has {count} '{{}}' placeholders; exactly one is allowed", "SEVERAL_PLACEHOLDERS")
     rest = template.replace(PLACEHOLDER, "", 1)
     if "{" in rest or "}" in rest:
-        return Problem("template has a brace besides its one '{}' (format fields and specs are not allowed)",
-                       "STRAY_BRACE")
+        return Problem(
+            "template has a brace besides its one '{}' (format fields and specs are not allowed)", "STRAY_BRACE"
+        )
     return None
 
 

@@ -70,6 +70,7 @@ def load_grid(path: Path, out: Path | None = None, check_data: bool = True) -> G
         raw = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise GridError(f"cannot read grid config {path}: {err}") from err
+
     def need(key: str, kind: type[_Value]) -> _Value:
         value = raw.get(key)
         if not isinstance(value, kind):
@@ -79,14 +80,18 @@ def load_grid(path: Path, out: Path | None = None, check_data: bool = True) -> G
     datasets = tuple(need("datasets", list))
     unknown = [d for d in datasets if d not in COOP_DATASETS]
     if not datasets or unknown:
-        raise GridError(f"{path}: datasets {unknown or '[]'} are not CoOp datasets; use some of {', '.join(COOP_DATASETS)}")
+        raise GridError(
+            f"{path}: datasets {unknown or '[]'} are not CoOp datasets; use some of {', '.join(COOP_DATASETS)}"
+        )
     seeds = tuple(need("seeds", list))
     if not seeds or not all(isinstance(s, int) for s in seeds):
         raise GridError(f"{path}: 'seeds' must be a non-empty list of integers")
     backbones = tuple(Backbone(str(b.get("name", "")), str(b.get("model", ""))) for b in need("backbones", list))
     bad = [b.name for b in backbones if not SLUG.match(b.name) or not b.model]
     if not backbones or bad or len({b.name for b in backbones}) != len(backbones):
-        raise GridError(f"{path}: each [[backbones]] needs a unique name (letters, digits, . _ -) and a model; check {bad}")
+        raise GridError(
+            f"{path}: each [[backbones]] needs a unique name (letters, digits, . _ -) and a model; check {bad}"
+        )
     feedbacks = tuple(raw.get("feedback", FEEDBACKS))
     if not feedbacks or set(feedbacks) - set(FEEDBACKS):
         raise GridError(f"{path}: 'feedback' takes {', '.join(FEEDBACKS)}")
@@ -102,7 +107,9 @@ def load_grid(path: Path, out: Path | None = None, check_data: bool = True) -> G
         raise GridError(f"{path}: [folders] maps CoOp dataset names ({', '.join(COOP_DATASETS)}) to folder names")
     data_root = Path(need("data_root", str))
     folders = {d: data_root / renamed.get(d, COOP_FOLDERS[d]) for d in datasets}
-    for dataset, folder in folders.items() if check_data else ():  # off where the data is elsewhere (a cluster's volume)
+    for dataset, folder in (
+        folders.items() if check_data else ()
+    ):  # off where the data is elsewhere (a cluster's volume)
         try:
             check_layout(dataset, folder)
         except DatasetError as err:

@@ -38,6 +38,8 @@ SCORER_ERROR_PREFIX = "scorer: "  # how the scorer's last line names what stoppe
 
 class ScorerStartError(RuntimeError):
     """A scorer stopped before it served; the message carries its own reason and its log's path."""
+
+
 SUCCEEDED = "RUN_STATE_SUCCEEDED"
 SEARCHED_FEEDBACK = "positive_negative"  # the method whose best prompts are transferred
 
@@ -58,15 +60,23 @@ def run_grid(grid: Grid, log_level: str = "INFO") -> int:
     failed = 0
     for backbone in grid.backbones:
         for seed in grid.seeds:
-            pending = [(d, f) for d in grid.datasets for f in grid.feedbacks
-                       if (read_result(cell_dir(grid, backbone.name, d, seed, f)) or {}).get("state") != SUCCEEDED]
+            pending = [
+                (d, f)
+                for d in grid.datasets
+                for f in grid.feedbacks
+                if (read_result(cell_dir(grid, backbone.name, d, seed, f)) or {}).get("state") != SUCCEEDED
+            ]
             if not pending:
                 continue
             with scorer(grid, backbone, seed) as address:
                 for dataset, feedback in pending:
                     failed += not _optimize(grid, address, backbone, dataset, seed, feedback, log_level)
     if failed:
-        log.warning("grid_incomplete", cells_not_done=failed, hint="rerun to resume; references and transfers wait for every cell")
+        log.warning(
+            "grid_incomplete",
+            cells_not_done=failed,
+            hint="rerun to resume; references and transfers wait for every cell",
+        )
         return failed
     _score_references_and_transfers(grid)
     return failed
@@ -83,8 +93,11 @@ def run_cell(grid: Grid, index: int, log_level: str = "INFO") -> int:
     cell = every[index]
     grid.out.mkdir(parents=True, exist_ok=True)
     os.environ[TOKEN_ENV] = _scorer_token(grid.out / "scorer-tokens.json")
-    pending = [f for f in grid.feedbacks
-               if (read_result(cell_dir(grid, cell.backbone.name, cell.dataset, cell.seed, f)) or {}).get("state") != SUCCEEDED]
+    pending = [
+        f
+        for f in grid.feedbacks
+        if (read_result(cell_dir(grid, cell.backbone.name, cell.dataset, cell.seed, f)) or {}).get("state") != SUCCEEDED
+    ]
     if not pending:
         return 0
     name = f"{cell.backbone.name}-{cell.dataset}-seed{cell.seed}"
@@ -95,11 +108,19 @@ def run_cell(grid: Grid, index: int, log_level: str = "INFO") -> int:
 def gather(grid: Grid) -> int:
     """After every cell: the reference rows and transfers (what needs every cell); returns the cells not done."""
     os.environ[TOKEN_ENV] = _scorer_token(grid.out / "scorer-tokens.json")
-    missing = [c for c in cells(grid) for f in grid.feedbacks
-               if (read_result(cell_dir(grid, c.backbone.name, c.dataset, c.seed, f)) or {}).get("state") != SUCCEEDED]
+    missing = [
+        c
+        for c in cells(grid)
+        for f in grid.feedbacks
+        if (read_result(cell_dir(grid, c.backbone.name, c.dataset, c.seed, f)) or {}).get("state") != SUCCEEDED
+    ]
     if missing:
-        log.warning("grid_incomplete", runs_not_done=len(missing), first=f"{missing[0].backbone.name}/{missing[0].dataset}/"
-                    f"seed{missing[0].seed}", hint="run (or rerun) the cells first")
+        log.warning(
+            "grid_incomplete",
+            runs_not_done=len(missing),
+            first=f"{missing[0].backbone.name}/{missing[0].dataset}/seed{missing[0].seed}",
+            hint="run (or rerun) the cells first",
+        )
         return len(missing)
     _score_references_and_transfers(grid)
     return 0
@@ -123,7 +144,11 @@ def _scorer_token(path: Path) -> str:
         # Written aside, then linked into place: of cells starting at once on a shared volume, the first one's token
         # wins.
         candidate = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
-        candidate.write_text(json.dumps({"tokens": [{"name": "reproduce", "token": secrets.token_urlsafe(32), "rights": ["score", "test"]}]}))
+        candidate.write_text(
+            json.dumps(
+                {"tokens": [{"name": "reproduce", "token": secrets.token_urlsafe(32), "rights": ["score", "test"]}]}
+            )
+        )
         candidate.chmod(0o600)
         try:
             os.link(candidate, path)
@@ -136,45 +161,95 @@ def _scorer_token(path: Path) -> str:
 
 
 @contextmanager
-def scorer(grid: Grid, backbone: Backbone, seed: int, datasets: tuple[str, ...] | None = None, name: str = "") -> Iterator[str]:
+def scorer(
+    grid: Grid, backbone: Backbone, seed: int, datasets: tuple[str, ...] | None = None, name: str = ""
+) -> Iterator[str]:
     """A scorer process for the datasets (default: all of the grid's) with this backbone and few-shot seed; yields
     its address.
 
     A `name` gives it a state directory and log of its own."""
     state = grid.out / "scorer-state" / name if name else grid.out / "scorer-state"
     name = name or f"{backbone.name}-seed{seed}"
-    args = ["scorer_service", "--model", backbone.model, "--shots", str(grid.shots), "--seed", str(seed), "--tokens-file", str(grid.out / "scorer-tokens.json"),
-            "--cache-dir", str(grid.out / "cache"), "--state-dir", str(state), *as_flags(grid.scorer)]
+    args = [
+        "scorer_service",
+        "--model",
+        backbone.model,
+        "--shots",
+        str(grid.shots),
+        "--seed",
+        str(seed),
+        "--tokens-file",
+        str(grid.out / "scorer-tokens.json"),
+        "--cache-dir",
+        str(grid.out / "cache"),
+        "--state-dir",
+        str(state),
+        *as_flags(grid.scorer),
+    ]
     for dataset in datasets or grid.datasets:
         args += ["--task", f"{dataset}=coop:{dataset}:{grid.folders[dataset]}"]
     log_path = grid.out / "logs" / f"scorer-{name}.log"
     log.info("scorer_starting", backbone=backbone.name, seed=seed, log=str(log_path))
     try:
-        service = start_service(args, log_path, timeout=3600)  # a large dataset's image features take a while the first time
+        service = start_service(
+            args, log_path, timeout=3600
+        )  # a large dataset's image features take a while the first time
     except RuntimeError as err:  # it exited: its last line says why
         lines = log_path.read_text(errors="replace").splitlines()
         reason = next((line for line in reversed(lines) if line.startswith(SCORER_ERROR_PREFIX)), str(err))
-        raise ScorerStartError(f"the scorer for {backbone.name}, seed {seed}, stopped before serving: "
-                               f"{reason.removeprefix(SCORER_ERROR_PREFIX)} (log: {log_path})") from None
+        raise ScorerStartError(
+            f"the scorer for {backbone.name}, seed {seed}, stopped before serving: "
+            f"{reason.removeprefix(SCORER_ERROR_PREFIX)} (log: {log_path})"
+        ) from None
     try:
         yield service.address
     finally:
         stop_process(service.process, signal.SIGTERM)
 
 
-def _optimize(grid: Grid, address: str, backbone: Backbone, dataset: str, seed: int, feedback: str, log_level: str) -> bool:
+def _optimize(
+    grid: Grid, address: str, backbone: Backbone, dataset: str, seed: int, feedback: str, log_level: str
+) -> bool:
     """One cell: `optimizer_service run`, which resumes the cell's unfinished run from its state directory."""
     out = cell_dir(grid, backbone.name, dataset, seed, feedback)
     log.info("cell_running", backbone=backbone.name, dataset=dataset, seed=seed, feedback=feedback)
-    optimizer_cli.main([
-        "run", "--scorer", address, "--scorer-token-env", TOKEN_ENV, "--llm-base-url", grid.llm_base_url,
-        "--llm-model", grid.llm_model, "--task", dataset, "--out", str(out), "--feedback", feedback, "--seed", str(seed),
-        "--label", f"{backbone.name}/{dataset}/seed{seed}/{feedback}", "--log-level", log_level, *as_flags(grid.run),
-    ])
+    optimizer_cli.main(
+        [
+            "run",
+            "--scorer",
+            address,
+            "--scorer-token-env",
+            TOKEN_ENV,
+            "--llm-base-url",
+            grid.llm_base_url,
+            "--llm-model",
+            grid.llm_model,
+            "--task",
+            dataset,
+            "--out",
+            str(out),
+            "--feedback",
+            feedback,
+            "--seed",
+            str(seed),
+            "--label",
+            f"{backbone.name}/{dataset}/seed{seed}/{feedback}",
+            "--log-level",
+            log_level,
+            *as_flags(grid.run),
+        ]
+    )
     state = (read_result(out) or {}).get("state")
     if state != SUCCEEDED:
-        log.warning("cell_not_done", backbone=backbone.name, dataset=dataset, seed=seed, feedback=feedback, state=state,
-                    hint="rerun to resume it")
+        log.warning(
+            "cell_not_done",
+            backbone=backbone.name,
+            dataset=dataset,
+            seed=seed,
+            feedback=feedback,
+            state=state,
+            hint="rerun to resume it",
+        )
     return state == SUCCEEDED
 
 
@@ -193,16 +268,24 @@ def _references_done(grid: Grid, target: str, dataset: str) -> bool:
 
 
 def _references_and_transfers_done(grid: Grid, target: Backbone) -> bool:
-    return all(_references_done(grid, target.name, d) and transfers_path(grid, target.name, d).is_file()
-               for d in grid.datasets)
+    return all(
+        _references_done(grid, target.name, d) and transfers_path(grid, target.name, d).is_file() for d in grid.datasets
+    )
 
 
-def _test_accuracies(stub: scorer_pb2_grpc.ScorerStub, task: str, ensembles: list[tuple[str, ...]]) -> list[float | None]:
+def _test_accuracies(
+    stub: scorer_pb2_grpc.ScorerStub, task: str, ensembles: list[tuple[str, ...]]
+) -> list[float | None]:
     """Test accuracy of each ensemble (a one-template ensemble is that template); None where the scorer refused it."""
     metadata = (("authorization", f"Bearer {os.environ[TOKEN_ENV]}"),)
-    reply = stub.Score(scorer_pb2.ScoreRequest(task_id=task, split=scorer_pb2.SPLIT_TEST,
-                                               ensembles=[scorer_pb2.TemplateEnsemble(templates=e) for e in ensembles]),
-                       metadata=metadata)
+    reply = stub.Score(
+        scorer_pb2.ScoreRequest(
+            task_id=task,
+            split=scorer_pb2.SPLIT_TEST,
+            ensembles=[scorer_pb2.TemplateEnsemble(templates=e) for e in ensembles],
+        ),
+        metadata=metadata,
+    )
     for ensemble, result in zip(ensembles, reply.ensemble_results, strict=True):
         if result.error:
             log.warning("reference_not_scored", task=task, ensemble=list(ensemble), error=result.error)
@@ -216,8 +299,16 @@ def _score_references(grid: Grid, stub: scorer_pb2_grpc.ScorerStub, target: Back
     rows = reference_candidates(dataset)
     accuracies = _test_accuracies(stub, dataset, list(rows.values()))
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({row: {"templates": list(t), "test_accuracy": a}
-                                for (row, t), a in zip(rows.items(), accuracies, strict=True)}, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                row: {"templates": list(t), "test_accuracy": a}
+                for (row, t), a in zip(rows.items(), accuracies, strict=True)
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _score_transfers(grid: Grid, stub: scorer_pb2_grpc.ScorerStub, target: Backbone, dataset: str) -> None:
@@ -237,6 +328,9 @@ def _score_transfers(grid: Grid, stub: scorer_pb2_grpc.ScorerStub, target: Backb
     accuracies = _test_accuracies(stub, dataset, [(t,) for t in found.values()]) if found else []
     transfers: dict[str, dict[str, dict[str, Any]]] = {}
     for (source_name, seed), accuracy in zip(found, accuracies, strict=True):
-        transfers.setdefault(source_name, {})[str(seed)] = {"template": found[source_name, seed], "test_accuracy": accuracy}
+        transfers.setdefault(source_name, {})[str(seed)] = {
+            "template": found[source_name, seed],
+            "test_accuracy": accuracy,
+        }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(transfers, indent=2) + "\n")

@@ -23,9 +23,14 @@ from optimizer_service.baselines import A_PHOTO_OF, CLIP_ENSEMBLE, COOP_PROMPT, 
 from reproduce.grid import Grid
 from reproduce.runner import SEARCHED_FEEDBACK, SUCCEEDED, cell_dir, read_result, references_path, transfers_path
 
-METHODS = {PLAIN: f"`{PLAIN}`", A_PHOTO_OF: f"`{A_PHOTO_OF}`", COOP_PROMPT: "CoOp's single prompt per dataset",
-           CLIP_ENSEMBLE: "CLIP authors' ensemble", "positive_only": "LLM optimizer, positive only",
-           "positive_negative": "LLM optimizer, positive + negative"}
+METHODS = {
+    PLAIN: f"`{PLAIN}`",
+    A_PHOTO_OF: f"`{A_PHOTO_OF}`",
+    COOP_PROMPT: "CoOp's single prompt per dataset",
+    CLIP_ENSEMBLE: "CLIP authors' ensemble",
+    "positive_only": "LLM optimizer, positive only",
+    "positive_negative": "LLM optimizer, positive + negative",
+}
 
 
 @dataclass(frozen=True)
@@ -109,25 +114,43 @@ def _baseline_notes(datasets: tuple[str, ...]) -> list[str]:
     """What the two hand-engineered rows score, per dataset."""
     rows = {d: reference_candidates(d) for d in datasets}
     prompts = ", ".join(f"{d} `{rows[d][COOP_PROMPT][0]}`" for d in datasets if COOP_PROMPT in rows[d])
-    sizes = ", ".join(f"{d} {len(rows[d][CLIP_ENSEMBLE])}" if CLIP_ENSEMBLE in rows[d] else f"{d} none" for d in datasets)
-    return [f"- {METHODS[COOP_PROMPT]}: CoOp's zero-shot CLIP prompt, one per dataset: {prompts}.",
-            f"- {METHODS[CLIP_ENSEMBLE]}: the CLIP authors' templates for the dataset (from clip-benchmark), scored as "
-            f"one prompt ensemble; templates per dataset: {sizes}."]
+    sizes = ", ".join(
+        f"{d} {len(rows[d][CLIP_ENSEMBLE])}" if CLIP_ENSEMBLE in rows[d] else f"{d} none" for d in datasets
+    )
+    return [
+        f"- {METHODS[COOP_PROMPT]}: CoOp's zero-shot CLIP prompt, one per dataset: {prompts}.",
+        f"- {METHODS[CLIP_ENSEMBLE]}: the CLIP authors' templates for the dataset (from clip-benchmark), scored as "
+        f"one prompt ensemble; templates per dataset: {sizes}.",
+    ]
 
 
 def write_tables(grid: Grid) -> list[Path]:
     """results.md, results.csv and transfer.csv under grid.out; returns their paths."""
     results = collect(grid)
     transfers = collect_transfers(grid, results)
-    md = [f"# Reproduction: {grid.shots}-shot test accuracy (%), mean ± sample std over seeds {list(grid.seeds)}", "",
-          "Optimizer rows: test accuracy of the best template by few-shot train accuracy. n/a: not available "
-          "(not run yet, failed, or no CLIP authors' templates in clip-benchmark for the dataset).", "",
-          *_baseline_notes(grid.datasets), ""]
+    md = [
+        f"# Reproduction: {grid.shots}-shot test accuracy (%), mean ± sample std over seeds {list(grid.seeds)}",
+        "",
+        "Optimizer rows: test accuracy of the best template by few-shot train accuracy. n/a: not available "
+        "(not run yet, failed, or no CLIP authors' templates in clip-benchmark for the dataset).",
+        "",
+        *_baseline_notes(grid.datasets),
+        "",
+    ]
     for backbone in grid.backbones:
         md += [f"## {backbone.name} (`{backbone.model}`)", ""]
-        md += [*_markdown_table("method", {METHODS[m]: cells for m, cells in results[backbone.name].items()}, grid.datasets), ""]
-    md += ["## Transfer: best positive + negative prompts found on A, scored on B", "",
-           "A → A is the backbone's own result, for comparison.", ""]
+        md += [
+            *_markdown_table(
+                "method", {METHODS[m]: cells for m, cells in results[backbone.name].items()}, grid.datasets
+            ),
+            "",
+        ]
+    md += [
+        "## Transfer: best positive + negative prompts found on A, scored on B",
+        "",
+        "A → A is the backbone's own result, for comparison.",
+        "",
+    ]
     md += [*_markdown_table("A → B", {f"{a} → {b}": cells for (a, b), cells in transfers.items()}, grid.datasets), ""]
     paths = [grid.out / "results.md", grid.out / "results.csv", grid.out / "transfer.csv"]
     paths[0].write_text("\n".join(md))
@@ -137,7 +160,9 @@ def write_tables(grid: Grid) -> list[Path]:
         for backbone_name, rows in results.items():
             for method, cells in rows.items():
                 for dataset, cell in cells.items():
-                    out.writerow([backbone_name, method, dataset, f"{cell.mean:.6f}", f"{cell.spread:.6f}", len(cell.values)])
+                    out.writerow(
+                        [backbone_name, method, dataset, f"{cell.mean:.6f}", f"{cell.spread:.6f}", len(cell.values)]
+                    )
     with paths[2].open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["source", "target", "dataset", "mean", "std", "seeds"])
@@ -161,7 +186,9 @@ def write_plots(grid: Grid) -> list[Path]:
             for feedback in grid.feedbacks:
                 by_step: dict[int, list[float]] = defaultdict(list)
                 for seed in grid.seeds:
-                    for point in (read_result(cell_dir(grid, backbone.name, dataset, seed, feedback)) or {}).get("curve", []):
+                    for point in (read_result(cell_dir(grid, backbone.name, dataset, seed, feedback)) or {}).get(
+                        "curve", []
+                    ):
                         by_step[point["step"]].append(point["best_train_accuracy"])
                 steps = sorted(by_step)
                 ax.plot(steps, [100 * statistics.fmean(by_step[s]) for s in steps], marker="o", label=METHODS[feedback])

@@ -56,13 +56,22 @@ class ScorerApp:
         """Opens the ledger, loads everything, then serves; returns the bound gRPC port."""
         config = self.config
         self.quota = await open_quota(config)  # first: an unusable quota store fails before minutes of loading
-        self.auth = auth = Authenticator(load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"), config.anonymous_rights,
-                                         rate_limit=self.quota.take_request)
+        self.auth = auth = Authenticator(
+            load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"),
+            config.anonymous_rights,
+            rate_limit=self.quota.take_request,
+        )
         encoder = await asyncio.to_thread(load_clip, config.model, config.device, config.dtype, config.cpu_matmul)
         model = ModelIdentity.of(encoder, await asyncio.to_thread(weights_digest, encoder), config.model_version)
-        metrics.MODEL_INFO.info({"model": config.model, "device": str(encoder.device),
-                                 "dtype": str(encoder.dtype).removeprefix("torch."),
-                                 "digest": model.digest, "version": model.version})
+        metrics.MODEL_INFO.info(
+            {
+                "model": config.model,
+                "device": str(encoder.device),
+                "dtype": str(encoder.dtype).removeprefix("torch."),
+                "digest": model.digest,
+                "version": model.version,
+            }
+        )
         log.info("model_identity", model_digest=model.digest, model_version=model.version)
         tasks, features = await asyncio.to_thread(load_tasks, config, encoder, model.digest)
         batch_prompts = config.max_batch_prompts or default_batch_prompts(encoder.device)
@@ -71,10 +80,19 @@ class ScorerApp:
         )
         log.info("batching", max_batch_prompts=batch_prompts, max_batch_delay_ms=config.max_batch_delay_ms)
         self.batcher.start()
-        self.scorer = scorer = TemplateScorer(encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes),
-                                              config.max_template_bytes)
-        servicer = ScorerServicer(tasks, features, scorer, auth, self.quota, config.max_templates_per_request, model,
-                                  config.max_queued_prompts)
+        self.scorer = scorer = TemplateScorer(
+            encoder, self.batcher, TextEmbeddingCache(config.text_cache_bytes), config.max_template_bytes
+        )
+        servicer = ScorerServicer(
+            tasks,
+            features,
+            scorer,
+            auth,
+            self.quota,
+            config.max_templates_per_request,
+            model,
+            config.max_queued_prompts,
+        )
         self.service = GrpcService(
             [(scorer_pb2_grpc.add_ScorerServicer_to_server, servicer, SERVICE_NAME)],
             host=config.host,
@@ -86,8 +104,9 @@ class ScorerApp:
             metrics_port=config.metrics_port,
             port_file=config.port_file,
         )
-        log.info("auth", enabled=auth.enabled,
-                 anonymous_rights=sorted(config.anonymous_rights) if not auth.enabled else [])
+        log.info(
+            "auth", enabled=auth.enabled, anonymous_rights=sorted(config.anonymous_rights) if not auth.enabled else []
+        )
         return await self.service.start()
 
     async def stop(self) -> None:
@@ -110,6 +129,7 @@ class ScorerApp:
         auth = self.auth
         try:
             await self.service.serve_until_signalled(
-                on_hangup=lambda: reload_tokens(auth, self.config.tokens_file, "PROMPTCLIMB_TOKENS"))
+                on_hangup=lambda: reload_tokens(auth, self.config.tokens_file, "PROMPTCLIMB_TOKENS")
+            )
         finally:
             await self._release()

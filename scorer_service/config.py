@@ -63,8 +63,10 @@ class ScorerConfig(ServingConfig):
 
     def writable_paths(self) -> tuple[WritablePath, ...]:
         """What the scorer writes: the image-feature cache and the state (the evaluation ledger)."""
-        return (WritablePath("--cache-dir", "SCORER_CACHE_DIR", self.cache_dir),
-                WritablePath("--state-dir", "SCORER_STATE_DIR", self.state_dir))
+        return (
+            WritablePath("--cache-dir", "SCORER_CACHE_DIR", self.cache_dir),
+            WritablePath("--state-dir", "SCORER_STATE_DIR", self.state_dir),
+        )
 
 
 _env = env_reader("SCORER")
@@ -78,7 +80,8 @@ def _task(text: str) -> TaskSource:
         name, sep, folder = root.removeprefix("coop:").partition(":")
         if not sep or not folder or name not in COOP_DATASETS:
             raise argparse.ArgumentTypeError(
-                f"--task {text!r}: a CoOp task is ID=coop:NAME:DIR with NAME one of {', '.join(COOP_DATASETS)}")
+                f"--task {text!r}: a CoOp task is ID=coop:NAME:DIR with NAME one of {', '.join(COOP_DATASETS)}"
+            )
         return TaskSource(task_id, Path(folder), name)
     return TaskSource(task_id, Path(root))
 
@@ -96,46 +99,108 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     d = ScorerConfig()
     a = p.add_argument
     a("--model", default=_env("model", d.model), help="Hugging Face hub id or local directory of a CLIP checkpoint")
-    a("--model-version", default=_env("model_version", d.model_version),
-      help="human-readable version of the model, reported with its digest in TaskInfo and every ScoreResponse "
-           "(e.g. a release tag); default: the model's name and the digest's first 12 characters")
-    a("--task", dest="tasks", action="append", type=_task, default=None,
-      help="ID=DIR of an image-folder dataset, or ID=coop:NAME:DIR of a CoOp dataset folder (NAME: "
-           f"{', '.join(COOP_DATASETS)}); repeatable (env SCORER_TASKS: comma-separated)")
-    a("--shots", type=int, default=_env("shots", d.shots, int),
-      help="K training images per class in the few-shot train split")
+    a(
+        "--model-version",
+        default=_env("model_version", d.model_version),
+        help="human-readable version of the model, reported with its digest in TaskInfo and every ScoreResponse "
+        "(e.g. a release tag); default: the model's name and the digest's first 12 characters",
+    )
+    a(
+        "--task",
+        dest="tasks",
+        action="append",
+        type=_task,
+        default=None,
+        help="ID=DIR of an image-folder dataset, or ID=coop:NAME:DIR of a CoOp dataset folder (NAME: "
+        f"{', '.join(COOP_DATASETS)}); repeatable (env SCORER_TASKS: comma-separated)",
+    )
+    a(
+        "--shots",
+        type=int,
+        default=_env("shots", d.shots, int),
+        help="K training images per class in the few-shot train split",
+    )
     a("--seed", type=int, default=_env("seed", d.seed, int), help="seed of the few-shot sample")
-    a("--split-seed", type=int, default=_env("split_seed", d.split_seed, int),
-      help="seed that splits a dataset without train/ and test/ folders")
-    a("--test-fraction", type=float, default=_env("test_fraction", d.test_fraction, float),
-      help="share of each class held out as test when a dataset has no test/ folder")
-    add_serving_args(p, _env, port=d.port, metrics_port=d.metrics_port, anonymous_rights=d.anonymous_rights,
-                     host=d.host, grace_seconds=d.grace_seconds)
+    a(
+        "--split-seed",
+        type=int,
+        default=_env("split_seed", d.split_seed, int),
+        help="seed that splits a dataset without train/ and test/ folders",
+    )
+    a(
+        "--test-fraction",
+        type=float,
+        default=_env("test_fraction", d.test_fraction, float),
+        help="share of each class held out as test when a dataset has no test/ folder",
+    )
+    add_serving_args(
+        p,
+        _env,
+        port=d.port,
+        metrics_port=d.metrics_port,
+        anonymous_rights=d.anonymous_rights,
+        host=d.host,
+        grace_seconds=d.grace_seconds,
+    )
     a("--device", default=_env("device", d.device), help="auto, cpu, cuda or cuda:N")
-    a("--dtype", default=_env("dtype", d.dtype, Literal[DTYPES]), choices=DTYPES,
-      help="auto: bfloat16 (or float16) on GPU, float32 on CPU")
-    a("--cpu-matmul", default=_env("cpu_matmul", d.cpu_matmul, Literal[CPU_MATMULS]), choices=CPU_MATMULS,
-      help="kernels of fp32 linear layers on CPU: onednn (AVX-512 also on AMD; checked to be fp32 at start) or "
-           "torch's default (MKL)")
+    a(
+        "--dtype",
+        default=_env("dtype", d.dtype, Literal[DTYPES]),
+        choices=DTYPES,
+        help="auto: bfloat16 (or float16) on GPU, float32 on CPU",
+    )
+    a(
+        "--cpu-matmul",
+        default=_env("cpu_matmul", d.cpu_matmul, Literal[CPU_MATMULS]),
+        choices=CPU_MATMULS,
+        help="kernels of fp32 linear layers on CPU: onednn (AVX-512 also on AMD; checked to be fp32 at start) or "
+        "torch's default (MKL)",
+    )
     a("--cache-dir", type=Path, default=_env("cache_dir", d.cache_dir, Path), help="on-disk cache of image features")
-    a("--state-dir", type=Path, default=_env("state_dir", d.state_dir, Path),
-      help="durable state: each token's count of evaluated templates (SQLite, with --quota-store sqlite)")
-    a("--quota-store", default=_env("quota_store", d.quota_store),
-      help="where rate limits and evaluation budgets live: sqlite (default; a file in --state-dir, right for one "
-           "replica) or redis://[:PASSWORD@]HOST:PORT/DB (shared by every replica; atomic updates)")
-    a("--max-templates-per-request", type=int,
-      default=_env("max_templates_per_request", d.max_templates_per_request, int))
+    a(
+        "--state-dir",
+        type=Path,
+        default=_env("state_dir", d.state_dir, Path),
+        help="durable state: each token's count of evaluated templates (SQLite, with --quota-store sqlite)",
+    )
+    a(
+        "--quota-store",
+        default=_env("quota_store", d.quota_store),
+        help="where rate limits and evaluation budgets live: sqlite (default; a file in --state-dir, right for one "
+        "replica) or redis://[:PASSWORD@]HOST:PORT/DB (shared by every replica; atomic updates)",
+    )
+    a(
+        "--max-templates-per-request",
+        type=int,
+        default=_env("max_templates_per_request", d.max_templates_per_request, int),
+    )
     a("--max-template-bytes", type=int, default=_env("max_template_bytes", d.max_template_bytes, int))
     a("--max-message-bytes", type=int, default=_env("max_message_bytes", d.max_message_bytes, int))
-    a("--max-batch-prompts", type=int, default=_env("max_batch_prompts", d.max_batch_prompts, int),
-      help="most class prompts the text encoder takes in one batch; 0 (default): 256 on CPU, where one encoder "
-           "chunk already saturates the cores and larger batches only add wait, 4096 on GPU")
-    a("--max-batch-delay-ms", type=float, default=_env("max_batch_delay_ms", d.max_batch_delay_ms, float),
-      help="how long a batch waits for concurrent requests to join it")
-    a("--max-queued-prompts", type=int, default=_env("max_queued_prompts", d.max_queued_prompts, int),
-      help="prompts waiting for the encoder beyond which calls get RESOURCE_EXHAUSTED")
-    a("--text-cache-bytes", type=int, default=_env("text_cache_bytes", d.text_cache_bytes, int),
-      help="bound of the text-embedding LRU cache")
+    a(
+        "--max-batch-prompts",
+        type=int,
+        default=_env("max_batch_prompts", d.max_batch_prompts, int),
+        help="most class prompts the text encoder takes in one batch; 0 (default): 256 on CPU, where one encoder "
+        "chunk already saturates the cores and larger batches only add wait, 4096 on GPU",
+    )
+    a(
+        "--max-batch-delay-ms",
+        type=float,
+        default=_env("max_batch_delay_ms", d.max_batch_delay_ms, float),
+        help="how long a batch waits for concurrent requests to join it",
+    )
+    a(
+        "--max-queued-prompts",
+        type=int,
+        default=_env("max_queued_prompts", d.max_queued_prompts, int),
+        help="prompts waiting for the encoder beyond which calls get RESOURCE_EXHAUSTED",
+    )
+    a(
+        "--text-cache-bytes",
+        type=int,
+        default=_env("text_cache_bytes", d.text_cache_bytes, int),
+        help="bound of the text-embedding LRU cache",
+    )
     a("--image-batch-size", type=int, default=_env("image_batch_size", d.image_batch_size, int))
     a("--log-level", default=_env("log_level", d.log_level))
 
@@ -162,8 +227,13 @@ def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_se
         parser.error(f"--quota-store wants sqlite or a redis:// URL, got {ns.quota_store!r}")
     if ns.max_batch_prompts < 0:
         parser.error("--max-batch-prompts must be 0 (by device) or positive")
-    for name in ("max_templates_per_request", "max_template_bytes", "max_message_bytes",
-                 "max_queued_prompts", "image_batch_size"):
+    for name in (
+        "max_templates_per_request",
+        "max_template_bytes",
+        "max_message_bytes",
+        "max_queued_prompts",
+        "image_batch_size",
+    ):
         if getattr(ns, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return ScorerConfig(

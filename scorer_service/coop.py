@@ -75,8 +75,10 @@ def check_layout(name: str, root: Path) -> None:
     if name not in COOP_DATASETS:
         raise DatasetError(f"unknown CoOp dataset {name!r}; known: {', '.join(COOP_DATASETS)}")
     if not root.is_dir():
-        raise DatasetError(f"CoOp dataset {name!r}: directory {root.resolve()} does not exist "
-                           f"(CoOp's DATASETS.md names it {COOP_FOLDERS[name]})")
+        raise DatasetError(
+            f"CoOp dataset {name!r}: directory {root.resolve()} does not exist "
+            f"(CoOp's DATASETS.md names it {COOP_FOLDERS[name]})"
+        )
     if name == "imagenet":
         files, folders = ["classnames.txt"], ["images/train", "images/val"]
     elif name == "fgvc_aircraft":
@@ -86,8 +88,9 @@ def check_layout(name: str, root: Path) -> None:
     missing = [root / f for f in files if not (root / f).is_file()]
     missing += [root / f for f in folders if not (root / f).is_dir()]
     if missing:
-        raise DatasetError(f"CoOp dataset {name!r} is incomplete: {missing[0].resolve()} is missing "
-                           "(see CoOp's DATASETS.md)")
+        raise DatasetError(
+            f"CoOp dataset {name!r} is incomplete: {missing[0].resolve()} is missing (see CoOp's DATASETS.md)"
+        )
 
 
 def load_coop(name: str, root: Path) -> Dataset:
@@ -117,15 +120,21 @@ def _load_split_file(name: str, root: Path, layout: SplitFileLayout) -> Dataset:
     if missing:
         raise DatasetError(f"{split_path.resolve()} has no {' or '.join(repr(k) for k in missing)} list")
     image_dir = root / layout.image_dir
-    entries = {key: [_split_entry(split_path, key, i, e) for i, e in enumerate(split[key])]
-               for key in ("train", "test")}
+    entries = {
+        key: [_split_entry(split_path, key, i, e) for i, e in enumerate(split[key])] for key in ("train", "test")
+    }
     names: dict[int, str] = {}
     for label, class_name in (e[1:] for key in ("train", "test") for e in entries[key]):
         if names.setdefault(label, class_name) != class_name:
-            raise DatasetError(f"{split_path.resolve()}: label {label} is named both {names[label]!r} "
-                               f"and {class_name!r}")
-    return _dataset(name, root, names,
-                    {key: [(image_dir / path, label) for path, label, _ in entries[key]] for key in ("train", "test")})
+            raise DatasetError(
+                f"{split_path.resolve()}: label {label} is named both {names[label]!r} and {class_name!r}"
+            )
+    return _dataset(
+        name,
+        root,
+        names,
+        {key: [(image_dir / path, label) for path, label, _ in entries[key]] for key in ("train", "test")},
+    )
 
 
 def _split_entry(split_path: Path, key: str, index: int, entry: object) -> tuple[str, int, str]:
@@ -133,10 +142,17 @@ def _split_entry(split_path: Path, key: str, index: int, entry: object) -> tuple
     label = entry[1] if isinstance(entry, list) and len(entry) == 3 else None
     if isinstance(label, str) and label.strip().isdigit():
         label = int(label)
-    if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)
-            and isinstance(label, int) and not isinstance(label, bool) and isinstance(entry[2], str)):
-        raise DatasetError(f"{split_path.resolve()}: {key}[{index}] is {entry!r}; "
-                           "expected [relative_path, label, classname]")
+    if not (
+        isinstance(entry, list)
+        and len(entry) == 3
+        and isinstance(entry[0], str)
+        and isinstance(label, int)
+        and not isinstance(label, bool)
+        and isinstance(entry[2], str)
+    ):
+        raise DatasetError(
+            f"{split_path.resolve()}: {key}[{index}] is {entry!r}; expected [relative_path, label, classname]"
+        )
     return entry[0], label, entry[2]
 
 
@@ -150,8 +166,9 @@ def _load_fgvc_aircraft(root: Path) -> Dataset:
         for line in filter(None, (raw.strip() for raw in list_path.read_text().splitlines())):
             image_id, _, variant = line.partition(" ")
             if variant not in label_of:
-                raise DatasetError(f"{list_path.resolve()}: variant {variant!r} of image {image_id} "
-                                   "is not in variants.txt")
+                raise DatasetError(
+                    f"{list_path.resolve()}: variant {variant!r} of image {image_id} is not in variants.txt"
+                )
             items.append((root / "images" / f"{image_id}.jpg", label_of[variant]))
         splits[key] = items
     return _dataset("fgvc_aircraft", root, {label: variant for variant, label in label_of.items()}, splits)
@@ -169,8 +186,9 @@ def _load_imagenet(root: Path) -> Dataset:
     wnids = _class_folders(train_dir)
     unnamed = [w for w in wnids if w not in name_of]
     if unnamed:
-        raise DatasetError(f"CoOp dataset 'imagenet': {(train_dir / unnamed[0]).resolve()} "
-                           f"is not in {class_file.resolve()}")
+        raise DatasetError(
+            f"CoOp dataset 'imagenet': {(train_dir / unnamed[0]).resolve()} is not in {class_file.resolve()}"
+        )
     strays = [w for w in _class_folders(val_dir) if w not in wnids]
     if strays:
         raise DatasetError(f"CoOp dataset 'imagenet': {(val_dir / strays[0]).resolve()} has no train folder")
@@ -181,9 +199,13 @@ def _load_imagenet(root: Path) -> Dataset:
             class_dir = folder / wnid
             if not class_dir.is_dir():
                 raise DatasetError(f"CoOp dataset 'imagenet' is incomplete: {class_dir.resolve()} is missing")
-            items.extend((class_dir / file, label) for file in os.listdir(class_dir)
-                         if not file.startswith(".") and PurePath(file).suffix.lower() in IMAGE_SUFFIXES
-                         and (class_dir / file).is_file())
+            items.extend(
+                (class_dir / file, label)
+                for file in os.listdir(class_dir)
+                if not file.startswith(".")
+                and PurePath(file).suffix.lower() in IMAGE_SUFFIXES
+                and (class_dir / file).is_file()
+            )
         splits[key] = items
     return _dataset("imagenet", root, dict(enumerate(name_of[w] for w in wnids)), splits)
 
@@ -226,11 +248,14 @@ def read_saved_few_shot(root: Path, dataset: Dataset, shots: int, seed: int) -> 
         parts = PurePath(impath).parts
         image = next((by_relative[parts[i:]] for i in range(len(parts)) if parts[i:] in by_relative), None)
         if image is None:
-            raise DatasetError(f"{path.resolve()}: {impath} is not in the train split; "
-                               "the file is stale, remove it to draw again")
+            raise DatasetError(
+                f"{path.resolve()}: {impath} is not in the train split; the file is stale, remove it to draw again"
+            )
         if image.label != label:
-            raise DatasetError(f"{path.resolve()}: {impath} has label {label}, the split file {image.label}; "
-                               "the file is stale, remove it to draw again")
+            raise DatasetError(
+                f"{path.resolve()}: {impath} has label {label}, the split file {image.label}; "
+                "the file is stale, remove it to draw again"
+            )
         sample.append(image)
     log.info("few_shot_read", path=str(path), images=len(sample))
     return tuple(sample)
@@ -239,13 +264,17 @@ def read_saved_few_shot(root: Path, dataset: Dataset, shots: int, seed: int) -> 
 def _dataset(name: str, root: Path, names: dict[int, str], splits: dict[str, list[tuple[Path, int]]]) -> Dataset:
     """Checks labels run 0..n-1 and every listed image exists, then builds the Dataset."""
     if len(names) < 2 or sorted(names) != list(range(len(names))):
-        raise DatasetError(f"CoOp dataset {name!r} at {root.resolve()}: labels must run 0..n-1 "
-                           f"over at least 2 classes, found {sorted(names)[:10]}")
+        raise DatasetError(
+            f"CoOp dataset {name!r} at {root.resolve()}: labels must run 0..n-1 "
+            f"over at least 2 classes, found {sorted(names)[:10]}"
+        )
     for key, items in splits.items():
         absent = [path for path, _ in items if not path.is_file()]
         if absent:
-            raise DatasetError(f"CoOp dataset {name!r} is incomplete: {len(absent)} {key} image(s) missing, "
-                               f"first {absent[0].resolve()}")
+            raise DatasetError(
+                f"CoOp dataset {name!r} is incomplete: {len(absent)} {key} image(s) missing, "
+                f"first {absent[0].resolve()}"
+            )
     class_names = tuple(class_name_from_folder(names[label]) for label in range(len(names)))
     train, test = (tuple(LabeledImage(p, label) for p, label in splits[key]) for key in ("train", "test"))
     return Dataset(name, class_names, train, test)

@@ -23,7 +23,7 @@ import typing
 import structlog
 import torch
 from torch import nn
-from torch.nn import functional as F
+from torch.nn import functional
 from transformers.models.clip.modeling_clip import CLIPMLP
 
 log = structlog.get_logger(__name__)
@@ -32,8 +32,9 @@ log = structlog.get_logger(__name__)
 _FP32_TOLERANCE = 1e-5
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none",
-            algorithm: str = "") -> torch.Tensor:
+def _linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, activation: str = "none", algorithm: str = ""
+) -> torch.Tensor:
     out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, weight, bias, activation, [], algorithm)
     return out
 
@@ -83,7 +84,7 @@ def onednn_linear_is_fp32() -> bool:
     except (AttributeError, RuntimeError) as err:  # a build without oneDNN, or without the op
         log.warning("onednn_linear_unavailable", error=str(err))
         return False
-    want = F.linear(x.double(), weight.double(), bias.double())
+    want = functional.linear(x.double(), weight.double(), bias.double())
     error = ((got.double() - want).norm() / want.norm()).item()
     if error > _FP32_TOLERANCE:
         log.warning("onednn_linear_not_fp32", relative_error=error, tolerance=_FP32_TOLERANCE)

@@ -99,8 +99,9 @@ def load_image_folder(root: Path, split_seed: int = 0, test_fraction: float = 0.
         raise DatasetError(f"{root.resolve()} has class folders that name the same class once '_' is read as a space")
 
     def labelled(by_class: dict[str, list[Path]]) -> tuple[LabeledImage, ...]:
-        return tuple(LabeledImage(path, folders.index(folder))
-                     for folder in folders for path in by_class.get(folder, []))
+        return tuple(
+            LabeledImage(path, folders.index(folder)) for folder in folders for path in by_class.get(folder, [])
+        )
 
     return Dataset(root.name, class_names, labelled(train_by_class), labelled(test_by_class))
 
@@ -131,8 +132,9 @@ def few_shot(images: tuple[LabeledImage, ...], shots: int, seed: int) -> tuple[L
     return tuple(sample)
 
 
-def build_task(task_id: str, dataset: Dataset, shots: int, seed: int,
-               sample: tuple[LabeledImage, ...] | None = None) -> Task:
+def build_task(
+    task_id: str, dataset: Dataset, shots: int, seed: int, sample: tuple[LabeledImage, ...] | None = None
+) -> Task:
     """The task of a dataset; its train split is `sample` where one was saved (CoOp's files), else few_shot's draw."""
     if not dataset.test:
         raise DatasetError(f"dataset {dataset.name!r} of task {task_id!r} has no test images")

@@ -33,8 +33,10 @@ def load_clip(ref: str, device: str = "auto", dtype: str = "auto", cpu_matmul: s
     local = Path(ref).expanduser()
     is_dir = local.is_dir()
     if not is_dir and not _looks_like_hub_id(ref):
-        raise ModelLoadError(f"model directory {local.resolve()} does not exist "
-                             f"(and {ref!r} is not a hub id like 'openai/clip-vit-base-patch32')")
+        raise ModelLoadError(
+            f"model directory {local.resolve()} does not exist "
+            f"(and {ref!r} is not a hub id like 'openai/clip-vit-base-patch32')"
+        )
     source = str(local) if is_dir else ref
     offline = is_dir or os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
@@ -53,10 +55,17 @@ def load_clip(ref: str, device: str = "auto", dtype: str = "auto", cpu_matmul: s
     onednn_modules = use_onednn_kernels(model) if cpu_matmul == "onednn" else 0
     text_config = typing.cast(CLIPTextConfig, model.config.text_config)  # CLIPConfig makes its dict one
     context_length = int(text_config.max_position_embeddings)
-    log.info("model_loaded", model=ref, device=str(torch_device), dtype=str(torch_dtype).removeprefix("torch."),
-             context_length=context_length, onednn_modules=onednn_modules)
-    return ClipEncoder(ref, model, PromptTokenizer(tokenizer, context_length), image_processor, torch_device,
-                       torch_dtype)
+    log.info(
+        "model_loaded",
+        model=ref,
+        device=str(torch_device),
+        dtype=str(torch_dtype).removeprefix("torch."),
+        context_length=context_length,
+        onednn_modules=onednn_modules,
+    )
+    return ClipEncoder(
+        ref, model, PromptTokenizer(tokenizer, context_length), image_processor, torch_device, torch_dtype
+    )
 
 
 def _looks_like_hub_id(ref: str) -> bool:

@@ -61,7 +61,11 @@ def _encode(encoder: ClipEncoder, images: tuple[LabeledImage, ...], batch_size: 
 
 
 def load_split_features(
-    encoder: ClipEncoder, model_identity: str, images: tuple[LabeledImage, ...], cache_dir: Path, batch_size: int,
+    encoder: ClipEncoder,
+    model_identity: str,
+    images: tuple[LabeledImage, ...],
+    cache_dir: Path,
+    batch_size: int,
     what: str,
 ) -> SplitFeatures:
     """Reads the split's features from the cache, or encodes and stores them."""

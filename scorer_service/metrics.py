@@ -13,14 +13,16 @@ TEXT_CACHE_MISSES = Counter("scorer_text_cache_misses_total", "Class prompts tha
 TEXT_CACHE_BYTES = Gauge("scorer_text_cache_bytes", "Bytes held by the text-embedding cache.")
 TEXT_CACHE_ENTRIES = Gauge("scorer_text_cache_entries", "Prompts held by the text-embedding cache.")
 BATCH_PROMPTS = Histogram(
-    "scorer_batch_prompts", "Class prompts per text-encoder batch.",
+    "scorer_batch_prompts",
+    "Class prompts per text-encoder batch.",
     buckets=(1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192),
 )
 BATCH_REQUESTS = Histogram(
     "scorer_batch_requests", "Score calls merged into one text-encoder batch.", buckets=(1, 2, 4, 8, 16, 32, 64)
 )
 QUEUE_WAIT = Histogram(
-    "scorer_queue_wait_seconds", "Time prompts wait for the text encoder.",
+    "scorer_queue_wait_seconds",
+    "Time prompts wait for the text encoder.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 QUEUED_PROMPTS = Gauge("scorer_queued_prompts", "Class prompts waiting for the text encoder.")
@@ -29,12 +31,15 @@ ABANDONED_PROMPTS = Counter(
     "Class prompts of calls cancelled by their client, dropped before checking or encoding.",
 )
 ENCODE_SECONDS = Histogram(
-    "scorer_encode_seconds", "Text-encoder time per batch.",
+    "scorer_encode_seconds",
+    "Text-encoder time per batch.",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 IMAGE_FEATURES_SECONDS = Histogram(
-    "scorer_image_features_seconds", "Time to get a split's image features, by source (load: disk cache; compute).",
-    ["source"], buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
+    "scorer_image_features_seconds",
+    "Time to get a split's image features, by source (load: disk cache; compute).",
+    ["source"],
+    buckets=(0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
 )
 MODEL_INFO = Info("scorer_model", "The CLIP checkpoint being served.")
 TOKEN_EVALUATIONS = Counter(

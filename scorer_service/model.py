@@ -58,7 +58,10 @@ class ClipEncoder:
             keys = list(dict.fromkeys(prefix_of[i] for i in chunk))
             slot = {key: k for k, key in enumerate(keys)}
             features = encode_with_shared_prefixes(
-                self.model, [list(k) for k in keys], [suffix[i] for i in chunk], [slot[prefix_of[i]] for i in chunk],
+                self.model,
+                [list(k) for k in keys],
+                [suffix[i] for i in chunk],
+                [slot[prefix_of[i]] for i in chunk],
                 pad_id,
             )
             out[torch.tensor(chunk, device=self.device)] = self._normalise(features)
@@ -69,8 +72,11 @@ class ClipEncoder:
             for row, index in enumerate(chunk):
                 input_ids[row, : len(ids[index])] = torch.tensor(ids[index])
                 attention_mask[row, : len(ids[index])] = 1
-            features = _as_tensor(self.model.get_text_features(
-                input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)))
+            features = _as_tensor(
+                self.model.get_text_features(
+                    input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
+                )
+            )
             out[torch.tensor(chunk, device=self.device)] = self._normalise(features)
         return out
 
@@ -90,8 +96,9 @@ class ClipEncoder:
         return torch.nn.functional.normalize(features.float(), dim=-1).to(self.dtype)
 
 
-def _length_sorted_chunks(indices: list[int], ids: Mapping[int, Sequence[int]] | Sequence[Sequence[int]],
-                          size: int = CHUNK_PROMPTS) -> list[list[int]]:
+def _length_sorted_chunks(
+    indices: list[int], ids: Mapping[int, Sequence[int]] | Sequence[Sequence[int]], size: int = CHUNK_PROMPTS
+) -> list[list[int]]:
     """Chunks of prompts of similar length, so each pads little."""
     ordered = sorted(indices, key=lambda i: len(ids[i]))
     return [ordered[start : start + size] for start in range(0, len(ordered), size)]

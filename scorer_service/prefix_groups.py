@@ -14,8 +14,9 @@ from scorer_service.tokenizer import PromptTokenizer
 PrefixKey = tuple[int, ...]
 
 
-def prefix_groups(tokenizer: PromptTokenizer, ids: list[list[int]],
-                  prefixes: Sequence[str | None]) -> dict[PrefixKey | None, list[int]]:
+def prefix_groups(
+    tokenizer: PromptTokenizer, ids: list[list[int]], prefixes: Sequence[str | None]
+) -> dict[PrefixKey | None, list[int]]:
     """Prompt indices by the token ids of their shared prefix (None: not shareable).
 
     `prefixes[i]` is prompt i's text before the class name, if known. A group of

@@ -14,7 +14,7 @@ and values but the query, attention and MLP of that one token alone.
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
+from torch.nn import functional
 from transformers import CLIPModel
 
 
@@ -63,7 +63,8 @@ def encode_with_shared_prefixes(
     dtype = suffix_h.dtype
     hidden_prefix = torch.arange(longest_prefix, device=device)[None, :] >= prefix_len[:, None]
     prefix_bias = torch.zeros(n, 1, 1, longest_prefix, device=device, dtype=dtype).masked_fill(
-        hidden_prefix[:, None, None, :], float("-inf"))
+        hidden_prefix[:, None, None, :], float("-inf")
+    )
     causal_bias = torch.full((s, s), float("-inf"), device=device, dtype=dtype).triu(1)
 
     # the end-of-text token, located in the whole prompt and indexed in the suffix
@@ -80,7 +81,7 @@ def encode_with_shared_prefixes(
         normed_p, normed_s = layer.layer_norm1(prefix_h), layer.layer_norm1(suffix_h)
         qp, kp, vp = (_heads(proj(normed_p), heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         qs, ks, vs = (_heads(proj(normed_s), heads) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=attn.scale)
+        out_p = functional.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=attn.scale)
         out_s = _suffix_attention(qs, kp[group], vp[group], ks, vs, prefix_bias, causal_bias, attn.scale)
         prefix_h = prefix_h + attn.out_proj(_merge_heads(out_p))
         suffix_h = suffix_h + attn.out_proj(_merge_heads(out_s))
@@ -95,16 +96,25 @@ def encode_with_shared_prefixes(
     kp, vp = _heads(attn.k_proj(normed_p), heads), _heads(attn.v_proj(normed_p), heads)
     ks, vs = _heads(attn.k_proj(normed_s), heads), _heads(attn.v_proj(normed_s), heads)
     q_eot = _heads(attn.q_proj(normed_s[rows, eot][:, None]), heads)  # [n, h, 1, d]
-    out = _suffix_attention(q_eot, kp[group], vp[group], ks, vs, prefix_bias, causal_bias[eot][:, None, None],
-                            attn.scale)
+    out = _suffix_attention(
+        q_eot, kp[group], vp[group], ks, vs, prefix_bias, causal_bias[eot][:, None, None], attn.scale
+    )
     pooled = suffix_h[rows, eot][:, None] + attn.out_proj(_merge_heads(out))
     pooled = pooled + last.mlp(last.layer_norm2(pooled))
     projected: torch.Tensor = model.text_projection(text.final_layer_norm(pooled[:, 0]))
     return projected
 
 
-def _suffix_attention(q: torch.Tensor, kp_rows: torch.Tensor, vp_rows: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor,
-                      prefix_bias: torch.Tensor, suffix_bias: torch.Tensor, scale: float) -> torch.Tensor:
+def _suffix_attention(
+    q: torch.Tensor,
+    kp_rows: torch.Tensor,
+    vp_rows: torch.Tensor,
+    ks: torch.Tensor,
+    vs: torch.Tensor,
+    prefix_bias: torch.Tensor,
+    suffix_bias: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
     """Suffix queries attending to their prefix's keys and to the suffix's (masked by the biases).
 
     kp_rows and vp_rows [n, h, P, d] are the prefix's keys and values per suffix row: small, P is a few tokens.
@@ -112,4 +122,4 @@ def _suffix_attention(q: torch.Tensor, kp_rows: torch.Tensor, vp_rows: torch.Ten
     n, _, queries, _ = q.shape
     keys, values = torch.cat([kp_rows, ks], dim=2), torch.cat([vp_rows, vs], dim=2)
     bias = torch.cat([prefix_bias.expand(n, 1, queries, -1), suffix_bias.expand(n, 1, queries, -1)], dim=-1)
-    return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)
+    return functional.scaled_dot_product_attention(q, keys, values, attn_mask=bias, scale=scale)

@@ -37,8 +37,10 @@ class BudgetExhaustedError(RuntimeError):
     """The token's evaluation budget cannot cover this request."""
 
     def __init__(self, token: str, used: int, budget: int, count: int) -> None:
-        super().__init__(f"evaluation budget of token '{token}' is spent: {used} of {budget} templates used, "
-                         f"this request needs {count}")
+        super().__init__(
+            f"evaluation budget of token '{token}' is spent: {used} of {budget} templates used, "
+            f"this request needs {count}"
+        )
         self.token, self.used, self.budget, self.count = token, used, budget, count
 
 
@@ -105,8 +107,11 @@ class SqliteQuota:
                 self._add(token, -count)
 
     def _add(self, token: str, count: int) -> None:
-        self._db.execute("INSERT INTO evaluations (token, used) VALUES (?, MAX(?, 0)) "
-                         "ON CONFLICT(token) DO UPDATE SET used = MAX(used + ?, 0)", (token, count, count))
+        self._db.execute(
+            "INSERT INTO evaluations (token, used) VALUES (?, MAX(?, 0)) "
+            "ON CONFLICT(token) DO UPDATE SET used = MAX(used + ?, 0)",
+            (token, count, count),
+        )
 
     async def close(self) -> None:
         self._db.close()

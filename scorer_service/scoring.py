@@ -135,8 +135,9 @@ class TemplateScorer:
 
     PREPARE_THREADS = 4
 
-    def __init__(self, encoder: ClipEncoder, batcher: TextEncodeBatcher, cache: TextEmbeddingCache,
-                 max_template_bytes: int) -> None:
+    def __init__(
+        self, encoder: ClipEncoder, batcher: TextEncodeBatcher, cache: TextEmbeddingCache, max_template_bytes: int
+    ) -> None:
         self.encoder = encoder
         self.batcher = batcher
         self.cache = cache
@@ -158,8 +159,9 @@ class TemplateScorer:
         encoded = await self.batcher.encode(missing, list(plan.missing.values())) if missing else None
         return await _run_in(self._accuracy, self._scores, task, split, features, templates, ensembles, plan, encoded)
 
-    def _plan(self, task: Task, templates: list[str], ensembles: Sequence[Sequence[str]],
-              abandoned: threading.Event) -> _Plan:
+    def _plan(
+        self, task: Task, templates: list[str], ensembles: Sequence[Sequence[str]], abandoned: threading.Event
+    ) -> _Plan:
         """Fills and checks every template (tokenizing the prompts the cache lacks) and looks its prompts up;
         stops (Abandoned) at the next template once `abandoned` is set."""
         members = dict.fromkeys([*templates, *(t for ensemble in ensembles for t in ensemble)])
@@ -190,7 +192,8 @@ class TemplateScorer:
             if lengths[longest] > self.encoder.context_length:
                 return Problem(
                     f"template fills to {lengths[longest]} tokens (for {unseen[longest]!r}); "
-                    f"the model reads at most {self.encoder.context_length}", "EXCEEDS_CONTEXT"
+                    f"the model reads at most {self.encoder.context_length}",
+                    "EXCEEDS_CONTEXT",
                 )
         return None
 
@@ -198,20 +201,36 @@ class TemplateScorer:
     def _ensemble_problem(ensemble: Sequence[str], problems: dict[str, Problem | None]) -> Problem | None:
         if not ensemble:
             return Problem("ensemble has no templates", "EMPTY_ENSEMBLE")
-        return next((Problem(f"ensemble member {i} ({t!r}): {problems[t]}", "INVALID_MEMBER")
-                     for i, t in enumerate(ensemble) if problems[t]), None)
+        return next(
+            (
+                Problem(f"ensemble member {i} ({t!r}): {problems[t]}", "INVALID_MEMBER")
+                for i, t in enumerate(ensemble)
+                if problems[t]
+            ),
+            None,
+        )
 
-    def _scores(self, task: Task, split: str, features: SplitFeatures, templates: list[str],
-                ensembles: Sequence[Sequence[str]], plan: _Plan,
-                encoded: torch.Tensor | None) -> tuple[list[TemplateScore], list[EnsembleScore]]:
+    def _scores(
+        self,
+        task: Task,
+        split: str,
+        features: SplitFeatures,
+        templates: list[str],
+        ensembles: Sequence[Sequence[str]],
+        plan: _Plan,
+        encoded: torch.Tensor | None,
+    ) -> tuple[list[TemplateScore], list[EnsembleScore]]:
         """Caches the newly encoded prompts, then counts each valid template's and ensemble's correct predictions."""
         embedding_of = dict(plan.cached)
         for prompt, embedding in zip(plan.missing, encoded if encoded is not None else (), strict=True):
             embedding_of[prompt] = embedding
             self.cache.put(prompt, embedding)
         problems = plan.problems
-        class_embeddings = {t: torch.stack([embedding_of[p] for p in prompts])
-                            for t, prompts in plan.prompts_of.items() if problems[t] is None}
+        class_embeddings = {
+            t: torch.stack([embedding_of[p] for p in prompts])
+            for t, prompts in plan.prompts_of.items()
+            if problems[t] is None
+        }
         scored_templates = [t for t in dict.fromkeys(templates) if problems[t] is None]
         scored_ensembles = [e for e, problem in zip(ensembles, plan.ensemble_problems, strict=True) if problem is None]
         correct_of = _count_correct(
@@ -220,18 +239,20 @@ class TemplateScorer:
             features,
         )
         correct = dict(zip(scored_templates, correct_of[: len(scored_templates)], strict=True))
-        ensemble_correct = iter(correct_of[len(scored_templates):])
+        ensemble_correct = iter(correct_of[len(scored_templates) :])
         metrics.TEMPLATES_SCORED.labels(task.task_id, split).inc(len(scored_templates) + len(scored_ensembles))
         metrics.TEMPLATES_REJECTED.labels(task.task_id).inc(
             len(dict.fromkeys(templates)) - len(scored_templates) + len(ensembles) - len(scored_ensembles)
         )
         template_scores = [
-            TemplateScore(t, correct[t], features.size) if (problem := problems[t]) is None
+            TemplateScore(t, correct[t], features.size)
+            if (problem := problems[t]) is None
             else TemplateScore(t, error=problem, reason=problem.reason)
             for t in templates
         ]
         ensemble_scores = [
-            EnsembleScore(tuple(e), next(ensemble_correct), features.size) if problem is None
+            EnsembleScore(tuple(e), next(ensemble_correct), features.size)
+            if problem is None
             else EnsembleScore(tuple(e), error=problem, reason=problem.reason)
             for e, problem in zip(ensembles, plan.ensemble_problems, strict=True)
         ]

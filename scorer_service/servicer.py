@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 import structlog
+from typing_extensions import override
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.auth import Authenticator
@@ -49,6 +50,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         self.max_templates_per_request = max_templates_per_request
         self.max_queued_prompts = max_queued_prompts
 
+    @override
     async def ListTasks(self, request: scorer_pb2.ListTasksRequest, context: Context) -> scorer_pb2.ListTasksResponse:
         await self.auth.require(context, "score")
         try:
@@ -58,9 +60,12 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             await abort(context, invalid(err.field, str(err)))
         ids = [task_id for task_id in sorted(self.tasks) if after is None or task_id > after[0]]
         page = ids[:size]
-        return scorer_pb2.ListTasksResponse(tasks=[self._task_info(self.tasks[task_id]) for task_id in page],
-                                            next_page_token=encode_token([page[-1]]) if len(ids) > size else "")
+        return scorer_pb2.ListTasksResponse(
+            tasks=[self._task_info(self.tasks[task_id]) for task_id in page],
+            next_page_token=encode_token([page[-1]]) if len(ids) > size else "",
+        )
 
+    @override
     async def GetTask(self, request: scorer_pb2.GetTaskRequest, context: Context) -> scorer_pb2.TaskInfo:
         await self.auth.require(context, "score")
         return self._task_info(await self._task(request.task_id, context))
@@ -69,8 +74,14 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         task = self.tasks.get(task_id)
         if task is None:
             known = ", ".join(sorted(self.tasks)) or "none"
-            await abort(context, ServiceError(grpc.StatusCode.NOT_FOUND, Reason.TASK_NOT_FOUND,
-                                              f"unknown task_id {task_id!r}; this server has: {known}"))
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.NOT_FOUND,
+                    Reason.TASK_NOT_FOUND,
+                    f"unknown task_id {task_id!r}; this server has: {known}",
+                ),
+            )
         return task
 
     def _task_info(self, task: Task) -> scorer_pb2.TaskInfo:
@@ -78,8 +89,10 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             task_id=task.task_id,
             class_names=task.class_names,
             num_classes=len(task.class_names),
-            splits=[scorer_pb2.SplitInfo(split=SPLIT_ENUMS[name], num_images=len(images))
-                    for name, images in task.splits.items()],
+            splits=[
+                scorer_pb2.SplitInfo(split=SPLIT_ENUMS[name], num_images=len(images))
+                for name, images in task.splits.items()
+            ],
             model_name=self.scorer.encoder.name,
             shots=task.shots,
             seed=task.seed,
@@ -88,21 +101,28 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             model_version=self.model.version,
         )
 
+    @override
     async def Score(self, request: scorer_pb2.ScoreRequest, context: Context) -> scorer_pb2.ScoreResponse:
         test = request.split == scorer_pb2.SPLIT_TEST
-        principal = await self.auth.require(context, "test" if test else "score",
-                                            Reason.TEST_SPLIT_FORBIDDEN if test else Reason.RIGHT_MISSING)
+        principal = await self.auth.require(
+            context, "test" if test else "score", Reason.TEST_SPLIT_FORBIDDEN if test else Reason.RIGHT_MISSING
+        )
         split = SPLIT_NAMES.get(request.split)
         if split is None:
             await abort(context, invalid("split", f"unknown split {request.split}; use SPLIT_TRAIN or SPLIT_TEST"))
         task = await self._task(request.task_id, context)
         if request.model_digest and request.model_digest != self.model.digest:
-            await abort(context, ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION, Reason.MODEL_MISMATCH,
-                f"model_digest {request.model_digest} was pinned, but this server scores with model_digest "
-                f"{self.model.digest} (version {self.model.version!r}); nothing was scored: send the request to a "
-                "server with the pinned model, or pin the new digest to start over with it",
-                metadata={"pinned": request.model_digest, "served": self.model.digest}))
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    Reason.MODEL_MISMATCH,
+                    f"model_digest {request.model_digest} was pinned, but this server scores with model_digest "
+                    f"{self.model.digest} (version {self.model.version!r}); nothing was scored: send the request to a "
+                    "server with the pinned model, or pin the new digest to start over with it",
+                    metadata={"pinned": request.model_digest, "served": self.model.digest},
+                ),
+            )
         await self._check_size(context, request, task)
         count = len(request.templates) + len(request.ensembles)
         structlog.contextvars.bind_contextvars(task=task.task_id, split=split, templates=count)
@@ -110,14 +130,23 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         await self._charge(context, principal.name, count, principal.evaluation_budget)
         try:
             scores, ensemble_scores = await self.scorer.score_candidates(
-                task, split, self.features[task.task_id, split], list(request.templates),
+                task,
+                split,
+                self.features[task.task_id, split],
+                list(request.templates),
                 [list(e.templates) for e in request.ensembles],
             )
         except QueueFullError as err:
             await self._refund(principal.name, count)
-            await abort(context, ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.QUEUE_FULL,
-                                              f"server busy: {err}; retry in {QUEUE_RETRY_SECONDS:.0f} s",
-                                              retry_after_s=QUEUE_RETRY_SECONDS))
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    Reason.QUEUE_FULL,
+                    f"server busy: {err}; retry in {QUEUE_RETRY_SECONDS:.0f} s",
+                    retry_after_s=QUEUE_RETRY_SECONDS,
+                ),
+            )
         except BaseException:
             await self._refund(principal.name, count)
             raise
@@ -130,13 +159,25 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             model_digest=self.model.digest,
             model_version=self.model.version,
             results=[
-                scorer_pb2.TemplateScore(template=s.template, accuracy=s.accuracy, correct=s.correct, total=s.total,
-                                         error=s.error, error_reason=_reason(s.reason))
+                scorer_pb2.TemplateScore(
+                    template=s.template,
+                    accuracy=s.accuracy,
+                    correct=s.correct,
+                    total=s.total,
+                    error=s.error,
+                    error_reason=_reason(s.reason),
+                )
                 for s in scores
             ],
             ensemble_results=[
-                scorer_pb2.EnsembleScore(templates=s.templates, accuracy=s.accuracy, correct=s.correct, total=s.total,
-                                         error=s.error, error_reason=_reason(s.reason))
+                scorer_pb2.EnsembleScore(
+                    templates=s.templates,
+                    accuracy=s.accuracy,
+                    correct=s.correct,
+                    total=s.total,
+                    error=s.error,
+                    error_reason=_reason(s.reason),
+                )
                 for s in ensemble_scores
             ],
         )
@@ -150,30 +191,55 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             await abort(context, invalid("templates", "no templates or ensembles to score: send at least one"))
         members = [*request.templates, *(t for e in request.ensembles for t in e.templates)]
         if len(members) > self.max_templates_per_request:
-            await abort(context, invalid(
-                "templates", f"{len(members)} templates in one request (ensemble members included); the limit is "
-                f"{self.max_templates_per_request}: split the request", Reason.REQUEST_TOO_LARGE,
-                limit=str(self.max_templates_per_request)))
+            await abort(
+                context,
+                invalid(
+                    "templates",
+                    f"{len(members)} templates in one request (ensemble members included); the limit is "
+                    f"{self.max_templates_per_request}: split the request",
+                    Reason.REQUEST_TOO_LARGE,
+                    limit=str(self.max_templates_per_request),
+                ),
+            )
         prompts = len(set(members)) * len(task.class_names)
         if prompts > self.max_queued_prompts:
-            await abort(context, invalid(
-                "templates", f"{prompts} class prompts in one request ({len(set(members))} distinct templates x "
-                f"{len(task.class_names)} classes); the encoder queue holds at most {self.max_queued_prompts}: "
-                "split the request", Reason.REQUEST_TOO_LARGE, limit=str(self.max_queued_prompts)))
+            await abort(
+                context,
+                invalid(
+                    "templates",
+                    f"{prompts} class prompts in one request ({len(set(members))} distinct templates x "
+                    f"{len(task.class_names)} classes); the encoder queue holds at most {self.max_queued_prompts}: "
+                    "split the request",
+                    Reason.REQUEST_TOO_LARGE,
+                    limit=str(self.max_queued_prompts),
+                ),
+            )
 
     async def _charge(self, context: Context, token: str, count: int, budget: int) -> None:
         try:
             await self.quota.charge(token, count, budget)
         except BudgetExhaustedError as err:
-            await abort(context, ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.EVALUATION_BUDGET_SPENT,
-                                              f"{err}; ask the scorer's operator for more",
-                                              quota_subject=f"token:{token}",
-                                              metadata={"used": str(err.used), "budget": str(err.budget)}))
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    Reason.EVALUATION_BUDGET_SPENT,
+                    f"{err}; ask the scorer's operator for more",
+                    quota_subject=f"token:{token}",
+                    metadata={"used": str(err.used), "budget": str(err.budget)},
+                ),
+            )
         except QuotaStoreError as err:
             log.error("quota_store_failed", reason=str(err))
-            await abort(context, ServiceError(grpc.StatusCode.UNAVAILABLE, Reason.STATE_UNAVAILABLE,
-                                              "the scorer's quota store is unavailable; retry shortly",
-                                              retry_after_s=QUOTA_STORE_RETRY_SECONDS))
+            await abort(
+                context,
+                ServiceError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    Reason.STATE_UNAVAILABLE,
+                    "the scorer's quota store is unavailable; retry shortly",
+                    retry_after_s=QUOTA_STORE_RETRY_SECONDS,
+                ),
+            )
 
     async def _refund(self, token: str, count: int) -> None:
         try:

@@ -13,8 +13,9 @@ from scorer_service.model import ClipEncoder
 log = structlog.get_logger(__name__)
 
 
-def load_tasks(config: ScorerConfig, encoder: ClipEncoder,
-               identity: str) -> tuple[dict[str, Task], dict[tuple[str, str], SplitFeatures]]:
+def load_tasks(
+    config: ScorerConfig, encoder: ClipEncoder, identity: str
+) -> tuple[dict[str, Task], dict[tuple[str, str], SplitFeatures]]:
     """Builds every task and loads (or computes) its image features (cached under the model's `identity`)."""
     tasks, features = {}, {}
     for source in config.tasks:
@@ -28,6 +29,10 @@ def load_tasks(config: ScorerConfig, encoder: ClipEncoder,
             features[task.task_id, split] = load_split_features(
                 encoder, identity, images, config.cache_dir, config.image_batch_size, f"{task.task_id}/{split}"
             )
-        log.info("task_ready", task=task.task_id, classes=len(task.class_names),
-                 **{f"{split}_images": len(images) for split, images in task.splits.items()})
+        log.info(
+            "task_ready",
+            task=task.task_id,
+            classes=len(task.class_names),
+            **{f"{split}_images": len(images) for split, images in task.splits.items()},
+        )
     return tasks, features

@@ -34,8 +34,11 @@ class PromptTokenizer:
 
     def _untruncated(self, prompts: Sequence[str]) -> list[list[int]]:
         prompts = list(prompts)
-        return [ids for start in range(0, len(prompts), TOKENIZE_CHUNK)
-                for ids in self.hf(prompts[start : start + TOKENIZE_CHUNK], add_special_tokens=True)["input_ids"]]
+        return [
+            ids
+            for start in range(0, len(prompts), TOKENIZE_CHUNK)
+            for ids in self.hf(prompts[start : start + TOKENIZE_CHUNK], add_special_tokens=True)["input_ids"]
+        ]
 
     def lengths(self, prompts: Sequence[str]) -> list[int]:
         """Token counts with start and end tokens, untruncated."""

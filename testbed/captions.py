@@ -76,8 +76,23 @@ PHRASINGS: tuple[tuple[float, str, str], ...] = (
 # Casual captions name a garment by the class it is most often confused with, this often.
 LOOSE_NAMING = 0.5
 CONFUSED_WITH = (6, 3, 4, 4, 2, 7, 0, 9, 8, 7)  # label -> label; a bag is never called anything else
-NOISE_WORDS = ("vintage", "new", "cheap", "2020", "sale", "#ootd", "free shipping", "size m", "cute", "classic",
-               "lol", "must have", "in stock", "women's", "men's")
+NOISE_WORDS = (
+    "vintage",
+    "new",
+    "cheap",
+    "2020",
+    "sale",
+    "#ootd",
+    "free shipping",
+    "size m",
+    "cute",
+    "classic",
+    "lol",
+    "must have",
+    "in stock",
+    "women's",
+    "men's",
+)
 NOISE_PROBABILITY = 0.25
 ATTRIBUTE_SLOT_FILL = (0.35, 0.45, 0.2)  # probability of 0, 1, 2 attribute words in {a}
 

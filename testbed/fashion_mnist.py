@@ -73,8 +73,7 @@ def _idx_file(source: Path, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise FashionMnistError(
-        f"Fashion-MNIST file {source / name}[.gz] not found. "
-        f"Install Debian's copy of the data set with: {APT_COMMAND}"
+        f"Fashion-MNIST file {source / name}[.gz] not found. Install Debian's copy of the data set with: {APT_COMMAND}"
     )
 
 
@@ -112,7 +111,9 @@ def prepare_fashion_mnist(
     """
     root, source = Path(root), Path(source)
     splits = {"train": train_per_class, "test": test_per_class}
-    request = json.dumps({"source": str(source.resolve()), "per_class": splits, "classes": CLASS_FOLDERS}, indent=2) + "\n"
+    request = (
+        json.dumps({"source": str(source.resolve()), "per_class": splits, "classes": CLASS_FOLDERS}, indent=2) + "\n"
+    )
     marker = root / MARKER
     if marker.is_file() and marker.read_text() == request:
         log.info("fashion_mnist_cached", root=str(root))
@@ -144,7 +145,9 @@ def prepare_testbed_task(root: Path = DEFAULT_ROOT) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Convert Debian's Fashion-MNIST into the scorer's image-folder layout.")
+    parser = argparse.ArgumentParser(
+        description="Convert Debian's Fashion-MNIST into the scorer's image-folder layout."
+    )
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="output folder (default %(default)s)")
     parser.add_argument("--train-per-class", type=int, default=16)
     parser.add_argument("--test-per-class", type=int, default=16)

@@ -86,7 +86,9 @@ def build_random_clip(directory: Path, shape: str = "tiny", seed: int = 0) -> Pa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Write a random-weight CLIP checkpoint (for tests, benchmarks, demos).")
+    parser = argparse.ArgumentParser(
+        description="Write a random-weight CLIP checkpoint (for tests, benchmarks, demos)."
+    )
     parser.add_argument("directory", type=Path)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)

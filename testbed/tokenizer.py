@@ -39,13 +39,16 @@ def bpe_path() -> Path:
             return path
     raise TokenizerDataMissing(
         f"{BPE_FILE} not found: install the open_clip_torch wheel without its dependencies "
-        "(make env does: pip install --no-deps open_clip_torch==3.3.0)")
+        "(make env does: pip install --no-deps open_clip_torch==3.3.0)"
+    )
 
 
 @lru_cache(maxsize=1)
 def _vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     lines = gzip.decompress(bpe_path().read_bytes()).decode("utf-8").split("\n")
-    merges = tuple((first, second) for first, second in (line.split() for line in lines[1 : MERGES + 1]))  # line 0: a header
+    merges = tuple(
+        (first, second) for first, second in (line.split() for line in lines[1 : MERGES + 1])
+    )  # line 0: a header
     symbols = list(bytes_to_unicode().values())
     entries = [*symbols, *(s + "</w>" for s in symbols), *("".join(m) for m in merges), START, END]
     return {token: index for index, token in enumerate(entries)}, merges

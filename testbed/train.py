@@ -92,14 +92,24 @@ def _config(recipe: Recipe, tokenizer: CLIPTokenizer) -> CLIPConfig:
     vocab = tokenizer.get_vocab()
     return CLIPConfig(
         text_config={
-            "vocab_size": len(vocab), "hidden_size": recipe.text.width, "intermediate_size": 4 * recipe.text.width,
-            "num_hidden_layers": recipe.text.layers, "num_attention_heads": recipe.text.heads,
-            "max_position_embeddings": 77, "bos_token_id": vocab[START], "eos_token_id": vocab[END], "pad_token_id": vocab[END],
+            "vocab_size": len(vocab),
+            "hidden_size": recipe.text.width,
+            "intermediate_size": 4 * recipe.text.width,
+            "num_hidden_layers": recipe.text.layers,
+            "num_attention_heads": recipe.text.heads,
+            "max_position_embeddings": 77,
+            "bos_token_id": vocab[START],
+            "eos_token_id": vocab[END],
+            "pad_token_id": vocab[END],
         },
         vision_config={
-            "hidden_size": recipe.vision.width, "intermediate_size": 4 * recipe.vision.width,
-            "num_hidden_layers": recipe.vision.layers, "num_attention_heads": recipe.vision.heads,
-            "image_size": 28, "patch_size": recipe.patch_size, "num_channels": 3,
+            "hidden_size": recipe.vision.width,
+            "intermediate_size": 4 * recipe.vision.width,
+            "num_hidden_layers": recipe.vision.layers,
+            "num_attention_heads": recipe.vision.heads,
+            "image_size": 28,
+            "patch_size": recipe.patch_size,
+            "num_channels": 3,
         },
         projection_dim=recipe.projection_dim,
     )
@@ -108,8 +118,10 @@ def _config(recipe: Recipe, tokenizer: CLIPTokenizer) -> CLIPConfig:
 def image_processor() -> CLIPImageProcessorPil:
     """What the scorer applies to each PNG: RGB, /255, Fashion-MNIST's mean and std (no resize at 28x28)."""
     return CLIPImageProcessorPil(
-        size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28},
-        image_mean=[PIXEL_MEAN] * 3, image_std=[PIXEL_STD] * 3,
+        size={"shortest_edge": 28},
+        crop_size={"height": 28, "width": 28},
+        image_mean=[PIXEL_MEAN] * 3,
+        image_std=[PIXEL_STD] * 3,
     )
 
 
@@ -139,8 +151,10 @@ def train_model(recipe: Recipe, source: Path = DEBIAN_DIR) -> tuple[CLIPModel, C
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=recipe.learning_rate)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=recipe.learning_rate,
+    )
     steps_per_epoch = len(images) // recipe.batch_size
     total = steps_per_epoch * recipe.epochs
     generator = torch.Generator().manual_seed(recipe.seed)
@@ -150,15 +164,21 @@ def train_model(recipe: Recipe, source: Path = DEBIAN_DIR) -> tuple[CLIPModel, C
         order = torch.randperm(len(images), generator=generator)
         for batch in range(steps_per_epoch):
             index = order[batch * recipe.batch_size : (batch + 1) * recipe.batch_size].numpy()
-            tokens = tokenizer([texts[i] for i in index], padding=True, truncation=True, max_length=77,
-                               return_tensors="pt")
+            tokens = tokenizer(
+                [texts[i] for i in index], padding=True, truncation=True, max_length=77, return_tensors="pt"
+            )
             for group in optimizer.param_groups:
                 group["lr"] = _lr(step, total, recipe)
-            out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
-                        pixel_values=pixels(images[index]))
+            out = model(
+                input_ids=tokens["input_ids"],
+                attention_mask=tokens["attention_mask"],
+                pixel_values=pixels(images[index]),
+            )
             target = torch.arange(len(index))
-            loss = (torch.nn.functional.cross_entropy(out.logits_per_image, target)
-                    + torch.nn.functional.cross_entropy(out.logits_per_text, target)) / 2
+            loss = (
+                torch.nn.functional.cross_entropy(out.logits_per_image, target)
+                + torch.nn.functional.cross_entropy(out.logits_per_text, target)
+            ) / 2
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -166,8 +186,15 @@ def train_model(recipe: Recipe, source: Path = DEBIAN_DIR) -> tuple[CLIPModel, C
                 model.logit_scale.clamp_(0, math.log(100))
             step += 1
             if step % 50 == 0 or step == total:
-                log.info("testbed_training", recipe=recipe.name, step=step, steps=total, epoch=epoch,
-                         loss=round(loss.item(), 4), seconds=round(time.monotonic() - started, 1))
+                log.info(
+                    "testbed_training",
+                    recipe=recipe.name,
+                    step=step,
+                    steps=total,
+                    epoch=epoch,
+                    loss=round(loss.item(), 4),
+                    seconds=round(time.monotonic() - started, 1),
+                )
     model.eval()
     return model, tokenizer
 
@@ -175,8 +202,12 @@ def train_model(recipe: Recipe, source: Path = DEBIAN_DIR) -> tuple[CLIPModel, C
 def full_test_features(encoder: ClipEncoder, source: Path = DEBIAN_DIR) -> tuple[torch.Tensor, torch.Tensor]:
     """The encoder's embeddings of the full 10,000 test images (as the PNGs the scorer reads), and their labels."""
     images, labels = load_split(source, "test")
-    features = torch.cat([encoder.encode_images([Image.fromarray(i, mode="L").convert("RGB") for i in images[s : s + 1000]])
-                          for s in range(0, len(images), 1000)])
+    features = torch.cat(
+        [
+            encoder.encode_images([Image.fromarray(i, mode="L").convert("RGB") for i in images[s : s + 1000]])
+            for s in range(0, len(images), 1000)
+        ]
+    )
     return features, torch.from_numpy(labels.astype(np.int64))
 
 
@@ -217,8 +248,9 @@ Rebuild with `python -m testbed.train --recipe {recipe.name}`.
 """
 
 
-def ensure_model(name: str = DEFAULT_RECIPE, models_dir: Path = MODELS_DIR, source: Path = DEBIAN_DIR,
-                 recipe: Recipe | None = None) -> Path:
+def ensure_model(
+    name: str = DEFAULT_RECIPE, models_dir: Path = MODELS_DIR, source: Path = DEBIAN_DIR, recipe: Recipe | None = None
+) -> Path:
     """The trained model's directory: from the cache, or trained now (a few minutes on 2 cores)."""
     recipe = recipe or RECIPES[name]
     digest = recipe.digest(source)
@@ -237,8 +269,18 @@ def ensure_model(name: str = DEFAULT_RECIPE, models_dir: Path = MODELS_DIR, sour
     image_processor().save_pretrained(partial)
     accuracies = zero_shot_accuracies(partial, [ZERO_SHOT_TEMPLATE, "{}"], source)
     (partial / CARD).write_text(_card(recipe, digest, seconds, accuracies))
-    (partial / RECIPE_FILE).write_text(json.dumps({**asdict(recipe), "digest": digest, "train_seconds": round(seconds, 1),
-                                                   "zero_shot_test_accuracy": accuracies}, indent=2) + "\n")
+    (partial / RECIPE_FILE).write_text(
+        json.dumps(
+            {
+                **asdict(recipe),
+                "digest": digest,
+                "train_seconds": round(seconds, 1),
+                "zero_shot_test_accuracy": accuracies,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     shutil.rmtree(target, ignore_errors=True)
     partial.rename(target)
     log.info("testbed_model_ready", path=str(target), seconds=round(seconds, 1), zero_shot=accuracies)
@@ -246,12 +288,19 @@ def ensure_model(name: str = DEFAULT_RECIPE, models_dir: Path = MODELS_DIR, sour
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m testbed.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m testbed.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE)
-    parser.add_argument("--models-dir", type=Path, default=MODELS_DIR, help="cache of trained models (default %(default)s)")
-    parser.add_argument("--pool-table", type=Path, metavar="FILE",
-                        help="also write the test accuracy of every built-in pool template to FILE (the headroom)")
+    parser.add_argument(
+        "--models-dir", type=Path, default=MODELS_DIR, help="cache of trained models (default %(default)s)"
+    )
+    parser.add_argument(
+        "--pool-table",
+        type=Path,
+        metavar="FILE",
+        help="also write the test accuracy of every built-in pool template to FILE (the headroom)",
+    )
     args = parser.parse_args(argv)
     configure_logging()
     model_dir = ensure_model(args.recipe, args.models_dir)
@@ -266,12 +315,19 @@ def write_pool_table(model_dir: Path, path: Path) -> None:
 
     accuracies = zero_shot_accuracies(model_dir, list(BUILTIN_TEMPLATES))
     ranked = sorted(accuracies.items(), key=lambda item: -item[1])
-    lines = [f"Built-in pool on `{model_dir.name}` (a small CLIP trained on this machine, not CLIP), "
-             "full Fashion-MNIST test split (10,000 images). `python -m testbed.train --pool-table FILE`.", "",
-             f"Spread: {100 * (ranked[0][1] - ranked[-1][1]):.1f} points; `{{}}` {100 * accuracies['{}']:.1f}%, "
-             f"`a photo of a {{}}.` {100 * accuracies['a photo of a {}.']:.1f}%, best {100 * ranked[0][1]:.1f}%.", "",
-             "| rank | template | test accuracy |", "|---|---|---|"]
-    lines += [f"| {rank} | `{template}` | {100 * accuracy:.1f}% |" for rank, (template, accuracy) in enumerate(ranked, 1)]
+    lines = [
+        f"Built-in pool on `{model_dir.name}` (a small CLIP trained on this machine, not CLIP), "
+        "full Fashion-MNIST test split (10,000 images). `python -m testbed.train --pool-table FILE`.",
+        "",
+        f"Spread: {100 * (ranked[0][1] - ranked[-1][1]):.1f} points; `{{}}` {100 * accuracies['{}']:.1f}%, "
+        f"`a photo of a {{}}.` {100 * accuracies['a photo of a {}.']:.1f}%, best {100 * ranked[0][1]:.1f}%.",
+        "",
+        "| rank | template | test accuracy |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {rank} | `{template}` | {100 * accuracy:.1f}% |" for rank, (template, accuracy) in enumerate(ranked, 1)
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 

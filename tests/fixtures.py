@@ -40,7 +40,9 @@ def _noise_image(path: Path, label: int, rng: random.Random, size: int) -> None:
     Image.frombytes("RGB", (size, size), pixels).save(path)
 
 
-def write_image_folder(root: Path, classes=CLASSES, per_class: int = 6, size: int = 40, split_dirs: bool = True, seed: int = 0) -> Path:
+def write_image_folder(
+    root: Path, classes=CLASSES, per_class: int = 6, size: int = 40, split_dirs: bool = True, seed: int = 0
+) -> Path:
     """Writes a small image-folder dataset of coloured noise images.
 
     With `split_dirs`, images go under train/<class>/ and test/<class>/ (half each);
@@ -56,8 +58,15 @@ def write_image_folder(root: Path, classes=CLASSES, per_class: int = 6, size: in
     return root
 
 
-def write_coop_dataset(root: Path, name: str, classes=CLASSES, train_per_class: int = 3, test_per_class: int = 2,
-                       size: int = 24, seed: int = 0) -> Path:
+def write_coop_dataset(
+    root: Path,
+    name: str,
+    classes=CLASSES,
+    train_per_class: int = 3,
+    test_per_class: int = 2,
+    size: int = 24,
+    seed: int = 0,
+) -> Path:
     """Writes a miniature CoOp dataset `name` in its real layout under root; returns root.
 
     Split-file datasets get `split_zhou_<Name>.json` with "train"/"val"/"test" lists of

@@ -57,8 +57,13 @@ def _polling(timeout: float, what: str) -> dict:
     def timed_out(_state) -> None:
         raise TimeoutError(f"{what} not within {timeout} s")
 
-    return {"stop": stop_after_delay(timeout), "wait": wait_fixed(POLL_S), "retry": retry_if_result(operator.not_),
-            "retry_error_callback": timed_out, "reraise": True}
+    return {
+        "stop": stop_after_delay(timeout),
+        "wait": wait_fixed(POLL_S),
+        "retry": retry_if_result(operator.not_),
+        "retry_error_callback": timed_out,
+        "reraise": True,
+    }
 
 
 def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str = "the condition") -> T:
@@ -66,8 +71,11 @@ def wait_until(condition: Callable[[], T], timeout: float = 30.0, what: str = "t
     return Retrying(**_polling(timeout, what))(condition)
 
 
-async def await_until(condition: Callable[[], T | Awaitable[T]], timeout: float = 30.0, what: str = "the condition") -> T:
+async def await_until(
+    condition: Callable[[], T | Awaitable[T]], timeout: float = 30.0, what: str = "the condition"
+) -> T:
     """`wait_until` for a test on the event loop: the loop runs between polls."""
+
     async def check() -> T:
         result = condition()
         return await result if isinstance(result, Awaitable) else result
@@ -86,13 +94,26 @@ def log_events(log_path: Path) -> list[dict]:
 
 
 def scorer_service(
-    model_dir: Path, tasks: dict[str, Path], cache_dir: Path, log_path: Path, *extra: str, env: dict | None = None,
+    model_dir: Path,
+    tasks: dict[str, Path],
+    cache_dir: Path,
+    log_path: Path,
+    *extra: str,
+    env: dict | None = None,
     metrics: bool = False,
 ) -> Service:
     """Starts the real scorer on loopback ports of the kernel's choice (/metrics too with `metrics`); returns once it
     serves."""
-    args = ["scorer_service", "--model", str(model_dir), "--cache-dir", str(cache_dir),
-            "--state-dir", str(cache_dir.with_name(cache_dir.name + "-state")), *extra]
+    args = [
+        "scorer_service",
+        "--model",
+        str(model_dir),
+        "--cache-dir",
+        str(cache_dir),
+        "--state-dir",
+        str(cache_dir.with_name(cache_dir.name + "-state")),
+        *extra,
+    ]
     for task_id, root in tasks.items():
         args += ["--task", f"{task_id}={root}"]
     return start_service(args, log_path, env, metrics=metrics)
@@ -109,8 +130,9 @@ def scraped(metrics_url: str, sample: str) -> float:
     raise LookupError(f"no sample {sample} at {metrics_url}")
 
 
-def start_scorer(model_dir: Path, tasks: dict[str, Path], cache_dir: Path, log_path: Path, *extra: str,
-                 env: dict | None = None) -> tuple[subprocess.Popen, str]:
+def start_scorer(
+    model_dir: Path, tasks: dict[str, Path], cache_dir: Path, log_path: Path, *extra: str, env: dict | None = None
+) -> tuple[subprocess.Popen, str]:
     """`scorer_service` without metrics, as (process, address)."""
     scorer = scorer_service(model_dir, tasks, cache_dir, log_path, *extra, env=env)
     return scorer.process, scorer.address
@@ -125,9 +147,26 @@ def start_redis(work_dir: Path, timeout: float = 20.0) -> tuple[subprocess.Popen
     work_dir.mkdir(parents=True, exist_ok=True)
     with held_port() as port:
         with (work_dir / "redis.log").open("ab") as log:
-            process = subprocess.Popen(**as_child([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                                   "--appendonly", "no", "--dir", str(work_dir)]), cwd=REPO,
-                                       stdout=log, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                **as_child(
+                    [
+                        server,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(work_dir),
+                    ]
+                ),
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
         def pong() -> bool:
             if process.poll() is not None:

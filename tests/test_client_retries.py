@@ -55,7 +55,9 @@ class ScriptedServer(scorer_pb2_grpc.ScorerServicer, optimizer_pb2_grpc.Optimize
             return
         failure = self.script.pop(0)
         await asyncio.sleep(failure.sleep_s)
-        status = status_pb2.Status(code=(failure.trailer_code or failure.code).value[0], message=f"scripted {failure.code.name}")
+        status = status_pb2.Status(
+            code=(failure.trailer_code or failure.code).value[0], message=f"scripted {failure.code.name}"
+        )
         for detail in failure.details:
             status.details.add().Pack(detail)
         rich = rpc_status.to_status(status)
@@ -64,8 +66,9 @@ class ScriptedServer(scorer_pb2_grpc.ScorerServicer, optimizer_pb2_grpc.Optimize
     @override
     async def Score(self, request, context):
         await self._next(context)
-        return scorer_pb2.ScoreResponse(results=[scorer_pb2.TemplateScore(template=t, accuracy=0.5, correct=4, total=8)
-                                                 for t in request.templates])
+        return scorer_pb2.ScoreResponse(
+            results=[scorer_pb2.TemplateScore(template=t, accuracy=0.5, correct=4, total=8) for t in request.templates]
+        )
 
     @override
     async def StartRun(self, request, context):

@@ -26,15 +26,23 @@ from promptclimb_common.processes import as_child
 from tests.optimizer.scripted_llm import ScriptedLLM
 from tests.procs import REPO, stop_process, wait_for_ports
 
-STUBS = [f"promptclimb/{service}/v1/{service}_pb2{suffix}" for service in ("scorer", "optimizer")
-         for suffix in (".py", ".pyi", "_grpc.py")]
-SCRIPTS = {"promptclimb": "promptclimb.cli:main", "promptclimb-scorer": "promptclimb.cli:scorer",
-           "promptclimb-optimizer": "promptclimb.cli:optimizer"}
+STUBS = [
+    f"promptclimb/{service}/v1/{service}_pb2{suffix}"
+    for service in ("scorer", "optimizer")
+    for suffix in (".py", ".pyi", "_grpc.py")
+]
+SCRIPTS = {
+    "promptclimb": "promptclimb.cli:main",
+    "promptclimb-scorer": "promptclimb.cli:scorer",
+    "promptclimb-optimizer": "promptclimb.cli:optimizer",
+}
 
 
 def run(*command, cwd: Path, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert not check or done.returncode == 0, f"{command} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    assert not check or done.returncode == 0, (
+        f"{command} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    )
     return done
 
 
@@ -60,7 +68,9 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     run(sys.executable, "-m", "venv", "--without-pip", str(venv), cwd=root)
     python = venv / "bin" / "python"
     run(sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel), cwd=root)
-    site = Path(run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=root).stdout.strip())
+    site = Path(
+        run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=root).stdout.strip()
+    )
     (site / "test-borrowed-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return wheel, venv
 
@@ -81,7 +91,12 @@ def test_the_wheel_carries_the_generated_stubs_and_the_console_scripts(installed
         [entry_points] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
         scripts = archive.read(entry_points).decode()
     assert set(STUBS) <= names
-    assert {"promptclimb/client.py", "promptclimb/py.typed", "scorer_service/app.py", "optimizer_service/server.py"} <= names
+    assert {
+        "promptclimb/client.py",
+        "promptclimb/py.typed",
+        "scorer_service/app.py",
+        "optimizer_service/server.py",
+    } <= names
     assert not [n for n in names if n.startswith(("tests/", "protos/"))]
     for script, target in SCRIPTS.items():
         assert f"{script} = {target}" in scripts
@@ -89,25 +104,37 @@ def test_the_wheel_carries_the_generated_stubs_and_the_console_scripts(installed
 
 def test_the_installed_package_is_the_one_imported(installed, tmp_path):
     _, venv = installed
-    modules = ("promptclimb.client, promptclimb.scorer.v1.scorer_pb2_grpc, promptclimb.optimizer.v1.optimizer_pb2, "
-               "scorer_service, optimizer_service")
-    done = run(str(venv / "bin" / "python"), "-c", f"import {modules}; print(*(m.__file__ for m in ({modules})))",
-               cwd=tmp_path, env=venv_env(venv))
+    modules = (
+        "promptclimb.client, promptclimb.scorer.v1.scorer_pb2_grpc, promptclimb.optimizer.v1.optimizer_pb2, "
+        "scorer_service, optimizer_service"
+    )
+    done = run(
+        str(venv / "bin" / "python"),
+        "-c",
+        f"import {modules}; print(*(m.__file__ for m in ({modules})))",
+        cwd=tmp_path,
+        env=venv_env(venv),
+    )
     for path in done.stdout.split():
         assert Path(path).is_relative_to(venv), path
 
 
-@pytest.mark.parametrize(("installed_command", "module_command"), [
-    (["promptclimb-scorer"], ["scorer_service"]),
-    (["promptclimb", "scorer"], ["scorer_service"]),
-    (["promptclimb-optimizer", "run"], ["optimizer_service", "run"]),
-    (["promptclimb", "run"], ["optimizer_service", "run"]),
-    (["promptclimb-optimizer", "serve"], ["optimizer_service", "serve"]),
-    (["promptclimb", "serve"], ["optimizer_service", "serve"]),
-])
+@pytest.mark.parametrize(
+    ("installed_command", "module_command"),
+    [
+        (["promptclimb-scorer"], ["scorer_service"]),
+        (["promptclimb", "scorer"], ["scorer_service"]),
+        (["promptclimb-optimizer", "run"], ["optimizer_service", "run"]),
+        (["promptclimb", "run"], ["optimizer_service", "run"]),
+        (["promptclimb-optimizer", "serve"], ["optimizer_service", "serve"]),
+        (["promptclimb", "serve"], ["optimizer_service", "serve"]),
+    ],
+)
 def test_the_console_scripts_take_the_modules_flags(installed, tmp_path, installed_command, module_command):
     _, venv = installed
-    script = run(str(venv / "bin" / installed_command[0]), *installed_command[1:], "--help", cwd=tmp_path, env=venv_env(venv))
+    script = run(
+        str(venv / "bin" / installed_command[0]), *installed_command[1:], "--help", cwd=tmp_path, env=venv_env(venv)
+    )
     module = run(sys.executable, "-m", *module_command, "--help", cwd=REPO)
     assert options_of(script.stdout) == options_of(module.stdout) and len(options_of(module.stdout)) > 10
     assert script.stdout.startswith(f"usage: {' '.join(installed_command)}")
@@ -117,26 +144,90 @@ def test_the_console_scripts_serve_score_and_optimize_a_tiny_model(installed, ti
     _, venv = installed
     env = venv_env(venv, OPENAI_API_KEY="placeholder", PYTHONUNBUFFERED="1")
     port_file = tmp_path / "scorer.ports.json"
-    command = [str(venv / "bin" / "promptclimb-scorer"), "--model", str(tiny_clip_dir), "--task", f"shapes={image_task_dir}",
-               "--shots", "2", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "off", "--port-file", str(port_file),
-               "--cache-dir", str(tmp_path / "cache"), "--state-dir", str(tmp_path / "state")]
+    command = [
+        str(venv / "bin" / "promptclimb-scorer"),
+        "--model",
+        str(tiny_clip_dir),
+        "--task",
+        f"shapes={image_task_dir}",
+        "--shots",
+        "2",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "off",
+        "--port-file",
+        str(port_file),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--state-dir",
+        str(tmp_path / "state"),
+    ]
     with (tmp_path / "scorer.log").open("wb") as log:
-        scorer = subprocess.Popen(**as_child(command), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
+        scorer = subprocess.Popen(
+            **as_child(command), cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     try:
         address = f"127.0.0.1:{wait_for_ports(port_file, scorer).grpc}"
-        tasks = json.loads(run(str(venv / "bin" / "promptclimb"), "tasks", "--scorer", address, cwd=tmp_path, env=env).stdout)
+        tasks = json.loads(
+            run(str(venv / "bin" / "promptclimb"), "tasks", "--scorer", address, cwd=tmp_path, env=env).stdout
+        )
         assert [t["task_id"] for t in tasks["tasks"]] == ["shapes"]
-        scored = json.loads(run(str(venv / "bin" / "promptclimb"), "score", "--scorer", address, "--task", "shapes",
-                                "a photo of a {}.", "{}", cwd=tmp_path, env=env).stdout)
+        scored = json.loads(
+            run(
+                str(venv / "bin" / "promptclimb"),
+                "score",
+                "--scorer",
+                address,
+                "--task",
+                "shapes",
+                "a photo of a {}.",
+                "{}",
+                cwd=tmp_path,
+                env=env,
+            ).stdout
+        )
         assert [(r["template"], r["total"]) for r in scored["results"]] == [("a photo of a {}.", 8), ("{}", 8)]
-        unknown = run(str(venv / "bin" / "promptclimb"), "score", "--scorer", address, "--task", "nope", "{}", cwd=tmp_path,
-                      env=env, check=False)
+        unknown = run(
+            str(venv / "bin" / "promptclimb"),
+            "score",
+            "--scorer",
+            address,
+            "--task",
+            "nope",
+            "{}",
+            cwd=tmp_path,
+            env=env,
+            check=False,
+        )
         assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
         with ScriptedLLM() as llm:
-            run(str(venv / "bin" / "promptclimb-optimizer"), "run", "--scorer", address, "--task", "shapes",
-                "--llm-base-url", llm.url, "--llm-model", "scripted-model", "--restarts", "1", "--resets", "1",
-                "--iterations", "2", "--initial-pool-size", "4", "--out", str(tmp_path / "out"), cwd=tmp_path, env=env)
+            run(
+                str(venv / "bin" / "promptclimb-optimizer"),
+                "run",
+                "--scorer",
+                address,
+                "--task",
+                "shapes",
+                "--llm-base-url",
+                llm.url,
+                "--llm-model",
+                "scripted-model",
+                "--restarts",
+                "1",
+                "--resets",
+                "1",
+                "--iterations",
+                "2",
+                "--initial-pool-size",
+                "4",
+                "--out",
+                str(tmp_path / "out"),
+                cwd=tmp_path,
+                env=env,
+            )
         result = json.loads((tmp_path / "out" / "result.json").read_text())
         assert result["state"] == "RUN_STATE_SUCCEEDED" and result["counters"]["iterations_done"] == 2
         assert len(llm.seen) == 2

@@ -20,10 +20,29 @@ UNUSED = "127.0.0.1:9"
 @pytest.fixture
 def service_args(request, tiny_clip_dir, image_task_dir, tmp_path) -> list[str]:
     if request.param == "scorer":
-        return ["scorer_service", "--model", str(tiny_clip_dir), "--task", f"shapes={image_task_dir}",
-                "--cache-dir", str(tmp_path / "cache"), "--state-dir", str(tmp_path / "scorer-state")]
-    return ["optimizer_service", "serve", "--state-dir", str(tmp_path / "state"), "--scorer", UNUSED,
-            "--llm-base-url", f"http://{UNUSED}/v1", "--llm-model", "none"]
+        return [
+            "scorer_service",
+            "--model",
+            str(tiny_clip_dir),
+            "--task",
+            f"shapes={image_task_dir}",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--state-dir",
+            str(tmp_path / "scorer-state"),
+        ]
+    return [
+        "optimizer_service",
+        "serve",
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--scorer",
+        UNUSED,
+        "--llm-base-url",
+        f"http://{UNUSED}/v1",
+        "--llm-model",
+        "none",
+    ]
 
 
 ENV = {"OPENAI_API_KEY": "placeholder-for-an-unused-llm"}
@@ -56,7 +75,9 @@ def test_port_0_binds_ports_of_the_kernels_choice_and_reports_them(service_args,
         assert (started["port"], started["metrics_port"]) == (ports.grpc, ports.metrics)
     finally:
         assert stop_process(service.process) == 0
-    assert not list(tmp_path.glob(".service.ports.json.*")), "the port file is written aside, then renamed: no leftovers"
+    assert not list(tmp_path.glob(".service.ports.json.*")), (
+        "the port file is written aside, then renamed: no leftovers"
+    )
 
 
 @both_services
@@ -65,7 +86,9 @@ def test_explicit_ports_by_flag_and_by_environment(service_args, tmp_path):
     port_file = tmp_path / "ports.json"
     with held_port() as grpc_port, held_port() as metrics_port:
         env = {**ENV, f"{prefix}_PORT_FILE": str(port_file), f"{prefix}_METRICS_PORT": str(metrics_port)}
-        process = start_process([*service_args, "--host", "127.0.0.1", "--port", str(grpc_port)], tmp_path / "service.log", env)
+        process = start_process(
+            [*service_args, "--host", "127.0.0.1", "--port", str(grpc_port)], tmp_path / "service.log", env
+        )
         try:
             assert wait_for_ports(port_file, process) == BoundPorts(grpc_port, metrics_port)
             assert serving(grpc_port)
@@ -75,9 +98,20 @@ def test_explicit_ports_by_flag_and_by_environment(service_args, tmp_path):
 
 
 def test_metrics_off_is_null_in_the_port_file(tiny_clip_dir, image_task_dir, tmp_path):
-    service = start_service(["scorer_service", "--model", str(tiny_clip_dir), "--task", f"shapes={image_task_dir}",
-                             "--cache-dir", str(tmp_path / "cache"), "--state-dir", str(tmp_path / "state")],
-                            tmp_path / "scorer.log")
+    service = start_service(
+        [
+            "scorer_service",
+            "--model",
+            str(tiny_clip_dir),
+            "--task",
+            f"shapes={image_task_dir}",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        tmp_path / "scorer.log",
+    )
     try:
         assert service.ports.metrics is None and serving(service.ports.grpc)
     finally:
@@ -85,6 +119,11 @@ def test_metrics_off_is_null_in_the_port_file(tiny_clip_dir, image_task_dir, tmp
 
 
 def test_a_metrics_port_that_is_neither_a_number_nor_off_is_refused():
-    done = subprocess.run([sys.executable, "-m", "scorer_service", "--task", "t=/nowhere", "--metrics-port", "of"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "scorer_service", "--task", "t=/nowhere", "--metrics-port", "of"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "--metrics-port" in done.stderr and "'of'" in done.stderr

@@ -14,9 +14,15 @@ def test_fill_is_plain_substitution():
     assert fill("{} photo", "{0.__class__}") == "{0.__class__} photo"  # class names are never parsed
 
 
-REFUSED = [("{:>999999999}{}", "STRAY_BRACE"), ("{0.__class__.__init__.__globals__}{}", "STRAY_BRACE"),
-           ("{}{", "STRAY_BRACE"), ("}{}", "STRAY_BRACE"), ("{{}}", "STRAY_BRACE"), ("{}{}", "SEVERAL_PLACEHOLDERS"),
-           ("a photo", "NO_PLACEHOLDER")]
+REFUSED = [
+    ("{:>999999999}{}", "STRAY_BRACE"),
+    ("{0.__class__.__init__.__globals__}{}", "STRAY_BRACE"),
+    ("{}{", "STRAY_BRACE"),
+    ("}{}", "STRAY_BRACE"),
+    ("{{}}", "STRAY_BRACE"),
+    ("{}{}", "SEVERAL_PLACEHOLDERS"),
+    ("a photo", "NO_PLACEHOLDER"),
+]
 
 
 @pytest.mark.parametrize(("template", "reason"), REFUSED)

@@ -27,7 +27,9 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _write_key(key, path: Path) -> Path:
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return path
 
 
@@ -56,11 +58,17 @@ def make_certs(directory: Path) -> CertFiles:
     ca_cert = _issue("promptclimb test CA", ca_key, _name("promptclimb test CA"), ca_key.public_key(), is_ca=True)
     files = {}
     for role, usage, san in (
-        ("server", ExtendedKeyUsageOID.SERVER_AUTH, [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+        (
+            "server",
+            ExtendedKeyUsageOID.SERVER_AUTH,
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        ),
         ("client", ExtendedKeyUsageOID.CLIENT_AUTH, None),
     ):
         key = ec.generate_private_key(ec.SECP256R1())
-        cert = _issue(f"promptclimb test {role}", ca_key, ca_cert.subject, key.public_key(), is_ca=False, usage=usage, san=san)
+        cert = _issue(
+            f"promptclimb test {role}", ca_key, ca_cert.subject, key.public_key(), is_ca=False, usage=usage, san=san
+        )
         files[f"{role}_cert"] = directory / f"{role}.pem"
         files[f"{role}_cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         files[f"{role}_key"] = _write_key(key, directory / f"{role}.key")

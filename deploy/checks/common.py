@@ -83,5 +83,9 @@ def check_env_names(where: str, names: Iterable[object], r: Report) -> None:
         return
     for name in names:
         if str(name).startswith(("SCORER_", "OPTIMIZER_")):
-            r.check(name in known, where, f"{name} is no flag of the service"
-                    " (see python -m scorer_service --help / optimizer_service serve --help)")
+            r.check(
+                name in known,
+                where,
+                f"{name} is no flag of the service"
+                " (see python -m scorer_service --help / optimizer_service serve --help)",
+            )

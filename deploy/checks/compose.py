@@ -30,8 +30,18 @@ def resolve(path: Path, variables: Mapping[str, str], env_file: Path | None = No
     if exe is None:
         raise ComposeRejected("docker-compose not found (make deploy-check pip-installs it)")
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "TMPDIR")} | dict(variables)
-    cmd = [exe, "--project-directory", str(DEPLOY), "--env-file", str(env_file or os.devnull), "-f", str(path),
-           "config", "--format", "json"]
+    cmd = [
+        exe,
+        "--project-directory",
+        str(DEPLOY),
+        "--env-file",
+        str(env_file or os.devnull),
+        "-f",
+        str(path),
+        "config",
+        "--format",
+        "json",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, check=False)
     if proc.returncode != 0:
         raise ComposeRejected(output(proc))
@@ -67,8 +77,11 @@ def check_compose(path: Path, r: Report) -> None:
         return
     services = config["services"]
     where = path.name
-    r.check({"scorer", "optimizer", "llama-server", "prometheus", "grafana"} <= set(services), where,
-            f"services {sorted(services)}")
+    r.check(
+        {"scorer", "optimizer", "llama-server", "prometheus", "grafana"} <= set(services),
+        where,
+        f"services {sorted(services)}",
+    )
     for name, svc in services.items():
         swhere = f"{where} {name}"
         r.check(pinned(svc.get("image", "")), swhere, f"image {svc.get('image', '')!r} is not pinned")
@@ -82,8 +95,11 @@ def check_compose(path: Path, r: Report) -> None:
         check_env_names(swhere, svc.get("environment", {}), r)
     state = [v for v in services["optimizer"].get("volumes", []) if v["target"] == "/var/lib/promptclimb"]
     r.check([v["type"] for v in state] == ["volume"], f"{where} optimizer", "state dir must be on a named volume")
-    r.check("healthcheck" in services["scorer"] and "healthcheck" in services["optimizer"], where,
-            "scorer and optimizer need healthchecks")
+    r.check(
+        "healthcheck" in services["scorer"] and "healthcheck" in services["optimizer"],
+        where,
+        "scorer and optimizer need healthchecks",
+    )
     r.check("SCORER_TASKS" in services["scorer"].get("environment", {}), f"{where} scorer", "SCORER_TASKS must be set")
 
 

@@ -55,26 +55,35 @@ def check_requirements(r: Report) -> None:
     for name, version in opt.items():
         where = f"optimizer-requirements.txt {name}"
         r.check(name in project_pins, where, "not a dependency in pyproject.toml")
-        r.check(project_pins.get(name) == version, where,
-                f"pinned {version or 'nothing'}, pyproject.toml pins {project_pins.get(name)}")
+        r.check(
+            project_pins.get(name) == version,
+            where,
+            f"pinned {version or 'nothing'}, pyproject.toml pins {project_pins.get(name)}",
+        )
     for heavy in SCORER_ONLY:
         r.check(heavy not in opt, "optimizer-requirements.txt", f"must not install {heavy}")
     missing = set(project_pins) - set(opt) - set(SCORER_ONLY)
-    r.check(not missing, "optimizer-requirements.txt",
-            f"pyproject.toml dependencies neither listed nor excluded: {sorted(missing)}")
+    r.check(
+        not missing,
+        "optimizer-requirements.txt",
+        f"pyproject.toml dependencies neither listed nor excluded: {sorted(missing)}",
+    )
     data = requirement_file_pins(DOCKER / "optimizer-data-requirements.txt")
     makefile_pin = re.search(r"^CLIP_BENCHMARK := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
     baselines = (ROOT / "optimizer_service" / "baselines.py").read_text()
     baselines_pin = re.search(r'^CLIP_BENCHMARK_PIN = "([^"]+)"', baselines, re.M)
-    r.check({f"{name}=={version}" for name, version in data.items()}
-            == {makefile_pin and makefile_pin.group(1), baselines_pin and baselines_pin.group(1)},
-            "optimizer-data-requirements.txt",
-            "clip-benchmark must be pinned as in the Makefile and optimizer_service/baselines.py")
+    r.check(
+        {f"{name}=={version}" for name, version in data.items()}
+        == {makefile_pin and makefile_pin.group(1), baselines_pin and baselines_pin.group(1)},
+        "optimizer-data-requirements.txt",
+        "clip-benchmark must be pinned as in the Makefile and optimizer_service/baselines.py",
+    )
     build = requirement_file_pins(DOCKER / "build-requirements.txt")
     build_system = pins(pyproject()["build-system"]["requires"])
     for name in ("grpcio-tools", "setuptools"):
-        r.check(build.get(name) == build_system.get(name), "build-requirements.txt",
-                f"{name} must match [build-system]")
+        r.check(
+            build.get(name) == build_system.get(name), "build-requirements.txt", f"{name} must match [build-system]"
+        )
 
 
 def dockerignore_patterns() -> list[str]:
@@ -122,14 +131,20 @@ def check_dockerfile(path: Path, service: str | None, r: Report) -> None:
         return
     r.check(len(parents) >= 2, where, "must be multi-stage")
     froms = [n for n, i in enumerate(parser.structure) if i["instruction"] == "FROM"]
-    tail = parser.structure[froms[-1]:]
+    tail = parser.structure[froms[-1] :]
     users = [i["value"] for i in tail if i["instruction"] == "USER"]
     r.check(bool(users), where, "final stage must switch to a non-root USER")
-    r.check(any(i["instruction"] == "HEALTHCHECK" and "/app/healthcheck.py" in i["value"] for i in tail), where,
-            "HEALTHCHECK must use /app/healthcheck.py")
+    r.check(
+        any(i["instruction"] == "HEALTHCHECK" and "/app/healthcheck.py" in i["value"] for i in tail),
+        where,
+        "HEALTHCHECK must use /app/healthcheck.py",
+    )
     entry = [i["value"] for i in tail if i["instruction"] == "ENTRYPOINT"]
-    r.check(bool(entry) and exec_form(entry[-1]) == ["python", "-m", service], where,
-            f"ENTRYPOINT must be python -m {service}")
+    r.check(
+        bool(entry) and exec_form(entry[-1]) == ["python", "-m", service],
+        where,
+        f"ENTRYPOINT must be python -m {service}",
+    )
     ignore = dockerignore_patterns()
     for copy in instructions(parser, "COPY"):
         words = copy.split()
@@ -163,8 +178,14 @@ def check_containers(r: Report) -> None:
     for path in sorted(DOCKER.glob("*.Dockerfile")):
         check_dockerfile(path, SERVICES.get(path.name), r)
     ignore = dockerignore_patterns()
-    needed = ("pyproject.toml", "protos", "promptclimb_common", "scorer_service", "optimizer_service",
-              "deploy/docker/healthcheck.py")
+    needed = (
+        "pyproject.toml",
+        "protos",
+        "promptclimb_common",
+        "scorer_service",
+        "optimizer_service",
+        "deploy/docker/healthcheck.py",
+    )
     for path_ in needed:
         r.check(dockerignore_allows(path_, ignore), ".dockerignore", f"excludes {path_}")
     for path_ in (".venv", ".git", "gen", "tests", "deploy/.env"):

@@ -139,8 +139,11 @@ def check_workload_wiring(name: str, objs: list[Obj], r: Report) -> None:
     for owner, template in pod_templates(objs):
         where = f"{name}: {owner['kind']}/{owner['metadata']['name']}"
         spec = template["spec"]
-        r.check(matches(owner["spec"]["selector"].get("matchLabels", {}), template["metadata"].get("labels", {})),
-                where, "selector does not match the pod template's labels")
+        r.check(
+            matches(owner["spec"]["selector"].get("matchLabels", {}), template["metadata"].get("labels", {})),
+            where,
+            "selector does not match the pod template's labels",
+        )
         check_pod_hardening(where, spec, r)
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         claim_templates = {t["metadata"]["name"] for t in owner["spec"].get("volumeClaimTemplates", [])}
@@ -154,8 +157,11 @@ def check_workload_wiring(name: str, objs: list[Obj], r: Report) -> None:
         for container in spec.get("initContainers", []) + spec["containers"]:
             cwhere = f"{where} container {container['name']}"
             for mount in container.get("volumeMounts", []):
-                r.check(mount["name"] in volumes or mount["name"] in claim_templates, cwhere,
-                        f"mount of unknown volume {mount['name']}")
+                r.check(
+                    mount["name"] in volumes or mount["name"] in claim_templates,
+                    cwhere,
+                    f"mount of unknown volume {mount['name']}",
+                )
             for source in container.get("envFrom", []):
                 ref = source.get("configMapRef")
                 if ref:

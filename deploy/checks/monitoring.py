@@ -68,8 +68,14 @@ GRAFANA_VARIABLES = {
     "$completion_usd_per_mtok": "1.5",
 }
 # The panels the dashboard must have, by a series each queries.
-DASHBOARD_SERIES = {"grpc_server_handled_total", "grpc_server_handling_seconds_bucket", "scorer_batch_prompts_bucket",
-                    "scorer_text_cache_hits_total", "optimizer_llm_tokens_total", "optimizer_run_best_train_accuracy"}
+DASHBOARD_SERIES = {
+    "grpc_server_handled_total",
+    "grpc_server_handling_seconds_bucket",
+    "scorer_batch_prompts_bucket",
+    "scorer_text_cache_hits_total",
+    "optimizer_llm_tokens_total",
+    "optimizer_run_best_train_accuracy",
+}
 REQUIRED_ALERTS = {"PromptclimbScorerDown", "PromptclimbScorerErrorRate", "PromptclimbLLMErrorRate"}
 
 
@@ -125,8 +131,11 @@ def check_dashboards(promtool: str, r: Report) -> None:
     finally:
         sys.path.pop(0)
     out = make_dashboard.OUT
-    r.check(out.exists() and out.read_text() == make_dashboard.render(), str(out.relative_to(ROOT)),
-            "differs from what deploy/monitoring/make_dashboard.py writes: edit the script and run it")
+    r.check(
+        out.exists() and out.read_text() == make_dashboard.render(),
+        str(out.relative_to(ROOT)),
+        "differs from what deploy/monitoring/make_dashboard.py writes: edit the script and run it",
+    )
     dashboards = sorted((MONITORING / "grafana").glob("*.json"))
     r.check(bool(dashboards), "dashboards", "no deploy/monitoring/grafana/*.json")
     for path in dashboards:
@@ -146,8 +155,16 @@ def check_dashboard(where: str, text: str, promtool: str, r: Report) -> None:
     used = set().union(*(check_names(f"{where} panel {title!r}", expr, r) for title, expr in queries))
     r.check(used >= DASHBOARD_SERIES, where, f"panels missing for {sorted(DASHBOARD_SERIES - used)}")
     # promtool, Prometheus' own parser, reads each query as a recording rule.
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query{i}", "expr": substitute(expr)} for i, (_, expr) in enumerate(queries)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": f"dashboard:query{i}", "expr": substitute(expr)} for i, (_, expr) in enumerate(queries)
+                ],
+            }
+        ]
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".yml", delete=False) as tmp:
         yaml.safe_dump(rules, tmp)
     try:
@@ -163,18 +180,27 @@ def check_monitoring(r: Report) -> None:
     if not r.check(promtool is not None, "promtool", "not found (make deploy-check installs Debian's prometheus)"):
         return
     assert promtool is not None
-    for cmd in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
-                ["test", "rules", "alerts.test.yml"]):
+    for cmd in (
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts.test.yml"],
+    ):
         proc = run([promtool, *cmd], cwd=MONITORING)
         r.check(proc.returncode == 0, f"promtool {' '.join(cmd)}", output(proc))
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     jobs = {job["job_name"] for job in config["scrape_configs"]}
-    r.check({"promptclimb-scorer", "promptclimb-optimizer"} <= jobs, "prometheus.yml",
-            f"jobs {jobs} lack promptclimb-scorer/-optimizer")
+    r.check(
+        {"promptclimb-scorer", "promptclimb-optimizer"} <= jobs,
+        "prometheus.yml",
+        f"jobs {jobs} lack promptclimb-scorer/-optimizer",
+    )
     alerts = yaml.safe_load(ALERTS.read_text())
     rules = [rule for group in alerts["groups"] for rule in group["rules"]]
-    r.check({rule["alert"] for rule in rules} >= REQUIRED_ALERTS, "alerts.yml",
-            "needs scorer-down, scorer error-rate and LLM error-rate alerts")
+    r.check(
+        {rule["alert"] for rule in rules} >= REQUIRED_ALERTS,
+        "alerts.yml",
+        "needs scorer-down, scorer error-rate and LLM error-rate alerts",
+    )
     for rule in rules:
         check_names(f"alert {rule['alert']}", str(rule["expr"]), r)
     check_dashboards(promtool, r)
@@ -187,12 +213,16 @@ def prometheusrule_text() -> str:
         "metadata": {"name": "promptclimb", "labels": {"app.kubernetes.io/name": "promptclimb"}},
         "spec": yaml.safe_load(ALERTS.read_text()),
     }
-    header = ("# Generated from deploy/monitoring/alerts.yml by `python deploy/check.py --write-prometheusrule`;"
-              " do not edit.\n")
+    header = (
+        "# Generated from deploy/monitoring/alerts.yml by `python deploy/check.py --write-prometheusrule`;"
+        " do not edit.\n"
+    )
     return header + yaml.safe_dump(rule, sort_keys=False, width=1000)
 
 
 def check_prometheusrule_file(r: Report) -> None:
-    r.check(PROMETHEUSRULE.exists() and PROMETHEUSRULE.read_text() == prometheusrule_text(),
-            str(PROMETHEUSRULE.relative_to(ROOT)),
-            "out of date with deploy/monitoring/alerts.yml: run python deploy/check.py --write-prometheusrule")
+    r.check(
+        PROMETHEUSRULE.exists() and PROMETHEUSRULE.read_text() == prometheusrule_text(),
+        str(PROMETHEUSRULE.relative_to(ROOT)),
+        "out of date with deploy/monitoring/alerts.yml: run python deploy/check.py --write-prometheusrule",
+    )

@@ -27,12 +27,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=int(os.environ.get("HEALTHCHECK_PORT", "50051")))
     p.add_argument("--service", default="", help='service name to ask about; "" is the whole server')
     p.add_argument("--timeout", type=float, default=3.0)
-    p.add_argument("--tls-ca", default=os.environ.get("HEALTHCHECK_TLS_CA"),
-                   help="CA (PEM) that signed the server cert; enables TLS")
+    p.add_argument(
+        "--tls-ca",
+        default=os.environ.get("HEALTHCHECK_TLS_CA"),
+        help="CA (PEM) that signed the server cert; enables TLS",
+    )
     p.add_argument("--tls-cert", default=os.environ.get("HEALTHCHECK_TLS_CERT"), help="client certificate for mTLS")
     p.add_argument("--tls-key", default=os.environ.get("HEALTHCHECK_TLS_KEY"), help="client key for mTLS")
-    p.add_argument("--server-name", default=os.environ.get("HEALTHCHECK_SERVER_NAME"),
-                   help="name to verify in the server certificate (it is not issued for 127.0.0.1)")
+    p.add_argument(
+        "--server-name",
+        default=os.environ.get("HEALTHCHECK_SERVER_NAME"),
+        help="name to verify in the server certificate (it is not issued for 127.0.0.1)",
+    )
     args = p.parse_args(argv)
 
     target = f"{args.host}:{args.port}"

@@ -21,8 +21,12 @@ def apt_mirror() -> str:
     """The Debian mirror apt uses for bookworm (deb822 sources first, then sources.list)."""
     for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
         for stanza in path.read_text().split("\n\n"):
-            fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in stanza.splitlines()
-                                                           if ":" in line and not line.startswith("#"))}
+            fields = {
+                k.strip(): v.strip()
+                for k, _, v in (
+                    line.partition(":") for line in stanza.splitlines() if ":" in line and not line.startswith("#")
+                )
+            }
             if "bookworm" in fields.get("Suites", "").split() and fields.get("URIs"):
                 return fields["URIs"].split()[0]
     legacy = Path("/etc/apt/sources.list")
@@ -69,19 +73,37 @@ def torch_pin() -> str:
 
 
 def build(name: str, pip_flags: list[str]) -> float:
-    args = {"scorer": {"PYTORCH_IMAGE": BASE, "TORCH_REQUIREMENT": torch_pin()}, "optimizer": {"PYTHON_IMAGE": BASE},
-            "reproduce": {"SCORER_IMAGE": IMAGES["scorer"]}}[name]
+    args = {
+        "scorer": {"PYTORCH_IMAGE": BASE, "TORCH_REQUIREMENT": torch_pin()},
+        "optimizer": {"PYTHON_IMAGE": BASE},
+        "reproduce": {"SCORER_IMAGE": IMAGES["scorer"]},
+    }[name]
     log_path = LOGS / f"build-{name}.log"
     started = time.monotonic()
     # Docker format keeps HEALTHCHECK and STOPSIGNAL, which OCI image configs drop.
     build_args = [x for k, v in args.items() for x in ("--build-arg", f"{k}={v}")]
-    cmd = ["buildah", "bud", "--isolation", "chroot", "--layers", "--format", "docker",
-           "-f", str(DOCKER / f"{name}.Dockerfile"), *pip_flags, *build_args, "-t", IMAGES[name], str(ROOT)]
+    cmd = [
+        "buildah",
+        "bud",
+        "--isolation",
+        "chroot",
+        "--layers",
+        "--format",
+        "docker",
+        "-f",
+        str(DOCKER / f"{name}.Dockerfile"),
+        *pip_flags,
+        *build_args,
+        "-t",
+        IMAGES[name],
+        str(ROOT),
+    ]
     with log_path.open("w") as log:
         code = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
     if code != 0:
-        raise CheckFailed(f"building the {name} image failed (exit {code}); the end of {log_path}:\n"
-                          + log_path.read_text()[-3000:])
+        raise CheckFailed(
+            f"building the {name} image failed (exit {code}); the end of {log_path}:\n" + log_path.read_text()[-3000:]
+        )
     return time.monotonic() - started
 
 
@@ -89,4 +111,3 @@ def image_config(tag: str) -> dict[str, Any]:
     """The image's config (User, Env, Entrypoint, Cmd, Volumes, Healthcheck) and its Size."""
     docker = json.loads(sh(["buildah", "inspect", "--type", "image", tag]).stdout)["Docker"]["config"]
     return {**docker, "Size": json.loads(sh(["podman", "image", "inspect", tag]).stdout)[0]["Size"]}
-

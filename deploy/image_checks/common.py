@@ -9,8 +9,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "deploy" / "docker"
 LOGS = ROOT / ".cache" / "promptclimb" / "image-check"
-IMAGES = {"scorer": "localhost/promptclimb/scorer:check", "optimizer": "localhost/promptclimb/optimizer:check",
-          "reproduce": "localhost/promptclimb/reproduce:check"}
+IMAGES = {
+    "scorer": "localhost/promptclimb/scorer:check",
+    "optimizer": "localhost/promptclimb/optimizer:check",
+    "reproduce": "localhost/promptclimb/reproduce:check",
+}
 
 
 class CheckFailed(Exception):

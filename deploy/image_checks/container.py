@@ -58,8 +58,9 @@ class Container:
         image_user = self.config.get("User", "")
         if image_user != spec.user:
             raise CheckFailed(f"{spec.name}: the manifest runs it as {spec.user}, the image's USER is {image_user!r}")
-        self.argv = (spec.command or self.config.get("Entrypoint") or []) + \
-            (spec.args if spec.args is not None else ([] if spec.command else self.config.get("Cmd") or []))
+        self.argv = (spec.command or self.config.get("Entrypoint") or []) + (
+            spec.args if spec.args is not None else ([] if spec.command else self.config.get("Cmd") or [])
+        )
         self.name = ""
         # The environment the process sees: the image's ENV, then the manifest's.
         self.env = dict(item.split("=", 1) for item in self.config.get("Env") or []) | spec.env
@@ -89,11 +90,24 @@ class Container:
         subprocess.run(["buildah", "rm", self.name], capture_output=True)
 
     def start(self, argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-        cmd = ["buildah", "run", "--isolation", "chroot", "--no-hosts", "--user", self.spec.user,
-               *(x for k, v in self.spec.env.items() for x in ("-e", f"{k}={v}")),
-               *(x for m in self.spec.mounts
-                 for x in ("-v", f"{m.source}:{m.target}" + (":ro" if m.read_only else ""))),
-               self.name, "--", "/bin/sh", "-c", f'"$@"; echo "{EXIT_MARK} $?"', "sh", *argv]
+        cmd = [
+            "buildah",
+            "run",
+            "--isolation",
+            "chroot",
+            "--no-hosts",
+            "--user",
+            self.spec.user,
+            *(x for k, v in self.spec.env.items() for x in ("-e", f"{k}={v}")),
+            *(x for m in self.spec.mounts for x in ("-v", f"{m.source}:{m.target}" + (":ro" if m.read_only else ""))),
+            self.name,
+            "--",
+            "/bin/sh",
+            "-c",
+            f'"$@"; echo "{EXIT_MARK} $?"',
+            "sh",
+            *argv,
+        ]
         with log_path.open("w") as log:
             return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
@@ -103,8 +117,9 @@ class Container:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
             process.kill()
-            raise CheckFailed(f"{self.spec.name}: {' '.join(argv)} still running after {timeout} s;"
-                              f" see {log_path}") from None
+            raise CheckFailed(
+                f"{self.spec.name}: {' '.join(argv)} still running after {timeout} s; see {log_path}"
+            ) from None
         return exit_status(log_path), log_path.read_text()
 
     def probe(self, log_path: Path) -> dict[str, str]:
@@ -140,8 +155,9 @@ def service_pid(process: subprocess.Popen[bytes], argv: list[str]) -> int:
 
 
 @contextlib.contextmanager
-def serving(container: Container, log_path: Path, port: int, report: list[str],
-            grace: float) -> Iterator[subprocess.Popen[bytes]]:
+def serving(
+    container: Container, log_path: Path, port: int, report: list[str], grace: float
+) -> Iterator[subprocess.Popen[bytes]]:
     """Starts the image's command, waits for SERVING over gRPC health, and at the end sends SIGTERM and checks
     the exit."""
     started = time.monotonic()
@@ -150,10 +166,13 @@ def serving(container: Container, log_path: Path, port: int, report: list[str],
         try:
             wait_healthy(f"127.0.0.1:{port}", process, timeout=600)
         except (RuntimeError, TimeoutError) as err:
-            raise CheckFailed(f"{container.spec.name} never became healthy: {err}; the end of {log_path}:\n"
-                              + log_path.read_text()[-3000:]) from None
-        report.append(f"- {container.spec.name}: SERVING over grpc.health.v1 on :{port}"
-                      f" after {time.monotonic() - started:.1f} s")
+            raise CheckFailed(
+                f"{container.spec.name} never became healthy: {err}; the end of {log_path}:\n"
+                + log_path.read_text()[-3000:]
+            ) from None
+        report.append(
+            f"- {container.spec.name}: SERVING over grpc.health.v1 on :{port} after {time.monotonic() - started:.1f} s"
+        )
         yield process
         pid = service_pid(process, container.argv)
         stopping = time.monotonic()
@@ -181,4 +200,3 @@ def healthcheck(container: Container, log_path: Path) -> str:
     if code != 0:
         raise CheckFailed(f"{container.spec.name}: HEALTHCHECK exited {code}: {output[-500:]}")
     return next(line for line in output.splitlines() if line.startswith("healthy"))
-

@@ -44,7 +44,7 @@ class ContainerSpec:
         """Where a path inside the container lies on this host (it must be on one of the mounts)."""
         for mount in sorted(self.mounts, key=lambda m: -len(m.target)):
             if path == mount.target or path.startswith(mount.target.rstrip("/") + "/"):
-                return mount.source / path[len(mount.target):].lstrip("/")
+                return mount.source / path[len(mount.target) :].lstrip("/")
         raise CheckFailed(f"{self.name}: {path} is on no volume")
 
 
@@ -68,8 +68,9 @@ def kubernetes_pods(volumes_root: Path) -> dict[str, ContainerSpec]:
     by_kind_name = {(o["kind"], o["metadata"]["name"]): o for o in objs}
     namespace = next(o["metadata"]["name"] for o in objs if o["kind"] == "Namespace")
     services = [o["metadata"]["name"] for o in objs if o["kind"] == "Service"]
-    hosts = tuple(services + [f"{s}.{namespace}.svc" for s in services]
-                  + [f"{s}.{namespace}.svc.cluster.local" for s in services])
+    hosts = tuple(
+        services + [f"{s}.{namespace}.svc" for s in services] + [f"{s}.{namespace}.svc.cluster.local" for s in services]
+    )
 
     def data_of(kind: str, name: str) -> dict[str, str]:
         obj = by_kind_name.get((kind, name))
@@ -104,8 +105,9 @@ def kubernetes_pods(volumes_root: Path) -> dict[str, ContainerSpec]:
             if "subPath" in m:
                 raise CheckFailed(f"{owner}/{c['name']}: subPath mounts are not emulated")
             mounts.append(Mount(volumes[m["name"]], m["mountPath"], bool(m.get("readOnly"))))
-        return ContainerSpec(f"{owner}-{c['name']}", image_key(c["image"]), env, mounts, user, c.get("command"),
-                             c.get("args"), hosts)
+        return ContainerSpec(
+            f"{owner}-{c['name']}", image_key(c["image"]), env, mounts, user, c.get("command"), c.get("args"), hosts
+        )
 
     pods = {}
     for kind, name in (("Deployment", "scorer"), ("StatefulSet", "optimizer")):
@@ -127,8 +129,9 @@ def kubernetes_pods(volumes_root: Path) -> dict[str, ContainerSpec]:
                     (where / key).chmod((v.get("secret") or v.get("configMap")).get("defaultMode", 0o644))
                 volumes[v["name"]] = where
             else:
-                raise CheckFailed(f"{kind}/{name}: volume {v['name']} is of a kind the check does not emulate:"
-                                  f" {sorted(v)}")
+                raise CheckFailed(
+                    f"{kind}/{name}: volume {v['name']} is of a kind the check does not emulate: {sorted(v)}"
+                )
         for claim in owner["spec"].get("volumeClaimTemplates", []):
             # A provisioned volume with fsGroup: group-owned, setgid, group-writable.
             claim_name = claim["metadata"]["name"]
@@ -139,13 +142,19 @@ def kubernetes_pods(volumes_root: Path) -> dict[str, ContainerSpec]:
     return pods
 
 
-def compose_services(volumes_root: Path, model_dir: Path,
-                     data_dir: Path) -> tuple[dict[str, ContainerSpec], dict[str, str]]:
+def compose_services(
+    volumes_root: Path, model_dir: Path, data_dir: Path
+) -> tuple[dict[str, ContainerSpec], dict[str, str]]:
     """The scorer's and the optimizer's services of deploy/compose.yaml, resolved by Compose with a test .env;
     returns them and that .env."""
-    dotenv = {"PROMPTCLIMB_TASKS": "colors=/data/colors", "PROMPTCLIMB_SCORER_TOKEN": secrets.token_urlsafe(32),
-              "PROMPTCLIMB_MODEL_DIR": str(model_dir), "PROMPTCLIMB_DATA_DIR": str(data_dir),
-              "PROMPTCLIMB_GGUF": "unused.gguf", "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(16)}
+    dotenv = {
+        "PROMPTCLIMB_TASKS": "colors=/data/colors",
+        "PROMPTCLIMB_SCORER_TOKEN": secrets.token_urlsafe(32),
+        "PROMPTCLIMB_MODEL_DIR": str(model_dir),
+        "PROMPTCLIMB_DATA_DIR": str(data_dir),
+        "PROMPTCLIMB_GGUF": "unused.gguf",
+        "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(16),
+    }
     try:
         compose = resolve(COMPOSE, dotenv)
     except ComposeRejected as err:
@@ -168,6 +177,7 @@ def compose_services(volumes_root: Path, model_dir: Path,
             tmpfs = writable_dir(volumes_root / "compose" / name / "tmpfs" / target.strip("/"), 0o1777)
             mounts.append(Mount(tmpfs, target, False))
         env = {k: str(v) for k, v in (svc.get("environment") or {}).items()}
-        specs[name] = ContainerSpec(f"compose-{name}", image_key(svc["image"]), env, mounts, svc["user"],
-                                    args=svc.get("command"), hosts=hosts)
+        specs[name] = ContainerSpec(
+            f"compose-{name}", image_key(svc["image"]), env, mounts, svc["user"], args=svc.get("command"), hosts=hosts
+        )
     return specs, dotenv

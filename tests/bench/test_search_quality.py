@@ -21,8 +21,24 @@ pytestmark = pytest.mark.timeout(1800)
 def benchmark(tmp_path_factory):
     out = tmp_path_factory.mktemp("search-quality")
     with ScriptedLLM() as llm:
-        code = search_quality.main(["--seeds", "1", "--llm-calls", "2", "--methods", *METHODS, "--transfer-to", "none",
-                                    "--llm-base-url", llm.url, "--llm-model", "scripted", "--out", str(out)])
+        code = search_quality.main(
+            [
+                "--seeds",
+                "1",
+                "--llm-calls",
+                "2",
+                "--methods",
+                *METHODS,
+                "--transfer-to",
+                "none",
+                "--llm-base-url",
+                llm.url,
+                "--llm-model",
+                "scripted",
+                "--out",
+                str(out),
+            ]
+        )
     assert code == 0
     return out
 
@@ -38,7 +54,11 @@ def test_the_table_has_every_row_and_column(benchmark):
     table = (benchmark / "search_quality.md").read_text()
     assert "not CLIP" in table and "16-shot" in table
     rows = _rows(table)
-    expected = [*search_quality.BASELINES, "best of the initial pool", *(search_quality.METHODS[m].name for m in METHODS)]
+    expected = [
+        *search_quality.BASELINES,
+        "best of the initial pool",
+        *(search_quality.METHODS[m].name for m in METHODS),
+    ]
     assert list(rows) == expected
     assert all(len(cells) == 6 for cells in rows.values())
     for key in METHODS:
@@ -48,14 +68,19 @@ def test_the_table_has_every_row_and_column(benchmark):
 
 
 def test_every_accuracy_is_what_the_scorer_answers(benchmark):
-    graded = {key: json.loads((benchmark / "cells" / "fmnist-vit-p7" / "seed1" / key / "graded.json").read_text())
-              for key in METHODS}
+    graded = {
+        key: json.loads((benchmark / "cells" / "fmnist-vit-p7" / "seed1" / key / "graded.json").read_text())
+        for key in METHODS
+    }
     markdown = (benchmark / "search_quality.md").read_text()
     rows = _rows(markdown)
     data = prepare_testbed_task()
     with search_quality.Scorer(ensure_model(), data, 1, benchmark / "check") as scorer:
         for key, cell in graded.items():
-            test, train = scorer.accuracies([[cell["selected"]]], "test")[0], scorer.accuracies([[cell["selected"]]], "train")[0]
+            test, train = (
+                scorer.accuracies([[cell["selected"]]], "test")[0],
+                scorer.accuracies([[cell["selected"]]], "train")[0],
+            )
             assert (cell["test"], cell["train"]) == (test, train)
             assert rows[search_quality.METHODS[key].name][0] == f"{100 * test:.1f} ± 0.0"
             assert cell["curve"][-1][1] == test
@@ -64,7 +89,9 @@ def test_every_accuracy_is_what_the_scorer_answers(benchmark):
             assert scored[cell["selected"]] == train == max(scored.values())  # selected on train, never on test
             assert cell["selected"] == result["best"][0]["template"]  # the run's own answer
             assert set(cell["ensemble"]) <= set(scored)  # built from the run's pool
-            ensemble_test, ensemble_train = (scorer.accuracies([cell["ensemble"]], split)[0] for split in ("test", "train"))
+            ensemble_test, ensemble_train = (
+                scorer.accuracies([cell["ensemble"]], split)[0] for split in ("test", "train")
+            )
             assert (cell["ensemble_test"], cell["ensemble_train"]) == (ensemble_test, ensemble_train)
             ensembles = _rows(markdown, table=1)[search_quality.METHODS[key].name]
             assert ensembles[:2] == [f"{100 * test:.1f} ± 0.0", f"{100 * ensemble_test:.1f} ± 0.0"]

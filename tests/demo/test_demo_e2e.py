@@ -23,11 +23,16 @@ def test_demo_produces_a_result_with_a_valid_best_template(tiny_clip_dir, tmp_pa
         "SCORER_MODEL": str(tiny_clip_dir),  # an explicit untrained checkpoint: the demo must say so
         # the default embedded model, Qwen2.5-Coder-1.5B: the 0.5B one mostly copies the prompt's examples
         "DEMO_OUT": str(out),
-        "DEMO_RESTARTS": "1", "DEMO_RESETS": "1", "DEMO_ITERATIONS": "3", "DEMO_POOL": "6",
+        "DEMO_RESTARTS": "1",
+        "DEMO_RESETS": "1",
+        "DEMO_ITERATIONS": "3",
+        "DEMO_POOL": "6",
     }
     for remote in ("OPENAI_API_KEY", "LLM_BASE_URL", "LLM_MODEL"):
         env.pop(remote, None)
-    result = subprocess.run([sys.executable, "-m", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    result = subprocess.run(
+        [sys.executable, "-m", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "untrained model: accuracies are chance level" in result.stdout
 
@@ -51,7 +56,9 @@ def test_the_default_demo_climbs_on_the_trained_testbed_model(tmp_path):
     env = {**os.environ, "DEMO_OUT": str(out), "DEMO_RESTARTS": "1", "DEMO_RESETS": "1", "DEMO_ITERATIONS": "2"}
     for name in ("OPENAI_API_KEY", "LLM_BASE_URL", "LLM_MODEL", "SCORER_MODEL"):
         env.pop(name, None)
-    result = subprocess.run([sys.executable, "-m", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    result = subprocess.run(
+        [sys.executable, "-m", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1800
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "untrained" not in result.stdout and "the climb's pick" in result.stdout
     report = json.loads((out / "result.json").read_text())

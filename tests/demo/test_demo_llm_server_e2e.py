@@ -31,7 +31,9 @@ def _group_exists(pgid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with LlamaServer.for_model(QWEN_CODER_0_5B, parallel=2, ctx_per_slot=2048, log_path=tmp_path_factory.mktemp("llm") / "server.log") as server:
+    with LlamaServer.for_model(
+        QWEN_CODER_0_5B, parallel=2, ctx_per_slot=2048, log_path=tmp_path_factory.mktemp("llm") / "server.log"
+    ) as server:
         yield server
 
 
@@ -45,7 +47,10 @@ def test_chat_completion_through_the_openai_client(server, client):
         model=server.alias,
         messages=[
             {"role": "system", "content": "You write short prompt templates for an image classifier."},
-            {"role": "user", "content": "Write one template for a photo of a piece of clothing. Use {} where the class name goes."},
+            {
+                "role": "user",
+                "content": "Write one template for a photo of a piece of clothing. Use {} where the class name goes.",
+            },
         ],
         max_tokens=48,
         temperature=0,
@@ -58,7 +63,12 @@ def test_chat_completion_through_the_openai_client(server, client):
 def test_a_gbnf_grammar_constrains_the_reply(server, client):
     response = client.chat.completions.create(
         model=server.alias,
-        messages=[{"role": "user", "content": "Write three CLIP prompt templates, one a line, each with {} for the class name."}],
+        messages=[
+            {
+                "role": "user",
+                "content": "Write three CLIP prompt templates, one a line, each with {} for the class name.",
+            }
+        ],
         max_tokens=260,  # above the grammar's longest reply (3 lines of 83 characters), so it cannot be cut
         temperature=0.7,
         extra_body={"grammar": TEMPLATES_GRAMMAR},
@@ -69,7 +79,9 @@ def test_a_gbnf_grammar_constrains_the_reply(server, client):
 
 
 def test_stop_ends_the_servers_process_group(tmp_path):
-    with LlamaServer.for_model(QWEN_CODER_0_5B, parallel=1, ctx_per_slot=512, log_path=tmp_path / "server.log") as server:
+    with LlamaServer.for_model(
+        QWEN_CODER_0_5B, parallel=1, ctx_per_slot=512, log_path=tmp_path / "server.log"
+    ) as server:
         assert server.process is not None
         pgid = server.process.pid
         with urllib.request.urlopen(f"{server.url}/health", timeout=5) as response:

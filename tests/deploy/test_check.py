@@ -77,23 +77,35 @@ def optimizer(objs: list[dict]) -> dict:
 
 
 @needs_kubectl
-@pytest.mark.parametrize(("breakage", "expected"), [
-    (lambda o: firewall(o)["ingress"][0]["ports"].append({"protocol": "TCP", "port": 22}), "opens ports"),
-    (lambda o: firewall(o)["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}), "ipBlock"),
-    (lambda o: firewall(o).update(egress=[{}]), "no egress but DNS"),
-    (lambda o: firewall(o)["ingress"][0]["from"][1].pop("podSelector"), "scorer-client pod label"),
-    (lambda o: scorer_container(o).update(image="promptclimb/scorer:latest"), "not pinned"),
-    (lambda o: scorer_container(o)["securityContext"].update(readOnlyRootFilesystem=False), "readOnlyRootFilesystem"),
-    (lambda o: scorer_container(o)["resources"]["limits"].pop("nvidia.com/gpu"), "nvidia.com/gpu"),
-    (lambda o: find(o, "Service", "scorer")["spec"]["ports"][0].update(targetPort="grcp"), "targetPort"),
-    (lambda o: find(o, "ServiceMonitor", "scorer")["spec"]["selector"]["matchLabels"].pop("promptclimb.io/metrics"),
-     "exactly one Service"),
-    (lambda o: optimizer(o)["spec"].update(replicas=2), "one replica"),
-    (lambda o: optimizer(o)["spec"]["template"]["metadata"]["labels"].pop("promptclimb.io/scorer-client"),
-     "scorer-client label"),
-    (lambda o: find(o, "PrometheusRule", "promptclimb")["spec"]["groups"][0]["rules"].pop(), "alerts.yml"),
-    (lambda o: scorer_config(o)["data"].update(SCORER_BATCH_SIZE="8"), "no flag of the service"),
-])
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        (lambda o: firewall(o)["ingress"][0]["ports"].append({"protocol": "TCP", "port": 22}), "opens ports"),
+        (lambda o: firewall(o)["ingress"][0]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}), "ipBlock"),
+        (lambda o: firewall(o).update(egress=[{}]), "no egress but DNS"),
+        (lambda o: firewall(o)["ingress"][0]["from"][1].pop("podSelector"), "scorer-client pod label"),
+        (lambda o: scorer_container(o).update(image="promptclimb/scorer:latest"), "not pinned"),
+        (
+            lambda o: scorer_container(o)["securityContext"].update(readOnlyRootFilesystem=False),
+            "readOnlyRootFilesystem",
+        ),
+        (lambda o: scorer_container(o)["resources"]["limits"].pop("nvidia.com/gpu"), "nvidia.com/gpu"),
+        (lambda o: find(o, "Service", "scorer")["spec"]["ports"][0].update(targetPort="grcp"), "targetPort"),
+        (
+            lambda o: find(o, "ServiceMonitor", "scorer")["spec"]["selector"]["matchLabels"].pop(
+                "promptclimb.io/metrics"
+            ),
+            "exactly one Service",
+        ),
+        (lambda o: optimizer(o)["spec"].update(replicas=2), "one replica"),
+        (
+            lambda o: optimizer(o)["spec"]["template"]["metadata"]["labels"].pop("promptclimb.io/scorer-client"),
+            "scorer-client label",
+        ),
+        (lambda o: find(o, "PrometheusRule", "promptclimb")["spec"]["groups"][0]["rules"].pop(), "alerts.yml"),
+        (lambda o: scorer_config(o)["data"].update(SCORER_BATCH_SIZE="8"), "no flag of the service"),
+    ],
+)
 def test_reference_checks_catch_breakage(renders, breakage, expected):
     objs = copy.deepcopy(renders["gpu"])
     breakage(objs)
@@ -110,15 +122,20 @@ def test_tls_overlay_uses_exec_probes_and_plaintext_uses_native_grpc(renders):
 
 
 def test_promql_names_skip_labels_variables_and_functions():
-    expr = ('sum by (grpc_service) (rate(grpc_server_handled_total{job=~"$scorer_job", grpc_code!="OK"}'
-            '[$__rate_interval])) / histogram_quantile(0.9, scorer_queue_wait_seconds_bucket) + up{scorer_job="x"}')
+    expr = (
+        'sum by (grpc_service) (rate(grpc_server_handled_total{job=~"$scorer_job", grpc_code!="OK"}'
+        '[$__rate_interval])) / histogram_quantile(0.9, scorer_queue_wait_seconds_bucket) + up{scorer_job="x"}'
+    )
     assert monitoring.promql_names(expr) == {"grpc_server_handled_total", "scorer_queue_wait_seconds_bucket", "up"}
 
 
-@pytest.mark.parametrize(("expr", "expected"), [
-    ("rate(scorer_templates_scored_totl[5m])", "unknown metrics ['scorer_templates_scored_totl']"),
-    ("rate(scorer_templates_scored_total[5m]", "does not parse"),
-])
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("rate(scorer_templates_scored_totl[5m])", "unknown metrics ['scorer_templates_scored_totl']"),
+        ("rate(scorer_templates_scored_total[5m]", "does not parse"),
+    ],
+)
 def test_promql_unknown_names_and_syntax_errors_are_caught(expr, expected):
     report = common.Report()
     monitoring.check_names("panel", expr, report)
@@ -148,15 +165,29 @@ def reproduce_failures(objs: list[dict]) -> list[str]:
 
 
 @needs_kubectl
-@pytest.mark.parametrize(("breakage", "expected"), [
-    (lambda o: find(o, "Job", "reproduce-cells")["spec"].update(completions=65), "but grid.toml has 66 cells"),
-    (lambda o: find(o, "Job", "reproduce-cells")["spec"].pop("completionMode"), "completionMode must be Indexed"),
-    (lambda o: find(o, "Job", "reproduce-cells")["spec"]["template"]["spec"]["containers"][0].update(
-        args=["--config", "/etc/promptclimb/grid.toml", "--cell", "0"]), "job-completion-index"),
-    (lambda o: find(o, "Job", "reproduce-gather")["spec"].update(suspend=False), "suspended until the cells are done"),
-    (lambda o: find(o, "PersistentVolumeClaim", "reproduce-results")["spec"].update(accessModes=["ReadWriteOnce"]),
-     "ReadWriteMany volume shared by both Jobs"),
-])
+@pytest.mark.parametrize(
+    ("breakage", "expected"),
+    [
+        (lambda o: find(o, "Job", "reproduce-cells")["spec"].update(completions=65), "but grid.toml has 66 cells"),
+        (lambda o: find(o, "Job", "reproduce-cells")["spec"].pop("completionMode"), "completionMode must be Indexed"),
+        (
+            lambda o: find(o, "Job", "reproduce-cells")["spec"]["template"]["spec"]["containers"][0].update(
+                args=["--config", "/etc/promptclimb/grid.toml", "--cell", "0"]
+            ),
+            "job-completion-index",
+        ),
+        (
+            lambda o: find(o, "Job", "reproduce-gather")["spec"].update(suspend=False),
+            "suspended until the cells are done",
+        ),
+        (
+            lambda o: find(o, "PersistentVolumeClaim", "reproduce-results")["spec"].update(
+                accessModes=["ReadWriteOnce"]
+            ),
+            "ReadWriteMany volume shared by both Jobs",
+        ),
+    ],
+)
 def test_reproduce_job_breakages_are_caught(breakage, expected):
     objs = check.render(REPO / "deploy" / "k8s" / "reproduce", kubectl)
     assert reproduce_failures(objs) == []
@@ -184,11 +215,14 @@ needs_hadolint, needs_compose, needs_yamllint = needs("hadolint"), needs("docker
 
 
 @needs_hadolint
-@pytest.mark.parametrize(("dockerfile", "service"), [
-    ("scorer.Dockerfile", "scorer_service"),
-    ("optimizer.Dockerfile", "optimizer_service"),
-    ("reproduce.Dockerfile", None),
-])
+@pytest.mark.parametrize(
+    ("dockerfile", "service"),
+    [
+        ("scorer.Dockerfile", "scorer_service"),
+        ("optimizer.Dockerfile", "optimizer_service"),
+        ("reproduce.Dockerfile", None),
+    ],
+)
 def test_the_committed_dockerfiles_pass(dockerfile, service):
     report = common.Report()
     containers.check_dockerfile(DOCKER / dockerfile, service, report)
@@ -196,25 +230,38 @@ def test_the_committed_dockerfiles_pass(dockerfile, service):
 
 
 @needs_hadolint
-@pytest.mark.parametrize(("old", "new", "expected"), [
-    # What hadolint now finds in place of the hand-written checks:
-    ("USER 10001:10001", "USER root", "DL3002"),  # last USER root
-    ('ENTRYPOINT ["python", "-m", "scorer_service"]', "ENTRYPOINT python -m scorer_service", "DL3025"),
-    ("WORKDIR /app\nRUN mkdir -p /models/clip", "RUN cd /app && mkdir -p /models/clip", "DL3003"),
-    ("FROM ${PYTORCH_IMAGE} AS runtime", "FROM python:latest AS runtime", "DL3007"),
-    # What dockerfile-parse reads for the checks hadolint cannot do:
-    ("ARG PYTORCH_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime", "ARG PYTORCH_IMAGE=pytorch/pytorch:latest",
-     "is not pinned"),
-    ("pytorch/pytorch:2.13.0-", "pytorch/pytorch:2.12.0-", "base has torch 2.12.0, pyproject.toml pins 2.13.0"),
-    ("ARG TORCH_VERSION=2.13.0", "ARG TORCH_VERSION=2.12.0", "ARG TORCH_VERSION must equal the torch pin"),
-    ("USER 10001:10001\n", "", "final stage must switch to a non-root USER"),
-    ('CMD ["python", "/app/healthcheck.py"]', 'CMD ["python", "/app/probe.py"]', "HEALTHCHECK must use"),
-    ('"-m", "scorer_service"]', '"-m", "optimizer_service"]', "ENTRYPOINT must be python -m scorer_service"),
-    ("COPY deploy/docker/healthcheck.py", "COPY tests /app/tests\nCOPY deploy/docker/healthcheck.py",
-     "COPY tests: excluded by .dockerignore"),
-    ("    HF_HUB_OFFLINE=1 \\\n", "", "HF_HUB_OFFLINE=1 must be set"),
-    ("    SCORER_PORT=50051 \\\n", "    SCORER_PORT=50051 \\\n    SCORER_BATCH_SIZE=8 \\\n", "no flag of the service"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        # What hadolint now finds in place of the hand-written checks:
+        ("USER 10001:10001", "USER root", "DL3002"),  # last USER root
+        ('ENTRYPOINT ["python", "-m", "scorer_service"]', "ENTRYPOINT python -m scorer_service", "DL3025"),
+        ("WORKDIR /app\nRUN mkdir -p /models/clip", "RUN cd /app && mkdir -p /models/clip", "DL3003"),
+        ("FROM ${PYTORCH_IMAGE} AS runtime", "FROM python:latest AS runtime", "DL3007"),
+        # What dockerfile-parse reads for the checks hadolint cannot do:
+        (
+            "ARG PYTORCH_IMAGE=pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime",
+            "ARG PYTORCH_IMAGE=pytorch/pytorch:latest",
+            "is not pinned",
+        ),
+        ("pytorch/pytorch:2.13.0-", "pytorch/pytorch:2.12.0-", "base has torch 2.12.0, pyproject.toml pins 2.13.0"),
+        ("ARG TORCH_VERSION=2.13.0", "ARG TORCH_VERSION=2.12.0", "ARG TORCH_VERSION must equal the torch pin"),
+        ("USER 10001:10001\n", "", "final stage must switch to a non-root USER"),
+        ('CMD ["python", "/app/healthcheck.py"]', 'CMD ["python", "/app/probe.py"]', "HEALTHCHECK must use"),
+        ('"-m", "scorer_service"]', '"-m", "optimizer_service"]', "ENTRYPOINT must be python -m scorer_service"),
+        (
+            "COPY deploy/docker/healthcheck.py",
+            "COPY tests /app/tests\nCOPY deploy/docker/healthcheck.py",
+            "COPY tests: excluded by .dockerignore",
+        ),
+        ("    HF_HUB_OFFLINE=1 \\\n", "", "HF_HUB_OFFLINE=1 must be set"),
+        (
+            "    SCORER_PORT=50051 \\\n",
+            "    SCORER_PORT=50051 \\\n    SCORER_BATCH_SIZE=8 \\\n",
+            "no flag of the service",
+        ),
+    ],
+)
 def test_dockerfile_breakages_are_caught(tmp_path, old, new, expected):
     path = broken_copy(DOCKER / "scorer.Dockerfile", tmp_path, old, new)
     report = common.Report()
@@ -230,20 +277,39 @@ def test_the_committed_compose_file_passes():
 
 
 @needs_compose
-@pytest.mark.parametrize(("old", "new", "expected"), [
-    # What docker-compose now finds in place of the hand-written checks:
-    ("- scorer-cache:/var/cache/promptclimb", "- scorer-cach:/var/cache/promptclimb", "undefined volume scorer-cach"),
-    # and what no check found before: the compose-spec schema, interpolation against env.example.
-    ("stop_grace_period: 45s", "stop_grace_periodd: 45s", "stop_grace_periodd"),
-    ("condition: service_healthy", "condition: service_healthyy", "condition value must be one of"),
-    ("SCORER_GRACE_SECONDS: \"30\"", "SCORER_GRACE_SECONDS: ${PROMPTCLIMB_GRACE:?set it}", "PROMPTCLIMB_GRACE"),
-    # What is still checked on Compose's resolved project:
-    ("image: prom/prometheus:v3.7.3", "image: prom/prometheus:latest", "is not pinned"),
-    ("dockerfile: deploy/docker/scorer.Dockerfile", "dockerfile: deploy/docker/scorer.Dockerfil", "scorer.Dockerfil"),
-    ("./monitoring/alerts.yml:", "./monitoring/alert.yml:", "bind mount deploy/monitoring/alert.yml does not exist"),
-    ("- optimizer-state:/var/lib/promptclimb", "- ./state:/var/lib/promptclimb", "state dir must be on a named volume"),
-    ("SCORER_SHOTS:", "SCORER_SHOTZ:", "SCORER_SHOTZ is no flag"),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        # What docker-compose now finds in place of the hand-written checks:
+        (
+            "- scorer-cache:/var/cache/promptclimb",
+            "- scorer-cach:/var/cache/promptclimb",
+            "undefined volume scorer-cach",
+        ),
+        # and what no check found before: the compose-spec schema, interpolation against env.example.
+        ("stop_grace_period: 45s", "stop_grace_periodd: 45s", "stop_grace_periodd"),
+        ("condition: service_healthy", "condition: service_healthyy", "condition value must be one of"),
+        ('SCORER_GRACE_SECONDS: "30"', "SCORER_GRACE_SECONDS: ${PROMPTCLIMB_GRACE:?set it}", "PROMPTCLIMB_GRACE"),
+        # What is still checked on Compose's resolved project:
+        ("image: prom/prometheus:v3.7.3", "image: prom/prometheus:latest", "is not pinned"),
+        (
+            "dockerfile: deploy/docker/scorer.Dockerfile",
+            "dockerfile: deploy/docker/scorer.Dockerfil",
+            "scorer.Dockerfil",
+        ),
+        (
+            "./monitoring/alerts.yml:",
+            "./monitoring/alert.yml:",
+            "bind mount deploy/monitoring/alert.yml does not exist",
+        ),
+        (
+            "- optimizer-state:/var/lib/promptclimb",
+            "- ./state:/var/lib/promptclimb",
+            "state dir must be on a named volume",
+        ),
+        ("SCORER_SHOTS:", "SCORER_SHOTZ:", "SCORER_SHOTZ is no flag"),
+    ],
+)
 def test_compose_breakages_are_caught(tmp_path, old, new, expected):
     path = broken_copy(compose.COMPOSE, tmp_path, old, new)
     report = common.Report()
@@ -252,11 +318,14 @@ def test_compose_breakages_are_caught(tmp_path, old, new, expected):
 
 
 @needs_yamllint
-@pytest.mark.parametrize(("text", "expected"), [
-    ("a: 1\nb: 2\na: 3\n", "key-duplicates"),  # PyYAML keeps the last a
-    ("enabled: yes\n", "truthy"),
-    ("a: [1, 2\n", "syntax"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a: 1\nb: 2\na: 3\n", "key-duplicates"),  # PyYAML keeps the last a
+        ("enabled: yes\n", "truthy"),
+        ("a: [1, 2\n", "syntax"),
+    ],
+)
 def test_yamllint_catches_what_pyyaml_lets_through(tmp_path, text, expected):
     path = tmp_path / "broken.yaml"
     path.write_text(text)

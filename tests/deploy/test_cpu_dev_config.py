@@ -72,17 +72,30 @@ def stack(tmp_path_factory):
     (tmp / "scripts").mkdir()
     (tmp / "scripts" / "make_dev_data.py").write_text(script)
     for init in ("random-model", "synthetic-data"):
-        command = [part.replace("/models", f"{tmp}/models").replace("/data", f"{tmp}/data").replace("/scripts", f"{tmp}/scripts")
-                   for part in pod_command(objs, "Deployment", "scorer", init, init=True)]
+        command = [
+            part.replace("/models", f"{tmp}/models")
+            .replace("/data", f"{tmp}/data")
+            .replace("/scripts", f"{tmp}/scripts")
+            for part in pod_command(objs, "Deployment", "scorer", init, init=True)
+        ]
         assert command[0] == "python"
         subprocess.run([sys.executable, *command[1:]], cwd=REPO, check=True, capture_output=True, timeout=300)
     secret_files(by_prefix(objs, "Secret", "scorer-tokens"), tmp / "etc/promptclimb/scorer-tokens")
     secret_files(by_prefix(objs, "Secret", "optimizer-tokens"), tmp / "etc/promptclimb/optimizer-tokens")
-    credentials = {k: base64.b64decode(v).decode() for k, v in by_prefix(objs, "Secret", "optimizer-credentials")["data"].items()}
+    credentials = {
+        k: base64.b64decode(v).decode() for k, v in by_prefix(objs, "Secret", "optimizer-credentials")["data"].items()
+    }
 
-    scorer_env = remap(by_prefix(objs, "ConfigMap", "scorer-config")["data"], tmp,
-                       {"SCORER_HOST": "127.0.0.1", "SCORER_PORT": 0, "SCORER_METRICS_PORT": 0,
-                        "SCORER_PORT_FILE": tmp / "scorer.ports.json"})
+    scorer_env = remap(
+        by_prefix(objs, "ConfigMap", "scorer-config")["data"],
+        tmp,
+        {
+            "SCORER_HOST": "127.0.0.1",
+            "SCORER_PORT": 0,
+            "SCORER_METRICS_PORT": 0,
+            "SCORER_PORT_FILE": tmp / "scorer.ports.json",
+        },
+    )
     scorer_command = pod_command(objs, "Deployment", "scorer", "scorer")
     assert scorer_command == []  # the image's ENTRYPOINT: python -m scorer_service
     # The overlay's quota store is its Redis Service (components/quota-redis); here a redis-server on loopback.
@@ -93,17 +106,36 @@ def stack(tmp_path_factory):
     optimizer = None
     try:
         scorer_address = f"127.0.0.1:{wait_for_ports(tmp / 'scorer.ports.json', scorer, timeout=180).grpc}"
-        optimizer_env = remap(by_prefix(objs, "ConfigMap", "optimizer-config")["data"], tmp,
-                              {"OPTIMIZER_HOST": "127.0.0.1", "OPTIMIZER_PORT": 0, "OPTIMIZER_METRICS_PORT": 0,
-                               "OPTIMIZER_PORT_FILE": tmp / "optimizer.ports.json", "OPTIMIZER_SCORER": scorer_address})
+        optimizer_env = remap(
+            by_prefix(objs, "ConfigMap", "optimizer-config")["data"],
+            tmp,
+            {
+                "OPTIMIZER_HOST": "127.0.0.1",
+                "OPTIMIZER_PORT": 0,
+                "OPTIMIZER_METRICS_PORT": 0,
+                "OPTIMIZER_PORT_FILE": tmp / "optimizer.ports.json",
+                "OPTIMIZER_SCORER": scorer_address,
+            },
+        )
         optimizer_args = pod_command(objs, "StatefulSet", "optimizer", "optimizer")
         assert optimizer_args == ["serve"]
-        optimizer = start_process(["optimizer_service", *optimizer_args], tmp / "optimizer.log",
-                                  env={**optimizer_env, "SCORER_TOKEN": credentials["scorer-token"],
-                                       "OPENAI_API_KEY": credentials["openai-api-key"]})
+        optimizer = start_process(
+            ["optimizer_service", *optimizer_args],
+            tmp / "optimizer.log",
+            env={
+                **optimizer_env,
+                "SCORER_TOKEN": credentials["scorer-token"],
+                "OPENAI_API_KEY": credentials["openai-api-key"],
+            },
+        )
         optimizer_address = f"127.0.0.1:{wait_for_ports(tmp / 'optimizer.ports.json', optimizer, timeout=60).grpc}"
-        yield {"scorer": scorer_address, "optimizer": optimizer_address, "tmp": tmp, "objs": objs,
-               "processes": {"scorer": scorer, "optimizer": optimizer}}
+        yield {
+            "scorer": scorer_address,
+            "optimizer": optimizer_address,
+            "tmp": tmp,
+            "objs": objs,
+            "processes": {"scorer": scorer, "optimizer": optimizer},
+        }
     finally:
         if optimizer is not None:
             stop_process(optimizer)
@@ -132,26 +164,42 @@ def test_scorer_serves_the_dev_task_to_token_holders_only(stack):
         assert reply.results[0].total == 4  # 4 classes, 1 shot (SCORER_SHOTS)
         test_split = scorer_pb2.ScoreRequest(task_id="colors", templates=["{}"], split=scorer_pb2.SPLIT_TEST)
         other_team = bearer("dev-only-other-team-token-not-a-secret")
-        assert status_of(lambda: stub.Score(test_split, metadata=other_team, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            status_of(lambda: stub.Score(test_split, metadata=other_team, timeout=30))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
         # Nor does the optimizer's own token open the test split: no confused deputy.
         optimizer = bearer("dev-only-scorer-token-not-a-secret")
-        assert status_of(lambda: stub.Score(test_split, metadata=optimizer, timeout=30)) == grpc.StatusCode.PERMISSION_DENIED
+        assert (
+            status_of(lambda: stub.Score(test_split, metadata=optimizer, timeout=30))
+            == grpc.StatusCode.PERMISSION_DENIED
+        )
         assert status_of(lambda: stub.Score(request, metadata=other_team, timeout=30)) == grpc.StatusCode.OK
 
 
 def test_optimizer_takes_the_dev_user_token(stack):
     with grpc.insecure_channel(stack["optimizer"]) as channel:
         stub = optimizer_pb2_grpc.OptimizerStub(channel)
-        assert status_of(lambda: stub.ListRuns(optimizer_pb2.ListRunsRequest(), timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
-        stub.ListRuns(optimizer_pb2.ListRunsRequest(), metadata=bearer("dev-only-optimizer-token-not-a-secret"), timeout=10)
+        assert (
+            status_of(lambda: stub.ListRuns(optimizer_pb2.ListRunsRequest(), timeout=10))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        stub.ListRuns(
+            optimizer_pb2.ListRunsRequest(), metadata=bearer("dev-only-optimizer-token-not-a-secret"), timeout=10
+        )
     assert (stack["tmp"] / "var/lib/promptclimb").is_dir()  # OPTIMIZER_STATE_DIR, the StatefulSet's volume
 
 
 def test_container_healthcheck_passes_against_both(stack):
     for address in (stack["scorer"], stack["optimizer"]):
         port = address.rsplit(":", 1)[1]
-        proc = subprocess.run([sys.executable, str(REPO / "deploy/docker/healthcheck.py")], env={"HEALTHCHECK_PORT": port},
-                              capture_output=True, text=True, timeout=30)
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "deploy/docker/healthcheck.py")],
+            env={"HEALTHCHECK_PORT": port},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert proc.returncode == 0, proc.stderr
 
 

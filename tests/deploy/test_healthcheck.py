@@ -69,12 +69,26 @@ def test_tls_from_flags_and_environment(tmp_path, mutual):
         ok = probe("--port", str(port), "--tls-ca", str(certs.ca), "--server-name", "localhost", *client)
         assert ok.returncode == 0, ok.stderr
         # The exec probes of deploy/k8s/components/scorer-tls pass everything by environment.
-        env = {"HEALTHCHECK_PORT": str(port), "HEALTHCHECK_TLS_CA": str(certs.ca), "HEALTHCHECK_SERVER_NAME": "localhost"}
+        env = {
+            "HEALTHCHECK_PORT": str(port),
+            "HEALTHCHECK_TLS_CA": str(certs.ca),
+            "HEALTHCHECK_SERVER_NAME": "localhost",
+        }
         if mutual:
             env |= {"HEALTHCHECK_TLS_CERT": str(certs.client_cert), "HEALTHCHECK_TLS_KEY": str(certs.client_key)}
         by_env = probe(env={"PATH": "/usr/bin:/bin", **env})
         assert by_env.returncode == 0, by_env.stderr
-        wrong_name = probe("--port", str(port), "--tls-ca", str(certs.ca), "--server-name", "elsewhere.example", "--timeout", "2", *client)
+        wrong_name = probe(
+            "--port",
+            str(port),
+            "--tls-ca",
+            str(certs.ca),
+            "--server-name",
+            "elsewhere.example",
+            "--timeout",
+            "2",
+            *client,
+        )
         assert wrong_name.returncode == 1
     finally:
         server.stop(None)

@@ -53,11 +53,15 @@ def test_optimizer_imports_only_what_its_image_installs():
                 if name in sys.stdlib_module_names or name in LOCAL or name == "__future__":
                     continue
                 if name == "scorer_service":
-                    problems.append(f"{path.relative_to(REPO)} imports scorer_service, which the optimizer image does not copy")
+                    problems.append(
+                        f"{path.relative_to(REPO)} imports scorer_service, which the optimizer image does not copy"
+                    )
                     continue
                 owners = {normalize(d) for d in dists.get(name, [])}
                 if not owners & listed:
                     found_in = sorted(owners) or "no installed distribution"
-                    problems.append(f"{path.relative_to(REPO)} imports {name} (from {found_in}), "
-                                    "not in deploy/docker/optimizer-requirements.txt")
+                    problems.append(
+                        f"{path.relative_to(REPO)} imports {name} (from {found_in}), "
+                        "not in deploy/docker/optimizer-requirements.txt"
+                    )
     assert not problems, "\n".join(problems)

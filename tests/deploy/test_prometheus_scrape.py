@@ -34,7 +34,9 @@ PROMETHEUS = shutil.which("prometheus")
 SCORER_METRICS = load_check().SCORER_METRICS
 OPTIMIZER_METRICS = load_check().OPTIMIZER_METRICS
 
-pytestmark = prerequisite(PROMETHEUS is None, why="no prometheus binary: `make deploy-check` installs Debian's prometheus")
+pytestmark = prerequisite(
+    PROMETHEUS is None, why="no prometheus binary: `make deploy-check` installs Debian's prometheus"
+)
 
 
 def get_json(url: str) -> dict:
@@ -86,13 +88,28 @@ def write_config(tmp: Path, scorer_metrics: int, optimizer_metrics: int, prometh
 @pytest.fixture(scope="module")
 def services(tiny_clip_dir, image_task_dir, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("services")
-    scorer = scorer_service(tiny_clip_dir, {"shapes": image_task_dir}, tmp_path / "cache", tmp_path / "scorer.log", metrics=True)
+    scorer = scorer_service(
+        tiny_clip_dir, {"shapes": image_task_dir}, tmp_path / "cache", tmp_path / "scorer.log", metrics=True
+    )
     try:
         optimizer = start_service(
-            ["optimizer_service", "serve", "--state-dir", str(tmp_path / "state"), "--scorer", scorer.address,
-             # No run is started, so the LLM is never called.
-             "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "none"],
-            tmp_path / "optimizer.log", env={"OPENAI_API_KEY": "placeholder-for-an-unused-llm"}, metrics=True, timeout=60,
+            [
+                "optimizer_service",
+                "serve",
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--scorer",
+                scorer.address,
+                # No run is started, so the LLM is never called.
+                "--llm-base-url",
+                "http://127.0.0.1:9/v1",
+                "--llm-model",
+                "none",
+            ],
+            tmp_path / "optimizer.log",
+            env={"OPENAI_API_KEY": "placeholder-for-an-unused-llm"},
+            metrics=True,
+            timeout=60,
         )
     except BaseException:
         stop_process(scorer.process)
@@ -100,7 +117,9 @@ def services(tiny_clip_dir, image_task_dir, tmp_path_factory):
     try:
         # Traffic, so that labelled series exist.
         with grpc.insecure_channel(scorer.address) as channel:
-            scorer_pb2_grpc.ScorerStub(channel).Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["a photo of a {}."]), timeout=30)
+            scorer_pb2_grpc.ScorerStub(channel).Score(
+                scorer_pb2.ScoreRequest(task_id="shapes", templates=["a photo of a {}."]), timeout=30
+            )
         # A refusal is counted all the same.
         with grpc.insecure_channel(optimizer.address) as channel, contextlib.suppress(grpc.RpcError):
             optimizer_pb2_grpc.OptimizerStub(channel).ListRuns(optimizer_pb2.ListRunsRequest(), timeout=10)
@@ -120,9 +139,17 @@ def prometheus(services, tmp_path):
         config = write_config(tmp_path, services["scorer_metrics"], services["optimizer_metrics"], port)
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                **as_child([PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                            f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"]),
-                stdout=log, stderr=subprocess.STDOUT,
+                **as_child(
+                    [
+                        PROMETHEUS,
+                        f"--config.file={config}",
+                        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                        f"--web.listen-address=127.0.0.1:{port}",
+                        "--log.level=warn",
+                    ]
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         api = f"http://127.0.0.1:{port}"
 
@@ -149,19 +176,30 @@ def test_prometheus_scrapes_scorer_and_optimizer(services, prometheus):
     def targets_up():
         active = get_json(f"{prometheus}/api/v1/targets")["data"]["activeTargets"]
         health = {t["labels"]["job"]: t["health"] for t in active}
-        return health if health.get("promptclimb-scorer") == "up" and health.get("promptclimb-optimizer") == "up" else None
+        return (
+            health if health.get("promptclimb-scorer") == "up" and health.get("promptclimb-optimizer") == "up" else None
+        )
 
     wait_until(targets_up, what="both promptclimb targets up")
 
-    model = wait_until(lambda: query(prometheus, 'scorer_model_info{job="promptclimb-scorer"}'), what="scorer_model_info")
+    model = wait_until(
+        lambda: query(prometheus, 'scorer_model_info{job="promptclimb-scorer"}'), what="scorer_model_info"
+    )
     assert model[0]["metric"]["device"] == "cpu"
-    scored = wait_until(lambda: query(prometheus, 'scorer_templates_scored_total{job="promptclimb-scorer", task="shapes"}'),
-                      what="scorer_templates_scored_total")
+    scored = wait_until(
+        lambda: query(prometheus, 'scorer_templates_scored_total{job="promptclimb-scorer", task="shapes"}'),
+        what="scorer_templates_scored_total",
+    )
     assert float(scored[0]["value"][1]) >= 1
-    calls = wait_until(lambda: query(prometheus, 'grpc_server_handled_total{job="promptclimb-optimizer", grpc_method="ListRuns"}'),
-                     what="the optimizer's grpc_server_handled_total")
+    calls = wait_until(
+        lambda: query(prometheus, 'grpc_server_handled_total{job="promptclimb-optimizer", grpc_method="ListRuns"}'),
+        what="the optimizer's grpc_server_handled_total",
+    )
     assert calls[0]["metric"]["grpc_service"] == "promptclimb.optimizer.v1.Optimizer"
-    assert wait_until(lambda: query(prometheus, 'optimizer_runs{job="promptclimb-optimizer"}'), what="optimizer_runs") is not None
+    assert (
+        wait_until(lambda: query(prometheus, 'optimizer_runs{job="promptclimb-optimizer"}'), what="optimizer_runs")
+        is not None
+    )
 
     # The alert rules load and evaluate against live data, and with both targets
     # up the "down" alerts settle to inactive (absent() may fire before the first scrape).
@@ -178,8 +216,12 @@ def test_prometheus_scrapes_scorer_and_optimizer(services, prometheus):
 
 
 def test_services_declare_every_metric_the_dashboard_and_alerts_use(services):
-    for port, wanted, service in ((services["scorer_metrics"], SCORER_METRICS, "scorer"),
-                                  (services["optimizer_metrics"], OPTIMIZER_METRICS, "optimizer")):
+    for port, wanted, service in (
+        (services["scorer_metrics"], SCORER_METRICS, "scorer"),
+        (services["optimizer_metrics"], OPTIMIZER_METRICS, "optimizer"),
+    ):
         declared = declared_families(f"http://127.0.0.1:{port}/metrics")
         missing = {name: kind for name, kind in wanted.items() if declared.get(name) != kind}
-        assert not missing, f"the {service} does not expose {missing} (deploy/check.py lists what dashboards and alerts use)"
+        assert not missing, (
+            f"the {service} does not expose {missing} (deploy/check.py lists what dashboards and alerts use)"
+        )

@@ -23,18 +23,27 @@ NODE_MODULES = REPO / "tools" / "node" / "node_modules"
 TASK = "shapes"
 
 
-@prerequisite(missing=shutil.which("node") is None or not (NODE_MODULES / "@grpc" / "grpc-js").is_dir(),
-              why="node and tools/node/node_modules (make node-tools)")
+@prerequisite(
+    missing=shutil.which("node") is None or not (NODE_MODULES / "@grpc" / "grpc-js").is_dir(),
+    why="node and tools/node/node_modules (make node-tools)",
+)
 async def test_a_node_client_calls_both_services_from_the_protos(tiny_clip_dir, image_task_dir, tmp_path):
-    process, scorer_address = start_scorer(tiny_clip_dir, {TASK: image_task_dir}, tmp_path / "cache", tmp_path / "scorer.log",
-                                           "--model-version", "tiny-v1")
+    process, scorer_address = start_scorer(
+        tiny_clip_dir, {TASK: image_task_dir}, tmp_path / "cache", tmp_path / "scorer.log", "--model-version", "tiny-v1"
+    )
     try:
         with ScriptedLLM() as llm:
             settings = ScorerSettings(address=scorer_address, deadline_s=30.0, grace_s=5.0)
             async with open_optimizer(settings, llm, tmp_path / "state") as optimizer:
                 node = await asyncio.create_subprocess_exec(
-                    "node", str(SCRIPT), scorer_address, f"127.0.0.1:{optimizer.port}", TASK,
-                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                    "node",
+                    str(SCRIPT),
+                    scorer_address,
+                    f"127.0.0.1:{optimizer.port}",
+                    TASK,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
                 stdout, stderr = await asyncio.wait_for(node.communicate(), 120)
     finally:
         stop_process(process, signal.SIGTERM)
@@ -54,13 +63,17 @@ async def test_a_node_client_calls_both_services_from_the_protos(tiny_clip_dir, 
 
     run = seen["optimizer"]
     assert run["repeated_run_id"] == run["started"]["run_id"]  # the request_id made StartRun idempotent
-    assert run["started"]["model_digest"] == task["model_digest"] and run["started"]["state"] in ("RUN_STATE_PENDING",
-                                                                                                 "RUN_STATE_RUNNING")
+    assert run["started"]["model_digest"] == task["model_digest"] and run["started"]["state"] in (
+        "RUN_STATE_PENDING",
+        "RUN_STATE_RUNNING",
+    )
     assert run["event_kinds"][-1] == "run_ended" and "iteration_done" in run["event_kinds"]
     assert min(run["event_times"]) >= run["run"]["create_time_seconds"] > 0
     final = run["run"]
     assert (final["state"], final["stop_reason"]) == ("RUN_STATE_SUCCEEDED", "finished")
     assert final["best"] and final["model_digest"] == task["model_digest"]
-    assert final["show_accuracies"] is False and final["max_wall_time_seconds"] == 600  # presence and Duration came through
+    assert (
+        final["show_accuracies"] is False and final["max_wall_time_seconds"] == 600
+    )  # presence and Duration came through
     assert final["active_time_seconds"] > 0
     assert run["succeeded_run_ids"] == [run["started"]["run_id"]] and run["failed_run_ids"] == []

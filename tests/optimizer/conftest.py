@@ -46,9 +46,19 @@ def scorer(tiny_clip_dir, image_task_dir, tmp_path_factory) -> Iterator[ScorerEn
     """One real scorer process for the whole session, with auth on."""
     root = tmp_path_factory.mktemp("scorer")
     tokens = root / "tokens.json"
-    tokens.write_text(json.dumps({"tokens": [{"name": n, "token": t, "rights": r} for n, (t, r) in SCORER_TOKENS.items()]}))
-    process, address = start_scorer(tiny_clip_dir, {TASK: image_task_dir}, root / "cache", root / "scorer.log",
-                                    "--shots", "3", "--tokens-file", str(tokens))
+    tokens.write_text(
+        json.dumps({"tokens": [{"name": n, "token": t, "rights": r} for n, (t, r) in SCORER_TOKENS.items()]})
+    )
+    process, address = start_scorer(
+        tiny_clip_dir,
+        {TASK: image_task_dir},
+        root / "cache",
+        root / "scorer.log",
+        "--shots",
+        "3",
+        "--tokens-file",
+        str(tokens),
+    )
     yield ScorerEndpoint(address)
     stop_process(process, signal.SIGTERM)
 
@@ -60,8 +70,16 @@ def llm():
 
 
 def llm_settings(url: str, **overrides) -> LlmSettings:
-    values = {"base_url": url, "model": "scripted-model", "api_key": "placeholder", "concurrency": 4, "timeout_s": 5.0, "max_attempts": 3,
-                  "backoff_initial_s": 0.01, "backoff_max_s": 0.1}
+    values = {
+        "base_url": url,
+        "model": "scripted-model",
+        "api_key": "placeholder",
+        "concurrency": 4,
+        "timeout_s": 5.0,
+        "max_attempts": 3,
+        "backoff_initial_s": 0.01,
+        "backoff_max_s": 0.1,
+    }
     return LlmSettings(**{**values, **overrides})
 
 
@@ -83,15 +101,31 @@ class Optimizer:
 
 
 def small_spec(**overrides) -> pb.RunSpec:
-    values = {"task_id": TASK, "initial_pool_size": 6, "restarts": 2, "resets": 2, "iterations": 2, "top_k": 2, "templates_per_call": 2}
+    values = {
+        "task_id": TASK,
+        "initial_pool_size": 6,
+        "restarts": 2,
+        "resets": 2,
+        "iterations": 2,
+        "top_k": 2,
+        "templates_per_call": 2,
+    }
     return pb.RunSpec(**{**values, **overrides})
 
 
 @contextlib.asynccontextmanager
-async def open_optimizer(scorer_settings: ScorerSettings, llm: ScriptedLLM, state_dir: Path, *, tokens: list[dict[str, object]] | None = None,
-                         tls: TlsFiles = TlsFiles(), client_credentials: grpc.ChannelCredentials | None = None,
-                         anonymous_rights: frozenset[str] = frozenset({"run", "test"}), limits: RunLimits = RunLimits(),
-                         **llm_overrides) -> AsyncIterator[Optimizer]:
+async def open_optimizer(
+    scorer_settings: ScorerSettings,
+    llm: ScriptedLLM,
+    state_dir: Path,
+    *,
+    tokens: list[dict[str, object]] | None = None,
+    tls: TlsFiles = TlsFiles(),
+    client_credentials: grpc.ChannelCredentials | None = None,
+    anonymous_rights: frozenset[str] = frozenset({"run", "test"}),
+    limits: RunLimits = RunLimits(),
+    **llm_overrides,
+) -> AsyncIterator[Optimizer]:
     """The Optimizer service in this process, wired as `serve` wires it, on a free loopback port.
 
     With auth off (no `tokens`) callers are anonymous with `anonymous_rights` (by default they may see test accuracy).
@@ -102,8 +136,13 @@ async def open_optimizer(scorer_settings: ScorerSettings, llm: ScriptedLLM, stat
     scorer_client = ScorerClient(scorer_settings, backoff_initial_s=0.05, backoff_max_s=0.5)
     manager = RunManager(store, client, scorer_client, max_active_runs=2, default_model="scripted-model", limits=limits)
     auth = Authenticator(parse_tokens(json.dumps({"tokens": tokens}), "test") if tokens else [], anonymous_rights)
-    service = GrpcService([(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(manager, auth), SERVICE_NAME)],
-                          host="127.0.0.1", port=0, tls=tls, grace_seconds=1)
+    service = GrpcService(
+        [(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(manager, auth), SERVICE_NAME)],
+        host="127.0.0.1",
+        port=0,
+        tls=tls,
+        grace_seconds=1,
+    )
     port = await service.start()
     if tls.enabled:
         assert client_credentials is not None, "a TLS server needs the client's credentials"
@@ -126,12 +165,18 @@ async def optimizer(scorer, llm, tmp_path, request) -> AsyncIterator[Optimizer]:
     """Options come from @pytest.mark.optimizer(llm={...}, scorer={...}, tokens=[...], limits=RunLimits(...))."""
     marker = request.node.get_closest_marker("optimizer")
     options = marker.kwargs if marker else {}
-    async with open_optimizer(scorer.settings(**options.get("scorer", {})), llm, tmp_path / "state",
-                              tokens=options.get("tokens"), limits=options.get("limits", RunLimits()),
-                              **options.get("llm", {})) as service:
+    async with open_optimizer(
+        scorer.settings(**options.get("scorer", {})),
+        llm,
+        tmp_path / "state",
+        tokens=options.get("tokens"),
+        limits=options.get("limits", RunLimits()),
+        **options.get("llm", {}),
+    ) as service:
         yield service
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "optimizer(llm={}, scorer={}, tokens=[], limits=RunLimits()): options of the optimizer fixture")
-
+    config.addinivalue_line(
+        "markers", "optimizer(llm={}, scorer={}, tokens=[], limits=RunLimits()): options of the optimizer fixture"
+    )

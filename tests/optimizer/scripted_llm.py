@@ -98,8 +98,13 @@ def invented_templates(counter: Iterator[int]) -> Callable[[dict], Reply]:
 
 
 class ScriptedLLM:
-    def __init__(self, plan: Iterable[object] = (), default: Callable[[dict], object] | None = None,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        plan: Iterable[object] = (),
+        default: Callable[[dict], object] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self._plan = list(plan)
         self._default = default or invented_templates(itertools.count())
         self._lock = threading.Lock()
@@ -181,16 +186,29 @@ def _handler(server: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
             elif isinstance(action, Reply):
                 seen.answered = "reply"
                 payload = {
-                    "id": f"chatcmpl-{len(server.seen)}", "object": "chat.completion", "created": int(time.time()),
+                    "id": f"chatcmpl-{len(server.seen)}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
                     "model": body.get("model", ""),
-                    "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": action.content}}],
-                    "usage": {"prompt_tokens": action.prompt_tokens, "completion_tokens": action.completion_tokens,
-                              "total_tokens": action.prompt_tokens + action.completion_tokens},
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": action.content},
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": action.prompt_tokens,
+                        "completion_tokens": action.completion_tokens,
+                        "total_tokens": action.prompt_tokens + action.completion_tokens,
+                    },
                 }
                 self._send(200, json.dumps(payload).encode(), {})
             elif isinstance(action, Fail):
                 seen.answered = f"fail {action.status}"
-                error = json.dumps({"error": {"message": action.message or f"scripted {action.status}", "type": "scripted"}}).encode()
+                error = json.dumps(
+                    {"error": {"message": action.message or f"scripted {action.status}", "type": "scripted"}}
+                ).encode()
                 self._send(action.status, error, action.headers)
             elif isinstance(action, Raw):
                 seen.answered = "raw"

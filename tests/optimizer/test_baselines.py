@@ -8,8 +8,17 @@ import json
 import grpc
 import pytest
 
-from optimizer_service.baselines import (A_PHOTO_OF, CLIP_BENCHMARK_PIN, CLIP_ENSEMBLE, COOP_PROMPT, PLAIN, BaselineError,
-                                         coop_prompt, hand_engineered, reference_candidates)
+from optimizer_service.baselines import (
+    A_PHOTO_OF,
+    CLIP_BENCHMARK_PIN,
+    CLIP_ENSEMBLE,
+    COOP_PROMPT,
+    PLAIN,
+    BaselineError,
+    coop_prompt,
+    hand_engineered,
+    reference_candidates,
+)
 from optimizer_service.choices import InitialPool
 from optimizer_service.spec import RunSettings, SpecError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
@@ -35,11 +44,18 @@ def test_unknown_or_uncovered_datasets_are_named():
 def test_reference_candidates_are_the_papers_rows():
     rows = reference_candidates("dtd")
     assert list(rows) == [PLAIN, A_PHOTO_OF, COOP_PROMPT, CLIP_ENSEMBLE]
-    assert rows[PLAIN] == ("{}",) and rows[CLIP_ENSEMBLE] == hand_engineered("dtd") and rows[COOP_PROMPT] == ("{} texture.",)
+    assert (
+        rows[PLAIN] == ("{}",)
+        and rows[CLIP_ENSEMBLE] == hand_engineered("dtd")
+        and rows[COOP_PROMPT] == ("{} texture.",)
+    )
     assert reference_candidates("oxford_pets")[COOP_PROMPT] == ("a photo of a {}, a type of pet.",)
     assert len(reference_candidates("imagenet")[CLIP_ENSEMBLE]) == 80
-    assert reference_candidates("ucf101") == {PLAIN: (PLAIN,), A_PHOTO_OF: (A_PHOTO_OF,),
-                                              COOP_PROMPT: ("a photo of a person doing {}.",)}
+    assert reference_candidates("ucf101") == {
+        PLAIN: (PLAIN,),
+        A_PHOTO_OF: (A_PHOTO_OF,),
+        COOP_PROMPT: ("a photo of a person doing {}.",),
+    }
     assert list(reference_candidates("my_own_data")) == [PLAIN, A_PHOTO_OF]
     with pytest.raises(BaselineError, match="CoOp has no prompt for 'pets'"):
         coop_prompt("pets")
@@ -58,9 +74,19 @@ def test_spec_validation_and_round_trip():
 
 
 async def test_hand_engineered_pool_is_scored_first(optimizer):
-    run, events = await optimizer.run_to_end(initial_pool=pb.INITIAL_POOL_HAND_ENGINEERED, hand_engineered_dataset="dtd",
-                                             initial_pool_size=5, restarts=1, resets=1, iterations=1)
-    seeds = [e.candidate_scored.template for e in events if e.HasField("candidate_scored") and e.candidate_scored.iteration == -1]
+    run, events = await optimizer.run_to_end(
+        initial_pool=pb.INITIAL_POOL_HAND_ENGINEERED,
+        hand_engineered_dataset="dtd",
+        initial_pool_size=5,
+        restarts=1,
+        resets=1,
+        iterations=1,
+    )
+    seeds = [
+        e.candidate_scored.template
+        for e in events
+        if e.HasField("candidate_scored") and e.candidate_scored.iteration == -1
+    ]
     assert seeds[:2] == [PLAIN, A_PHOTO_OF] and len(seeds) == 5  # the two baselines, then a sample drawn by the seed
     assert set(seeds[2:]) <= set(hand_engineered("dtd"))
     assert run.state == pb.RUN_STATE_SUCCEEDED and run.spec.hand_engineered_dataset == "dtd"

@@ -12,18 +12,50 @@ from tests.procs import REPO
 
 
 def run_cli(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "optimizer_service", "run", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "optimizer_service", "run", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_run_writes_result_json_and_a_plot(scorer, tmp_path):
     out = tmp_path / "out"
-    env = {"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "placeholder", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0],
-           "OPTIMIZER_TEMPLATES_PER_CALL": "3"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "OPENAI_API_KEY": "placeholder",
+        "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0],
+        "OPTIMIZER_TEMPLATES_PER_CALL": "3",
+    }
     with ScriptedLLM() as llm:
-        done = run_cli("--scorer", scorer.address, "--task", TASK, "--llm-base-url", llm.url, "--llm-model", "scripted-model",
-                       "--restarts", "1", "--resets", "2", "--iterations", "2", "--initial-pool-size", "5",
-                       "--conversation", "stateless", "--llm-backoff-initial-s", "0.01", "--out", str(out), env=env)
+        done = run_cli(
+            "--scorer",
+            scorer.address,
+            "--task",
+            TASK,
+            "--llm-base-url",
+            llm.url,
+            "--llm-model",
+            "scripted-model",
+            "--restarts",
+            "1",
+            "--resets",
+            "2",
+            "--iterations",
+            "2",
+            "--initial-pool-size",
+            "5",
+            "--conversation",
+            "stateless",
+            "--llm-backoff-initial-s",
+            "0.01",
+            "--out",
+            str(out),
+            env=env,
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "climbing" in done.stderr and "4/4" in done.stderr and "llm_calls=4" in done.stderr  # the progress bar
     result = json.loads((out / "result.json").read_text())
@@ -44,8 +76,18 @@ def test_run_writes_result_json_and_a_plot(scorer, tmp_path):
 
 
 def test_run_refuses_an_over_cap_spec_and_a_missing_key(scorer, tmp_path):
-    base = ["--scorer", scorer.address, "--task", TASK, "--llm-base-url", "http://127.0.0.1:9/v1", "--llm-model", "m",
-            "--out", str(tmp_path / "out")]
+    base = [
+        "--scorer",
+        scorer.address,
+        "--task",
+        TASK,
+        "--llm-base-url",
+        "http://127.0.0.1:9/v1",
+        "--llm-model",
+        "m",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     over = run_cli(*base, "--restarts", "99", env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "x"})
     assert over.returncode == 2 and "restarts=99 is out of range" in over.stderr
     keyless = run_cli(*base, env={"PATH": "/usr/bin:/bin"})
@@ -55,8 +97,26 @@ def test_run_refuses_an_over_cap_spec_and_a_missing_key(scorer, tmp_path):
 def test_rerunning_after_a_failure_resumes_the_same_run(scorer, tmp_path):
     out = tmp_path / "out"
     env = {"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "placeholder", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]}
-    args = ["--scorer", scorer.address, "--task", TASK, "--llm-model", "scripted-model", "--restarts", "1", "--resets", "1",
-            "--iterations", "3", "--initial-pool-size", "4", "--llm-max-attempts", "1", "--out", str(out)]
+    args = [
+        "--scorer",
+        scorer.address,
+        "--task",
+        TASK,
+        "--llm-model",
+        "scripted-model",
+        "--restarts",
+        "1",
+        "--resets",
+        "1",
+        "--iterations",
+        "3",
+        "--initial-pool-size",
+        "4",
+        "--llm-max-attempts",
+        "1",
+        "--out",
+        str(out),
+    ]
     with ScriptedLLM([Reply("- first {}"), Fail(500)]) as llm:
         failed = run_cli(*args, "--llm-base-url", llm.url, env=env)
     assert failed.returncode == 1
@@ -75,9 +135,27 @@ def test_rerunning_after_a_failure_resumes_the_same_run(scorer, tmp_path):
 def test_serve_refuses_an_unusable_state_dir_at_start(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the state dir should be")
-    done = subprocess.run([sys.executable, "-m", "optimizer_service", "serve", "--port", "0", "--metrics-port", "0",
-                           "--state-dir", str(blocker / "state"), "--llm-model", "m"], cwd=REPO, capture_output=True, text=True,
-                          timeout=60, env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "x"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optimizer_service",
+            "serve",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--state-dir",
+            str(blocker / "state"),
+            "--llm-model",
+            "m",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "x"},
+    )
     assert done.returncode == 2
     assert "optimizer_cannot_start" in done.stderr
     assert f"--state-dir {blocker / 'state'} ({blocker / 'state'}) is not writable: Not a directory" in done.stderr
@@ -87,8 +165,17 @@ def test_serve_refuses_an_unusable_state_dir_at_start(tmp_path):
 def test_run_refuses_an_unwritable_out_dir_at_start(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the report should go")
-    done = run_cli("--scorer", "127.0.0.1:1", "--task", TASK, "--out", str(blocker / "out"), "--llm-model", "m",
-                   env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "x"})
+    done = run_cli(
+        "--scorer",
+        "127.0.0.1:1",
+        "--task",
+        TASK,
+        "--out",
+        str(blocker / "out"),
+        "--llm-model",
+        "m",
+        env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "x"},
+    )
     assert done.returncode == 2
     assert f"--out {blocker / 'out'} ({blocker / 'out'}) is not writable: Not a directory" in done.stderr
     assert "point --out (env OPTIMIZER_OUT) at a writable directory" in done.stderr
@@ -98,8 +185,12 @@ def test_accuracy_curve_accumulates_over_steps_and_restarts():
     from optimizer_service.cli import accuracy_curve
     from optimizer_service.pool import INITIAL, Candidate
 
-    candidates = [Candidate("a {}", 0.2, INITIAL, INITIAL, INITIAL, 0), Candidate("b {}", 0.4, INITIAL, INITIAL, INITIAL, 1),
-                  Candidate("c {}", 0.1, 0, 0, 1, 2), Candidate("d {}", 0.9, 1, 1, 0, 3)]
+    candidates = [
+        Candidate("a {}", 0.2, INITIAL, INITIAL, INITIAL, 0),
+        Candidate("b {}", 0.4, INITIAL, INITIAL, INITIAL, 1),
+        Candidate("c {}", 0.1, 0, 0, 1, 2),
+        Candidate("d {}", 0.9, 1, 1, 0, 3),
+    ]
     curve = accuracy_curve(candidates, iterations=2)  # step = reset * 2 + iteration + 1
     assert [(step, best) for step, best, _ in curve] == [(0, 0.4), (1, 0.4), (2, 0.4), (3, 0.9)]
     assert [round(mean, 4) for _, _, mean in curve] == [0.3, 0.3, round(0.7 / 3, 4), 0.4]

@@ -14,7 +14,9 @@ from tests.optimizer.conftest import small_spec
 async def test_a_run_started_watched_and_read_through_the_client(optimizer):
     address = f"127.0.0.1:{optimizer.port}"
     async with Optimizer(address, token="ops-secret", deadline_s=30) as client:
-        run_id = (await client.start_run(pb.StartRunRequest(spec=small_spec(restarts=1, resets=1, iterations=2)))).run_id
+        run_id = (
+            await client.start_run(pb.StartRunRequest(spec=small_spec(restarts=1, resets=1, iterations=2)))
+        ).run_id
         events = [event async for event in client.watch_run(pb.WatchRunRequest(run_id=run_id))]
         run = await client.get_run(pb.GetRunRequest(run_id=run_id))
         listed = await client.list_runs()

@@ -17,7 +17,9 @@ TINY = {"restarts": 1, "resets": 1, "iterations": 1}
 async def _scorer_digest(scorer) -> str:
     async with grpc.aio.insecure_channel(scorer.address) as channel:
         task = await scorer_pb2_grpc.ScorerStub(channel).GetTask(
-            scorer_pb2.GetTaskRequest(task_id=TASK), metadata=(("authorization", f"Bearer {SCORER_TOKENS['optimizer'][0]}"),))
+            scorer_pb2.GetTaskRequest(task_id=TASK),
+            metadata=(("authorization", f"Bearer {SCORER_TOKENS['optimizer'][0]}"),),
+        )
     return task.model_digest
 
 
@@ -30,7 +32,10 @@ async def test_start_run_returns_the_run_pinned_to_the_scorers_model(optimizer, 
     assert ended.state == pb.RUN_STATE_SUCCEEDED and ended.model_digest == run.model_digest
     events = [e async for e in optimizer.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id))]
     times = [e.time.ToNanoseconds() for e in events]
-    assert times == sorted(times) and run.create_time.ToNanoseconds() <= times[0] <= times[-1] <= ended.update_time.ToNanoseconds()
+    assert (
+        times == sorted(times)
+        and run.create_time.ToNanoseconds() <= times[0] <= times[-1] <= ended.update_time.ToNanoseconds()
+    )
 
 
 async def test_a_repeated_request_id_returns_the_same_run_also_after_a_restart(scorer, llm, tmp_path):
@@ -45,8 +50,9 @@ async def test_a_repeated_request_id_returns_the_same_run_also_after_a_restart(s
         after_restart = await restarted.stub.StartRun(request)
         assert (after_restart.run_id, after_restart.state) == (first.run_id, pb.RUN_STATE_SUCCEEDED)
         assert [r.run_id for r in (await restarted.stub.ListRuns(pb.ListRunsRequest())).runs] == [first.run_id]
-        code, details = await _status_of(restarted.stub.StartRun(pb.StartRunRequest(spec=small_spec(**TINY, seed=9),
-                                                                                    request_id="7f1c0e5a-retry")))
+        code, details = await _status_of(
+            restarted.stub.StartRun(pb.StartRunRequest(spec=small_spec(**TINY, seed=9), request_id="7f1c0e5a-retry"))
+        )
         assert code == grpc.StatusCode.ALREADY_EXISTS and first.run_id in details and "another spec" in details
         for bad in ("x" * 65, "no spaces", "ünïcode"):
             code, details = await _status_of(restarted.stub.StartRun(pb.StartRunRequest(spec=spec, request_id=bad)))
@@ -73,7 +79,9 @@ async def test_list_runs_pages_newest_first_and_filters_by_state(optimizer):
 
     succeeded = await stub.ListRuns(pb.ListRunsRequest(page_size=2, states=[pb.RUN_STATE_SUCCEEDED]))
     assert [r.run_id for r in succeeded.runs] == newest_first[1:3] and succeeded.next_page_token
-    rest = await stub.ListRuns(pb.ListRunsRequest(page_size=2, page_token=succeeded.next_page_token, states=[pb.RUN_STATE_SUCCEEDED]))
+    rest = await stub.ListRuns(
+        pb.ListRunsRequest(page_size=2, page_token=succeeded.next_page_token, states=[pb.RUN_STATE_SUCCEEDED])
+    )
     assert [r.run_id for r in rest.runs] == newest_first[3:] and rest.next_page_token == ""
     ended = await stub.ListRuns(pb.ListRunsRequest(states=[pb.RUN_STATE_CANCELLED, pb.RUN_STATE_FAILED]))
     assert [r.run_id for r in ended.runs] == [cancelled.run_id]

@@ -16,8 +16,12 @@ def refusal(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     return capsys.readouterr().err
 
 
-MALFORMED = [("OPTIMIZER_LLM_CONCURRENCY", "four"), ("OPTIMIZER_SCORER_DEADLINE_S", "1m"), ("OPTIMIZER_PORT", "50052x"),
-             ("OPTIMIZER_MAX_ACTIVE_RUNS", "")]
+MALFORMED = [
+    ("OPTIMIZER_LLM_CONCURRENCY", "four"),
+    ("OPTIMIZER_SCORER_DEADLINE_S", "1m"),
+    ("OPTIMIZER_PORT", "50052x"),
+    ("OPTIMIZER_MAX_ACTIVE_RUNS", ""),
+]
 
 
 @pytest.mark.parametrize(("variable", "value"), MALFORMED)
@@ -39,8 +43,19 @@ def test_an_unknown_boolean_word_on_the_command_line_is_refused(capsys):
     assert "--llm-grammar" in said and "'enabled'" in said
 
 
-@pytest.mark.parametrize(("word", "meaning"), [("true", True), ("Yes", True), ("1", True), ("on", True),
-                                               ("false", False), ("NO", False), ("0", False), ("off", False)])
+@pytest.mark.parametrize(
+    ("word", "meaning"),
+    [
+        ("true", True),
+        ("Yes", True),
+        ("1", True),
+        ("on", True),
+        ("false", False),
+        ("NO", False),
+        ("0", False),
+        ("off", False),
+    ],
+)
 def test_the_boolean_words_still_mean_what_they_meant(monkeypatch, word, meaning):
     import argparse
 

@@ -25,8 +25,18 @@ from tests.optimizer.scripted_llm import ScriptedLLM
 from tests.procs import start_service, stop_process, wait_healthy
 
 TOKEN = "fuzz-token-1"
-HOSTILE = ["", "{}", "{0.__class__.__init__.__globals__}", "{:>999999999}", "a" * 5000, "\x00\x07\u202e", "../../etc/passwd",
-           "' OR 1=1 --", "\ud7ff\uffff", TASK]
+HOSTILE = [
+    "",
+    "{}",
+    "{0.__class__.__init__.__globals__}",
+    "{:>999999999}",
+    "a" * 5000,
+    "\x00\x07\u202e",
+    "../../etc/passwd",
+    "' OR 1=1 --",
+    "\ud7ff\uffff",
+    TASK,
+]
 EXAMPLES = int(os.environ.get("PROMPTCLIMB_FUZZ_EXAMPLES", "120"))  # per test; the reliability run raises it
 AUTH_ERRORS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
@@ -34,22 +44,46 @@ texts = st.one_of(st.sampled_from(HOSTILE), st.text(max_size=300))
 ints = st.one_of(st.integers(-3, 40), st.integers(-(2**31), 2**31 - 1))
 knobs = st.one_of(st.integers(0, 2), ints)  # often valid, so that runs start too
 floats = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(0, 3))
-metadata = st.sampled_from([(), (("authorization", f"Bearer {TOKEN}"),), (("authorization", "Bearer wrong"),),
-                            (("authorization", "Basic abc"),), (("authorization", "Bearer " + "x" * 4000),)])
+metadata = st.sampled_from(
+    [
+        (),
+        (("authorization", f"Bearer {TOKEN}"),),
+        (("authorization", "Bearer wrong"),),
+        (("authorization", "Basic abc"),),
+        (("authorization", "Bearer " + "x" * 4000),),
+    ]
+)
 
 
 @st.composite
 def specs(draw) -> pb.RunSpec:
     spec = pb.RunSpec(
-        task_id=draw(st.one_of(st.just(TASK), texts)), llm_model=draw(texts), label=draw(texts),
+        task_id=draw(st.one_of(st.just(TASK), texts)),
+        llm_model=draw(texts),
+        label=draw(texts),
         initial_pool=draw(st.integers(-2, 6)),
-        initial_templates=draw(st.lists(texts, max_size=5)), feedback=draw(st.integers(-2, 6)),
+        initial_templates=draw(st.lists(texts, max_size=5)),
+        feedback=draw(st.integers(-2, 6)),
         conversation=draw(st.integers(-2, 6)),
-        max_llm_calls=draw(knobs), max_llm_tokens=draw(knobs), max_scored_templates=draw(knobs),
-        max_wall_time=Duration(seconds=draw(st.integers(-(1 << 40), 1 << 40)), nanos=draw(st.integers(-(10**9), 10**9))),
+        max_llm_calls=draw(knobs),
+        max_llm_tokens=draw(knobs),
+        max_scored_templates=draw(knobs),
+        max_wall_time=Duration(
+            seconds=draw(st.integers(-(1 << 40), 1 << 40)), nanos=draw(st.integers(-(10**9), 10**9))
+        ),
         seed=draw(ints),
-        **{name: draw(knobs) for name in ("initial_pool_size", "restarts", "resets", "iterations", "top_k",
-                                         "templates_per_call", "report_top")},
+        **{
+            name: draw(knobs)
+            for name in (
+                "initial_pool_size",
+                "restarts",
+                "resets",
+                "iterations",
+                "top_k",
+                "templates_per_call",
+                "report_top",
+            )
+        },
     )
     if draw(st.booleans()):
         spec.temperature = draw(floats)
@@ -65,9 +99,23 @@ def service(scorer, tmp_path_factory):
     tokens.write_text(json.dumps({"tokens": [{"name": "fuzzer", "token": TOKEN, "rights": ["run"]}]}))
     with ScriptedLLM() as llm:
         service = start_service(
-            ["optimizer_service", "serve", "--state-dir", str(root / "state"),
-             "--scorer", scorer.address, "--llm-base-url", llm.url, "--llm-model", "m", "--tokens-file", str(tokens)],
-            root / "service.log", env={"OPENAI_API_KEY": "x", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]}, timeout=60,
+            [
+                "optimizer_service",
+                "serve",
+                "--state-dir",
+                str(root / "state"),
+                "--scorer",
+                scorer.address,
+                "--llm-base-url",
+                llm.url,
+                "--llm-model",
+                "m",
+                "--tokens-file",
+                str(tokens),
+            ],
+            root / "service.log",
+            env={"OPENAI_API_KEY": "x", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]},
+            timeout=60,
         )
         try:
             with grpc.insecure_channel(service.address) as channel:
@@ -87,9 +135,17 @@ def status(call, *args, **kwargs) -> grpc.StatusCode:
         return err.code()
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(spec=specs(), request_id=st.one_of(st.just(""), st.sampled_from(["retry-1", "retry-2"]), texts), meta=metadata)
-@example(spec=pb.RunSpec(task_id=TASK, restarts=1, resets=1, iterations=1), request_id="", meta=(("authorization", f"Bearer {TOKEN}"),))
+@example(
+    spec=pb.RunSpec(task_id=TASK, restarts=1, resets=1, iterations=1),
+    request_id="",
+    meta=(("authorization", f"Bearer {TOKEN}"),),
+)
 def test_start_run_answers_every_spec_with_a_documented_status(service, spec, request_id, meta):
     stub = service[0]
     try:
@@ -101,21 +157,37 @@ def test_start_run_answers_every_spec_with_a_documented_status(service, spec, re
         if reply.state in (pb.RUN_STATE_PENDING, pb.RUN_STATE_RUNNING):  # a repeated request_id may return an ended run
             status(stub.CancelRun, pb.CancelRunRequest(run_id=reply.run_id), metadata=meta)
         return
-    assert refusal.code() in AUTH_ERRORS | {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                            grpc.StatusCode.ALREADY_EXISTS}, refusal
+    assert refusal.code() in AUTH_ERRORS | {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }, refusal
 
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(run_id=texts, after=ints, meta=metadata, rpc=st.sampled_from(["GetRun", "WatchRun", "CancelRun", "ResumeRun", "ListRuns"]),
-       states=st.lists(st.integers(-2, 8), max_size=4))
+@given(
+    run_id=texts,
+    after=ints,
+    meta=metadata,
+    rpc=st.sampled_from(["GetRun", "WatchRun", "CancelRun", "ResumeRun", "ListRuns"]),
+    states=st.lists(st.integers(-2, 8), max_size=4),
+)
 def test_run_rpcs_answer_any_id_with_a_documented_status(service, run_id, after, meta, rpc, states):
     stub = service[0]
-    request = {"GetRun": pb.GetRunRequest(run_id=run_id), "WatchRun": pb.WatchRunRequest(run_id=run_id, after_sequence=after),
-               "CancelRun": pb.CancelRunRequest(run_id=run_id), "ResumeRun": pb.ResumeRunRequest(run_id=run_id),
-               "ListRuns": pb.ListRunsRequest(page_size=after, page_token=run_id, states=states)}[rpc]
+    request = {
+        "GetRun": pb.GetRunRequest(run_id=run_id),
+        "WatchRun": pb.WatchRunRequest(run_id=run_id, after_sequence=after),
+        "CancelRun": pb.CancelRunRequest(run_id=run_id),
+        "ResumeRun": pb.ResumeRunRequest(run_id=run_id),
+        "ListRuns": pb.ListRunsRequest(page_size=after, page_token=run_id, states=states),
+    }[rpc]
     code = status(getattr(stub, rpc), request, metadata=meta)
-    allowed = AUTH_ERRORS | {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-                             grpc.StatusCode.FAILED_PRECONDITION}
+    allowed = AUTH_ERRORS | {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
     assert code in allowed
 
 

@@ -24,15 +24,32 @@ KILL_POINTS = [int(n) for n in os.environ.get("PROMPTCLIMB_KILL_POINTS", "3,9").
 
 def start_optimizer(state_dir, scorer_address: str, llm_url: str, log_path):
     service = start_service(
-        ["optimizer_service", "serve", "--state-dir", str(state_dir), "--scorer", scorer_address, "--llm-base-url", llm_url,
-         "--llm-model", "scripted-model", "--llm-backoff-initial-s", "0.01", "--scorer-grace-s", "10"],
-        log_path, env={"OPENAI_API_KEY": "placeholder", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]}, timeout=60,
+        [
+            "optimizer_service",
+            "serve",
+            "--state-dir",
+            str(state_dir),
+            "--scorer",
+            scorer_address,
+            "--llm-base-url",
+            llm_url,
+            "--llm-model",
+            "scripted-model",
+            "--llm-backoff-initial-s",
+            "0.01",
+            "--scorer-grace-s",
+            "10",
+        ],
+        log_path,
+        env={"OPENAI_API_KEY": "placeholder", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]},
+        timeout=60,
     )
     return service.process, service.address  # a new port at each start: the clients follow the address
 
 
-def wait_for(stub: optimizer_pb2_grpc.OptimizerStub, run_id: str, predicate: Callable[[pb.Run], bool],
-             timeout: float = 90.0) -> pb.Run:
+def wait_for(
+    stub: optimizer_pb2_grpc.OptimizerStub, run_id: str, predicate: Callable[[pb.Run], bool], timeout: float = 90.0
+) -> pb.Run:
     deadline = time.monotonic() + timeout
     run: pb.Run | None = None
     while time.monotonic() < deadline:
@@ -100,7 +117,10 @@ def test_sigkill_mid_run_then_restart(scorer, tmp_path):
     final_calls, final_scored = snapshot(state_dir, run_id)
     assert len(final_calls) == 16
     assert scored_before <= final_scored  # no scored candidate went missing
-    from_events = {(e.candidate_scored.candidate_sequence, e.candidate_scored.template, e.candidate_scored.train_accuracy)
-                   for e in events if e.HasField("candidate_scored")}
+    from_events = {
+        (e.candidate_scored.candidate_sequence, e.candidate_scored.template, e.candidate_scored.train_accuracy)
+        for e in events
+        if e.HasField("candidate_scored")
+    }
     assert from_events == final_scored
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))

@@ -30,14 +30,29 @@ NULL_CONTENT = Raw(b'{"choices": [{"index": 0, "message": {"role": "assistant", 
 
 
 def settings(url: str, **overrides) -> LlmSettings:
-    values = {"base_url": url, "model": "scripted", "api_key": "placeholder", "concurrency": 4, "timeout_s": 5.0, "max_attempts": 3,
-                  "backoff_initial_s": 0.01, "backoff_max_s": 0.2}
+    values = {
+        "base_url": url,
+        "model": "scripted",
+        "api_key": "placeholder",
+        "concurrency": 4,
+        "timeout_s": 5.0,
+        "max_attempts": 3,
+        "backoff_initial_s": 0.01,
+        "backoff_max_s": 0.2,
+    }
     return LlmSettings(**{**values, **overrides})
 
 
 async def ask(client: LlmClient, sample: str = "0", call_id: str = "run/0/0/0", scope: str = "run", replay: str = ""):
-    return await client.complete(MESSAGES, model="scripted", temperature=1.0, sample=sample, call_id=call_id, cache_scope=scope,
-                                 replay_scope=replay)
+    return await client.complete(
+        MESSAGES,
+        model="scripted",
+        temperature=1.0,
+        sample=sample,
+        call_id=call_id,
+        cache_scope=scope,
+        replay_scope=replay,
+    )
 
 
 async def test_a_reply_is_returned_with_its_tokens_cost_and_call_header(tmp_path):
@@ -55,10 +70,34 @@ async def test_a_reply_is_returned_with_its_tokens_cost_and_call_header(tmp_path
 
 @pytest.mark.parametrize(
     "fault",
-    [Fail(429, {"retry-after": "0.05"}), Fail(429, {"retry-after-ms": "30"}), Fail(500), Fail(503), Drop(),
-     Delay(1.5, Reply("- too late {}")), TRUNCATED_JSON, NOT_UTF8, EMPTY_CHOICES, GARBAGE, NULL_CONTENT, Reply("   ")],
-    ids=["429-retry-after", "429-retry-after-ms", "500", "503", "connection-reset", "timeout", "truncated-json", "not-utf8",
-         "empty-choices", "garbage", "null-content", "blank-content"],
+    [
+        Fail(429, {"retry-after": "0.05"}),
+        Fail(429, {"retry-after-ms": "30"}),
+        Fail(500),
+        Fail(503),
+        Drop(),
+        Delay(1.5, Reply("- too late {}")),
+        TRUNCATED_JSON,
+        NOT_UTF8,
+        EMPTY_CHOICES,
+        GARBAGE,
+        NULL_CONTENT,
+        Reply("   "),
+    ],
+    ids=[
+        "429-retry-after",
+        "429-retry-after-ms",
+        "500",
+        "503",
+        "connection-reset",
+        "timeout",
+        "truncated-json",
+        "not-utf8",
+        "empty-choices",
+        "garbage",
+        "null-content",
+        "blank-content",
+    ],
 )
 async def test_each_passing_fault_is_retried_and_counted(fault, tmp_path):
     with ScriptedLLM([fault, Reply("- a fine {}")]) as llm:
@@ -99,8 +138,11 @@ async def test_a_refusal_is_not_retried(status):
 
 
 async def test_the_token_limit_goes_in_the_field_the_model_wants():
-    wants_new_field = Fail(400, message="Unsupported parameter: 'max_tokens' is not supported with this model. "
-                                        "Use 'max_completion_tokens' instead.")
+    wants_new_field = Fail(
+        400,
+        message="Unsupported parameter: 'max_tokens' is not supported with this model. "
+        "Use 'max_completion_tokens' instead.",
+    )
     with ScriptedLLM([wants_new_field, Reply("- a {}")]) as llm:
         client = LlmClient(settings(llm.url, max_completion_tokens=77), None)
         with pytest.raises(LlmUnavailable, match="wants --llm-token-limit-field max_completion_tokens"):
@@ -142,7 +184,9 @@ async def test_requests_in_flight_stay_within_the_concurrency_bound():
 
 def _rate_limited(headers: dict[str, str]) -> openai.RateLimitError:
     request = httpx2.Request("POST", "http://llm/v1/chat/completions")
-    return openai.RateLimitError("slow down", response=httpx2.Response(429, headers=headers, request=request), body=None)
+    return openai.RateLimitError(
+        "slow down", response=httpx2.Response(429, headers=headers, request=request), body=None
+    )
 
 
 def test_retry_after_is_read_in_milliseconds_seconds_or_as_a_date():
@@ -168,8 +212,15 @@ async def test_a_grammar_goes_in_the_request_body_and_the_cache_key(tmp_path):
     grammar = template_lines_grammar(2)
     with ScriptedLLM([Reply("- a {}\n- b {}\n"), Reply("- c {}\n- d {}\n")]) as llm:
         client = LlmClient(settings(llm.url), Store.open(tmp_path))
-        constrained = await client.complete(MESSAGES, model="scripted", temperature=1.0, sample="0", call_id="r/0/0/0",
-                                            cache_scope="run", grammar=grammar)
+        constrained = await client.complete(
+            MESSAGES,
+            model="scripted",
+            temperature=1.0,
+            sample="0",
+            call_id="r/0/0/0",
+            cache_scope="run",
+            grammar=grammar,
+        )
         free = await ask(client)  # same question without the grammar: not answered from the cache
         await client.close()
     assert (constrained.content, free.content) == ("- a {}\n- b {}\n", "- c {}\n- d {}\n")
@@ -207,8 +258,13 @@ async def test_the_reply_cache_answers_only_its_own_run_or_the_run_it_replays(tm
     assert again.content == replay.content == first.content != other.content
 
 
-@pytest.mark.parametrize("message", ["the request exceeds the available context size, try increasing it",
-                                     "This model's maximum context length is 4097 tokens. However, your messages resulted in 5000"])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "the request exceeds the available context size, try increasing it",
+        "This model's maximum context length is 4097 tokens. However, your messages resulted in 5000",
+    ],
+)
 async def test_a_context_length_refusal_is_not_retried_and_says_what_it_is(message, tmp_path):
     with ScriptedLLM([Fail(400, message=message)]) as llm:
         client = LlmClient(settings(llm.url), None)

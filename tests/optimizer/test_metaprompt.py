@@ -40,13 +40,23 @@ def test_hidden_accuracies_show_no_numbers():
 
 
 def test_chat_follow_up_reports_accuracies_or_ranks():
-    results = [Candidate("a vivid photo of a {}.", 0.75, 0, 0, 1, 3), Candidate("a dim photo of a {}.", 0.0, 0, 0, 1, 4)]
-    shown = MetaPrompt("pets", Feedback.POSITIVE_NEGATIVE, True, 2).follow_up(results, 1, [results[0], *GOOD], [results[1]])
+    results = [
+        Candidate("a vivid photo of a {}.", 0.75, 0, 0, 1, 3),
+        Candidate("a dim photo of a {}.", 0.0, 0, 0, 1, 4),
+    ]
+    shown = MetaPrompt("pets", Feedback.POSITIVE_NEGATIVE, True, 2).follow_up(
+        results, 1, [results[0], *GOOD], [results[1]]
+    )
     assert shown["role"] == "user"
     assert 'The accuracy of "a vivid photo of a {}." is now 75.0%.' in shown["content"]
-    assert "1 of your lines repeated a template already tried, broke the requirements, or came after the 2 asked for." in shown["content"]
+    assert (
+        "1 of your lines repeated a template already tried, broke the requirements, or came after the 2 asked for."
+        in shown["content"]
+    )
     assert "Write 2 new templates" in shown["content"]
-    hidden = MetaPrompt("pets", Feedback.POSITIVE_NEGATIVE, False, 2).follow_up(results, 0, [results[0], *GOOD], [results[1]])
+    hidden = MetaPrompt("pets", Feedback.POSITIVE_NEGATIVE, False, 2).follow_up(
+        results, 0, [results[0], *GOOD], [results[1]]
+    )
     assert '"a vivid photo of a {}." is now among the best templates.' in hidden["content"]
     assert '"a dim photo of a {}." is among the worst templates.' in hidden["content"]
     assert "%" not in hidden["content"]
@@ -66,9 +76,14 @@ def test_initial_pool_request_names_the_task_and_its_classes():
 
 
 def test_positive_only_follow_up_names_only_templates_that_joined_the_good_list():
-    joined, missed = Candidate("a vivid photo of a {}.", 0.75, 0, 0, 1, 3), Candidate("a dim photo of a {}.", 0.0, 0, 0, 1, 4)
+    joined, missed = (
+        Candidate("a vivid photo of a {}.", 0.75, 0, 0, 1, 3),
+        Candidate("a dim photo of a {}.", 0.0, 0, 0, 1, 4),
+    )
     for show in (True, False):
-        turn = MetaPrompt("pets", Feedback.POSITIVE_ONLY, show, 2).follow_up([joined, missed], 3, [joined, *GOOD], [])["content"]
+        turn = MetaPrompt("pets", Feedback.POSITIVE_ONLY, show, 2).follow_up([joined, missed], 3, [joined, *GOOD], [])[
+            "content"
+        ]
         assert "a vivid photo" in turn and "dim" not in turn
         for banned in ("worst", "did not beat", "repeated", " 0.0%", "no usable"):
             assert banned not in turn
@@ -78,7 +93,9 @@ def test_positive_only_follow_up_names_only_templates_that_joined_the_good_list(
 
 def test_fit_chat_keeps_the_opening_and_the_latest_exchanges_that_fit():
     opening = [{"role": "system", "content": "s" * 30}, {"role": "user", "content": "u" * 300}]
-    exchanges = [[{"role": "assistant", "content": f"{i}" * 150}, {"role": "user", "content": f"{i}" * 150}] for i in range(10)]
+    exchanges = [
+        [{"role": "assistant", "content": f"{i}" * 150}, {"role": "user", "content": f"{i}" * 150}] for i in range(10)
+    ]
     transcript = opening + [m for e in exchanges for m in e]
     assert fit_chat(transcript, 10_000) == transcript
     fitted = fit_chat(transcript, 500)

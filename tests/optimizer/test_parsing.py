@@ -115,7 +115,9 @@ def test_empty_and_whitespace_replies():
 
 
 def test_template_label_prefix_and_unclosed_thinking():
-    reply = "Template 1: a {} under studio lights\nPrompt 2: a macro shot of a {}\n<think>still thinking about a {} forever"
+    reply = (
+        "Template 1: a {} under studio lights\nPrompt 2: a macro shot of a {}\n<think>still thinking about a {} forever"
+    )
     assert parse_templates(reply, CLASSES).templates == ["a {} under studio lights", "a macro shot of a {}"]
 
 

@@ -18,6 +18,7 @@ from testbed.random_clip import build_random_clip
 from tests.optimizer.conftest import TASK, open_optimizer, small_spec
 from tests.optimizer.scripted_llm import ScriptedLLM, invented_templates
 from tests.optimizer.test_scorer_restart import ScorerOnFixedPort, watch_to_end
+from tests.procs import held_port
 
 
 async def _digest(address: str) -> str:
@@ -29,8 +30,13 @@ async def test_a_pinned_run_stops_when_the_model_behind_its_address_changes(tiny
     new_model = build_random_clip(tmp_path / "new-model", "tiny", seed=1)
     (tmp_path / "old").mkdir()
     (tmp_path / "new").mkdir()
-    old = ScorerOnFixedPort(tiny_clip_dir, image_task_dir, tmp_path / "old")
-    new = ScorerOnFixedPort(new_model, image_task_dir, tmp_path / "new")
+    with held_port() as old_port, held_port() as new_port:
+        await _roll_out(tiny_clip_dir, new_model, image_task_dir, tmp_path, old_port, new_port)
+
+
+async def _roll_out(tiny_clip_dir, new_model, image_task_dir, tmp_path, old_port, new_port):
+    old = ScorerOnFixedPort(old_port, tiny_clip_dir, image_task_dir, tmp_path / "old")
+    new = ScorerOnFixedPort(new_port, new_model, image_task_dir, tmp_path / "new")
     await asyncio.gather(old.start(), new.start())
     digests = {old.address: await _digest(old.address), new.address: await _digest(new.address)}
     assert digests[old.address] != digests[new.address]
@@ -38,7 +44,9 @@ async def test_a_pinned_run_stops_when_the_model_behind_its_address_changes(tiny
     try:
         with ScriptedLLM(default=invented_templates(itertools.count())) as llm:
             async with open_optimizer(one_address, llm, tmp_path / "state") as optimizer:
-                started = await optimizer.stub.StartRun(pb.StartRunRequest(spec=small_spec(restarts=1, resets=1, iterations=6)))
+                started = await optimizer.stub.StartRun(
+                    pb.StartRunRequest(spec=small_spec(restarts=1, resets=1, iterations=6))
+                )
                 pinned = started.model_digest
                 assert pinned in digests.values()
                 other = next(d for d in digests.values() if d != pinned)
@@ -54,7 +62,9 @@ async def test_a_pinned_run_stops_when_the_model_behind_its_address_changes(tiny
                 # the rollout is rolled back: the replica with the other model comes back with the pinned one
                 replaced = old if digests[old.address] == other else new
                 replaced.kill()
-                replaced.args[replaced.args.index("--model") + 1] = str(tiny_clip_dir if pinned == digests[old.address] else new_model)
+                replaced.args[replaced.args.index("--model") + 1] = str(
+                    tiny_clip_dir if pinned == digests[old.address] else new_model
+                )
                 await replaced.start()
                 assert await _digest(replaced.address) == pinned
                 await optimizer.stub.ResumeRun(pb.ResumeRunRequest(run_id=started.run_id))

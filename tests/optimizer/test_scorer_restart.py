@@ -23,8 +23,19 @@ class ScorerOnFixedPort:
     def __init__(self, port: int, model_dir, task_dir, root) -> None:
         self.port = port
         self.address = f"127.0.0.1:{self.port}"
-        self.args = ["scorer_service", "--model", str(model_dir), "--task", f"{TASK}={task_dir}", "--shots", "3",
-                     "--cache-dir", str(root / "cache"), "--state-dir", str(root / "scorer-state")]
+        self.args = [
+            "scorer_service",
+            "--model",
+            str(model_dir),
+            "--task",
+            f"{TASK}={task_dir}",
+            "--shots",
+            "3",
+            "--cache-dir",
+            str(root / "cache"),
+            "--state-dir",
+            str(root / "scorer-state"),
+        ]
         self.log = root / "scorer.log"
         self.process: subprocess.Popen | None = None
 

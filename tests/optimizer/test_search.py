@@ -32,20 +32,31 @@ async def test_m_bounds_the_templates_scored_per_call_and_extras_are_counted(opt
     optimizer.llm.plan(*six)
     run, events = await optimizer.run_to_end(restarts=1, resets=1, iterations=2, templates_per_call=2, ensemble_size=1)
     found = [e.candidate_scored for e in events if e.HasField("candidate_scored") and e.candidate_scored.iteration >= 0]
-    assert [(s.iteration, s.template) for s in found] == [(0, "a shape 0 0 of a {}"), (0, "a shape 0 1 of a {}"),
-                                                          (1, "a shape 1 0 of a {}"), (1, "a shape 1 1 of a {}")]
+    assert [(s.iteration, s.template) for s in found] == [
+        (0, "a shape 0 0 of a {}"),
+        (0, "a shape 0 1 of a {}"),
+        (1, "a shape 1 0 of a {}"),
+        (1, "a shape 1 1 of a {}"),
+    ]
     assert run.counters.candidates_extra == 2 * 4
     assert run.counters.templates_scored == 6 + 2 * 2
     assert "came after the 2 asked for" in _calls(optimizer.llm.seen)["0/0/1"].last_user_message
 
 
 async def test_the_authors_preset_is_their_code_knob_for_knob(optimizer):
-    run, events = await optimizer.run_to_end(preset=pb.PRESET_AUTHORS, initial_pool_size=0, restarts=0, resets=0, iterations=0,
-                                             top_k=0, templates_per_call=0)
+    run, events = await optimizer.run_to_end(
+        preset=pb.PRESET_AUTHORS, initial_pool_size=0, restarts=0, resets=0, iterations=0, top_k=0, templates_per_call=0
+    )
     spec = run.spec
     assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
-    assert (spec.conversation, spec.show_accuracies, spec.templates_per_call, spec.top_k, spec.iterations, spec.temperature) == (
-        pb.CONVERSATION_MODE_STATELESS, False, 1, 3, 10, 1.0)
+    assert (
+        spec.conversation,
+        spec.show_accuracies,
+        spec.templates_per_call,
+        spec.top_k,
+        spec.iterations,
+        spec.temperature,
+    ) == (pb.CONVERSATION_MODE_STATELESS, False, 1, 3, 10, 1.0)
     assert (spec.restarts, spec.resets, spec.initial_pool_size, spec.preset) == (1, 1, 80, pb.PRESET_AUTHORS)
     assert len([e for e in events if e.HasField("candidate_scored") and e.candidate_scored.iteration == -1]) == 80
     assert len(optimizer.llm.seen) == 10
@@ -60,7 +71,9 @@ async def test_the_authors_preset_is_their_code_knob_for_knob(optimizer):
 @pytest.mark.parametrize("show_accuracies", [True, False], ids=["accuracies-shown", "accuracies-hidden"])
 async def test_positive_only_chat_never_says_anything_about_templates_outside_the_good_list(optimizer, show_accuracies):
     optimizer.llm.plan(Reply("- a {}\n- a {}\n- broken"))  # repeats and a broken line: still no word about them
-    run, _ = await optimizer.run_to_end(feedback=pb.FEEDBACK_POSITIVE_ONLY, show_accuracies=show_accuracies, iterations=4)
+    run, _ = await optimizer.run_to_end(
+        feedback=pb.FEEDBACK_POSITIVE_ONLY, show_accuracies=show_accuracies, iterations=4
+    )
     assert run.state == pb.RUN_STATE_SUCCEEDED
     assert len(optimizer.llm.seen) == 2 * 2 * 4
     follow_ups = 0
@@ -73,7 +86,9 @@ async def test_positive_only_chat_never_says_anything_about_templates_outside_th
                 assert banned not in text, (banned, text)
             listed = set(_listed(text))
             assert len(listed) <= 2  # the top k, nothing else
-            named = set(re.findall(r'"([^"\n]*\{\}[^"\n]*)"', text.replace('for example "a photo of a {}." becomes', "")))
+            named = set(
+                re.findall(r'"([^"\n]*\{\}[^"\n]*)"', text.replace('for example "a photo of a {}." becomes', ""))
+            )
             assert named <= listed, (named, listed)
             follow_ups += bool(named)
             if not show_accuracies:
@@ -98,8 +113,11 @@ async def test_a_chat_stays_within_the_llms_context_over_100_iterations(optimize
 
 
 async def test_a_context_length_error_shortens_the_chat_instead_of_failing_the_run(optimizer):
-    optimizer.llm.plan(Reply("- a first {}"), Reply("- a second {}"),
-                       Fail(400, message="the request exceeds the available context size, try increasing it"))
+    optimizer.llm.plan(
+        Reply("- a first {}"),
+        Reply("- a second {}"),
+        Fail(400, message="the request exceeds the available context size, try increasing it"),
+    )
     run, _ = await optimizer.run_to_end(restarts=1, resets=1, iterations=3, ensemble_size=1)
     assert (run.state, run.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "finished"), run.stop_reason
     assert run.counters.llm_context_trims == 1
@@ -132,7 +150,10 @@ def _deterministic_llm(phase: dict):
 
     def answer(body: dict) -> Delay:
         digest = hashlib.sha256(json.dumps([body["messages"], body.get("seed")], sort_keys=True).encode()).digest()
-        lines = [f"- {forms[digest[2 * i] % len(forms)].format(adjectives[digest[2 * i + 1] % len(adjectives)])}" for i in range(3)]
+        lines = [
+            f"- {forms[digest[2 * i] % len(forms)].format(adjectives[digest[2 * i + 1] % len(adjectives)])}"
+            for i in range(3)
+        ]
         delay = (digest[10] % 5 if phase["name"] == "first" else 4 - digest[10] % 5) * 0.015
         return Delay(delay, Reply("\n".join(lines)))
 
@@ -150,14 +171,24 @@ async def test_concurrent_restarts_give_the_same_trajectory_twice_and_never_scor
         run, _ = await optimizer.run_to_end(**spec)
         assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
         asked = {key: (s.messages, s.body["seed"]) for key, s in _calls(optimizer.llm.seen[start:]).items()}
-        admitted = sorted((c.restart, c.reset, c.iteration, c.position, c.template, c.accuracy)
-                          for c in optimizer.store.candidates(run.run_id))
+        admitted = sorted(
+            (c.restart, c.reset, c.iteration, c.position, c.template, c.accuracy)
+            for c in optimizer.store.candidates(run.run_id)
+        )
         candidates = optimizer.store.candidates(run.run_id)
         assert run.counters.templates_scored == len({template_key(c.template) for c in candidates})  # each scored once
         assert run.counters.candidates_reused == len(candidates) - run.counters.templates_scored
-        trials.append((asked, admitted, [(b.template, b.train_accuracy) for b in run.best],
-                       list(run.ensemble.templates), run.counters.templates_scored, run.counters.candidates_reused,
-                       run.counters.candidates_duplicate))
+        trials.append(
+            (
+                asked,
+                admitted,
+                [(b.template, b.train_accuracy) for b in run.best],
+                list(run.ensemble.templates),
+                run.counters.templates_scored,
+                run.counters.candidates_reused,
+                run.counters.candidates_duplicate,
+            )
+        )
     first, second = trials
     assert len(first[0]) == 3 * 2 * 3
     assert first == second

@@ -22,8 +22,12 @@ async def test_a_run_finishes_with_a_full_trajectory(optimizer):
     assert c.iterations_done == c.iterations_total == 2 * 2 * 2
     assert c.llm_calls == 8 and c.llm_errors == 0 and c.scorer_calls == 1 + 8
     scored = [e.candidate_scored for e in events if e.HasField("candidate_scored")]
-    samples = {restart: [s.template for s in scored if s.iteration == -1 and s.restart == restart] for restart in (0, 1)}
-    assert [len(sample) for sample in samples.values()] == [6, 6] and samples[0] != samples[1]  # each restart's own draw
+    samples = {
+        restart: [s.template for s in scored if s.iteration == -1 and s.restart == restart] for restart in (0, 1)
+    }
+    assert [len(sample) for sample in samples.values()] == [6, 6] and samples[0] != samples[
+        1
+    ]  # each restart's own draw
     distinct_seeds = len(set(samples[0]) | set(samples[1]))
     assert c.templates_scored == distinct_seeds + 8 * 2  # a template two restarts drew is scored once
     assert c.candidates_reused == 12 - distinct_seeds
@@ -59,9 +63,14 @@ async def test_best_train_accuracy_never_decreases_and_events_arrive_in_order(op
     for event in events:
         if event.HasField("candidate_scored") and event.candidate_scored.iteration >= 0:
             scored = event.candidate_scored
-            later_done = [e for s, e in position.items() if s > event.sequence and e.HasField("iteration_done")
-                          and (e.iteration_done.restart, e.iteration_done.reset, e.iteration_done.iteration)
-                          == (scored.restart, scored.reset, scored.iteration)]
+            later_done = [
+                e
+                for s, e in position.items()
+                if s > event.sequence
+                and e.HasField("iteration_done")
+                and (e.iteration_done.restart, e.iteration_done.reset, e.iteration_done.iteration)
+                == (scored.restart, scored.reset, scored.iteration)
+            ]
             assert later_done
 
 
@@ -81,14 +90,15 @@ async def test_chat_mode_carries_history_and_accuracy_feedback(optimizer):
             assert [m["role"] for m in third.messages] == ["system", "user", "assistant", "user", "assistant", "user"]
             assert third.messages[:4] == second.messages  # the chat grows by the reply and a feedback turn
             assert third.messages[4]["content"] != "" and third.messages[2]["role"] == "assistant"
-            assert "The accuracy of \"" in second.last_user_message and "is now" in second.last_user_message
+            assert 'The accuracy of "' in second.last_user_message and "is now" in second.last_user_message
     seen_reply = optimizer.llm.seen[0]
     assert "work poorly" in seen_reply.last_user_message and "(accuracy " in seen_reply.last_user_message
 
 
 async def test_stateless_positive_only_hidden_accuracies_change_the_messages_as_intended(optimizer):
-    run, _ = await optimizer.run_to_end(conversation=pb.CONVERSATION_MODE_STATELESS, feedback=pb.FEEDBACK_POSITIVE_ONLY,
-                                        show_accuracies=False)
+    run, _ = await optimizer.run_to_end(
+        conversation=pb.CONVERSATION_MODE_STATELESS, feedback=pb.FEEDBACK_POSITIVE_ONLY, show_accuracies=False
+    )
     assert run.state == pb.RUN_STATE_SUCCEEDED
     assert len(optimizer.llm.seen) == 8
     for seen in optimizer.llm.seen:
@@ -123,8 +133,9 @@ async def test_wall_time_budget_stops_a_slow_run(optimizer):
 
 
 async def test_passing_llm_faults_are_retried_and_a_hopeless_reply_skipped(optimizer):
-    optimizer.llm.plan(Fail(429, {"retry-after": "0.01"}), Fail(500), Reply("- a third try {}"), GARBAGE, EMPTY_CHOICES,
-                       TRUNCATED_JSON)
+    optimizer.llm.plan(
+        Fail(429, {"retry-after": "0.01"}), Fail(500), Reply("- a third try {}"), GARBAGE, EMPTY_CHOICES, TRUNCATED_JSON
+    )
     run, events = await optimizer.run_to_end(restarts=1)
     assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
     c = run.counters
@@ -133,7 +144,11 @@ async def test_passing_llm_faults_are_retried_and_a_hopeless_reply_skipped(optim
     skipped = [s for s in optimizer.llm.seen if s.call_id.endswith("/0/0/1")]
     assert first == ["fail 429", "fail 500", "reply"]
     assert [s.answered for s in skipped] == ["raw", "raw", "raw"]
-    assert not [e for e in events if e.HasField("candidate_scored") and (e.candidate_scored.reset, e.candidate_scored.iteration) == (0, 1)]
+    assert not [
+        e
+        for e in events
+        if e.HasField("candidate_scored") and (e.candidate_scored.reset, e.candidate_scored.iteration) == (0, 1)
+    ]
 
 
 async def test_an_llm_that_stays_down_fails_the_run_which_resumes_later(optimizer):
@@ -144,7 +159,12 @@ async def test_an_llm_that_stays_down_fails_the_run_which_resumes_later(optimize
     assert events[-1].run_ended.state == pb.RUN_STATE_FAILED
     resumed = await optimizer.stub.ResumeRun(pb.ResumeRunRequest(run_id=run.run_id))
     assert resumed.state in (pb.RUN_STATE_PENDING, pb.RUN_STATE_RUNNING)
-    [e async for e in optimizer.stub.WatchRun(pb.WatchRunRequest(run_id=run.run_id, after_sequence=events[-1].sequence))]
+    [
+        e
+        async for e in optimizer.stub.WatchRun(
+            pb.WatchRunRequest(run_id=run.run_id, after_sequence=events[-1].sequence)
+        )
+    ]
     final = await optimizer.stub.GetRun(pb.GetRunRequest(run_id=run.run_id))
     assert (final.state, final.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "finished")
     assert final.counters.iterations_done == 4 and final.counters.llm_errors == 3
@@ -179,15 +199,23 @@ async def test_cancel_then_resume(optimizer):
 
 
 async def test_llm_written_initial_pool_from_the_tasks_class_names(optimizer):
-    optimizer.llm.plan(Reply("Sure:\n1. a photo of a black cat at night\n2. \"a blurry {} outdoors\"\n3. a {} and a {}\n"
-                             "- a {} on a table (accuracy 99%)"))
-    run, events = await optimizer.run_to_end(initial_pool=pb.INITIAL_POOL_LLM, initial_pool_size=3, restarts=1, resets=1)
+    optimizer.llm.plan(
+        Reply(
+            'Sure:\n1. a photo of a black cat at night\n2. "a blurry {} outdoors"\n3. a {} and a {}\n'
+            "- a {} on a table (accuracy 99%)"
+        )
+    )
+    run, events = await optimizer.run_to_end(
+        initial_pool=pb.INITIAL_POOL_LLM, initial_pool_size=3, restarts=1, resets=1
+    )
     assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
     seed_request = optimizer.llm.seen[0]
     assert seed_request.call_id == f"{run.run_id}/seed/0"
     for name in ("red apple", "green_leaf", "blue sky", "black cat"):
         assert name in seed_request.last_user_message or name.replace("_", " ") in seed_request.last_user_message
-    seeds = [e.candidate_scored for e in events if e.HasField("candidate_scored") and e.candidate_scored.iteration == -1]
+    seeds = [
+        e.candidate_scored for e in events if e.HasField("candidate_scored") and e.candidate_scored.iteration == -1
+    ]
     assert [s.template for s in seeds] == ["a photo of a {} at night", "a blurry {} outdoors", "a {} on a table"]
     assert {s.llm_call for s in seeds} == {seed_request.call_id}
     assert run.counters.candidates_invalid == 1
@@ -195,9 +223,19 @@ async def test_llm_written_initial_pool_from_the_tasks_class_names(optimizer):
 
 async def test_given_initial_pool_is_scored_as_given(optimizer):
     given = ["a {}", "the {} again", "A {}"]
-    run, events = await optimizer.run_to_end(initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=given, restarts=1, resets=1,
-                                             iterations=1, initial_pool_size=0)
-    seeds = [e.candidate_scored.template for e in events if e.HasField("candidate_scored") and e.candidate_scored.iteration == -1]
+    run, events = await optimizer.run_to_end(
+        initial_pool=pb.INITIAL_POOL_GIVEN,
+        initial_templates=given,
+        restarts=1,
+        resets=1,
+        iterations=1,
+        initial_pool_size=0,
+    )
+    seeds = [
+        e.candidate_scored.template
+        for e in events
+        if e.HasField("candidate_scored") and e.candidate_scored.iteration == -1
+    ]
     assert sorted(seeds) == ["a {}", "the {} again"]  # N=0: all of them, in an order drawn by the seed
     assert run.counters.candidates_duplicate >= 1
 
@@ -247,12 +285,18 @@ async def test_an_unreachable_scorer_is_unavailable_at_start(optimizer):
     assert code == grpc.StatusCode.UNAVAILABLE and "127.0.0.1:9" in details
 
 
-@pytest.mark.optimizer(tokens=[{"name": "ops", "token": "ops-secret", "rights": ["run"]},
-                               {"name": "viewer", "token": "view-secret", "rights": []}])
+@pytest.mark.optimizer(
+    tokens=[
+        {"name": "ops", "token": "ops-secret", "rights": ["run"]},
+        {"name": "viewer", "token": "view-secret", "rights": []},
+    ]
+)
 async def test_the_api_takes_bearer_tokens(optimizer):
     code, _ = await _status_of(optimizer.stub.ListRuns(pb.ListRunsRequest()))
     assert code == grpc.StatusCode.UNAUTHENTICATED
-    code, _ = await _status_of(optimizer.stub.ListRuns(pb.ListRunsRequest(), metadata=(("authorization", "Bearer view-secret"),)))
+    code, _ = await _status_of(
+        optimizer.stub.ListRuns(pb.ListRunsRequest(), metadata=(("authorization", "Bearer view-secret"),))
+    )
     assert code == grpc.StatusCode.PERMISSION_DENIED
     reply = await optimizer.stub.ListRuns(pb.ListRunsRequest(), metadata=(("authorization", "Bearer ops-secret"),))
     assert list(reply.runs) == []
@@ -271,26 +315,45 @@ def _sample(name: str, **labels) -> float:
 
 
 async def test_metrics_count_what_a_run_did(optimizer):
-    names = [("optimizer_llm_calls_total", {"model": "scripted-model", "outcome": "success"}),
-             ("optimizer_llm_tokens_total", {"model": "scripted-model", "kind": "prompt"}),
-             ("optimizer_candidates_total", {"outcome": "scored"}),
-             ("optimizer_scorer_calls_total", {"code": "OK"}),
-             ("optimizer_llm_request_duration_seconds_count", {"model": "scripted-model"})]
+    names = [
+        ("optimizer_llm_calls_total", {"model": "scripted-model", "outcome": "success"}),
+        ("optimizer_llm_tokens_total", {"model": "scripted-model", "kind": "prompt"}),
+        ("optimizer_candidates_total", {"outcome": "scored"}),
+        ("optimizer_scorer_calls_total", {"code": "OK"}),
+        ("optimizer_llm_request_duration_seconds_count", {"model": "scripted-model"}),
+    ]
     before = [_sample(name, **labels) for name, labels in names]
     run, _ = await optimizer.run_to_end(ensemble_size=1)
     after = [_sample(name, **labels) for name, labels in names]
     # the distinct seeds + 8 iterations x 2 templates scored; 1 + 8 train Score calls and 1 on test for the final best.
     assert run.counters.templates_scored > 8 * 2
-    assert [a - b for a, b in zip(after, before, strict=True)] == [8, 8 * 40, run.counters.templates_scored, 1 + 8 + 1, 8]
+    assert [a - b for a, b in zip(after, before, strict=True)] == [
+        8,
+        8 * 40,
+        run.counters.templates_scored,
+        1 + 8 + 1,
+        8,
+    ]
     assert _sample("optimizer_runs", state="SUCCEEDED") == 1 and _sample("optimizer_runs", state="RUNNING") == 0
-    assert REGISTRY.get_sample_value("optimizer_run_best_train_accuracy", {"run_id": run.run_id}) is None  # gone when it ended
+    assert (
+        REGISTRY.get_sample_value("optimizer_run_best_train_accuracy", {"run_id": run.run_id}) is None
+    )  # gone when it ended
 
 
 @pytest.mark.optimizer(llm={"timeout_s": 0.5})
 @pytest.mark.parametrize(
     "fault",
-    [Fail(429, {"retry-after": "0.01"}), Fail(500), Fail(503), Delay(1.0, Reply("- too late {}")), Drop(), TRUNCATED_JSON,
-     EMPTY_CHOICES, NOT_UTF8, GARBAGE],
+    [
+        Fail(429, {"retry-after": "0.01"}),
+        Fail(500),
+        Fail(503),
+        Delay(1.0, Reply("- too late {}")),
+        Drop(),
+        TRUNCATED_JSON,
+        EMPTY_CHOICES,
+        NOT_UTF8,
+        GARBAGE,
+    ],
     ids=["429", "500", "503", "timeout", "connection-reset", "truncated-json", "empty-choices", "not-utf8", "garbage"],
 )
 async def test_llm_fault_matrix_each_fault_is_retried_and_the_run_finishes(optimizer, fault):
@@ -314,5 +377,7 @@ async def test_a_run_with_the_same_spec_asks_afresh_and_replaying_is_explicit(op
     assert len(optimizer.llm.seen) == asked + 8  # not one new LLM request
     assert (replay.counters.llm_calls, replay.counters.llm_cache_hits, replay.counters.llm_prompt_tokens) == (0, 8, 0)
     assert [b.template for b in replay.best] == [b.template for b in first.best]
-    code, details = await _status_of(optimizer.stub.StartRun(pb.StartRunRequest(spec=small_spec(replay_run_id="f" * 32))))
+    code, details = await _status_of(
+        optimizer.stub.StartRun(pb.StartRunRequest(spec=small_spec(replay_run_id="f" * 32)))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "no run" in details

@@ -32,10 +32,15 @@ async def test_opens_in_wal_mode_and_round_trips_a_run(tmp_path):
     store = Store.open(tmp_path / "state")
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     await store.create_run("r1", {"task_id": "pets"}, {"llm_calls": 0}, "PENDING")
-    seeds = [Candidate("a {}", 0.5, INITIAL, INITIAL, INITIAL, 0), Candidate("the {}", 0.25, INITIAL, INITIAL, INITIAL, 1)]
+    seeds = [
+        Candidate("a {}", 0.5, INITIAL, INITIAL, INITIAL, 0),
+        Candidate("the {}", 0.25, INITIAL, INITIAL, INITIAL, 1),
+    ]
     await store.commit_progress("r1", seeds, {"llm_calls": 0}, [event("e1"), event("e2")])
     step = Step(0, 0, 0, "r1/0/0/0", [{"role": "user", "content": "go {}"}], "- a new {}")
-    await store.commit_progress("r1", [Candidate("a new {}", 0.75, 0, 0, 0, 2, "r1/0/0/0")], {"llm_calls": 1}, [event("e3")], [step])
+    await store.commit_progress(
+        "r1", [Candidate("a new {}", 0.75, 0, 0, 0, 2, "r1/0/0/0")], {"llm_calls": 1}, [event("e3")], [step]
+    )
     store.close()
 
     reopened = Store.open(tmp_path / "state")
@@ -53,7 +58,10 @@ async def test_opens_in_wal_mode_and_round_trips_a_run(tmp_path):
 async def test_positions_reuse_rejections_and_the_ensemble_round_trip(tmp_path):
     store = Store.open(tmp_path)
     await store.create_run("r1", {}, {}, "RUNNING")
-    admitted = [Candidate("a {}", 0.5, 0, INITIAL, INITIAL, 0, "", 0), Candidate("a {}", 0.5, 1, INITIAL, INITIAL, 1, "", 3, True)]
+    admitted = [
+        Candidate("a {}", 0.5, 0, INITIAL, INITIAL, 0, "", 0),
+        Candidate("a {}", 0.5, 1, INITIAL, INITIAL, 1, "", 3, True),
+    ]
     await store.commit_progress("r1", admitted, {}, [], rejected=[("a {} " + "x" * 80, "too long for the model")])
     await store.set_ensemble("r1", ["a {}", "the {}"], 0.75, None)
     store.close()
@@ -68,9 +76,11 @@ def test_a_database_from_before_the_new_columns_is_upgraded_on_open(tmp_path):
     import sqlite3
 
     old = sqlite3.connect(tmp_path / "optimizer.sqlite3")
-    old.execute("CREATE TABLE candidates (run_id TEXT NOT NULL, sequence INTEGER NOT NULL, template TEXT NOT NULL, "
-                "accuracy REAL NOT NULL, restart INTEGER NOT NULL, reset INTEGER NOT NULL, iteration INTEGER NOT NULL, "
-                "llm_call TEXT NOT NULL, test_accuracy REAL, PRIMARY KEY (run_id, sequence))")
+    old.execute(
+        "CREATE TABLE candidates (run_id TEXT NOT NULL, sequence INTEGER NOT NULL, template TEXT NOT NULL, "
+        "accuracy REAL NOT NULL, restart INTEGER NOT NULL, reset INTEGER NOT NULL, iteration INTEGER NOT NULL, "
+        "llm_call TEXT NOT NULL, test_accuracy REAL, PRIMARY KEY (run_id, sequence))"
+    )
     old.execute("INSERT INTO candidates VALUES ('r1', 0, 'a {}', 0.5, -1, -1, -1, '', NULL)")
     old.commit()
     old.close()
@@ -104,13 +114,14 @@ def test_state_path_that_is_a_file_fails_at_open(tmp_path):
         Store.open(blocker)
 
 
-
 async def test_a_runs_table_from_before_request_ids_and_pinning_is_upgraded_on_open(tmp_path):
     import sqlite3
 
     old = sqlite3.connect(tmp_path / "optimizer.sqlite3")
-    old.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, settings TEXT NOT NULL, state TEXT NOT NULL, "
-                "stop_reason TEXT NOT NULL DEFAULT '', counters TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL)")
+    old.execute(
+        "CREATE TABLE runs (run_id TEXT PRIMARY KEY, settings TEXT NOT NULL, state TEXT NOT NULL, "
+        "stop_reason TEXT NOT NULL DEFAULT '', counters TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL)"
+    )
     old.execute("""INSERT INTO runs VALUES ('old', '{}', 'SUCCEEDED', 'finished', '{}', 1.0, 2.0)""")
     old.commit()
     old.close()
@@ -119,7 +130,9 @@ async def test_a_runs_table_from_before_request_ids_and_pinning_is_upgraded_on_o
     assert (before.request_id, before.model_digest, before.stop_reason) == (None, "", "finished")  # unpinned, as it ran
     new = await store.create_run("new", {"a": 1}, {}, "PENDING", request_id="req-1", model_digest="d" * 32)
     assert (new.request_id, new.model_digest) == ("req-1", "d" * 32)
-    assert (await store.create_run("other", {"a": 2}, {}, "PENDING", request_id="req-1")).run_id == "new"  # the id is taken
+    assert (
+        await store.create_run("other", {"a": 2}, {}, "PENDING", request_id="req-1")
+    ).run_id == "new"  # the id is taken
     assert store.run("other") is None
 
 

@@ -40,12 +40,21 @@ def test_the_committed_protos_pass_lint_and_the_breaking_check():
 
 
 BREAKING_EDITS = {
-    "a field's type": ("  string task_id = 1;\n  // Each template", "  int32 task_id = 1;\n  // Each template",
-                       'Field "1" with name "task_id" on message "ScoreRequest" changed type'),
-    "a deleted field": ("  string model_digest = 5;\n}\n\n// A set of templates", "}\n\n// A set of templates",
-                        'Previously present field "5" with name "model_digest" on message "ScoreRequest" was deleted'),
-    "a renamed field": ("  Split split = 3;\n  // Prompt ensembles", "  Split image_split = 3;\n  // Prompt ensembles",
-                        'Field "3" on message "ScoreRequest" changed name from "split" to "image_split"'),
+    "a field's type": (
+        "  string task_id = 1;\n  // Each template",
+        "  int32 task_id = 1;\n  // Each template",
+        'Field "1" with name "task_id" on message "ScoreRequest" changed type',
+    ),
+    "a deleted field": (
+        "  string model_digest = 5;\n}\n\n// A set of templates",
+        "}\n\n// A set of templates",
+        'Previously present field "5" with name "model_digest" on message "ScoreRequest" was deleted',
+    ),
+    "a renamed field": (
+        "  Split split = 3;\n  // Prompt ensembles",
+        "  Split image_split = 3;\n  // Prompt ensembles",
+        'Field "3" on message "ScoreRequest" changed name from "split" to "image_split"',
+    ),
 }
 
 
@@ -68,7 +77,11 @@ def test_a_breaking_edit_fails_buf_breaking(tmp_path, edit):
 def test_an_added_field_is_compatible(tmp_path):
     root = copy_of_the_protos(tmp_path)
     proto = root / "protos" / SCORER_PROTO
-    proto.write_text(proto.read_text().replace("  string model_version = 5;\n}", "  string model_version = 5;\n  int32 added = 6;\n}"))
+    proto.write_text(
+        proto.read_text().replace(
+            "  string model_version = 5;\n}", "  string model_version = 5;\n  int32 added = 6;\n}"
+        )
+    )
     breaking = buf("breaking", "--against", str(BASELINE), cwd=root)
     assert breaking.returncode == 0, breaking.stdout + breaking.stderr
 

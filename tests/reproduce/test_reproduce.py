@@ -45,8 +45,14 @@ conversation = "stateless"
 
 
 def reproduce(config, env) -> subprocess.CompletedProcess:
-    return subprocess.run(**as_child([sys.executable, "-m", "reproduce", "--config", str(config), "--log-level", "WARNING"]),
-                          cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(
+        **as_child([sys.executable, "-m", "reproduce", "--config", str(config), "--log-level", "WARNING"]),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def grid_env(tmp_path) -> dict[str, str]:
@@ -78,7 +84,7 @@ def test_grid_runs_resumes_and_writes_the_papers_tables(tiny_clip_dir, tmp_path)
     with ScriptedLLM([Reply("- a {} in the wild"), Fail(500)]) as llm:
         config.write_text(f"""
 out = "{out}"
-data_root = "{tmp_path / 'data'}"
+data_root = "{tmp_path / "data"}"
 datasets = {list(DATASETS)}
 seeds = [1, 2]
 shots = 1
@@ -128,12 +134,20 @@ llm_backoff_initial_s = 0.01
         for dataset in DATASETS:
             for method in ("{}", "a photo of a {}.", "coop_single_prompt", "positive_only", "positive_negative"):
                 assert (backbone, method, dataset) in cells
-            tests = [json.loads((out / "cells" / backbone / dataset / f"seed{s}" / "positive_negative" / "result.json")
-                                .read_text())["best"][0]["test_accuracy"] for s in grid.seeds]
+            tests = [
+                json.loads(
+                    (out / "cells" / backbone / dataset / f"seed{s}" / "positive_negative" / "result.json").read_text()
+                )["best"][0]["test_accuracy"]
+                for s in grid.seeds
+            ]
             row = cells[backbone, "positive_negative", dataset]
             assert float(row["mean"]) == pytest.approx(statistics.fmean(tests), abs=1e-6)
             assert float(row["std"]) == pytest.approx(statistics.stdev(tests), abs=1e-6) and row["seeds"] == "2"
-        assert (backbone, "clip_authors_ensemble", "dtd") in cells and (backbone, "clip_authors_ensemble", "ucf101") not in cells
+        assert (backbone, "clip_authors_ensemble", "dtd") in cells and (
+            backbone,
+            "clip_authors_ensemble",
+            "ucf101",
+        ) not in cells
         references = json.loads((out / "references" / backbone / "dtd.json").read_text())
         assert references["clip_authors_ensemble"]["templates"] == list(hand_engineered("dtd"))
 
@@ -142,18 +156,28 @@ llm_backoff_initial_s = 0.01
     assert pairs == {("tiny-a", "tiny-a"), ("tiny-a", "tiny-b"), ("tiny-b", "tiny-a"), ("tiny-b", "tiny-b")}
     moved = json.loads((out / "transfers" / "tiny-b" / "dtd.json").read_text())["tiny-a"]
     for seed in ("1", "2"):
-        source = json.loads((out / "cells" / "tiny-a" / "dtd" / f"seed{seed}" / "positive_negative" / "result.json").read_text())
+        source = json.loads(
+            (out / "cells" / "tiny-a" / "dtd" / f"seed{seed}" / "positive_negative" / "result.json").read_text()
+        )
         assert moved[seed]["template"] == source["best"][0]["template"]
 
     markdown = (out / "results.md").read_text()
     assert "## tiny-a" in markdown and "## tiny-b" in markdown and "tiny-a → tiny-b" in markdown
     assert "| method | dtd | ucf101 | Avg |" in markdown
-    for row_start in ("| `{}` |", "| `a photo of a {}.` |", "| CLIP authors' ensemble |", "| CoOp's single prompt per dataset |",
-                      "| LLM optimizer, positive only |", "| LLM optimizer, positive + negative |"):
+    for row_start in (
+        "| `{}` |",
+        "| `a photo of a {}.` |",
+        "| CLIP authors' ensemble |",
+        "| CoOp's single prompt per dataset |",
+        "| LLM optimizer, positive only |",
+        "| LLM optimizer, positive + negative |",
+    ):
         assert markdown.count(row_start) == 2
     hand_row = next(line for line in markdown.splitlines() if line.startswith("| CLIP authors' ensemble"))
     assert "| n/a |" in hand_row and "(1 of 2)" in hand_row
-    assert "±" in next(line for line in markdown.splitlines() if line.startswith("| LLM optimizer, positive + negative"))
+    assert "±" in next(
+        line for line in markdown.splitlines() if line.startswith("| LLM optimizer, positive + negative")
+    )
     assert markdown in third.stdout
     for backbone in ("tiny-a", "tiny-b"):
         for dataset in DATASETS:
@@ -165,12 +189,16 @@ def test_grid_errors_name_the_key(tmp_path):
     config.write_text('out = "o"\ndata_root = "d"\ndatasets = ["pets"]\nseeds = [1]\n')
     with pytest.raises(GridError, match=r"datasets \['pets'\] are not CoOp datasets"):
         load_grid(config)
-    config.write_text('out = "o"\ndata_root = "d"\ndatasets = ["dtd"]\nseeds = [1]\n'
-                      '[[backbones]]\nname = "a/b"\nmodel = "m"\n[llm]\nbase_url = "u"\nmodel = "m"\n')
+    config.write_text(
+        'out = "o"\ndata_root = "d"\ndatasets = ["dtd"]\nseeds = [1]\n'
+        '[[backbones]]\nname = "a/b"\nmodel = "m"\n[llm]\nbase_url = "u"\nmodel = "m"\n'
+    )
     with pytest.raises(GridError, match="unique name"):
         load_grid(config)
-    config.write_text('out = "o"\ndata_root = "d"\ndatasets = ["dtd"]\nseeds = [1]\n'
-                      '[[backbones]]\nname = "a"\nmodel = "m"\n[llm]\nbase_url = "u"\nmodel = "m"\n[run]\nseed = 3\n')
+    config.write_text(
+        'out = "o"\ndata_root = "d"\ndatasets = ["dtd"]\nseeds = [1]\n'
+        '[[backbones]]\nname = "a"\nmodel = "m"\n[llm]\nbase_url = "u"\nmodel = "m"\n[run]\nseed = 3\n'
+    )
     with pytest.raises(GridError, match=r"\[run\] must not set \['seed'\]"):
         load_grid(config)
 
@@ -189,7 +217,10 @@ def test_grid_reads_coops_folders_as_they_are_and_scores_both_baselines(tiny_cli
     markdown = (out / "results.md").read_text().splitlines()
     header = "| method | caltech101 | food101 | imagenet | oxford_pets | Avg |"
     assert header in markdown
-    for key, label in (("coop_single_prompt", "CoOp's single prompt per dataset"), ("clip_authors_ensemble", "CLIP authors' ensemble")):
+    for key, label in (
+        ("coop_single_prompt", "CoOp's single prompt per dataset"),
+        ("clip_authors_ensemble", "CLIP authors' ensemble"),
+    ):
         line = next(line for line in markdown if line.startswith(f"| {label} |"))
         accuracies = []
         for index, dataset in enumerate(datasets):
@@ -275,8 +306,13 @@ def test_sigkill_of_reproduce_leaves_no_child_behind(tiny_clip_dir, tmp_path):
     out, config = tmp_path / "out", tmp_path / "grid.toml"
     with ScriptedLLM([Delay(120, Reply("- a {} in the wild"))]) as llm:
         one_backbone_grid(config, out, data, ("dtd",), tiny_clip_dir, llm.url)
-        grid = subprocess.Popen([sys.executable, "-m", "reproduce", "--config", str(config), "--log-level", "WARNING"],
-                                cwd=REPO, env=grid_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        grid = subprocess.Popen(
+            [sys.executable, "-m", "reproduce", "--config", str(config), "--log-level", "WARNING"],
+            cwd=REPO,
+            env=grid_env(tmp_path),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         children = []
         try:
             deadline = time.monotonic() + 120
@@ -284,9 +320,13 @@ def test_sigkill_of_reproduce_leaves_no_child_behind(tiny_clip_dir, tmp_path):
                 assert grid.poll() is None and time.monotonic() < deadline, "reproduce never reached its first LLM call"
                 time.sleep(0.2)
             children = _children(grid.pid)
-            port_files = [Path(a.split(b"\0")[0].decode()) for pid in children
-                          for a in _proc(pid, "cmdline").split(b"--port-file\0")[1:]]
-            ports = [BoundPorts.read(path).grpc for path in port_files]
+            port_files = [
+                Path(a.split(b"\0")[0].decode())
+                for pid in children
+                for a in _proc(pid, "cmdline").split(b"--port-file\0")[1:]
+            ]
+            bound = [BoundPorts.read(path) for path in port_files]
+            ports = [b.grpc for b in bound if b is not None]
             assert children and len(ports) == 1 and _serves(ports[0])
             grid.send_signal(signal.SIGKILL)
             grid.wait()
@@ -340,8 +380,12 @@ def answer_by_content(body: dict) -> Reply:
     """Templates that depend only on what was asked, so the order in which cells run changes nothing."""
     asked = re.search(r"Write (\d+)", body["messages"][-1]["content"])
     digest = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
-    return Reply("\n".join(f"- a {WORDS[int(digest[i], 16) % len(WORDS)]} photo {digest[:8]}-{i} of a {{}}."
-                           for i in range(int(asked.group(1)) if asked else 1)))
+    return Reply(
+        "\n".join(
+            f"- a {WORDS[int(digest[i], 16) % len(WORDS)]} photo {digest[:8]}-{i} of a {{}}."
+            for i in range(int(asked.group(1)) if asked else 1)
+        )
+    )
 
 
 def test_every_cell_by_index_then_gather_gives_the_tables_of_one_run(tiny_clip_dir, tmp_path, monkeypatch, capsys):
@@ -349,8 +393,12 @@ def test_every_cell_by_index_then_gather_gives_the_tables_of_one_run(tiny_clip_d
     write_coop_data_root(tmp_path / "data", DATASETS)
     monkeypatch.setenv("OPENAI_API_KEY", "placeholder")
     with ScriptedLLM(default=answer_by_content) as llm:
-        whole = miniature_grid(tmp_path / "whole.toml", tmp_path / "whole", tmp_path / "data", tiny_clip_dir, other_clip, llm.url)
-        spread = miniature_grid(tmp_path / "spread.toml", tmp_path / "spread", tmp_path / "data", tiny_clip_dir, other_clip, llm.url)
+        whole = miniature_grid(
+            tmp_path / "whole.toml", tmp_path / "whole", tmp_path / "data", tiny_clip_dir, other_clip, llm.url
+        )
+        spread = miniature_grid(
+            tmp_path / "spread.toml", tmp_path / "spread", tmp_path / "data", tiny_clip_dir, other_clip, llm.url
+        )
         assert reproduce_main(["--config", str(whole), "--log-level", "WARNING"]) == 0
 
         capsys.readouterr()

@@ -28,8 +28,9 @@ def bearer(name: str) -> tuple[tuple[str, str], ...]:
 @pytest.fixture(scope="session")
 def tokens_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("auth") / "tokens.json"
-    entries: list[dict[str, object]] = [{"name": name, "token": token, "rights": rights}
-                                        for name, (token, rights) in TOKENS.items()]
+    entries: list[dict[str, object]] = [
+        {"name": name, "token": token, "rights": rights} for name, (token, rights) in TOKENS.items()
+    ]
     entries[-1].update(requests_per_second=0.01, burst=2)
     path.write_text(json.dumps({"tokens": entries}))
     return path

@@ -76,8 +76,9 @@ async def test_a_call_waits_out_a_scorer_that_is_still_starting(base_config):
         starting = asyncio.create_task(start_late())
         started = time.monotonic()
         try:
-            async with Scorer(f"127.0.0.1:{port}", retry=Retry(attempts=30, initial_backoff_s=0.1, max_backoff_s=0.5),
-                              deadline_s=60) as scorer:
+            async with Scorer(
+                f"127.0.0.1:{port}", retry=Retry(attempts=30, initial_backoff_s=0.1, max_backoff_s=0.5), deadline_s=60
+            ) as scorer:
                 reply = await scorer.score(REQUEST)
             assert reply.results[0].total == 8 and time.monotonic() - started >= 1.0
         finally:

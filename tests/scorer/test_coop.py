@@ -39,8 +39,10 @@ def test_every_loader_reads_its_layout(coop_root, name):
     assert [sum(1 for i in dataset.train if i.label == label) for label in range(len(CLASSES))] == [3] * len(CLASSES)
     if name in COOP_SPLIT_FILE_LAYOUT:
         split = json.loads((coop_root / name / COOP_SPLIT_FILE_LAYOUT[name][1]).read_text())
-        assert [(i.path.relative_to(coop_root / name / COOP_SPLIT_FILE_LAYOUT[name][0]).as_posix(), i.label)
-                for i in dataset.test] == [(path, label) for path, label, _ in split["test"]]
+        assert [
+            (i.path.relative_to(coop_root / name / COOP_SPLIT_FILE_LAYOUT[name][0]).as_posix(), i.label)
+            for i in dataset.test
+        ] == [(path, label) for path, label, _ in split["test"]]
 
 
 def test_imagenet_tests_on_val(coop_root):
@@ -139,13 +141,18 @@ def coop_train_listing(root, name) -> list[tuple]:
     if name == "fgvc_aircraft":
         label_of = {v: i for i, v in enumerate(filter(None, (root / "variants.txt").read_text().splitlines()))}
         lines = filter(None, (root / "images_variant_train.txt").read_text().splitlines())
-        return [(root / "images" / f"{image_id}.jpg", label_of[variant])
-                for image_id, variant in (line.split(" ", 1) for line in lines)]
+        return [
+            (root / "images" / f"{image_id}.jpg", label_of[variant])
+            for image_id, variant in (line.split(" ", 1) for line in lines)
+        ]
     train = root / "images" / "train"
     folders = sorted(entry.name for entry in os.scandir(train) if entry.is_dir())
-    return [(train / folder / file, label)
-            for label, folder in enumerate(folders) for file in os.listdir(train / folder)
-            if not file.startswith(".") and file.endswith(".JPEG")]
+    return [
+        (train / folder / file, label)
+        for label, folder in enumerate(folders)
+        for file in os.listdir(train / folder)
+        if not file.startswith(".") and file.endswith(".JPEG")
+    ]
 
 
 @pytest.mark.parametrize("name", COOP_NAMES)
@@ -192,8 +199,9 @@ def test_string_labels_are_read_as_coop_reads_them(tmp_path):
     path = root / "split_zhou_DescribableTextures.json"
     as_numbers = load_coop("dtd", root)
     split = json.loads(path.read_text())
-    path.write_text(json.dumps({key: [[p, str(label), name] for p, label, name in entries]
-                                for key, entries in split.items()}))
+    path.write_text(
+        json.dumps({key: [[p, str(label), name] for p, label, name in entries] for key, entries in split.items()})
+    )
     assert load_coop("dtd", root) == as_numbers
 
 
@@ -226,12 +234,19 @@ def test_coops_saved_few_shot_files_are_read_instead_of_drawing(tmp_path, dassl_
     train = json.loads((root / "split_zhou_OxfordPets.json").read_text())["train"]
     chosen = [entry for label in (2, 0, 3, 1) for entry in [e for e in train if e[1] == label][-2:]]
     elsewhere = "/home/someone/DATA/oxford_pets/images"  # CoOp saves the absolute paths of the machine that drew them
-    _save_few_shot(root, 2, 3, {"train": [dassl_datum(f"{elsewhere}/{path}", label, name)
-                                          for path, label, name in chosen],
-                                "val": [dassl_datum(f"{elsewhere}/{train[0][0]}", train[0][1], train[0][2])]})
+    _save_few_shot(
+        root,
+        2,
+        3,
+        {
+            "train": [dassl_datum(f"{elsewhere}/{path}", label, name) for path, label, name in chosen],
+            "val": [dassl_datum(f"{elsewhere}/{train[0][0]}", train[0][1], train[0][2])],
+        },
+    )
     task = load_coop_task("pets", "oxford_pets", root, shots=2, seed=3)
     assert [(image.path, image.label) for image in task.splits["train"]] == [
-        (root / "images" / p, label) for p, label, _ in chosen]
+        (root / "images" / p, label) for p, label, _ in chosen
+    ]
     assert task.splits["train"] != few_shot(task.dataset.train, 2, 3)
     # No saved file for 1 shot: drawn as Dassl draws.
     drawn = load_coop_task("pets", "oxford_pets", root, shots=1, seed=3)
@@ -246,8 +261,9 @@ def test_a_saved_few_shot_file_that_does_not_fit_is_refused_with_its_path(tmp_pa
     with pytest.raises(DatasetError, match=refused):
         load_coop_task("dtd", "dtd", root, shots=1, seed=1)
     _save_few_shot(root, 1, 1, {"train": [dassl_datum("/old/dtd/images/elsewhere/x.jpg", label, name)]})
-    with pytest.raises(DatasetError,
-                       match=r"shot_1-seed_1.pkl: /old/dtd/images/elsewhere/x.jpg is not in the train split"):
+    with pytest.raises(
+        DatasetError, match=r"shot_1-seed_1.pkl: /old/dtd/images/elsewhere/x.jpg is not in the train split"
+    ):
         load_coop_task("dtd", "dtd", root, shots=1, seed=1)
     _save_few_shot(root, 1, 1, {"train": [print]})  # a pickle may name any callable: only Dassl's Datum is let in
     with pytest.raises(DatasetError, match=r"shot_1-seed_1.pkl is not a CoOp few-shot file: .*builtins.print"):

@@ -56,7 +56,9 @@ def reference_ensemble_accuracy(model_dir: Path, image_root: Path, templates: li
 async def test_ensemble_accuracy_matches_plain_transformers(locked_scorer, tiny_clip_dir, image_task_dir):
     _, stub, _ = locked_scorer
     request = scorer_pb2.ScoreRequest(
-        task_id="shapes", templates=["a photo of a {}."], split=scorer_pb2.SPLIT_TEST,
+        task_id="shapes",
+        templates=["a photo of a {}."],
+        split=scorer_pb2.SPLIT_TEST,
         ensembles=[scorer_pb2.TemplateEnsemble(templates=e) for e in ENSEMBLES],
     )
     reply = await stub.Score(request, metadata=bearer("admin"))
@@ -72,11 +74,17 @@ async def test_ensemble_accuracy_matches_plain_transformers(locked_scorer, tiny_
 
 async def test_invalid_ensembles_get_errors_and_the_rest_is_scored(open_scorer):
     _, stub, _ = open_scorer
-    reply = await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"], ensembles=[
-        scorer_pb2.TemplateEnsemble(templates=[]),
-        scorer_pb2.TemplateEnsemble(templates=["a {}", "no placeholder"]),
-        scorer_pb2.TemplateEnsemble(templates=["a {}", "the {}"]),
-    ]))
+    reply = await stub.Score(
+        scorer_pb2.ScoreRequest(
+            task_id="shapes",
+            templates=["{}"],
+            ensembles=[
+                scorer_pb2.TemplateEnsemble(templates=[]),
+                scorer_pb2.TemplateEnsemble(templates=["a {}", "no placeholder"]),
+                scorer_pb2.TemplateEnsemble(templates=["a {}", "the {}"]),
+            ],
+        )
+    )
     empty, bad, good = reply.ensemble_results
     assert empty.error == "ensemble has no templates" and empty.accuracy == 0
     assert bad.error.startswith("ensemble member 1 ('no placeholder'): template has no '{}'")
@@ -88,16 +96,26 @@ async def test_ensemble_members_count_against_the_request_limit(open_scorer):
     _, stub, _ = open_scorer
     triple = scorer_pb2.TemplateEnsemble(templates=["{}", "a {}", "the {}"])
     single = scorer_pb2.TemplateEnsemble(templates=["{}"])
-    too_many = scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"{i} {{}}" for i in range(10)],
-                                       ensembles=[triple, triple, single])
-    await expect_status(stub.Score(too_many), grpc.StatusCode.INVALID_ARGUMENT,
-                        "17 templates in one request (ensemble members included)", "limit is 16")
-    at_limit = await stub.Score(scorer_pb2.ScoreRequest(
-        task_id="shapes", templates=["{}"],
-        ensembles=[scorer_pb2.TemplateEnsemble(templates=[f"{i} {{}}" for i in range(15)])]))
+    too_many = scorer_pb2.ScoreRequest(
+        task_id="shapes", templates=[f"{i} {{}}" for i in range(10)], ensembles=[triple, triple, single]
+    )
+    await expect_status(
+        stub.Score(too_many),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "17 templates in one request (ensemble members included)",
+        "limit is 16",
+    )
+    at_limit = await stub.Score(
+        scorer_pb2.ScoreRequest(
+            task_id="shapes",
+            templates=["{}"],
+            ensembles=[scorer_pb2.TemplateEnsemble(templates=[f"{i} {{}}" for i in range(15)])],
+        )
+    )
     assert at_limit.results[0].total == 8 and at_limit.ensemble_results[0].total == 8
-    only_ensembles = await stub.Score(scorer_pb2.ScoreRequest(
-        task_id="shapes", ensembles=[scorer_pb2.TemplateEnsemble(templates=["{}", "a {}"])]))
+    only_ensembles = await stub.Score(
+        scorer_pb2.ScoreRequest(task_id="shapes", ensembles=[scorer_pb2.TemplateEnsemble(templates=["{}", "a {}"])])
+    )
     assert not only_ensembles.results and only_ensembles.ensemble_results[0].total == 8
 
 
@@ -106,8 +124,13 @@ async def test_ensemble_is_one_evaluation_of_the_budget_on_a_coop_task(base_conf
     entry = {"name": "team", "token": "t-secret", "rights": ["score"], "evaluation_budget": 3}
     tokens.write_text(json.dumps({"tokens": [entry]}))
     coop = write_coop_dataset(tmp_path / "dtd", "dtd")
-    config = replace(base_config, tokens_file=str(tokens), state_dir=tmp_path / "state",
-                     tasks=(TaskSource("dtd", coop, "dtd"),), shots=1)
+    config = replace(
+        base_config,
+        tokens_file=str(tokens),
+        state_dir=tmp_path / "state",
+        tasks=(TaskSource("dtd", coop, "dtd"),),
+        shots=1,
+    )
     app = ScorerApp(config)
     port = await app.start()
     team = (("authorization", "Bearer t-secret"),)
@@ -116,15 +139,25 @@ async def test_ensemble_is_one_evaluation_of_the_budget_on_a_coop_task(base_conf
             stub = scorer_pb2_grpc.ScorerStub(channel)
             (task,) = (await stub.ListTasks(scorer_pb2.ListTasksRequest(), metadata=team)).tasks
             assert list(task.class_names) == ["red apple", "green leaf", "blue sky", "black cat"]
-            reply = await stub.Score(scorer_pb2.ScoreRequest(task_id="dtd", templates=["{}"], ensembles=[
-                scorer_pb2.TemplateEnsemble(templates=["a {}", "the {}", "my {}"]),
-                scorer_pb2.TemplateEnsemble(templates=["x {}", "y {}"]),
-            ]), metadata=team)
+            reply = await stub.Score(
+                scorer_pb2.ScoreRequest(
+                    task_id="dtd",
+                    templates=["{}"],
+                    ensembles=[
+                        scorer_pb2.TemplateEnsemble(templates=["a {}", "the {}", "my {}"]),
+                        scorer_pb2.TemplateEnsemble(templates=["x {}", "y {}"]),
+                    ],
+                ),
+                metadata=team,
+            )
             assert [r.total for r in reply.ensemble_results] == [4, 4]
             await expect_status(
-                stub.Score(scorer_pb2.ScoreRequest(task_id="dtd",
-                                                   ensembles=[scorer_pb2.TemplateEnsemble(templates=["{}"])]),
-                           metadata=team),
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "3 of 3 templates used, this request needs 1")
+                stub.Score(
+                    scorer_pb2.ScoreRequest(task_id="dtd", ensembles=[scorer_pb2.TemplateEnsemble(templates=["{}"])]),
+                    metadata=team,
+                ),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "3 of 3 templates used, this request needs 1",
+            )
     finally:
         await app.stop()

@@ -117,15 +117,29 @@ async def watch_a_big_call_then_cancel_it(channel) -> Observed:
             await asyncio.sleep(0.01)
     later_request = scorer_pb2.ScoreRequest(task_id="shapes", templates=["a later photo of a {}."])
     later = await stub.Score(later_request, timeout=900)
-    return Observed(fresh, later, big_pending, probes, watched_seconds, abandoned_prompts() - abandoned_before,
-                    prompts_encoded() - encoded_before)
+    return Observed(
+        fresh,
+        later,
+        big_pending,
+        probes,
+        watched_seconds,
+        abandoned_prompts() - abandoned_before,
+        prompts_encoded() - encoded_before,
+    )
 
 
-async def test_calls_beside_a_big_request_answer_and_cancelling_it_drops_its_work(base_config, many_classes_dir,
-                                                                                    tmp_path):
-    config = replace(base_config, tasks=(*base_config.tasks, TaskSource("many", many_classes_dir)), shots=1,
-                     max_templates_per_request=BIG_TEMPLATES, max_queued_prompts=BIG_TEMPLATES * BIG_CLASSES,
-                     cache_dir=tmp_path / "features", state_dir=tmp_path / "state")
+async def test_calls_beside_a_big_request_answer_and_cancelling_it_drops_its_work(
+    base_config, many_classes_dir, tmp_path
+):
+    config = replace(
+        base_config,
+        tasks=(*base_config.tasks, TaskSource("many", many_classes_dir)),
+        shots=1,
+        max_templates_per_request=BIG_TEMPLATES,
+        max_queued_prompts=BIG_TEMPLATES * BIG_CLASSES,
+        cache_dir=tmp_path / "features",
+        state_dir=tmp_path / "state",
+    )
     seen = None
     async for _, channel in serve_scorer(config):
         seen = await watch_a_big_call_then_cancel_it(channel)

@@ -15,13 +15,19 @@ def refusal(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     return capsys.readouterr().err
 
 
-MALFORMED = [("SCORER_SHOTS", "three"), ("SCORER_TEST_FRACTION", "half"), ("SCORER_MAX_CONCURRENT_RPCS", "lots"),
-             ("SCORER_GRACE_SECONDS", "30s"), ("SCORER_METRICS_PORT", "9101.5")]
+MALFORMED = [
+    ("SCORER_SHOTS", "three"),
+    ("SCORER_TEST_FRACTION", "half"),
+    ("SCORER_MAX_CONCURRENT_RPCS", "lots"),
+    ("SCORER_GRACE_SECONDS", "30s"),
+    ("SCORER_METRICS_PORT", "9101.5"),
+]
 
 
 @pytest.mark.parametrize(("variable", "value"), MALFORMED)
-def test_a_malformed_number_in_the_environment_is_refused_naming_its_variable(monkeypatch, capsys, tmp_path, variable,
-                                                                              value):
+def test_a_malformed_number_in_the_environment_is_refused_naming_its_variable(
+    monkeypatch, capsys, tmp_path, variable, value
+):
     monkeypatch.setenv(variable, value)
     said = refusal(capsys, ["--task", f"a={tmp_path}"])
     assert f"${variable}={value!r}" in said

@@ -25,17 +25,40 @@ EXAMPLES = int(os.environ.get("PROMPTCLIMB_FUZZ_EXAMPLES", "100"))
 TOKENS = {"client": "fuzz-client-token-0123456789", "admin": "fuzz-admin-token-9876543210"}
 MAX_TEMPLATES = 16
 DOCUMENTED = {
-    grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 ATTACKS = [
-    "{:>999999999}{}", "{0.__class__.__init__.__globals__}{}", "{}{}{}", "{" * 64, "}{}", "{{}}", "{!r}", "{0}",
-    "%s %d {}", "\x00{}", "\u202e{}", "{}" + "\u0301" * 500, "a photo of a {}.", "{}", "",
+    "{:>999999999}{}",
+    "{0.__class__.__init__.__globals__}{}",
+    "{}{}{}",
+    "{" * 64,
+    "}{}",
+    "{{}}",
+    "{!r}",
+    "{0}",
+    "%s %d {}",
+    "\x00{}",
+    "\u202e{}",
+    "{}" + "\u0301" * 500,
+    "a photo of a {}.",
+    "{}",
+    "",
 ]
-metadata = st.sampled_from([
-    (), (("authorization", f"Bearer {TOKENS['client']}"),), (("authorization", f"Bearer {TOKENS['admin']}"),),
-    (("authorization", "Bearer wrong"),), (("authorization", TOKENS["client"]),), (("authorization", "Bearer "),),
-])
+metadata = st.sampled_from(
+    [
+        (),
+        (("authorization", f"Bearer {TOKENS['client']}"),),
+        (("authorization", f"Bearer {TOKENS['admin']}"),),
+        (("authorization", "Bearer wrong"),),
+        (("authorization", TOKENS["client"]),),
+        (("authorization", "Bearer "),),
+    ]
+)
 template = st.one_of(
     st.sampled_from(ATTACKS),
     st.text(max_size=60).map(lambda t: t + "{}"),
@@ -49,14 +72,31 @@ template = st.one_of(
 def fuzz_scorer(tiny_clip_dir, image_task_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("fuzz")
     tokens = work / "tokens.json"
-    tokens.write_text(json.dumps({"tokens": [
-        {"name": "client", "token": TOKENS["client"], "rights": ["score"]},
-        {"name": "admin", "token": TOKENS["admin"], "rights": ["score", "test"]},
-    ]}))
+    tokens.write_text(
+        json.dumps(
+            {
+                "tokens": [
+                    {"name": "client", "token": TOKENS["client"], "rights": ["score"]},
+                    {"name": "admin", "token": TOKENS["admin"], "rights": ["score", "test"]},
+                ]
+            }
+        )
+    )
     log_path = work / "scorer.log"
-    process, address = start_scorer(tiny_clip_dir, {"shapes": image_task_dir}, work / "cache", log_path,
-                                     "--tokens-file", str(tokens), "--max-templates-per-request", str(MAX_TEMPLATES),
-                                     "--max-message-bytes", "65536", "--log-level", "DEBUG")
+    process, address = start_scorer(
+        tiny_clip_dir,
+        {"shapes": image_task_dir},
+        work / "cache",
+        log_path,
+        "--tokens-file",
+        str(tokens),
+        "--max-templates-per-request",
+        str(MAX_TEMPLATES),
+        "--max-message-bytes",
+        "65536",
+        "--log-level",
+        "DEBUG",
+    )
     channel = grpc.insecure_channel(address)
     yield scorer_pb2_grpc.ScorerStub(channel), channel
     healthy = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)  # type: ignore[attr-defined]  # typeshed's HealthStub declares no methods
@@ -76,8 +116,11 @@ def call(rpc, request, md):
         return err.code(), None
 
 
-@settings(max_examples=EXAMPLES, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(
     task_id=st.one_of(st.sampled_from(["shapes", "", "nope", "SHAPES", "shapes\x00"]), st.text(max_size=300)),
     templates=st.lists(template, max_size=MAX_TEMPLATES + 4),
@@ -99,8 +142,9 @@ def test_score_answers_only_documented_statuses(fuzz_scorer, task_id, templates,
         assert split == 2
 
 
-@settings(max_examples=max(10, EXAMPLES // 10), deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=max(10, EXAMPLES // 10), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(md=metadata)
 def test_list_tasks_answers_only_documented_statuses(fuzz_scorer, md):
     stub, _ = fuzz_scorer

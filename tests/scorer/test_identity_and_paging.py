@@ -34,15 +34,19 @@ async def test_a_pinned_digest_scores_only_on_that_model(open_scorer):
     pinned = await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["a {}"], model_digest=digest))
     assert pinned.results[0].total == 8 and pinned.model_digest == digest
     other = "f" * 32
-    await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["a {}"], model_digest=other)),
-                        grpc.StatusCode.FAILED_PRECONDITION, f"model_digest {other} was pinned",
-                        f"this server scores with model_digest {digest}")
+    await expect_status(
+        stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["a {}"], model_digest=other)),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        f"model_digest {other} was pinned",
+        f"this server scores with model_digest {digest}",
+    )
 
 
 async def test_get_task_names_the_known_tasks_when_it_has_none_by_that_id(open_scorer):
     _, stub, _ = open_scorer
-    await expect_status(stub.GetTask(scorer_pb2.GetTaskRequest(task_id="nope")), grpc.StatusCode.NOT_FOUND, "'nope'",
-                        "shapes")
+    await expect_status(
+        stub.GetTask(scorer_pb2.GetTaskRequest(task_id="nope")), grpc.StatusCode.NOT_FOUND, "'nope'", "shapes"
+    )
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -70,7 +74,11 @@ async def test_list_tasks_pages_by_task_id(three_task_scorer):
 
 async def test_list_tasks_refuses_a_bad_page_request(three_task_scorer):
     stub = three_task_scorer
-    await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest(page_size=-1)), grpc.StatusCode.INVALID_ARGUMENT,
-                        "page_size")
-    await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest(page_token="not-a-token")),
-                        grpc.StatusCode.INVALID_ARGUMENT, "page_token is not one this service issued")
+    await expect_status(
+        stub.ListTasks(scorer_pb2.ListTasksRequest(page_size=-1)), grpc.StatusCode.INVALID_ARGUMENT, "page_size"
+    )
+    await expect_status(
+        stub.ListTasks(scorer_pb2.ListTasksRequest(page_token="not-a-token")),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "page_token is not one this service issued",
+    )

@@ -60,18 +60,27 @@ async def test_health_and_reflection_are_served(open_scorer):
 
 async def test_request_level_errors(open_scorer):
     _, stub, _ = open_scorer
-    await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="nope", templates=["{}"])),
-                        grpc.StatusCode.NOT_FOUND, "'nope'", "shapes")
-    await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes")), grpc.StatusCode.INVALID_ARGUMENT,
-                        "no templates")
+    await expect_status(
+        stub.Score(scorer_pb2.ScoreRequest(task_id="nope", templates=["{}"])),
+        grpc.StatusCode.NOT_FOUND,
+        "'nope'",
+        "shapes",
+    )
+    await expect_status(
+        stub.Score(scorer_pb2.ScoreRequest(task_id="shapes")), grpc.StatusCode.INVALID_ARGUMENT, "no templates"
+    )
     seventeen = scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"{i} {{}}" for i in range(17)])
-    await expect_status(stub.Score(seventeen),
-                        grpc.StatusCode.INVALID_ARGUMENT, "17 templates", "limit is 16")
-    await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"], split=7)),  # type: ignore[arg-type]  # no such split, on purpose
-                        grpc.StatusCode.INVALID_ARGUMENT, "unknown split 7")
+    await expect_status(stub.Score(seventeen), grpc.StatusCode.INVALID_ARGUMENT, "17 templates", "limit is 16")
+    await expect_status(
+        stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"], split=7)),  # type: ignore[arg-type]  # no such split, on purpose
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "unknown split 7",
+    )
     # over the message size limit: refused by gRPC before it reaches the servicer
-    await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["x" * 300_000 + "{}"])),
-                        grpc.StatusCode.RESOURCE_EXHAUSTED)
+    await expect_status(
+        stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["x" * 300_000 + "{}"])),
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )
     reply = await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"]))  # still serving
     assert reply.results[0].total == 8
 
@@ -112,8 +121,9 @@ async def test_auth_required_when_tokens_configured(locked_scorer):
     _, stub, channel = locked_scorer
     request = scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"])
     await expect_status(stub.Score(request), grpc.StatusCode.UNAUTHENTICATED, "authorization: Bearer")
-    await expect_status(stub.Score(request, metadata=(("authorization", "Bearer wrong"),)),
-                        grpc.StatusCode.UNAUTHENTICATED)
+    await expect_status(
+        stub.Score(request, metadata=(("authorization", "Bearer wrong"),)), grpc.StatusCode.UNAUTHENTICATED
+    )
     await expect_status(stub.ListTasks(scorer_pb2.ListTasksRequest()), grpc.StatusCode.UNAUTHENTICATED)
     reply = await stub.Score(request, metadata=bearer("client"))
     assert reply.results[0].total == 8
@@ -126,8 +136,9 @@ async def test_test_split_needs_the_test_right(open_scorer, locked_scorer):
     _, open_stub, _ = open_scorer
     await expect_status(open_stub.Score(test_request), grpc.StatusCode.PERMISSION_DENIED, "'test' right")
     _, stub, _ = locked_scorer
-    await expect_status(stub.Score(test_request, metadata=bearer("client")), grpc.StatusCode.PERMISSION_DENIED,
-                        "'client'")
+    await expect_status(
+        stub.Score(test_request, metadata=bearer("client")), grpc.StatusCode.PERMISSION_DENIED, "'client'"
+    )
     reply = await stub.Score(test_request, metadata=bearer("admin"))
     assert reply.results[0].total == 12
 
@@ -162,8 +173,10 @@ async def test_concurrent_calls_share_encoder_batches(open_scorer):
     _, stub, _ = open_scorer
     batches = sample("scorer_batch_requests_count")
     merged = sample("scorer_batch_requests_sum")
-    calls = [stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"fresh concurrent {i} {{}}"]))
-             for i in range(8)]
+    calls = [
+        stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"fresh concurrent {i} {{}}"]))
+        for i in range(8)
+    ]
     replies = await asyncio.gather(*calls)
     assert all(r.results[0].total == 8 for r in replies)
     new_batches = sample("scorer_batch_requests_count") - batches
@@ -174,8 +187,10 @@ async def test_concurrent_calls_share_encoder_batches(open_scorer):
 async def test_on_cpu_calls_merge_only_up_to_one_encoder_chunk(open_scorer):
     _, stub, _ = open_scorer
     batches, prompts = sample("scorer_batch_requests_count"), sample("scorer_batch_prompts_sum")
-    calls = [stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"chunk {i} {j} {{}}" for j in range(16)]))
-             for i in range(8)]  # 8 calls x 16 templates x 4 classes = 2 chunks of prompts
+    calls = [
+        stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"chunk {i} {j} {{}}" for j in range(16)]))
+        for i in range(8)
+    ]  # 8 calls x 16 templates x 4 classes = 2 chunks of prompts
     await asyncio.gather(*calls)
     assert sample("scorer_batch_prompts_sum") - prompts == 8 * 16 * 4
     assert 2 <= sample("scorer_batch_requests_count") - batches < 8
@@ -184,10 +199,12 @@ async def test_on_cpu_calls_merge_only_up_to_one_encoder_chunk(open_scorer):
 async def test_a_message_that_is_not_valid_protobuf_is_invalid_argument(open_scorer):
     _, stub, channel = open_scorer
     # field 2 (templates) holding bytes that are not UTF-8: a client's bug, not the server's
-    raw = channel.unary_unary("/promptclimb.scorer.v1.Scorer/Score", request_serializer=None,
-                              response_deserializer=None)
-    details = await expect_status(raw(b"\x12\x03\xff\xfe{"), grpc.StatusCode.INVALID_ARGUMENT,
-                                  "not a valid Score message")
+    raw = channel.unary_unary(
+        "/promptclimb.scorer.v1.Scorer/Score", request_serializer=None, response_deserializer=None
+    )
+    details = await expect_status(
+        raw(b"\x12\x03\xff\xfe{"), grpc.StatusCode.INVALID_ARGUMENT, "not a valid Score message"
+    )
     assert "request id" not in details
     reply = await stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"]))
     assert reply.results[0].total == 8
@@ -203,8 +220,10 @@ async def test_calls_beyond_the_concurrency_bound_are_refused_not_queued(base_co
             bound_one = scorer_pb2.ScoreRequest(task_id="shapes", templates=["bound one {}"])
             first = asyncio.ensure_future(stub.Score(bound_one))
             await await_until(lambda: sample("scorer_queued_prompts"), 10, "the first call waiting for the encoder")
-            await expect_status(stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["bound two {}"])),
-                                grpc.StatusCode.RESOURCE_EXHAUSTED)
+            await expect_status(
+                stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["bound two {}"])),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
             assert (await first).results[0].total == 8
     finally:
         await app.stop()

@@ -33,16 +33,37 @@ def replicas(tiny_clip_dir, image_task_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("shared-quota")
     redis_process, url = start_redis(root / "redis")
     tokens = root / "tokens.json"
-    tokens.write_text(json.dumps({"tokens": [
-        {"name": "shared", "token": "shared-secret", "rights": ["score"], "evaluation_budget": BUDGET},
-        {"name": "paced", "token": "paced-secret", "rights": ["score"], "requests_per_second": RATE, "burst": BURST},
-    ]}))
+    tokens.write_text(
+        json.dumps(
+            {
+                "tokens": [
+                    {"name": "shared", "token": "shared-secret", "rights": ["score"], "evaluation_budget": BUDGET},
+                    {
+                        "name": "paced",
+                        "token": "paced-secret",
+                        "rights": ["score"],
+                        "requests_per_second": RATE,
+                        "burst": BURST,
+                    },
+                ]
+            }
+        )
+    )
     started = []
     try:
         for index in range(REPLICAS):
-            started.append(start_scorer(tiny_clip_dir, {"shapes": image_task_dir}, root / f"cache-{index}",
-                                        root / f"scorer-{index}.log", "--tokens-file", str(tokens),
-                                        "--quota-store", url))
+            started.append(
+                start_scorer(
+                    tiny_clip_dir,
+                    {"shapes": image_task_dir},
+                    root / f"cache-{index}",
+                    root / f"scorer-{index}.log",
+                    "--tokens-file",
+                    str(tokens),
+                    "--quota-store",
+                    url,
+                )
+            )
         yield [address for _, address in started]
     finally:
         for process, _ in started:
@@ -74,8 +95,13 @@ async def test_many_clients_on_two_replicas_never_spend_more_than_the_budget(rep
             await channel.close()
     assert scored == BUDGET  # every evaluation of the budget was used, and not one more
     assert refusals == ["EVALUATION_BUDGET_SPENT"] * CLIENTS
-    figures = {"replicas": REPLICAS, "clients": CLIENTS, "budget": BUDGET, "scored": scored,
-               "over_spend": scored - BUDGET}
+    figures = {
+        "replicas": REPLICAS,
+        "clients": CLIENTS,
+        "budget": BUDGET,
+        "scored": scored,
+        "over_spend": scored - BUDGET,
+    }
     if os.environ.get("PROMPTCLIMB_QUOTA_FIGURES"):
         Path(os.environ["PROMPTCLIMB_QUOTA_FIGURES"]).write_text(json.dumps(figures))
 
@@ -90,8 +116,9 @@ async def test_a_token_rate_holds_across_both_replicas(replicas):
         call = 0
         while time.monotonic() < deadline:
             try:
-                await stubs[call % REPLICAS].Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"]),
-                                                   metadata=PACED, timeout=30)
+                await stubs[call % REPLICAS].Score(
+                    scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"]), metadata=PACED, timeout=30
+                )
                 admitted += 1
             except grpc.aio.AioRpcError as err:
                 details = details_of(err)

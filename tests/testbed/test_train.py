@@ -18,8 +18,17 @@ from testbed.fashion_mnist import DEBIAN_DIR, load_split
 from testbed.train import CARD, RECIPE_FILE, RECIPES, Tower, ensure_model, image_processor, pixels
 
 # A recipe small enough for the suite: the real ones differ only in size.
-SMALL = dataclasses.replace(RECIPES["fmnist-vit-p7"], name="small", vision=Tower(32, 1, 2), text=Tower(32, 1, 2),
-                            projection_dim=16, train_images=512, epochs=1, batch_size=128, warmup_steps=1)
+SMALL = dataclasses.replace(
+    RECIPES["fmnist-vit-p7"],
+    name="small",
+    vision=Tower(32, 1, 2),
+    text=Tower(32, 1, 2),
+    projection_dim=16,
+    train_images=512,
+    epochs=1,
+    batch_size=128,
+    warmup_steps=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +41,9 @@ def test_training_is_deterministic_by_seed(small_model, tmp_path):
     first, second = load_file(small_model / "model.safetensors"), load_file(again / "model.safetensors")
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     other_seed = ensure_model(recipe=dataclasses.replace(SMALL, seed=7), models_dir=tmp_path)
-    assert not torch.equal(load_file(other_seed / "model.safetensors")["logit_scale"] * 0 + 1, torch.tensor(0.0)) and \
-        not all(torch.equal(first[k], load_file(other_seed / "model.safetensors")[k]) for k in first)
+    assert not torch.equal(
+        load_file(other_seed / "model.safetensors")["logit_scale"] * 0 + 1, torch.tensor(0.0)
+    ) and not all(torch.equal(first[k], load_file(other_seed / "model.safetensors")[k]) for k in first)
 
 
 def test_a_trained_model_is_cached_under_its_recipe_hash(small_model):
@@ -67,7 +77,9 @@ def test_captions_are_deterministic_and_use_the_official_name_only_sometimes():
     words = captions.AttributeWords.fit(measured).words(measured)
     first = captions.captions(labels[:2000], words, seed=3)
     assert first == captions.captions(labels[:2000], words, seed=3) != captions.captions(labels[:2000], words, seed=4)
-    official = [text for text, label in zip(first, labels[:2000], strict=True) if captions.CLASS_NAMES[label][0] in text]
+    official = [
+        text for text, label in zip(first, labels[:2000], strict=True) if captions.CLASS_NAMES[label][0] in text
+    ]
     assert 0.05 < len(official) / len(first) < 0.4
     bare = [text for text in first if text in {n for names in captions.CLASS_NAMES for n in names}]
     assert len(bare) / len(first) < 0.05

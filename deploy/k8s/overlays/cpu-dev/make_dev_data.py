@@ -13,8 +13,12 @@ from pathlib import Path
 
 from PIL import Image
 
-CLASSES = {"red square": (200, 30, 30), "green leaf": (30, 170, 40), "blue sky": (40, 90, 210),
-           "black cat": (20, 20, 20)}
+CLASSES = {
+    "red square": (200, 30, 30),
+    "green leaf": (30, 170, 40),
+    "blue sky": (40, 90, 210),
+    "black cat": (20, 20, 20),
+}
 
 
 def main(root: Path, per_split: int = 4, size: int = 48) -> None:
@@ -25,9 +29,7 @@ def main(root: Path, per_split: int = 4, size: int = 48) -> None:
             folder.mkdir(parents=True, exist_ok=True)
             for index in range(per_split):
                 pixels = bytes(
-                    max(0, min(255, base + rng.randrange(-40, 41)))
-                    for _ in range(size * size)
-                    for base in (r, g, b)
+                    max(0, min(255, base + rng.randrange(-40, 41))) for _ in range(size * size) for base in (r, g, b)
                 )
                 Image.frombytes("RGB", (size, size), pixels).save(folder / f"{index:03d}.png")
     print(f"wrote {len(CLASSES)} classes to {root}")
