@@ -20,14 +20,15 @@ from promptclimb_common.templates import PLACEHOLDER, template_problem
 
 _THINKING = re.compile(r"<think>.*?(</think>|\Z)", re.DOTALL | re.IGNORECASE)
 _FENCE = re.compile(r"^\s*```")
+# One or more markers: models nest them ("1. - a photo of a {}").
 _LIST_MARKER = re.compile(
-    r"""^\s*(?:
+    r"""^\s*(?:(?:
         [-*+\u2022\u00b7\u2013\u2014>]+          # - * + bullet, middle dot, dashes, quote marker
       | \(?\d{1,3}\s*[.):\]](?!\d)               # 1.  1)  (1)  1:  1]  (not 2.5)
       | \(?[a-z][)\]]                             # a)  (b)
       | \#{1,6}                                  # markdown heading
       | (?:template|prompt|option|candidate)\s*\#?\s*\d{0,3}\s*[:.)-]  # Template 2:
-    )\s*""",
+    )\s*)+""",
     re.IGNORECASE | re.VERBOSE,
 )
 _EMPHASIS = re.compile(r"(\*\*|__|`)")

@@ -147,3 +147,13 @@ def test_numbers_inside_templates_survive_and_copied_scores_do_not():
         "a {} at 10.5 m",
         "a {}",
     ]
+
+
+def test_stacked_list_markers_are_all_stripped():
+    """A numbered list of bullets ("1. - ...") was kept as "- ..." and once won a benchmark run."""
+    reply = "1. - A photo of a {} on a shelf\n2) * a {} in the studio\nTemplate 3: - a 3D render of a {}"
+    assert parse_templates(reply, CLASSES).templates == [
+        "A photo of a {} on a shelf",
+        "a {} in the studio",
+        "a 3D render of a {}",
+    ]
