@@ -212,7 +212,7 @@ async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_
         run_id=run_id,
         state=pb.RunState.Name(run.state),
         stop_reason=run.stop_reason,
-        best=run.best[0].template if run.best else None,
+        selected=run.selected.template if run.HasField("selected") else None,
         out=str(out),
     )
     return 0 if run.state == pb.RUN_STATE_SUCCEEDED else 1
@@ -290,6 +290,7 @@ def write_report(
         "run_id": run.run_id,
         "state": pb.RunState.Name(run.state),
         "stop_reason": run.stop_reason,
+        "answer": MessageToDict(run.selected, preserving_proto_field_name=True) if run.HasField("selected") else None,
         "best": [MessageToDict(b, preserving_proto_field_name=True) for b in run.best],
         "ensemble": MessageToDict(run.ensemble, preserving_proto_field_name=True) if run.HasField("ensemble") else None,
         "model_digest": run.model_digest,
