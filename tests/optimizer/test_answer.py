@@ -3,9 +3,6 @@ split the climb never saw; through the service on loopback with a real scorer th
 
 from __future__ import annotations
 
-import json
-import signal
-
 import pytest
 import pytest_asyncio
 
@@ -18,8 +15,7 @@ from optimizer_service.spec import RunSettings
 from optimizer_service.store import Store
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from tests.fixtures import write_image_folder
-from tests.optimizer.conftest import SCORER_TOKENS, TASK, ScorerEndpoint, open_optimizer
-from tests.procs import start_scorer, stop_process
+from tests.optimizer.conftest import open_optimizer, scorer_with_tokens
 
 
 async def test_a_client_ranks_the_runs_events_as_the_run_does_even_on_a_tie(tmp_path):
@@ -60,24 +56,8 @@ def val_scorer(tiny_clip_dir, tmp_path_factory):
     """A scorer whose task has a val split: 6 train images per class, 2 shots for train and 2 for val."""
     root = tmp_path_factory.mktemp("val-scorer")
     images = write_image_folder(root / "images", per_class=12)
-    tokens = root / "tokens.json"
-    tokens.write_text(
-        json.dumps({"tokens": [{"name": n, "token": t, "rights": r} for n, (t, r) in SCORER_TOKENS.items()]})
-    )
-    process, address = start_scorer(
-        tiny_clip_dir,
-        {TASK: images},
-        root / "cache",
-        root / "scorer.log",
-        "--shots",
-        "2",
-        "--val-shots",
-        "2",
-        "--tokens-file",
-        str(tokens),
-    )
-    yield ScorerEndpoint(address)
-    stop_process(process, signal.SIGTERM)
+    with scorer_with_tokens(tiny_clip_dir, images, root, "--shots", "2", "--val-shots", "2") as endpoint:
+        yield endpoint
 
 
 @pytest_asyncio.fixture

@@ -16,7 +16,6 @@ DESCRIPTION = "noisy coloured squares, one per class"
 SCORED = re.compile(r"^- (.+?) \(accuracy ([\d.]+)%\)$", re.MULTILINE)
 
 
-
 @pytest.mark.parametrize(
     ("strategy", "extra"),
     [
