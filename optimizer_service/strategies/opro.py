@@ -33,7 +33,12 @@ class Opro(Strategy):
                     if not self.climb.done(restart, reset, i)
                 ]
                 messages = self.messages(restart)  # one trajectory for every sample of the step
-                await asyncio.gather(*(self.climb.propose(restart, reset, i, messages, messages) for i in left))
+                outcomes = await asyncio.gather(
+                    *(self.climb.propose(restart, reset, i, messages, messages) for i in left), return_exceptions=True
+                )
+                for outcome in outcomes:  # a budget or a failure stops the climb once the step's other samples landed
+                    if isinstance(outcome, BaseException):
+                        raise outcome
 
     async def step(self, restart: int, reset: int, iteration: int) -> None:
         messages = self.messages(restart)

@@ -59,6 +59,16 @@ async def test_opro_shows_an_ascending_trajectory_and_samples_each_step_independ
     assert calls[0].last_user_message != calls[3].last_user_message  # the second step saw the first's finds
 
 
+async def test_opro_stops_at_the_llm_budget_with_every_sample_in_flight_landed(optimizer):
+    run, _ = await optimizer.run_to_end(
+        strategy="opro", restarts=1, resets=1, iterations=6, samples_per_step=3, max_llm_calls=5, ensemble_size=1
+    )
+    assert (run.state, run.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "max_llm_calls")
+    assert run.counters.llm_calls == 5 == run.counters.iterations_done == len(optimizer.llm.seen)
+    steps = optimizer.store.steps(run.run_id)
+    assert sorted(key[2] for key in steps) == [0, 1, 2, 3, 4]  # every sample asked was committed
+
+
 async def test_edit_asks_for_one_named_change_of_good_templates_or_their_combination(optimizer):
     run, _ = await optimizer.run_to_end(strategy="edit", restarts=1, resets=2, iterations=6, top_k=3, ensemble_size=1)
     assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
