@@ -322,7 +322,7 @@ class RunManager:
                 out.val_accuracy = val[candidate.sequence]
             return out
 
-        choice = answer.selected(pool.best(max(n, len(val))), val)
+        choice = answer.selected(pool.best(len(pool)), val)
         return [scored(c) for c in pool.best(n)], scored(choice) if choice else None
 
     def _ensemble(self, run_id: str, with_test: bool) -> pb.ScoredEnsemble | None:
