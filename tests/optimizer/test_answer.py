@@ -75,6 +75,7 @@ async def test_the_answer_is_selected_on_val_among_the_best_by_train(val_optimiz
     ranked = Pool(stored.candidates(run.run_id)).best(5)
     assert set(val) == {c.sequence for c in ranked}  # exactly the 5 best by train rank were scored on val
     choice = selected(ranked, val)
+    assert choice is not None
     assert run.selected.template == choice.template
     assert run.selected.val_accuracy == val[choice.sequence]
     assert run.selected.HasField("test_accuracy")  # the owner and the caller have the test right
