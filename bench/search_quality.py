@@ -249,15 +249,21 @@ def held_by_llm_call(trajectory: list[dict]) -> list[tuple[int, str, float]]:
     return out
 
 
-def run_answers(result: dict) -> dict[str, str]:
-    """The run's selections by the split they were made on, read from its result, never re-ranked here.
+def run_answers(result: dict, train_ranked_first: str) -> dict[str, str]:
+    """The run's selections by the split they were made on, read from its result, never re-chosen here.
 
-    `train` is the run's answer of today's result.json (`best[0]`). A run that selects on a val split
-    reports its selections as `"selections": {"val": template, "train": template}`, and `val` is then its
-    answer."""
-    selections = dict(result.get("selections") or {})
-    selections.setdefault("train", result["best"][0]["template"])
-    return selections
+    The run's answer is `result["answer"]` (the Run's `selected`, where result.json reports it) else `best[0]`.
+    An answer carrying a `val_accuracy` was selected on val; the train selection beside it is then the pool's
+    first by train rank (`train_ranked_first`, the optimizer's own rule replayed). Without val the two must agree.
+    """
+    answer = result.get("answer") or result["best"][0]
+    if "val_accuracy" in answer:
+        return {"val": answer["template"], "train": train_ranked_first}
+    if answer["template"] != train_ranked_first:
+        raise RuntimeError(
+            f"the optimizer's rule replayed gives {train_ranked_first!r}, the run answered {answer['template']!r}"
+        )
+    return {"train": answer["template"]}
 
 
 def grade(result: dict, scorer: Scorer) -> dict:
@@ -265,11 +271,7 @@ def grade(result: dict, scorer: Scorer) -> dict:
     trajectory = result["trajectory"]
     curve = held_by_llm_call(trajectory)
     pool = held_by_llm_call([r for r in trajectory if not r["llm_call"]])
-    answers = run_answers(result)
-    if curve[-1][1] != answers["train"]:
-        raise RuntimeError(
-            f"the optimizer's rule replayed gives {curve[-1][1]!r}, the run answered {answers['train']!r}"
-        )
+    answers = run_answers(result, curve[-1][1])
     scored = list(dict.fromkeys(r["template"] for r in trajectory))
     train = {r["template"]: r["train_accuracy"] for r in trajectory}
     test = scorer.templates(scored, "test")
@@ -306,9 +308,10 @@ def white_box(model_dir: Path, data: Path, shots: int, seed: int, class_names: l
     whitebox = importlib.import_module("testbed.whitebox")  # the testbed's, imported only when asked for
 
     sample = build_task(TASK, load_image_folder(data), shots, seed).splits["train"]
+    # testbed.whitebox answers in percent; the benchmark keeps fractions, as the scorer answers.
     return {
-        "linear probe (white box, same shots)": whitebox.linear_probe_accuracy(model_dir, sample),
-        "CoOp (white box, same shots)": whitebox.coop_accuracy(model_dir, sample, class_names),
+        "linear probe (white box, same shots)": whitebox.linear_probe_accuracy(model_dir, sample) / 100,
+        "CoOp (white box, same shots)": whitebox.coop_accuracy(model_dir, sample, class_names) / 100,
     }
 
 

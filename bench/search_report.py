@@ -130,6 +130,8 @@ def build_tables(
     ]
     if target_card is not None:
         lines += _transfer_table(seeds, methods, graded, fixed, transfer, target_card)
+    else:
+        lines += ["", "Transfer: not measured (no second backbone of this world; see --transfer-to)."]
     return lines
 
 
@@ -142,7 +144,7 @@ def ceiling_table(card: dict[str, Any]) -> list[str]:
         "",
         "| ceiling | test acc. (%) |",
         "|---|---|",
-        *(f"| generic {name} | {value:.1f} |" for name, value in ceilings["generic"].items()),
+        *(f"| generic `{name.strip('`')}` | {value:.1f} |" for name, value in ceilings["generic"].items()),
         f"| best of {best['list_size']} generic templates (`{best['template']}`) | {best['accuracy']:.1f} |",
         *(
             f"| {len(step['cues'])} cue(s) {', '.join(step['cues']) or '-'}: `{step['template']}` | "

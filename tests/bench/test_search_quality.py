@@ -4,7 +4,6 @@ number is what a fresh Score call answers, and that a rerun resumes from the cel
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -22,7 +21,6 @@ RUN_METHODS = ["random", "authors", "pn-chat"]
 SEEDS = [1, 2]
 SHOTS = 2
 PLANTED = "a studio photo of a {}."
-HAS_WHITE_BOX = importlib.util.find_spec("testbed.whitebox") is not None
 pytestmark = pytest.mark.timeout(600)
 
 
@@ -75,7 +73,8 @@ def bench_run(tmp_path_factory, image_task_dir):
         "2",
         "--methods",
         *RUN_METHODS,
-        "--white-box" if HAS_WHITE_BOX else "--no-white-box",
+        # testbed.whitebox grades on the real Fashion-MNIST test split, which the tiny fixture world is not.
+        "--no-white-box",
         "--out",
         str(out),
     ]
@@ -107,12 +106,10 @@ def test_the_tables_have_every_row_and_column(bench_run):
     markdown = (out / "search_quality.md").read_text()
     assert "not CLIP" in markdown and f"{SHOTS}-shot" in markdown and MAIN_HEADER in markdown
     main, ceilings, ensembles, transfer = _tables(markdown)
-    white = ["linear probe (white box, same shots)", "CoOp (white box, same shots)"] if HAS_WHITE_BOX else []
     assert list(main) == [
         *search_quality.BASELINES,
         "best of the initial pool (train-selected)",
         *(METHODS[m].label for m in RUN_METHODS),
-        *white,
         f"planted optimum `{PLANTED}` (scored here)",
     ]
     assert all(len(cells) == 9 for cells in main.values())
@@ -147,7 +144,7 @@ def test_every_number_is_what_the_scorer_answers(bench_run):
                 scored = list(dict.fromkeys(r["template"] for r in result["trajectory"]))
                 test = scorer.templates(scored, "test")
                 train = scorer.templates(scored, "train")
-                assert cell["answer"] == result["best"][0]["template"]  # the run's own answer, read not re-ranked
+                assert cell["answer"] == (result.get("answer") or result["best"][0])["template"]  # read, not re-ranked
                 assert (cell["test"], cell["train"]) == (test[cell["answer"]], train[cell["answer"]])
                 assert cell["oracle_test"] == max(test.values()) == test[cell["oracle"]]
                 assert cell["pool_test"] == test[cell["pool_best"]]
