@@ -62,16 +62,18 @@ BASELINES = {
 SCORE_CHUNK = 128  # templates per Score call, under the scorer's max_templates_per_request
 # What a cell's numbers depend on besides the model, budget and method: the optimizer and the grading code.
 CODE = [Path("optimizer_service"), Path("bench/search_quality.py"), Path("bench/search_methods.py")]
+WHITE_BOX_CODE = [Path("testbed/whitebox.py"), Path("scorer_service/datasets.py")]  # what the white-box rows run
 
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def code_digest(root: Path = ROOT) -> str:
+def code_digest(entries: list[Path] = CODE, root: Path = ROOT) -> str:
+    """A hash of the sources some numbers depend on (a missing one hashes as its name)."""
     h = hashlib.sha256()
-    for entry in CODE:
+    for entry in entries:
         for path in sorted((root / entry).rglob("*.py")) if (root / entry).is_dir() else [root / entry]:
-            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+            h.update(str(path.relative_to(root)).encode() + b"\0" + (path.read_bytes() if path.is_file() else b""))
     return h.hexdigest()[:12]
 
 
@@ -422,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             with Scorer(model, data, seed, args.shots, work) as scorer:
                 scores = cached(
-                    work / models_key / f"shots{args.shots}-seed{seed}" / "fixed.json",
+                    work / models_key / common["code"] / f"shots{args.shots}-seed{seed}" / "fixed.json",
                     partial(fixed_scores, scorer, planted),
                 )
                 for name, values in scores.items():
@@ -439,7 +441,10 @@ def main(argv: list[str] | None = None) -> int:
                     progress.step(cell, fresh)
             if args.white_box:
                 box = cached(
-                    work / models_key / f"shots{args.shots}-seed{seed}" / "white_box.json",
+                    work
+                    / models_key
+                    / f"white-box-{code_digest(WHITE_BOX_CODE)}"
+                    / f"shots{args.shots}-seed{seed}.json",
                     partial(white_box, model, data, args.shots, seed, card["class_names"]),
                 )
                 for name, accuracy in box.items():
