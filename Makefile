@@ -92,9 +92,10 @@ bench: env demo-data
 	$(PY) -m bench.text_encoder
 	$(PY) -m bench.grpc_load
 
-# Search quality on the testbed CLIP (bench/search_quality.py): methods x few-shot seeds with the
-# embedded LLM, about 40 minutes on 2 cores; rerun to resume. BENCH_SEARCH_ARGS passes flags
-# (e.g. --llm-base-url https://api.openai.com/v1 --llm-model gpt-4o-mini).
+# Search quality on the testbed CLIP (bench/search_quality.py, docs/search-quality.md): 6 methods x 5 paired
+# few-shot seeds on the planted world with the embedded LLM, budgeted to about 45 minutes on 2 idle cores;
+# rerun to resume. BENCH_SEARCH_ARGS passes flags (e.g. --recipe catalog-p7 --seeds 1 2 3, or
+# --llm-base-url https://api.openai.com/v1 --llm-model gpt-4o-mini).
 bench-search: env llm-env demo-data
 	$(PY) -m bench.search_quality $(BENCH_SEARCH_ARGS)
 

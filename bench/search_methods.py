@@ -1,0 +1,80 @@
+"""The methods the search benchmark compares: each is a name and the RunSpec fields it sets.
+
+A method is a row of the benchmark. Its `overrides` are RunSpec fields (as the optimizer's `run`
+command spells them, `--field-name value`), laid over the benchmark's shared run shape
+(`Budget.shape`). A field set to None there drops the shared value, so a preset's own knobs decide
+(the authors' preset fixes its templates per call and iterations itself, and refuses a spec that
+contradicts them). Adding a method, e.g. a new search strategy (`{"strategy": "opro"}`) or a
+per-class stage, is one line in METHODS.
+
+`random` is the control: every method's paired difference is taken against it, so it always runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+CONTROL = "random"
+
+
+@dataclass(frozen=True)
+class Method:
+    label: str  # the row's name in every table
+    overrides: dict[str, str | None] = field(default_factory=dict)
+
+
+METHODS: dict[str, Method] = {
+    CONTROL: Method("random search (no feedback)", {"feedback": "none", "conversation": "stateless"}),
+    "authors": Method(
+        "authors' preset (paper's settings)",
+        # The preset fixes conversation, accuracies hidden, 1 template per call, top/bottom 3 and 10 iterations;
+        # its defaults (1 restart, 1 reset, a pool of 80) are kept too.
+        {
+            "preset": "authors",
+            "restarts": None,
+            "resets": None,
+            "iterations": None,
+            "templates_per_call": None,
+            "initial_pool_size": None,
+        },
+    ),
+    "p-stateless": Method("positive only, stateless", {"feedback": "positive_only", "conversation": "stateless"}),
+    "p-chat": Method("positive only, chat", {"feedback": "positive_only", "conversation": "chat"}),
+    "pn-stateless": Method(
+        "positive + negative, stateless", {"feedback": "positive_negative", "conversation": "stateless"}
+    ),
+    "pn-chat": Method("positive + negative, chat", {"feedback": "positive_negative", "conversation": "chat"}),
+    "opro": Method("OPRO: ascending trajectory, 4 samples per step", {"strategy": "opro"}),
+    "edit": Method("edit and crossover of good templates", {"strategy": "edit"}),
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The run shape every method shares, and the LLM-call cap no method may pass."""
+
+    llm_calls: int
+    restarts: int = 2
+    templates_per_call: int = 4
+    initial_pool_size: int = 20
+
+    @property
+    def shape(self) -> dict[str, str]:
+        return {
+            "restarts": str(self.restarts),
+            "resets": "1",
+            "iterations": str(max(1, self.llm_calls // self.restarts)),
+            "templates_per_call": str(self.templates_per_call),
+            "initial_pool_size": str(self.initial_pool_size),
+        }
+
+
+def run_fields(method: Method, budget: Budget) -> dict[str, str]:
+    """The RunSpec fields of one method's run: the shared shape, the method's overrides, the LLM-call cap."""
+    fields: dict[str, str | None] = {**budget.shape, **method.overrides, "max_llm_calls": str(budget.llm_calls)}
+    return {name: value for name, value in fields.items() if value is not None}
+
+
+def run_flags(fields: dict[str, str]) -> list[str]:
+    """RunSpec fields as the optimizer's `run` flags."""
+    return [part for name, value in fields.items() for part in (f"--{name.replace('_', '-')}", value)]
