@@ -34,7 +34,7 @@ from optimizer_service.pool import INITIAL, Pool
 from optimizer_service.scorer_client import ModelChanged, ScorerClient, ScorerError, ScorerUnavailable
 from optimizer_service.search import Counters, HillClimb, SearchFailed
 from optimizer_service.signals import Signal
-from optimizer_service.spec import RunLimits, RunSettings, SpecError
+from optimizer_service.spec import OwnerShares, RunLimits, RunSettings, SpecError
 from optimizer_service.store import RunRecord, Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.auth import Principal
@@ -61,7 +61,22 @@ class RunStateError(Exception):
 
 
 class TooManyRuns(Exception):
-    pass
+    """The queue of runs, or the caller's share of it, is full; `metadata` names the bound (ErrorInfo)."""
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.metadata = metadata
+
+
+class OwnerBudgetSpent(Exception):
+    """The caller's share of scored templates cannot cover the run; the message tells only the caller's own figures."""
+
+    def __init__(self, owner: str, used: int, share: int, wanted: int) -> None:
+        super().__init__(
+            f"your share of scored templates is spent: {used} of {share} are scored or reserved by your runs, and this "
+            f"run may score {wanted}; wait for a run to end, cancel one, or ask for a smaller max_scored_templates"
+        )
+        self.owner, self.used, self.share = owner, used, share
 
 
 class RequestIdReused(Exception):
@@ -88,11 +103,13 @@ class RunManager:
         max_active_runs: int,
         default_model: str,
         limits: RunLimits = RunLimits(),
+        shares: OwnerShares = OwnerShares(),
     ) -> None:
         self.store, self.llm, self.scorer = store, llm, scorer
-        self.default_model, self.limits = default_model, limits
+        self.default_model, self.limits, self.shares = default_model, limits, shares
         self._slots = asyncio.Semaphore(max_active_runs)
         self._tasks: dict[str, asyncio.Task] = {}
+        self._owners: dict[str, str] = {}  # run id -> owner, of the runs active or waiting
         self._cancelling: set[str] = set()
         self._signals: dict[str, Signal] = {}
         self._refresh_gauges()
@@ -118,8 +135,7 @@ class RunManager:
             raise SpecError(
                 f"replay_run_id: no run {settings.replay_run_id!r} to replay; ListRuns shows the known ones"
             )
-        if len(self._tasks) >= MAX_WAITING_RUNS:
-            raise TooManyRuns(f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one")
+        self._check_shares(owner.name, settings.max_scored_templates)
         try:
             task = await self.scorer.task(settings.task_id, grace_s=0)
         except ScorerError as err:
@@ -159,6 +175,29 @@ class RunManager:
         log.info("run_start_repeated", run_id=earlier.run_id, request_id=earlier.request_id)
         return self.get(earlier.run_id, caller)
 
+    def _check_shares(self, owner: str, scored_templates: int, resumed: str = "") -> None:
+        """Refuses a run (a new one, or `resumed`) the queue or the owner's shares cannot take (TooManyRuns,
+        OwnerBudgetSpent)."""
+        if len(self._tasks) >= MAX_WAITING_RUNS:
+            raise TooManyRuns(
+                f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one",
+                limit=str(MAX_WAITING_RUNS),
+                scope="service",
+            )
+        share = self.shares.max_runs
+        if share and sum(1 for o in self._owners.values() if o == owner) >= share:
+            raise TooManyRuns(
+                f"you have {share} runs active or waiting, your share (--max-runs-per-owner); wait for one to end "
+                "or cancel one",
+                limit=str(share),
+                scope="owner",
+            )
+        budget = self.shares.max_scored_templates
+        if budget:
+            used = self.store.scored_or_reserved(owner, ENDED, excluding=resumed)
+            if used + scored_templates > budget:
+                raise OwnerBudgetSpent(owner, used, budget, scored_templates)
+
     def resume_unfinished(self) -> list[str]:
         """Relaunches the runs a previous process left PENDING or RUNNING."""
         run_ids = [r.run_id for r in self.store.runs([PENDING, RUNNING])]
@@ -175,6 +214,7 @@ class RunManager:
             raise RunStateError(f"run {run_id} is {record.state} and still searching; nothing to resume")
         if record.state == SUCCEEDED:
             raise RunStateError(f"run {run_id} SUCCEEDED; only FAILED or CANCELLED runs can be resumed")
+        self._check_shares(record.owner, RunSettings.from_json(record.settings).max_scored_templates, run_id)
         await self.store.set_state(run_id, PENDING, "", record.counters)
         self._launch(run_id)
         return self.get(run_id, caller)
@@ -199,6 +239,7 @@ class RunManager:
 
     def _launch(self, run_id: str) -> None:
         self._signals.setdefault(run_id, Signal())
+        self._owners[run_id] = self._record(run_id).owner
         self._tasks[run_id] = asyncio.create_task(self._drive(run_id), name=f"run-{run_id}")
         self._refresh_gauges()
 
@@ -234,6 +275,7 @@ class RunManager:
         finally:
             self._cancelling.discard(run_id)
             self._tasks.pop(run_id, None)
+            self._owners.pop(run_id, None)
             with contextlib.suppress(KeyError):  # the run never scored anything
                 metrics.BEST_TRAIN_ACCURACY.remove(run_id)
 
