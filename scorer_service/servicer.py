@@ -10,6 +10,7 @@ from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common import errors
 from promptclimb_common.auth import Authenticator
 from promptclimb_common.errors import FailureTable, Reason, ServiceError, abort, invalid
+from promptclimb_common.grpc_runtime import caller_label
 from promptclimb_common.paging import PageError, decode_token, encode_token, page_size
 from scorer_service import metrics
 from scorer_service.batcher import QueueFullError
@@ -162,7 +163,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         await self._check_size(context, request, task)
         count = len(request.templates) + len(request.ensembles)
         structlog.contextvars.bind_contextvars(task=task.task_id, split=split, templates=count)
-        metrics.TOKEN_REQUESTS.labels(principal.name, split).inc()
+        metrics.TOKEN_REQUESTS.labels(caller_label(principal.name), split).inc()
         await self.quota.charge(principal.name, count, principal.evaluation_budget)
         try:
             scores, ensemble_scores = await self.scorer.score_candidates(
@@ -177,7 +178,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             raise
         invalid_count = sum(1 for s in [*scores, *ensemble_scores] if s.error)
         await self._refund(principal.name, invalid_count)  # an invalid template tells nothing: not charged
-        metrics.TOKEN_EVALUATIONS.labels(principal.name).inc(count - invalid_count)
+        metrics.TOKEN_EVALUATIONS.labels(caller_label(principal.name)).inc(count - invalid_count)
         log.info("scored", invalid=invalid_count)
         return scorer_pb2.ScoreResponse(
             split=SPLIT_ENUMS[split],

@@ -1,0 +1,162 @@
+"""One owner cannot starve another: each has a share of the optimizer's calls, streams, runs and scoring, health always
+answers, a revoked token's streams end at once, and no refusal names another tenant."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from optimizer_service.spec import OwnerShares, RunLimits
+from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb_common.auth import parse_tokens
+from promptclimb_common.errors import details_of
+from tests.optimizer.conftest import small_spec
+from tests.optimizer.scripted_llm import Delay, Reply
+from tests.optimizer.test_multitenant import TOKENS, as_, refusal
+from tests.procs import await_until
+
+SLOW_LLM = {"timeout_s": 60.0}
+
+
+def hold_the_llm(optimizer, calls: int = 40) -> None:
+    """Every LLM call waits a minute: runs stay RUNNING or PENDING, and their streams open, for the test."""
+    optimizer.llm.plan(*[Delay(60, Reply("a photo of a {}.")) for _ in range(calls)])
+
+
+async def start(optimizer, name: str, **spec) -> str:
+    reply = await optimizer.stub.StartRun(pb.StartRunRequest(spec=small_spec(**spec)), metadata=as_(name))
+    return reply.run_id
+
+
+async def health(optimizer) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{optimizer.port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        return reply.status
+
+
+def open_streams(optimizer, name: str, run_id: str, count: int) -> list:
+    """`count` WatchRun streams; they hold their slot while open."""
+    return [optimizer.stub.WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=as_(name)) for _ in range(count)]
+
+
+def read_to_end(calls: list) -> list[asyncio.Future]:
+    """A task per stream that reads it to its end: None, or the status that ended it."""
+
+    async def drain(call) -> grpc.aio.AioRpcError | None:
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as err:
+            return err
+        return None
+
+    return [asyncio.ensure_future(drain(call)) for call in calls]
+
+
+async def until_open(optimizer, owner: str, count: int) -> None:
+    await await_until(lambda: optimizer.service.shares.in_progress(owner) >= count, 10, f"{count} calls of {owner}")
+
+
+@pytest.mark.optimizer(
+    tokens=TOKENS,
+    llm=SLOW_LLM,
+    serving={"max_concurrent_rpcs": 12, "max_rpcs_per_owner": 6, "max_streams_per_owner": 4},
+)
+async def test_one_owner_cannot_take_every_slot_and_health_always_answers(optimizer):
+    hold_the_llm(optimizer)
+    run_id = await start(optimizer, "alice")
+    streams = open_streams(optimizer, "alice", run_id, 4)
+    readers = read_to_end(streams)
+    await until_open(optimizer, "alice", 4)
+    try:
+        refused = details_of(
+            await refusal(optimizer.stub.WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=as_("alice")).read())
+        )
+        assert (refused.code, refused.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OWNER_SHARE_REACHED")
+        assert refused.retry_after_s is not None and refused.metadata["scope"] == "owner_streams"
+        assert "bob" not in refused.message and "alice" not in refused.message  # own figures only, no token names
+        # Bob is served beside her, and so is the liveness probe.
+        assert list((await optimizer.stub.ListRuns(pb.ListRunsRequest(), metadata=as_("bob"))).runs) == []
+        assert (await start(optimizer, "bob")) != run_id
+        assert await health(optimizer) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for call in streams:
+            call.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+
+@pytest.mark.optimizer(tokens=TOKENS, llm=SLOW_LLM, serving={"max_concurrent_rpcs": 6, "max_rpcs_per_owner": 0})
+async def test_health_answers_when_every_service_slot_is_taken(optimizer):
+    hold_the_llm(optimizer)
+    run_id = await start(optimizer, "alice")
+    streams = open_streams(optimizer, "alice", run_id, 6)
+    readers = read_to_end(streams)
+    await until_open(optimizer, "alice", 6)
+    try:
+        full = details_of(await refusal(optimizer.stub.ListRuns(pb.ListRunsRequest(), metadata=as_("bob"))))
+        assert (full.code, full.metadata.get("scope")) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "total")
+        assert await health(optimizer) == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for call in streams:
+            call.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+
+@pytest.mark.optimizer(tokens=TOKENS, llm=SLOW_LLM)
+async def test_a_revoked_tokens_open_streams_end_at_once(optimizer):
+    hold_the_llm(optimizer)
+    alice_run, bob_run = await start(optimizer, "alice"), await start(optimizer, "bob")
+    alice = open_streams(optimizer, "alice", alice_run, 3)
+    bob = open_streams(optimizer, "bob", bob_run, 1)
+    readers = read_to_end([*alice, *bob])
+    await until_open(optimizer, "alice", 3)
+    await until_open(optimizer, "bob", 1)
+    without_alice = [t for t in TOKENS if t["name"] != "alice"]
+    # What SIGHUP does: reread the tokens, then end the calls whose token is gone.
+    optimizer.service.reload(lambda: optimizer.auth.reload(parse_tokens(json.dumps({"tokens": without_alice}), "t")))
+    try:
+        ended = await asyncio.wait_for(asyncio.gather(*readers[:3]), 2)
+        assert {e.code() if e else None for e in ended} == {grpc.StatusCode.UNAUTHENTICATED}
+        assert not readers[3].done()  # bob's token is current: his stream stays
+        assert optimizer.service.shares.in_progress("alice") == 0
+    finally:
+        for call in bob:
+            call.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+
+@pytest.mark.optimizer(tokens=TOKENS, llm=SLOW_LLM, shares=OwnerShares(max_runs=2))
+async def test_an_owner_has_a_share_of_the_waiting_runs(optimizer):
+    hold_the_llm(optimizer)
+    for _ in range(2):
+        await start(optimizer, "alice")
+    refused = details_of(await refusal(start(optimizer, "alice")))
+    assert (refused.code, refused.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_RUNS")
+    assert refused.metadata == {"limit": "2", "scope": "owner"} and refused.retry_after_s is not None
+    assert await start(optimizer, "bob")  # the next user is not refused
+
+
+@pytest.mark.optimizer(
+    tokens=TOKENS,
+    llm=SLOW_LLM,
+    limits=RunLimits(max_scored_templates=10),
+    shares=OwnerShares(max_scored_templates=25),
+)
+async def test_scored_templates_have_a_run_ceiling_and_an_owner_share(optimizer):
+    hold_the_llm(optimizer)
+    above = details_of(await refusal(start(optimizer, "alice", max_scored_templates=11)))
+    assert above.code == grpc.StatusCode.INVALID_ARGUMENT and above.fields == ("spec.max_scored_templates",)
+    first = await start(optimizer, "alice")  # 0 takes the ceiling
+    run = await optimizer.stub.GetRun(pb.GetRunRequest(run_id=first), metadata=as_("alice"))
+    assert run.spec.max_scored_templates == 10
+    await start(optimizer, "alice", max_scored_templates=10)
+    spent = details_of(await refusal(start(optimizer, "alice", max_scored_templates=10)))
+    assert (spent.code, spent.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OWNER_BUDGET_SPENT")
+    assert spent.quota_subjects == ("owner:alice",) and spent.retry_after_s is None
+    assert "20 of 25" in spent.message and "bob" not in spent.message
+    assert await start(optimizer, "alice", max_scored_templates=5)  # what is left of her share
+    assert await start(optimizer, "bob")  # his share is his own
