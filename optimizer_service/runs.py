@@ -47,6 +47,8 @@ SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
 ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 MAX_WAITING_RUNS = 100  # runs queued behind the active ones; more are refused
 RUNS_PAGE_SIZE, MAX_RUNS_PAGE_SIZE = 50, 500
+# A full run holds up to 256 KB of initial templates, 50 best and 32 ensemble members: 10 of them fit a 4 MiB message.
+MAX_FULL_RUNS_PAGE_SIZE = 10
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The caller of a local `run` (the CLI): it owns its state directory and its scorer token, so it sees everything.
 LOCAL = Principal("local", frozenset({"run", "test", "admin"}))
@@ -91,6 +93,18 @@ def _timestamp(unix_seconds: float) -> Timestamp:
 
 def may_see(caller: Principal, record: RunRecord) -> bool:
     return record.owner == caller.name or caller.has("admin")
+
+
+def summary(run: pb.Run) -> pb.Run:
+    """RUN_VIEW_BASIC: the run without what can be large (the spec but its task and label, the best but the first,
+    the ensemble)."""
+    brief = pb.Run()
+    brief.CopyFrom(run)
+    brief.spec.Clear()
+    brief.spec.task_id, brief.spec.label = run.spec.task_id, run.spec.label
+    del brief.best[1:]
+    brief.ClearField("ensemble")
+    return brief
 
 
 class RunManager:
@@ -366,18 +380,27 @@ class RunManager:
         return self._run_proto(self._record(run_id, caller), caller)
 
     def list(
-        self, caller: Principal, size: int = 0, token: str = "", states: list[int] | None = None
+        self,
+        caller: Principal,
+        size: int = 0,
+        token: str = "",
+        states: list[int] | None = None,
+        view: int = pb.RUN_VIEW_BASIC,
     ) -> tuple[list[pb.Run], str]:
         """A page of the caller's runs (an admin's: every run), newest first, optionally only in `states` (RunState
-        values); returns it and the next page's token."""
+        values), each in full or as a summary (`view`, AIP-157); returns it and the next page's token."""
         names = sorted({pb.RunState.Name(s).removeprefix("RUN_STATE_") for s in states or () if self._known_state(s)})
-        limit = page_size(size, RUNS_PAGE_SIZE, MAX_RUNS_PAGE_SIZE)
+        if view not in pb.RunView.values():
+            raise PageError("view", f"view: {view} is not a run view; use RUN_VIEW_BASIC or RUN_VIEW_FULL")
+        full = view == pb.RUN_VIEW_FULL
+        limit = page_size(size, RUNS_PAGE_SIZE, MAX_FULL_RUNS_PAGE_SIZE if full else MAX_RUNS_PAGE_SIZE)
         position = decode_token(token, ((int, float), str), names)
         owner = None if caller.has("admin") else caller.name
         records = self.store.runs_page(names or None, tuple(position) if position else None, limit + 1, owner)
         last = records[limit - 1] if len(records) > limit else None
         next_token = encode_token([last.created, last.run_id], names) if last else ""
-        return [self._run_proto(record, caller) for record in records[:limit]], next_token
+        runs = [self._run_proto(record, caller) for record in records[:limit]]
+        return (runs if full else [summary(run) for run in runs]), next_token
 
     @staticmethod
     def _known_state(state: int) -> bool:

@@ -134,7 +134,9 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
     @maps_failures
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         caller = await self.auth.require(context, "run")
-        runs, next_page_token = self.manager.list(caller, request.page_size, request.page_token, list(request.states))
+        runs, next_page_token = self.manager.list(
+            caller, request.page_size, request.page_token, list(request.states), request.view
+        )
         return pb.ListRunsResponse(runs=runs, next_page_token=next_page_token)
 
 

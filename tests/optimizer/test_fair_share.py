@@ -10,11 +10,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from optimizer_service.spec import OwnerShares, RunLimits
+from optimizer_service.search import Counters
+from optimizer_service.spec import OwnerShares, RunLimits, RunSettings
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.auth import parse_tokens
 from promptclimb_common.errors import details_of
-from tests.optimizer.conftest import small_spec
+from tests.optimizer.conftest import TASK, small_spec
 from tests.optimizer.scripted_llm import Delay, Reply
 from tests.optimizer.test_multitenant import TOKENS, as_, refusal
 from tests.procs import await_until
@@ -160,3 +161,24 @@ async def test_scored_templates_have_a_run_ceiling_and_an_owner_share(optimizer)
     assert "20 of 25" in spent.message and "bob" not in spent.message
     assert await start(optimizer, "alice", max_scored_templates=5)  # what is left of her share
     assert await start(optimizer, "bob")  # his share is his own
+
+
+async def test_list_runs_is_a_summary_by_default_and_the_full_runs_on_request(optimizer):
+    """Twenty runs of 256 one-kilobyte templates each: a full page would pass the 4 MiB message limit."""
+    templates = [f"a photo of a {{}}, number {i}: " + "x" * 990 for i in range(256)]
+    spec = small_spec(initial_pool=pb.INITIAL_POOL_GIVEN, initial_templates=templates, initial_pool_size=256)
+    settings = RunSettings.from_proto(spec, "scripted-model", RunLimits()).to_json()
+    for i in range(20):
+        await optimizer.store.create_run(f"bigrun{i}", settings, Counters().to_json(), "PENDING", owner="anonymous")
+    page = await optimizer.stub.ListRuns(pb.ListRunsRequest(page_size=20))
+    assert len(page.runs) == 20 and page.ByteSize() < 64 * 1024
+    assert all(r.spec.task_id == TASK and not r.spec.initial_templates and len(r.best) <= 1 for r in page.runs)
+    full = await optimizer.stub.ListRuns(pb.ListRunsRequest(page_size=20, view=pb.RUN_VIEW_FULL))
+    assert len(full.runs) == 10 and full.next_page_token  # a full page holds at most 10 runs
+    assert list(full.runs[0].spec.initial_templates) == templates
+    rest = await optimizer.stub.ListRuns(
+        pb.ListRunsRequest(page_size=20, view=pb.RUN_VIEW_FULL, page_token=full.next_page_token)
+    )
+    assert len(rest.runs) == 10 and not rest.next_page_token
+    unknown = details_of(await refusal(optimizer.stub.ListRuns(pb.ListRunsRequest(view=7))))
+    assert unknown.code == grpc.StatusCode.INVALID_ARGUMENT and unknown.fields == ("view",)
