@@ -28,6 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from optimizer_service import events, metrics
 from optimizer_service.events import counters_proto
+from optimizer_service.fair_slots import FairSlots
 from optimizer_service.journal import RunJournal
 from optimizer_service.llm import LlmClient, LlmUnavailable
 from optimizer_service.pool import INITIAL, Pool
@@ -121,7 +122,7 @@ class RunManager:
     ) -> None:
         self.store, self.llm, self.scorer = store, llm, scorer
         self.default_model, self.limits, self.shares = default_model, limits, shares
-        self._slots = asyncio.Semaphore(max_active_runs)
+        self._slots = FairSlots(max_active_runs)
         self._tasks: dict[str, asyncio.Task] = {}
         self._owners: dict[str, str] = {}  # run id -> owner, of the runs active or waiting
         self._cancelling: set[str] = set()
@@ -263,7 +264,7 @@ class RunManager:
         structlog.contextvars.bind_contextvars(run_id=run_id)
         counters = None  # what the run has spent; kept whichever way it ends
         try:
-            async with self._slots:
+            async with self._slots.slot(self._owners[run_id]):
                 record = self._record(run_id)
                 counters = Counters.from_json(record.counters)
                 await self.store.set_state(run_id, RUNNING, "", record.counters)

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from optimizer_service.fair_slots import FairSlots
 from optimizer_service.search import Counters
 from optimizer_service.spec import OwnerShares, RunLimits, RunSettings
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
@@ -182,3 +183,28 @@ async def test_list_runs_is_a_summary_by_default_and_the_full_runs_on_request(op
     assert len(rest.runs) == 10 and not rest.next_page_token
     unknown = details_of(await refusal(optimizer.stub.ListRuns(pb.ListRunsRequest(view=7))))
     assert unknown.code == grpc.StatusCode.INVALID_ARGUMENT and unknown.fields == ("view",)
+
+
+async def test_a_freed_run_slot_goes_to_the_owner_with_the_fewest_active_runs():
+    """Alice queued three runs before Bob's one: with one slot, Bob's run goes second, not fourth."""
+    slots, order, release = FairSlots(1), [], {}
+
+    async def run(owner: str, name: str) -> None:
+        async with slots.slot(owner):
+            order.append(name)
+            release[name] = asyncio.Event()
+            await release[name].wait()
+
+    tasks = [asyncio.create_task(run("alice", f"alice-{i}")) for i in range(3)]
+    await asyncio.sleep(0)
+    tasks.append(asyncio.create_task(run("bob", "bob-0")))
+    cancelled = asyncio.create_task(run("carol", "carol-0"))  # leaves the queue before its turn
+    for _ in range(4):
+        await await_until(lambda: order and not release[order[-1]].is_set(), 5, "a run holding the slot")
+        if not cancelled.done():
+            cancelled.cancel()
+        release[order[-1]].set()
+        await asyncio.sleep(0.01)
+    await asyncio.gather(*tasks)
+    assert order == ["alice-0", "bob-0", "alice-1", "alice-2"]
+    assert slots.active("alice") == slots.active("bob") == 0

@@ -72,6 +72,10 @@ def specs(draw) -> pb.RunSpec:
             seconds=draw(st.integers(-(1 << 40), 1 << 40)), nanos=draw(st.integers(-(10**9), 10**9))
         ),
         seed=draw(ints),
+        max_llm_cost_usd=draw(floats),
+        hand_engineered_dataset=draw(st.one_of(st.sampled_from(["", "oxford_pets", "imagenet"]), texts)),
+        preset=draw(st.integers(-2, 4)),
+        replay_run_id=draw(st.one_of(st.just(""), texts)),
         **{
             name: draw(knobs)
             for name in (
@@ -82,6 +86,7 @@ def specs(draw) -> pb.RunSpec:
                 "top_k",
                 "templates_per_call",
                 "report_top",
+                "ensemble_size",
             )
         },
     )
@@ -171,15 +176,16 @@ def test_start_run_answers_every_spec_with_a_documented_status(service, spec, re
     meta=metadata,
     rpc=st.sampled_from(["GetRun", "WatchRun", "CancelRun", "ResumeRun", "ListRuns"]),
     states=st.lists(st.integers(-2, 8), max_size=4),
+    view=st.integers(-2, 4),
 )
-def test_run_rpcs_answer_any_id_with_a_documented_status(service, run_id, after, meta, rpc, states):
+def test_run_rpcs_answer_any_id_with_a_documented_status(service, run_id, after, meta, rpc, states, view):
     stub = service[0]
     request = {
         "GetRun": pb.GetRunRequest(run_id=run_id),
         "WatchRun": pb.WatchRunRequest(run_id=run_id, after_sequence=after),
         "CancelRun": pb.CancelRunRequest(run_id=run_id),
         "ResumeRun": pb.ResumeRunRequest(run_id=run_id),
-        "ListRuns": pb.ListRunsRequest(page_size=after, page_token=run_id, states=states),
+        "ListRuns": pb.ListRunsRequest(page_size=after, page_token=run_id, states=states, view=view),
     }[rpc]
     code = status(getattr(stub, rpc), request, metadata=meta)
     allowed = AUTH_ERRORS | {
