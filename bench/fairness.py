@@ -34,7 +34,7 @@ from promptclimb_common.grpc_runtime import bearer_metadata
 from testbed.random_clip import build_random_clip
 from tests.fixtures import write_image_folder
 from tests.optimizer.scripted_llm import Delay, ScriptedLLM, invented_templates
-from tests.procs import scorer_service, start_service, stop_process
+from tests.procs import optimizer_service, scorer_service, stop_process
 
 TASK = "fair"
 SECRETS = {"optimizer": "fair-optimizer-secret", "normal": "fair-normal-secret", "hostile": "fair-hostile-secret"}
@@ -200,23 +200,13 @@ def fairness_row(seconds: float) -> str:
     )
     answer = invented_templates(itertools.count())
     with ScriptedLLM(default=lambda body: Delay(0.5, answer(body))) as llm:
-        optimizer = start_service(
-            [
-                "optimizer_service",
-                "serve",
-                "--state-dir",
-                str(work / "state"),
-                "--scorer",
-                scorer.address,
-                "--llm-base-url",
-                llm.url,
-                "--llm-model",
-                "m",
-                "--tokens-file",
-                str(tokens_file(work / "o.json", ["run"])),
-            ],
+        optimizer = optimizer_service(
+            work / "state",
+            scorer.address,
+            llm.url,
+            tokens_file(work / "o.json", ["run"]),
             work / "optimizer.log",
-            env={"OPENAI_API_KEY": "x", "SCORER_TOKEN": SECRETS["optimizer"]},
+            SECRETS["optimizer"],
         )
         try:
             alone = asyncio.run(normal_owner(optimizer.address, scorer.address, seconds))

@@ -4,7 +4,9 @@ answers, a revoked token's streams end at once, and no refusal names another ten
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -40,15 +42,10 @@ async def health(optimizer) -> int:
         return reply.status
 
 
-def open_streams(optimizer, name: str, run_id: str, count: int) -> list:
-    """`count` WatchRun streams; they hold their slot while open."""
-    return [optimizer.stub.WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=as_(name)) for _ in range(count)]
+def read_to_end(call) -> asyncio.Future:
+    """A task that reads the stream to its end: None, or the status that ended it."""
 
-
-def read_to_end(calls: list) -> list[asyncio.Future]:
-    """A task per stream that reads it to its end: None, or the status that ended it."""
-
-    async def drain(call) -> grpc.aio.AioRpcError | None:
+    async def drain() -> grpc.aio.AioRpcError | None:
         try:
             async for _ in call:
                 pass
@@ -56,11 +53,23 @@ def read_to_end(calls: list) -> list[asyncio.Future]:
             return err
         return None
 
-    return [asyncio.ensure_future(drain(call)) for call in calls]
+    return asyncio.ensure_future(drain())
 
 
-async def until_open(optimizer, owner: str, count: int) -> None:
-    await await_until(lambda: optimizer.service.shares.in_progress(owner) >= count, 10, f"{count} calls of {owner}")
+@contextlib.asynccontextmanager
+async def streams_of(optimizer, owner: str, run_id: str, count: int) -> AsyncIterator[list[asyncio.Future]]:
+    """`count` WatchRun streams of `owner`, open (each holds its slot) until the block ends; yields their readers."""
+    calls = [optimizer.stub.WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=as_(owner)) for _ in range(count)]
+    readers = [read_to_end(call) for call in calls]
+    try:
+        await await_until(
+            lambda: optimizer.service.shares.in_progress(owner) >= count, 10, f"{count} streams of {owner}"
+        )
+        yield readers
+    finally:
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
 
 
 @pytest.mark.optimizer(
@@ -71,10 +80,7 @@ async def until_open(optimizer, owner: str, count: int) -> None:
 async def test_one_owner_cannot_take_every_slot_and_health_always_answers(optimizer):
     hold_the_llm(optimizer)
     run_id = await start(optimizer, "alice")
-    streams = open_streams(optimizer, "alice", run_id, 4)
-    readers = read_to_end(streams)
-    await until_open(optimizer, "alice", 4)
-    try:
+    async with streams_of(optimizer, "alice", run_id, 4):
         refused = details_of(
             await refusal(optimizer.stub.WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=as_("alice")).read())
         )
@@ -85,50 +91,32 @@ async def test_one_owner_cannot_take_every_slot_and_health_always_answers(optimi
         assert list((await optimizer.stub.ListRuns(pb.ListRunsRequest(), metadata=as_("bob"))).runs) == []
         assert (await start(optimizer, "bob")) != run_id
         assert await health(optimizer) == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        for call in streams:
-            call.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
 
 
 @pytest.mark.optimizer(tokens=TOKENS, llm=SLOW_LLM, serving={"max_concurrent_rpcs": 6, "max_rpcs_per_owner": 0})
 async def test_health_answers_when_every_service_slot_is_taken(optimizer):
     hold_the_llm(optimizer)
     run_id = await start(optimizer, "alice")
-    streams = open_streams(optimizer, "alice", run_id, 6)
-    readers = read_to_end(streams)
-    await until_open(optimizer, "alice", 6)
-    try:
+    async with streams_of(optimizer, "alice", run_id, 6):
         full = details_of(await refusal(optimizer.stub.ListRuns(pb.ListRunsRequest(), metadata=as_("bob"))))
         assert (full.code, full.metadata.get("scope")) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "total")
         assert await health(optimizer) == health_pb2.HealthCheckResponse.SERVING
-    finally:
-        for call in streams:
-            call.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
 
 
 @pytest.mark.optimizer(tokens=TOKENS, llm=SLOW_LLM)
 async def test_a_revoked_tokens_open_streams_end_at_once(optimizer):
     hold_the_llm(optimizer)
     alice_run, bob_run = await start(optimizer, "alice"), await start(optimizer, "bob")
-    alice = open_streams(optimizer, "alice", alice_run, 3)
-    bob = open_streams(optimizer, "bob", bob_run, 1)
-    readers = read_to_end([*alice, *bob])
-    await until_open(optimizer, "alice", 3)
-    await until_open(optimizer, "bob", 1)
-    without_alice = [t for t in TOKENS if t["name"] != "alice"]
-    # What SIGHUP does: reread the tokens, then end the calls whose token is gone.
-    optimizer.service.reload(lambda: optimizer.auth.reload(parse_tokens(json.dumps({"tokens": without_alice}), "t")))
-    try:
-        ended = await asyncio.wait_for(asyncio.gather(*readers[:3]), 2)
+    async with streams_of(optimizer, "alice", alice_run, 3) as alice, streams_of(optimizer, "bob", bob_run, 1) as bob:
+        without_alice = [t for t in TOKENS if t["name"] != "alice"]
+        # What SIGHUP does: reread the tokens, then end the calls whose token is gone.
+        optimizer.service.reload(
+            lambda: optimizer.auth.reload(parse_tokens(json.dumps({"tokens": without_alice}), "t"))
+        )
+        ended = await asyncio.wait_for(asyncio.gather(*alice), 2)
         assert {e.code() if e else None for e in ended} == {grpc.StatusCode.UNAUTHENTICATED}
-        assert not readers[3].done()  # bob's token is current: his stream stays
+        assert not bob[0].done()  # bob's token is current: his stream stays
         assert optimizer.service.shares.in_progress("alice") == 0
-    finally:
-        for call in bob:
-            call.cancel()
-        await asyncio.gather(*readers, return_exceptions=True)
 
 
 @pytest.mark.optimizer(tokens=TOKENS, llm=SLOW_LLM, shares=OwnerShares(max_runs=2))

@@ -22,7 +22,7 @@ from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from tests.optimizer.conftest import SCORER_TOKENS, TASK
 from tests.optimizer.scripted_llm import ScriptedLLM
-from tests.procs import start_service, stop_process, wait_healthy
+from tests.procs import optimizer_service, stop_process, wait_healthy
 
 TOKEN = "fuzz-token-1"
 HOSTILE = [
@@ -103,24 +103,8 @@ def service(scorer, tmp_path_factory):
     tokens = root / "tokens.json"
     tokens.write_text(json.dumps({"tokens": [{"name": "fuzzer", "token": TOKEN, "rights": ["run"]}]}))
     with ScriptedLLM() as llm:
-        service = start_service(
-            [
-                "optimizer_service",
-                "serve",
-                "--state-dir",
-                str(root / "state"),
-                "--scorer",
-                scorer.address,
-                "--llm-base-url",
-                llm.url,
-                "--llm-model",
-                "m",
-                "--tokens-file",
-                str(tokens),
-            ],
-            root / "service.log",
-            env={"OPENAI_API_KEY": "x", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]},
-            timeout=60,
+        service = optimizer_service(
+            root / "state", scorer.address, llm.url, tokens, root / "service.log", SCORER_TOKENS["optimizer"][0]
         )
         try:
             with grpc.insecure_channel(service.address) as channel:
