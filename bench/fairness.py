@@ -20,10 +20,13 @@ import json
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
@@ -70,7 +73,7 @@ class Tally:
         )
 
 
-async def timed(tally: Tally, call) -> object | None:
+async def timed(tally: Tally, call: Awaitable[Message]) -> Message | None:
     started = time.perf_counter()
     try:
         reply = await call
@@ -91,7 +94,7 @@ async def normal_owner(optimizer_address: str, scorer_address: str, seconds: flo
     ):
         optimizer = optimizer_pb2_grpc.OptimizerStub(optimizer_channel)
         scorer = scorer_pb2_grpc.ScorerStub(scorer_channel)
-        health = health_pb2_grpc.HealthStub(optimizer_channel)
+        health: Any = health_pb2_grpc.HealthStub(optimizer_channel)  # typeshed's HealthStub declares no methods
         deadline = time.perf_counter() + seconds
 
         async def client() -> None:

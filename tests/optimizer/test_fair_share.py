@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 import pytest
@@ -32,13 +33,16 @@ def hold_the_llm(optimizer, calls: int = 40) -> None:
 
 
 async def start(optimizer, name: str, **spec) -> str:
-    reply = await optimizer.stub.StartRun(pb.StartRunRequest(spec=small_spec(**spec)), metadata=as_(name))
+    reply: pb.Run = await optimizer.stub.StartRun(pb.StartRunRequest(spec=small_spec(**spec)), metadata=as_(name))
     return reply.run_id
 
 
 async def health(optimizer) -> int:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{optimizer.port}") as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+        stub = health_pb2_grpc.HealthStub(channel)
+        reply: health_pb2.HealthCheckResponse = await stub.Check(  # type: ignore[attr-defined]  # typeshed's HealthStub declares no methods
+            health_pb2.HealthCheckRequest(), timeout=2
+        )
         return reply.status
 
 
@@ -169,7 +173,7 @@ async def test_list_runs_is_a_summary_by_default_and_the_full_runs_on_request(op
         pb.ListRunsRequest(page_size=20, view=pb.RUN_VIEW_FULL, page_token=full.next_page_token)
     )
     assert len(rest.runs) == 10 and not rest.next_page_token
-    unknown = details_of(await refusal(optimizer.stub.ListRuns(pb.ListRunsRequest(view=7))))
+    unknown = details_of(await refusal(optimizer.stub.ListRuns(pb.ListRunsRequest(view=cast(pb.RunView, 7)))))
     assert unknown.code == grpc.StatusCode.INVALID_ARGUMENT and unknown.fields == ("view",)
 
 

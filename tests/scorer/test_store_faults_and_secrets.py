@@ -10,6 +10,7 @@ import sqlite3
 import time
 import urllib.request
 from dataclasses import replace
+from typing import Any
 
 import grpc
 import pytest
@@ -31,7 +32,7 @@ async def test_a_locked_ledger_gives_unavailable_with_retry_info_and_the_loop_st
     config = replace(base_config, state_dir=tmp_path / "state")
     async for _app, channel in serve_scorer(config):
         stub = scorer_pb2_grpc.ScorerStub(channel)
-        health = health_pb2_grpc.HealthStub(channel)
+        health: Any = health_pb2_grpc.HealthStub(channel)  # typeshed's HealthStub declares no methods
         holder = sqlite3.connect(config.state_dir / LEDGER_FILE, isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")  # another writer holds the ledger
         try:
@@ -109,7 +110,7 @@ async def test_tls_certificates_rotate_without_a_restart(base_config, tmp_path):
 
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=5) as reply:
-        return reply.read().decode()
+        return str(reply.read().decode())
 
 
 async def test_metrics_can_name_no_caller(base_config, tokens_file):
