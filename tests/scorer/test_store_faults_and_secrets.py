@@ -22,6 +22,7 @@ from promptclimb_common.errors import details_of
 from promptclimb_common.grpc_runtime import TlsFiles, caller_label, channel_credentials
 from scorer_service.app import LEDGER_FILE, OpenToAll, ScorerApp, refuse_open_to_all
 from scorer_service.quota import QuotaStoreError, RedisQuota, redacted_url
+from tests.procs import start_process
 from tests.scorer.conftest import serve_scorer
 from tests.tls_certs import make_certs
 
@@ -73,6 +74,19 @@ async def test_every_credential_form_of_a_redis_url_is_redacted(url):
         with pytest.raises(QuotaStoreError) as caught:
             await RedisQuota.connect(url)
         assert "s3cret" not in str(caught.value)
+
+
+def test_the_scorer_process_refuses_to_serve_everyone_beyond_loopback(tiny_clip_dir, image_task_dir, tmp_path):
+    """What the image does with SCORER_HOST=0.0.0.0 and no tokens: exit 2 naming the ways out, before loading."""
+    log = tmp_path / "scorer.log"
+    args = ["scorer_service", "--model", str(tiny_clip_dir), "--task", f"shapes={image_task_dir}"]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--state-dir", str(tmp_path / "state"), "--metrics-port", "off"]
+    process = start_process(
+        [*args, "--host", "0.0.0.0", "--port", "0"], log, {"PROMPTCLIMB_TOKENS": "", "SCORER_TOKENS_FILE": ""}
+    )
+    assert process.wait(timeout=60) == 2
+    said = log.read_text()
+    assert "--allow-unauthenticated" in said and "--tokens-file" in said and "model_identity" not in said
 
 
 def test_a_scorer_beyond_loopback_without_tokens_is_refused_unless_allowed(base_config):
