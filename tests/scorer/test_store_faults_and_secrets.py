@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.errors import details_of
-from promptclimb_common.grpc_runtime import TlsFiles, caller_label, channel_credentials
+from promptclimb_common.grpc_runtime import ReloadingCredentials, TlsFiles, caller_label, channel_credentials
 from scorer_service.app import LEDGER_FILE, OpenToAll, ScorerApp, refuse_open_to_all
 from scorer_service.quota import QuotaStoreError, RedisQuota, redacted_url
 from tests.procs import start_process
@@ -143,3 +143,14 @@ async def test_metrics_can_name_no_caller(base_config, tokens_file):
             assert REGISTRY.get_sample_value("scorer_token_requests_total", named) == before
     finally:
         caller_label.shown = True  # the labels are the process's; the other tests' servers show callers
+
+
+def test_sighup_rereads_the_certificate_even_when_its_files_look_unchanged(tmp_path):
+    """A copy that kept the old modification time and size is not seen by the check at each handshake; SIGHUP (what
+    GrpcService.reload calls) makes the next handshake read the files again, once."""
+    certs = make_certs(tmp_path)
+    credentials = ReloadingCredentials(TlsFiles(str(certs.server_cert), str(certs.server_key)))
+    assert credentials._fetch() is None  # nothing changed: gRPC keeps the configuration it has
+    credentials.reload()
+    assert credentials._fetch() is not None
+    assert credentials._fetch() is None
