@@ -4,7 +4,10 @@
    model), half repeated (cached) and half fresh templates, with a small
    text cache so that eviction runs; throughput, p50/p99 latency, errors, and
    the scorer's resident memory after warm-up and at the end.
-2. The fault and security suites, with the reliability settings: five SIGKILLs
+2. Fairness (bench/fairness.py): one hostile owner (streams, runs, scoring)
+   against one normal owner on the same services; the normal owner's success
+   rate and p99 latency alone and beside the hostile one.
+3. The fault and security suites, with the reliability settings: five SIGKILLs
    of the optimizer in one run, a scorer restart mid-run, the LLM fault matrix,
    10,000+ fuzzed requests over every RPC of both services, and the security
    tests, the multi-tenant tests (ownership, the test right, the error model,
@@ -15,7 +18,8 @@
    over-spend) are what those tests assert to be zero, and the shared-quota
    test reports its own (replicas, clients, budget, scored, over-spend).
 
-    python -m bench.reliability [--seconds 60] [--clients 64] [--fuzz-examples 3400]
+    python -m bench.reliability [--seconds 60] [--clients 64] [--fuzz-examples 3400] [--fairness-seconds 20]
+    python -m bench.reliability --fairness-only    # the fairness row alone: fairness.md
     python -m bench.reliability --soak --seconds 600   # the load alone, longer: soak.md
 """
 
@@ -39,6 +43,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.fairness import fairness_row
 from bench.report import write_table
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from promptclimb_common.processes import REPO
@@ -224,15 +229,22 @@ def main() -> None:
         "--fuzz-examples", type=int, default=3400, help="per fuzz test (3 large ones: over 10,000 requests)"
     )
     parser.add_argument("--soak", action="store_true", help="the load alone (to soak.md), for long --seconds")
+    parser.add_argument("--fairness-seconds", type=float, default=20, help="each phase of the fairness row")
+    parser.add_argument("--fairness-only", action="store_true", help="the fairness row alone (to fairness.md)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     env = {**os.environ, "PROMPTCLIMB_KILL_POINTS": "1,4,7,10,13", "PROMPTCLIMB_FUZZ_EXAMPLES": str(args.fuzz_examples)}
-    rows = [load_row(args.seconds, args.clients)]
+    if args.fairness_only:
+        rows, table = [fairness_row(args.fairness_seconds)], "fairness.md"
+    else:
+        rows, table = [load_row(args.seconds, args.clients)], "soak.md" if args.soak else "reliability.md"
     print(rows[0], flush=True)
-    if not args.soak:
+    if not (args.soak or args.fairness_only):
+        rows.append(fairness_row(args.fairness_seconds))
+        print(rows[-1], flush=True)
         rows += [suite_row(name, suite, env) for name, suite in SUITES.items()]
     write_table(
-        args.out / ("soak.md" if args.soak else "reliability.md"),
+        args.out / table,
         [
             f"Measured on {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"{time.strftime('%Y-%m-%d')}.",

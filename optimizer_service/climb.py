@@ -108,10 +108,15 @@ class SearchFailed(Exception):
 
 
 def scorer_refused(err: ScorerError) -> SearchFailed:
-    """The run's failure for a scorer refusal; a spent evaluation budget says so first, and how to go on."""
+    """The run's failure for a scorer refusal; a spent evaluation budget says so first, and how to go on.
+
+    The budget is the optimizer's scorer token's, which every caller's runs share: the scorer's own message (the
+    token's name and its usage) is the operator's to read in the log, not the run owner's."""
     if err.budget_spent:
+        log.warning("scorer_budget_spent", reason=str(err))
         return SearchFailed(
-            f"evaluation_budget_spent: {err}; once the scorer's operator raises the budget, ResumeRun continues the run"
+            "evaluation_budget_spent: the optimizer's scorer budget is spent; once the optimizer's operator raises "
+            "it, ResumeRun continues the run"
         )
     return SearchFailed(str(err))
 

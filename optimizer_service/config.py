@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from optimizer_service.spec import RunLimits
+from optimizer_service.spec import OwnerShares, RunLimits
 from promptclimb_common.paths import WritablePath
 from promptclimb_common.serving_args import ServingConfig, add_serving_args, env_reader, flag_type, serving_settings
 
@@ -82,9 +82,13 @@ class OptimizerConfig(ServingConfig):
     scorer: ScorerSettings = field(default_factory=ScorerSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
     max_active_runs: int = 4
-    # A service run's LLM spend is bounded by default: 1000 calls (the default spec asks 60), 2M tokens, $5 where
-    # priced.
-    limits: RunLimits = field(default_factory=lambda: RunLimits(frozenset(), 1000, 2_000_000, 5.0))
+    # A service run's spend is bounded by default: 1000 LLM calls (the default spec asks 60), 2M tokens, $5 where
+    # priced, and 2000 scored templates (the default spec scores about 300).
+    limits: RunLimits = field(
+        default_factory=lambda: RunLimits(frozenset(), 1000, 2_000_000, 5.0, max_scored_templates=2000)
+    )
+    # One owner: 20 runs active or waiting (of the service's 100), 20,000 scored templates (ten runs at the ceiling).
+    shares: OwnerShares = field(default_factory=lambda: OwnerShares(max_runs=20, max_scored_templates=20_000))
     log_level: str = "INFO"
 
     def writable_paths(self) -> tuple[WritablePath, ...]:
@@ -304,6 +308,25 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         help="ceiling of a run's LLM tokens, prompt and completion (0: none)",
     )
     a(
+        "--run-max-scored-templates",
+        type=int,
+        default=_env("run_max_scored_templates", d.limits.max_scored_templates, int),
+        help="ceiling of a run's scored templates: a spec's 0 takes it, a spec above it is refused (0: none)",
+    )
+    a(
+        "--max-runs-per-owner",
+        type=int,
+        default=_env("max_runs_per_owner", d.shares.max_runs, int),
+        help="runs one owner may have active or waiting; beyond: RESOURCE_EXHAUSTED TOO_MANY_RUNS (0: no share)",
+    )
+    a(
+        "--owner-max-scored-templates",
+        type=int,
+        default=_env("owner_max_scored_templates", d.shares.max_scored_templates, int),
+        help="templates one owner's runs may have scored in all, an unfinished run counting its whole budget; "
+        "beyond: RESOURCE_EXHAUSTED OWNER_BUDGET_SPENT (0: no share)",
+    )
+    a(
         "--run-max-llm-cost-usd",
         type=float,
         default=_env("run_max_llm_cost_usd", d.limits.max_llm_cost_usd, float),
@@ -316,14 +339,20 @@ def serve_config(p: argparse.ArgumentParser, ns: argparse.Namespace) -> Optimize
     if ns.max_active_runs < 1:
         p.error("--max-active-runs must be at least 1")
     cost_ceiling_ok = ns.run_max_llm_cost_usd >= 0 and math.isfinite(ns.run_max_llm_cost_usd)
-    if min(ns.run_max_llm_calls, ns.run_max_llm_tokens) < 0 or not cost_ceiling_ok:
-        p.error("--run-max-llm-calls, --run-max-llm-tokens and --run-max-llm-cost-usd must be >= 0 (0: no ceiling)")
+    if min(ns.run_max_llm_calls, ns.run_max_llm_tokens, ns.run_max_scored_templates) < 0 or not cost_ceiling_ok:
+        p.error(
+            "--run-max-llm-calls, --run-max-llm-tokens, --run-max-scored-templates and --run-max-llm-cost-usd must be "
+            ">= 0 (0: no ceiling)"
+        )
+    if min(ns.max_runs_per_owner, ns.owner_max_scored_templates) < 0:
+        p.error("--max-runs-per-owner and --owner-max-scored-templates must be >= 0 (0: no share)")
     limits = RunLimits(
         allowed_models=frozenset(m.strip() for m in ns.llm_allowed_models.split(",") if m.strip()),
         max_llm_calls=ns.run_max_llm_calls,
         max_llm_tokens=ns.run_max_llm_tokens,
         max_llm_cost_usd=ns.run_max_llm_cost_usd,
         priced=llm.price != Price(),
+        max_scored_templates=ns.run_max_scored_templates,
     )
     return OptimizerConfig(
         **serving_settings(p, ns),
@@ -332,5 +361,6 @@ def serve_config(p: argparse.ArgumentParser, ns: argparse.Namespace) -> Optimize
         llm=llm,
         max_active_runs=ns.max_active_runs,
         limits=limits,
+        shares=OwnerShares(ns.max_runs_per_owner, ns.owner_max_scored_templates),
         log_level=ns.log_level,
     )

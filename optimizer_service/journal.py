@@ -9,6 +9,7 @@ from optimizer_service.pool import Candidate, Pool
 from optimizer_service.signals import Signal
 from optimizer_service.store import Step, Store
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb_common.grpc_runtime import caller_label
 
 
 class RunJournal:
@@ -19,7 +20,7 @@ class RunJournal:
         best = pool.best()
         self._best_accuracy = best[0].accuracy if best else -1.0
         if best:
-            metrics.BEST_TRAIN_ACCURACY.labels(run_id).set(self._best_accuracy)
+            metrics.BEST_TRAIN_ACCURACY.labels(caller_label(run_id)).set(self._best_accuracy)
 
     async def record(
         self,
@@ -49,7 +50,7 @@ class RunJournal:
         if best and best[0].accuracy > self._best_accuracy:
             self._best_accuracy = best[0].accuracy
             events.append(pb.RunEvent(new_best=pb.NewBest(template=best[0].template, train_accuracy=best[0].accuracy)))
-            metrics.BEST_TRAIN_ACCURACY.labels(self.run_id).set(best[0].accuracy)
+            metrics.BEST_TRAIN_ACCURACY.labels(caller_label(self.run_id)).set(best[0].accuracy)
         if iteration is not None:
             restart, reset, index = iteration
             events.append(

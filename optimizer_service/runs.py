@@ -29,12 +29,13 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from optimizer_service import answer, events, metrics
 from optimizer_service.climb import Climb, Counters, SearchFailed
 from optimizer_service.events import counters_proto
+from optimizer_service.fair_slots import FairSlots
 from optimizer_service.journal import RunJournal
 from optimizer_service.llm import LlmClient, LlmUnavailable
 from optimizer_service.pool import INITIAL, Candidate, Pool, distinct
 from optimizer_service.scorer_client import ModelChanged, ScorerClient, ScorerError, ScorerUnavailable
 from optimizer_service.signals import Signal
-from optimizer_service.spec import RunLimits, RunSettings, SpecError
+from optimizer_service.spec import OwnerShares, RunLimits, RunSettings, SpecError
 from optimizer_service.store import RunRecord, Store, StoreError
 from optimizer_service.strategies import STRATEGIES
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
@@ -48,6 +49,8 @@ SUCCEEDED, FAILED, CANCELLED = "SUCCEEDED", "FAILED", "CANCELLED"
 ENDED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 MAX_WAITING_RUNS = 100  # runs queued behind the active ones; more are refused
 RUNS_PAGE_SIZE, MAX_RUNS_PAGE_SIZE = 50, 500
+# A full run holds up to 256 KB of initial templates, 50 best and 32 ensemble members: 10 of them fit a 4 MiB message.
+MAX_FULL_RUNS_PAGE_SIZE = 10
 REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # The caller of a local `run` (the CLI): it owns its state directory and its scorer token, so it sees everything.
 LOCAL = Principal("local", frozenset({"run", "test", "admin"}))
@@ -62,7 +65,22 @@ class RunStateError(Exception):
 
 
 class TooManyRuns(Exception):
-    pass
+    """The queue of runs, or the caller's share of it, is full; `metadata` names the bound (ErrorInfo)."""
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.metadata = metadata
+
+
+class OwnerBudgetSpent(Exception):
+    """The caller's share of scored templates cannot cover the run; the message tells only the caller's own figures."""
+
+    def __init__(self, owner: str, used: int, share: int, wanted: int) -> None:
+        super().__init__(
+            f"your share of scored templates is spent: {used} of {share} are scored or reserved by your runs, and this "
+            f"run may score {wanted}; wait for a run to end, cancel one, or ask for a smaller max_scored_templates"
+        )
+        self.owner, self.used, self.share = owner, used, share
 
 
 class RequestIdReused(Exception):
@@ -79,6 +97,18 @@ def may_see(caller: Principal, record: RunRecord) -> bool:
     return record.owner == caller.name or caller.has("admin")
 
 
+def summary(run: pb.Run) -> pb.Run:
+    """RUN_VIEW_BASIC: the run without what can be large (the spec but its task and label, the best but the first,
+    the ensemble)."""
+    brief = pb.Run()
+    brief.CopyFrom(run)
+    brief.spec.Clear()
+    brief.spec.task_id, brief.spec.label = run.spec.task_id, run.spec.label
+    del brief.best[1:]
+    brief.ClearField("ensemble")
+    return brief
+
+
 class RunManager:
     def __init__(
         self,
@@ -89,11 +119,13 @@ class RunManager:
         max_active_runs: int,
         default_model: str,
         limits: RunLimits = RunLimits(),
+        shares: OwnerShares = OwnerShares(),
     ) -> None:
         self.store, self.llm, self.scorer = store, llm, scorer
-        self.default_model, self.limits = default_model, limits
-        self._slots = asyncio.Semaphore(max_active_runs)
+        self.default_model, self.limits, self.shares = default_model, limits, shares
+        self._slots = FairSlots(max_active_runs)
         self._tasks: dict[str, asyncio.Task] = {}
+        self._owners: dict[str, str] = {}  # run id -> owner, of the runs active or waiting
         self._cancelling: set[str] = set()
         self._signals: dict[str, Signal] = {}
         self._refresh_gauges()
@@ -119,8 +151,7 @@ class RunManager:
             raise SpecError(
                 f"replay_run_id: no run {settings.replay_run_id!r} to replay; ListRuns shows the known ones"
             )
-        if len(self._tasks) >= MAX_WAITING_RUNS:
-            raise TooManyRuns(f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one")
+        self._check_shares(owner.name, settings.max_scored_templates)
         try:
             task = await self.scorer.task(settings.task_id, grace_s=0)
         except ScorerError as err:
@@ -160,6 +191,29 @@ class RunManager:
         log.info("run_start_repeated", run_id=earlier.run_id, request_id=earlier.request_id)
         return self.get(earlier.run_id, caller)
 
+    def _check_shares(self, owner: str, scored_templates: int, resumed: str = "") -> None:
+        """Refuses a run (a new one, or `resumed`) the queue or the owner's shares cannot take (TooManyRuns,
+        OwnerBudgetSpent)."""
+        if len(self._tasks) >= MAX_WAITING_RUNS:
+            raise TooManyRuns(
+                f"{MAX_WAITING_RUNS} runs are active or waiting; wait for one to end or cancel one",
+                limit=str(MAX_WAITING_RUNS),
+                scope="service",
+            )
+        share = self.shares.max_runs
+        if share and sum(1 for o in self._owners.values() if o == owner) >= share:
+            raise TooManyRuns(
+                f"you have {share} runs active or waiting, your share (--max-runs-per-owner); wait for one to end "
+                "or cancel one",
+                limit=str(share),
+                scope="owner",
+            )
+        budget = self.shares.max_scored_templates
+        if budget:
+            used = self.store.scored_or_reserved(owner, ENDED, excluding=resumed)
+            if used + scored_templates > budget:
+                raise OwnerBudgetSpent(owner, used, budget, scored_templates)
+
     def resume_unfinished(self) -> list[str]:
         """Relaunches the runs a previous process left PENDING or RUNNING."""
         run_ids = [r.run_id for r in self.store.runs([PENDING, RUNNING])]
@@ -176,6 +230,7 @@ class RunManager:
             raise RunStateError(f"run {run_id} is {record.state} and still searching; nothing to resume")
         if record.state == SUCCEEDED:
             raise RunStateError(f"run {run_id} SUCCEEDED; only FAILED or CANCELLED runs can be resumed")
+        self._check_shares(record.owner, RunSettings.from_json(record.settings).max_scored_templates, run_id)
         await self.store.set_state(run_id, PENDING, "", record.counters)
         self._launch(run_id)
         return self.get(run_id, caller)
@@ -200,6 +255,7 @@ class RunManager:
 
     def _launch(self, run_id: str) -> None:
         self._signals.setdefault(run_id, Signal())
+        self._owners[run_id] = self._record(run_id).owner
         self._tasks[run_id] = asyncio.create_task(self._drive(run_id), name=f"run-{run_id}")
         self._refresh_gauges()
 
@@ -209,7 +265,7 @@ class RunManager:
         structlog.contextvars.bind_contextvars(run_id=run_id)
         counters = None  # what the run has spent; kept whichever way it ends
         try:
-            async with self._slots:
+            async with self._slots.slot(self._owners[run_id]):
                 record = self._record(run_id)
                 counters = Counters.from_json(record.counters)
                 await self.store.set_state(run_id, RUNNING, "", record.counters)
@@ -235,6 +291,7 @@ class RunManager:
         finally:
             self._cancelling.discard(run_id)
             self._tasks.pop(run_id, None)
+            self._owners.pop(run_id, None)
             with contextlib.suppress(KeyError):  # the run never scored anything
                 metrics.BEST_TRAIN_ACCURACY.remove(run_id)
 
@@ -339,18 +396,27 @@ class RunManager:
         return self._run_proto(self._record(run_id, caller), caller)
 
     def list(
-        self, caller: Principal, size: int = 0, token: str = "", states: list[int] | None = None
+        self,
+        caller: Principal,
+        size: int = 0,
+        token: str = "",
+        states: list[int] | None = None,
+        view: int = pb.RUN_VIEW_BASIC,
     ) -> tuple[list[pb.Run], str]:
         """A page of the caller's runs (an admin's: every run), newest first, optionally only in `states` (RunState
-        values); returns it and the next page's token."""
+        values), each in full or as a summary (`view`, AIP-157); returns it and the next page's token."""
         names = sorted({pb.RunState.Name(s).removeprefix("RUN_STATE_") for s in states or () if self._known_state(s)})
-        limit = page_size(size, RUNS_PAGE_SIZE, MAX_RUNS_PAGE_SIZE)
+        if view not in pb.RunView.values():
+            raise PageError("view", f"view: {view} is not a run view; use RUN_VIEW_BASIC or RUN_VIEW_FULL")
+        full = view == pb.RUN_VIEW_FULL
+        limit = page_size(size, RUNS_PAGE_SIZE, MAX_FULL_RUNS_PAGE_SIZE if full else MAX_RUNS_PAGE_SIZE)
         position = decode_token(token, ((int, float), str), names)
         owner = None if caller.has("admin") else caller.name
         records = self.store.runs_page(names or None, tuple(position) if position else None, limit + 1, owner)
         last = records[limit - 1] if len(records) > limit else None
         next_token = encode_token([last.created, last.run_id], names) if last else ""
-        return [self._run_proto(record, caller) for record in records[:limit]], next_token
+        runs = [self._run_proto(record, caller) for record in records[:limit]]
+        return (runs if full else [summary(run) for run in runs]), next_token
 
     @staticmethod
     def _known_state(state: int) -> bool:

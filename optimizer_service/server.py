@@ -10,29 +10,34 @@ their owner.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar, cast
 
 import grpc
 import structlog
-from google.protobuf.message import Message
 from typing_extensions import override
 
 from optimizer_service.config import OptimizerConfig
 from optimizer_service.llm import LlmClient
-from optimizer_service.runs import RequestIdReused, RunManager, RunNotFound, RunStateError, TooManyRuns
+from optimizer_service.runs import (
+    OwnerBudgetSpent,
+    RequestIdReused,
+    RunManager,
+    RunNotFound,
+    RunStateError,
+    TooManyRuns,
+)
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
 from optimizer_service.spec import ModelNotAllowed, SpecError
 from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
+from promptclimb_common import errors
 from promptclimb_common.auth import Authenticator, load_tokens, reload_tokens
-from promptclimb_common.errors import Reason, ServiceError, abort, invalid
+from promptclimb_common.errors import FailureTable, Reason, ServiceError, abort, invalid
 from promptclimb_common.grpc_runtime import GrpcService
 from promptclimb_common.paging import PageError
 from promptclimb_common.paths import require_writable
+from promptclimb_common.serving_args import ServingConfig
 
 log = structlog.get_logger(__name__)
 
@@ -43,66 +48,42 @@ MAX_RUN_ID = 64
 RETRY_S = 5.0  # RetryInfo of what passes: a full queue of runs, an unreachable scorer or database
 # Longest first: a field whose name is a prefix of another's is no match for it.
 SPEC_FIELDS = tuple(sorted(pb.RunSpec.DESCRIPTOR.fields_by_name, key=len, reverse=True))
-KNOWN_FAILURES = (
-    SpecError,
-    PageError,
-    RequestIdReused,
-    RunNotFound,
-    RunStateError,
-    TooManyRuns,
-    ScorerUnavailable,
-    StoreError,
-)
 
 
-def service_error(err: Exception) -> ServiceError:
-    """The status and reason of a known failure (the proto lists them)."""
+def _spec_error(err: SpecError) -> ServiceError:
+    """INVALID_ARGUMENT naming the spec field its message starts with."""
     message = str(err)
-    if isinstance(err, SpecError):  # its message starts with the field it is about
-        field = next((f"spec.{f}" for f in SPEC_FIELDS if message.startswith(f)), "spec")
-        return invalid(
-            field, message, Reason.MODEL_NOT_ALLOWED if isinstance(err, ModelNotAllowed) else Reason.INVALID_FIELD
-        )
-    if isinstance(err, PageError):
-        return invalid(err.field, message)
-    if isinstance(err, RequestIdReused):
-        return ServiceError(grpc.StatusCode.ALREADY_EXISTS, Reason.REQUEST_ID_REUSED, message)
-    if isinstance(err, RunNotFound):
-        return ServiceError(grpc.StatusCode.NOT_FOUND, Reason.RUN_NOT_FOUND, message)
-    if isinstance(err, RunStateError):
-        return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, Reason.RUN_STATE_CONFLICT, message)
-    if isinstance(err, TooManyRuns):
-        return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_RUNS, message, retry_after_s=RETRY_S)
-    reason = Reason.SCORER_UNAVAILABLE if isinstance(err, ScorerUnavailable) else Reason.STATE_UNAVAILABLE
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, reason, message, retry_after_s=RETRY_S)
+    field = next((f"spec.{f}" for f in SPEC_FIELDS if message.startswith(f)), "spec")
+    return invalid(
+        field, message, Reason.MODEL_NOT_ALLOWED if isinstance(err, ModelNotAllowed) else Reason.INVALID_FIELD
+    )
 
 
-Handler = TypeVar("Handler", bound=Callable[..., Any])
+def _retry_later(code: grpc.StatusCode, reason: Reason) -> Callable[[Exception], ServiceError]:
+    return lambda err: ServiceError(code, reason, str(err), retry_after_s=RETRY_S)
 
 
-def maps_failures(handler: Handler) -> Handler:
-    """Aborts a handler's known failure with its documented status (service_error); anything else is the
-    interceptor's."""
-    if inspect.isasyncgenfunction(handler):
-
-        @functools.wraps(handler)
-        async def stream(self: OptimizerServicer, request: Message, context: Context) -> AsyncIterator[Message]:
-            try:
-                async for item in handler(self, request, context):
-                    yield item
-            except KNOWN_FAILURES as err:
-                await abort(context, service_error(err))
-
-        return cast(Handler, stream)
-
-    @functools.wraps(handler)
-    async def unary(self: OptimizerServicer, request: Message, context: Context) -> Message:
-        try:
-            return cast(Message, await handler(self, request, context))
-        except KNOWN_FAILURES as err:
-            await abort(context, service_error(err))
-
-    return cast(Handler, unary)
+# The status and reason of every known failure (the proto lists them).
+FAILURES: FailureTable = {
+    SpecError: _spec_error,
+    PageError: lambda err: invalid(err.field, str(err)),
+    RequestIdReused: lambda err: ServiceError(grpc.StatusCode.ALREADY_EXISTS, Reason.REQUEST_ID_REUSED, str(err)),
+    RunNotFound: lambda err: ServiceError(grpc.StatusCode.NOT_FOUND, Reason.RUN_NOT_FOUND, str(err)),
+    RunStateError: lambda err: ServiceError(grpc.StatusCode.FAILED_PRECONDITION, Reason.RUN_STATE_CONFLICT, str(err)),
+    TooManyRuns: lambda err: ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, Reason.TOO_MANY_RUNS, str(err), retry_after_s=RETRY_S, metadata=err.metadata
+    ),
+    OwnerBudgetSpent: lambda err: ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.OWNER_BUDGET_SPENT,
+        str(err),
+        quota_subject=f"owner:{err.owner}",
+        metadata={"used": str(err.used), "share": str(err.share)},
+    ),
+    ScorerUnavailable: _retry_later(grpc.StatusCode.UNAVAILABLE, Reason.SCORER_UNAVAILABLE),
+    StoreError: _retry_later(grpc.StatusCode.UNAVAILABLE, Reason.STATE_UNAVAILABLE),
+}
+maps_failures = errors.maps_failures(FAILURES)
 
 
 async def _run_id(context: grpc.aio.ServicerContext, run_id: str) -> str:
@@ -153,8 +134,28 @@ class OptimizerServicer(optimizer_pb2_grpc.OptimizerServicer):
     @maps_failures
     async def ListRuns(self, request: pb.ListRunsRequest, context: Context) -> pb.ListRunsResponse:
         caller = await self.auth.require(context, "run")
-        runs, next_page_token = self.manager.list(caller, request.page_size, request.page_token, list(request.states))
+        runs, next_page_token = self.manager.list(
+            caller, request.page_size, request.page_token, list(request.states), request.view
+        )
         return pb.ListRunsResponse(runs=runs, next_page_token=next_page_token)
+
+
+def optimizer_service(config: ServingConfig, manager: RunManager, auth: Authenticator) -> GrpcService:
+    """The gRPC server of the service (not started), with each caller's share of its calls (call_shares.py)."""
+    return GrpcService(
+        [(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(manager, auth), SERVICE_NAME)],
+        host=config.host,
+        port=config.port,
+        tls=config.tls,
+        grace_seconds=config.grace_seconds,
+        max_concurrent_rpcs=config.max_concurrent_rpcs,
+        shares=config.share_limits,
+        owner_of=auth.owner_of,
+        metrics_port=config.metrics_port,
+        metrics_host=config.metrics_host,
+        metrics_caller_labels=config.metrics_caller_labels,
+        port_file=config.port_file,
+    )
 
 
 async def serve(config: OptimizerConfig) -> None:
@@ -165,19 +166,15 @@ async def serve(config: OptimizerConfig) -> None:
     llm = LlmClient(config.llm, store)
     scorer = ScorerClient(config.scorer)
     manager = RunManager(
-        store, llm, scorer, max_active_runs=config.max_active_runs, default_model=config.llm.model, limits=config.limits
+        store,
+        llm,
+        scorer,
+        max_active_runs=config.max_active_runs,
+        default_model=config.llm.model,
+        limits=config.limits,
+        shares=config.shares,
     )
-    servicer = OptimizerServicer(manager, auth)
-    service = GrpcService(
-        [(optimizer_pb2_grpc.add_OptimizerServicer_to_server, servicer, SERVICE_NAME)],
-        host=config.host,
-        port=config.port,
-        tls=config.tls,
-        grace_seconds=config.grace_seconds,
-        max_concurrent_rpcs=config.max_concurrent_rpcs,
-        metrics_port=config.metrics_port,
-        port_file=config.port_file,
-    )
+    service = optimizer_service(config, manager, auth)
     await service.start()
     log.info(
         "optimizer_serving",
@@ -189,9 +186,7 @@ async def serve(config: OptimizerConfig) -> None:
         resumed=manager.resume_unfinished(),
     )
     try:
-        await service.serve_until_signalled(
-            on_hangup=lambda: reload_tokens(auth, config.tokens_file, "PROMPTCLIMB_TOKENS")
-        )
+        await service.serve_until_signalled(lambda: reload_tokens(auth, config.tokens_file, "PROMPTCLIMB_TOKENS"))
     finally:
         await manager.shutdown()
         await llm.close()

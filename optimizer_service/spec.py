@@ -39,7 +39,9 @@ class ModelNotAllowed(SpecError):
 
 @dataclass(frozen=True)
 class RunLimits:
-    """The service's bounds on a run's LLM spend: the models a spec may name, and the ceilings of the LLM budgets.
+    """The service's bounds on a run's spend: the models a spec may name, and the ceilings of the LLM budgets and of
+    the templates it may have scored (every run scores through the optimizer's one scorer token, whose budget all
+    callers share).
 
     A ceiling (0: none) is what a spec's 0 takes, and a spec above it is refused. `allowed_models` None: any model
     (a local `run`, where the key is the caller's own); else the models besides the default one. The cost ceiling
@@ -50,6 +52,20 @@ class RunLimits:
     max_llm_tokens: int = 0
     max_llm_cost_usd: float = 0.0
     priced: bool = True
+    max_scored_templates: int = 0
+
+
+@dataclass(frozen=True)
+class OwnerShares:
+    """What one owner may hold of the service, so no caller can starve another (0: no bound).
+
+    `max_runs`: runs active or waiting at once. `max_scored_templates`: templates the owner's runs may have scored,
+    counted over every run the owner ever started, where an unfinished run reserves its whole budget (its
+    max_scored_templates) until it ends: every run scores through the optimizer's one scorer token, so this is each
+    owner's part of that token's budget."""
+
+    max_runs: int = 0
+    max_scored_templates: int = 0
 
 
 @dataclass(frozen=True)
@@ -199,7 +215,7 @@ class RunSettings:
         wall = spec.max_wall_time
         if wall.seconds < 0 or not 0 <= wall.nanos < 1_000_000_000:
             raise SpecError("max_wall_time must be a duration >= 0 (unset or 0 means no limit)")
-        llm_budgets = _llm_budgets(spec, limits)
+        budgets = _budgets(spec, limits)
         temperature = chosen("temperature", spec.temperature if spec.HasField("temperature") else None, 1.0)
         if not 0.0 <= temperature <= MAX_TEMPERATURE:
             raise SpecError(f"temperature={temperature} is out of range; allowed 0..{MAX_TEMPERATURE}")
@@ -217,7 +233,6 @@ class RunSettings:
                 "show_accuracies", spec.show_accuracies if spec.HasField("show_accuracies") else None, True
             ),
             temperature=temperature,
-            max_scored_templates=spec.max_scored_templates,
             max_wall_seconds=wall.ToNanoseconds() / 1e9,
             seed=spec.seed,
             label=spec.label,
@@ -227,7 +242,7 @@ class RunSettings:
             strategy=strategy,
             task_description=" ".join(spec.task_description.split()),
             select_on_val=spec.select_on_val if spec.HasField("select_on_val") else True,
-            **llm_budgets,
+            **budgets,
             **knobs,
         )
 
@@ -259,8 +274,9 @@ class RunSettings:
         )
 
 
-def _llm_budgets(spec: pb.RunSpec, limits: RunLimits) -> dict:
-    """The LLM budgets: the spec's, or the service's ceiling where the spec sets none; above a ceiling is refused."""
+def _budgets(spec: pb.RunSpec, limits: RunLimits) -> dict:
+    """The LLM and scoring budgets: the spec's, or the service's ceiling where the spec sets none; above a ceiling is
+    refused."""
     if not (spec.max_llm_cost_usd >= 0 and math.isfinite(spec.max_llm_cost_usd)):
         raise SpecError("max_llm_cost_usd must be a finite number >= 0 (0 takes the service's ceiling)")
     if spec.max_llm_cost_usd and not limits.priced:
@@ -271,6 +287,7 @@ def _llm_budgets(spec: pb.RunSpec, limits: RunLimits) -> dict:
         "max_llm_calls": limits.max_llm_calls,
         "max_llm_tokens": limits.max_llm_tokens,
         "max_llm_cost_usd": limits.max_llm_cost_usd if limits.priced else 0.0,
+        "max_scored_templates": limits.max_scored_templates,
     }
     budgets = {}
     for name, ceiling in ceilings.items():

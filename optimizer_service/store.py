@@ -296,6 +296,19 @@ class Store:
         ).fetchall()
         return [_run_record(row) for row in rows]
 
+    def scored_or_reserved(self, owner: str, ended: Iterable[str], excluding: str = "") -> int:
+        """Templates `owner`'s runs have scored, where a run not in an `ended` state counts at least its whole
+        max_scored_templates (what it may yet score); the run `excluding` is left out."""
+        states = list(ended)
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(CASE WHEN state IN ({marks}) THEN scored ELSE MAX(scored, budget) END), 0) FROM ("
+            "SELECT state, COALESCE(json_extract(counters, '$.templates_scored'), 0) AS scored, "
+            "COALESCE(json_extract(settings, '$.max_scored_templates'), 0) AS budget "
+            "FROM runs WHERE owner = ? AND run_id != ?)".format(marks=",".join("?" * len(states))),
+            [*states, owner, excluding],
+        ).fetchone()
+        return int(row[0])
+
     def count_by_state(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT state, COUNT(*) FROM runs GROUP BY state").fetchall())
 

@@ -9,13 +9,16 @@
 Each method is one RPC: it takes the request message and returns the response
 message of the generated stubs. Every call has a deadline (the client's
 `deadline_s` unless the call names its own) that bounds all its attempts
-together. Retries follow the services' error model:
+together. Retries follow the services' error model, by the one rule both
+services and the optimizer's scorer client share (`ErrorDetails.retryable` in
+promptclimb_common/errors.py):
 
-- UNAVAILABLE is retried with jittered exponential backoff; every call is safe
-  to repeat (StartRun gets a `request_id` when its request has none, so a repeat
-  returns the run the first attempt started);
-- RESOURCE_EXHAUSTED and ABORTED are retried only when the server's rich status
-  carries a `google.rpc.RetryInfo`, after the delay it names;
+- a failure whose rich status carries a `google.rpc.RetryInfo` is retried after
+  the delay it names (a full queue, a rate limit or share, a store fault);
+- a transport failure (UNAVAILABLE or DEADLINE_EXCEEDED with no rich status:
+  the server is down or unreachable) is retried with jittered exponential
+  backoff; every call is safe to repeat (StartRun gets a `request_id` when its
+  request has none, so a repeat returns the run the first attempt started);
 - anything else is raised at once, as is a retry whose wait would outlast the
   deadline. Failures surface as `CallError`, with the rich status's details.
 """
@@ -50,7 +53,6 @@ __all__ = ["CallError", "Optimizer", "Retry", "Scorer", "Tls"]
 Tls = ClientTls
 M = TypeVar("M", bound=Message)
 _Reply = TypeVar("_Reply", bound=Message)
-_RETRIED_WITH_RETRY_INFO = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED)
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,7 @@ class CallError(Exception):
 
 
 def _retryable(err: BaseException) -> bool:
-    if not isinstance(err, grpc.aio.AioRpcError):
-        return False
-    if err.code() == grpc.StatusCode.UNAVAILABLE:
-        return True
-    return err.code() in _RETRIED_WITH_RETRY_INFO and details_of(err).retry_after_s is not None
+    return isinstance(err, grpc.aio.AioRpcError) and details_of(err).retryable
 
 
 class _Client:

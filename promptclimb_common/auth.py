@@ -193,6 +193,11 @@ class Authenticator:
         entry = self._entry(metadata)
         return Principal(entry.name, entry.rights, entry.evaluation_budget) if entry else None
 
+    def owner_of(self, metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+        """The caller's name for its share of the server's calls (call_shares.py); None without a known token."""
+        principal = self.identify(metadata)
+        return principal.name if principal else None
+
     def _entry(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> TokenEntry | None:
         header = next((v for k, v in metadata or () if k == "authorization"), None)
         if not isinstance(header, str) or not header.startswith("Bearer "):

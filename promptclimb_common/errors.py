@@ -16,8 +16,11 @@ failed call back with `details_of`.
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf import duration_pb2
@@ -38,6 +41,7 @@ class Reason(enum.StrEnum):
     RATE_LIMITED = "RATE_LIMITED"  # RESOURCE_EXHAUSTED + RetryInfo: the token's request rate
     INVALID_FIELD = "INVALID_FIELD"  # INVALID_ARGUMENT + BadRequest: a field breaks a rule
     STATE_UNAVAILABLE = "STATE_UNAVAILABLE"  # UNAVAILABLE + RetryInfo: the service's database or quota store
+    OWNER_SHARE_REACHED = "OWNER_SHARE_REACHED"  # RESOURCE_EXHAUSTED + RetryInfo: the caller's calls or streams at once
     # Scorer
     TEST_SPLIT_FORBIDDEN = "TEST_SPLIT_FORBIDDEN"  # PERMISSION_DENIED: SPLIT_TEST without the `test` right
     TASK_NOT_FOUND = "TASK_NOT_FOUND"  # NOT_FOUND
@@ -48,7 +52,8 @@ class Reason(enum.StrEnum):
     # Optimizer
     RUN_NOT_FOUND = "RUN_NOT_FOUND"  # NOT_FOUND: unknown, or another caller's run
     RUN_STATE_CONFLICT = "RUN_STATE_CONFLICT"  # FAILED_PRECONDITION: the run's state does not allow the call
-    TOO_MANY_RUNS = "TOO_MANY_RUNS"  # RESOURCE_EXHAUSTED + RetryInfo
+    TOO_MANY_RUNS = "TOO_MANY_RUNS"  # RESOURCE_EXHAUSTED + RetryInfo: the service's queue, or the caller's share of it
+    OWNER_BUDGET_SPENT = "OWNER_BUDGET_SPENT"  # RESOURCE_EXHAUSTED + QuotaFailure: the caller's scored-template share
     MODEL_NOT_ALLOWED = "MODEL_NOT_ALLOWED"  # INVALID_ARGUMENT + BadRequest: llm_model outside --llm-allowed-models
     SCORER_UNAVAILABLE = "SCORER_UNAVAILABLE"  # UNAVAILABLE + RetryInfo
     REQUEST_ID_REUSED = "REQUEST_ID_REUSED"  # ALREADY_EXISTS: the caller's request_id started a run with another spec
@@ -106,6 +111,55 @@ async def abort(context: grpc.aio.ServicerContext, error: ServiceError) -> NoRet
     await context.abort_with_status(error.to_status())
 
 
+# What a service's handlers may fail with, and the ServiceError each becomes. First match wins: a subclass goes
+# before its base class.
+FailureTable = Mapping[type[Exception], Callable[[Any], ServiceError]]
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def maps_failures(table: FailureTable) -> Callable[[Handler], Handler]:
+    """A decorator for an aio servicer's handlers (unary or streaming) that aborts each known failure with the status
+    `table` gives it; a raised ServiceError is aborted as it is.
+
+    Both services declare their table once and put this on every handler, so a handler raises and never builds a
+    status inline; anything not in the table is the interceptor's (INTERNAL, logged).
+    """
+    known: tuple[type[Exception], ...] = (ServiceError, *table)
+
+    def service_error(err: Exception) -> ServiceError:
+        if isinstance(err, ServiceError):
+            return err
+        return next(build(err) for kind, build in table.items() if isinstance(err, kind))
+
+    def decorate(handler: Handler) -> Handler:
+        if inspect.isasyncgenfunction(handler):
+
+            @functools.wraps(handler)
+            async def stream(self: object, request: Message, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                try:
+                    async for item in handler(self, request, context):
+                        yield item
+                except known as err:
+                    await abort(context, service_error(err))
+
+            return cast(Handler, stream)
+
+        @functools.wraps(handler)
+        async def unary(self: object, request: Message, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await handler(self, request, context)
+            except known as err:
+                await abort(context, service_error(err))
+
+        return cast(Handler, unary)
+
+    return decorate
+
+
+# The codes whose RetryInfo a client acts on; on any other code a retry cannot help, whatever the details say.
+PASSING_CODES = (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE)
+
+
 @dataclass(frozen=True)
 class ErrorDetails:
     """What a client reads from a failed call: the code, the message and the rich details, where sent."""
@@ -121,9 +175,10 @@ class ErrorDetails:
 
     @property
     def retryable(self) -> bool:
-        """Worth retrying: the server said so (RetryInfo), or the failure is the transport's (no details at all)."""
+        """The one retry rule of every client of ours: worth retrying when the server said so (RetryInfo on a code
+        that can pass), or when the failure is the transport's (no details at all: the server is down or away)."""
         if self.retry_after_s is not None:
-            return True
+            return self.code in PASSING_CODES
         return not self.reason and self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 

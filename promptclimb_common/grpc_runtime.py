@@ -16,7 +16,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 from wsgiref.simple_server import WSGIServer
@@ -28,6 +28,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import Counter, Histogram, start_http_server
 
+from promptclimb_common.call_shares import HEALTH_ROOM, REVOKED, CallShares, Metadata, OpenCall, ShareLimits
+from promptclimb_common.errors import ServiceError, abort
 from promptclimb_common.port_file import BoundPorts
 
 log = structlog.get_logger(__name__)
@@ -58,14 +60,70 @@ class TlsFiles:
         return bool(self.cert)
 
 
-def server_credentials(tls: TlsFiles) -> grpc.ServerCredentials | None:
-    if not tls.enabled:
-        return None
-    if not tls.cert or not tls.key:
-        raise ValueError("TLS needs both a certificate and a key file")
-    pair = [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())]
-    ca = Path(tls.client_ca).read_bytes() if tls.client_ca else None
-    return grpc.ssl_server_credentials(pair, root_certificates=ca, require_client_auth=ca is not None)
+class ReloadingCredentials:
+    """Server TLS whose certificate, key and client CA are read again when their files change, or on SIGHUP
+    (`reload`), so a rotated certificate needs no restart.
+
+    gRPC asks `_fetch` at each new connection's handshake: a file changed since the last read (its modification
+    time or size) gives the new configuration; files that cannot be read (a rotation half done) keep the current one,
+    logged. Connections open before a rotation keep the certificate they began with.
+    """
+
+    def __init__(self, tls: TlsFiles) -> None:
+        if not tls.cert or not tls.key:
+            raise ValueError("TLS needs both a certificate and a key file")
+        self.tls = tls
+        self._paths = [Path(p) for p in (tls.cert, tls.key, tls.client_ca) if p]
+        self._stamp = self._stamps()
+        self._forced = False
+        self.credentials = grpc.dynamic_ssl_server_credentials(
+            self._configuration(),
+            self._fetch,  # type: ignore[arg-type]  # gRPC takes None as "unchanged"; typeshed's stub does not say so
+            require_client_authentication=tls.client_ca is not None,
+        )
+
+    def reload(self) -> None:
+        """Reads the files again at the next handshake, changed or not (SIGHUP)."""
+        self._forced = True
+
+    def _stamps(self) -> tuple[tuple[int, int], ...]:
+        return tuple((s.st_mtime_ns, s.st_size) for s in (p.stat() for p in self._paths))
+
+    def _configuration(self) -> grpc.ServerCertificateConfiguration:
+        assert self.tls.cert and self.tls.key  # checked in __init__
+        pair = [(Path(self.tls.key).read_bytes(), Path(self.tls.cert).read_bytes())]
+        ca = Path(self.tls.client_ca).read_bytes() if self.tls.client_ca else None
+        return grpc.ssl_server_certificate_configuration(pair, root_certificates=ca)
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        try:
+            stamp = self._stamps()
+            if stamp == self._stamp and not self._forced:
+                return None
+            configuration = self._configuration()
+        except (OSError, ValueError) as err:
+            log.error("tls_not_reloaded", reason=str(err))
+            return None
+        self._stamp, self._forced = stamp, False
+        log.info("tls_reloaded", cert=self.tls.cert, mtls=bool(self.tls.client_ca))
+        return configuration
+
+
+class CallerLabels:
+    """Whether /metrics may name callers: token names and run ids as label values (--metrics-caller-labels).
+
+    Off, every caller's figures go under one label value, so a scrape tells no token name nor run id."""
+
+    HIDDEN = "-"
+
+    def __init__(self) -> None:
+        self.shown = True
+
+    def __call__(self, name: str) -> str:
+        return name if self.shown else self.HIDDEN
+
+
+caller_label = CallerLabels()
 
 
 def channel_credentials(
@@ -136,8 +194,13 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
 
     It also decodes the request itself: a message that is not valid protobuf
     (say, a string field holding bytes that are not UTF-8) gets INVALID_ARGUMENT
-    naming the problem, where gRPC's own decoding would answer INTERNAL.
+    naming the problem, where gRPC's own decoding would answer INTERNAL. Every
+    service call is first admitted by `shares` (call_shares.py): health and
+    reflection never are, so they always answer.
     """
+
+    def __init__(self, shares: CallShares) -> None:
+        self.shares = shares
 
     async def intercept_service(
         self,
@@ -152,13 +215,20 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         request_id = str(metadata.get("x-request-id") or uuid.uuid4().hex[:16])
 
         decode = handler.request_deserializer
+        caller = tuple(details.invocation_metadata or ())
+        is_stream = handler.unary_stream is not None
 
         async def observe(call: Callable[[Any], Awaitable[Any]], raw: bytes, context: Context) -> Any:
             structlog.contextvars.clear_contextvars()
             structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            admitted: OpenCall | None = None
             try:
+                try:
+                    admitted = self.shares.admit(caller, is_stream)
+                except ServiceError as refusal:
+                    await abort(context, refusal)
                 try:
                     request = decode(raw) if decode else raw
                 except Exception as err:  # noqa: BLE001 - any decoding failure is the caller's malformed message
@@ -167,8 +237,13 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                     )
                 return await call(request)
             except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
+                if admitted is None or not admitted.revoked:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()  # cancelled by revoke(), to be answered, not by the client leaving
+                await abort(context, REVOKED)
             except Exception as err:  # the boundary of one call: logged, answered INTERNAL
                 if context.code() not in (None, grpc.StatusCode.OK):  # an abort
                     code = context.code()
@@ -177,6 +252,8 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
                 log.exception("rpc_failed", error=repr(err))
                 await context.abort(code, f"internal error (request id {request_id}); the server logged it")
             finally:
+                if admitted is not None:
+                    self.shares.release(admitted)
                 if context.code() not in (None, grpc.StatusCode.OK):
                     code = context.code()
                 GRPC_HANDLED.labels(service, method, code.name).inc()
@@ -212,6 +289,8 @@ class GrpcService:
 
     `services` are (add_XServicer_to_server, servicer, full service name).
     `metrics_port` None serves no /metrics; `port_file` gets the bound ports once serving.
+    `shares` bound the calls in progress (call_shares.py): `max_concurrent_rpcs` in all, and per caller as
+    `owner_of` (the caller's name from its metadata) tells them apart; without `owner_of`, only the total.
     """
 
     def __init__(
@@ -223,18 +302,28 @@ class GrpcService:
         tls: TlsFiles = TlsFiles(),
         max_message_bytes: int = 4 * 1024 * 1024,
         max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+        shares: ShareLimits | None = None,
+        owner_of: Callable[[Metadata], str | None] | None = None,
         grace_seconds: float = 30.0,
         metrics_port: int | None = None,
+        metrics_host: str | None = None,
+        metrics_caller_labels: bool = True,
         port_file: Path | None = None,
     ) -> None:
         self._services = list(services)
         self.host, self.port, self.tls = host, port, tls
         self.metrics_port, self.port_file = metrics_port, port_file
+        self.metrics_host = metrics_host or host
+        caller_label.shown = metrics_caller_labels
+        self._credentials = ReloadingCredentials(tls) if tls.enabled else None
         self._metrics_server: WSGIServer | None = None
         self.grace_seconds = grace_seconds
+        limits = shares if shares is not None and owner_of is not None else ShareLimits(max_concurrent_rpcs)
+        self.shares = CallShares(replace(limits, total=max_concurrent_rpcs), owner_of or (lambda _: None))
         self.server = grpc.aio.server(
-            interceptors=[ObservingInterceptor()],
-            maximum_concurrent_rpcs=max_concurrent_rpcs,  # beyond it gRPC answers RESOURCE_EXHAUSTED
+            interceptors=[ObservingInterceptor(self.shares)],
+            # gRPC's own cap, beyond which it answers RESOURCE_EXHAUSTED to anything, health included: room above ours
+            maximum_concurrent_rpcs=max_concurrent_rpcs + HEALTH_ROOM,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.max_send_message_length", max_message_bytes),
@@ -255,15 +344,16 @@ class GrpcService:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection([*names, "grpc.health.v1.Health", reflection.SERVICE_NAME], self.server)
         address = f"{self.host}:{self.port}"
-        credentials = server_credentials(self.tls)
         bound = (
-            self.server.add_secure_port(address, credentials) if credentials else self.server.add_insecure_port(address)
+            self.server.add_secure_port(address, self._credentials.credentials)
+            if self._credentials
+            else self.server.add_insecure_port(address)
         )
         if bound == 0:
             raise OSError(f"cannot bind gRPC port {address}")
         self.port = bound
         if self.metrics_port is not None:  # before serving: a metrics port that cannot be bound fails the start
-            self._metrics_server, _ = start_http_server(self.metrics_port, addr=self.host)
+            self._metrics_server, _ = start_http_server(self.metrics_port, addr=self.metrics_host)
             self.metrics_port = self._metrics_server.server_port
         await self.server.start()
         for name in ["", *names]:
@@ -273,6 +363,7 @@ class GrpcService:
             address=f"{self.host}:{bound}",
             port=bound,
             metrics_port=self.metrics_port,
+            metrics_host=self.metrics_host if self.metrics_port is not None else None,
             tls=self.tls.enabled,
             mtls=bool(self.tls.client_ca),
         )
@@ -289,14 +380,22 @@ class GrpcService:
             self._metrics_server.server_close()
         log.info("grpc_server_stopped")
 
-    async def serve_until_signalled(self, on_hangup: Callable[[], None] | None = None) -> None:
-        """Runs until SIGTERM or SIGINT, then stops gracefully; SIGHUP calls `on_hangup` (a reload)."""
+    def reload(self, reload_tokens: Callable[[], None] | None = None) -> None:
+        """SIGHUP: reads the TLS files again at the next handshake, calls `reload_tokens`, then ends the open calls
+        whose token it revoked."""
+        if self._credentials is not None:
+            self._credentials.reload()
+        if reload_tokens is not None:
+            reload_tokens()
+            self.shares.revoke()
+
+    async def serve_until_signalled(self, reload_tokens: Callable[[], None] | None = None) -> None:
+        """Runs until SIGTERM or SIGINT, then stops gracefully; SIGHUP reloads (`reload`)."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        if on_hangup is not None:
-            loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        loop.add_signal_handler(signal.SIGHUP, self.reload, reload_tokens)
         await stop.wait()
         log.info("shutdown_requested", grace_seconds=self.grace_seconds)
         await self.stop()

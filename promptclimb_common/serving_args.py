@@ -20,9 +20,15 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from promptclimb_common.call_shares import ShareLimits
 from promptclimb_common.grpc_runtime import DEFAULT_MAX_CONCURRENT_RPCS, TlsFiles
 
 EnvReader = Callable[..., Any]
+
+
+# One caller may hold a quarter of the default slots, and a sixteenth as streams (call_shares.py).
+DEFAULT_MAX_RPCS_PER_OWNER = 64
+DEFAULT_MAX_STREAMS_PER_OWNER = 16
 
 
 @dataclass(frozen=True)
@@ -37,7 +43,15 @@ class ServingConfig:
     anonymous_rights: frozenset[str] = frozenset()
     tls: TlsFiles = field(default_factory=TlsFiles)
     max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS
+    max_rpcs_per_owner: int = DEFAULT_MAX_RPCS_PER_OWNER
+    max_streams_per_owner: int = DEFAULT_MAX_STREAMS_PER_OWNER
     grace_seconds: float = 30.0
+    metrics_host: str | None = None  # None: --host
+    metrics_caller_labels: bool = True  # False: /metrics names no token and no run
+
+    @property
+    def share_limits(self) -> ShareLimits:
+        return ShareLimits(self.max_concurrent_rpcs, self.max_rpcs_per_owner, self.max_streams_per_owner)
 
 
 class EnvError(ValueError):
@@ -134,7 +148,32 @@ def add_serving_args(
         "--max-concurrent-rpcs",
         type=int,
         default=env("max_concurrent_rpcs", DEFAULT_MAX_CONCURRENT_RPCS, int),
-        help="calls in progress at once (watch streams included); beyond: RESOURCE_EXHAUSTED",
+        help="service calls in progress at once (watch streams included; health checks never count); beyond: "
+        "RESOURCE_EXHAUSTED",
+    )
+    a(
+        "--max-rpcs-per-owner",
+        type=int,
+        default=env("max_rpcs_per_owner", DEFAULT_MAX_RPCS_PER_OWNER, int),
+        help="of those, the most one caller (token) may have; beyond: RESOURCE_EXHAUSTED OWNER_SHARE_REACHED (0: no "
+        "share)",
+    )
+    a(
+        "--max-streams-per-owner",
+        type=int,
+        default=env("max_streams_per_owner", DEFAULT_MAX_STREAMS_PER_OWNER, int),
+        help="of a caller's calls, the most that may be open streams (WatchRun) (0: no share)",
+    )
+    a(
+        "--metrics-host",
+        default=env("metrics_host", None),
+        help="address /metrics listens on (default: --host); 127.0.0.1 keeps it to the machine or pod",
+    )
+    a(
+        "--metrics-caller-labels",
+        type=flag_type(bool),
+        default=env("metrics_caller_labels", True, bool),
+        help="label metrics by token name and run id (true/false); false: /metrics names no caller and no run",
     )
     a(
         "--grace-seconds",
@@ -154,6 +193,8 @@ def serving_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> dict
         p.error("--grace-seconds must not be negative")
     if ns.max_concurrent_rpcs < 1:
         p.error("--max-concurrent-rpcs must be at least 1")
+    if min(ns.max_rpcs_per_owner, ns.max_streams_per_owner) < 0:
+        p.error("--max-rpcs-per-owner and --max-streams-per-owner must be >= 0 (0: no share)")
     return {
         "host": ns.host,
         "port": ns.port,
@@ -164,4 +205,8 @@ def serving_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> dict
         "tls": TlsFiles(ns.tls_cert, ns.tls_key, ns.tls_client_ca),
         "grace_seconds": ns.grace_seconds,
         "max_concurrent_rpcs": ns.max_concurrent_rpcs,
+        "max_rpcs_per_owner": ns.max_rpcs_per_owner,
+        "max_streams_per_owner": ns.max_streams_per_owner,
+        "metrics_host": ns.metrics_host,
+        "metrics_caller_labels": ns.metrics_caller_labels,
     }

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import sqlite3
 
 import structlog
 
 from promptclimb.scorer.v1 import scorer_pb2_grpc
-from promptclimb_common.auth import Authenticator, load_tokens, reload_tokens
+from promptclimb_common.auth import AuthConfigError, Authenticator, TokenEntry, load_tokens, reload_tokens
 from promptclimb_common.grpc_runtime import GrpcService
 from scorer_service import metrics
 from scorer_service.batcher import TextEncodeBatcher
@@ -41,6 +42,32 @@ async def open_quota(config: ScorerConfig) -> QuotaStore:
     return sqlite_store
 
 
+class OpenToAll(AuthConfigError):
+    """The scorer would serve a non-loopback address without tokens, and no one said it should."""
+
+
+def refuse_open_to_all(config: ScorerConfig, tokens: list[TokenEntry]) -> None:
+    """Refuses to serve anyone who can reach a non-loopback address, unless it has tokens or the operator said so
+    (--allow-unauthenticated): a scorer open to all can be mined and its budget spent by anyone."""
+    if tokens or config.allow_unauthenticated or is_loopback(config.host):
+        return
+    raise OpenToAll(
+        f"--host {config.host} is reachable beyond this machine, and no tokens are configured (--tokens-file or "
+        "$PROMPTCLIMB_TOKENS): anyone could score. Give tokens, listen on 127.0.0.1, or pass --allow-unauthenticated "
+        "($SCORER_ALLOW_UNAUTHENTICATED=true) to serve everyone on purpose"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost; a name or any other address is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class ScorerApp:
     """The whole scorer process: model, tasks, batcher, gRPC server, metrics endpoint."""
 
@@ -56,11 +83,9 @@ class ScorerApp:
         """Opens the ledger, loads everything, then serves; returns the bound gRPC port."""
         config = self.config
         self.quota = await open_quota(config)  # first: an unusable quota store fails before minutes of loading
-        self.auth = auth = Authenticator(
-            load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS"),
-            config.anonymous_rights,
-            rate_limit=self.quota.take_request,
-        )
+        tokens = load_tokens(config.tokens_file, "PROMPTCLIMB_TOKENS")
+        refuse_open_to_all(config, tokens)
+        self.auth = auth = Authenticator(tokens, config.anonymous_rights, rate_limit=self.quota.take_request)
         encoder = await asyncio.to_thread(load_clip, config.model, config.device, config.dtype, config.cpu_matmul)
         model = ModelIdentity.of(encoder, await asyncio.to_thread(weights_digest, encoder), config.model_version)
         metrics.MODEL_INFO.info(
@@ -100,8 +125,12 @@ class ScorerApp:
             tls=config.tls,
             max_message_bytes=config.max_message_bytes,
             max_concurrent_rpcs=config.max_concurrent_rpcs,
+            shares=config.share_limits,
+            owner_of=auth.owner_of,
             grace_seconds=config.grace_seconds,
             metrics_port=config.metrics_port,
+            metrics_host=config.metrics_host,
+            metrics_caller_labels=config.metrics_caller_labels,
             port_file=config.port_file,
         )
         log.info(
@@ -129,7 +158,7 @@ class ScorerApp:
         auth = self.auth
         try:
             await self.service.serve_until_signalled(
-                on_hangup=lambda: reload_tokens(auth, self.config.tokens_file, "PROMPTCLIMB_TOKENS")
+                lambda: reload_tokens(auth, self.config.tokens_file, "PROMPTCLIMB_TOKENS")
             )
         finally:
             await self._release()

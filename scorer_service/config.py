@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Literal
 
 from promptclimb_common.paths import WritablePath
-from promptclimb_common.serving_args import EnvError, ServingConfig, add_serving_args, env_reader, serving_settings
+from promptclimb_common.serving_args import (
+    EnvError,
+    ServingConfig,
+    add_serving_args,
+    env_reader,
+    flag_type,
+    serving_settings,
+)
 from scorer_service.coop import COOP_DATASETS
+from scorer_service.quota import redacted_url
 
 # Kernels of fp32 linear layers on CPU (scorer_service/cpu_kernels.py). Named here, not imported from there:
 # this module must load without torch, so that a bad flag or path fails in well under a second.
@@ -61,6 +69,7 @@ class ScorerConfig(ServingConfig):
     text_cache_bytes: int = 512 * 1024 * 1024
     image_batch_size: int = 64
     log_level: str = "INFO"
+    allow_unauthenticated: bool = False  # serve a non-loopback --host without tokens (app.refuse_open_to_all)
 
     def writable_paths(self) -> tuple[WritablePath, ...]:
         """What the scorer writes: the image-feature cache and the state (the evaluation ledger)."""
@@ -211,6 +220,15 @@ def _add_args(p: argparse.ArgumentParser) -> None:
     )
     a("--image-batch-size", type=int, default=_env("image_batch_size", d.image_batch_size, int))
     a("--log-level", default=_env("log_level", d.log_level))
+    a(
+        "--allow-unauthenticated",
+        type=flag_type(bool),
+        nargs="?",
+        const=True,
+        default=_env("allow_unauthenticated", d.allow_unauthenticated, bool),
+        help="serve a --host other than loopback without tokens (anyone who reaches it may score); without it such "
+        "a scorer refuses to start",
+    )
 
 
 def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_service") -> ScorerConfig:
@@ -234,7 +252,7 @@ def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_se
     if not 0 < ns.test_fraction < 1:
         parser.error("--test-fraction must be between 0 and 1")
     if ns.quota_store != "sqlite" and not ns.quota_store.startswith(("redis://", "rediss://", "unix://")):
-        parser.error(f"--quota-store wants sqlite or a redis:// URL, got {ns.quota_store!r}")
+        parser.error(f"--quota-store wants sqlite or a redis:// URL, got {redacted_url(ns.quota_store)!r}")
     if ns.max_batch_prompts < 0:
         parser.error("--max-batch-prompts must be 0 (by device) or positive")
     for name in (
@@ -271,4 +289,5 @@ def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_se
         text_cache_bytes=ns.text_cache_bytes,
         image_batch_size=ns.image_batch_size,
         log_level=ns.log_level,
+        allow_unauthenticated=ns.allow_unauthenticated,
     )

@@ -16,10 +16,13 @@ its charge back (`refund`), so nothing is paid for what was not answered.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis.asyncio
 import redis.commands.core
@@ -31,6 +34,27 @@ from promptclimb_common.auth import LocalRateLimiter
 log = structlog.get_logger(__name__)
 
 REDIS_PREFIX = "promptclimb:scorer:"
+LEDGER_BUSY_TIMEOUT_S = 2.0  # how long a charge waits for another writer of the ledger before UNAVAILABLE
+T = TypeVar("T")
+# Query parameters of a Redis URL that carry a credential (redis-py reads `password` and `username`).
+SECRET_PARAMETERS = frozenset({"password", "username", "user", "pass", "auth", "token"})
+
+
+def redacted_url(url: str) -> str:
+    """The URL with every credential it can carry replaced by `***`: `user:password@` and credential query parameters
+    (`?password=`), so it may be logged and shown in messages."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = urlencode(
+        [
+            (k, "***" if k.lower() in SECRET_PARAMETERS else v)
+            for k, v in parse_qsl(parts.query, keep_blank_values=True)
+        ],
+        safe="*",
+    )
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 class BudgetExhaustedError(RuntimeError):
@@ -64,11 +88,15 @@ class QuotaStore(Protocol):
 
 
 class SqliteQuota:
-    """One replica's quotas: the ledger survives restarts in SQLite; rate buckets live in the process."""
+    """One replica's quotas: the ledger survives restarts in SQLite; rate buckets live in the process.
+
+    Every ledger statement runs in a worker thread, never on the event loop: a ledger locked by another writer, or a
+    full disk, delays only the charge that waits for it, and gives QuotaStoreError (UNAVAILABLE, retryable) instead of
+    freezing every call and the health check."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=LEDGER_BUSY_TIMEOUT_S)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; a power cut may lose the last charges
         self._db.execute("CREATE TABLE IF NOT EXISTS evaluations (token TEXT PRIMARY KEY, used INTEGER NOT NULL)")
@@ -80,15 +108,27 @@ class SqliteQuota:
     async def take_request(self, token: str, rate: float, burst: float) -> float:
         return self._rates.take(token, rate, burst)
 
+    async def _off_loop(self, work: Callable[[], T]) -> T:
+        """Runs `work` on the ledger in a thread, one at a time; a SQLite failure becomes QuotaStoreError."""
+
+        def locked() -> T:
+            with self._lock:
+                return work()
+
+        try:
+            return await asyncio.to_thread(locked)
+        except sqlite3.Error as err:
+            raise QuotaStoreError(f"evaluation ledger failed: {err}") from None
+
     async def used(self, token: str) -> int:
-        return self._used(token)
+        return await self._off_loop(lambda: self._used(token))
 
     def _used(self, token: str) -> int:
         row = self._db.execute("SELECT used FROM evaluations WHERE token = ?", (token,)).fetchone()
         return row[0] if row else 0
 
     async def charge(self, token: str, count: int, budget: int) -> int:
-        with self._lock:
+        def charge() -> int:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 used = self._used(token)
@@ -99,12 +139,13 @@ class SqliteQuota:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return used + count
+            return used + count
+
+        return await self._off_loop(charge)
 
     async def refund(self, token: str, count: int) -> None:
         if count:
-            with self._lock:
-                self._add(token, -count)
+            await self._off_loop(lambda: self._add(token, -count))
 
     def _add(self, token: str, count: int) -> None:
         self._db.execute(
@@ -114,7 +155,7 @@ class SqliteQuota:
         )
 
     async def close(self) -> None:
-        self._db.close()
+        await self._off_loop(self._db.close)
 
 
 # Both scripts run atomically on the Redis server, so replicas racing on one token cannot overspend.
@@ -168,9 +209,8 @@ class RedisQuota:
 
     @property
     def safe_url(self) -> str:
-        """The URL without a password, for messages and logs."""
-        scheme, sep, rest = self._url.partition("://")
-        return f"{scheme}{sep}{rest.rpartition('@')[2]}"
+        """The URL without its credentials, for messages and logs."""
+        return redacted_url(self._url)
 
     async def _run(self, script: redis.commands.core.AsyncScript, keys: list[str], args: list[float]) -> Any:
         """The script's reply, as the Lua script shapes it."""

@@ -7,8 +7,10 @@ import structlog
 from typing_extensions import override
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common import errors
 from promptclimb_common.auth import Authenticator
-from promptclimb_common.errors import Reason, ServiceError, abort, invalid
+from promptclimb_common.errors import FailureTable, Reason, ServiceError, abort, invalid
+from promptclimb_common.grpc_runtime import caller_label
 from promptclimb_common.paging import PageError, decode_token, encode_token, page_size
 from scorer_service import metrics
 from scorer_service.batcher import QueueFullError
@@ -34,6 +36,41 @@ TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE = 100, 1000
 QUOTA_STORE_RETRY_SECONDS = 1.0
 
 
+def _budget_spent(err: BudgetExhaustedError) -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.EVALUATION_BUDGET_SPENT,
+        f"{err}; ask the scorer's operator for more",
+        quota_subject=f"token:{err.token}",
+        metadata={"used": str(err.used), "budget": str(err.budget)},
+    )
+
+
+def _quota_store_failed(err: QuotaStoreError) -> ServiceError:
+    log.error("quota_store_failed", reason=str(err))
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE,
+        Reason.STATE_UNAVAILABLE,
+        "the scorer's quota store is unavailable; retry shortly",
+        retry_after_s=QUOTA_STORE_RETRY_SECONDS,
+    )
+
+
+# The status and reason of every known failure (the proto lists them); promptclimb_common.errors.maps_failures.
+FAILURES: FailureTable = {
+    BudgetExhaustedError: _budget_spent,
+    QuotaStoreError: _quota_store_failed,
+    QueueFullError: lambda err: ServiceError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        Reason.QUEUE_FULL,
+        f"server busy: {err}; retry in {QUEUE_RETRY_SECONDS:.0f} s",
+        retry_after_s=QUEUE_RETRY_SECONDS,
+    ),
+    PageError: lambda err: invalid(err.field, str(err)),
+}
+maps_failures = errors.maps_failures(FAILURES)
+
+
 class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
     def __init__(
         self,
@@ -56,13 +93,11 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         self.max_queued_prompts = max_queued_prompts
 
     @override
+    @maps_failures
     async def ListTasks(self, request: scorer_pb2.ListTasksRequest, context: Context) -> scorer_pb2.ListTasksResponse:
         await self.auth.require(context, "score")
-        try:
-            size = page_size(request.page_size, TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE)
-            after = decode_token(request.page_token, (str,))
-        except PageError as err:
-            await abort(context, invalid(err.field, str(err)))
+        size = page_size(request.page_size, TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE)
+        after = decode_token(request.page_token, (str,))
         ids = [task_id for task_id in sorted(self.tasks) if after is None or task_id > after[0]]
         page = ids[:size]
         return scorer_pb2.ListTasksResponse(
@@ -71,6 +106,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         )
 
     @override
+    @maps_failures
     async def GetTask(self, request: scorer_pb2.GetTaskRequest, context: Context) -> scorer_pb2.TaskInfo:
         await self.auth.require(context, "score")
         return self._task_info(await self._task(request.task_id, context))
@@ -108,6 +144,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         )
 
     @override
+    @maps_failures
     async def Score(self, request: scorer_pb2.ScoreRequest, context: Context) -> scorer_pb2.ScoreResponse:
         test = request.split == scorer_pb2.SPLIT_TEST
         principal = await self.auth.require(
@@ -139,8 +176,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         await self._check_size(context, request, task)
         count = len(request.templates) + len(request.ensembles)
         structlog.contextvars.bind_contextvars(task=task.task_id, split=split, templates=count)
-        metrics.TOKEN_REQUESTS.labels(principal.name, split).inc()
-        await self._charge(context, principal.name, count, principal.evaluation_budget)
+        metrics.TOKEN_REQUESTS.labels(caller_label(principal.name), split).inc()
+        await self.quota.charge(principal.name, count, principal.evaluation_budget)
         try:
             scores, ensemble_scores = await self.scorer.score_candidates(
                 task,
@@ -149,23 +186,12 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                 list(request.templates),
                 [list(e.templates) for e in request.ensembles],
             )
-        except QueueFullError as err:
-            await self._refund(principal.name, count)
-            await abort(
-                context,
-                ServiceError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    Reason.QUEUE_FULL,
-                    f"server busy: {err}; retry in {QUEUE_RETRY_SECONDS:.0f} s",
-                    retry_after_s=QUEUE_RETRY_SECONDS,
-                ),
-            )
-        except BaseException:
+        except BaseException:  # a full queue (maps_failures answers it), a cancelled call: nothing was scored
             await self._refund(principal.name, count)
             raise
         invalid_count = sum(1 for s in [*scores, *ensemble_scores] if s.error)
         await self._refund(principal.name, invalid_count)  # an invalid template tells nothing: not charged
-        metrics.TOKEN_EVALUATIONS.labels(principal.name).inc(count - invalid_count)
+        metrics.TOKEN_EVALUATIONS.labels(caller_label(principal.name)).inc(count - invalid_count)
         log.info("scored", invalid=invalid_count)
         return scorer_pb2.ScoreResponse(
             split=SPLIT_ENUMS[split],
@@ -225,32 +251,6 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                     "split the request",
                     Reason.REQUEST_TOO_LARGE,
                     limit=str(self.max_queued_prompts),
-                ),
-            )
-
-    async def _charge(self, context: Context, token: str, count: int, budget: int) -> None:
-        try:
-            await self.quota.charge(token, count, budget)
-        except BudgetExhaustedError as err:
-            await abort(
-                context,
-                ServiceError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    Reason.EVALUATION_BUDGET_SPENT,
-                    f"{err}; ask the scorer's operator for more",
-                    quota_subject=f"token:{token}",
-                    metadata={"used": str(err.used), "budget": str(err.budget)},
-                ),
-            )
-        except QuotaStoreError as err:
-            log.error("quota_store_failed", reason=str(err))
-            await abort(
-                context,
-                ServiceError(
-                    grpc.StatusCode.UNAVAILABLE,
-                    Reason.STATE_UNAVAILABLE,
-                    "the scorer's quota store is unavailable; retry shortly",
-                    retry_after_s=QUOTA_STORE_RETRY_SECONDS,
                 ),
             )
 

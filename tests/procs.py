@@ -35,6 +35,7 @@ __all__ = [
     "await_until",
     "held_port",
     "log_events",
+    "optimizer_service",
     "scorer_service",
     "scraped",
     "start_process",
@@ -117,6 +118,22 @@ def scorer_service(
     for task_id, root in tasks.items():
         args += ["--task", f"{task_id}={root}"]
     return start_service(args, log_path, env, metrics=metrics)
+
+
+def optimizer_service(
+    state_dir: Path,
+    scorer_address: str,
+    llm_url: str,
+    tokens_file: Path,
+    log_path: Path,
+    scorer_token: str,
+    *extra: str,
+    timeout: float = 60.0,
+) -> Service:
+    """Starts the real optimizer (`serve`) on loopback with auth on, calling that scorer and that LLM (model "m")."""
+    args = ["optimizer_service", "serve", "--state-dir", str(state_dir), "--scorer", scorer_address]
+    args += ["--llm-base-url", llm_url, "--llm-model", "m", "--tokens-file", str(tokens_file), *extra]
+    return start_service(args, log_path, {"OPENAI_API_KEY": "x", "SCORER_TOKEN": scorer_token}, timeout=timeout)
 
 
 def scraped(metrics_url: str, sample: str) -> float:

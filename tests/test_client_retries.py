@@ -101,8 +101,12 @@ async def test_a_refusal_with_retry_info_is_retried_after_its_delay(server, code
     assert server.calls[1] - server.calls[0] >= 0.4
 
 
-@pytest.mark.parametrize("code", [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED])
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE]
+)
 async def test_a_refusal_without_retry_info_surfaces_at_once_with_its_details(server, code):
+    """The services' one retry rule (ErrorDetails.retryable): a server's refusal is retried only with RetryInfo; only
+    the transport's failures (no details at all) are retried without."""
     reason = error_details_pb2.ErrorInfo(reason="EVALUATION_BUDGET_SPENT", domain="scorer.promptclimb")
     server.script = [Failure(code, (reason,))]
     async with Scorer(server.address, retry=FAST) as scorer:

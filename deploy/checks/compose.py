@@ -101,6 +101,26 @@ def check_compose(path: Path, r: Report) -> None:
         "scorer and optimizer need healthchecks",
     )
     r.check("SCORER_TASKS" in services["scorer"].get("environment", {}), f"{where} scorer", "SCORER_TASKS must be set")
+    check_safe_defaults(where, services, r)
+
+
+def check_safe_defaults(where: str, services: dict[str, Any], r: Report) -> None:
+    """With deploy/env.example's values, every port is published on loopback only (opening one is the user's choice),
+    and both gRPC services require tokens."""
+    for name, svc in services.items():
+        for port in svc.get("ports", []):
+            r.check(
+                port.get("host_ip") == "127.0.0.1",
+                f"{where} {name}",
+                f"port {port.get('published')} is published on {port.get('host_ip') or 'every address'}, not loopback",
+            )
+    for name, prefix in (("scorer", "SCORER"), ("optimizer", "OPTIMIZER")):
+        env = services[name].get("environment", {})
+        r.check(
+            bool(env.get("PROMPTCLIMB_TOKENS") or env.get(f"{prefix}_TOKENS_FILE")),
+            f"{where} {name}",
+            f"no tokens (PROMPTCLIMB_TOKENS or {prefix}_TOKENS_FILE): every caller would be anonymous",
+        )
 
 
 def check_compose_file(r: Report) -> None:

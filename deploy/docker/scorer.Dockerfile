@@ -80,7 +80,9 @@ COPY deploy/docker/healthcheck.py /app/healthcheck.py
 # Offline at run time: the model comes from /models/clip, never from the hub.
 # Writable places are /tmp, the feature cache and the state (evaluation counts);
 # the root filesystem can be read-only. Every path is absolute: a relative
-# default would land in the read-only /app.
+# default would land in the read-only /app. It listens on 0.0.0.0, so it refuses
+# to start without tokens (SCORER_TOKENS_FILE or PROMPTCLIMB_TOKENS) unless
+# SCORER_ALLOW_UNAUTHENTICATED=true says to serve everyone.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app:/app/gen \
     PYTHONUNBUFFERED=1 \

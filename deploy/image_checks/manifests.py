@@ -150,6 +150,7 @@ def compose_services(
     dotenv = {
         "PROMPTCLIMB_TASKS": "colors=/data/colors",
         "PROMPTCLIMB_SCORER_TOKEN": secrets.token_urlsafe(32),
+        "PROMPTCLIMB_OPTIMIZER_TOKEN": secrets.token_urlsafe(32),
         "PROMPTCLIMB_MODEL_DIR": str(model_dir),
         "PROMPTCLIMB_DATA_DIR": str(data_dir),
         "PROMPTCLIMB_GGUF": "unused.gguf",

@@ -169,6 +169,6 @@ def run_all(volumes_root: Path, report: list[str]) -> None:
         services["scorer"],
         services["optimizer"],
         dotenv["PROMPTCLIMB_SCORER_TOKEN"],
-        "",
+        dotenv["PROMPTCLIMB_OPTIMIZER_TOKEN"],
         report,
     )

@@ -18,13 +18,14 @@ from optimizer_service.config import LlmSettings, ScorerSettings
 from optimizer_service.llm import LlmClient
 from optimizer_service.runs import RunManager
 from optimizer_service.scorer_client import ScorerClient
-from optimizer_service.server import SERVICE_NAME, OptimizerServicer
-from optimizer_service.spec import RunLimits
+from optimizer_service.server import optimizer_service
+from optimizer_service.spec import OwnerShares, RunLimits
 from optimizer_service.store import Store
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from promptclimb_common.auth import Authenticator, parse_tokens
 from promptclimb_common.grpc_runtime import GrpcService, TlsFiles
+from promptclimb_common.serving_args import ServingConfig
 from tests.optimizer.scripted_llm import ScriptedLLM
 from tests.procs import start_scorer, stop_process
 
@@ -93,6 +94,8 @@ class Optimizer:
     store: Store
     llm: ScriptedLLM
     port: int
+    service: GrpcService
+    auth: Authenticator
 
     async def run_to_end(self, **spec) -> tuple[pb.Run, list[pb.RunEvent]]:
         """Starts a run, watches it to its end; returns the final run and every event."""
@@ -125,25 +128,32 @@ async def open_optimizer(
     client_credentials: grpc.ChannelCredentials | None = None,
     anonymous_rights: frozenset[str] = frozenset({"run", "test"}),
     limits: RunLimits = RunLimits(),
+    shares: OwnerShares = OwnerShares(),
+    serving: dict | None = None,
+    max_active_runs: int = 2,
     **llm_overrides,
 ) -> AsyncIterator[Optimizer]:
     """The Optimizer service in this process, wired as `serve` wires it, on a free loopback port.
 
     With auth off (no `tokens`) callers are anonymous with `anonymous_rights` (by default they may see test accuracy).
     With `tls`, the stub connects to localhost (the test certificates' name) with `client_credentials`.
+    `serving` overrides ServingConfig fields (the call shares, say).
     """
     store = Store.open(state_dir)
     client = LlmClient(llm_settings(llm.url, **llm_overrides), store)
     scorer_client = ScorerClient(scorer_settings, backoff_initial_s=0.05, backoff_max_s=0.5)
-    manager = RunManager(store, client, scorer_client, max_active_runs=2, default_model="scripted-model", limits=limits)
-    auth = Authenticator(parse_tokens(json.dumps({"tokens": tokens}), "test") if tokens else [], anonymous_rights)
-    service = GrpcService(
-        [(optimizer_pb2_grpc.add_OptimizerServicer_to_server, OptimizerServicer(manager, auth), SERVICE_NAME)],
-        host="127.0.0.1",
-        port=0,
-        tls=tls,
-        grace_seconds=1,
+    manager = RunManager(
+        store,
+        client,
+        scorer_client,
+        max_active_runs=max_active_runs,
+        default_model="scripted-model",
+        limits=limits,
+        shares=shares,
     )
+    auth = Authenticator(parse_tokens(json.dumps({"tokens": tokens}), "test") if tokens else [], anonymous_rights)
+    config = ServingConfig(**{"port": 0, "tls": tls, "grace_seconds": 1, **(serving or {})})
+    service = optimizer_service(config, manager, auth)
     port = await service.start()
     if tls.enabled:
         assert client_credentials is not None, "a TLS server needs the client's credentials"
@@ -151,7 +161,7 @@ async def open_optimizer(
     else:
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield Optimizer(optimizer_pb2_grpc.OptimizerStub(channel), manager, store, llm, port)
+        yield Optimizer(optimizer_pb2_grpc.OptimizerStub(channel), manager, store, llm, port, service, auth)
     finally:
         await channel.close()
         await service.stop()
@@ -172,6 +182,8 @@ async def optimizer(scorer, llm, tmp_path, request) -> AsyncIterator[Optimizer]:
         tmp_path / "state",
         tokens=options.get("tokens"),
         limits=options.get("limits", RunLimits()),
+        shares=options.get("shares", OwnerShares()),
+        serving=options.get("serving"),
         **options.get("llm", {}),
     ) as service:
         yield service

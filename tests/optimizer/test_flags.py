@@ -71,3 +71,26 @@ def test_the_boolean_words_still_mean_what_they_meant(monkeypatch, word, meaning
 def test_a_malformed_price_in_the_environment_is_refused_naming_its_variable(monkeypatch, capsys):
     monkeypatch.setenv("OPTIMIZER_LLM_PRICE", "cheap")
     assert "$OPTIMIZER_LLM_PRICE='cheap'" in refusal(capsys, ["serve"])
+
+
+def test_the_shares_are_flags_with_safe_defaults_and_refuse_a_negative(monkeypatch, capsys):
+    import argparse
+
+    from optimizer_service.config import add_serve_args, serve_config
+
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    parser = argparse.ArgumentParser()
+    add_serve_args(parser)
+    config = serve_config(parser, parser.parse_args([]))
+    assert (config.max_concurrent_rpcs, config.max_rpcs_per_owner, config.max_streams_per_owner) == (256, 64, 16)
+    assert (config.shares.max_runs, config.shares.max_scored_templates) == (20, 20_000)
+    assert config.limits.max_scored_templates == 2000 and config.metrics_caller_labels is True
+    monkeypatch.setenv("OPTIMIZER_MAX_STREAMS_PER_OWNER", "3")
+    monkeypatch.setenv("OPTIMIZER_METRICS_CALLER_LABELS", "false")
+    parser = argparse.ArgumentParser()
+    add_serve_args(parser)
+    config = serve_config(parser, parser.parse_args(["--owner-max-scored-templates", "0", "--metrics-host", "::1"]))
+    assert config.share_limits.streams_per_owner == 3 and config.shares.max_scored_templates == 0
+    assert config.metrics_caller_labels is False and config.metrics_host == "::1"
+    for flag in ("--max-rpcs-per-owner", "--max-runs-per-owner", "--run-max-scored-templates"):
+        assert flag in refusal(capsys, ["serve", flag, "-1"])

@@ -22,7 +22,7 @@ from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from tests.optimizer.conftest import SCORER_TOKENS, TASK
 from tests.optimizer.scripted_llm import ScriptedLLM
-from tests.procs import start_service, stop_process, wait_healthy
+from tests.procs import optimizer_service, stop_process, wait_healthy
 
 TOKEN = "fuzz-token-1"
 HOSTILE = [
@@ -72,6 +72,10 @@ def specs(draw) -> pb.RunSpec:
             seconds=draw(st.integers(-(1 << 40), 1 << 40)), nanos=draw(st.integers(-(10**9), 10**9))
         ),
         seed=draw(ints),
+        max_llm_cost_usd=draw(floats),
+        hand_engineered_dataset=draw(st.one_of(st.sampled_from(["", "oxford_pets", "imagenet"]), texts)),
+        preset=draw(st.integers(-2, 4)),
+        replay_run_id=draw(st.one_of(st.just(""), texts)),
         **{
             name: draw(knobs)
             for name in (
@@ -82,6 +86,7 @@ def specs(draw) -> pb.RunSpec:
                 "top_k",
                 "templates_per_call",
                 "report_top",
+                "ensemble_size",
             )
         },
     )
@@ -98,24 +103,8 @@ def service(scorer, tmp_path_factory):
     tokens = root / "tokens.json"
     tokens.write_text(json.dumps({"tokens": [{"name": "fuzzer", "token": TOKEN, "rights": ["run"]}]}))
     with ScriptedLLM() as llm:
-        service = start_service(
-            [
-                "optimizer_service",
-                "serve",
-                "--state-dir",
-                str(root / "state"),
-                "--scorer",
-                scorer.address,
-                "--llm-base-url",
-                llm.url,
-                "--llm-model",
-                "m",
-                "--tokens-file",
-                str(tokens),
-            ],
-            root / "service.log",
-            env={"OPENAI_API_KEY": "x", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]},
-            timeout=60,
+        service = optimizer_service(
+            root / "state", scorer.address, llm.url, tokens, root / "service.log", SCORER_TOKENS["optimizer"][0]
         )
         try:
             with grpc.insecure_channel(service.address) as channel:
@@ -171,15 +160,16 @@ def test_start_run_answers_every_spec_with_a_documented_status(service, spec, re
     meta=metadata,
     rpc=st.sampled_from(["GetRun", "WatchRun", "CancelRun", "ResumeRun", "ListRuns"]),
     states=st.lists(st.integers(-2, 8), max_size=4),
+    view=st.integers(-2, 4),
 )
-def test_run_rpcs_answer_any_id_with_a_documented_status(service, run_id, after, meta, rpc, states):
+def test_run_rpcs_answer_any_id_with_a_documented_status(service, run_id, after, meta, rpc, states, view):
     stub = service[0]
     request = {
         "GetRun": pb.GetRunRequest(run_id=run_id),
         "WatchRun": pb.WatchRunRequest(run_id=run_id, after_sequence=after),
         "CancelRun": pb.CancelRunRequest(run_id=run_id),
         "ResumeRun": pb.ResumeRunRequest(run_id=run_id),
-        "ListRuns": pb.ListRunsRequest(page_size=after, page_token=run_id, states=states),
+        "ListRuns": pb.ListRunsRequest(page_size=after, page_token=run_id, states=states, view=view),
     }[rpc]
     code = status(getattr(stub, rpc), request, metadata=meta)
     allowed = AUTH_ERRORS | {

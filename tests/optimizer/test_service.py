@@ -307,6 +307,8 @@ async def test_list_runs_shows_every_run_with_its_label_newest_first(optimizer):
     second, _ = await optimizer.run_to_end(restarts=1, resets=1, iterations=1, label="second")
     runs = (await optimizer.stub.ListRuns(pb.ListRunsRequest())).runs
     assert [(r.run_id, r.spec.label) for r in runs] == [(second.run_id, "second"), (first.run_id, "first")]
+    assert runs[0].spec.restarts == 0  # a summary by default (RUN_VIEW_BASIC); the spec in full on request:
+    runs = (await optimizer.stub.ListRuns(pb.ListRunsRequest(view=pb.RUN_VIEW_FULL))).runs
     assert runs[0].spec.restarts == 1 and runs[0].spec.templates_per_call == 2 and runs[0].spec.temperature == 1.0
 
 

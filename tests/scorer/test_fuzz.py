@@ -152,3 +152,50 @@ def test_list_tasks_answers_only_documented_statuses(fuzz_scorer, md):
     assert code in {grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED}
     if code == grpc.StatusCode.OK:
         assert [t.task_id for t in reply.tasks] == ["shapes"]
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    templates=st.lists(template, max_size=4),
+    ensembles=st.lists(st.lists(template, max_size=6), max_size=6),
+    model_digest=st.one_of(st.just(""), st.text(max_size=80)),
+    md=metadata,
+)
+def test_score_answers_nested_ensembles_and_pins_with_documented_statuses(
+    fuzz_scorer, templates, ensembles, model_digest, md
+):
+    """The nested lists (ensembles and their members) and the model pin, beside templates."""
+    stub, _ = fuzz_scorer
+    request = scorer_pb2.ScoreRequest(
+        task_id="shapes",
+        templates=templates,
+        ensembles=[scorer_pb2.TemplateEnsemble(templates=members) for members in ensembles],
+        model_digest=model_digest,
+    )
+    code, reply = call(stub.Score, request, md)
+    assert code in DOCUMENTED | {grpc.StatusCode.FAILED_PRECONDITION}, code
+    if code == grpc.StatusCode.FAILED_PRECONDITION:
+        assert model_digest
+    if code == grpc.StatusCode.OK:
+        assert [r.template for r in reply.results] == templates
+        assert [list(r.templates) for r in reply.ensemble_results] == ensembles
+        for result in [*reply.results, *reply.ensemble_results]:
+            assert result.error or (result.total > 0 and 0 <= result.accuracy <= 1)
+
+
+@settings(
+    max_examples=max(10, EXAMPLES // 5), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    page_size=st.one_of(st.integers(-3, 3), st.integers(-(2**31), 2**31 - 1)),
+    page_token=st.one_of(st.just(""), st.text(max_size=200)),
+    md=metadata,
+)
+def test_list_tasks_answers_any_page_with_a_documented_status(fuzz_scorer, page_size, page_token, md):
+    stub, _ = fuzz_scorer
+    code, _reply = call(stub.ListTasks, scorer_pb2.ListTasksRequest(page_size=page_size, page_token=page_token), md)
+    assert code in {grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT}
