@@ -13,8 +13,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from optimizer_service.climb import Counters
 from optimizer_service.fair_slots import FairSlots
-from optimizer_service.search import Counters
 from optimizer_service.spec import OwnerShares, RunLimits, RunSettings
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.auth import parse_tokens
