@@ -39,6 +39,7 @@ from optimizer_service.baselines import hand_engineered
 from optimizer_service.pool import Candidate, rank
 from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.processes import start_module, start_service, stop_process
 from testbed.fashion_mnist import prepare_testbed_task
@@ -365,9 +366,7 @@ def plot(path: Path, graded: dict[str, dict[int, dict]], seeds: list[int], backb
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.search_quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="python -m bench.search_quality", description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="few-shot seeds (one scorer each)")
     parser.add_argument("--llm-calls", type=int, default=20, help="LLM calls per run, every method alike")
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))

@@ -16,10 +16,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from promptclimb_common.cli_help import ArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # deploy/checks, also when loaded by path (tests)
 
@@ -41,7 +42,7 @@ SECTIONS: list[Callable[[Report], None]] = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--write-prometheusrule", action="store_true", help="regenerate the PrometheusRule from alerts.yml and exit"
     )

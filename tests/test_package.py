@@ -324,7 +324,9 @@ def test_the_base_install_calls_a_scorer_through_the_sync_client_inside_a_runnin
 ):
     """As a notebook does: the cell's code runs while the kernel's event loop runs."""
     _, venv = base_installed
-    process, address = start_scorer(tiny_clip_dir, {"shapes": image_task_dir}, tmp_path / "cache", tmp_path / "log")
+    process, address = start_scorer(
+        tiny_clip_dir, {"shapes": image_task_dir}, tmp_path / "cache", tmp_path / "log", "--shots", "2"
+    )
     try:
         notebook_cell = textwrap.dedent(
             f"""

@@ -21,7 +21,9 @@ from tests.procs import start_scorer, stop_process
 @pytest.fixture(scope="module")
 def scorer_address(tiny_clip_dir, image_task_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("sync-client")
-    process, address = start_scorer(tiny_clip_dir, {"shapes": image_task_dir}, work / "cache", work / "scorer.log")
+    process, address = start_scorer(
+        tiny_clip_dir, {"shapes": image_task_dir}, work / "cache", work / "scorer.log", "--shots", "2"
+    )
     yield address
     assert stop_process(process, signal.SIGTERM) == 0, (work / "scorer.log").read_text()[-3000:]
 
