@@ -8,7 +8,8 @@
 - Monitoring (checks.monitoring): promtool on the scrape config and alerts, promql-parser for the metric names
   of dashboards and alerts, the dashboard against its generator, the PrometheusRule against alerts.yml.
 - Containers (checks.containers, checks.compose): hadolint and the images' own rules on the Dockerfiles, the
-  requirement files against pyproject.toml, .dockerignore, and `docker-compose config` on deploy/compose.yaml.
+  requirement files against pyproject.toml and constraints.txt, .dockerignore, and `docker-compose config` on
+  deploy/compose.yaml.
 
     python deploy/check.py                         # everything; exit 1 on any failure
     python deploy/check.py --write-prometheusrule  # regenerate the PrometheusRule from alerts.yml
