@@ -29,7 +29,7 @@ import concurrent.futures
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Coroutine, Iterator
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any, Generic, Self, TypeVar
 
@@ -337,7 +337,7 @@ class SyncOptimizer(_SyncClient[Optimizer]):
 
     def watch_run(
         self, request: optimizer_pb2.WatchRunRequest, *, deadline_s: float | None = None
-    ) -> Iterator[optimizer_pb2.RunEvent]:
+    ) -> Generator[optimizer_pb2.RunEvent]:
         """The run's events until it ends, each as it arrives; leaving the loop early closes the stream."""
         stream = self._async.watch_run(request, deadline_s=deadline_s)
 
