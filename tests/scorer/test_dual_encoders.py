@@ -192,11 +192,13 @@ async def test_each_family_is_served_and_scored_as_its_plain_forward(
         state_dir=tmp_path / "state",
     )
     templates = ["a photo of a {}.", "{}", "an image showing the {} up close"]
+    reply = scorer_pb2.ScoreResponse()
     async for _, channel in serve_scorer(config):
         reply = await scorer_pb2_grpc.ScorerStub(channel).Score(
             scorer_pb2.ScoreRequest(task_id="shapes", templates=templates, split=scorer_pb2.SPLIT_TEST),
             metadata=bearer("admin"),
         )
+    assert [r.template for r in reply.results] == templates
     for result in reply.results:
         expected = plain_test_accuracy(family, directory, image_task_dir / "test", result.template)
         assert (result.correct, result.total) == expected, result.template
