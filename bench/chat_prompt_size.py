@@ -15,7 +15,6 @@ server reports a constant.
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import signal
@@ -26,6 +25,7 @@ from bench.report import write_table
 from optimizer_service.cli import main as optimizer_main
 from optimizer_service.config import LlmSettings
 from optimizer_service.metaprompt import estimate_tokens
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.processes import REPO
 from testbed.random_clip import build_random_clip
 from tests.fixtures import write_image_folder
@@ -87,7 +87,7 @@ def climb(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--context-tokens", type=int, default=4096)
     ns = parser.parse_args()

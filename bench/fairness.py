@@ -32,8 +32,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.channels import bearer_metadata
 from promptclimb_common.errors import details_of
-from promptclimb_common.grpc_runtime import bearer_metadata
 from testbed.random_clip import build_random_clip
 from tests.fixtures import write_image_folder
 from tests.optimizer.scripted_llm import Delay, ScriptedLLM, invented_templates

@@ -12,7 +12,6 @@ each proposal on its own sends) and larger ones (4 templates on 50 classes).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import statistics
@@ -25,6 +24,7 @@ import grpc
 
 from bench.report import write_table
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.cli_help import ArgumentParser
 from testbed.random_clip import build_random_clip
 from tests.fixtures import write_image_folder
 from tests.procs import start_scorer, stop_process
@@ -84,7 +84,7 @@ async def drive(address: str, shape: CallShape, clients: int, seconds: float, co
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))

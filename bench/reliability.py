@@ -25,7 +25,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
@@ -46,6 +45,7 @@ import grpc
 from bench.fairness import fairness_row
 from bench.report import write_table
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.processes import REPO
 from testbed.random_clip import build_random_clip
 from tests.fixtures import write_image_folder
@@ -222,7 +222,7 @@ def suite_row(name: str, args: list[str], env: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument(

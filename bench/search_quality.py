@@ -43,6 +43,7 @@ from optimizer_service.baselines import hand_engineered
 from optimizer_service.pool import Candidate, rank
 from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.processes import start_module, start_service, stop_process
 from testbed.fashion_mnist import prepare_testbed_task
@@ -371,9 +372,7 @@ def transfer_recipe(requested: str, searched: str | None, card: dict[str, Any]) 
 def main(argv: list[str] | None = None) -> int:
     from bench.search_report import build_tables, plot
 
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.search_quality", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="python -m bench.search_quality", description=__doc__)
     parser.add_argument("--recipe", help="testbed recipe searched on (default: testbed.train's default recipe)")
     parser.add_argument(
         "--model-dir", type=Path, help="a model directory with its world_card.json, instead of --recipe"

@@ -15,7 +15,6 @@ allocation. (Written without a GPU at hand: the CUDA path has not run yet.)
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import math
 import platform
@@ -23,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
@@ -32,6 +32,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from bench.report import write_table
 from bench.workload import TEMPLATES, class_names, image_features
 from optimizer_service.seeds import BUILTIN_TEMPLATES
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.templates import fill
 from scorer_service.batcher import TextEncodeBatcher
 from scorer_service.cpu_kernels import use_onednn_kernels
@@ -187,7 +188,7 @@ def per_template_step(padding: str) -> Step:
                 [fill(template, n) for n in names], padding=padding, max_length=77, return_tensors="pt"
             )
             with torch.inference_mode():
-                out = encoder.model.get_text_features(**batch.to(encoder.device))
+                out = cast(CLIPModel, encoder.model).get_text_features(**batch.to(encoder.device))  # the testbed's
             out = out if isinstance(out, torch.Tensor) else out.pooler_output
             embeddings.append(torch.nn.functional.normalize(out, dim=-1))
         return embeddings
@@ -326,7 +327,7 @@ def _trained_model(ref: str) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__)
     parser.add_argument("--classes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--templates", type=int, default=64, help="templates scored by the fast steps")
     parser.add_argument(

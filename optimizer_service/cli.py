@@ -38,6 +38,7 @@ from optimizer_service.spec import KNOBS, PRESETS, RunSettings, SpecError
 from optimizer_service.store import Store, StoreError
 from optimizer_service.strategies import DEFAULT_STRATEGY, STRATEGIES
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.paths import UnwritablePathError, WritablePath, require_writable
 from promptclimb_common.serving_args import EnvError, env_reader
@@ -372,7 +373,7 @@ def plot_curve(
 
 def main(argv: list[str] | None = None, prog: str = "python -m optimizer_service") -> int:
     """The optimizer's command line; `prog` is the name its help shows (promptclimb-optimizer when installed)."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog=prog, description="Hill-climb CLIP prompt templates with a chat LLM against a promptclimb scorer."
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -25,8 +25,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from optimizer_service import metrics
 from optimizer_service.config import ScorerSettings
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.channels import ClientTls, bearer_metadata, open_channel
 from promptclimb_common.errors import ErrorDetails, Reason, details_of
-from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
 
 log = structlog.get_logger(__name__)
 _Request = TypeVar("_Request", bound=Message)

@@ -2,23 +2,25 @@
 
 The services' flags are those of `python -m scorer_service` and `python -m
 optimizer_service` (their own parsers, passed on unchanged); `tasks` and
-`score` call a scorer through promptclimb.client and print its answer as JSON.
+`score` call a scorer through promptclimb.client's sync client and print its
+answer as JSON. Those two need only the base install; the services need their
+extra (`pip install 'promptclimb[scorer]'`, `[optimizer]`, or `[all]`), so they
+are imported only when asked for, and a missing extra is named, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
+from collections.abc import Callable
 
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 
-from optimizer_service.cli import main as optimizer_main
-from promptclimb.client import CallError, Scorer, Tls
+from promptclimb.client import CallError, SyncScorer, Tls
 from promptclimb.scorer.v1 import scorer_pb2
-from scorer_service.__main__ import main as scorer_main
+from promptclimb_common.cli_help import ArgumentParser
 
 # Commands whose arguments go, unparsed, to a service's own command line.
 PASSED_ON = {
@@ -28,15 +30,34 @@ PASSED_ON = {
 }
 
 
+def _service_main(extra: str) -> Callable[..., int]:
+    """The `main(argv, prog)` of the scorer or the optimizer; SystemExit naming the extra when it is not installed."""
+    try:
+        if extra == "scorer":
+            from scorer_service.__main__ import main as scorer_main
+
+            return scorer_main
+        from optimizer_service.cli import main as optimizer_main
+
+        return optimizer_main
+    except ImportError as err:
+        print(
+            f"promptclimb: the {extra} needs what the base install leaves out ({err}); "
+            f"install it with: pip install 'promptclimb[{extra}]'",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from err
+
+
 def scorer() -> int:
-    return scorer_main(sys.argv[1:], prog="promptclimb-scorer")
+    return _service_main("scorer")(sys.argv[1:], prog="promptclimb-scorer")
 
 
 def optimizer() -> int:
-    return optimizer_main(sys.argv[1:], prog="promptclimb-optimizer")
+    return _service_main("optimizer")(sys.argv[1:], prog="promptclimb-optimizer")
 
 
-def _client_args(p: argparse.ArgumentParser) -> None:
+def _client_args(p: ArgumentParser) -> None:
     a = p.add_argument
     a("--scorer", default="127.0.0.1:50051", help="HOST:PORT of the scorer")
     a("--token-env", default="SCORER_TOKEN", help="environment variable holding the bearer token (unset: none)")
@@ -46,10 +67,8 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     a("--deadline-s", type=float, default=60.0, help="deadline of the call, retries included")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="promptclimb", description="promptclimb's services and a client of the scorer."
-    )
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="promptclimb", description="promptclimb's services and a client of the scorer.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in PASSED_ON.items():
         commands.add_parser(name, help=help_text, add_help=False)
@@ -65,30 +84,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _call(ns: argparse.Namespace) -> str:
+def _call(ns: argparse.Namespace) -> str:
     tls = Tls(ns.tls_ca, ns.tls_cert, ns.tls_key) if ns.tls_ca or ns.tls_cert else None
     reply: Message
-    async with Scorer(ns.scorer, token=os.environ.get(ns.token_env), tls=tls, deadline_s=ns.deadline_s) as client:
+    with SyncScorer(
+        ns.scorer,
+        token=os.environ.get(ns.token_env),
+        tls=tls,
+        deadline_s=ns.deadline_s,
+    ) as client:
         if ns.command == "tasks":
-            reply = await client.list_tasks()
+            reply = client.list_tasks()
         else:
             split = scorer_pb2.SPLIT_TEST if ns.split == "test" else scorer_pb2.SPLIT_TRAIN
-            reply = await client.score(scorer_pb2.ScoreRequest(task_id=ns.task, templates=ns.templates, split=split))
+            reply = client.score(scorer_pb2.ScoreRequest(task_id=ns.task, templates=ns.templates, split=split))
     return MessageToJson(reply, preserving_proto_field_name=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "scorer":
-        return scorer_main(argv[1:], prog="promptclimb scorer")
+        return _service_main("scorer")(argv[1:], prog="promptclimb scorer")
     if argv and argv[0] in PASSED_ON:
-        return optimizer_main(argv, prog="promptclimb")
+        return _service_main("optimizer")(argv, prog="promptclimb")
     parser = _parser()
     ns = parser.parse_args(argv)
     if bool(ns.tls_cert) != bool(ns.tls_key):
         parser.error("--tls-cert and --tls-key go together")
     try:
-        print(asyncio.run(_call(ns)))
+        print(_call(ns))
     except CallError as err:
         print(f"promptclimb: {err}", file=sys.stderr)
         return 1

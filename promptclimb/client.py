@@ -7,7 +7,9 @@
         reply = await scorer.score(scorer_pb2.ScoreRequest(task_id="pets", templates=["a photo of a {}."]))
 
 Each method is one RPC: it takes the request message and returns the response
-message of the generated stubs. Every call has a deadline (the client's
+message of the generated stubs. `SyncScorer` and `SyncOptimizer` are the same
+clients for code that does not await (scripts, notebooks): their methods block,
+and they work whether or not the calling thread runs an event loop. Every call has a deadline (the client's
 `deadline_s` unless the call names its own) that bounds all its attempts
 together. Retries follow the services' error model, by the one rule both
 services and the optimizer's scorer client share (`ErrorDetails.retryable` in
@@ -25,11 +27,14 @@ promptclimb_common/errors.py):
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -45,14 +50,15 @@ from tenacity import (
 
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.channels import ClientTls, bearer_metadata, open_channel
 from promptclimb_common.errors import details_of, rich_status, status_detail
-from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_channel
 
-__all__ = ["CallError", "Optimizer", "Retry", "Scorer", "Tls"]
+__all__ = ["CallError", "Optimizer", "Retry", "Scorer", "SyncOptimizer", "SyncScorer", "Tls"]
 
 Tls = ClientTls
 M = TypeVar("M", bound=Message)
 _Reply = TypeVar("_Reply", bound=Message)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -208,7 +214,7 @@ class Optimizer(_Client):
 
     async def watch_run(
         self, request: optimizer_pb2.WatchRunRequest, *, deadline_s: float | None = None
-    ) -> AsyncIterator[optimizer_pb2.RunEvent]:
+    ) -> AsyncGenerator[optimizer_pb2.RunEvent]:
         """The run's events until it ends. A stream lasts as long as the run: no deadline unless given, no retries."""
         call = self._stub.WatchRun(request, timeout=deadline_s, metadata=self._metadata)
         try:
@@ -218,3 +224,126 @@ class Optimizer(_Client):
             raise CallError("WatchRun", err.code(), err.details() or "", rich_status(err), 1) from err
         finally:
             call.cancel()
+
+
+_AsyncClient = TypeVar("_AsyncClient", bound=_Client)
+
+
+class _LoopThread:
+    """An event loop of its own on a daemon thread, where a sync client's async twin lives.
+
+    A notebook's thread already runs a loop, so `asyncio.run` fails there and awaiting is not an option for a
+    plain function; a loop on another thread serves both cases. A grpc.aio channel belongs to the loop it was
+    opened on, so the twin is built on this loop too.
+    """
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="promptclimb-client", daemon=True)
+        self._thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        """The coroutine's result, run on the loop; an interrupted wait (Ctrl-C) cancels the call."""
+        future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+class _SyncClient(Generic[_AsyncClient]):
+    """A blocking face on an async client: each call runs on the client's own loop thread."""
+
+    def __init__(self, make: Callable[[], _AsyncClient]) -> None:
+        self._loop = _LoopThread()
+
+        async def build() -> _AsyncClient:
+            return make()
+
+        try:
+            self._async = self._loop.run(build())
+        except BaseException:
+            self._loop.stop()
+            raise
+
+    def _call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        return self._loop.run(coroutine)
+
+    def close(self) -> None:
+        self._loop.run(self._async.close())
+        self._loop.stop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SyncScorer(_SyncClient[Scorer]):
+    """`Scorer` for code that does not await: the same options and methods, each blocking until its answer."""
+
+    def __init__(self, address: str, **options: Any) -> None:
+        super().__init__(lambda: Scorer(address, **options))
+
+    def list_tasks(
+        self, request: scorer_pb2.ListTasksRequest | None = None, *, deadline_s: float | None = None
+    ) -> scorer_pb2.ListTasksResponse:
+        return self._call(self._async.list_tasks(request, deadline_s=deadline_s))
+
+    def get_task(self, request: scorer_pb2.GetTaskRequest, *, deadline_s: float | None = None) -> scorer_pb2.TaskInfo:
+        return self._call(self._async.get_task(request, deadline_s=deadline_s))
+
+    def score(self, request: scorer_pb2.ScoreRequest, *, deadline_s: float | None = None) -> scorer_pb2.ScoreResponse:
+        return self._call(self._async.score(request, deadline_s=deadline_s))
+
+
+class SyncOptimizer(_SyncClient[Optimizer]):
+    """`Optimizer` for code that does not await: the same options and methods, each blocking until its answer."""
+
+    def __init__(self, address: str, **options: Any) -> None:
+        super().__init__(lambda: Optimizer(address, **options))
+
+    def start_run(
+        self, request: optimizer_pb2.StartRunRequest, *, deadline_s: float | None = None
+    ) -> optimizer_pb2.Run:
+        return self._call(self._async.start_run(request, deadline_s=deadline_s))
+
+    def get_run(self, request: optimizer_pb2.GetRunRequest, *, deadline_s: float | None = None) -> optimizer_pb2.Run:
+        return self._call(self._async.get_run(request, deadline_s=deadline_s))
+
+    def list_runs(
+        self, request: optimizer_pb2.ListRunsRequest | None = None, *, deadline_s: float | None = None
+    ) -> optimizer_pb2.ListRunsResponse:
+        return self._call(self._async.list_runs(request, deadline_s=deadline_s))
+
+    def cancel_run(
+        self, request: optimizer_pb2.CancelRunRequest, *, deadline_s: float | None = None
+    ) -> optimizer_pb2.Run:
+        return self._call(self._async.cancel_run(request, deadline_s=deadline_s))
+
+    def resume_run(
+        self, request: optimizer_pb2.ResumeRunRequest, *, deadline_s: float | None = None
+    ) -> optimizer_pb2.Run:
+        return self._call(self._async.resume_run(request, deadline_s=deadline_s))
+
+    def watch_run(
+        self, request: optimizer_pb2.WatchRunRequest, *, deadline_s: float | None = None
+    ) -> Generator[optimizer_pb2.RunEvent]:
+        """The run's events until it ends, each as it arrives; leaving the loop early closes the stream."""
+        stream = self._async.watch_run(request, deadline_s=deadline_s)
+
+        async def next_event() -> optimizer_pb2.RunEvent | None:
+            return await anext(stream, None)
+
+        try:
+            while (event := self._call(next_event())) is not None:
+                yield event
+        finally:
+            self._call(stream.aclose())

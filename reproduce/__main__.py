@@ -7,12 +7,12 @@ transfers and writes the same tables."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import structlog
 
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.logging import configure_logging
 from reproduce.grid import GridError, cells, load_grid
 from reproduce.runner import ScorerStartError, gather, run_cell, run_grid
@@ -22,7 +22,7 @@ log = structlog.get_logger(__name__)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__)
+    parser = ArgumentParser(prog="python -m reproduce", description=__doc__)
     parser.add_argument("--config", type=Path, default=Path("reproduce/paper.toml"), help="the grid (TOML)")
     parser.add_argument("--out", type=Path, default=None, help="overrides the config's out")
     parser.add_argument("--log-level", default="INFO")

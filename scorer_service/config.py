@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.paths import WritablePath
 from promptclimb_common.serving_args import (
     EnvError,
@@ -97,7 +98,7 @@ def _task(text: str) -> TaskSource:
 
 
 def build_parser(prog: str = "python -m scorer_service") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Black-box CLIP scorer: templates in, accuracy out.")
+    p = ArgumentParser(prog=prog, description="Black-box CLIP scorer: templates in, accuracy out.")
     try:
         _add_args(p)
     except EnvError as err:

@@ -1,5 +1,8 @@
-"""Loads a CLIP checkpoint, a Hugging Face hub id or a local directory, into a ClipEncoder.
+"""Loads a dual-encoder checkpoint, a Hugging Face hub id or a local directory, into a ClipEncoder.
 
+Any transformers model with `get_text_features` and `get_image_features` loads
+(CLIP, SigLIP, SigLIP2, ALIGN...; scorer_service.model says how each family's
+text is padded); anything else is refused with the reason, never replaced.
 Behind a firewall a directory must load with no network, so a directory is
 always read with `local_files_only`.
 """
@@ -7,11 +10,10 @@ always read with `local_files_only`.
 from __future__ import annotations
 
 import os
-import typing
 from pathlib import Path
 
 import structlog
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel, CLIPTextConfig
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
 from scorer_service.cpu_kernels import use_onednn_kernels
 from scorer_service.device import DeviceUnavailableError, pick_device, pick_dtype
@@ -26,7 +28,7 @@ class ModelLoadError(RuntimeError):
 
 
 def load_clip(ref: str, device: str = "auto", dtype: str = "auto", cpu_matmul: str = "onednn") -> ClipEncoder:
-    """Loads CLIP from a local directory (offline) or a hub id; raises ModelLoadError.
+    """Loads a dual encoder from a local directory (offline) or a hub id; raises ModelLoadError.
 
     `cpu_matmul="onednn"` runs fp32 linear layers and MLPs on CPU through oneDNN (see cpu_kernels).
     """
@@ -44,20 +46,25 @@ def load_clip(ref: str, device: str = "auto", dtype: str = "auto", cpu_matmul: s
     except DeviceUnavailableError as err:
         raise ModelLoadError(str(err)) from err
     torch_dtype = pick_dtype(dtype, torch_device)
+    where = f"local directory {local.resolve()}" if is_dir else f"Hugging Face hub id {ref!r} (offline={offline})"
     try:
-        model = CLIPModel.from_pretrained(source, local_files_only=offline, dtype=torch_dtype)
+        model = AutoModel.from_pretrained(source, local_files_only=offline, dtype=torch_dtype)
+        if not all(callable(getattr(model, method, None)) for method in ("get_text_features", "get_image_features")):
+            raise ModelLoadError(
+                f"cannot serve the model from {where}: {type(model).__name__} is not a dual encoder "
+                "(it lacks get_text_features and get_image_features)"
+            )
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
         image_processor = AutoImageProcessor.from_pretrained(source, local_files_only=offline, backend="pil")
     except (OSError, ValueError) as err:
-        where = f"local directory {local.resolve()}" if is_dir else f"Hugging Face hub id {ref!r} (offline={offline})"
-        raise ModelLoadError(f"cannot load CLIP model from {where}: {err}") from err
+        raise ModelLoadError(f"cannot load the model from {where}: {err}") from err
     model.eval().to(torch_device)
     onednn_modules = use_onednn_kernels(model) if cpu_matmul == "onednn" else 0
-    text_config = typing.cast(CLIPTextConfig, model.config.text_config)  # CLIPConfig makes its dict one
-    context_length = int(text_config.max_position_embeddings)
+    context_length = int(model.config.text_config.max_position_embeddings)
     log.info(
         "model_loaded",
         model=ref,
+        family=model.config.model_type,
         device=str(torch_device),
         dtype=str(torch_dtype).removeprefix("torch."),
         context_length=context_length,

@@ -10,7 +10,6 @@ records what was written, and a later call with the same request does nothing.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import json
 import shutil
@@ -21,6 +20,7 @@ import numpy as np
 import structlog
 from PIL import Image
 
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.logging import configure_logging
 
 log = structlog.get_logger(__name__)
@@ -145,9 +145,7 @@ def prepare_testbed_task(root: Path = DEFAULT_ROOT) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Convert Debian's Fashion-MNIST into the scorer's image-folder layout."
-    )
+    parser = ArgumentParser(description="Convert Debian's Fashion-MNIST into the scorer's image-folder layout.")
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="output folder (default %(default)s)")
     parser.add_argument("--train-per-class", type=int, default=16)
     parser.add_argument("--test-per-class", type=int, default=16)

@@ -11,13 +11,13 @@ and with them the cost of every prompt, are those of real CLIP.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
 
+from promptclimb_common.cli_help import ArgumentParser
 from testbed.tokenizer import clip_tokenizer
 
 UNTRAINED_MARKER = "promptclimb_untrained.txt"
@@ -86,9 +86,7 @@ def build_random_clip(directory: Path, shape: str = "tiny", seed: int = 0) -> Pa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description="Write a random-weight CLIP checkpoint (for tests, benchmarks, demos)."
-    )
+    parser = ArgumentParser(description="Write a random-weight CLIP checkpoint (for tests, benchmarks, demos).")
     parser.add_argument("directory", type=Path)
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tiny")
     parser.add_argument("--seed", type=int, default=0)

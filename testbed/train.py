@@ -12,7 +12,6 @@ model trained on this machine, not CLIP.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -28,6 +27,7 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
+from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.logging import configure_logging
 from testbed import captions as caption_model
 from testbed.fashion_mnist import CLASS_FOLDERS, DEBIAN_DIR, load_split
@@ -288,9 +288,7 @@ def ensure_model(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m testbed.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = ArgumentParser(prog="python -m testbed.train", description=__doc__)
     parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE)
     parser.add_argument(
         "--models-dir", type=Path, default=MODELS_DIR, help="cache of trained models (default %(default)s)"

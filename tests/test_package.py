@@ -1,14 +1,20 @@
-"""The package as another team gets it: a wheel built from a copy of the sources, installed into a fresh venv.
+"""The package as another team gets it: a wheel built from a copy of the sources, installed into fresh venvs.
 
-The copy holds what git tracks (no stubs: the build hook must compile them);
-the wheel goes into a venv of its own, which borrows this venv's dependencies
-through a .pth file (no network, no second torch); every command runs outside
-the repository, so nothing of the checkout can stand in for the installed
-package. The console scripts then serve a tiny random CLIP and optimize against it.
+The copy holds what git tracks (no stubs: the build hook must compile them).
+The wheel goes into two venvs of its own, with no network: one borrows all of
+this venv's packages through a .pth file (every extra, no second torch); the
+other, the base install, borrows only the files of the distributions its base
+requirements reach, as pip would install them, so a missing or needless
+requirement shows. Every command runs outside the repository, so nothing of the
+checkout can stand in for the installed package. The console scripts then serve
+a tiny random CLIP and optimize against it; the base install calls it through
+the sync client.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import itertools
 import json
 import os
 import re
@@ -17,14 +23,19 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import textwrap
+import tomllib
 import zipfile
+from email.parser import HeaderParser
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from promptclimb_common.processes import as_child
 from tests.optimizer.scripted_llm import ScriptedLLM
-from tests.procs import REPO, stop_process, wait_for_ports
+from tests.procs import REPO, start_scorer, stop_process, wait_for_ports
 
 STUBS = [
     f"promptclimb/{service}/v1/{service}_pb2{suffix}"
@@ -57,22 +68,75 @@ def copy_sources(target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> tuple[Path, Path]:
-    """(the wheel, the fresh venv it is installed in)."""
+def wheel(tmp_path_factory):
     root = tmp_path_factory.mktemp("package")
     sources = copy_sources(root / "src")
     assert not list((sources / "promptclimb").rglob("*_pb2*")), "the copy must hold no stubs"
     run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(sources), cwd=root)
-    [wheel] = (root / "dist").glob("promptclimb-*.whl")
-    venv = root / "venv"
-    run(sys.executable, "-m", "venv", "--without-pip", str(venv), cwd=root)
+    [built] = (root / "dist").glob("promptclimb-*.whl")
+    return built
+
+
+def fresh_venv(wheel: Path, venv: Path) -> Path:
+    """A venv holding the wheel alone; returns its site-packages."""
+    run(sys.executable, "-m", "venv", "--without-pip", str(venv), cwd=venv.parent)
     python = venv / "bin" / "python"
-    run(sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel), cwd=root)
-    site = Path(
-        run(str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=root).stdout.strip()
+    run(sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel), cwd=venv.parent)
+    return Path(
+        run(
+            str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=venv.parent
+        ).stdout.strip()
     )
+
+
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory):
+    """(the wheel, a fresh venv it is installed in, which borrows every package of this one)."""
+    venv = tmp_path_factory.mktemp("full") / "venv"
+    site = fresh_venv(wheel, venv)
     (site / "test-borrowed-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return wheel, venv
+
+
+def base_requirements(wheel: Path) -> list[Requirement]:
+    """The wheel's Requires-Dist that hold without an extra: what `pip install promptclimb` installs."""
+    with zipfile.ZipFile(wheel) as archive:
+        [metadata] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+        headers = HeaderParser().parsestr(archive.read(metadata).decode())
+    return [r for r in map(Requirement, headers.get_all("Requires-Dist") or []) if without_extra(r)]
+
+
+def without_extra(requirement: Requirement) -> bool:
+    return requirement.marker is None or requirement.marker.evaluate({"extra": ""})
+
+
+def closure(requirements: list[Requirement]) -> dict[str, importlib.metadata.Distribution]:
+    """The installed distributions the requirements reach, theirs included, as pip would resolve them here."""
+    found: dict[str, importlib.metadata.Distribution] = {}
+    todo = list(requirements)
+    while todo:
+        name = canonicalize_name(todo.pop().name)
+        if name not in found:
+            found[name] = importlib.metadata.distribution(name)
+            todo += [r for r in map(Requirement, found[name].requires or []) if without_extra(r)]
+    return found
+
+
+@pytest.fixture(scope="module")
+def base_installed(wheel, tmp_path_factory):
+    """(the base requirements, a fresh venv with the wheel and only the files of the distributions they reach)."""
+    requirements = base_requirements(wheel)
+    root = tmp_path_factory.mktemp("base")
+    site = fresh_venv(wheel, root / "venv")
+    borrowed = root / "borrowed"
+    for dist in closure(requirements).values():
+        for file in dist.files or []:
+            source = Path(str(dist.locate_file(file)))
+            if not str(file).startswith("..") and source.is_file():  # scripts live outside site-packages
+                (borrowed / file).parent.mkdir(parents=True, exist_ok=True)
+                (borrowed / file).symlink_to(source)
+    (site / "test-borrowed-dependencies.pth").write_text(f"{borrowed}\n")
+    return requirements, root / "venv"
 
 
 def venv_env(venv: Path, **extra: str) -> dict:
@@ -233,3 +297,82 @@ def test_the_console_scripts_serve_score_and_optimize_a_tiny_model(installed, ti
         assert len(llm.seen) == 2
     finally:
         assert stop_process(scorer, signal.SIGTERM) == 0, (tmp_path / "scorer.log").read_text()[-3000:]
+
+
+SERVICE_STACK = ("torch", "transformers", "safetensors", "pillow", "numpy", "matplotlib", "redis", "openai")
+
+
+def test_the_base_install_is_the_client_with_ranges_not_pins(base_installed):
+    requirements, venv = base_installed
+    names = {canonicalize_name(r.name) for r in requirements}
+    assert names == {"grpcio", "grpcio-status", "googleapis-common-protos", "protobuf", "tenacity"}
+    assert all(spec.operator != "==" for r in requirements for spec in r.specifier), requirements
+    python = str(venv / "bin" / "python")
+    absent = run(
+        python,
+        "-c",
+        f"import importlib.util; print(*[m for m in {SERVICE_STACK!r} if importlib.util.find_spec(m)])",
+        cwd=venv.parent,
+        env=venv_env(venv),
+    )
+    assert absent.stdout.split() == []
+    run(sys.executable, "-m", "pip", "--python", python, "check", cwd=venv.parent)  # the borrowed versions fit
+
+
+def test_the_base_install_calls_a_scorer_through_the_sync_client_inside_a_running_loop(
+    base_installed, tiny_clip_dir, image_task_dir, tmp_path
+):
+    """As a notebook does: the cell's code runs while the kernel's event loop runs."""
+    _, venv = base_installed
+    process, address = start_scorer(
+        tiny_clip_dir, {"shapes": image_task_dir}, tmp_path / "cache", tmp_path / "log", "--shots", "2"
+    )
+    try:
+        notebook_cell = textwrap.dedent(
+            f"""
+            import asyncio, sys
+            from promptclimb.client import SyncScorer
+            from promptclimb.scorer.v1 import scorer_pb2
+
+            async def kernel():
+                with SyncScorer({address!r}) as scorer:
+                    reply = scorer.score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["a photo of a {{}}."]))
+                print(reply.results[0].total, "torch" in sys.modules)
+
+            asyncio.run(kernel())
+            """
+        )
+        done = run(str(venv / "bin" / "python"), "-c", notebook_cell, cwd=tmp_path, env=venv_env(venv))
+        assert done.stdout.split() == ["8", "False"]
+        tasks = run(str(venv / "bin" / "promptclimb"), "tasks", "--scorer", address, cwd=tmp_path, env=venv_env(venv))
+        assert [t["task_id"] for t in json.loads(tasks.stdout)["tasks"]] == ["shapes"]
+    finally:
+        assert stop_process(process, signal.SIGTERM) == 0
+
+
+@pytest.mark.parametrize(
+    ("command", "extra"), [(["scorer"], "scorer"), (["run"], "optimizer"), (["serve"], "optimizer")]
+)
+def test_a_service_command_in_the_base_install_names_the_extra_it_needs(base_installed, tmp_path, command, extra):
+    _, venv = base_installed
+    done = run(str(venv / "bin" / "promptclimb"), *command, "--help", cwd=tmp_path, env=venv_env(venv), check=False)
+    assert done.returncode == 1
+    assert f"pip install 'promptclimb[{extra}]'" in done.stderr
+
+
+def test_every_dependency_has_one_exact_pin_in_the_constraints_within_its_range():
+    """pyproject.toml states what works (ranges); constraints.txt what `make env` and the images install."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = [
+        Requirement(line)
+        for line in [*project["dependencies"], *itertools.chain(*project["optional-dependencies"].values())]
+        if not line.startswith(project["name"] + "[")
+    ]
+    lines = [line.split("#", 1)[0].strip() for line in (REPO / "constraints.txt").read_text().splitlines()]
+    pins = {canonicalize_name(r.name): r for r in map(Requirement, filter(None, lines))}
+    for requirement in declared:
+        assert not any(spec.operator == "==" for spec in requirement.specifier), f"{requirement}: a range, not a pin"
+        pin = pins.get(canonicalize_name(requirement.name))
+        assert pin is not None, f"{requirement.name} has no pin in constraints.txt"
+        [exact] = [spec.version for spec in pin.specifier if spec.operator == "=="]
+        assert requirement.specifier.contains(exact, prereleases=True), f"{pin} is outside {requirement}"

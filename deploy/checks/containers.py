@@ -3,7 +3,7 @@
 hadolint lints every Dockerfile (its rules: tagged, non-latest base images; last USER not root; JSON-form
 ENTRYPOINT; no `cd` in RUN; ...). dockerfile-parse reads them for what hadolint does not know: bases named by an
 ARG (hadolint does not resolve them) pinned, the final stage's USER, HEALTHCHECK and ENTRYPOINT, and the torch of
-the scorer's base image against pyproject.toml. docker's own PatternMatcher applies .dockerignore.
+the scorer's base image against constraints.txt. docker's own PatternMatcher applies .dockerignore.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from checks.common import DEPLOY, DOCKER, ROOT, Report, check_env_names, output,
 
 HADOLINT_CONFIG = DEPLOY / ".hadolint.yaml"
 SERVICES = {"scorer.Dockerfile": "scorer_service", "optimizer.Dockerfile": "optimizer_service"}
-# What the optimizer image leaves out: the scorer's model stack, its quota store's client, matplotlib.
+# What the optimizer image must not install: the scorer's model stack, its quota store's client, matplotlib.
 SCORER_ONLY = ("torch", "transformers", "safetensors", "pillow", "numpy", "matplotlib", "redis")
+# What it leaves out of the optimizer's requirements: the plots of `optimizer_service run`.
+OPTIMIZER_IMAGE_LEAVES_OUT = ("matplotlib",)
 PYTORCH_TAG = re.compile(r"^pytorch/pytorch:(\d+\.\d+\.\d+)-cuda[\d.]+-cudnn\d+-runtime$")
 
 
@@ -48,25 +50,39 @@ def pyproject() -> dict[str, Any]:
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
+def constraint_pins() -> dict[str, str]:
+    """constraints.txt: the exact version of every requirement of pyproject.toml (tests/test_package.py checks it)."""
+    return requirement_file_pins(ROOT / "constraints.txt")
+
+
+def requirement_names(*extras: str) -> set[str]:
+    """The names the base install and these extras of pyproject.toml require (not the extras' own references)."""
+    project = pyproject()["project"]
+    lines = [*project["dependencies"], *(d for e in extras for d in project["optional-dependencies"][e])]
+    return {str(canonicalize_name(Requirement(d).name)) for d in lines} - {project["name"]}
+
+
 def check_requirements(r: Report) -> None:
-    """The images' requirement files carry pyproject.toml's pins, and the optimizer's none of the scorer's stack."""
-    project_pins = pins(pyproject()["project"]["dependencies"])
+    """The optimizer image's requirements are pyproject.toml's [optimizer] ones at constraints.txt's pins, and none
+    of the scorer's stack."""
+    project_pins = constraint_pins()
+    wanted = requirement_names("serving", "optimizer")
     opt = requirement_file_pins(DOCKER / "optimizer-requirements.txt")
     for name, version in opt.items():
         where = f"optimizer-requirements.txt {name}"
-        r.check(name in project_pins, where, "not a dependency in pyproject.toml")
+        r.check(name in wanted, where, "not a base, [serving] or [optimizer] requirement in pyproject.toml")
         r.check(
             project_pins.get(name) == version,
             where,
-            f"pinned {version or 'nothing'}, pyproject.toml pins {project_pins.get(name)}",
+            f"pinned {version or 'nothing'}, constraints.txt pins {project_pins.get(name)}",
         )
     for heavy in SCORER_ONLY:
         r.check(heavy not in opt, "optimizer-requirements.txt", f"must not install {heavy}")
-    missing = set(project_pins) - set(opt) - set(SCORER_ONLY)
+    missing = wanted - set(opt) - set(OPTIMIZER_IMAGE_LEAVES_OUT)
     r.check(
         not missing,
         "optimizer-requirements.txt",
-        f"pyproject.toml dependencies neither listed nor excluded: {sorted(missing)}",
+        f"[optimizer] requirements neither listed nor left out: {sorted(missing)}",
     )
     data = requirement_file_pins(DOCKER / "optimizer-data-requirements.txt")
     makefile_pin = re.search(r"^CLIP_BENCHMARK := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
@@ -160,14 +176,14 @@ def check_dockerfile(path: Path, service: str | None, r: Report) -> None:
 
 
 def check_scorer_base(where: str, parser: DockerfileParser, final_env: Mapping[str, str], r: Report) -> None:
-    """The scorer runs on a pytorch/pytorch CUDA image whose torch is pyproject.toml's pin."""
-    torch = pins(pyproject()["project"]["dependencies"]).get("torch")
+    """The scorer runs on a pytorch/pytorch CUDA image whose torch is constraints.txt's pin."""
+    torch = constraint_pins().get("torch")
     r.check(final_env.get("HF_HUB_OFFLINE") == "1", where, "HF_HUB_OFFLINE=1 must be set in the final stage")
     base = parser.parent_images[-1]
     m = PYTORCH_TAG.match(base)
     if r.check(bool(m), where, f"PYTORCH_IMAGE {base!r} must be a pytorch/pytorch CUDA runtime tag"):
         assert m is not None
-        r.check(m.group(1) == torch, where, f"base has torch {m.group(1)}, pyproject.toml pins {torch}")
+        r.check(m.group(1) == torch, where, f"base has torch {m.group(1)}, constraints.txt pins {torch}")
     torch_arg = [a.split("=", 1)[1] for a in instructions(parser, "ARG") if a.startswith("TORCH_VERSION=")]
     r.check(torch_arg == [torch], where, "ARG TORCH_VERSION must equal the torch pin")
 
@@ -180,6 +196,7 @@ def check_containers(r: Report) -> None:
     ignore = dockerignore_patterns()
     needed = (
         "pyproject.toml",
+        "constraints.txt",
         "protos",
         "promptclimb_common",
         "scorer_service",

@@ -10,10 +10,14 @@ ARG PIP_INDEX_URL
 ARG PIP_FIND_LINKS
 ARG PIP_CERT
 USER root
-# The CLIP authors' hand-engineered templates (the reference rows): data files only, installed without dependencies.
-COPY deploy/docker/optimizer-data-requirements.txt /tmp/optimizer-data-requirements.txt
-RUN /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/optimizer-data-requirements.txt \
- && rm /tmp/optimizer-data-requirements.txt
+# The optimizer runs in-process here: pyproject.toml's [optimizer] requirements at constraints.txt's pins (the
+# scorer image has the base and [serving] ones). The CLIP authors' hand-engineered templates (the reference rows):
+# data files only, installed without dependencies.
+COPY pyproject.toml constraints.txt deploy/docker/optimizer-data-requirements.txt /tmp/reproduce/
+RUN python -c "import tomllib; x = tomllib.load(open('/tmp/reproduce/pyproject.toml', 'rb'))['project']['optional-dependencies']; print('\n'.join(d for d in x['optimizer'] if not d.startswith('promptclimb[')))" > /tmp/reproduce/optimizer-requirements.txt \
+ && /opt/venv/bin/pip install --no-cache-dir -r /tmp/reproduce/optimizer-requirements.txt -c /tmp/reproduce/constraints.txt \
+ && /opt/venv/bin/pip install --no-cache-dir --no-deps -r /tmp/reproduce/optimizer-data-requirements.txt \
+ && rm -r /tmp/reproduce
 COPY optimizer_service /app/optimizer_service
 COPY reproduce /app/reproduce
 USER 10001:10001

@@ -12,7 +12,7 @@
 # Otherwise mount a Hugging Face checkpoint directory at /models/clip (read-only).
 #
 # The base image is a build argument. The default brings CUDA and torch; its
-# torch must be the torch pinned in pyproject.toml (the build fails if it is
+# torch must be the torch pinned in constraints.txt (the build fails if it is
 # not; deploy/check.py checks the tag against the pin). A base without torch
 # (any Debian-like image with python 3.11, its venv module and
 # groupadd/useradd) takes TORCH_REQUIREMENT=torch==<the pin>, installed into
@@ -31,13 +31,14 @@ ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv --system-site-packages /opt/venv \
  && if [ -n "${TORCH_REQUIREMENT}" ]; then /opt/venv/bin/pip install "${TORCH_REQUIREMENT}"; fi \
- && /opt/venv/bin/python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '${TORCH_VERSION}' else f'torch {v} in the image, pyproject.toml pins ${TORCH_VERSION}')"
+ && /opt/venv/bin/python -c "import sys, torch; v = torch.__version__.split('+')[0]; sys.exit(0 if v == '${TORCH_VERSION}' else f'torch {v} in the image, constraints.txt pins ${TORCH_VERSION}')"
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml constraints.txt ./
 COPY deploy/docker/build-requirements.txt deploy/docker/scorer-data-requirements.txt ./deploy/docker/
-# Every pin of pyproject.toml except torch, which the base image provides.
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print('\n'.join(d for d in deps if not d.startswith('torch==')))" > /tmp/scorer-requirements.txt \
- && /opt/venv/bin/pip install -r /tmp/scorer-requirements.txt \
+# The base and [scorer] requirements of pyproject.toml at constraints.txt's pins, except torch, which the base
+# image provides.
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; x = p['optional-dependencies']; print('\n'.join(d for d in p['dependencies'] + x['serving'] + x['scorer'] if not d.startswith(('torch', 'promptclimb['))))" > /tmp/scorer-requirements.txt \
+ && /opt/venv/bin/pip install -r /tmp/scorer-requirements.txt -c constraints.txt \
  && /opt/venv/bin/pip install --no-deps -r deploy/docker/scorer-data-requirements.txt \
  && python -m venv /opt/buildtools \
  && /opt/buildtools/bin/pip install -r deploy/docker/build-requirements.txt

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +67,8 @@ def pip_build_inputs() -> list[str]:
 
 
 def torch_pin() -> str:
-    deps: list[str] = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    return next(d for d in deps if d.startswith("torch=="))
+    lines = (ROOT / "constraints.txt").read_text().splitlines()
+    return next(line.strip() for line in lines if line.startswith("torch=="))
 
 
 def build(name: str, pip_flags: list[str]) -> float:

@@ -244,7 +244,7 @@ def test_the_committed_dockerfiles_pass(dockerfile, service):
             "ARG PYTORCH_IMAGE=pytorch/pytorch:latest",
             "is not pinned",
         ),
-        ("pytorch/pytorch:2.13.0-", "pytorch/pytorch:2.12.0-", "base has torch 2.12.0, pyproject.toml pins 2.13.0"),
+        ("pytorch/pytorch:2.13.0-", "pytorch/pytorch:2.12.0-", "base has torch 2.12.0, constraints.txt pins 2.13.0"),
         ("ARG TORCH_VERSION=2.13.0", "ARG TORCH_VERSION=2.12.0", "ARG TORCH_VERSION must equal the torch pin"),
         ("USER 10001:10001\n", "", "final stage must switch to a non-root USER"),
         ('CMD ["python", "/app/healthcheck.py"]', 'CMD ["python", "/app/probe.py"]', "HEALTHCHECK must use"),

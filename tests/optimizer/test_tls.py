@@ -8,7 +8,8 @@ import pytest
 from optimizer_service.config import ScorerSettings
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc
-from promptclimb_common.grpc_runtime import TlsFiles, channel_credentials
+from promptclimb_common.channels import channel_credentials
+from promptclimb_common.grpc_runtime import TlsFiles
 from scorer_service.app import ScorerApp
 from scorer_service.config import ScorerConfig, TaskSource
 from tests.optimizer.conftest import TASK, open_optimizer

@@ -98,7 +98,7 @@ def test_unreachable_hub_id_is_named(image_task_dir):
     )
     assert result.returncode == 2
     assert (
-        "cannot load CLIP model from Hugging Face hub id 'openai/clip-vit-base-patch32' (offline=True)" in result.stderr
+        "cannot load the model from Hugging Face hub id 'openai/clip-vit-base-patch32' (offline=True)" in result.stderr
     )
 
 
@@ -108,7 +108,7 @@ def test_unreadable_model_directory_is_named(image_task_dir, tmp_path):
         "--model", str(tmp_path / "empty-model"), "--task", f"t={image_task_dir}", "--port", "0", "--metrics-port", "0"
     )
     assert result.returncode == 2
-    assert f"cannot load CLIP model from local directory {tmp_path / 'empty-model'}" in result.stderr
+    assert f"cannot load the model from local directory {tmp_path / 'empty-model'}" in result.stderr
 
 
 def test_missing_dataset_is_named(tiny_clip_dir, tmp_path):

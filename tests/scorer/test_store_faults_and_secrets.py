@@ -18,8 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from promptclimb_common.channels import channel_credentials
 from promptclimb_common.errors import details_of
-from promptclimb_common.grpc_runtime import ReloadingCredentials, TlsFiles, caller_label, channel_credentials
+from promptclimb_common.grpc_runtime import ReloadingCredentials, TlsFiles, caller_label
 from scorer_service.app import LEDGER_FILE, OpenToAll, ScorerApp, refuse_open_to_all
 from scorer_service.quota import QuotaStoreError, RedisQuota, redacted_url
 from tests.procs import start_process

@@ -8,7 +8,8 @@ import grpc
 import pytest
 
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
-from promptclimb_common.grpc_runtime import TlsFiles, channel_credentials
+from promptclimb_common.channels import channel_credentials
+from promptclimb_common.grpc_runtime import TlsFiles
 from scorer_service.app import ScorerApp
 from tests.tls_certs import make_certs
 
