@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=list(METHODS))
     parser.add_argument("--backbone", choices=sorted(RECIPES), default=DEFAULT_RECIPE, help="testbed model searched on")
     parser.add_argument(
-        "--transfer-to", default="fmnist-vit-p4", help="testbed model for the transfer table ('none': skip)"
+        "--transfer-to", default="planted-p4", help="testbed model for the transfer table ('none': skip)"
     )
     parser.add_argument("--llm-base-url", help="an OpenAI-compatible endpoint (default: the embedded llama-server)")
     parser.add_argument("--llm-model", default="gpt-4o-mini", help="model name at --llm-base-url")

@@ -69,7 +69,7 @@ def test_the_table_has_every_row_and_column(benchmark):
 
 def test_every_accuracy_is_what_the_scorer_answers(benchmark):
     graded = {
-        key: json.loads((benchmark / "cells" / "fmnist-vit-p7" / "seed1" / key / "graded.json").read_text())
+        key: json.loads((benchmark / "cells" / "planted-p7" / "seed1" / key / "graded.json").read_text())
         for key in METHODS
     }
     markdown = (benchmark / "search_quality.md").read_text()
@@ -84,7 +84,7 @@ def test_every_accuracy_is_what_the_scorer_answers(benchmark):
             assert (cell["test"], cell["train"]) == (test, train)
             assert rows[search_quality.METHODS[key].name][0] == f"{100 * test:.1f} ± 0.0"
             assert cell["curve"][-1][1] == test
-            result = json.loads((benchmark / "cells" / "fmnist-vit-p7" / "seed1" / key / "result.json").read_text())
+            result = json.loads((benchmark / "cells" / "planted-p7" / "seed1" / key / "result.json").read_text())
             scored = {r["template"]: r["train_accuracy"] for r in result["trajectory"]}
             assert scored[cell["selected"]] == train == max(scored.values())  # selected on train, never on test
             assert cell["selected"] == result["best"][0]["template"]  # the run's own answer
