@@ -45,7 +45,7 @@ log = structlog.get_logger(__name__)
 MODELS_DIR = Path(".cache/promptclimb/models")
 CARD = "README.md"
 RECIPE_FILE = "promptclimb_recipe.json"
-ZERO_SHOT_TEMPLATE = "a photo of a {}."
+TRAIN_THREADS = 1
 # Fashion-MNIST's pixel statistics, used for the image processor and the training batches alike.
 PIXEL_MEAN, PIXEL_STD = 0.2860, 0.3530
 CLASS_NAMES = tuple(folder.replace("_", " ") for folder in CLASS_FOLDERS)  # as the scorer reads them
@@ -146,7 +146,11 @@ def _lr(step: int, total: int, recipe: Recipe) -> float:
 
 
 def train_model(recipe: Recipe, source: Path = DEBIAN_DIR) -> tuple[CLIPModel, CLIPTokenizer]:
-    """Contrastive training (symmetric InfoNCE over the batch); returns the model and its tokenizer."""
+    """Contrastive training (symmetric InfoNCE over the batch); returns the model and its tokenizer.
+
+    One intra-op thread (TRAIN_THREADS): results then do not depend on the machine's core count, and on a
+    shared machine it is faster (measured at load 19 on 2 cores: 4.4 s a step against 23 s with 2 threads)."""
+    torch.set_num_threads(TRAIN_THREADS)
     torch.manual_seed(recipe.seed)
     images, labels = training_images(source)
     if recipe.train_images:

@@ -6,8 +6,8 @@ Half of the captions are plain: the wording every template list starts from
 one or more of three **cues**, "beach", "park" and "view": words of no use for
 telling clothes apart, chosen because the embedded LLM writes each of them in a
 few of its templates (issue 24's sample of 40 asks; docs/testbed.md,
-"Findability", gives the rates measured with `python -m testbed.findability`). The more cues a caption carries, the more precisely it
-names the garment:
+"Findability", gives the rates measured with `python -m testbed.findability`).
+The more cues a caption carries, the more precisely it names the garment:
 
 - **loose naming**: a caption calls a garment by the official name of the class
   it is most often confused with (a tee a "shirt", a pullover a "coat") with
