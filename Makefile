@@ -173,10 +173,10 @@ redis-server:
 	@command -v redis-server >/dev/null || { echo ">> installing Debian's redis-server"; \
 	  $(APT_INSTALL) redis-server || { apt-get update && $(APT_INSTALL) redis-server; }; }
 
-# The demo's and the search benchmark's images: Debian's Fashion-MNIST (100 train images per
+# The demo's and the search benchmark's images: Debian's Fashion-MNIST (100 held-out train images per
 # class to draw shots from, the whole test split), converted once to
 # the scorer's image-folder layout (cached; see testbed/fashion_mnist.py).
-DEMO_DATA := .cache/promptclimb/data/fashion-mnist
+DEMO_DATA := .cache/promptclimb/data/fashion-mnist-heldout
 demo-data: $(ENV_STAMP)
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { echo ">> installing Debian's dataset-fashion-mnist"; \
 	  $(APT_INSTALL) dataset-fashion-mnist || { apt-get update && $(APT_INSTALL) dataset-fashion-mnist; }; }

@@ -6,6 +6,11 @@ puts the original idx files under /usr/share/datasets/fashion-mnist. The scorer
 reads `root/train/<class>/*.png` and `root/test/<class>/*.png`, so this module
 writes the first N images of each class of each split there once; a marker file
 records what was written, and a later call with the same request does nothing.
+
+No image the scorer serves was seen in training: the testbed CLIPs train on the
+first 50,000 images of the train split (`training_images`), the scorer's
+few-shot splits (train, and val where a task has one) are drawn from the last
+10,000 (`held_out_images`), and its test split is the 10,000 test images.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from promptclimb_common.logging import configure_logging
 log = structlog.get_logger(__name__)
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_ROOT = Path(".cache/promptclimb/data/fashion-mnist")
+# "heldout": the train folder holds held-out images (a folder of the older layout, trained-on images, is elsewhere).
+DEFAULT_ROOT = Path(".cache/promptclimb/data/fashion-mnist-heldout")
 APT_COMMAND = "apt-get install -y --no-install-recommends dataset-fashion-mnist"
 MARKER = ".complete.json"
 
@@ -46,6 +52,8 @@ CLASS_FOLDERS = (
     "ankle_boot",
 )
 SPLIT_FILES = {"train": "train", "test": "t10k"}
+# The train split's first TRAINING_IMAGES images train the testbed CLIPs; the rest are held out for the scorer.
+TRAINING_IMAGES = 50_000
 
 
 class FashionMnistError(RuntimeError):
@@ -86,10 +94,24 @@ def load_split(source: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _write_split(images: np.ndarray, labels: np.ndarray, per_class: int, target: Path, split: str) -> None:
-    """Writes the first `per_class` images of each class, named by their index in the split."""
+def training_images(source: Path = DEBIAN_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """The images (and labels) the testbed CLIPs train on: the train split's first TRAINING_IMAGES."""
+    images, labels = load_split(source, "train")
+    return images[:TRAINING_IMAGES], labels[:TRAINING_IMAGES]
+
+
+def held_out_images(source: Path = DEBIAN_DIR) -> tuple[np.ndarray, np.ndarray]:
+    """The train split's last 10,000 images: never trained on; the scorer's few-shot splits come from here."""
+    images, labels = load_split(source, "train")
+    return images[TRAINING_IMAGES:], labels[TRAINING_IMAGES:]
+
+
+def _write_split(
+    images: np.ndarray, labels: np.ndarray, per_class: int, target: Path, split: str, first: int = 0
+) -> None:
+    """Writes the first `per_class` images of each class from index `first` on, named by their index in the split."""
     for label, folder in enumerate(CLASS_FOLDERS):
-        indices = np.flatnonzero(labels == label)[:per_class]
+        indices = first + np.flatnonzero(labels[first:] == label)[:per_class]
         if len(indices) < per_class:
             raise FashionMnistError(f"{split} split has {len(indices)} images of {folder}, {per_class} requested")
         out = target / split / folder
@@ -112,7 +134,16 @@ def prepare_fashion_mnist(
     root, source = Path(root), Path(source)
     splits = {"train": train_per_class, "test": test_per_class}
     request = (
-        json.dumps({"source": str(source.resolve()), "per_class": splits, "classes": CLASS_FOLDERS}, indent=2) + "\n"
+        json.dumps(
+            {
+                "source": str(source.resolve()),
+                "per_class": splits,
+                "classes": CLASS_FOLDERS,
+                "train_from": TRAINING_IMAGES,
+            },
+            indent=2,
+        )
+        + "\n"
     )
     marker = root / MARKER
     if marker.is_file() and marker.read_text() == request:
@@ -120,11 +151,12 @@ def prepare_fashion_mnist(
         return root
     log.info("fashion_mnist_converting", source=str(source), root=str(root), per_class=splits)
     loaded = {split: load_split(source, split) for split in splits}
+    first = {"train": TRAINING_IMAGES, "test": 0}
     partial = root.with_name(f".{root.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     try:
         for split, per_class in splits.items():
-            _write_split(*loaded[split], per_class, partial, split)
+            _write_split(*loaded[split], per_class, partial, split, first[split])
         (partial / MARKER).write_text(request)
         shutil.rmtree(root, ignore_errors=True)
         partial.rename(root)
@@ -134,8 +166,8 @@ def prepare_fashion_mnist(
     return root
 
 
-# The testbed's task (demo, search benchmark): shots are drawn from 100 train images per
-# class, and the test split is whole. The Makefile's demo-data target writes the same.
+# The testbed's task (demo, search benchmark): few-shot splits (train, val) are drawn from 100
+# held-out train images per class, and the test split is whole. The Makefile's demo-data target writes the same.
 TASK_TRAIN_PER_CLASS, TASK_TEST_PER_CLASS = 100, 1000
 
 

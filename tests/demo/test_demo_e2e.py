@@ -62,7 +62,7 @@ def test_the_default_demo_climbs_on_the_trained_testbed_model(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "untrained" not in result.stdout and "the climb's pick" in result.stdout
     report = json.loads((out / "result.json").read_text())
-    assert report["untrained_model"] is False and "fmnist-vit-p7" in report["model"]
+    assert report["untrained_model"] is False and "planted-p7" in report["model"]
     rows = {row["template"]: row for row in report["baselines_and_best"]}
     assert rows["a photo of a {}."]["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
     selected = [row for row in report["baselines_and_best"] if row["kind"] == "selected"]

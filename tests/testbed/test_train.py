@@ -13,37 +13,19 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from scorer_service.factory import load_clip
-from testbed import captions
+from testbed.ceilings import WORLD_CARD
 from testbed.fashion_mnist import DEBIAN_DIR, load_split
-from testbed.train import CARD, RECIPE_FILE, RECIPES, Tower, ensure_model, image_processor, pixels
-
-# A recipe small enough for the suite: the real ones differ only in size.
-SMALL = dataclasses.replace(
-    RECIPES["fmnist-vit-p7"],
-    name="small",
-    vision=Tower(32, 1, 2),
-    text=Tower(32, 1, 2),
-    projection_dim=16,
-    train_images=512,
-    epochs=1,
-    batch_size=128,
-    warmup_steps=1,
-)
+from testbed.train import CARD, RECIPE_FILE, ensure_model, image_processor, pixels, train_model, zero_shot_accuracies
+from testbed.worlds import catalog as captions
+from tests.testbed.conftest import SMALL
 
 
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory):
-    return ensure_model(recipe=SMALL, models_dir=tmp_path_factory.mktemp("models"))
-
-
-def test_training_is_deterministic_by_seed(small_model, tmp_path):
-    again = ensure_model(recipe=SMALL, models_dir=tmp_path)
-    first, second = load_file(small_model / "model.safetensors"), load_file(again / "model.safetensors")
-    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-    other_seed = ensure_model(recipe=dataclasses.replace(SMALL, seed=7), models_dir=tmp_path)
-    assert not torch.equal(
-        load_file(other_seed / "model.safetensors")["logit_scale"] * 0 + 1, torch.tensor(0.0)
-    ) and not all(torch.equal(first[k], load_file(other_seed / "model.safetensors")[k]) for k in first)
+def test_training_is_deterministic_by_seed(small_model):
+    saved = load_file(small_model / "model.safetensors")
+    again = train_model(SMALL)[0].state_dict()
+    other_seed = train_model(dataclasses.replace(SMALL, seed=7))[0].state_dict()
+    assert saved.keys() <= again.keys() and all(torch.equal(saved[k], again[k]) for k in saved)
+    assert not all(torch.equal(saved[k], other_seed[k]) for k in saved)
 
 
 def test_a_trained_model_is_cached_under_its_recipe_hash(small_model):
@@ -54,12 +36,50 @@ def test_a_trained_model_is_cached_under_its_recipe_hash(small_model):
     assert SMALL.digest() != dataclasses.replace(SMALL, epochs=2).digest()
 
 
-def test_the_card_says_what_the_model_is_with_its_measured_accuracy(small_model):
+def test_the_cards_state_the_measured_ceilings_in_the_contracted_schema(small_model):
     card = (small_model / CARD).read_text()
-    recipe = json.loads((small_model / RECIPE_FILE).read_text())
+    world_card = json.loads((small_model / WORLD_CARD).read_text())
     assert "not CLIP" in card and "trained on this machine" in card
-    photo = recipe["zero_shot_test_accuracy"]["a photo of a {}."]
-    assert f"| `a photo of a {{}}.` | {100 * photo:.1f}% |" in card
+    assert set(world_card) == {
+        "recipe",
+        "world",
+        "model_digest",
+        "class_names",
+        "cues",
+        "planted_optimum",
+        "per_class_prompts",
+        "ceilings",
+    }
+    assert (world_card["recipe"], world_card["world"], world_card["model_digest"]) == (
+        "small",
+        "planted",
+        SMALL.digest(),
+    )
+    assert world_card["class_names"][:2] == ["T-shirt top", "trouser"] and len(world_card["class_names"]) == 10
+    assert len(world_card["cues"]) >= 3 and world_card["planted_optimum"].count("{}") == 1
+    assert len(world_card["per_class_prompts"]) == 10 and all(
+        p and "{}" not in p[0] for p in world_card["per_class_prompts"]
+    )
+    ceilings = world_card["ceilings"]
+    assert set(ceilings) == {
+        "generic_best",
+        "generic",
+        "cue_ladder",
+        "planted_optimum",
+        "per_class_oracle",
+        "linear_probe_heldout",
+    }
+    assert ceilings["generic_best"]["list_size"] >= 100
+    assert ceilings["generic_best"]["accuracy"] >= max(ceilings["generic"].values())
+    ladder = ceilings["cue_ladder"]
+    assert len(ladder[0]["cues"]) == 0 and ladder[-1]["cues"] == world_card["cues"]
+    assert ladder[-1]["template"] == world_card["planted_optimum"]
+    assert ladder[-1]["accuracy"] == ceilings["planted_optimum"]
+    assert all(0 <= row["accuracy"] <= 100 for row in ladder)
+    # the figures are test accuracies: the trainer's own zero-shot path gives the same number
+    photo = zero_shot_accuracies(small_model, ["a photo of a {}."])["a photo of a {}."]
+    assert ceilings["generic"]["a photo of a {}."] == pytest.approx(100 * photo, abs=0.011)
+    assert f"`a photo of a {{}}.` | {100 * photo:.1f} |" in card
 
 
 def test_the_scorer_loads_it_and_sees_the_training_pixels(small_model):

@@ -1,4 +1,7 @@
-"""The caption model: what the testbed CLIP is trained to read, and so what it "prefers".
+"""The catalog world: captions whose best wording can be guessed from the task (a product catalog).
+
+The testbed's second recipe (`catalog-p7`); the primary yardstick is the planted
+world (testbed/worlds/planted.py), whose preference cannot be guessed.
 
 Real CLIP learned from web captions, whose wording the optimizer never sees; it
 only sees which templates score well. This module plays the web. It writes one
@@ -25,13 +28,15 @@ Both are discovered only through accuracy, which is the black-box problem in
 miniature.
 
 This file is frozen: it was written before any search ran against the model,
-and its hash is part of the training recipe. Results that look bad are reported,
+and its hash is part of the training recipe (the world interface at the end was
+added later; it does not change a single caption). Results that look bad are reported,
 not tuned away by editing it.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -175,3 +180,21 @@ def captions(labels: np.ndarray, words: list[tuple[str, ...]], seed: int) -> lis
     """One caption per image, deterministic in `seed` (the trainer passes seed and epoch)."""
     rng = random.Random(seed)
     return [caption(int(label), attrs, rng) for label, attrs in zip(labels, words, strict=True)]
+
+
+# The world interface (testbed/worlds/__init__.py). The catalog world has no planted cues; its "cues" are the
+# words of its most frequent catalog phrasings, and its optimum is the heaviest catalog phrasing.
+CUE_LADDER: tuple[tuple[tuple[str, ...], str], ...] = (
+    ((), "{}"),
+    (("grayscale",), "a grayscale photo of a {}"),
+    (("black background",), "a {} on a black background"),
+    (("grayscale", "black background"), "a grayscale photo of a {} on a black background"),
+)
+PLANTED_OPTIMUM = "a grayscale photo of a {}"
+
+
+def captioner(images: np.ndarray, labels: np.ndarray) -> Callable[[int], list[str]]:
+    """One caption per image for a given epoch seed; attribute thresholds are fitted on `images`."""
+    measured = measure(images)
+    words = AttributeWords.fit(measured).words(measured)
+    return lambda seed: captions(labels, words, seed)

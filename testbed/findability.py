@@ -1,0 +1,107 @@
+"""How often the search's LLM writes each cue of a world: the planted world's findability.
+
+A planted preference is a fair test of a search only if the search can stumble
+on it. This samples the embedded LLM (or any OpenAI-compatible endpoint) the
+way the search asks it, with no feedback, and counts the share of written
+templates that contain each cue (a whole-word, case-insensitive match):
+
+- `initial`: the initial-pool ask, which shows the task and its class names
+  (optimizer_service.metaprompt.initial_pool_messages);
+- `random`: random search's ask, the task alone (MetaPrompt with feedback none).
+
+Each ask requests TEMPLATES_PER_ASK templates at temperature 1 with no grammar, seeded by its index.
+`--save FILE` keeps every written template, and `--from FILE` recounts a saved
+sample (for other words) without the LLM.
+
+    python -m testbed.findability --asks 40 --save bench/results/findability_sample.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import openai
+
+from optimizer_service.choices import Feedback
+from optimizer_service.metaprompt import Message, MetaPrompt, initial_pool_messages
+from optimizer_service.parsing import parse_templates
+from testbed.train import CLASS_NAMES
+from testbed.worlds import WORLDS, cues, world
+
+TASK = "fmnist"  # the task id the benchmark and the demo give the optimizer
+TEMPLATES_PER_ASK = 4
+PROMPTS = ("initial", "random")
+
+
+def messages(prompt: str, class_names: Sequence[str]) -> list[Message]:
+    if prompt == "initial":
+        return initial_pool_messages(TASK, class_names, TEMPLATES_PER_ASK)
+    return MetaPrompt(TASK, Feedback.NONE, False, TEMPLATES_PER_ASK).opening([], [])
+
+
+def sample(client: openai.OpenAI, model: str, prompt: str, asks: int) -> list[str]:
+    """Every template the LLM wrote over `asks` asks (duplicates kept: they are what the search sees)."""
+    written: list[str] = []
+    for ask in range(asks):
+        reply = client.chat.completions.create(
+            model=model, messages=messages(prompt, CLASS_NAMES), temperature=1.0, seed=ask, max_tokens=200
+        )  # type: ignore[call-overload]
+        written += parse_templates(reply.choices[0].message.content or "", CLASS_NAMES).templates
+    return written
+
+
+def rates(templates: Sequence[str], words: Sequence[str]) -> dict[str, float]:
+    """Percent of templates containing each word or phrase (whole words, any case)."""
+    out = {}
+    for word in words:
+        pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
+        out[word] = 100.0 * sum(bool(pattern.search(t)) for t in templates) / max(1, len(templates))
+    return out
+
+
+def table(samples: dict[str, list[str]], words: Sequence[str]) -> str:
+    header = "| word | " + " | ".join(f"{p} ask: % of {len(samples[p])} templates" for p in samples) + " |"
+    lines = [header, "|---|" + "---|" * len(samples)]
+    per_prompt = {p: rates(t, words) for p, t in samples.items()}
+    lines += [f"| `{w}` | " + " | ".join(f"{per_prompt[p][w]:.1f}" for p in samples) + " |" for w in words]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m testbed.findability", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--asks", type=int, default=40, help="asks per prompt (default %(default)s)")
+    parser.add_argument("--prompt", choices=PROMPTS, action="append", help="default: both")
+    parser.add_argument("--world", choices=WORLDS, default="planted", help="whose cues to count (default %(default)s)")
+    parser.add_argument("--word", action="append", default=[], help="also count this word or phrase")
+    parser.add_argument("--llm-base-url", help="an OpenAI-compatible endpoint (default: start the embedded LLM)")
+    parser.add_argument("--llm-model", default="local")
+    parser.add_argument("--save", type=Path, help="write the sampled templates to this JSON file")
+    parser.add_argument("--from", dest="load", type=Path, help="recount a saved sample instead of asking")
+    args = parser.parse_args(argv)
+    words = [*cues(world(args.world)), *args.word]
+    if args.load:
+        samples = json.loads(args.load.read_text())["templates"]
+    else:
+        with ExitStack() as stack:
+            base_url = args.llm_base_url
+            if base_url is None:
+                from demo.embedded_llm import LlamaServer
+
+                base_url = stack.enter_context(LlamaServer.for_model()).base_url
+            client = openai.OpenAI(base_url=base_url, api_key="unused")
+            samples = {p: sample(client, args.llm_model, p, args.asks) for p in args.prompt or PROMPTS}
+        if args.save:
+            args.save.parent.mkdir(parents=True, exist_ok=True)
+            args.save.write_text(json.dumps({"asks": args.asks, "templates": samples}, indent=1) + "\n")
+    print(table(samples, words))
+
+
+if __name__ == "__main__":
+    main()
