@@ -7,7 +7,7 @@ templates that contain each cue (a whole-word, case-insensitive match):
 
 - `initial`: the initial-pool ask, which shows the task and its class names
   (optimizer_service.metaprompt.initial_pool_messages);
-- `random`: random search's ask, the task alone (MetaPrompt with feedback none).
+- `random`: random search's ask (MetaPrompt with feedback none), which shows the same task context.
 
 Each ask requests TEMPLATES_PER_ASK templates at temperature 1 with no grammar, seeded by its index.
 `--save FILE` keeps every written template, and `--from FILE` recounts a saved
@@ -24,11 +24,13 @@ import re
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import cast
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
 
 from optimizer_service.choices import Feedback
-from optimizer_service.metaprompt import Message, MetaPrompt, initial_pool_messages
+from optimizer_service.metaprompt import Message, MetaPrompt, TaskContext, initial_pool_messages
 from optimizer_service.parsing import parse_templates
 from testbed.train import CLASS_NAMES
 from testbed.worlds import WORLDS, cues, world
@@ -39,9 +41,10 @@ PROMPTS = ("initial", "random")
 
 
 def messages(prompt: str, class_names: Sequence[str]) -> list[Message]:
+    task = TaskContext(TASK, tuple(class_names))
     if prompt == "initial":
-        return initial_pool_messages(TASK, class_names, TEMPLATES_PER_ASK)
-    return MetaPrompt(TASK, Feedback.NONE, False, TEMPLATES_PER_ASK).opening([], [])
+        return initial_pool_messages(task, TEMPLATES_PER_ASK)
+    return MetaPrompt(task, Feedback.NONE, False, TEMPLATES_PER_ASK).opening([], [])
 
 
 def sample(client: openai.OpenAI, model: str, prompt: str, asks: int) -> list[str]:
@@ -49,8 +52,12 @@ def sample(client: openai.OpenAI, model: str, prompt: str, asks: int) -> list[st
     written: list[str] = []
     for ask in range(asks):
         reply = client.chat.completions.create(
-            model=model, messages=messages(prompt, CLASS_NAMES), temperature=1.0, seed=ask, max_tokens=200
-        )  # type: ignore[call-overload]
+            model=model,
+            messages=cast("list[ChatCompletionMessageParam]", messages(prompt, CLASS_NAMES)),
+            temperature=1.0,
+            seed=ask,
+            max_tokens=200,
+        )
         written += parse_templates(reply.choices[0].message.content or "", CLASS_NAMES).templates
     return written
 

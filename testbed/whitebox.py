@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -134,8 +135,10 @@ def linear_probe_accuracy(model_dir: Path, shots: Sequence[LabeledImage]) -> flo
     return probe_test_accuracy(Path(model_dir), *shot_features(Path(model_dir), shots))
 
 
-def _text_features(model: torch.nn.Module, embeddings: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
-    """The text tower on token embeddings (not ids): CLIP's causal pre-LN transformer, pooled at end-of-text."""
+def _text_features(model: Any, embeddings: torch.Tensor, eot: torch.Tensor) -> torch.Tensor:
+    """The text tower on token embeddings (not ids): CLIP's causal pre-LN transformer, pooled at end-of-text.
+
+    `model` is a transformers CLIPModel, typed Any: its submodules are typed `Tensor | Module` in torch's stubs."""
     text = model.text_model
     hidden = embeddings + text.embeddings.position_embedding.weight[: embeddings.shape[1]]
     batch, length, width = hidden.shape
@@ -159,7 +162,7 @@ def coop_accuracy(model_dir: Path, shots: Sequence[LabeledImage], class_names: S
     `class_names` are the scorer's (any order); prompt j names class_names[j]."""
     model_dir = Path(model_dir)
     clip = encoder(model_dir)
-    model = clip.model
+    model: Any = clip.model  # a CLIPModel; see _text_features
     order = torch.tensor([CLASS_NAMES.index(name) for name in class_names])  # prompt j -> Fashion-MNIST label
     features, fmnist = shot_features(model_dir, shots)
     labels = torch.argsort(order)[fmnist]
