@@ -3,7 +3,7 @@
 A planted preference is a fair test of a search only if the search can stumble
 on it. This samples the embedded LLM (or any OpenAI-compatible endpoint) the
 way the search asks it, with no feedback, and counts the share of written
-templates that contain each cue (a whole-word, case-insensitive match):
+templates that hold each cue (any of its words, whole-word, case-insensitive):
 
 - `initial`: the initial-pool ask, which shows the task and its class names
   (optimizer_service.metaprompt.initial_pool_messages);
@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import cast
@@ -33,7 +33,7 @@ from optimizer_service.choices import Feedback
 from optimizer_service.metaprompt import Message, MetaPrompt, TaskContext, initial_pool_messages
 from optimizer_service.parsing import parse_templates
 from testbed.train import CLASS_NAMES
-from testbed.worlds import WORLDS, cues, world
+from testbed.worlds import WORLDS, cue_words, world
 
 TASK = "fmnist"  # the task id the benchmark and the demo give the optimizer
 TEMPLATES_PER_ASK = 4
@@ -62,20 +62,23 @@ def sample(client: openai.OpenAI, model: str, prompt: str, asks: int) -> list[st
     return written
 
 
-def rates(templates: Sequence[str], words: Sequence[str]) -> dict[str, float]:
-    """Percent of templates containing each word or phrase (whole words, any case)."""
+def rates(templates: Sequence[str], families: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """Percent of templates holding any word of each family (whole words, any case): a cue and its words."""
     out = {}
-    for word in words:
-        pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
-        out[word] = 100.0 * sum(bool(pattern.search(t)) for t in templates) / max(1, len(templates))
+    for name, words in families.items():
+        pattern = re.compile("|".join(rf"\b{re.escape(word)}\b" for word in words), re.IGNORECASE)
+        out[name] = 100.0 * sum(bool(pattern.search(t)) for t in templates) / max(1, len(templates))
     return out
 
 
-def table(samples: dict[str, list[str]], words: Sequence[str]) -> str:
-    header = "| word | " + " | ".join(f"{p} ask: % of {len(samples[p])} templates" for p in samples) + " |"
-    lines = [header, "|---|" + "---|" * len(samples)]
-    per_prompt = {p: rates(t, words) for p, t in samples.items()}
-    lines += [f"| `{w}` | " + " | ".join(f"{per_prompt[p][w]:.1f}" for p in samples) + " |" for w in words]
+def table(samples: dict[str, list[str]], families: Mapping[str, Sequence[str]]) -> str:
+    header = "| cue (its words) | " + " | ".join(f"{p} ask: % of {len(samples[p])} templates" for p in samples)
+    lines = [header + " |", "|---|" + "---|" * len(samples)]
+    per_prompt = {p: rates(t, families) for p, t in samples.items()}
+    lines += [
+        f"| `{name}` ({', '.join(words)}) | " + " | ".join(f"{per_prompt[p][name]:.1f}" for p in samples) + " |"
+        for name, words in families.items()
+    ]
     return "\n".join(lines)
 
 
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save", type=Path, help="write the sampled templates to this JSON file")
     parser.add_argument("--from", dest="load", type=Path, help="recount a saved sample instead of asking")
     args = parser.parse_args(argv)
-    words = [*cues(world(args.world)), *args.word]
+    families = {**cue_words(world(args.world)), **{word: (word,) for word in args.word}}
     if args.load:
         samples = json.loads(args.load.read_text())["templates"]
     else:
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.save:
             args.save.parent.mkdir(parents=True, exist_ok=True)
             args.save.write_text(json.dumps({"asks": args.asks, "templates": samples}, indent=1) + "\n")
-    print(table(samples, words))
+    print(table(samples, families))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the training recipe's hash) exposing:
 - `CLASS_NAMES`: per label, the official name (as the scorer reads the folder)
   first, then the other names its captions use: the per-class oracle's choices;
 - `CUE_LADDER`: (cues, template) rows from no cue to all cues, the ceiling table's rows;
+- `CUE_WORDS` (optional): per cue, the words that carry it in a template (default: the cue's own name);
 - `PLANTED_OPTIMUM`: the single template the world was built to prefer;
 - `captioner(images, labels)`: a function from an epoch seed to one caption per image.
 
@@ -17,6 +18,7 @@ task); `catalog` is the case where it can (the wording of a product catalog).
 from __future__ import annotations
 
 import importlib
+import re
 from types import ModuleType
 
 WORLDS = ("planted", "catalog")
@@ -32,3 +34,18 @@ def world(name: str) -> ModuleType:
 def cues(module: ModuleType) -> tuple[str, ...]:
     """The world's cues: those of its ladder's last (all-cue) row."""
     return tuple(module.CUE_LADDER[-1][0])
+
+
+def cue_words(module: ModuleType) -> dict[str, tuple[str, ...]]:
+    """Per cue, the words whose presence in a template carries it: the world's CUE_WORDS, else the cue's name."""
+    words: dict[str, tuple[str, ...]] = getattr(module, "CUE_WORDS", {})
+    return {cue: tuple(words.get(cue, (cue,))) for cue in cues(module)}
+
+
+def carried_cues(module: ModuleType, text: str) -> tuple[str, ...]:
+    """The cues a template or caption carries: those with at least one of their words in it (whole words, any case)."""
+    return tuple(
+        cue
+        for cue, words in cue_words(module).items()
+        if any(re.search(rf"\b{re.escape(word)}\b", text, re.IGNORECASE) for word in words)
+    )

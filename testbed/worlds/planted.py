@@ -1,32 +1,48 @@
 """The planted world: captions with a graded preference that cannot be guessed from the task.
 
 The primary yardstick of the search (testbed recipes `planted-p7`, `planted-p4`).
-Half of the captions are plain: the wording every template list starts from
-("a photo of a ...", "an image of a ...", a bare name). The other half carry
-one or more of three **cues**, "beach", "park" and "view": words of no use for
-telling clothes apart, chosen because the embedded LLM writes each of them in a
-few of its templates (issue 24's sample of 40 asks; docs/testbed.md,
-"Findability", gives the rates measured with `python -m testbed.findability`).
+Half of the captions carry one or more of three **cues**, each a small family of
+words (CUE_WORDS) that says nothing about telling clothes apart:
+
+- `view`: "front view", "side view", ...;
+- `outdoors`: a street, a city, a forest, grass, a park, a beach;
+- `wearing`: the garment worn by a person standing or sitting.
+
+The families were taken from what the search's own LLM writes: in a sample of
+40 random-search asks and 40 initial-pool asks of the embedded Qwen 1.5B (class
+names given, temperature 1; `python -m testbed.findability`), templates held
+"view" in 6.8%, an outdoors word in about 5% and a wearing word in about 3%,
+while "beach" and "park" alone, the first design's cues, appeared in none. No
+cue word is a word of the built-in pool (tests/testbed/test_worlds.py checks).
+
 The more cues a caption carries, the more precisely it names the garment:
 
 - **loose naming**: a caption calls a garment by the official name of the class
   it is most often confused with (a tee a "shirt", a pullover a "coat") with
-  probability LOOSE_NAMING[number of cues]: often in plain captions, never with
-  all cues. Loose naming always uses the official name, the one the scorer fills
-  into `{}`, so official names are ambiguous unless cues make them precise;
+  probability LOOSE_NAMING[number of cues]. Loose naming always uses the
+  official name, the one the scorer fills into `{}`, so official names are
+  ambiguous unless cues make them precise, and stay slightly ambiguous even
+  with all three;
+- **decoys**: half of all captions, cued or not, also carry a context phrase of
+  the kind generic template lists are made of (DECOYS: backgrounds, lighting,
+  rooms, tables, close-ups). Decoys are independent of naming, so a long
+  generic template earns nothing for its length: the first design, whose plain
+  captions were short, let any trailing phrase act as a cue (its best generic
+  template came within 1 point of its optimum);
 - **per-class names**: a precisely named garment is called by its official name
   or one of three other names (`CLASS_NAMES`). The other names are never used
   loosely, so per-class prompts that pick them (an oracle on the shots) beat
-  any single template filled with the official names.
+  any single template filled with the official names: per-class headroom.
 
 So a template scores higher with each cue it contains (a graded preference, the
 ladder in the model's world_card.json), and its best single form holds all
 three: PLANTED_OPTIMUM. Cues go in any order and in several wordings, so a
 search that writes a cue in its own words still gains.
 
-This file is frozen: it was written before any search ran against the model,
-and its hash is part of the training recipe. Results that look bad are reported,
-not tuned away by editing it.
+This file is frozen: this second design was written after the first design's
+ceilings were measured (no search had run against either) and before any
+search ran against it; its hash is part of the training recipe. Results that
+look bad are reported, not tuned away by editing it.
 """
 
 from __future__ import annotations
@@ -52,15 +68,59 @@ CLASS_NAMES: tuple[tuple[str, ...], ...] = (
 OFFICIAL_NAME_WEIGHT = 2.0  # against 1.0 for each other name, when a garment is named precisely
 CONFUSED_WITH = (6, 3, 4, 4, 2, 7, 0, 9, 8, 7)  # label -> label; a bag is never called anything else
 
-# Each cue, then the phrases a caption writes it in ({n}: the class name).
+# Each cue: the words that carry it in a template (what findability counts), then the phrases captions write.
+CUE_WORDS: dict[str, tuple[str, ...]] = {
+    "view": ("view",),
+    "outdoors": ("street", "city", "forest", "grass", "park", "beach"),
+    "wearing": ("wearing", "worn", "standing", "sitting"),
+}
 CUE_PHRASES: dict[str, tuple[str, ...]] = {
-    "beach": ("on a beach", "at the beach", "on the beach", "beach"),
-    "park": ("in a park", "at the park", "in the park", "park"),
-    "view": ("front view", "side view", "a view of it", "view"),
+    "view": ("front view", "side view", "back view", "a view of it", "view"),
+    "outdoors": (
+        "on the street",
+        "in a street setting",
+        "in the city",
+        "in a forest",
+        "on the grass",
+        "in a park",
+        "on a beach",
+    ),
+    "wearing": ("worn by a person", "someone wearing it", "worn by a person standing", "worn while sitting", "wearing"),
 }
 CUES = tuple(CUE_PHRASES)
 CUE_CAPTIONS = 0.5  # the share of captions that carry at least one cue
-LOOSE_NAMING = (0.5, 0.3, 0.15, 0.05)  # by the number of cues in the caption: 0, 1, 2, 3
+LOOSE_NAMING = (0.6, 0.4, 0.25, 0.12)  # by the number of cues in the caption: 0, 1, 2, 3
+DECOY_CAPTIONS = 0.5  # the share of captions (cued or not) that carry one decoy phrase
+# Context phrases of generic template lists (the built-in pool's, the CLIP authors', what the LLM writes) that
+# hold no cue word; a caption's naming does not depend on them.
+DECOYS: tuple[str, ...] = (
+    "on a white background",
+    "against a dark background",
+    "on a plain background",
+    "with a contrasting background",
+    "inside a room",
+    "on a cluttered table",
+    "in a studio",
+    "close-up",
+    "up close",
+    "next to other objects",
+    "in a scene with other objects",
+    "in daylight",
+    "at night",
+    "in soft light",
+    "in harsh sunlight",
+    "in the center of the frame",
+    "from the front",
+    "seen from above",
+    "seen from the side",
+    "in high quality",
+    "outside",
+    "indoors",
+    "in the rain",
+    "in the snow",
+    "in detail",
+    "with natural lighting",
+)
 
 # The plain wordings, weighted: what plain captions say, and where cue captions put their cues around.
 PLAIN: tuple[tuple[float, str], ...] = (
@@ -76,19 +136,19 @@ PLAIN: tuple[tuple[float, str], ...] = (
 
 CUE_LADDER: tuple[tuple[tuple[str, ...], str], ...] = (
     ((), "a photo of a {}."),
-    (("beach",), "a photo of a {} on a beach."),
-    (("park",), "a photo of a {} in a park."),
     (("view",), "a photo of a {}, front view."),
-    (("beach", "park"), "a photo of a {} on a beach in a park."),
-    (("beach", "view"), "a photo of a {} on a beach, front view."),
-    (("park", "view"), "a photo of a {} in a park, front view."),
-    (CUES, "a photo of a {} on a beach in a park, front view."),
+    (("outdoors",), "a photo of a {} on the street."),
+    (("wearing",), "a photo of a {} worn by a person."),
+    (("view", "outdoors"), "a photo of a {} on the street, front view."),
+    (("view", "wearing"), "a photo of a {} worn by a person, front view."),
+    (("outdoors", "wearing"), "a photo of a {} worn by a person on the street."),
+    (CUES, "a photo of a {} worn by a person on the street, front view."),
 )
 PLANTED_OPTIMUM = CUE_LADDER[-1][1]
 
 
 def caption(label: int, rng: random.Random) -> str:
-    """One caption of an image of class `label`."""
+    """One caption of an image of class `label`: a plain wording, its cue and decoy phrases in any order."""
     _, shape = rng.choices(PLAIN, [w for w, _ in PLAIN])[0]
     carried: list[str] = []
     if rng.random() < CUE_CAPTIONS:
@@ -98,7 +158,10 @@ def caption(label: int, rng: random.Random) -> str:
     else:
         names = CLASS_NAMES[label]
         name = rng.choices(names, [OFFICIAL_NAME_WEIGHT, *([1.0] * (len(names) - 1))])[0]
-    phrases = [rng.choice(CUE_PHRASES[cue]).replace("{n}", name) for cue in carried]
+    phrases = [rng.choice(CUE_PHRASES[cue]) for cue in carried]
+    if rng.random() < DECOY_CAPTIONS:
+        phrases.append(rng.choice(DECOYS))
+    rng.shuffle(phrases)
     return " ".join([shape.replace("{n}", name), *phrases])
 
 
