@@ -19,7 +19,7 @@ WATCH_POLL_S = 5.0  # a watcher re-reads the store at least this often
 
 
 def counters_proto(counters: dict) -> pb.Counters:
-    """The stored counters (search.Counters.to_json) as the proto reports them."""
+    """The stored counters (climb.Counters.to_json) as the proto reports them."""
     known = set(pb.Counters.DESCRIPTOR.fields_by_name)
     proto = pb.Counters(**{k: v for k, v in counters.items() if k in known})
     proto.active_time.FromNanoseconds(round(counters.get("active_seconds", 0.0) * 1e9))
@@ -31,6 +31,7 @@ def without_test(event: pb.RunEvent) -> pb.RunEvent:
     if event.HasField("run_ended"):
         for scored in event.run_ended.best:
             scored.ClearField("test_accuracy")
+        event.run_ended.selected.ClearField("test_accuracy")
         if event.run_ended.HasField("ensemble"):
             event.run_ended.ensemble.ClearField("test_accuracy")
     return event

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from optimizer_service import metrics
+from optimizer_service.climb import Counters
 from optimizer_service.events import counters_proto
 from optimizer_service.pool import Candidate, Pool
-from optimizer_service.search import Counters
 from optimizer_service.signals import Signal
 from optimizer_service.store import Step, Store
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
@@ -41,6 +41,7 @@ class RunJournal:
                         llm_call=c.llm_call,
                         candidate_sequence=c.sequence,
                         reused=c.reused,
+                        position=c.position,
                     )
                 )
             )

@@ -27,7 +27,7 @@ SYSTEM = (
 MAX_CLASS_NAMES_SHOWN = 30
 
 
-def _requirements(count: int, shape: str = "similar in structure to the good templates") -> str:
+def requirements(count: int, shape: str = "similar in structure to the good templates") -> str:
     noun = "template" if count == 1 else f"{count} templates"
     return "\n".join(
         [
@@ -39,20 +39,43 @@ def _requirements(count: int, shape: str = "similar in structure to the good tem
     )
 
 
-def _percent(accuracy: float) -> str:
+def percent(accuracy: float) -> str:
     return f"{100 * accuracy:.1f}%"
 
 
 @dataclass(frozen=True)
+class TaskContext:
+    """What every ask tells the LLM about the task, the control's (random search) included: its name, its class
+    names (the first MAX_CLASS_NAMES_SHOWN) and the user's own description, if any."""
+
+    name: str
+    class_names: tuple[str, ...] = ()
+    description: str = ""
+
+    def introduction(self) -> str:
+        shown = list(self.class_names[:MAX_CLASS_NAMES_SHOWN])
+        more = f" and {len(self.class_names) - len(shown)} more" if len(self.class_names) > len(shown) else ""
+        parts = [
+            f'I classify images of the task "{self.name}" with CLIP by filling a prompt template with each class '
+            'name, for example "a photo of a {}." becomes "a photo of a dog.".'
+        ]
+        if shown:
+            parts.append(f"The classes are: {', '.join(shown)}{more}.")
+        if self.description:
+            parts.append(f"The task, in its owner's words: {self.description}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
 class MetaPrompt:
-    task_name: str
+    task: TaskContext
     feedback: Feedback
     show_accuracies: bool
     templates_per_call: int
 
     def _listing(self, candidates: Sequence[Candidate]) -> str:
         if self.show_accuracies:
-            return "\n".join(f"- {c.template} (accuracy {_percent(c.accuracy)})" for c in candidates)
+            return "\n".join(f"- {c.template} (accuracy {percent(c.accuracy)})" for c in candidates)
         return "\n".join(f"- {c.template}" for c in candidates)
 
     def ask(self, good: Sequence[Candidate], bad: Sequence[Candidate]) -> str:
@@ -62,7 +85,7 @@ class MetaPrompt:
             return "\n\n".join(
                 [
                     f"Write {'a new template' if count == 1 else f'{count} new, varied templates'}.",
-                    _requirements(count, "varied in wording"),
+                    requirements(count, "varied in wording"),
                 ]
             )
         parts = [
@@ -74,20 +97,17 @@ class MetaPrompt:
             wish = "better than the good templates and unlike the poor ones"
         else:
             wish = "better than these"
-        parts += [f"Write {'a new template' if count == 1 else f'{count} new templates'} {wish}.", _requirements(count)]
+        parts += [f"Write {'a new template' if count == 1 else f'{count} new templates'} {wish}.", requirements(count)]
         return "\n\n".join(parts)
 
     def opening(self, good: Sequence[Candidate], bad: Sequence[Candidate]) -> list[Message]:
         """The first messages of a conversation (or the only ones, in stateless mode)."""
-        intro = (
-            f'I classify images of the task "{self.task_name}" with CLIP by filling a prompt template '
-            'with each class name, for example "a photo of a {}." becomes "a photo of a dog.". '
-            "Help me find the template with the highest accuracy."
-        )
-        return [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": intro + "\n\n" + self.ask(good, bad)},
-        ]
+        return self.opening_with(self.ask(good, bad))
+
+    def opening_with(self, ask: str) -> list[Message]:
+        """The system message and a first user turn: the task, then `ask` (a strategy's own request)."""
+        intro = self.task.introduction() + " Help me find the template with the highest accuracy."
+        return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": intro + "\n\n" + ask}]
 
     def follow_up(
         self, results: Sequence[Candidate], unusable: int, good: Sequence[Candidate], bad: Sequence[Candidate]
@@ -105,7 +125,7 @@ class MetaPrompt:
             if positive_only and candidate.sequence not in good_keys:
                 continue
             if self.show_accuracies:
-                lines.append(f'The accuracy of "{candidate.template}" is now {_percent(candidate.accuracy)}.')
+                lines.append(f'The accuracy of "{candidate.template}" is now {percent(candidate.accuracy)}.')
             elif candidate.sequence in good_keys:
                 lines.append(f'"{candidate.template}" is now among the best templates.')
             elif candidate.sequence in bad_keys:
@@ -150,17 +170,13 @@ def fit_chat(transcript: Sequence[Message], budget_tokens: int) -> list[Message]
     return head + [message for exchange in reversed(kept) for message in exchange]
 
 
-def initial_pool_messages(task_name: str, class_names: Sequence[str], count: int) -> list[Message]:
-    """Asks the LLM to write the initial pool from the task's name and class names."""
-    shown = list(class_names[:MAX_CLASS_NAMES_SHOWN])
-    more = f" and {len(class_names) - len(shown)} more" if len(class_names) > len(shown) else ""
+def initial_pool_messages(task: TaskContext, count: int) -> list[Message]:
+    """Asks the LLM to write the initial pool from the task's name, class names and description."""
     user = "\n\n".join(
         [
-            f'I classify images of the task "{task_name}" with CLIP by filling a prompt template with each class name. '
-            f"The classes are: {', '.join(shown)}{more}.",
-            f"Write {count} different templates that describe such images well, "
-            'for example "a photo of a {}." becomes "a photo of a dog.".',
-            _requirements(count, "varied in wording"),
+            task.introduction(),
+            f"Write {count} different templates that describe such images well.",
+            requirements(count, "varied in wording"),
         ]
     )
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]

@@ -26,16 +26,17 @@ from collections.abc import AsyncIterator
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from optimizer_service import events, metrics
+from optimizer_service import answer, events, metrics
+from optimizer_service.climb import Climb, Counters, SearchFailed
 from optimizer_service.events import counters_proto
 from optimizer_service.journal import RunJournal
 from optimizer_service.llm import LlmClient, LlmUnavailable
-from optimizer_service.pool import INITIAL, Pool
+from optimizer_service.pool import INITIAL, Candidate, Pool, distinct
 from optimizer_service.scorer_client import ModelChanged, ScorerClient, ScorerError, ScorerUnavailable
-from optimizer_service.search import Counters, HillClimb, SearchFailed
 from optimizer_service.signals import Signal
 from optimizer_service.spec import RunLimits, RunSettings, SpecError
 from optimizer_service.store import RunRecord, Store, StoreError
+from optimizer_service.strategies import STRATEGIES
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.auth import Principal
 from promptclimb_common.paging import PageError, decode_token, encode_token, page_size
@@ -240,8 +241,9 @@ class RunManager:
     async def _search(
         self, run_id: str, settings: RunSettings, counters: Counters, pinned_digest: str, measure_test: bool
     ) -> str:
-        """Rebuilds the run from the store, climbs, builds the ensemble, measures the final best on test (only for an
-        owner with the test right: for others the scorer is never asked for the test split); returns the stop reason."""
+        """Rebuilds the run from the store, climbs with the spec's strategy, then computes the answer (answer.py):
+        selection on val, the ensemble, and test accuracy of the reported templates (only for an owner with the test
+        right: for others the scorer is never asked for the test split); returns the stop reason."""
         pool = Pool(self.store.candidates(run_id), self.store.rejections(run_id))
         steps = {key: step for key, step in self.store.steps(run_id).items() if key[0] != INITIAL}
         task = await self.scorer.task(settings.task_id)
@@ -252,13 +254,17 @@ class RunManager:
             )
         task.model_digest = pinned_digest  # every Score call of the climb pins it (a run stored before pinning: none)
         journal = RunJournal(self.store, run_id, pool, counters, self._signals[run_id])
-        climb = HillClimb(run_id, settings, task, self.llm, self.scorer, journal, pool, steps, counters)
-        stop_reason = await climb.run()
-        ensemble = await climb.ensemble()
+        climb = Climb(run_id, settings, task, self.llm, self.scorer, journal, pool, steps, counters)
+        stop_reason = await climb.run(STRATEGIES[settings.strategy](climb))
+        val = await answer.val_accuracies(climb)
+        await self.store.set_val_accuracies(run_id, val)
+        ensemble = await answer.ensemble(climb)
         singles: dict[int, float] = {}
         ensemble_test: float | None = None
         if measure_test:
-            singles, ensemble_test = await climb.test_accuracies(pool.best(settings.report_top), ensemble)
+            choice = answer.selected(pool.best(settings.val_candidates), val)
+            tested = distinct([*pool.best(settings.report_top), *([choice] if choice else [])])
+            singles, ensemble_test = await answer.test_accuracies(climb, tested, ensemble)
         await self.store.set_test_accuracies(run_id, singles)
         if ensemble is not None:
             await self.store.set_ensemble(run_id, ensemble.templates, ensemble.accuracy, ensemble_test)
@@ -268,13 +274,16 @@ class RunManager:
         try:
             record = self._record(run_id)
             counter_values = counters.to_json() if counters else record.counters
-            best = self._best(run_id, RunSettings.from_json(record.settings).report_top, record.owner_may_test)
+            best, selected = self._best(
+                run_id, RunSettings.from_json(record.settings).report_top, record.owner_may_test
+            )
             ended = pb.RunEvent(
                 run_ended=pb.RunEnded(
                     state=f"RUN_STATE_{state}",
                     stop_reason=reason,
                     best=best,
                     ensemble=self._ensemble(run_id, record.owner_may_test),
+                    selected=selected,
                 )
             )
             await self.store.set_state(run_id, state, reason, counter_values, [ended])
@@ -298,17 +307,23 @@ class RunManager:
             raise RunNotFound(f"no run with id {run_id!r}; ListRuns shows the known ones")
         return record
 
-    def _best(self, run_id: str, n: int, with_test: bool) -> list[pb.ScoredTemplate]:
-        """The run's n best distinct templates (pool.py's ranking), with their test accuracy where it was measured and
-        `with_test`."""
+    def _best(self, run_id: str, n: int, with_test: bool) -> tuple[list[pb.ScoredTemplate], pb.ScoredTemplate | None]:
+        """The run's n best distinct templates (pool.py's ranking) and its selection (answer.selected), with their
+        val accuracy where measured, and test accuracy where measured and `with_test`."""
         tested = self.store.test_accuracies(run_id) if with_test else {}
-        best = []
-        for candidate in Pool(self.store.candidates(run_id)).best(n):
-            scored = pb.ScoredTemplate(template=candidate.template, train_accuracy=candidate.accuracy)
+        val = self.store.val_accuracies(run_id)
+        pool = Pool(self.store.candidates(run_id))
+
+        def scored(candidate: Candidate) -> pb.ScoredTemplate:
+            out = pb.ScoredTemplate(template=candidate.template, train_accuracy=candidate.accuracy)
             if candidate.sequence in tested:
-                scored.test_accuracy = tested[candidate.sequence]
-            best.append(scored)
-        return best
+                out.test_accuracy = tested[candidate.sequence]
+            if candidate.sequence in val:
+                out.val_accuracy = val[candidate.sequence]
+            return out
+
+        choice = answer.selected(pool.best(max(n, len(val))), val)
+        return [scored(c) for c in pool.best(n)], scored(choice) if choice else None
 
     def _ensemble(self, run_id: str, with_test: bool) -> pb.ScoredEnsemble | None:
         stored = self.store.ensemble(run_id)
@@ -348,12 +363,14 @@ class RunManager:
     def _run_proto(self, record: RunRecord, caller: Principal) -> pb.Run:
         settings = RunSettings.from_json(record.settings)
         with_test = caller.has("test")
+        best, selected = self._best(record.run_id, settings.report_top, with_test)
         return pb.Run(
             run_id=record.run_id,
             spec=settings.to_proto(),
             state=f"RUN_STATE_{record.state}",
             stop_reason=record.stop_reason,
-            best=self._best(record.run_id, settings.report_top, with_test),
+            best=best,
+            selected=selected,
             ensemble=self._ensemble(record.run_id, with_test),
             counters=counters_proto(record.counters),
             create_time=_timestamp(record.created),

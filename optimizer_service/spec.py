@@ -1,7 +1,7 @@
 """One run's knobs: the proto RunSpec with its zero values replaced by the documented defaults and every knob
 checked against a cap, so a hostile or mistaken spec cannot make a run unbounded.
 
-`RunSettings` is what search.py reads and what the store keeps (as JSON); `RunLimits` are the service's bounds
+`RunSettings` is what the climb reads and what the store keeps (as JSON); `RunLimits` are the service's bounds
 on a run's LLM spend, set by its operator (config.py).
 """
 
@@ -24,6 +24,7 @@ from optimizer_service.choices import (
 )
 from optimizer_service.pool import template_key
 from optimizer_service.seeds import BUILTIN_TEMPLATES
+from optimizer_service.strategies import DEFAULT_STRATEGY, STRATEGIES
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.templates import template_problem
 
@@ -68,6 +69,8 @@ KNOBS: dict[str, Knob] = {
     "templates_per_call": Knob(4, 1, 32),
     "report_top": Knob(5, 1, 50),
     "ensemble_size": Knob(8, 1, 32),
+    "val_candidates": Knob(8, 1, 50),
+    "samples_per_step": Knob(4, 1, 16),
 }
 
 
@@ -95,13 +98,14 @@ PRESETS: dict[Preset, PresetValues] = {
         defaults={"restarts": 1, "resets": 1, "initial_pool_size": 80},
     ),
 }
-MAX_TEXT_FIELD = 256  # task id, model name, label
+MAX_TEXT_FIELD = 256  # task id, model name, label, strategy
+MAX_TASK_DESCRIPTION = 1000  # shown in every ask, so it costs tokens on every LLM call
 MAX_TEMPERATURE = 2.0
 
 
 @dataclass(frozen=True)
 class RunSettings:
-    """A run spec with defaults applied and caps checked; what search.py reads."""
+    """A run spec with defaults applied and caps checked; what the climb and its strategy read."""
 
     task_id: str
     llm_model: str
@@ -129,6 +133,11 @@ class RunSettings:
     preset: Preset = Preset.PROMPTCLIMB
     ensemble_size: int = 8
     replay_run_id: str = ""
+    strategy: str = DEFAULT_STRATEGY
+    task_description: str = ""
+    select_on_val: bool = True  # where the scorer offers a val split (answer.py)
+    val_candidates: int = 8
+    samples_per_step: int = 4
 
     def pool_templates(self) -> tuple[str, ...] | None:
         return pool_templates(self.initial_pool, self.initial_templates, self.hand_engineered_dataset)
@@ -141,11 +150,16 @@ class RunSettings:
     def from_proto(cls, spec: pb.RunSpec, default_model: str, limits: RunLimits = RunLimits()) -> RunSettings:
         """Applies the preset, the defaults and the service's limits, checks the caps; raises SpecError naming the first
         bad field."""
-        for name in ("task_id", "llm_model", "label", "hand_engineered_dataset", "replay_run_id"):
+        for name in ("task_id", "llm_model", "label", "hand_engineered_dataset", "replay_run_id", "strategy"):
             if len(getattr(spec, name)) > MAX_TEXT_FIELD:
                 raise SpecError(f"{name} is longer than {MAX_TEXT_FIELD} characters")
         if not spec.task_id.strip():
             raise SpecError("task_id is required (see the scorer's ListTasks)")
+        strategy = spec.strategy or DEFAULT_STRATEGY
+        if strategy not in STRATEGIES:
+            raise SpecError(f"strategy {spec.strategy!r} is unknown; known: {', '.join(sorted(STRATEGIES))}")
+        if len(spec.task_description) > MAX_TASK_DESCRIPTION:
+            raise SpecError(f"task_description is longer than {MAX_TASK_DESCRIPTION} characters")
         model = spec.llm_model or default_model
         if not model:
             raise SpecError("llm_model is empty and the service has no default model (--llm-model)")
@@ -210,6 +224,9 @@ class RunSettings:
             hand_engineered_dataset=spec.hand_engineered_dataset,
             preset=preset,
             replay_run_id=spec.replay_run_id,
+            strategy=strategy,
+            task_description=" ".join(spec.task_description.split()),
+            select_on_val=spec.select_on_val if spec.HasField("select_on_val") else True,
             **llm_budgets,
             **knobs,
         )
@@ -237,6 +254,7 @@ class RunSettings:
                 "conversation": Conversation(data["conversation"]),
                 "preset": Preset(data.get("preset", "promptclimb")),
                 "initial_templates": tuple(data["initial_templates"]),
+                "select_on_val": data.get("select_on_val", False),  # runs stored before val selection keep train's
             }
         )
 

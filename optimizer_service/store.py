@@ -103,6 +103,7 @@ CREATE TABLE IF NOT EXISTS llm_cache (
 ADDED_COLUMNS = (
     ("candidates", "position", "INTEGER NOT NULL DEFAULT 0"),
     ("candidates", "reused", "INTEGER NOT NULL DEFAULT 0"),
+    ("candidates", "val_accuracy", "REAL"),
     ("runs", "request_id", "TEXT"),
     ("runs", "model_digest", "TEXT NOT NULL DEFAULT ''"),
     # Runs stored before ownership belong to the anonymous caller (auth off) and are seen by admins; none measures test.
@@ -384,9 +385,22 @@ class Store:
         return {(r, s, t): Step(r, s, t, call, json.loads(messages), reply) for r, s, t, call, messages, reply in rows}
 
     async def set_test_accuracies(self, run_id: str, accuracies: dict[int, float]) -> None:
+        await self._set_accuracies(run_id, "test_accuracy", accuracies)
+
+    async def set_val_accuracies(self, run_id: str, accuracies: dict[int, float]) -> None:
+        await self._set_accuracies(run_id, "val_accuracy", accuracies)
+
+    async def _set_accuracies(self, run_id: str, column: str, accuracies: dict[int, float]) -> None:
         rows = [(acc, run_id, seq) for seq, acc in accuracies.items()]
-        update = "UPDATE candidates SET test_accuracy = ? WHERE run_id = ? AND sequence = ?"
+        update = f"UPDATE candidates SET {column} = ? WHERE run_id = ? AND sequence = ?"
         await self._write(lambda db: db.executemany(update, rows))
+
+    def val_accuracies(self, run_id: str) -> dict[int, float]:
+        """Measured val accuracies by candidate sequence (the templates the answer was selected among)."""
+        rows = self._db.execute(
+            "SELECT sequence, val_accuracy FROM candidates WHERE run_id = ? AND val_accuracy IS NOT NULL", (run_id,)
+        )
+        return dict(rows.fetchall())
 
     # Events -----------------------------------------------------------------
 

@@ -42,6 +42,7 @@ class ScorerConfig(ServingConfig):
     model_version: str = ""  # empty: the model's name and digest (model.ModelIdentity)
     tasks: tuple[TaskSource, ...] = ()
     shots: int = 1
+    val_shots: int = 0  # 0: no val split
     seed: int = 1
     split_seed: int = 0
     test_fraction: float = 0.5
@@ -123,6 +124,13 @@ def _add_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=_env("shots", d.shots, int),
         help="K training images per class in the few-shot train split",
+    )
+    a(
+        "--val-shots",
+        type=int,
+        default=_env("val_shots", d.val_shots, int),
+        help="images per class in the few-shot val split (SPLIT_VAL), drawn after train and disjoint from it; "
+        "0: no val split",
     )
     a("--seed", type=int, default=_env("seed", d.seed, int), help="seed of the few-shot sample")
     a(
@@ -255,6 +263,8 @@ def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_se
         parser.error("task ids must be unique")
     if ns.shots < 1:
         parser.error("--shots must be at least 1")
+    if ns.val_shots < 0:
+        parser.error("--val-shots must be 0 (no val split) or more")
     if not 0 < ns.test_fraction < 1:
         parser.error("--test-fraction must be between 0 and 1")
     if ns.quota_store != "sqlite" and not ns.quota_store.startswith(("redis://", "rediss://", "unix://")):
@@ -280,6 +290,7 @@ def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_se
         model_version=ns.model_version,
         tasks=tuple(tasks),
         shots=ns.shots,
+        val_shots=ns.val_shots,
         seed=ns.seed,
         split_seed=ns.split_seed,
         test_fraction=ns.test_fraction,

@@ -6,8 +6,13 @@ names. Nine datasets ship a `split_zhou_<Name>.json` of "train"/"val"/"test"
 lists of [path relative to the image dir, label, class name]; FGVCAircraft
 keeps the benchmark's own `variants.txt` and `images_variant_<split>.txt`;
 ImageNet has `images/{train,val}/<wnid>/` and `classnames.txt` ("wnid name"
-lines), and CoOp tests on its val set. The val lists are not read: the method
-selects on the few-shot train sample only.
+lines), and CoOp tests on its val set. A val list (split files' "val",
+FGVCAircraft's `images_variant_val.txt`) is read where there is one: with
+--val-shots, the val split is drawn from it as Dassl draws CoOp's val
+(`generate_fewshot_dataset(val, ...)` with the generator train's draw left),
+or read from the few-shot file's "val". ImageNet has no val list of its own
+(CoOp validates on its test), so its val is drawn from the train images train's
+draw left.
 
 As in CoOp: a split file's label may be a string ("0" reads as 0); ImageNet's
 labels are the positions of its train class folders in sorted order (so a
@@ -104,10 +109,12 @@ def load_coop(name: str, root: Path) -> Dataset:
     return _load_split_file(name, root, SPLIT_FILE_DATASETS[name])
 
 
-def load_coop_task(task_id: str, name: str, root: Path, shots: int, seed: int) -> Task:
-    """The task of a CoOp dataset: its K-shot sample from CoOp's saved file where there is one, else drawn."""
+def load_coop_task(task_id: str, name: str, root: Path, shots: int, seed: int, val_shots: int = 0) -> Task:
+    """The task of a CoOp dataset: its K-shot sample (and val) from CoOp's saved file where there is one, else
+    drawn."""
     dataset = load_coop(name, root)
-    return build_task(task_id, dataset, shots, seed, read_saved_few_shot(Path(root), dataset, shots, seed))
+    saved = read_saved_few_shot(Path(root), dataset, shots, seed, with_val=val_shots > 0)
+    return build_task(task_id, dataset, shots, seed, saved, val_shots)
 
 
 def _load_split_file(name: str, root: Path, layout: SplitFileLayout) -> Dataset:
@@ -120,11 +127,10 @@ def _load_split_file(name: str, root: Path, layout: SplitFileLayout) -> Dataset:
     if missing:
         raise DatasetError(f"{split_path.resolve()} has no {' or '.join(repr(k) for k in missing)} list")
     image_dir = root / layout.image_dir
-    entries = {
-        key: [_split_entry(split_path, key, i, e) for i, e in enumerate(split[key])] for key in ("train", "test")
-    }
+    keys = ("train", "test", "val") if isinstance(split.get("val"), list) else ("train", "test")
+    entries = {key: [_split_entry(split_path, key, i, e) for i, e in enumerate(split[key])] for key in keys}
     names: dict[int, str] = {}
-    for label, class_name in (e[1:] for key in ("train", "test") for e in entries[key]):
+    for label, class_name in (e[1:] for key in keys for e in entries[key]):
         if names.setdefault(label, class_name) != class_name:
             raise DatasetError(
                 f"{split_path.resolve()}: label {label} is named both {names[label]!r} and {class_name!r}"
@@ -133,7 +139,7 @@ def _load_split_file(name: str, root: Path, layout: SplitFileLayout) -> Dataset:
         name,
         root,
         names,
-        {key: [(image_dir / path, label) for path, label, _ in entries[key]] for key in ("train", "test")},
+        {key: [(image_dir / path, label) for path, label, _ in entries[key]] for key in keys},
     )
 
 
@@ -160,8 +166,10 @@ def _load_fgvc_aircraft(root: Path) -> Dataset:
     variants = [line.strip() for line in (root / "variants.txt").read_text().splitlines()]
     label_of = {variant: label for label, variant in enumerate(v for v in variants if v)}
     splits = {}
-    for key in ("train", "test"):
+    for key in ("train", "test", "val"):
         list_path = root / f"images_variant_{key}.txt"
+        if key == "val" and not list_path.is_file():
+            continue
         items = []
         for line in filter(None, (raw.strip() for raw in list_path.read_text().splitlines())):
             image_id, _, variant = line.partition(" ")
@@ -227,8 +235,11 @@ class _FewShotUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it refers to {module}.{name}; only Dassl's Datum is read")
 
 
-def read_saved_few_shot(root: Path, dataset: Dataset, shots: int, seed: int) -> tuple[LabeledImage, ...] | None:
-    """The train sample in CoOp's `split_fewshot/shot_K-seed_S.pkl`, or None where there is no such file.
+def read_saved_few_shot(
+    root: Path, dataset: Dataset, shots: int, seed: int, with_val: bool = False
+) -> tuple[tuple[LabeledImage, ...], tuple[LabeledImage, ...] | None] | None:
+    """The train sample (and, `with_val`, the val sample, if the file and the dataset have one) in CoOp's
+    `split_fewshot/shot_K-seed_S.pkl`, or None where there is no such file.
 
     CoOp saves absolute paths of the machine that drew the sample; each is
     matched to the train image whose path under `root` is its longest suffix.
@@ -238,18 +249,33 @@ def read_saved_few_shot(root: Path, dataset: Dataset, shots: int, seed: int) -> 
         return None
     try:
         with path.open("rb") as file:
-            saved = _FewShotUnpickler(file).load()["train"]
-        entries = [(str(d.__dict__["_impath"]), d.__dict__["_label"]) for d in saved]
+            saved = _FewShotUnpickler(file).load()
+        entries = {
+            key: [(str(d.__dict__["_impath"]), d.__dict__["_label"]) for d in saved[key]]
+            for key in ("train", "val")
+            if key == "train" or (with_val and dataset.val and saved.get(key))
+        }
     except (pickle.UnpicklingError, EOFError, AttributeError, KeyError, TypeError, ValueError) as err:
         raise DatasetError(f"{path.resolve()} is not a CoOp few-shot file: {err}") from err
-    by_relative = {image.path.relative_to(root).parts: image for image in dataset.train}
+    train = _saved_images(path, root, entries["train"], dataset.train, "train")
+    val = _saved_images(path, root, entries["val"], dataset.val, "val") if "val" in entries else None
+    log.info("few_shot_read", path=str(path), images=len(train), val_images=len(val or ()))
+    return train, val
+
+
+def _saved_images(
+    path: Path, root: Path, entries: list[tuple[str, int]], images: tuple[LabeledImage, ...], split: str
+) -> tuple[LabeledImage, ...]:
+    """The split's images a few-shot file lists, each matched to the image whose path under `root` is its longest
+    suffix."""
+    by_relative = {image.path.relative_to(root).parts: image for image in images}
     sample = []
     for impath, label in entries:
         parts = PurePath(impath).parts
         image = next((by_relative[parts[i:]] for i in range(len(parts)) if parts[i:] in by_relative), None)
         if image is None:
             raise DatasetError(
-                f"{path.resolve()}: {impath} is not in the train split; the file is stale, remove it to draw again"
+                f"{path.resolve()}: {impath} is not in the {split} split; the file is stale, remove it to draw again"
             )
         if image.label != label:
             raise DatasetError(
@@ -257,7 +283,6 @@ def read_saved_few_shot(root: Path, dataset: Dataset, shots: int, seed: int) -> 
                 "the file is stale, remove it to draw again"
             )
         sample.append(image)
-    log.info("few_shot_read", path=str(path), images=len(sample))
     return tuple(sample)
 
 
@@ -276,5 +301,7 @@ def _dataset(name: str, root: Path, names: dict[int, str], splits: dict[str, lis
                 f"first {absent[0].resolve()}"
             )
     class_names = tuple(class_name_from_folder(names[label]) for label in range(len(names)))
-    train, test = (tuple(LabeledImage(p, label) for p, label in splits[key]) for key in ("train", "test"))
-    return Dataset(name, class_names, train, test)
+    train, test, val = (
+        tuple(LabeledImage(p, label) for p, label in splits.get(key, ())) for key in ("train", "test", "val")
+    )
+    return Dataset(name, class_names, train, test, val)

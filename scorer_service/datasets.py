@@ -18,7 +18,7 @@ import structlog
 log = structlog.get_logger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-TRAIN, TEST = "train", "test"
+TRAIN, VAL, TEST = "train", "val", "test"
 
 
 class DatasetError(ValueError):
@@ -37,6 +37,7 @@ class Dataset:
     class_names: tuple[str, ...]
     train: tuple[LabeledImage, ...]
     test: tuple[LabeledImage, ...]
+    val: tuple[LabeledImage, ...] = ()  # a split file's own val list (CoOp's); empty: val is drawn from train
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Task:
     shots: int
     seed: int
     splits: dict[str, tuple[LabeledImage, ...]]
+    val_shots: int = 0
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -106,7 +108,7 @@ def load_image_folder(root: Path, split_seed: int = 0, test_fraction: float = 0.
     return Dataset(root.name, class_names, labelled(train_by_class), labelled(test_by_class))
 
 
-def few_shot(images: tuple[LabeledImage, ...], shots: int, seed: int) -> tuple[LabeledImage, ...]:
+def few_shot(images: tuple[LabeledImage, ...], shots: int, seed: int | random.Random) -> tuple[LabeledImage, ...]:
     """K images per class drawn by seed: Dassl's draw (`generate_fewshot_dataset`), which CoOp's protocol uses.
 
     A generator seeded with `seed` (what CoOp's `random.seed(seed)` gives
@@ -116,12 +118,13 @@ def few_shot(images: tuple[LabeledImage, ...], shots: int, seed: int) -> tuple[L
     a class with fewer than K images gets K drawn with repeats
     (`choices(images, k=K)`), as current Dassl's default `repeat=True` does.
     So for CoOp's datasets the sample is the one in CoOp's
-    `split_fewshot/shot_K-seed_S.pkl` files.
+    `split_fewshot/shot_K-seed_S.pkl` files. A generator passed as `seed` goes
+    on from where it is: Dassl draws val with the generator train left.
     """
     by_label: dict[int, list[LabeledImage]] = defaultdict(list)
     for image in images:
         by_label[image.label].append(image)
-    rng = random.Random(seed)
+    rng = seed if isinstance(seed, random.Random) else random.Random(seed)
     sample = []
     for label, pool in by_label.items():
         if len(pool) >= shots:
@@ -133,10 +136,30 @@ def few_shot(images: tuple[LabeledImage, ...], shots: int, seed: int) -> tuple[L
 
 
 def build_task(
-    task_id: str, dataset: Dataset, shots: int, seed: int, sample: tuple[LabeledImage, ...] | None = None
+    task_id: str,
+    dataset: Dataset,
+    shots: int,
+    seed: int,
+    saved: tuple[tuple[LabeledImage, ...], tuple[LabeledImage, ...] | None] | None = None,
+    val_shots: int = 0,
 ) -> Task:
-    """The task of a dataset; its train split is `sample` where one was saved (CoOp's files), else few_shot's draw."""
+    """The task of a dataset: a train split of K shots per class and, with `val_shots`, a val split.
+
+    Both are drawn by one generator seeded with `seed`, train first, as Dassl draws them: val from the dataset's
+    own val list where it has one (CoOp's split files), else from the train images train's draw left. `saved`:
+    (train, val or None) read from CoOp's few-shot file, used instead of drawing."""
     if not dataset.test:
         raise DatasetError(f"dataset {dataset.name!r} of task {task_id!r} has no test images")
-    train = few_shot(dataset.train, shots, seed) if sample is None else sample
-    return Task(task_id, dataset, shots, seed, {TRAIN: train, TEST: dataset.test})
+    rng = random.Random(seed)
+    train = few_shot(dataset.train, shots, rng) if saved is None else saved[0]
+    splits = {TRAIN: train, TEST: dataset.test}
+    if val_shots:
+        if saved is not None and saved[1] is not None:
+            splits[VAL] = saved[1]
+        else:
+            taken = set(train)
+            source = dataset.val or tuple(image for image in dataset.train if image not in taken)
+            if not source:
+                raise DatasetError(f"task {task_id!r}: no images are left for a val split beside train's")
+            splits[VAL] = few_shot(source, val_shots, rng)
+    return Task(task_id, dataset, shots, seed, splits, val_shots)

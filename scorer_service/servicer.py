@@ -12,7 +12,7 @@ from promptclimb_common.errors import Reason, ServiceError, abort, invalid
 from promptclimb_common.paging import PageError, decode_token, encode_token, page_size
 from scorer_service import metrics
 from scorer_service.batcher import QueueFullError
-from scorer_service.datasets import TEST, TRAIN, Task
+from scorer_service.datasets import TEST, TRAIN, VAL, Task
 from scorer_service.features import SplitFeatures
 from scorer_service.identity import ModelIdentity
 from scorer_service.quota import BudgetExhaustedError, QuotaStore, QuotaStoreError
@@ -23,8 +23,13 @@ log = structlog.get_logger(__name__)
 Context = grpc.aio.ServicerContext
 
 SERVICE_NAME = scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name
-SPLIT_NAMES = {scorer_pb2.SPLIT_UNSPECIFIED: TRAIN, scorer_pb2.SPLIT_TRAIN: TRAIN, scorer_pb2.SPLIT_TEST: TEST}
-SPLIT_ENUMS = {TRAIN: scorer_pb2.SPLIT_TRAIN, TEST: scorer_pb2.SPLIT_TEST}
+SPLIT_NAMES = {
+    scorer_pb2.SPLIT_UNSPECIFIED: TRAIN,
+    scorer_pb2.SPLIT_TRAIN: TRAIN,
+    scorer_pb2.SPLIT_TEST: TEST,
+    scorer_pb2.SPLIT_VAL: VAL,
+}
+SPLIT_ENUMS = {TRAIN: scorer_pb2.SPLIT_TRAIN, TEST: scorer_pb2.SPLIT_TEST, VAL: scorer_pb2.SPLIT_VAL}
 QUEUE_RETRY_SECONDS = 1.0
 TASKS_PAGE_SIZE, MAX_TASKS_PAGE_SIZE = 100, 1000
 QUOTA_STORE_RETRY_SECONDS = 1.0
@@ -94,6 +99,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             ],
             model_name=self.scorer.encoder.name,
             shots=task.shots,
+            val_shots=task.val_shots,
             seed=task.seed,
             context_length=self.scorer.encoder.context_length,
             model_digest=self.model.digest,
@@ -108,8 +114,15 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         )
         split = SPLIT_NAMES.get(request.split)
         if split is None:
-            await abort(context, invalid("split", f"unknown split {request.split}; use SPLIT_TRAIN or SPLIT_TEST"))
+            await abort(
+                context, invalid("split", f"unknown split {request.split}; use SPLIT_TRAIN, SPLIT_VAL or SPLIT_TEST")
+            )
         task = await self._task(request.task_id, context)
+        if split not in task.splits:
+            await abort(
+                context,
+                invalid("split", f"task {task.task_id!r} has no {split} split; its server runs without --val-shots"),
+            )
         if request.model_digest and request.model_digest != self.model.digest:
             await abort(
                 context,
@@ -127,8 +140,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                 context,
                 invalid(
                     "per_class_accuracy",
-                    "per-class accuracy is given on the train split (any split but test), never on test: ask without "
-                    "per_class_accuracy, or on SPLIT_TRAIN",
+                    "per-class accuracy is given on the train and val splits, never on test: ask without "
+                    "per_class_accuracy, or on SPLIT_TRAIN or SPLIT_VAL",
                 ),
             )
         problem = score_request_problem(request, len(task.class_names), self.bounds)

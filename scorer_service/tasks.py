@@ -20,10 +20,12 @@ def load_tasks(
     tasks, features = {}, {}
     for source in config.tasks:
         if source.coop_dataset:
-            task = load_coop_task(source.task_id, source.coop_dataset, source.root, config.shots, config.seed)
+            task = load_coop_task(
+                source.task_id, source.coop_dataset, source.root, config.shots, config.seed, config.val_shots
+            )
         else:
             dataset = load_image_folder(source.root, config.split_seed, config.test_fraction)
-            task = build_task(source.task_id, dataset, config.shots, config.seed)
+            task = build_task(source.task_id, dataset, config.shots, config.seed, val_shots=config.val_shots)
         tasks[task.task_id] = task
         for split, images in task.splits.items():
             features[task.task_id, split] = load_split_features(

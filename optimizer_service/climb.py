@@ -1,28 +1,24 @@
-"""The hill climb of "Language Models as Black-Box Optimizers for Vision-Language Models" (CVPR 2024).
+"""What every search strategy shares: the pool, the budgets and counters, the LLM ask, the admission of new
+templates, scoring and commits. A strategy (strategies/) only decides what to ask.
 
-    for each restart: draw its own initial sample of N (seeded); score them all in one call
-    for each restart, concurrently:                 independent climbs, each on its own pool
-        for each reset:                             a fresh conversation from the restart's pool
-            for each iteration:
-                good, bad = top-k, bottom-k of the restart's pool (bad only with positive+negative feedback)
-                ask the LLM for m new templates     (chat: the turn also reports the last results)
-                parse; drop invalid lines, the restart's repeats, known rejections, and lines after the first m
-                score the rest in one call (those another restart scored come from memory); add them to the pool
-    greedy forward selection of a prompt ensemble over the run's templates (train split)
-    report the best templates and the ensemble (and test accuracy, if the run's owner and our scorer token may see it)
+    score the initial pool: each restart draws its own sample of N (seeded); all are scored in one call
+    for each restart, concurrently:             independent climbs, each on its own pool view
+        the strategy asks the LLM, step after step (restart, reset, iteration); every step goes through `propose`:
+            ask (fitted to the LLM's context); parse; drop invalid lines, the restart's repeats, known rejections
+            and lines after the first m; score the rest in one call (those another restart scored come from memory);
+            add them to the pool; commit the step
+    then answer.py computes the run's answer (selection, ensemble, test accuracy)
 
 A restart's trajectory depends only on the seed and its own LLM replies, never
-on timing: it is only told about its own conversation, and what another
-restart scored enters its pool only when its own LLM proposes it.
+on timing: it is only told about its own steps, and what another restart
+scored enters its pool only when its own LLM proposes it.
 
 Every finished step is written to the journal before the climb moves on, and a
-resumed run skips the steps the journal already holds, rebuilding the chat
-from them; so a restart repeats no finished LLM call. A chat is kept within the
-LLM's context (metaprompt.fit_chat), and cut shorter when the endpoint still
-says it is too long. The budgets are checked before every LLM call (the
-scoring budget also trims every scoring call) and stop the run cleanly. A
-spent evaluation budget at the scorer fails the run at once (resumable once
-the budget is raised), wherever it is met.
+resumed run skips the steps the journal already holds; so a restart repeats no
+finished LLM call. The budgets are checked before every LLM call (the scoring
+budget also trims every scoring call) and stop the run cleanly. A spent
+evaluation budget at the scorer fails the run at once (resumable once the
+budget is raised), wherever it is met.
 """
 
 from __future__ import annotations
@@ -30,16 +26,16 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import grpc
 import structlog
 
 from optimizer_service import metrics
-from optimizer_service.choices import Conversation, Feedback, InitialPool
+from optimizer_service.choices import InitialPool
 from optimizer_service.llm import ContextTooLong, LlmClient, LlmResult, LlmUnavailable
 from optimizer_service.metaprompt import (
     MetaPrompt,
+    TaskContext,
     estimate_tokens,
     fit_chat,
     initial_pool_messages,
@@ -53,11 +49,12 @@ from optimizer_service.spec import RunSettings
 from optimizer_service.store import Step
 from promptclimb.scorer.v1 import scorer_pb2
 
+if TYPE_CHECKING:
+    from optimizer_service.strategies.base import Strategy
+
 log = structlog.get_logger(__name__)
 
 SEED_ASKS = 3  # LLM-written initial pool: asks before settling for fewer than N templates
-ENSEMBLE_CANDIDATES = 16  # the best single templates greedy forward selection chooses among
-ENSEMBLE_MEMBERS_PER_CALL = 128  # ensemble members per Score call, well under the scorer's default request limit (256)
 
 
 @dataclass
@@ -79,6 +76,7 @@ class Counters:
     candidates_reused: int = 0
     ensembles_scored: int = 0
     llm_context_trims: int = 0
+    val_scored: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -130,13 +128,9 @@ class Journal(Protocol):
     ) -> None: ...
 
 
-@dataclass(frozen=True)
-class Ensemble:
-    templates: tuple[str, ...]
-    accuracy: float
+class Climb:
+    """One run's search state and the operations every strategy shares; see the module's docstring."""
 
-
-class HillClimb:
     def __init__(
         self,
         run_id: str,
@@ -153,8 +147,9 @@ class HillClimb:
         self.llm, self.scorer, self.journal = llm, scorer, journal
         self.pool, self.steps, self.counters = pool, steps, counters
         self.class_names = list(task.class_names)
+        self.context = TaskContext(task.task_id, tuple(task.class_names), settings.task_description)
         self.metaprompt = MetaPrompt(
-            task.task_id, settings.feedback, settings.show_accuracies, settings.templates_per_call
+            self.context, settings.feedback, settings.show_accuracies, settings.templates_per_call
         )
         self._calls_in_flight = 0
         self._scoring_in_flight = 0
@@ -166,10 +161,11 @@ class HillClimb:
         self._active_before = counters.active_seconds
         self._started = time.monotonic()
 
-    # The algorithm ----------------------------------------------------------
+    # The search --------------------------------------------------------------
 
-    async def run(self) -> str:
-        """Climbs until done or a budget runs out; returns the stop reason."""
+    async def run(self, strategy: Strategy) -> str:
+        """Scores the initial pool (once), then lets the strategy climb every restart concurrently until it is done or
+        a budget runs out; returns the stop reason."""
         if not any(c.initial for c in self.pool):
             try:
                 await self.score_initial_pool()
@@ -178,21 +174,22 @@ class HillClimb:
         try:
             async with asyncio.TaskGroup() as climbs:
                 for restart in range(self.settings.restarts):
-                    climbs.create_task(self.climb(restart))
+                    climbs.create_task(self._climb(strategy, restart))
         except BaseExceptionGroup as group:  # the first failure stops the run; its siblings were cancelled
             raise group.exceptions[0] from None
         return self._budget_reached or "finished"
 
-    async def climb(self, restart: int) -> None:
+    async def _climb(self, strategy: Strategy, restart: int) -> None:
         """One independent climb. A budget stops it at its next question; work in flight elsewhere still lands."""
         try:
-            for reset in range(self.settings.resets):
-                for iteration in range(self.settings.iterations):
-                    if (restart, reset, iteration) not in self.steps:
-                        await self.iterate(restart, reset, iteration)
+            await strategy.climb_restart(restart)
         except BudgetExhausted as stop:
             log.info("budget_reached", run_id=self.run_id, restart=restart, limit=stop.limit)
             self._budget_reached = self._budget_reached or stop.limit
+
+    def done(self, restart: int, reset: int, iteration: int) -> bool:
+        """Did an earlier life of the run (or this one) finish the step? A resumed run skips it."""
+        return (restart, reset, iteration) in self.steps
 
     def initial_sample(self, restart: int) -> list[str]:
         """The restart's own N templates of the pool, drawn by the run's seed and the restart."""
@@ -232,7 +229,7 @@ class HillClimb:
 
         Every restart starts from all of them (its sample of N out of N)."""
         wanted = self.settings.initial_pool_size
-        messages = initial_pool_messages(self.task.task_id, self.class_names, wanted)
+        messages = initial_pool_messages(self.context, wanted)
         candidates: list[Candidate] = []
         steps: list[Step] = []
         for ask in range(SEED_ASKS):
@@ -251,17 +248,14 @@ class HillClimb:
             )
         return candidates, steps
 
-    async def iterate(self, restart: int, reset: int, iteration: int) -> None:
-        k = self.settings.top_k
-        good = self.pool.top(k, restart) if self.settings.feedback is not Feedback.NONE else []
-        bad = self.pool.bottom(k, restart) if self.settings.feedback is Feedback.POSITIVE_NEGATIVE else []
+    async def propose(
+        self, restart: int, reset: int, iteration: int, transcript: list[dict], shortest: list[dict]
+    ) -> None:
+        """One step of any strategy: asks the transcript (cut down towards `shortest` while the LLM finds it too
+        long), admits the first m usable templates of the reply into the restart's pool, and commits the step."""
         call_id = f"{self.run_id}/{restart}/{reset}/{iteration}"
         messages, reply = await self.question(
-            self.transcript(restart, reset, iteration, good, bad),
-            good,
-            bad,
-            sample=f"{self.settings.seed}/{restart}/{reset}/{iteration}",
-            call_id=call_id,
+            transcript, shortest, sample=f"{self.settings.seed}/{restart}/{reset}/{iteration}", call_id=call_id
         )
         new = self.usable(parse_templates(reply or "", self.class_names), restart)
         m = self.settings.templates_per_call
@@ -293,51 +287,13 @@ class HillClimb:
         rejected, self._rejected_now = self._rejected_now, []
         await self.journal.record(candidates, steps, iteration, rejected)
 
-    # The conversation ------------------------------------------------------
-
-    def transcript(
-        self, restart: int, reset: int, iteration: int, good: list[Candidate], bad: list[Candidate]
-    ) -> list[dict]:
-        """The whole conversation up to this ask: the opening, then (reply, feedback turn) per earlier iteration.
-
-        Stateless, or a new reset: the opening ask alone. A skipped reply (None) leaves the question as it was."""
-        previous = self.steps.get((restart, reset, iteration - 1))
-        if self.settings.conversation is Conversation.STATELESS or previous is None:
-            return self.metaprompt.opening(good, bad)
-        asked = self.asked_in(restart, reset, iteration - 1)
-        if previous.reply is None:
-            return asked
-        results = [
-            c for c in self.pool.view(restart) if (c.restart, c.reset, c.iteration) == (restart, reset, iteration - 1)
-        ]
-        parsed = parse_templates(previous.reply, self.class_names)
-        unusable = len(parsed.templates) + len(parsed.rejected) - len(results)
-        return [
-            *asked,
-            {"role": "assistant", "content": previous.reply},
-            self.metaprompt.follow_up(results, unusable, good, bad),
-        ]
-
-    def asked_in(self, restart: int, reset: int, iteration: int) -> list[dict]:
-        """The whole conversation a finished step asked from, rebuilt from the journal.
-
-        The step itself holds it trimmed."""
-        conversation = self.steps[(restart, reset, 0)].messages
-        for index in range(1, iteration + 1):
-            before = self.steps[(restart, reset, index - 1)]
-            if before.reply is not None:
-                conversation = [
-                    *conversation,
-                    {"role": "assistant", "content": before.reply},
-                    self.steps[(restart, reset, index)].messages[-1],
-                ]
-        return conversation
+    # The LLM and the scorer, under the budgets --------------------------------
 
     async def question(
-        self, transcript: list[dict], good: list[Candidate], bad: list[Candidate], *, sample: str, call_id: str
+        self, transcript: list[dict], shortest: list[dict], *, sample: str, call_id: str
     ) -> tuple[list[dict], str | None]:
         """Asks the transcript fitted to the LLM's context; if the endpoint still finds it too long, asks a shorter one:
-        fewer exchanges, at last the opening ask alone. Returns what was sent and the reply."""
+        fewer exchanges, at last `shortest` (the opening ask alone). Returns what was sent and the reply."""
         messages = fit_chat(transcript, self.llm.settings.prompt_budget_tokens)
         while True:
             try:
@@ -347,7 +303,7 @@ class HillClimb:
             except ContextTooLong:
                 shorter = fit_chat(transcript, estimate_tokens(messages) // 2)
                 if len(shorter) == len(messages):
-                    shorter = self.metaprompt.opening(good, bad)
+                    shorter = shortest
                     if shorter == messages:
                         raise
                 log.info(
@@ -355,8 +311,6 @@ class HillClimb:
                 )
                 self.counters.llm_context_trims += 1
                 messages = shorter
-
-    # LLM and scorer, under the budgets -------------------------------------
 
     async def ask(self, messages: list[dict], *, sample: str, call_id: str, lines: int) -> str | None:
         """One LLM question asking for `lines` templates.
@@ -487,68 +441,3 @@ class HillClimb:
         if not self.settings.max_scored_templates:
             return 1 << 30
         return max(0, self.settings.max_scored_templates - self.counters.templates_scored - self._scoring_in_flight)
-
-    # The result -------------------------------------------------------------
-
-    async def ensemble(self) -> Ensemble | None:
-        """Greedy forward selection on the train split: from the best single template, add the one of the run's best
-        templates that most raises the ensemble's accuracy, while one strictly does, up to ensemble_size members.
-
-        None with ensemble_size 1, or when the scorer refuses ensembles (the run keeps its single best)."""
-        best_singles = self.pool.best(ENSEMBLE_CANDIDATES)
-        if self.settings.ensemble_size < 2 or not best_singles:
-            return None
-        ranked = [c.template for c in best_singles]
-        chosen, accuracy = [ranked[0]], best_singles[0].accuracy
-        while len(chosen) < self.settings.ensemble_size and (others := [t for t in ranked if t not in chosen]):
-            try:
-                results = await self.score_ensembles([[*chosen, t] for t in others], scorer_pb2.SPLIT_TRAIN)
-            except ScorerError as err:
-                if err.budget_spent:
-                    raise scorer_refused(err) from None
-                log.warning("ensemble_skipped", run_id=self.run_id, reason=str(err))
-                return None
-            self.counters.ensembles_scored += len(results)
-            best = max(
-                range(len(others)), key=lambda i: (not results[i].error, results[i].accuracy, -i)
-            )  # ties: the better single
-            if results[best].error or results[best].accuracy <= accuracy:
-                break
-            chosen.append(others[best])
-            accuracy = results[best].accuracy
-        return Ensemble(tuple(chosen), accuracy)
-
-    async def score_ensembles(
-        self, ensembles: list[list[str]], split: scorer_pb2.Split
-    ) -> list[scorer_pb2.EnsembleScore]:
-        """Scores the ensembles in as many calls as keep each under ENSEMBLE_MEMBERS_PER_CALL members."""
-        per_call = max(1, ENSEMBLE_MEMBERS_PER_CALL // max(len(e) for e in ensembles))
-        results = []
-        for first in range(0, len(ensembles), per_call):
-            results += await self.scorer.score_ensembles(
-                self.settings.task_id, ensembles[first : first + per_call], split, self.task.model_digest
-            )
-        return results
-
-    async def test_accuracies(
-        self, best: list[Candidate], ensemble: Ensemble | None
-    ) -> tuple[dict[int, float], float | None]:
-        """Test accuracy of the final best templates and the ensemble, if our scorer token has the test right;
-        else none.
-
-        Called only for a run whose owner has the optimizer's test right (runs.py)."""
-        try:
-            results = await self.scorer.score(
-                self.settings.task_id, [c.template for c in best], scorer_pb2.SPLIT_TEST, self.task.model_digest
-            )
-            tested = (
-                (await self.score_ensembles([list(ensemble.templates)], scorer_pb2.SPLIT_TEST))[0] if ensemble else None
-            )
-        except ScorerError as err:
-            if err.budget_spent:
-                raise scorer_refused(err) from None
-            level = log.info if err.code == grpc.StatusCode.PERMISSION_DENIED else log.warning
-            level("test_accuracy_skipped", run_id=self.run_id, reason=str(err))
-            return {}, None
-        singles = {c.sequence: r.accuracy for c, r in zip(best, results, strict=True) if not r.error}
-        return singles, tested.accuracy if tested is not None and not tested.error else None

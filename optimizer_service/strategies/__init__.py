@@ -1,0 +1,11 @@
+"""The search strategies a RunSpec may name. Adding one: a file in this package and one line in STRATEGIES."""
+
+from __future__ import annotations
+
+from optimizer_service.strategies.base import Strategy
+from optimizer_service.strategies.hill_climb import HillClimb
+
+DEFAULT_STRATEGY = "hill_climb"
+STRATEGIES: dict[str, type[Strategy]] = {
+    "hill_climb": HillClimb,
+}
