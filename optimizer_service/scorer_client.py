@@ -15,6 +15,7 @@ ModelChanged, so one run never mixes accuracies of two models.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TypeVar
 
 import grpc
@@ -178,6 +179,33 @@ class ScorerClient:
                 f"scorer answered {len(reply.ensemble_results)} results for {len(ensembles)} ensembles",
             )
         return list(reply.ensemble_results)
+
+    async def score_class_prompt_sets(
+        self,
+        task_id: str,
+        sets: Sequence[Sequence[Sequence[str]]],
+        split: scorer_pb2.Split,
+        model_digest: str = "",
+        per_class_accuracy: bool = False,
+    ) -> list[scorer_pb2.ClassPromptSetScore]:
+        """Scores class prompt sets (per class, in label order, its prompts; each one accuracy, and with
+        `per_class_accuracy` each class's) in one call; results come back in request order."""
+        request = scorer_pb2.ScoreRequest(
+            task_id=task_id,
+            split=split,
+            model_digest=model_digest,
+            per_class_accuracy=per_class_accuracy,
+            class_prompt_sets=[
+                scorer_pb2.ClassPromptSet(classes=[scorer_pb2.ClassPrompts(prompts=c) for c in s]) for s in sets
+            ],
+        )
+        reply = await self._score(request)
+        if len(reply.class_prompt_set_results) != len(sets):
+            raise ScorerError(
+                grpc.StatusCode.INTERNAL,
+                f"scorer answered {len(reply.class_prompt_set_results)} results for {len(sets)} class prompt sets",
+            )
+        return list(reply.class_prompt_set_results)
 
     async def _score(self, request: scorer_pb2.ScoreRequest) -> scorer_pb2.ScoreResponse:
         started = time.perf_counter()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from optimizer_service.strategies.base import Strategy
 from optimizer_service.strategies.hill_climb import HillClimb
+from optimizer_service.strategies.per_class import PerClass, PerClassNoFeedback
 
 DEFAULT_STRATEGY = "hill_climb"
 STRATEGIES: dict[str, type[Strategy]] = {
     "hill_climb": HillClimb,
+    "per_class": PerClass,
+    "per_class_no_feedback": PerClassNoFeedback,
 }
