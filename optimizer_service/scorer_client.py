@@ -32,6 +32,7 @@ from promptclimb_common.grpc_runtime import ClientTls, bearer_metadata, open_cha
 log = structlog.get_logger(__name__)
 _Request = TypeVar("_Request", bound=Message)
 _Reply = TypeVar("_Reply", bound=Message)
+_Result = TypeVar("_Result", bound=Message)
 
 
 class ScorerError(Exception):
@@ -156,11 +157,7 @@ class ScorerClient:
         reply = await self._score(
             scorer_pb2.ScoreRequest(task_id=task_id, templates=templates, split=split, model_digest=model_digest)
         )
-        if len(reply.results) != len(templates):
-            raise ScorerError(
-                grpc.StatusCode.INTERNAL, f"scorer answered {len(reply.results)} results for {len(templates)} templates"
-            )
-        return list(reply.results)
+        return _one_each(reply.results, len(templates), "templates")
 
     async def score_ensembles(
         self, task_id: str, ensembles: list[list[str]], split: scorer_pb2.Split, model_digest: str = ""
@@ -172,13 +169,7 @@ class ScorerClient:
             model_digest=model_digest,
             ensembles=[scorer_pb2.TemplateEnsemble(templates=e) for e in ensembles],
         )
-        reply = await self._score(request)
-        if len(reply.ensemble_results) != len(ensembles):
-            raise ScorerError(
-                grpc.StatusCode.INTERNAL,
-                f"scorer answered {len(reply.ensemble_results)} results for {len(ensembles)} ensembles",
-            )
-        return list(reply.ensemble_results)
+        return _one_each((await self._score(request)).ensemble_results, len(ensembles), "ensembles")
 
     async def score_class_prompt_sets(
         self,
@@ -199,13 +190,7 @@ class ScorerClient:
                 scorer_pb2.ClassPromptSet(classes=[scorer_pb2.ClassPrompts(prompts=c) for c in s]) for s in sets
             ],
         )
-        reply = await self._score(request)
-        if len(reply.class_prompt_set_results) != len(sets):
-            raise ScorerError(
-                grpc.StatusCode.INTERNAL,
-                f"scorer answered {len(reply.class_prompt_set_results)} results for {len(sets)} class prompt sets",
-            )
-        return list(reply.class_prompt_set_results)
+        return _one_each((await self._score(request)).class_prompt_set_results, len(sets), "class prompt sets")
 
     async def _score(self, request: scorer_pb2.ScoreRequest) -> scorer_pb2.ScoreResponse:
         started = time.perf_counter()
@@ -224,3 +209,10 @@ class ScorerClient:
         finally:
             metrics.SCORER_CALLS.labels(code).inc()
             metrics.SCORER_SECONDS.observe(time.perf_counter() - started)
+
+
+def _one_each(results: Sequence[_Result], sent: int, what: str) -> list[_Result]:
+    """The results of one Score call's candidates of a kind: one per candidate sent, or the scorer is broken."""
+    if len(results) != sent:
+        raise ScorerError(grpc.StatusCode.INTERNAL, f"scorer answered {len(results)} results for {sent} {what}")
+    return list(results)

@@ -258,3 +258,21 @@ async def test_a_set_costs_one_evaluation_and_an_invalid_one_nothing(base_config
             assert details_of(caught.value).reason == "EVALUATION_BUDGET_SPENT"
     finally:
         await app.stop()
+
+
+async def test_per_class_accuracy_is_given_on_val(base_config, tmp_path):
+    # 3 train images per class: 2 shots for train, 1 for val.
+    config = replace(base_config, val_shots=1, state_dir=tmp_path / "state", cache_dir=tmp_path / "cache")
+    async for _, channel in serve_scorer(config):
+        stub = scorer_pb2_grpc.ScorerStub(channel)
+        reply = await stub.Score(
+            scorer_pb2.ScoreRequest(
+                task_id="shapes",
+                split=scorer_pb2.SPLIT_VAL,
+                class_prompt_sets=as_request_sets([SETS[0]]),
+                per_class_accuracy=True,
+            )
+        )
+        (result,) = reply.class_prompt_set_results
+        assert [c.total for c in result.class_accuracies] == [1, 1, 1, 1] and result.total == 4
+        assert sum(c.correct for c in result.class_accuracies) == result.correct
