@@ -253,8 +253,10 @@ class TemplateScorer:
         long = self._tokenize(plan, [p for prompts in prompt_set for p in prompts], None)
         if long is not None:
             prompt, length = long
+            label = next(label for label, prompts in enumerate(prompt_set) if prompt in prompts)
             return Problem(
-                f"prompt {prompt!r} is {length} tokens; the model reads at most {self.encoder.context_length}",
+                f"class {label} ({task.class_names[label]!r}) prompt {list(prompt_set[label]).index(prompt)} "
+                f"({prompt!r}) is {length} tokens; the model reads at most {self.encoder.context_length}",
                 "INVALID_PROMPT",
             )
         return None

@@ -133,7 +133,8 @@ async def test_invalid_sets_get_their_reason_and_the_rest_is_scored(open_scorer)
     assert results[1].error == "class 2 ('green leaf') prompt 1: prompt is empty"
     assert results[2].error == "class 3 ('red apple') prompt 0: prompt is 1025 bytes; the limit is 1024"
     assert "U+0000" in results[3].error
-    assert "tokens; the model reads at most 77" in results[4].error
+    assert results[4].error.startswith("class 0 ('black cat') prompt 0 ('cat cat")
+    assert results[4].error.endswith("tokens; the model reads at most 77")
     assert all(r.accuracy == 0 and r.total == 0 for r in results[:-1])
     assert results[-1].total == 8 and not results[-1].error
 
