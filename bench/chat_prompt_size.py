@@ -6,8 +6,9 @@ through the `run` command against the real scorer (the tiny random CLIP on a
 which answers each call with m new templates. The table gives, at chosen
 iterations, the messages sent, their characters and the optimizer's token
 estimate, for a chat bounded by the default context (--llm-context-tokens 4096)
-and, for scale, a stateless run. The LLM's own token counts are not used: the
-scripted server reports a constant.
+and, for scale, a stateless run and the stateless strategies (opro, edit; see
+docs/strategies.md). The LLM's own token counts are not used: the scripted
+server reports a constant.
 
     python -m bench.chat_prompt_size [--iterations 100] [--context-tokens 4096]
 """
@@ -34,7 +35,18 @@ from tests.procs import start_scorer, stop_process
 RESULT = REPO / "bench" / "results" / "chat_prompt_size.md"
 
 
-def climb(scorer: str, out: Path, conversation: str, iterations: int, context_tokens: int) -> list[list[dict]]:
+# Column -> (strategy, conversation) of its run; only the hill climb's chat keeps a conversation.
+RUNS = {
+    "chat": ("hill_climb", "chat"),
+    "stateless": ("hill_climb", "stateless"),
+    "opro": ("opro", "stateless"),
+    "edit": ("edit", "stateless"),
+}
+
+
+def climb(
+    scorer: str, out: Path, strategy: str, conversation: str, iterations: int, context_tokens: int
+) -> list[list[dict]]:
     """The messages of every LLM call of one climb, in iteration order."""
     with ScriptedLLM() as llm:
         code = optimizer_main(
@@ -56,6 +68,8 @@ def climb(scorer: str, out: Path, conversation: str, iterations: int, context_to
                 "1",
                 "--iterations",
                 str(iterations),
+                "--strategy",
+                strategy,
                 "--conversation",
                 conversation,
                 "--llm-context-tokens",
@@ -67,7 +81,7 @@ def climb(scorer: str, out: Path, conversation: str, iterations: int, context_to
             ]
         )
         if code != 0:
-            raise SystemExit(f"the {conversation} run failed (exit {code}); see its log above")
+            raise SystemExit(f"the {strategy} {conversation} run failed (exit {code}); see its log above")
         calls = sorted(llm.seen, key=lambda s: int(s.call_id.rsplit("/", 1)[1]))
     return [s.messages for s in calls]
 
@@ -85,8 +99,8 @@ def main() -> None:
         process, address = start_scorer(model, {"shapes": images}, root / "cache", root / "scorer.log", "--shots", "3")
         try:
             runs = {
-                mode: climb(address, root / mode, mode, ns.iterations, ns.context_tokens)
-                for mode in ("chat", "stateless")
+                column: climb(address, root / column, strategy, mode, ns.iterations, ns.context_tokens)
+                for column, (strategy, mode) in RUNS.items()
             }
         finally:
             stop_process(process, signal.SIGTERM)
@@ -99,14 +113,15 @@ def main() -> None:
         f"(prompt budget {budget} estimated tokens).",
         "",
         "| call | chat: messages | chat: characters | chat: est. tokens "
-        "| stateless: characters | stateless: est. tokens |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| stateless: characters | stateless: est. tokens | opro: est. tokens | edit: est. tokens |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for call in shown:
         chat, stateless = runs["chat"][call - 1], runs["stateless"][call - 1]
         lines.append(
             f"| {call} | {len(chat)} | {sum(len(m['content']) for m in chat):,} | {estimate_tokens(chat):,} | "
-            f"{sum(len(m['content']) for m in stateless):,} | {estimate_tokens(stateless):,} |"
+            f"{sum(len(m['content']) for m in stateless):,} | {estimate_tokens(stateless):,} | "
+            f"{estimate_tokens(runs['opro'][call - 1]):,} | {estimate_tokens(runs['edit'][call - 1]):,} |"
         )
     largest = max(estimate_tokens(m) for m in runs["chat"])
     lines += ["", f"Largest chat prompt: {largest:,} estimated tokens."]

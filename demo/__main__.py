@@ -188,7 +188,14 @@ def follow(stub: opt_grpc.OptimizerStub, run_id: str, token: str) -> list[Candid
                 c = event.candidate_scored
                 candidates.append(
                     Candidate(
-                        c.template, c.train_accuracy, c.restart, c.reset, c.iteration, c.candidate_sequence, c.llm_call
+                        c.template,
+                        c.train_accuracy,
+                        c.restart,
+                        c.reset,
+                        c.iteration,
+                        c.candidate_sequence,
+                        c.llm_call,
+                        c.position,
                     )
                 )
             elif kind == "iteration_done":
@@ -322,7 +329,7 @@ def run_demo(settings: DemoSettings) -> int:
                 f"{run.counters.llm_calls} LLM calls, {run.counters.templates_scored} templates scored"
             )
             held = [c.template for _, c in selected_by_step(candidates, run.spec.iterations)]
-            selected = held[-1] if held else run.best[0].template
+            selected = run.selected.template  # the run's own answer (optimizer_service/answer.py)
             rows = report(scorer, "demo", selected, [b.template for b in run.best], tokens["admin"], untrained)
             test = scores(scorer, "demo", list(dict.fromkeys(held)), sc_pb.SPLIT_TEST, tokens["admin"]) if held else {}
     write_report(settings.out, run, candidates, note=UNTRAINED_WARNING if untrained else "", test_accuracy=test)

@@ -36,6 +36,7 @@ from optimizer_service.runs import FAILED, LOCAL, PENDING, RUNNING, RunManager
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
 from optimizer_service.spec import KNOBS, PRESETS, RunSettings, SpecError
 from optimizer_service.store import Store, StoreError
+from optimizer_service.strategies import DEFAULT_STRATEGY, STRATEGIES
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.paths import UnwritablePathError, WritablePath, require_writable
@@ -107,6 +108,23 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     )
     a("--temperature", type=float, default=_env("temperature", None, float), help="default 1.0")
     a(
+        "--strategy",
+        choices=sorted(STRATEGIES),
+        default=_env("strategy", ""),
+        help=f"search strategy (docs/strategies.md); default {DEFAULT_STRATEGY}",
+    )
+    a(
+        "--task-description",
+        default=_env("task_description", ""),
+        help="what the task is, in your words; shown to the LLM in every ask beside the class names",
+    )
+    a(
+        "--select-on-val",
+        action=argparse.BooleanOptionalAction,
+        default=_env("select_on_val", None, bool),
+        help="select the answer on the scorer's val split (default: yes where the scorer offers one)",
+    )
+    a(
         "--replay-run",
         default=_env("replay_run", ""),
         help="answer identical LLM questions from this earlier run's stored replies",
@@ -144,6 +162,8 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
         seed=ns.seed,
         label=ns.label,
         hand_engineered_dataset=ns.hand_engineered_dataset,
+        strategy=ns.strategy,
+        task_description=ns.task_description,
         **{name: getattr(ns, name) for name in KNOBS},
     )
     spec.max_wall_time.FromNanoseconds(round(ns.max_wall_seconds * 1e9))
@@ -151,6 +171,8 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
         spec.temperature = ns.temperature
     if ns.show_accuracies is not None:
         spec.show_accuracies = ns.show_accuracies
+    if ns.select_on_val is not None:
+        spec.select_on_val = ns.select_on_val
     return spec
 
 
@@ -190,7 +212,7 @@ async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_
         run_id=run_id,
         state=pb.RunState.Name(run.state),
         stop_reason=run.stop_reason,
-        best=run.best[0].template if run.best else None,
+        selected=run.selected.template if run.HasField("selected") else None,
         out=str(out),
     )
     return 0 if run.state == pb.RUN_STATE_SUCCEEDED else 1
@@ -269,6 +291,7 @@ def write_report(
         "run_id": run.run_id,
         "state": pb.RunState.Name(run.state),
         "stop_reason": run.stop_reason,
+        "answer": MessageToDict(run.selected, preserving_proto_field_name=True) if run.HasField("selected") else None,
         "best": [MessageToDict(b, preserving_proto_field_name=True) for b in run.best],
         "ensemble": MessageToDict(run.ensemble, preserving_proto_field_name=True) if run.HasField("ensemble") else None,
         "class_prompts": MessageToDict(run.class_prompts, preserving_proto_field_name=True)

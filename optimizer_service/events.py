@@ -31,7 +31,8 @@ def without_test(event: pb.RunEvent) -> pb.RunEvent:
     if event.HasField("run_ended"):
         for scored in event.run_ended.best:
             scored.ClearField("test_accuracy")
-        event.run_ended.selected.ClearField("test_accuracy")
+        if event.run_ended.HasField("selected"):
+            event.run_ended.selected.ClearField("test_accuracy")
         if event.run_ended.HasField("ensemble"):
             event.run_ended.ensemble.ClearField("test_accuracy")
     return event

@@ -39,6 +39,11 @@ def requirements(count: int, shape: str = "similar in structure to the good temp
     )
 
 
+def new_templates(count: int) -> str:
+    """How an ask names what it wants: "a new template" or "4 new templates"."""
+    return "a new template" if count == 1 else f"{count} new templates"
+
+
 def percent(accuracy: float) -> str:
     return f"{100 * accuracy:.1f}%"
 
@@ -73,7 +78,7 @@ class MetaPrompt:
     show_accuracies: bool
     templates_per_call: int
 
-    def _listing(self, candidates: Sequence[Candidate]) -> str:
+    def listing(self, candidates: Sequence[Candidate]) -> str:
         if self.show_accuracies:
             return "\n".join(f"- {c.template} (accuracy {percent(c.accuracy)})" for c in candidates)
         return "\n".join(f"- {c.template}" for c in candidates)
@@ -90,14 +95,14 @@ class MetaPrompt:
             )
         parts = [
             f"Here are templates that work well for this task{', best first' if self.show_accuracies else ''}:",
-            self._listing(good),
+            self.listing(good),
         ]
         if self.feedback is Feedback.POSITIVE_NEGATIVE and bad:
-            parts += ["Here are templates that work poorly:", self._listing(bad)]
+            parts += ["Here are templates that work poorly:", self.listing(bad)]
             wish = "better than the good templates and unlike the poor ones"
         else:
             wish = "better than these"
-        parts += [f"Write {'a new template' if count == 1 else f'{count} new templates'} {wish}.", requirements(count)]
+        parts += [f"Write {new_templates(count)} {wish}.", requirements(count)]
         return "\n\n".join(parts)
 
     def opening(self, good: Sequence[Candidate], bad: Sequence[Candidate]) -> list[Message]:

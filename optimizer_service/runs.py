@@ -259,7 +259,7 @@ class RunManager:
         stop_reason = await climb.run(strategy)
         val = await answer.val_accuracies(climb)
         await self.store.set_val_accuracies(run_id, val)
-        choice = answer.selected(pool.best(settings.val_candidates), val)
+        choice = answer.selected(pool.best(len(pool)), val)  # as Run.selected reads it (_best)
         class_prompts = await strategy.refine(choice) if choice is not None and stop_reason == "finished" else None
         ensemble = await answer.ensemble(climb)
         singles: dict[int, float] = {}
@@ -328,7 +328,7 @@ class RunManager:
                 out.val_accuracy = val[candidate.sequence]
             return out
 
-        choice = answer.selected(pool.best(max(n, len(val))), val)
+        choice = answer.selected(pool.best(len(pool)), val)
         return [scored(c) for c in pool.best(n)], scored(choice) if choice else None
 
     def _class_prompts(self, run_id: str, with_test: bool) -> pb.ScoredClassPrompts | None:

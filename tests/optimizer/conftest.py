@@ -41,26 +41,27 @@ class ScorerEndpoint:
         return ScorerSettings(**{**values, **overrides})
 
 
-@pytest.fixture(scope="session")
-def scorer(tiny_clip_dir, image_task_dir, tmp_path_factory) -> Iterator[ScorerEndpoint]:
-    """One real scorer process for the whole session, with auth on."""
-    root = tmp_path_factory.mktemp("scorer")
+@contextlib.contextmanager
+def scorer_with_tokens(model_dir: Path, images: Path, root: Path, *flags: str) -> Iterator[ScorerEndpoint]:
+    """A real scorer process serving TASK from `images`, with auth on (SCORER_TOKENS), stopped after."""
     tokens = root / "tokens.json"
     tokens.write_text(
         json.dumps({"tokens": [{"name": n, "token": t, "rights": r} for n, (t, r) in SCORER_TOKENS.items()]})
     )
     process, address = start_scorer(
-        tiny_clip_dir,
-        {TASK: image_task_dir},
-        root / "cache",
-        root / "scorer.log",
-        "--shots",
-        "3",
-        "--tokens-file",
-        str(tokens),
+        model_dir, {TASK: images}, root / "cache", root / "scorer.log", *flags, "--tokens-file", str(tokens)
     )
-    yield ScorerEndpoint(address)
-    stop_process(process, signal.SIGTERM)
+    try:
+        yield ScorerEndpoint(address)
+    finally:
+        stop_process(process, signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def scorer(tiny_clip_dir, image_task_dir, tmp_path_factory) -> Iterator[ScorerEndpoint]:
+    """One real scorer process for the whole session, with auth on."""
+    with scorer_with_tokens(tiny_clip_dir, image_task_dir, tmp_path_factory.mktemp("scorer"), "--shots", "3") as end:
+        yield end
 
 
 @pytest.fixture

@@ -74,7 +74,7 @@ async def test_runs_belong_to_their_owner_and_admins_see_all(optimizer):
 
 
 def _test_numbers(run: pb.Run) -> list[float]:
-    numbers = [b.test_accuracy for b in run.best if b.HasField("test_accuracy")]
+    numbers = [b.test_accuracy for b in [*run.best, run.selected] if b.HasField("test_accuracy")]
     return numbers + ([run.ensemble.test_accuracy] if run.ensemble.HasField("test_accuracy") else [])
 
 
@@ -104,7 +104,7 @@ async def test_a_run_only_caller_gets_no_test_number_by_any_path(optimizer, tmp_
     assert run.state == pb.RUN_STATE_SUCCEEDED and len(run.best) == 10 and run.counters.llm_calls == 0
     assert _test_numbers(run) == []
     ended = [e.run_ended for e in events if e.HasField("run_ended")]
-    assert ended and not any(b.HasField("test_accuracy") for b in ended[0].best)
+    assert ended and not any(b.HasField("test_accuracy") for b in [*ended[0].best, ended[0].selected])
     assert not ended[0].ensemble.HasField("test_accuracy")
     listed = (await optimizer.stub.ListRuns(pb.ListRunsRequest(), metadata=as_("alice"))).runs
     assert [_test_numbers(r) for r in listed] == [[]]
@@ -117,7 +117,7 @@ async def test_a_run_only_caller_gets_no_test_number_by_any_path(optimizer, tmp_
     assert _test_numbers(await optimizer.stub.GetRun(pb.GetRunRequest(run_id=run.run_id), metadata=as_("root"))) == []
 
     tested, tested_events = await run_as(optimizer, "carol", **spec)  # a test right of her own
-    assert len(_test_numbers(tested)) == 10 + 1
+    assert len(_test_numbers(tested)) == 10 + 1 + 1  # the best 10, the selection (the best 1st), the ensemble
     assert any(b.HasField("test_accuracy") for e in tested_events if e.HasField("run_ended") for b in e.run_ended.best)
 
 

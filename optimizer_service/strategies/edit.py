@@ -1,0 +1,53 @@
+"""An edit and crossover proposer in the spirit of ProAPO (Qu et al., 2025): small, named changes to good templates.
+
+    for each step: draw an operation and its parents from the restart's best k (seeded by the step)
+        add       "add a short phrase to this template"
+        remove    "remove a phrase from it"
+        replace   "replace one phrase with another"
+        combine   "combine these two good templates"
+    ask for m templates made by that operation (a fresh message each step)
+
+An edit moves the LLM off its mode ("a photo of a {}") by asking for one local change to a template that already
+works, and a crossover mixes two; the pool then keeps what scores. Parents are drawn uniformly from the top k, so
+k sets how greedy it is (k=1: always the best). Knobs: top_k, templates_per_call (m), show_accuracies, iterations,
+resets, restarts.
+"""
+
+from __future__ import annotations
+
+import random
+
+from optimizer_service.metaprompt import new_templates, requirements
+from optimizer_service.pool import Candidate
+from optimizer_service.strategies.base import Strategy
+
+EDITS = {
+    "add": "Rewrite it by adding one short phrase (a detail of the image, the setting, or the kind of picture).",
+    "remove": "Rewrite it by removing one phrase, keeping what matters for telling the classes apart.",
+    "replace": "Rewrite it by replacing one phrase with a different one that could describe these images better.",
+}
+COMBINE = "combine"
+
+
+class Edit(Strategy):
+    async def step(self, restart: int, reset: int, iteration: int) -> None:
+        climb = self.climb
+        rng = random.Random(f"{climb.settings.seed}/edit/{restart}/{reset}/{iteration}")
+        parents = climb.pool.top(climb.settings.top_k, restart)
+        operation = rng.choice([*EDITS, COMBINE] if len(parents) > 1 else list(EDITS))
+        chosen = rng.sample(parents, 2) if operation == COMBINE else [rng.choice(parents)]
+        messages = climb.metaprompt.opening_with(self.ask(operation, chosen))
+        await climb.propose(restart, reset, iteration, messages, messages)
+
+    def ask(self, operation: str, parents: list[Candidate]) -> str:
+        m = self.climb.settings.templates_per_call
+        listing = self.climb.metaprompt.listing(parents)
+        if operation == COMBINE:
+            head = "Here are two templates that work well:"
+            wish = f"Write {new_templates(m)} that combine them, keeping the best of both."
+        else:
+            head = "Here is a template that works well:"
+            wish = (
+                EDITS[operation] + f" Write {'one such variant' if m == 1 else f'{m} such variants, each different'}."
+            )
+        return "\n\n".join([head, listing, wish, requirements(m, "each a small change of the above")])

@@ -1,0 +1,101 @@
+"""Search strategies as plug-ins: the task in every ask, OPRO's trajectory and samples, edits and crossovers, the
+registry; through the service on loopback, real scorer, scripted LLM."""
+
+from __future__ import annotations
+
+import re
+
+import grpc
+import pytest
+
+from optimizer_service.strategies import STRATEGIES
+from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from tests.fixtures import CLASSES
+
+DESCRIPTION = "noisy coloured squares, one per class"
+SCORED = re.compile(r"^- (.+?) \(accuracy ([\d.]+)%\)$", re.MULTILINE)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "extra"),
+    [
+        ("hill_climb", {"feedback": pb.FEEDBACK_NONE}),  # the control: random search
+        ("hill_climb", {"feedback": pb.FEEDBACK_POSITIVE_NEGATIVE}),
+        ("hill_climb", {"conversation": pb.CONVERSATION_MODE_STATELESS}),
+        ("hill_climb", {"initial_pool": pb.INITIAL_POOL_LLM}),
+        ("opro", {}),
+        ("edit", {}),
+    ],
+    ids=["random", "chat", "stateless", "llm-pool", "opro", "edit"],
+)
+async def test_every_ask_names_the_task_its_classes_and_the_users_description(optimizer, strategy, extra):
+    run, _ = await optimizer.run_to_end(strategy=strategy, task_description=DESCRIPTION, ensemble_size=1, **extra)
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
+    assert run.spec.strategy == strategy and run.spec.task_description == DESCRIPTION
+    requests = optimizer.llm.seen
+    assert len(requests) >= 2 * 2 * 2
+    for seen in requests:
+        first_user = next(m["content"] for m in seen.messages if m["role"] == "user")
+        for name in CLASSES:
+            assert name.replace("_", " ") in first_user, (name, first_user)
+        assert DESCRIPTION in first_user
+
+
+async def test_opro_shows_an_ascending_trajectory_and_samples_each_step_independently(optimizer):
+    run, _ = await optimizer.run_to_end(
+        strategy="opro", restarts=1, resets=1, iterations=6, samples_per_step=3, top_k=4, ensemble_size=1
+    )
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
+    calls = sorted(optimizer.llm.seen, key=lambda s: int(s.call_id.rsplit("/", 1)[1]))
+    assert len(calls) == 6 == run.counters.llm_calls
+    for seen in calls:
+        assert [m["role"] for m in seen.messages] == ["system", "user"]  # stateless
+        shown = [float(a) for _, a in SCORED.findall(seen.last_user_message)]
+        assert len(shown) == 4 and shown == sorted(shown)  # the best last
+        assert "ascending order" in seen.last_user_message
+    for step in (calls[0:3], calls[3:6]):  # the samples of a step share one trajectory, not one seed
+        assert len({s.last_user_message for s in step}) == 1
+        assert len({s.body["seed"] for s in step}) == 3
+    assert calls[0].last_user_message != calls[3].last_user_message  # the second step saw the first's finds
+
+
+async def test_opro_stops_at_the_llm_budget_with_every_sample_in_flight_landed(optimizer):
+    run, _ = await optimizer.run_to_end(
+        strategy="opro", restarts=1, resets=1, iterations=6, samples_per_step=3, max_llm_calls=5, ensemble_size=1
+    )
+    assert (run.state, run.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "max_llm_calls")
+    assert run.counters.llm_calls == 5 == run.counters.iterations_done == len(optimizer.llm.seen)
+    steps = optimizer.store.steps(run.run_id)
+    assert sorted(key[2] for key in steps) == [0, 1, 2, 3, 4]  # every sample asked was committed
+
+
+async def test_edit_asks_for_one_named_change_of_good_templates_or_their_combination(optimizer):
+    run, _ = await optimizer.run_to_end(strategy="edit", restarts=1, resets=2, iterations=6, top_k=3, ensemble_size=1)
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
+    operations = set()
+    for seen in optimizer.llm.seen:
+        text = seen.last_user_message
+        listed = [t for t, _ in SCORED.findall(text)]
+        if "combine them" in text:
+            operations.add("combine")
+            assert len(listed) == 2
+        else:
+            operation = re.search(r"Rewrite it by (\w+)", text)
+            assert operation is not None, text
+            operations.add(operation.group(1))
+            assert len(listed) == 1
+    assert len(operations) >= 3  # the operations vary from step to step
+    first = [s.last_user_message for s in optimizer.llm.seen]
+    optimizer.llm.seen.clear()
+    await optimizer.run_to_end(strategy="edit", restarts=1, resets=2, iterations=6, top_k=3, ensemble_size=1)
+    ops = [re.sub(r"- .*\n", "", t) for t in first]
+    again = [re.sub(r"- .*\n", "", s.last_user_message) for s in optimizer.llm.seen]
+    assert again == ops  # operations are drawn by the seed, not by timing
+
+
+async def test_an_unknown_strategy_is_refused_naming_the_known_ones(optimizer):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await optimizer.stub.StartRun(pb.StartRunRequest(spec=pb.RunSpec(task_id="shapes", strategy="annealing")))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for name in STRATEGIES:
+        assert name in (caught.value.details() or "")
