@@ -40,7 +40,7 @@ from scorer_service.datasets import Dataset, Task
 from scorer_service.factory import load_clip
 from scorer_service.features import SplitFeatures
 from scorer_service.model import ClipEncoder
-from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
+from scorer_service.scoring import Candidates, TemplateScorer, TextEmbeddingCache
 from scorer_service.tokenizer import PromptTokenizer
 from testbed.random_clip import SHAPES
 from testbed.tokenizer import clip_tokenizer
@@ -239,28 +239,41 @@ def run_step(
     )
 
 
-def cached_repeat_step(
-    encoder: ClipEncoder, templates: list[str], names: list[str], features: torch.Tensor, labels: torch.Tensor
-) -> StepResult:
-    """The whole TemplateScorer.score_candidates call for templates already in the text cache."""
+def score_call_seconds(
+    encoder: ClipEncoder,
+    templates: list[str],
+    names: list[str],
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    cached: bool,
+) -> float:
+    """One whole TemplateScorer.score_candidates call (check, tokenize, encode, count), timed; `cached`: after an
+    untimed call that puts the templates' prompts in the text cache, else on an empty cache."""
 
-    async def score_twice() -> float:
-        batcher = TextEncodeBatcher(encoder.encode_text, 4096, 0.0, 10**7)
+    async def score() -> float:
+        batcher = TextEncodeBatcher(encoder.encode_ids, 4096, 0.0, 10**7)
         batcher.start()
         scorer = TemplateScorer(encoder, batcher, TextEmbeddingCache(2**34), 1024)
-        dataset = Dataset("bench", tuple(names), (), ())
-        task = Task("bench", dataset, 1, 1, {})
+        task = Task("bench", Dataset("bench", tuple(names), (), ()), 1, 1, {})
         split = SplitFeatures(features.to(encoder.device, encoder.dtype), labels.to(encoder.device))
-        await scorer.score_candidates(task, "train", split, templates, [])
+        if cached:
+            await scorer.score_candidates(task, "train", split, Candidates(templates))
         reset_peak_memory(encoder.device)
         started = time.perf_counter()
-        await scorer.score_candidates(task, "train", split, templates, [])
+        await scorer.score_candidates(task, "train", split, Candidates(templates))
         elapsed = time.perf_counter() - started
         scorer.close()
         await batcher.close()
         return elapsed
 
-    seconds = asyncio.run(score_twice())
+    return asyncio.run(score())
+
+
+def cached_repeat_step(
+    encoder: ClipEncoder, templates: list[str], names: list[str], features: torch.Tensor, labels: torch.Tensor
+) -> StepResult:
+    """The whole TemplateScorer.score_candidates call for templates already in the text cache."""
+    seconds = score_call_seconds(encoder, templates, names, features, labels, cached=True)
     return StepResult(
         "+ text cache hit (whole score call)",
         len(templates),
@@ -271,6 +284,83 @@ def cached_repeat_step(
         peak_memory_mib(encoder.device),
         None,
     )
+
+
+def tokenize_once_table(
+    encoder: ClipEncoder, machine: str, templates: list[str], names: list[str], repeats: int = 3
+) -> list[str]:
+    """The scorer's text path for fresh templates, as it was (the length check tokenized every prompt, then the
+    encoder tokenized it again) against tokenize-once (the check's ids go to the encoder), alternating in this
+    process so load drifts hit both; then the whole fresh score call, and encode_text alone for comparison."""
+    prompts = [fill(t, n) for t in templates for n in names]
+    prefixes = [t.split("{}", 1)[0] for t in templates for _ in names]
+    tokenizer = encoder.tokenizer
+
+    def twice() -> None:
+        tokenizer.lengths(prompts)
+        encoder.encode_text(prompts, prefixes)
+
+    def once() -> None:
+        encoder.encode_ids(tokenizer.token_ids(prompts), prefixes)
+
+    def tokenize() -> None:
+        tokenizer.token_ids(prompts)
+
+    timings: dict[str, list[float]] = {"twice": [], "once": [], "tokenize": [], "score": [], "encode_text": []}
+    features, labels = image_features(IMAGES, SHAPES["vit-b-32"].projection_dim, len(names))
+    once()  # warm up kernels and the tokenizer
+    for _ in range(repeats):
+        for name, run in (("twice", twice), ("once", once), ("tokenize", tokenize)):
+            started = time.perf_counter()
+            run()
+            timings[name].append(time.perf_counter() - started)
+        timings["score"].append(score_call_seconds(encoder, templates, names, features, labels, cached=False))
+        started = time.perf_counter()
+        encoder.encode_text(prompts, prefixes)
+        timings["encode_text"].append(time.perf_counter() - started)
+    per = len(templates)
+
+    def cell(name: str) -> str:
+        values = sorted(timings[name])
+        return f"{values[len(values) // 2] / per:.3f} ({values[0] / per:.3f}-{values[-1] / per:.3f})"
+
+    ratio = sorted(t / o for t, o in zip(timings["twice"], timings["once"], strict=True))
+    return [
+        "",
+        f"Tokenize once: {len(templates)} fresh templates x {len(names)} classes, ViT-B/32-shaped text tower (random "
+        f"weights), OpenAI CLIP's real BPE; {machine}; {repeats} runs each, alternating; seconds per template, median "
+        "(min-max).",
+        "",
+        "| path | s per template | old path / this path |",
+        "|---|---|---|",
+        f"| old: length check tokenizes, encoder tokenizes again | {cell('twice')} | 1.00 |",
+        f"| tokenize once: the check's ids go to the encoder | {cell('once')} | "
+        f"{ratio[len(ratio) // 2]:.3f} ({ratio[0]:.3f}-{ratio[-1]:.3f}) |",
+        f"| (one tokenization of every prompt alone) | {cell('tokenize')} | |",
+        f"| whole fresh score call in process (TemplateScorer, batcher, accuracy) | {cell('score')} | |",
+        f"| encode_text alone (tokenizes once, encodes) | {cell('encode_text')} | |",
+    ]
+
+
+def tokenize_once_section(tokenizer: CLIPTokenizer, device: torch.device) -> list[str]:
+    """The tokenize-once table on the scorer's default encoder for the device (oneDNN kernels on CPU)."""
+    encoder = build_encoder(tokenizer, onednn=device.type == "cpu", device=device)
+    return tokenize_once_table(encoder, machine_name(device), TEMPLATES[:16], class_names(100))
+
+
+def machine_name(device: torch.device) -> str:
+    """The CPU model (or GPU name), threads and torch version, as every table states them."""
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or platform.machine(),
+    )
+    return f"{model}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def agreement(step: StepResult, baseline: StepResult) -> str:
@@ -352,6 +442,11 @@ def main() -> None:
         "model, 'none' skips them",
     )
     parser.add_argument(
+        "--tokenize-once-only",
+        action="store_true",
+        help="only the tokenize-once table: 16 fresh templates x 100 classes (bench/results/tokenize_once.md)",
+    )
+    parser.add_argument(
         "--trained-model-only",
         action="store_true",
         help="only the trained model's agreement rows (bench/results/dtype_agreement.md)",
@@ -364,25 +459,26 @@ def main() -> None:
     if args.trained_model_only:
         write_table(args.out / "dtype_agreement.md", trained_model_agreement(_trained_model(args.trained_model)))
         return
-    names_all = class_names(max(args.classes))
     tokenizer = clip_tokenizer()
+    if args.tokenize_once_only:
+        write_table(args.out / "tokenize_once.md", tokenize_once_section(tokenizer, device))
+        return
+    names_all = class_names(max(args.classes))
     fp32 = build_encoder(tokenizer, device=device)
     bf16 = build_encoder(tokenizer, torch.bfloat16, device=device)
     torch_peak = matmul_peak_flops(torch.matmul, torch.float32, device)
     bf16_peak = matmul_peak_flops(torch.matmul, torch.bfloat16, device)
     int8: ClipEncoder | None = None  # CPU only
+    machine = machine_name(device)
     if on_gpu:
         default = fp32  # what counts FLOPs and serves the cached step
         fp32_peak = torch_peak
-        machine = f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
         peaks = f"measured matmul peak fp32 {torch_peak / 1e9:.0f} GFLOP/s, bf16 {bf16_peak / 1e9:.0f} GFLOP/s."
     else:
         default = build_encoder(tokenizer, onednn=True)
         int8 = int8_encoder(fp32)
         onednn_peak = matmul_peak_flops(onednn_matmul, torch.float32)
         fp32_peak = max(torch_peak, onednn_peak)
-        cpu = platform.processor() or platform.machine()
-        machine = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         peaks = (
             f"measured matmul peak fp32 {torch_peak / 1e9:.0f} GFLOP/s with torch's kernels and "
             f"{onednn_peak / 1e9:.0f} with oneDNN's, bf16 {bf16_peak / 1e9:.0f} GFLOP/s."
@@ -453,6 +549,7 @@ def main() -> None:
                 f"{agreement(result, baseline)} |"
             )
         lines.append(f"| {count} | (mean prompt length {mean_tokens:.1f} tokens; {IMAGES} images) | | | | | | |")
+    lines += tokenize_once_section(tokenizer, device)
     if args.trained_model != "none" and not on_gpu:
         lines += trained_model_agreement(_trained_model(args.trained_model))
     write_table(args.out / "text_encoder.md", lines)

@@ -11,7 +11,7 @@ the demo all read the run's selection from it (through Run.selected), never re-d
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import structlog
@@ -19,6 +19,7 @@ import structlog
 from optimizer_service.climb import Climb, scorer_refused
 from optimizer_service.pool import Candidate
 from optimizer_service.scorer_client import ScorerError
+from optimizer_service.store import ClassPrompts
 from promptclimb.scorer.v1 import scorer_pb2
 
 log = structlog.get_logger(__name__)
@@ -120,10 +121,29 @@ async def test_accuracies(
             (await score_ensembles(climb, [list(ensemble.templates)], scorer_pb2.SPLIT_TEST))[0] if ensemble else None
         )
     except ScorerError as err:
-        if err.budget_spent:
-            raise scorer_refused(err) from None
-        level = log.info if err.code == grpc.StatusCode.PERMISSION_DENIED else log.warning
-        level("test_accuracy_skipped", run_id=climb.run_id, reason=str(err))
+        skip_test(climb, err)
         return {}, None
     singles = {c.sequence: r.accuracy for c, r in zip(best, results, strict=True) if not r.error}
     return singles, tested.accuracy if tested is not None and not tested.error else None
+
+
+async def with_test_accuracy(climb: Climb, found: ClassPrompts) -> ClassPrompts:
+    """A per-class strategy's prompts with their test accuracy, if our scorer token has the test right; else as
+    they are. Called only for a run whose owner has the optimizer's test right (runs.py)."""
+    try:
+        (result,) = await climb.scorer.score_class_prompt_sets(
+            climb.settings.task_id, [found.prompts], scorer_pb2.SPLIT_TEST, climb.task.model_digest
+        )
+    except ScorerError as err:
+        skip_test(climb, err)
+        return found
+    return found if result.error else replace(found, test_accuracy=result.accuracy)
+
+
+def skip_test(climb: Climb, err: ScorerError) -> None:
+    """A refused test-split call: a spent evaluation budget fails the run; anything else (our scorer token lacks the
+    test right) leaves test accuracy out."""
+    if err.budget_spent:
+        raise scorer_refused(err) from None
+    level = log.info if err.code == grpc.StatusCode.PERMISSION_DENIED else log.warning
+    level("test_accuracy_skipped", run_id=climb.run_id, reason=str(err))

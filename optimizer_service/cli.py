@@ -276,7 +276,8 @@ def selected_by_step(candidates: list[Candidate], iterations: int) -> list[tuple
 def write_report(
     out: Path, run: pb.Run, candidates: list[Candidate], note: str = "", test_accuracy: dict[str, float] | None = None
 ) -> None:
-    """result.json and accuracy.png; `note` (e.g. a warning about the model) goes under the plot's title.
+    """result.json, accuracy.png and, for a per-class strategy, class_prompts.json; `note` (e.g. a warning about the
+    model) goes under the plot's title.
 
     `test_accuracy` (template -> test accuracy, for callers allowed to see test) adds the test
     accuracy of the template train selection holds at each step, to the JSON and the plot.
@@ -294,6 +295,9 @@ def write_report(
         "answer": MessageToDict(run.selected, preserving_proto_field_name=True) if run.HasField("selected") else None,
         "best": [MessageToDict(b, preserving_proto_field_name=True) for b in run.best],
         "ensemble": MessageToDict(run.ensemble, preserving_proto_field_name=True) if run.HasField("ensemble") else None,
+        "class_prompts": MessageToDict(run.class_prompts, preserving_proto_field_name=True)
+        if run.HasField("class_prompts")
+        else None,
         "model_digest": run.model_digest,
         "counters": counter_values(run.counters),
         "spec": RunSettings.from_proto(run.spec, run.spec.llm_model).to_json(),
@@ -318,6 +322,9 @@ def write_report(
         ],
     }
     (out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    if run.HasField("class_prompts"):  # as CuPL-style users load them: class name -> its prompts
+        cupl = {c.class_name: list(c.prompts) for c in run.class_prompts.classes}
+        (out / "class_prompts.json").write_text(json.dumps(cupl, indent=2, ensure_ascii=False) + "\n")
     test_curve = [(s, x) for s, _, _, x in selected if x is not None]
     plot_curve(out / "accuracy.png", curve, run.spec.task_id, iterations, note, test_curve)
 

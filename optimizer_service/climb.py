@@ -77,6 +77,7 @@ class Counters:
     ensembles_scored: int = 0
     llm_context_trims: int = 0
     val_scored: int = 0
+    class_prompt_sets_scored: int = 0
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -317,14 +318,17 @@ class Climb:
                 self.counters.llm_context_trims += 1
                 messages = shorter
 
-    async def ask(self, messages: list[dict], *, sample: str, call_id: str, lines: int) -> str | None:
-        """One LLM question asking for `lines` templates.
+    async def ask(
+        self, messages: list[dict], *, sample: str, call_id: str, lines: int, templates: bool = True
+    ) -> str | None:
+        """One LLM question asking for `lines` templates (`templates=False`: lines of other text, never held to
+        the template grammar).
 
         None when every attempt came back malformed (counted, skipped)."""
         self.check_llm_budgets()
         self._calls_in_flight += 1
         try:
-            grammar = template_lines_grammar(lines) if self.llm.settings.grammar else None
+            grammar = template_lines_grammar(lines) if self.llm.settings.grammar and templates else None
             result = await self.llm.complete(
                 messages,
                 model=self.settings.llm_model,

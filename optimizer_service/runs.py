@@ -312,16 +312,22 @@ class RunManager:
         task.model_digest = pinned_digest  # every Score call of the climb pins it (a run stored before pinning: none)
         journal = RunJournal(self.store, run_id, pool, counters, self._signals[run_id])
         climb = Climb(run_id, settings, task, self.llm, self.scorer, journal, pool, steps, counters)
-        stop_reason = await climb.run(STRATEGIES[settings.strategy](climb))
+        strategy = STRATEGIES[settings.strategy](climb)
+        stop_reason = await climb.run(strategy)
         val = await answer.val_accuracies(climb)
         await self.store.set_val_accuracies(run_id, val)
+        choice = answer.selected(pool.best(len(pool)), val)  # as Run.selected reads it (_best)
+        class_prompts = await strategy.refine(choice) if choice is not None and stop_reason == "finished" else None
         ensemble = await answer.ensemble(climb)
         singles: dict[int, float] = {}
         ensemble_test: float | None = None
         if measure_test:
-            choice = answer.selected(pool.best(settings.val_candidates), val)
             tested = distinct([*pool.best(settings.report_top), *([choice] if choice else [])])
             singles, ensemble_test = await answer.test_accuracies(climb, tested, ensemble)
+            if class_prompts is not None:
+                class_prompts = await answer.with_test_accuracy(climb, class_prompts)
+        if class_prompts is not None:
+            await self.store.set_class_prompts(run_id, class_prompts)
         await self.store.set_test_accuracies(run_id, singles)
         if ensemble is not None:
             await self.store.set_ensemble(run_id, ensemble.templates, ensemble.accuracy, ensemble_test)
@@ -382,6 +388,24 @@ class RunManager:
         choice = answer.selected(pool.best(len(pool)), val)
         return [scored(c) for c in pool.best(n)], scored(choice) if choice else None
 
+    def _class_prompts(self, run_id: str, with_test: bool) -> pb.ScoredClassPrompts | None:
+        stored = self.store.class_prompts(run_id)
+        if stored is None:
+            return None
+        found = pb.ScoredClassPrompts(
+            classes=[
+                pb.ClassPromptList(class_name=name, prompts=prompts)
+                for name, prompts in zip(stored.class_names, stored.prompts, strict=True)
+            ],
+            train_accuracy=stored.train_accuracy,
+            chosen=stored.chosen,
+        )
+        if stored.val_accuracy is not None:
+            found.val_accuracy = stored.val_accuracy
+        if stored.test_accuracy is not None and with_test:
+            found.test_accuracy = stored.test_accuracy
+        return found
+
     def _ensemble(self, run_id: str, with_test: bool) -> pb.ScoredEnsemble | None:
         stored = self.store.ensemble(run_id)
         if stored is None:
@@ -438,6 +462,7 @@ class RunManager:
             best=best,
             selected=selected,
             ensemble=self._ensemble(record.run_id, with_test),
+            class_prompts=self._class_prompts(record.run_id, with_test),
             counters=counters_proto(record.counters),
             create_time=_timestamp(record.created),
             update_time=_timestamp(record.updated),

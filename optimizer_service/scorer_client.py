@@ -15,6 +15,7 @@ ModelChanged, so one run never mixes accuracies of two models.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TypeVar
 
 import grpc
@@ -31,6 +32,7 @@ from promptclimb_common.errors import ErrorDetails, Reason, details_of
 log = structlog.get_logger(__name__)
 _Request = TypeVar("_Request", bound=Message)
 _Reply = TypeVar("_Reply", bound=Message)
+_Result = TypeVar("_Result", bound=Message)
 
 
 class ScorerError(Exception):
@@ -155,11 +157,7 @@ class ScorerClient:
         reply = await self._score(
             scorer_pb2.ScoreRequest(task_id=task_id, templates=templates, split=split, model_digest=model_digest)
         )
-        if len(reply.results) != len(templates):
-            raise ScorerError(
-                grpc.StatusCode.INTERNAL, f"scorer answered {len(reply.results)} results for {len(templates)} templates"
-            )
-        return list(reply.results)
+        return _one_each(reply.results, len(templates), "templates")
 
     async def score_ensembles(
         self, task_id: str, ensembles: list[list[str]], split: scorer_pb2.Split, model_digest: str = ""
@@ -171,13 +169,28 @@ class ScorerClient:
             model_digest=model_digest,
             ensembles=[scorer_pb2.TemplateEnsemble(templates=e) for e in ensembles],
         )
-        reply = await self._score(request)
-        if len(reply.ensemble_results) != len(ensembles):
-            raise ScorerError(
-                grpc.StatusCode.INTERNAL,
-                f"scorer answered {len(reply.ensemble_results)} results for {len(ensembles)} ensembles",
-            )
-        return list(reply.ensemble_results)
+        return _one_each((await self._score(request)).ensemble_results, len(ensembles), "ensembles")
+
+    async def score_class_prompt_sets(
+        self,
+        task_id: str,
+        sets: Sequence[Sequence[Sequence[str]]],
+        split: scorer_pb2.Split,
+        model_digest: str = "",
+        per_class_accuracy: bool = False,
+    ) -> list[scorer_pb2.ClassPromptSetScore]:
+        """Scores class prompt sets (per class, in label order, its prompts; each one accuracy, and with
+        `per_class_accuracy` each class's) in one call; results come back in request order."""
+        request = scorer_pb2.ScoreRequest(
+            task_id=task_id,
+            split=split,
+            model_digest=model_digest,
+            per_class_accuracy=per_class_accuracy,
+            class_prompt_sets=[
+                scorer_pb2.ClassPromptSet(classes=[scorer_pb2.ClassPrompts(prompts=c) for c in s]) for s in sets
+            ],
+        )
+        return _one_each((await self._score(request)).class_prompt_set_results, len(sets), "class prompt sets")
 
     async def _score(self, request: scorer_pb2.ScoreRequest) -> scorer_pb2.ScoreResponse:
         started = time.perf_counter()
@@ -196,3 +209,10 @@ class ScorerClient:
         finally:
             metrics.SCORER_CALLS.labels(code).inc()
             metrics.SCORER_SECONDS.observe(time.perf_counter() - started)
+
+
+def _one_each(results: Sequence[_Result], sent: int, what: str) -> list[_Result]:
+    """The results of one Score call's candidates of a kind: one per candidate sent, or the scorer is broken."""
+    if len(results) != sent:
+        raise ScorerError(grpc.StatusCode.INTERNAL, f"scorer answered {len(results)} results for {sent} {what}")
+    return list(results)

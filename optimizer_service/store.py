@@ -69,6 +69,14 @@ CREATE TABLE IF NOT EXISTS rejections (
     reason TEXT NOT NULL,
     PRIMARY KEY (run_id, template)
 );
+CREATE TABLE IF NOT EXISTS class_prompts (
+    run_id TEXT PRIMARY KEY,
+    prompts TEXT NOT NULL,
+    train_accuracy REAL NOT NULL,
+    val_accuracy REAL,
+    test_accuracy REAL,
+    chosen INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS ensembles (
     run_id TEXT PRIMARY KEY,
     templates TEXT NOT NULL,
@@ -150,6 +158,19 @@ class Step:
     llm_call: str
     messages: list[dict]
     reply: str | None
+
+
+@dataclass(frozen=True)
+class ClassPrompts:
+    """A per-class strategy's stage 2: per class (label order) its prompts, with their accuracies where measured;
+    `chosen`: they, not the selected template, are the run's answer."""
+
+    class_names: tuple[str, ...]
+    prompts: tuple[tuple[str, ...], ...]
+    train_accuracy: float
+    val_accuracy: float | None = None
+    test_accuracy: float | None = None
+    chosen: bool = False
 
 
 @dataclass(frozen=True)
@@ -390,6 +411,29 @@ class Store:
             "SELECT templates, train_accuracy, test_accuracy FROM ensembles WHERE run_id = ?", (run_id,)
         ).fetchone()
         return (json.loads(row[0]), row[1], row[2]) if row else None
+
+    async def set_class_prompts(self, run_id: str, found: ClassPrompts) -> None:
+        row = (
+            run_id,
+            json.dumps([[name, list(p)] for name, p in zip(found.class_names, found.prompts, strict=True)]),
+            found.train_accuracy,
+            found.val_accuracy,
+            found.test_accuracy,
+            int(found.chosen),
+        )
+        await self._write(lambda db: db.execute("INSERT OR REPLACE INTO class_prompts VALUES (?, ?, ?, ?, ?, ?)", row))
+
+    def class_prompts(self, run_id: str) -> ClassPrompts | None:
+        row = self._db.execute(
+            "SELECT prompts, train_accuracy, val_accuracy, test_accuracy, chosen FROM class_prompts WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        pairs = json.loads(row[0])
+        return ClassPrompts(
+            tuple(name for name, _ in pairs), tuple(tuple(p) for _, p in pairs), row[1], row[2], row[3], bool(row[4])
+        )
 
     def steps(self, run_id: str) -> dict[tuple[int, int, int], Step]:
         rows = self._db.execute(

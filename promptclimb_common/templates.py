@@ -27,16 +27,25 @@ class Problem(str):
         return problem
 
 
+def text_problem(text: str, max_bytes: int = DEFAULT_MAX_TEMPLATE_BYTES, what: str = "prompt") -> Problem | None:
+    """Why `text` cannot be a prompt (too large, empty, a control or unassigned character), or None. A class's own
+    prompt (a class prompt set's) needs only this; its braces are plain text, never filled."""
+    size = len(text.encode("utf-8", errors="surrogatepass"))
+    if size > max_bytes:
+        return Problem(f"{what} is {size} bytes; the limit is {max_bytes}", "TOO_LARGE")
+    if not text.strip():
+        return Problem(f"{what} is empty", "EMPTY")
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn")), None)
+    if bad is not None:
+        return Problem(f"{what} contains the control or unassigned character U+{ord(bad):04X}", "BAD_CHARACTER")
+    return None
+
+
 def template_problem(template: str, max_bytes: int = DEFAULT_MAX_TEMPLATE_BYTES) -> Problem | None:
     """Returns why `template` is invalid, or None when it is valid."""
-    size = len(template.encode("utf-8", errors="surrogatepass"))
-    if size > max_bytes:
-        return Problem(f"template is {size} bytes; the limit is {max_bytes}", "TOO_LARGE")
-    if not template.strip():
-        return Problem("template is empty", "EMPTY")
-    bad = next((c for c in template if unicodedata.category(c) in ("Cc", "Cs", "Co", "Cn")), None)
-    if bad is not None:
-        return Problem(f"template contains the control or unassigned character U+{ord(bad):04X}", "BAD_CHARACTER")
+    problem = text_problem(template, max_bytes, "template")
+    if problem:
+        return problem
     count = template.count(PLACEHOLDER)
     if count == 0:
         return Problem("template has no '{}' placeholder for the class name", "NO_PLACEHOLDER")

@@ -18,6 +18,7 @@ from scorer_service.device import default_batch_prompts
 from scorer_service.factory import load_clip
 from scorer_service.identity import ModelIdentity, weights_digest
 from scorer_service.quota import QuotaStore, RedisQuota, SqliteQuota
+from scorer_service.request_bounds import ScoreBounds
 from scorer_service.scoring import TemplateScorer, TextEmbeddingCache
 from scorer_service.servicer import SERVICE_NAME, ScorerServicer
 from scorer_service.tasks import load_tasks
@@ -101,7 +102,7 @@ class ScorerApp:
         tasks, features = await asyncio.to_thread(load_tasks, config, encoder, model.digest)
         batch_prompts = config.max_batch_prompts or default_batch_prompts(encoder.device)
         self.batcher = TextEncodeBatcher(
-            encoder.encode_text, batch_prompts, config.max_batch_delay_ms / 1000, config.max_queued_prompts
+            encoder.encode_ids, batch_prompts, config.max_batch_delay_ms / 1000, config.max_queued_prompts
         )
         log.info("batching", max_batch_prompts=batch_prompts, max_batch_delay_ms=config.max_batch_delay_ms)
         self.batcher.start()
@@ -114,9 +115,15 @@ class ScorerApp:
             scorer,
             auth,
             self.quota,
-            config.max_templates_per_request,
+            ScoreBounds(
+                config.max_candidates_per_request,
+                config.max_templates_per_request,
+                config.max_prompts_per_class,
+                config.max_prompts_per_candidate,
+                config.max_prompts_per_request,
+                config.max_queued_prompts,
+            ),
             model,
-            config.max_queued_prompts,
         )
         self.service = GrpcService(
             [(scorer_pb2_grpc.add_ScorerServicer_to_server, servicer, SERVICE_NAME)],

@@ -3,7 +3,8 @@
 The encoder is far more efficient on one large batch than on many small ones,
 so a call's prompts wait up to `max_delay_s` for other calls to join. The
 queue is bounded in prompts: beyond it a call is refused (QueueFullError),
-never left to grow memory without limit. A batch never exceeds
+never left to grow memory without limit. A prompt travels as its token ids:
+the scorer tokenized it once to check it, and the encoder reads those ids. A batch never exceeds
 `max_batch_prompts`: a bigger call is encoded over several batches, so a call
 its client cancels stops using the encoder after the batch in hand.
 """
@@ -31,7 +32,7 @@ class QueueFullError(RuntimeError):
 
 @dataclass
 class _Job:
-    prompts: Sequence[str]
+    prompts: Sequence[Sequence[int]]  # token ids
     prefixes: Sequence[str | None]
     future: asyncio.Future[torch.Tensor]
     enqueued: float = field(default_factory=time.perf_counter)
@@ -40,15 +41,16 @@ class _Job:
 
 
 class TextEncodeBatcher:
-    """Runs `encode(prompts, prefixes) -> embeddings` on one worker thread, on merged batches.
+    """Runs `encode(ids, prefixes) -> embeddings` on one worker thread, on merged batches.
 
-    `prefixes[i]` is the text before the class name in prompt i, when known; the
-    encoder shares work between prompts with the same prefix.
+    `ids[i]` is prompt i's token ids (ClipEncoder.encode_ids); `prefixes[i]` is
+    the text before the class name in prompt i, when known; the encoder shares
+    work between prompts with the same prefix.
     """
 
     def __init__(
         self,
-        encode: Callable[[Sequence[str], Sequence[str | None]], torch.Tensor],
+        encode: Callable[[Sequence[Sequence[int]], Sequence[str | None]], torch.Tensor],
         max_batch_prompts: int,
         max_delay_s: float,
         max_queued_prompts: int,
@@ -72,8 +74,10 @@ class TextEncodeBatcher:
             await asyncio.gather(self._worker, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
-    async def encode(self, prompts: Sequence[str], prefixes: Sequence[str | None] | None = None) -> torch.Tensor:
-        """Embeddings of `prompts`, in order, computed in a shared batch."""
+    async def encode(
+        self, prompts: Sequence[Sequence[int]], prefixes: Sequence[str | None] | None = None
+    ) -> torch.Tensor:
+        """Embeddings of `prompts` (token ids), in order, computed in a shared batch."""
         if not prompts:
             raise ValueError("no prompts to encode")
         if self._queued + len(prompts) > self.max_queued_prompts:
@@ -151,7 +155,7 @@ class TextEncodeBatcher:
                             job.future.set_result(job.parts[0] if len(job.parts) == 1 else torch.cat(job.parts))
                     offset += end - start
 
-    def _timed_encode(self, prompts: list[str], prefixes: list[str | None]) -> torch.Tensor:
+    def _timed_encode(self, prompts: list[Sequence[int]], prefixes: list[str | None]) -> torch.Tensor:
         started = time.perf_counter()
         try:
             return self._encode(prompts, prefixes)

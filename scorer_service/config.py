@@ -61,7 +61,11 @@ class ScorerConfig(ServingConfig):
     cache_dir: Path = Path(".cache/promptclimb/scorer")
     state_dir: Path = Path(".cache/promptclimb/scorer-state")
     quota_store: str = "sqlite"  # or redis://HOST:PORT/DB, shared by every replica (scorer_service/quota.py)
+    max_candidates_per_request: int = 256
     max_templates_per_request: int = 256
+    max_prompts_per_class: int = 32
+    max_prompts_per_candidate: int = 8192
+    max_prompts_per_request: int = 65536
     max_template_bytes: int = 1024
     max_message_bytes: int = 4 * 1024 * 1024
     max_batch_prompts: int = 0  # 0: by device, see device.default_batch_prompts
@@ -188,11 +192,41 @@ def _add_args(p: argparse.ArgumentParser) -> None:
         "replica) or redis://[:PASSWORD@]HOST:PORT/DB (shared by every replica; atomic updates)",
     )
     a(
+        "--max-candidates-per-request",
+        type=int,
+        default=_env("max_candidates_per_request", d.max_candidates_per_request, int),
+        help="most candidates in one Score call: templates, ensembles and class prompt sets, empty ones included",
+    )
+    a(
         "--max-templates-per-request",
         type=int,
         default=_env("max_templates_per_request", d.max_templates_per_request, int),
+        help="most templates in one Score call, every ensemble member included",
     )
-    a("--max-template-bytes", type=int, default=_env("max_template_bytes", d.max_template_bytes, int))
+    a(
+        "--max-prompts-per-class",
+        type=int,
+        default=_env("max_prompts_per_class", d.max_prompts_per_class, int),
+        help="most prompts of one class in a class prompt set",
+    )
+    a(
+        "--max-prompts-per-candidate",
+        type=int,
+        default=_env("max_prompts_per_candidate", d.max_prompts_per_candidate, int),
+        help="most prompts of one class prompt set, all classes together",
+    )
+    a(
+        "--max-prompts-per-request",
+        type=int,
+        default=_env("max_prompts_per_request", d.max_prompts_per_request, int),
+        help="most prompts of all class prompt sets of one Score call",
+    )
+    a(
+        "--max-template-bytes",
+        type=int,
+        default=_env("max_template_bytes", d.max_template_bytes, int),
+        help="most UTF-8 bytes of one template or class prompt (a longer one is that candidate's error)",
+    )
     a("--max-message-bytes", type=int, default=_env("max_message_bytes", d.max_message_bytes, int))
     a(
         "--max-batch-prompts",
@@ -257,7 +291,11 @@ def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_se
     if ns.max_batch_prompts < 0:
         parser.error("--max-batch-prompts must be 0 (by device) or positive")
     for name in (
+        "max_candidates_per_request",
         "max_templates_per_request",
+        "max_prompts_per_class",
+        "max_prompts_per_candidate",
+        "max_prompts_per_request",
         "max_template_bytes",
         "max_message_bytes",
         "max_queued_prompts",
@@ -281,7 +319,11 @@ def parse_config(argv: list[str] | None = None, prog: str = "python -m scorer_se
         cache_dir=ns.cache_dir,
         state_dir=ns.state_dir,
         quota_store=ns.quota_store,
+        max_candidates_per_request=ns.max_candidates_per_request,
         max_templates_per_request=ns.max_templates_per_request,
+        max_prompts_per_class=ns.max_prompts_per_class,
+        max_prompts_per_candidate=ns.max_prompts_per_candidate,
+        max_prompts_per_request=ns.max_prompts_per_request,
         max_template_bytes=ns.max_template_bytes,
         max_message_bytes=ns.max_message_bytes,
         max_batch_prompts=ns.max_batch_prompts,

@@ -82,14 +82,20 @@ class ClipEncoder:
 
     @torch.inference_mode()
     def encode_text(self, prompts: Sequence[str], prefixes: Sequence[str | None] | None = None) -> torch.Tensor:
-        """L2-normalised embeddings [len(prompts), dim], in the model's dtype.
+        """L2-normalised embeddings [len(prompts), dim], in the model's dtype; prompts longer than the context are
+        cut as CLIP's tokenizer cuts them. `prefixes` as in `encode_ids`."""
+        return self.encode_ids(self.tokenizer.ids(prompts), prefixes)
+
+    @torch.inference_mode()
+    def encode_ids(self, ids: Sequence[Sequence[int]], prefixes: Sequence[str | None] | None = None) -> torch.Tensor:
+        """L2-normalised embeddings [len(ids), dim] of tokenized prompts (each within the context), in the model's
+        dtype.
 
         `prefixes[i]` is the text before the class name in prompt i (the template's
         part before `{}`), if known. Where the family allows it (CLIP), prompts with
         the same prefix share its hidden states (see prefix_sharing); the rest go in
         length-sorted chunks, padded as the family's TextConvention says.
         """
-        ids = self.tokenizer.ids(prompts)
         pad_id = self.tokenizer.pad_token_id
         convention = self.convention
         rows: list[torch.Tensor] = []
@@ -98,7 +104,7 @@ class ClipEncoder:
         groups = prefix_groups(self.tokenizer, ids, shareable)
         unshared = groups.pop(None, [])
         prefix_of = {i: key for key, members in groups.items() for i in members if key is not None}
-        suffix = {i: ids[i][len(key) :] for i, key in prefix_of.items()}
+        suffix = {i: list(ids[i][len(key) :]) for i, key in prefix_of.items()}
         for chunk in _length_sorted_chunks(list(prefix_of), suffix):
             keys = list(dict.fromkeys(prefix_of[i] for i in chunk))
             slot = {key: k for k, key in enumerate(keys)}

@@ -15,7 +15,7 @@ PrefixKey = tuple[int, ...]
 
 
 def prefix_groups(
-    tokenizer: PromptTokenizer, ids: list[list[int]], prefixes: Sequence[str | None]
+    tokenizer: PromptTokenizer, ids: Sequence[Sequence[int]], prefixes: Sequence[str | None]
 ) -> dict[PrefixKey | None, list[int]]:
     """Prompt indices by the token ids of their shared prefix (None: not shareable).
 

@@ -18,7 +18,8 @@ from scorer_service.datasets import TEST, TRAIN, VAL, Task
 from scorer_service.features import SplitFeatures
 from scorer_service.identity import ModelIdentity
 from scorer_service.quota import BudgetExhaustedError, QuotaStore, QuotaStoreError
-from scorer_service.scoring import TemplateScorer
+from scorer_service.request_bounds import ScoreBounds, score_request_problem
+from scorer_service.scoring import Candidates, CandidateScore, TemplateScorer
 
 log = structlog.get_logger(__name__)
 Context = grpc.aio.ServicerContext
@@ -79,9 +80,8 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         scorer: TemplateScorer,
         auth: Authenticator,
         quota: QuotaStore,
-        max_templates_per_request: int,
+        bounds: ScoreBounds,
         model: ModelIdentity,
-        max_queued_prompts: int,
     ) -> None:
         self.model = model
         self.tasks = tasks
@@ -89,8 +89,7 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
         self.scorer = scorer
         self.auth = auth
         self.quota = quota
-        self.max_templates_per_request = max_templates_per_request
-        self.max_queued_prompts = max_queued_prompts
+        self.bounds = bounds
 
     @override
     @maps_failures
@@ -173,23 +172,38 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
                     metadata={"pinned": request.model_digest, "served": self.model.digest},
                 ),
             )
-        await self._check_size(context, request, task)
-        count = len(request.templates) + len(request.ensembles)
+        if request.per_class_accuracy and split == TEST:
+            await abort(
+                context,
+                invalid(
+                    "per_class_accuracy",
+                    "per-class accuracy is given on the train and val splits, never on test: ask without "
+                    "per_class_accuracy, or on SPLIT_TRAIN or SPLIT_VAL",
+                ),
+            )
+        problem = score_request_problem(request, len(task.class_names), self.bounds)
+        if problem is not None:
+            await abort(context, problem)
+        count = len(request.templates) + len(request.ensembles) + len(request.class_prompt_sets)
         structlog.contextvars.bind_contextvars(task=task.task_id, split=split, templates=count)
         metrics.TOKEN_REQUESTS.labels(caller_label(principal.name), split).inc()
         await self.quota.charge(principal.name, count, principal.evaluation_budget)
         try:
-            scores, ensemble_scores = await self.scorer.score_candidates(
+            scores = await self.scorer.score_candidates(
                 task,
                 split,
                 self.features[task.task_id, split],
-                list(request.templates),
-                [list(e.templates) for e in request.ensembles],
+                Candidates(
+                    list(request.templates),
+                    [list(e.templates) for e in request.ensembles],
+                    [[list(c.prompts) for c in s.classes] for s in request.class_prompt_sets],
+                ),
+                request.per_class_accuracy,
             )
         except BaseException:  # a full queue (maps_failures answers it), a cancelled call: nothing was scored
             await self._refund(principal.name, count)
             raise
-        invalid_count = sum(1 for s in [*scores, *ensemble_scores] if s.error)
+        invalid_count = sum(1 for s in [*scores.templates, *scores.ensembles, *scores.class_prompt_sets] if s.error)
         await self._refund(principal.name, invalid_count)  # an invalid template tells nothing: not charged
         metrics.TOKEN_EVALUATIONS.labels(caller_label(principal.name)).inc(count - invalid_count)
         log.info("scored", invalid=invalid_count)
@@ -198,61 +212,17 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             model_digest=self.model.digest,
             model_version=self.model.version,
             results=[
-                scorer_pb2.TemplateScore(
-                    template=s.template,
-                    accuracy=s.accuracy,
-                    correct=s.correct,
-                    total=s.total,
-                    error=s.error,
-                    error_reason=_reason(s.reason),
-                )
-                for s in scores
+                scorer_pb2.TemplateScore(template=t, **_result_fields(s))
+                for t, s in zip(request.templates, scores.templates, strict=True)
             ],
             ensemble_results=[
-                scorer_pb2.EnsembleScore(
-                    templates=s.templates,
-                    accuracy=s.accuracy,
-                    correct=s.correct,
-                    total=s.total,
-                    error=s.error,
-                    error_reason=_reason(s.reason),
-                )
-                for s in ensemble_scores
+                scorer_pb2.EnsembleScore(templates=e.templates, **_result_fields(s))
+                for e, s in zip(request.ensembles, scores.ensembles, strict=True)
+            ],
+            class_prompt_set_results=[
+                scorer_pb2.ClassPromptSetScore(**_result_fields(s)) for s in scores.class_prompt_sets
             ],
         )
-
-    async def _check_size(self, context: Context, request: scorer_pb2.ScoreRequest, task: Task) -> None:
-        """Refuses, as INVALID_ARGUMENT, what could never be served: retrying it would not help.
-
-        The request limit bounds one call's encoding work, so it counts every ensemble member; the budget bounds
-        what a token can learn, one accuracy per template or ensemble."""
-        if not request.templates and not request.ensembles:
-            await abort(context, invalid("templates", "no templates or ensembles to score: send at least one"))
-        members = [*request.templates, *(t for e in request.ensembles for t in e.templates)]
-        if len(members) > self.max_templates_per_request:
-            await abort(
-                context,
-                invalid(
-                    "templates",
-                    f"{len(members)} templates in one request (ensemble members included); the limit is "
-                    f"{self.max_templates_per_request}: split the request",
-                    Reason.REQUEST_TOO_LARGE,
-                    limit=str(self.max_templates_per_request),
-                ),
-            )
-        prompts = len(set(members)) * len(task.class_names)
-        if prompts > self.max_queued_prompts:
-            await abort(
-                context,
-                invalid(
-                    "templates",
-                    f"{prompts} class prompts in one request ({len(set(members))} distinct templates x "
-                    f"{len(task.class_names)} classes); the encoder queue holds at most {self.max_queued_prompts}: "
-                    "split the request",
-                    Reason.REQUEST_TOO_LARGE,
-                    limit=str(self.max_queued_prompts),
-                ),
-            )
 
     async def _refund(self, token: str, count: int) -> None:
         try:
@@ -261,6 +231,17 @@ class ScorerServicer(scorer_pb2_grpc.ScorerServicer):
             log.error("quota_refund_failed", token=token, count=count, reason=str(err))
 
 
-def _reason(name: str) -> str:
-    """The TemplateErrorReason value's name (protobuf takes enum values by name)."""
-    return f"TEMPLATE_ERROR_REASON_{name or 'UNSPECIFIED'}"
+def _result_fields(score: CandidateScore) -> dict:
+    """The fields every kind of candidate result shares; the TemplateErrorReason by its value's name (protobuf takes
+    enum values by name)."""
+    return {
+        "accuracy": score.accuracy,
+        "correct": score.correct,
+        "total": score.total,
+        "error": score.error,
+        "error_reason": f"TEMPLATE_ERROR_REASON_{score.reason or 'UNSPECIFIED'}",
+        "class_accuracies": [
+            scorer_pb2.ClassAccuracy(accuracy=correct / total if total else 0.0, correct=correct, total=total)
+            for correct, total in zip(score.class_correct, score.class_total, strict=True)
+        ],
+    }

@@ -1,5 +1,9 @@
 """CLIP's tokenizer as the scorer uses it: prompt token ids, their counts, a template prefix's ids.
 
+The scorer tokenizes each prompt it must encode once (`token_ids`): the same
+ids decide whether the prompt fits the context, tell prompts that the model
+reads alike apart from those it does not, and go to the encoder.
+
 Scoring threads count tokens while the encoder thread tokenizes, on one
 tokenizer. A transformers fast tokenizer keeps truncation as state on its Rust
 tokenizer and changes it when a call asks for other settings, so concurrent
@@ -32,7 +36,8 @@ class PromptTokenizer:
     def pad_token_id(self) -> int:
         return int(self.hf.pad_token_id)
 
-    def _untruncated(self, prompts: Sequence[str]) -> list[list[int]]:
+    def token_ids(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids with start and end tokens, untruncated (a prompt longer than the context keeps every id)."""
         prompts = list(prompts)
         return [
             ids
@@ -42,13 +47,13 @@ class PromptTokenizer:
 
     def lengths(self, prompts: Sequence[str]) -> list[int]:
         """Token counts with start and end tokens, untruncated."""
-        return [len(ids) for ids in self._untruncated(prompts)]
+        return [len(ids) for ids in self.token_ids(prompts)]
 
     def ids(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids with start and end tokens, cut to the context length."""
         limit = self.context_length
-        return [ids if len(ids) <= limit else [*ids[: limit - 1], ids[-1]] for ids in self._untruncated(prompts)]
+        return [ids if len(ids) <= limit else [*ids[: limit - 1], ids[-1]] for ids in self.token_ids(prompts)]
 
     def prefix_ids(self, text: str) -> tuple[int, ...]:
         """The ids of a prompt's beginning: its start token and text, without the end token."""
-        return tuple(self._untruncated([text])[0][:-1])
+        return tuple(self.token_ids([text])[0][:-1])

@@ -63,6 +63,15 @@ async function main() {
     split: "SPLIT_TRAIN",
     model_digest: task.model_digest,
   });
+  // Per-class prompts: one list per class in label order, plain text (no braces), with per-class accuracy.
+  const perClass = await call(scorer, "Score", {
+    task_id: taskId,
+    class_prompt_sets: [
+      { classes: task.class_names.map((name) => ({ prompts: [`a photo of a ${name}`, name] })) },
+      { classes: task.class_names.map((name, i) => ({ prompts: i === 0 ? [] : [name] })) },
+    ],
+    per_class_accuracy: true,
+  });
   const wrongPin = await statusOf(
     call(scorer, "Score", { task_id: taskId, templates: ["a {}"], model_digest: "0".repeat(32) }),
   );
@@ -87,6 +96,10 @@ async function main() {
               model_version: task.model_version },
       results: scored.results.map((r) => ({ template: r.template, accuracy: r.accuracy, error: r.error })),
       response_model_digest: scored.model_digest,
+      class_prompt_set_results: perClass.class_prompt_set_results.map((r) => ({
+        accuracy: r.accuracy, correct: r.correct, total: r.total, error_reason: r.error_reason,
+        class_correct: r.class_accuracies.map((c) => c.correct), class_total: r.class_accuracies.map((c) => c.total),
+      })),
       wrong_pin_status: wrongPin,
     },
     optimizer: {

@@ -60,6 +60,10 @@ async def test_a_node_client_calls_both_services_from_the_protos(tiny_clip_dir, 
     assert 0 <= good["accuracy"] <= 1 and good["error"] == ""
     assert bad["accuracy"] == 0 and "{}" in bad["error"]
     assert scorer["wrong_pin_status"] == "FAILED_PRECONDITION"
+    named, empty_class = scorer["class_prompt_set_results"]
+    assert named["error_reason"] == "TEMPLATE_ERROR_REASON_UNSPECIFIED" and named["total"] == 4  # 4 classes, 1 shot
+    assert named["class_total"] == [1, 1, 1, 1] and sum(named["class_correct"]) == named["correct"]
+    assert empty_class["error_reason"] == "TEMPLATE_ERROR_REASON_EMPTY_CLASS" and empty_class["class_total"] == []
 
     run = seen["optimizer"]
     assert run["repeated_run_id"] == run["started"]["run_id"]  # the request_id made StartRun idempotent

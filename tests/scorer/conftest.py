@@ -47,6 +47,7 @@ def base_config(tiny_clip_dir, image_task_dir, tmp_path_factory) -> ScorerConfig
         metrics_port=None,
         cache_dir=tmp_path_factory.mktemp("feature-cache"),
         state_dir=tmp_path_factory.mktemp("scorer-state"),
+        max_candidates_per_request=16,
         max_templates_per_request=16,
         max_message_bytes=256 * 1024,
         max_batch_delay_ms=20,

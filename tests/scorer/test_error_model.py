@@ -189,3 +189,28 @@ def test_a_token_file_with_a_repeated_name_or_token_is_refused():
         parse_tokens(json.dumps({"tokens": [{"name": "a", "token": "x1"}, {"name": "a", "token": "x2"}]}), "t.json")
     with pytest.raises(AuthConfigError, match="token 'b' has the same token as another entry"):
         parse_tokens(json.dumps({"tokens": [{"name": "a", "token": "same"}, {"name": "b", "token": "same"}]}), "t.json")
+
+
+async def test_a_case_or_whitespace_variant_of_a_member_is_not_a_weight(open_scorer):
+    # CLIP's tokenizer lowercases and collapses whitespace: "A  PHOTO of a {}" is "a photo of a {}" to the model.
+    # Deduplicated by strings, such variants weight a member again; deduplicated by token ids, they cannot.
+    _, stub, _ = open_scorer
+    candidates = ["{}", "a {}", "the {}", "a photo of a {}.", "art of the {}", "a blurry {}", "{} in the wild"]
+
+    def variants(template: str) -> list[str]:
+        return [template.upper().replace("{}", "{}"), template.replace(" ", "  "), f" {template} ", template.title()]
+
+    for a, b in [(a, b) for a in candidates for b in candidates if a < b]:
+        reply = await stub.Score(
+            scorer_pb2.ScoreRequest(
+                task_id="shapes",
+                ensembles=[
+                    scorer_pb2.TemplateEnsemble(templates=[a, b]),
+                    scorer_pb2.TemplateEnsemble(templates=[a, *variants(a), b]),
+                    scorer_pb2.TemplateEnsemble(templates=[a, b, *variants(b)]),
+                ],
+            )
+        )
+        assert not any(r.error for r in reply.ensemble_results)
+        counts = [r.correct for r in reply.ensemble_results]
+        assert len(set(counts)) == 1, (a, b, counts)

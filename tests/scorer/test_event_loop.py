@@ -23,7 +23,7 @@ from scorer_service.batcher import TextEncodeBatcher
 from scorer_service.config import TaskSource
 from scorer_service.datasets import build_task, load_image_folder
 from scorer_service.factory import load_clip
-from scorer_service.scoring import Abandoned, TemplateScorer, TextEmbeddingCache
+from scorer_service.scoring import Abandoned, Candidates, TemplateScorer, TextEmbeddingCache
 from tests.fixtures import write_image_folder
 from tests.scorer.conftest import serve_scorer
 
@@ -135,6 +135,7 @@ async def test_calls_beside_a_big_request_answer_and_cancelling_it_drops_its_wor
         base_config,
         tasks=(*base_config.tasks, TaskSource("many", many_classes_dir)),
         shots=1,
+        max_candidates_per_request=BIG_TEMPLATES,
         max_templates_per_request=BIG_TEMPLATES,
         max_queued_prompts=BIG_TEMPLATES * BIG_CLASSES,
         cache_dir=tmp_path / "features",
@@ -162,13 +163,13 @@ async def test_calls_beside_a_big_request_answer_and_cancelling_it_drops_its_wor
 def test_tokenizing_stops_at_the_next_template_once_its_call_is_abandoned(tiny_clip_dir, image_task_dir):
     task = build_task("shapes", load_image_folder(image_task_dir), shots=1, seed=0)
     encoder = load_clip(str(tiny_clip_dir))
-    batcher = TextEncodeBatcher(encoder.encode_text, max_batch_prompts=256, max_delay_s=0, max_queued_prompts=1024)
+    batcher = TextEncodeBatcher(encoder.encode_ids, max_batch_prompts=256, max_delay_s=0, max_queued_prompts=1024)
     scorer = TemplateScorer(encoder, batcher, TextEmbeddingCache(1 << 20), max_template_bytes=1024)
     abandoned = threading.Event()
     abandoned.set()
     try:
         with pytest.raises(Abandoned, match="stopped after 0 of 2 templates"):
-            scorer._plan(task, ["a {}.", "a photo of a {}."], [], abandoned)
-        assert scorer._plan(task, ["a {}."], [], threading.Event()).problems == {"a {}.": None}
+            scorer._plan(task, Candidates(["a {}.", "a photo of a {}."]), abandoned)
+        assert scorer._plan(task, Candidates(["a {}."]), threading.Event()).problems == {"a {}.": None}
     finally:
         scorer.close()

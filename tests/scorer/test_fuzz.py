@@ -1,7 +1,8 @@
 """Property-based fuzzing of every Scorer RPC against the real server process.
 
 Random unicode, control characters, huge strings, format-string attacks, empty
-and over-limit lists, unknown splits and tasks, with and without tokens: every
+and over-limit lists (nested ones too: ensembles and class prompt sets, empty
+entries included), unknown splits and tasks, with and without tokens: every
 reply is a documented status, every OK reply is well formed, the server stays
 healthy, and no token ever reaches its log. `PROMPTCLIMB_FUZZ_EXAMPLES` sets the
 examples per test (the reliability run raises it).
@@ -92,6 +93,8 @@ def fuzz_scorer(tiny_clip_dir, image_task_dir, tmp_path_factory):
         str(tokens),
         "--max-templates-per-request",
         str(MAX_TEMPLATES),
+        "--max-candidates-per-request",
+        str(MAX_TEMPLATES),
         "--max-message-bytes",
         "65536",
         "--log-level",
@@ -140,6 +143,55 @@ def test_score_answers_only_documented_statuses(fuzz_scorer, task_id, templates,
                 assert result.total == 0 and result.accuracy == 0
     if code == grpc.StatusCode.PERMISSION_DENIED:
         assert split == 2
+
+
+prompt = st.one_of(template, st.text(max_size=40))
+prompt_set = st.lists(st.lists(prompt, max_size=4), min_size=0, max_size=6)  # the task has 4 classes
+
+
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    templates=st.lists(template, max_size=3),
+    ensembles=st.lists(st.lists(template, max_size=4), max_size=MAX_TEMPLATES + 2),
+    sets=st.lists(prompt_set, max_size=4),
+    split=st.sampled_from([0, 1, 2]),
+    per_class=st.booleans(),
+    md=metadata,
+)
+def test_nested_candidates_answer_only_documented_statuses(
+    fuzz_scorer, templates, ensembles, sets, split, per_class, md
+):
+    """Ensembles (empty ones too) and class prompt sets with any number of classes and prompts."""
+    stub, _ = fuzz_scorer
+    request = scorer_pb2.ScoreRequest(
+        task_id="shapes",
+        templates=templates,
+        ensembles=[scorer_pb2.TemplateEnsemble(templates=e) for e in ensembles],
+        class_prompt_sets=[
+            scorer_pb2.ClassPromptSet(classes=[scorer_pb2.ClassPrompts(prompts=c) for c in s]) for s in sets
+        ],
+        split=split,
+        per_class_accuracy=per_class,
+    )
+    code, reply = call(stub.Score, request, md)
+    assert code in DOCUMENTED, code
+    if code != grpc.StatusCode.OK:
+        return
+    assert len(templates) + len(ensembles) + len(sets) <= MAX_TEMPLATES
+    assert all(len(s) == 4 for s in sets) and not (per_class and split == 2)
+    assert len(reply.results) == len(templates) and len(reply.ensemble_results) == len(ensembles)
+    assert len(reply.class_prompt_set_results) == len(sets)
+    for result in [*reply.results, *reply.ensemble_results, *reply.class_prompt_set_results]:
+        if result.error:
+            assert result.total == 0 and result.accuracy == 0 and not result.class_accuracies
+        else:
+            assert result.total > 0 and 0 <= result.accuracy <= 1 and result.correct <= result.total
+            assert len(result.class_accuracies) == (4 if per_class else 0)
+            assert sum(c.correct for c in result.class_accuracies) == (result.correct if per_class else 0)
 
 
 @settings(

@@ -70,7 +70,7 @@ async def test_request_level_errors(open_scorer):
         stub.Score(scorer_pb2.ScoreRequest(task_id="shapes")), grpc.StatusCode.INVALID_ARGUMENT, "no templates"
     )
     seventeen = scorer_pb2.ScoreRequest(task_id="shapes", templates=[f"{i} {{}}" for i in range(17)])
-    await expect_status(stub.Score(seventeen), grpc.StatusCode.INVALID_ARGUMENT, "17 templates", "limit is 16")
+    await expect_status(stub.Score(seventeen), grpc.StatusCode.INVALID_ARGUMENT, "17 candidates", "limit is 16")
     await expect_status(
         stub.Score(scorer_pb2.ScoreRequest(task_id="shapes", templates=["{}"], split=7)),  # type: ignore[arg-type]  # no such split, on purpose
         grpc.StatusCode.INVALID_ARGUMENT,
