@@ -46,6 +46,14 @@ METHODS: dict[str, Method] = {
     "pn-chat": Method("positive + negative, chat", {"feedback": "positive_negative", "conversation": "chat"}),
     "opro": Method("OPRO: ascending trajectory, 4 samples per step", {"strategy": "opro"}),
     "edit": Method("edit and crossover of good templates", {"strategy": "edit"}),
+    # Stage 2 runs `iterations` rounds after stage 1's restarts x iterations, inside the same LLM-call cap: 3
+    # iterations leave 2 x 3 calls to stage 1 and 3 to stage 2 at the default cap of 10, so the row compares with
+    # stage 1 alone (the hill-climb rows) at the same budget.
+    "per-class": Method("hill climb, then per-class prompts (stage 2)", {"strategy": "per_class", "iterations": "3"}),
+    "per-class-control": Method(
+        "hill climb, then per-class prompts without per-class feedback",
+        {"strategy": "per_class_no_feedback", "iterations": "3"},
+    ),
 }
 
 

@@ -148,6 +148,18 @@ class Scorer(contextlib.AbstractContextManager):
     def templates(self, templates: list[str], split: str) -> dict[str, float]:
         return dict(zip(templates, self.accuracies([[t] for t in templates], split), strict=True))
 
+    def class_prompts(self, prompts: list[list[str]], split: str) -> float:
+        """Accuracy of one set of per-class prompts (one list per class, label order) on a split."""
+        request = sc_pb.ScoreRequest(
+            task_id=TASK,
+            split=sc_pb.SPLIT_TEST if split == "test" else sc_pb.SPLIT_TRAIN,
+            class_prompt_sets=[sc_pb.ClassPromptSet(classes=[sc_pb.ClassPrompts(prompts=p) for p in prompts])],
+        )
+        (result,) = self.stub.Score(request, timeout=600).class_prompt_set_results
+        if result.error:
+            raise RuntimeError(f"scorer refused the per-class prompts: {result.error}")
+        return result.accuracy
+
     def __exit__(self, *exc: object) -> None:
         self.channel.close()
         stop_process(self.process, signal.SIGTERM, 60)
@@ -284,11 +296,24 @@ def grade(result: dict, scorer: Scorer) -> dict:
     answer = answers.get("val", answers["train"])
     ensemble = result["ensemble"]["templates"]
     counters = result["counters"]
+    stage2 = result.get("class_prompts")  # a per-class strategy's stage 2; the answer where `chosen`
+    per_class = None
+    if stage2:
+        prompts = [list(c.get("prompts", [])) for c in stage2["classes"]]
+        per_class = {
+            "chosen": bool(stage2.get("chosen")),
+            "prompts": prompts,
+            "train": stage2["train_accuracy"],
+            "test": scorer.class_prompts(prompts, "test"),
+        }
+    chosen = per_class is not None and per_class["chosen"]
     return {
         "answer": answer,
         "answer_on": "val" if "val" in answers else "train",
-        "test": test[answer],
-        "train": train[answer],
+        "test": per_class["test"] if per_class and chosen else test[answer],
+        "train": per_class["train"] if per_class and chosen else train[answer],
+        "template_test": test[answer],
+        "per_class": per_class,
         "selections": {split: {"template": t, "test": test[t]} for split, t in answers.items()},
         "oracle": oracle,
         "oracle_test": test[oracle],

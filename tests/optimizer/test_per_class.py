@@ -7,8 +7,12 @@ import itertools
 import json
 import re
 
+import grpc
+
 from optimizer_service.cli import write_report
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
+from tests.optimizer.conftest import SCORER_TOKENS
 from tests.optimizer.scripted_llm import Reply, invented_templates
 
 CLASSES = ["black cat", "blue sky", "green leaf", "red apple"]
@@ -82,3 +86,71 @@ async def test_other_strategies_have_no_class_prompts(optimizer):
     run, _ = await optimizer.run_to_end(iterations=1)
     assert run.state == pb.RUN_STATE_SUCCEEDED and not run.HasField("class_prompts")
     assert run.counters.class_prompt_sets_scored == 0
+
+
+PHRASINGS = [
+    "{}",
+    "a {}",
+    "the {}",
+    "a photo of the {}",
+    "an image of a {}",
+    "a close-up of the {}",
+    "a drawing of a {}",
+    "a {} seen from above",
+    "many {}",
+    "a small {}",
+    "a bright {}",
+    "a dark {}",
+]
+
+
+def improving_answers(scorer, found: list):
+    """For the one stage-2 ask: tries every phrasing for each asked class against the real scorer (the test's own
+    search, not the strategy's) and answers the asked number of prompts, those that raise train accuracy first;
+    records the best accuracy reachable with one of them in `found`."""
+    templates = invented_templates(itertools.count())
+    channel = grpc.insecure_channel(scorer.address)
+    stub = scorer_pb2_grpc.ScorerStub(channel)
+    token = (("authorization", f"Bearer {SCORER_TOKENS['optimizer'][0]}"),)
+
+    def accuracy(sets: list[list[list[str]]]) -> list[float]:
+        request = scorer_pb2.ScoreRequest(
+            task_id="shapes",
+            class_prompt_sets=[
+                scorer_pb2.ClassPromptSet(classes=[scorer_pb2.ClassPrompts(prompts=c) for c in s]) for s in sets
+            ],
+        )
+        return [r.accuracy for r in stub.Score(request, metadata=token).class_prompt_set_results]
+
+    def answer(body: dict) -> Reply:
+        text = body["messages"][-1]["content"]
+        wanted = STAGE_2_ASK.search(text)
+        if not wanted:
+            return templates(body)
+        described = re.search(r'Every class is now described by the prompt "(.+)"\.', text)
+        assert described is not None
+        template = described[1]
+        asked = re.findall(r"^- (.+?) \([\d.]+% correct\): now ", text, re.MULTILINE)
+        base = [[template.replace("{}", name)] for name in CLASSES]
+        tries = [(name, p.replace("{}", name)) for name in asked for p in PHRASINGS]
+        sets = [
+            [[*c, prompt] if n == name else c for n, c in zip(CLASSES, base, strict=True)] for name, prompt in tries
+        ]
+        (before,), after = accuracy([base]), accuracy(sets)
+        ranked = sorted(range(len(tries)), key=lambda i: -after[i])[: int(wanted[1])]
+        found.append((before, max(after[i] for i in ranked)))
+        return Reply("\n".join(f"- {tries[i][0]}: {tries[i][1]}" for i in ranked))
+
+    return answer
+
+
+async def test_a_proposal_that_raises_train_accuracy_is_kept(optimizer, scorer):
+    reachable: list = []
+    optimizer.llm._default = improving_answers(scorer, reachable)
+    run, _ = await optimizer.run_to_end(strategy="per_class", iterations=1, top_k=2, templates_per_call=2)
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
+    ((before, best),) = reachable
+    assert before == run.selected.train_accuracy and best > before  # the phrasings hold an improvement
+    found = run.class_prompts
+    assert found.train_accuracy == best and found.chosen  # no val: chosen on train
+    assert sum(len(c.prompts) for c in found.classes) == len(CLASSES) + 1  # one proposal added to one class
