@@ -182,7 +182,7 @@ def test_run_refuses_an_unwritable_out_dir_at_start(tmp_path):
 
 
 def test_accuracy_curve_accumulates_over_steps_and_restarts():
-    from optimizer_service.cli import accuracy_curve
+    from optimizer_service.report import accuracy_curve
     from optimizer_service.pool import INITIAL, Candidate
 
     candidates = [

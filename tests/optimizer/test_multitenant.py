@@ -12,7 +12,7 @@ import urllib.request
 import grpc
 import pytest
 
-from optimizer_service.cli import write_report
+from optimizer_service.report import write_report
 from optimizer_service.config import Price, ScorerSettings
 from optimizer_service.spec import RunLimits
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
