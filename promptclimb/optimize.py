@@ -267,7 +267,7 @@ def climb(
     )
 
 
-def split_names(task: sc_pb.TaskInfo) -> dict[str, int]:
+def split_names(task: sc_pb.TaskInfo) -> dict[str, sc_pb.Split]:
     """The task's splits by short name ("train", "val", "test"), in the scorer's order."""
     return {sc_pb.Split.Name(s.split).removeprefix("SPLIT_").lower(): s.split for s in task.splits}
 
@@ -277,7 +277,7 @@ def has_split(task: sc_pb.TaskInfo, name: str) -> bool:
 
 
 def accuracies(
-    scorer: sc_grpc.ScorerStub, task: sc_pb.TaskInfo, templates: list[str], split: int, token: str
+    scorer: sc_grpc.ScorerStub, task: sc_pb.TaskInfo, templates: list[str], split: sc_pb.Split, token: str
 ) -> dict[str, float]:
     reply = scorer.Score(
         sc_pb.ScoreRequest(task_id=task.task_id, templates=templates, split=split, model_digest=task.model_digest),
@@ -289,7 +289,7 @@ def accuracies(
 def evaluate(scorer: sc_grpc.ScorerStub, task: sc_pb.TaskInfo, run: opt_pb.Run, token: str) -> list[Evaluation]:
     """The baselines, the answer (the run's best template on train) and its ensemble, on every split the scorer has;
     read after the search, so selection never saw val or test."""
-    rows = [(label, (t,)) for label, t in BASELINES.items()]
+    rows: list[tuple[str, tuple[str, ...]]] = [(label, (t,)) for label, t in BASELINES.items()]
     if run.best:
         rows.append(("answer", (run.best[0].template,)))
     if run.HasField("ensemble") and len(run.ensemble.templates) > 1:

@@ -12,7 +12,8 @@ import urllib.request
 import grpc
 import pytest
 
-from optimizer_service.config import Price, ScorerSettings
+from optimizer_service.config import ScorerSettings
+from optimizer_service.prices import Price
 from optimizer_service.report import write_report
 from optimizer_service.spec import RunLimits
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb

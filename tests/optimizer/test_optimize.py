@@ -103,6 +103,7 @@ def test_the_run_is_read_back_from_the_mlflow_file_store(report):
     result = json.loads((out / "result.json").read_text())
     client = MlflowClient(str(mlruns))
     experiment = client.get_experiment_by_name("promptclimb")
+    assert experiment is not None
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.run_name == result["run_id"] and run.info.status == "FINISHED"
     assert run.data.params["spec.iterations"] == "2" and run.data.params["llm.model"] == "scripted-model"
