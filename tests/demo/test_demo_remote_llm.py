@@ -34,13 +34,20 @@ def test_make_demo_builds_no_llama_cpp_when_a_remote_llm_is_configured():
 
 
 @pytest.mark.timeout(300)
-def test_an_explicit_scorer_model_that_cannot_load_stops_the_demo(image_task_dir, tmp_path):
-    """No stand-in with random weights: the reason, exit 2, no report."""
-    missing = tmp_path / "my-clip"
+@pytest.mark.parametrize(
+    ("model", "reason"),
+    [
+        ("{tmp}/my-clip", "model directory {tmp}/my-clip does not exist"),
+        ("no-such-owner/no-such-clip", "cannot load CLIP model from Hugging Face hub id 'no-such-owner/no-such-clip'"),
+    ],
+)
+def test_an_explicit_scorer_model_that_cannot_load_stops_the_demo(image_task_dir, tmp_path, model, reason):
+    """No stand-in with random weights (main built one for a hub id it could not fetch): the reason, exit 2, no
+    report."""
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     with ScriptedLLM() as llm:
         env |= {
-            "SCORER_MODEL": str(missing),
+            "SCORER_MODEL": model.format(tmp=tmp_path),
             "DEMO_DATA": str(image_task_dir),
             "DEMO_OUT": str(tmp_path / "out"),
             "LLM_BASE_URL": llm.url,
@@ -54,5 +61,5 @@ def test_an_explicit_scorer_model_that_cannot_load_stops_the_demo(image_task_dir
             [sys.executable, "-m", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
         )
     assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    assert f"model directory {missing} does not exist" in done.stderr
+    assert reason.format(tmp=tmp_path) in done.stderr
     assert not (tmp_path / "out" / "result.json").exists()
