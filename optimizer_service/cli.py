@@ -35,7 +35,7 @@ from optimizer_service.store import Store, StoreError
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.paths import UnwritablePathError, WritablePath, require_writable
-from promptclimb_common.serving_args import EnvError, env_reader
+from promptclimb_common.serving_args import EnvError, ShowsDefaults, env_reader
 
 log = structlog.get_logger(__name__)
 _env = env_reader("OPTIMIZER")
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m optimizer_service
         prog=prog, description="Hill-climb CLIP prompt templates with a chat LLM against a promptclimb scorer."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    shows_defaults = argparse.ArgumentDefaultsHelpFormatter
+    shows_defaults = ShowsDefaults
     serve_parser = commands.add_parser("serve", help="run the Optimizer gRPC service", formatter_class=shows_defaults)
     run_parser = commands.add_parser(
         "run", help="optimize once in-process and write a report", formatter_class=shows_defaults

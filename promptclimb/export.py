@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from optimizer_service.report import RESULT, answer_templates
+from promptclimb_common.serving_args import ShowsDefaults
 
 FORMATS = ("clip_benchmark", "cupl", "text")
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None, prog: str = "promptclimb export") -> int
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Write a run's answer in the format clip_benchmark, CuPL or a plain list loads.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=ShowsDefaults,
     )
     parser.add_argument("run", type=Path, help="the run's report directory (its --out) or its result.json")
     parser.add_argument("--format", choices=FORMATS, default="text", help="what to write")

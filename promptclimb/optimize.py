@@ -51,6 +51,7 @@ from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
 from promptclimb.scorer.v1 import scorer_pb2_grpc as sc_grpc
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.processes import start_service, stop_process
+from promptclimb_common.serving_args import ShowsDefaults
 
 log = structlog.get_logger("promptclimb.optimize")
 
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None, prog: str = "promptclimb optimize") -> i
         prog=prog,
         description="Optimize a CLIP model's prompt template on a dataset with a chat LLM, and report train, val and "
         "test accuracy of the baselines and the answer.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=ShowsDefaults,
     )
     add_optimize_args(parser)
     ns = parser.parse_args(argv)

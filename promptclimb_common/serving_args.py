@@ -165,3 +165,14 @@ def serving_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> dict
         "grace_seconds": ns.grace_seconds,
         "max_concurrent_rpcs": ns.max_concurrent_rpcs,
     }
+
+
+class ShowsDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each flag's default, unless its help already says it (a knob's "default 3", where 0 on the
+    command line means "the preset's") or there is none to show (None, "": the help says what unset means)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, "", argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
