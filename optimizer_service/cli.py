@@ -232,7 +232,8 @@ async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_
                 "report_without_test_accuracy",
                 reason="the scorer token (--scorer-token-env) lacks the scorer's `test` right",
             )
-        write_report(out, run, store.candidates(run_id), llm=llm_used)
+        task = await scorer.task(run.spec.task_id)
+        write_report(out, run, store.candidates(run_id), llm=llm_used, class_names=list(task.class_names))
         if ns.mlflow:
             from optimizer_service.tracking import log_to_mlflow
 

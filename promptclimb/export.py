@@ -6,7 +6,7 @@ RUN is a report directory (of `promptclimb optimize` or `promptclimb run`) or it
   template with `{c}` where the class name goes (clip_benchmark fills it with `template.format(c=classname)`, so a
   literal brace is doubled).
 - cupl: CuPL's class-specific prompts, `{class name: [prompt, ...]}`: every answer template filled with the class
-  name. Needs the class names, which `optimize` records (result.json's class_names).
+  name. Needs the class names, which the report records (result.json's class_names).
 - text: one template per line, with `{}`, as `--initial-templates-file` reads them.
 """
 
@@ -54,7 +54,7 @@ def export(result: dict[str, Any], fmt: str, dataset: str = "") -> str:
     if fmt == "cupl":
         names = result.get("class_names") or []
         if not names:
-            raise ExportError("result.json has no class_names (a report of `promptclimb optimize` has them)")
+            raise ExportError("result.json has no class_names (reports written before issue 28 lack them)")
         prompts = {name: [t.replace("{}", name) for t in templates] for name in names}
         return json.dumps(prompts, indent=2, ensure_ascii=False) + "\n"
     raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")

@@ -73,6 +73,7 @@ def test_run_writes_result_json_and_a_plot(scorer, tmp_path):
     assert [point["step"] for point in result["curve"]] == [0, 1, 2, 3, 4] and bests == sorted(bests)
     assert result["best"][0]["train_accuracy"] == max(t["train_accuracy"] for t in result["trajectory"])
     assert "test_accuracy" in result["best"][0]
+    assert result["class_names"] and result["llm"]["cost_usd"] is None  # scripted-model has no price: unknown
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "state" / "optimizer.sqlite3").exists()
 
