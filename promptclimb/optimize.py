@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -84,7 +84,6 @@ class OptimizeSettings:
     dry_run: bool = False
     mlflow: str | None = None
     note: str = ""  # shown atop the report (the demo's warning about an untrained model)
-    service_env: dict[str, str] = field(default_factory=dict)
 
 
 class Services(contextlib.ExitStack):
@@ -128,6 +127,19 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
+def absolute_model(model: str) -> str:
+    """A directory as an absolute path (the services run from the package's root, not the caller's directory); a hub
+    id as it is."""
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.is_dir() else model
+
+
+def absolute_data(data: str) -> str:
+    """DIR or coop:NAME:DIR with DIR made absolute, for the same reason."""
+    prefix, _, folder = data.rpartition(":") if data.startswith("coop:") else ("", "", data)
+    return f"{prefix}:{Path(folder).expanduser().resolve()}" if prefix else str(Path(folder).expanduser().resolve())
+
+
 def resolve_llm(settings: OptimizeSettings) -> tuple[LlmEndpoint, Price | None]:
     endpoint = resolve_llm_endpoint(settings.llm_base_url, settings.llm_model, os.environ.get("OPENAI_API_KEY", ""))
     if endpoint.source == "default":
@@ -144,7 +156,7 @@ def optimize(settings: OptimizeSettings) -> int:
         return dry_run(settings, endpoint, price)
     if embedded:
         print(EMBEDDED_NOTICE, file=sys.stderr, flush=True)
-    work = settings.work
+    work = settings.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     for state in ("optimizer-state", "scorer-state"):  # each optimize is one fresh run; only caches carry over
         shutil.rmtree(work / state, ignore_errors=True)
@@ -164,9 +176,9 @@ def optimize(settings: OptimizeSettings) -> int:
             [
                 "scorer_service",
                 "--model",
-                settings.model,
+                absolute_model(settings.model),
                 "--task",
-                f"{TASK}={settings.data}",
+                f"{TASK}={absolute_data(settings.data)}",
                 "--shots",
                 str(settings.shots),
                 "--seed",
@@ -180,7 +192,6 @@ def optimize(settings: OptimizeSettings) -> int:
                 "--state-dir",
                 str(work / "scorer-state"),
             ],
-            env=settings.service_env or None,
         )
         grammar = embedded if settings.llm_grammar is None else settings.llm_grammar
         optimizer_address = services.start(
@@ -205,7 +216,6 @@ def optimize(settings: OptimizeSettings) -> int:
                 *(["--llm-price", f"{price.prompt_per_mtok},{price.completion_per_mtok}"] if price else []),
             ],
             env={
-                **settings.service_env,
                 "SCORER_TOKEN": tokens["optimizer"],
                 "OPENAI_API_KEY": os.environ.get("OPENAI_API_KEY") or "not-needed",
             },

@@ -21,11 +21,14 @@ from tests.procs import REPO
 pytestmark = pytest.mark.timeout(600)
 
 
-def optimize(*args: str, env: dict | None = None, timeout: float = 400) -> subprocess.CompletedProcess:
+def optimize(
+    *args: str, env: dict | None = None, timeout: float = 400, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "LLM_BASE_URL", "LLM_MODEL")}
+    base["PYTHONPATH"] = str(REPO)  # run from elsewhere, as a user would
     return subprocess.run(
         [sys.executable, "-m", "promptclimb", "optimize", *args],
-        cwd=REPO,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -41,17 +44,19 @@ BUDGET += ["--templates-per-call", "2", "--top-k", "2", "--conversation", "state
 def report(
     tiny_clip_dir, image_task_dir, tmp_path_factory
 ) -> tuple[Path, Path, ScriptedLLM, subprocess.CompletedProcess]:
-    """One `optimize` run against the scripted LLM, tracked in a fresh MLflow file store."""
+    """One `optimize` run against the scripted LLM, tracked in a fresh MLflow file store; run from a directory of
+    its own with paths relative to it."""
     root = tmp_path_factory.mktemp("optimize")
     out, mlruns = root / "out", root / "mlruns"
+    (root / "data").symlink_to(image_task_dir)
     with ScriptedLLM() as llm:
         done = optimize(
             str(tiny_clip_dir),
-            str(image_task_dir),
+            "data",
             "--out",
-            str(out),
+            "out",
             "--work-dir",
-            str(root / "work"),
+            "work",
             "--shots",
             "3",
             "--llm-base-url",
@@ -59,8 +64,9 @@ def report(
             "--llm-model",
             "scripted-model",
             "--mlflow",
-            str(mlruns),
+            "mlruns",
             *BUDGET,
+            cwd=root,
         )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, mlruns, llm, done
