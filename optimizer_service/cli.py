@@ -32,6 +32,7 @@ from optimizer_service.runs import FAILED, LOCAL, PENDING, RUNNING, RunManager
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
 from optimizer_service.spec import KNOBS, PRESETS, RunLimits, RunSettings, SpecError
 from optimizer_service.store import Store, StoreError
+from optimizer_service.tracking import TrackingUnavailable, log_to_mlflow, require_mlflow
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.logging import configure_logging
 from promptclimb_common.paths import UnwritablePathError, WritablePath, require_writable
@@ -235,8 +236,6 @@ async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_
         task = await scorer.task(run.spec.task_id)
         write_report(out, run, store.candidates(run_id), llm=llm_used, class_names=list(task.class_names))
         if ns.mlflow:
-            from optimizer_service.tracking import log_to_mlflow
-
             log_to_mlflow(ns.mlflow, out)
     finally:
         await manager.shutdown()
@@ -282,7 +281,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m optimizer_service
         scorer_settings, llm_settings = connection_settings(run_parser, ns)
         if ns.dry_run:
             return dry_run(ns, llm_settings)
+        if ns.mlflow:
+            require_mlflow()
         return asyncio.run(run_once(ns, scorer_settings, llm_settings))
-    except (UnwritablePathError, StoreError, SpecError, ScorerUnavailable, OSError) as err:
+    except (UnwritablePathError, StoreError, SpecError, ScorerUnavailable, TrackingUnavailable, OSError) as err:
         log.error("optimizer_cannot_start", error=str(err))
         return 2

@@ -35,12 +35,19 @@ class TrackingUnavailable(RuntimeError):
     """MLflow is not installed: `pip install 'promptclimb[mlflow]'`."""
 
 
+def require_mlflow() -> None:
+    """Fails before a run starts, not after it ends, when --mlflow is asked for without MLflow installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise TrackingUnavailable("--mlflow needs MLflow: pip install 'promptclimb[mlflow]'")
+
+
 def log_to_mlflow(tracking_uri: str, report_dir: Path, experiment: str = EXPERIMENT) -> str:
     """Logs the report in `report_dir` as an MLflow run of `experiment`; returns the MLflow run id."""
-    try:
-        import mlflow
-    except ImportError:
-        raise TrackingUnavailable("--mlflow needs MLflow: pip install 'promptclimb[mlflow]'") from None
+    require_mlflow()
+    import mlflow
+
     result = json.loads((report_dir / RESULT).read_text())
     if is_file_store(tracking_uri):
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")

@@ -45,6 +45,7 @@ from optimizer_service.report import (
     write_report,
 )
 from optimizer_service.spec import RunSettings, SpecError
+from optimizer_service.tracking import TrackingUnavailable, log_to_mlflow, require_mlflow
 from promptclimb.optimizer.v1 import optimizer_pb2 as opt_pb
 from promptclimb.optimizer.v1 import optimizer_pb2_grpc as opt_grpc
 from promptclimb.scorer.v1 import scorer_pb2 as sc_pb
@@ -154,6 +155,8 @@ def optimize(settings: OptimizeSettings) -> int:
     embedded = endpoint.source == "default"
     if settings.dry_run:
         return dry_run(settings, endpoint, price)
+    if settings.mlflow:
+        require_mlflow()
     if embedded:
         print(EMBEDDED_NOTICE, file=sys.stderr, flush=True)
     work = settings.work.resolve()
@@ -232,8 +235,6 @@ def optimize(settings: OptimizeSettings) -> int:
                 LlmUsed(endpoint.base_url, endpoint.model, endpoint.source, price),
             )
     if settings.mlflow:
-        from optimizer_service.tracking import log_to_mlflow
-
         log_to_mlflow(settings.mlflow, settings.out)
     print((settings.out / SUMMARY).read_text())
     print(f"wrote {settings.out} in {time.monotonic() - started:.0f} s")
@@ -401,7 +402,7 @@ def main(argv: list[str] | None = None, prog: str = "promptclimb optimize") -> i
             mlflow=ns.mlflow,
         )
         return optimize(settings)
-    except (OptimizeError, SpecError) as err:
+    except (OptimizeError, SpecError, TrackingUnavailable) as err:
         print(f"promptclimb optimize: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
