@@ -247,9 +247,10 @@ def summary_markdown(result: dict[str, Any]) -> str:
     lines = [f"# promptclimb run {result['run_id']}", ""]
     if result.get("note"):
         lines += [f"> **{result['note']}**", ""]
+    model = f"`{result['model']}`, digest" if result.get("model") else "model digest"
     lines += [
-        f"Task `{result['spec']['task_id']}`; {result['state'].removeprefix('RUN_STATE_').lower()} "
-        f"({result['stop_reason']}).",
+        f"Task `{result['spec']['task_id']}`, {model} `{result['model_digest'][:12]}`; "
+        f"{result['state'].removeprefix('RUN_STATE_').lower()} ({result['stop_reason']}).",
         "",
     ]
     rows = result.get("evaluation") or [

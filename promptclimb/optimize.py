@@ -56,7 +56,6 @@ from promptclimb_common.serving_args import ShowsDefaults
 
 log = structlog.get_logger("promptclimb.optimize")
 
-TASK = "task"
 BASELINES = {"baseline_plain": "{}", "baseline_photo": "a photo of a {}."}
 EMBEDDED_NOTICE = (
     "no LLM configured (--llm-base-url/--llm-model, or OPENAI_API_KEY): using the embedded llama-server "
@@ -128,6 +127,13 @@ def bearer(token: str) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {token}"),)
 
 
+def task_name(data: str) -> str:
+    """The task's id, which the LLM reads as the task's name: the CoOp dataset's, or the image folder's."""
+    if data.startswith("coop:"):
+        return data.split(":")[1]
+    return Path(data).expanduser().resolve().name or "images"
+
+
 def absolute_model(model: str) -> str:
     """A directory as an absolute path (the services run from the package's root, not the caller's directory); a hub
     id as it is."""
@@ -181,7 +187,7 @@ def optimize(settings: OptimizeSettings) -> int:
                 "--model",
                 absolute_model(settings.model),
                 "--task",
-                f"{TASK}={absolute_data(settings.data)}",
+                f"{task_name(settings.data)}={absolute_data(settings.data)}",
                 "--shots",
                 str(settings.shots),
                 "--seed",
@@ -252,7 +258,7 @@ def climb(
     task = scorer.ListTasks(sc_pb.ListTasksRequest(), metadata=bearer(token)).tasks[0]
     spec = opt_pb.RunSpec()
     spec.CopyFrom(settings.spec)
-    spec.task_id = TASK
+    spec.task_id = task_name(settings.data)
     # a request_id makes StartRun safe to retry: a repeat returns this run instead of starting another
     run = optimizer.StartRun(opt_pb.StartRunRequest(spec=spec, request_id=uuid.uuid4().hex), metadata=bearer(token))
     log.info("run_started", run_id=run.run_id, model_digest=run.model_digest)
@@ -333,7 +339,7 @@ def dry_run(settings: OptimizeSettings, endpoint: LlmEndpoint, price: Price | No
     """The expected spend, from the spec alone: no service starts, nothing is scored."""
     spec = opt_pb.RunSpec()
     spec.CopyFrom(settings.spec)
-    spec.task_id = TASK
+    spec.task_id = task_name(settings.data)
     run_settings = RunSettings.from_proto(spec, endpoint.model or "embedded")
     llm = LlmSettings()  # the optimizer service's defaults, which `optimize` starts it with
     estimate = estimate_run(
@@ -383,7 +389,7 @@ def main(argv: list[str] | None = None, prog: str = "promptclimb optimize") -> i
     )
     add_optimize_args(parser)
     ns = parser.parse_args(argv)
-    ns.task = TASK
+    ns.task = task_name(ns.data)
     configure_logging("INFO")
     try:
         settings = OptimizeSettings(
