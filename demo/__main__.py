@@ -44,6 +44,7 @@ from testbed.random_clip import UNTRAINED_MARKER
 from testbed.train import ensure_model
 
 UNTRAINED_WARNING = "untrained model: accuracies are chance level; set SCORER_MODEL to real weights"
+TESTBED_NOTE = "testbed model: a small CLIP trained here on Fashion-MNIST, not CLIP"
 
 
 @dataclass(frozen=True)
@@ -83,19 +84,20 @@ class DemoSettings:
         )
 
 
-def resolve_model(ref: str | None) -> tuple[str, bool]:
-    """The CLIP checkpoint to serve and whether it is untrained (a directory with testbed's untrained marker).
+def resolve_model(ref: str | None) -> tuple[str, str]:
+    """The CLIP checkpoint to serve and the report's note on it: the testbed's, or a warning for an untrained one (a
+    directory with testbed's untrained marker).
 
     No `ref`: the testbed model, trained here on first use. Anything else is served as it is: one that cannot be
     loaded stops the demo with the scorer's reason, never a stand-in with random weights."""
     if ref is None:
-        return str(ensure_model()), False
+        return str(ensure_model()), TESTBED_NOTE
     path = Path(ref).expanduser()
-    return ref, path.is_dir() and (path / UNTRAINED_MARKER).exists()
+    return ref, UNTRAINED_WARNING if path.is_dir() and (path / UNTRAINED_MARKER).exists() else ""
 
 
 def optimize_settings(settings: DemoSettings) -> OptimizeSettings:
-    model, untrained = resolve_model(settings.model)
+    model, note = resolve_model(settings.model)
     spec = opt_pb.RunSpec(
         restarts=settings.restarts,
         resets=settings.resets,
@@ -115,7 +117,7 @@ def optimize_settings(settings: DemoSettings) -> OptimizeSettings:
         llm_model=settings.llm_model,
         llm_grammar=settings.llm_grammar,
         embedded_llm=settings.embedded_llm,
-        note=UNTRAINED_WARNING if untrained else "",
+        note=note,
     )
 
 
