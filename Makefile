@@ -94,8 +94,11 @@ test: $(TEST_DEPS)
 test-fast: $(TEST_DEPS)
 	$(PY) -m pytest -q -m "not e2e"
 
-# The whole system end to end (see demo/__main__.py for its environment knobs).
-demo: env llm-env demo-data
+# The whole system end to end (see demo/__main__.py for its environment knobs): `promptclimb optimize` with
+# the demo's recipe. A remote LLM (OPENAI_API_KEY or LLM_BASE_URL set) needs no llama.cpp build nor the
+# embedded model, and a dataset of the user's (DEMO_DATA) no Fashion-MNIST.
+DEMO_DEPS := env $(if $(OPENAI_API_KEY)$(LLM_BASE_URL),,llm-env) $(if $(DEMO_DATA),,demo-data)
+demo: $(DEMO_DEPS)
 	$(PY) -m demo
 
 bench: env demo-data
@@ -176,11 +179,11 @@ redis-server:
 # The demo's and the search benchmark's images: Debian's Fashion-MNIST (100 held-out train images per
 # class to draw shots from, the whole test split), converted once to
 # the scorer's image-folder layout (cached; see testbed/fashion_mnist.py).
-DEMO_DATA := .cache/promptclimb/data/fashion-mnist-heldout
+FASHION_MNIST_DIR := .cache/promptclimb/data/fashion-mnist-heldout
 demo-data: $(ENV_STAMP)
 	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || { echo ">> installing Debian's dataset-fashion-mnist"; \
 	  $(APT_INSTALL) dataset-fashion-mnist || { apt-get update && $(APT_INSTALL) dataset-fashion-mnist; }; }
-	$(PY) -m testbed.fashion_mnist --root $(DEMO_DATA) --train-per-class 100 --test-per-class 1000
+	$(PY) -m testbed.fashion_mnist --root $(FASHION_MNIST_DIR) --train-per-class 100 --test-per-class 1000
 
 # The paper's table over the grid in REPRODUCE_CONFIG (datasets, seeds, backbones, budget);
 # rerun to resume. Needs the CoOp datasets, CLIP weights and an LLM endpoint (see the README).

@@ -2,24 +2,18 @@
 
 `run` optimizes once, in-process, through the same RunManager the service
 uses (so it resumes too: rerun the same command after a crash). It shows a
-progress bar and writes result.json and a plot of best and mean train accuracy
-by iteration into --out.
+progress bar and writes the report (report.py: result.json, accuracy.png,
+summary.md) into --out; `--dry-run` prints the expected spend instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
-import textwrap
-from collections import defaultdict
 from pathlib import Path
 
 import structlog
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.json_format import MessageToDict
-from tqdm import tqdm
 
 from optimizer_service.choices import Conversation, Feedback, InitialPool, Preset, to_proto
 from optimizer_service.config import (
@@ -30,13 +24,16 @@ from optimizer_service.config import (
     connection_settings,
     serve_config,
 )
+from optimizer_service.estimate import estimate_run
 from optimizer_service.llm import LlmClient
-from optimizer_service.pool import Candidate, rank
+from optimizer_service.prices import format_usd
+from optimizer_service.report import LlmUsed, RunProgress, run_cost, write_report
 from optimizer_service.runs import FAILED, LOCAL, PENDING, RUNNING, RunManager
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
-from optimizer_service.spec import KNOBS, PRESETS, RunSettings, SpecError
+from optimizer_service.spec import KNOBS, PRESETS, RunLimits, RunSettings, SpecError
 from optimizer_service.store import Store, StoreError
 from optimizer_service.strategies import DEFAULT_STRATEGY, STRATEGIES
+from optimizer_service.tracking import TrackingUnavailable, log_to_mlflow, require_mlflow
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.cli_help import ArgumentParser
 from promptclimb_common.logging import configure_logging
@@ -56,8 +53,33 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=_env("out", None, Path),
         required=_env("out", None) is None,
-        help="directory for result.json and accuracy.png (and the state, unless --state-dir)",
+        help="directory for result.json, accuracy.png and summary.md (and the state, unless --state-dir)",
     )
+    add_spec_args(p)
+    add_report_args(p)
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    """What `run` and `promptclimb optimize` share besides the spec: the dry run and MLflow tracking."""
+    a = p.add_argument
+    a(
+        "--dry-run",
+        action="store_true",
+        help="print the run's expected LLM calls, tokens and dollars, and stop: nothing is scored, no LLM is asked",
+    )
+    a(
+        "--mlflow",
+        nargs="?",
+        const="./mlruns",
+        default=_env("mlflow", None),
+        metavar="URI",
+        help="log the run to MLflow (the `mlflow` extra): a tracking URI, or ./mlruns when given without one",
+    )
+
+
+def add_spec_args(p: argparse.ArgumentParser) -> None:
+    """The run spec's flags (OPTIMIZER_<FLAG> in the environment sets a default); unset knobs take the preset's."""
+    a = p.add_argument
     a(
         "--initial-pool",
         choices=[p.value for p in InitialPool],
@@ -133,6 +155,13 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     for name in ("max_llm_calls", "max_llm_tokens", "max_scored_templates"):
         a(f"--{name.replace('_', '-')}", type=int, default=_env(name, 0, int), help="0: no limit")
     a(
+        "--max-llm-cost-usd",
+        type=float,
+        default=_env("max_llm_cost_usd", 0.0, float),
+        help="stop the run once its LLM cost reaches this many US dollars (needs a price: the model's in "
+        "genai-prices, or --llm-price); 0: no limit",
+    )
+    a(
         "--max-wall-seconds",
         type=float,
         default=_env("max_wall_seconds", 0.0, float),
@@ -160,6 +189,7 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
         max_llm_calls=ns.max_llm_calls,
         max_llm_tokens=ns.max_llm_tokens,
         max_scored_templates=ns.max_scored_templates,
+        max_llm_cost_usd=ns.max_llm_cost_usd,
         seed=ns.seed,
         label=ns.label,
         hand_engineered_dataset=ns.hand_engineered_dataset,
@@ -177,6 +207,20 @@ def run_spec(ns: argparse.Namespace) -> pb.RunSpec:
     return spec
 
 
+def dry_run(ns: argparse.Namespace, llm_settings: LlmSettings) -> int:
+    """Prints what the run would spend, from its spec alone (estimate.py)."""
+    settings = RunSettings.from_proto(run_spec(ns), llm_settings.model)
+    estimate = estimate_run(
+        settings,
+        llm_settings.price_of(settings.llm_model),
+        prompt_budget_tokens=llm_settings.prompt_budget_tokens,
+        max_completion_tokens=llm_settings.max_completion_tokens,
+    )
+    print(f"dry run: {settings.iterations_total} iterations with {settings.llm_model or 'the server default model'}")
+    print("\n".join(estimate.lines()))
+    return 0
+
+
 async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_settings: LlmSettings) -> int:
     """Starts (or resumes, if --state-dir holds the same unfinished run) one run, follows it, writes the report."""
     out: Path = ns.out
@@ -189,10 +233,12 @@ async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_
     store = Store.open(state.path)
     llm = LlmClient(llm_settings, store)
     scorer = ScorerClient(scorer_settings)
-    manager = RunManager(store, llm, scorer, max_active_runs=1, default_model=llm_settings.model)
+    price = llm_settings.price_of(llm_settings.model)
+    limits = RunLimits(priced=price is not None)
+    manager = RunManager(store, llm, scorer, max_active_runs=1, default_model=llm_settings.model, limits=limits)
     try:
         spec = run_spec(ns)
-        wanted = RunSettings.from_proto(spec, llm_settings.model).to_json()
+        wanted = RunSettings.from_proto(spec, llm_settings.model, limits).to_json()
         unfinished = [r for r in store.runs([PENDING, RUNNING, FAILED]) if r.settings == wanted]
         if unfinished:
             run_id = unfinished[-1].run_id
@@ -200,9 +246,20 @@ async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_
             log.info("run_resumed", run_id=run_id)
         else:
             run_id = (await manager.start(spec, LOCAL)).run_id
-        await follow(manager, run_id)
+        with RunProgress(manager.get(run_id, LOCAL), price) as progress:
+            async for event in manager.watch(run_id, LOCAL):
+                progress.on_event(event)
         run = manager.get(run_id, LOCAL)
-        write_report(out, run, store.candidates(run_id))
+        llm_used = LlmUsed(llm_settings.base_url, run.spec.llm_model, llm_settings.source, price)
+        if run.best and not run.best[0].HasField("test_accuracy"):
+            log.warning(
+                "report_without_test_accuracy",
+                reason="the scorer token (--scorer-token-env) lacks the scorer's `test` right",
+            )
+        task = await scorer.task(run.spec.task_id)
+        write_report(out, run, store.candidates(run_id), llm=llm_used, class_names=list(task.class_names))
+        if ns.mlflow:
+            log_to_mlflow(ns.mlflow, out)
     finally:
         await manager.shutdown()
         await llm.close()
@@ -214,168 +271,10 @@ async def run_once(ns: argparse.Namespace, scorer_settings: ScorerSettings, llm_
         state=pb.RunState.Name(run.state),
         stop_reason=run.stop_reason,
         selected=run.selected.template if run.HasField("selected") else None,
+        cost=format_usd(run_cost(run.counters, price)),
         out=str(out),
     )
     return 0 if run.state == pb.RUN_STATE_SUCCEEDED else 1
-
-
-async def follow(manager: RunManager, run_id: str) -> None:
-    """A progress bar over the run's events: iterations, best accuracy, LLM calls and tokens."""
-    run = manager.get(run_id, LOCAL)
-    with tqdm(
-        total=run.counters.iterations_total, initial=run.counters.iterations_done, unit="it", desc="climbing"
-    ) as bar:
-        async for event in manager.watch(run_id, LOCAL):
-            if event.HasField("iteration_done"):
-                done = event.iteration_done
-                bar.n = done.counters.iterations_done
-                bar.set_postfix(
-                    best=f"{100 * done.best_train_accuracy:.1f}%",
-                    llm_calls=done.counters.llm_calls,
-                    tokens=done.counters.llm_prompt_tokens + done.counters.llm_completion_tokens,
-                    refresh=True,
-                )
-
-
-def step_of(candidate: Candidate, iterations: int) -> int:
-    """A candidate's place on the plot's x axis: 0 for the initial pool, else reset * T + iteration + 1."""
-    return 0 if candidate.initial else candidate.reset * iterations + candidate.iteration + 1
-
-
-def accuracy_curve(candidates: list[Candidate], iterations: int) -> list[tuple[int, float, float]]:
-    """(step, best, mean) train accuracy of every candidate scored up to each step, over all restarts."""
-    by_step: dict[int, list[float]] = defaultdict(list)
-    for candidate in candidates:
-        by_step[step_of(candidate, iterations)].append(candidate.accuracy)
-    curve, best, total, count = [], 0.0, 0.0, 0
-    for step in range(max(by_step, default=-1) + 1):
-        scored = by_step.get(step, [])
-        best, total, count = max([best, *scored]), total + sum(scored), count + len(scored)
-        if count:
-            curve.append((step, best, total / count))
-    return curve
-
-
-def selected_by_step(candidates: list[Candidate], iterations: int) -> list[tuple[int, Candidate]]:
-    """(step, the candidate train selection holds after that step): the best train accuracy so far,
-    ties broken as the pool's best() breaks them (pool.rank)."""
-    held: Candidate | None = None
-    out = []
-    by_step: dict[int, list[Candidate]] = defaultdict(list)
-    for candidate in candidates:
-        by_step[step_of(candidate, iterations)].append(candidate)
-    for step in range(max(by_step, default=-1) + 1):
-        for candidate in by_step.get(step, []):
-            if held is None or rank(candidate) < rank(held):
-                held = candidate
-        if held is not None:
-            out.append((step, held))
-    return out
-
-
-def write_report(
-    out: Path, run: pb.Run, candidates: list[Candidate], note: str = "", test_accuracy: dict[str, float] | None = None
-) -> None:
-    """result.json, accuracy.png and, for a per-class strategy, class_prompts.json; `note` (e.g. a warning about the
-    model) goes under the plot's title.
-
-    `test_accuracy` (template -> test accuracy, for callers allowed to see test) adds the test
-    accuracy of the template train selection holds at each step, to the JSON and the plot.
-    """
-    iterations = run.spec.iterations
-    curve = accuracy_curve(candidates, iterations)
-    selected = [
-        (step, c.template, c.accuracy, (test_accuracy or {}).get(c.template))
-        for step, c in selected_by_step(candidates, iterations)
-    ]
-    result = {
-        "run_id": run.run_id,
-        "state": pb.RunState.Name(run.state),
-        "stop_reason": run.stop_reason,
-        "answer": MessageToDict(run.selected, preserving_proto_field_name=True) if run.HasField("selected") else None,
-        "best": [MessageToDict(b, preserving_proto_field_name=True) for b in run.best],
-        "ensemble": MessageToDict(run.ensemble, preserving_proto_field_name=True) if run.HasField("ensemble") else None,
-        "class_prompts": MessageToDict(run.class_prompts, preserving_proto_field_name=True)
-        if run.HasField("class_prompts")
-        else None,
-        "model_digest": run.model_digest,
-        "counters": counter_values(run.counters),
-        "spec": RunSettings.from_proto(run.spec, run.spec.llm_model).to_json(),
-        "curve": [{"step": s, "best_train_accuracy": b, "mean_train_accuracy": m} for s, b, m in curve],
-        "selected": [
-            {"step": s, "template": t, "train_accuracy": a, **({"test_accuracy": x} if x is not None else {})}
-            for s, t, a, x in selected
-        ],
-        "trajectory": [
-            {
-                "sequence": c.sequence,
-                "template": c.template,
-                "train_accuracy": c.accuracy,
-                "restart": c.restart,
-                "reset": c.reset,
-                "iteration": c.iteration,
-                "position": c.position,
-                "llm_call": c.llm_call,
-                "reused": c.reused,
-            }
-            for c in candidates
-        ],
-    }
-    (out / "result.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    if run.HasField("class_prompts"):  # as CuPL-style users load them: class name -> its prompts
-        cupl = {c.class_name: list(c.prompts) for c in run.class_prompts.classes}
-        (out / "class_prompts.json").write_text(json.dumps(cupl, indent=2, ensure_ascii=False) + "\n")
-    test_curve = [(s, x) for s, _, _, x in selected if x is not None]
-    plot_curve(out / "accuracy.png", curve, run.spec.task_id, iterations, note, test_curve)
-
-
-def counter_values(counters: pb.Counters) -> dict:
-    """The counters as plain JSON numbers; a duration as seconds, under its name with `_seconds`."""
-    values = {}
-    for field in counters.DESCRIPTOR.fields:
-        value = getattr(counters, field.name)
-        if isinstance(value, Duration):
-            values[f"{field.name}_seconds"] = value.ToNanoseconds() / 1e9
-        else:
-            values[field.name] = value
-    return values
-
-
-def plot_curve(
-    path: Path,
-    curve: list[tuple[int, float, float]],
-    task_id: str,
-    iterations: int,
-    note: str = "",
-    test_curve: list[tuple[int, float]] | None = None,
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    steps = [s for s, _, _ in curve]
-    ax.plot(steps, [100 * b for _, b, _ in curve], marker="o", label="train: best so far")
-    ax.plot(steps, [100 * m for _, _, m in curve], marker=".", label="train: mean of scored")
-    if test_curve:
-        ax.plot(
-            [s for s, _ in test_curve],
-            [100 * x for _, x in test_curve],
-            marker="s",
-            label="test: template selected on train",
-        )
-    ax.set_xlabel(f"iteration (0: initial pool; resets continue at multiples of {iterations})")
-    ax.set_ylabel("accuracy (%)")
-    title = f"prompt search on {task_id}" + ("\n" + "\n".join(textwrap.wrap(note, 70)) if note else "")
-    ax.set_title(title, color="darkred" if note else "black", fontsize=10)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m optimizer_service") -> int:
@@ -400,7 +299,11 @@ def main(argv: list[str] | None = None, prog: str = "python -m optimizer_service
             asyncio.run(serve(serve_config(serve_parser, ns)))
             return 0
         scorer_settings, llm_settings = connection_settings(run_parser, ns)
+        if ns.dry_run:
+            return dry_run(ns, llm_settings)
+        if ns.mlflow:
+            require_mlflow()
         return asyncio.run(run_once(ns, scorer_settings, llm_settings))
-    except (UnwritablePathError, StoreError, SpecError, ScorerUnavailable, OSError) as err:
+    except (UnwritablePathError, StoreError, SpecError, ScorerUnavailable, TrackingUnavailable, OSError) as err:
         log.error("optimizer_cannot_start", error=str(err))
         return 2

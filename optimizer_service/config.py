@@ -13,29 +13,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from optimizer_service.prices import Price, price_of
 from optimizer_service.spec import OwnerShares, RunLimits
 from promptclimb_common.paths import WritablePath
 from promptclimb_common.serving_args import ServingConfig, add_serving_args, env_reader, flag_type, serving_settings
 
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+# Where an LLM comes from when no flag names one: OpenAI when OPENAI_API_KEY is set, else a local server.
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_DEFAULT_MODEL = "gpt-4o-mini"
+LOCAL_LLM_URL = "http://127.0.0.1:8080/v1"
+
 
 @dataclass(frozen=True)
-class Price:
-    """US dollars per million prompt and completion tokens."""
+class LlmEndpoint:
+    """An OpenAI-compatible endpoint and model, and where they came from (for the log and the report)."""
 
-    prompt_per_mtok: float = 0.0
-    completion_per_mtok: float = 0.0
-
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.prompt_per_mtok + completion_tokens * self.completion_per_mtok) / 1e6
+    base_url: str
+    model: str
+    source: str  # "flags", "OPENAI_API_KEY", or "default" (nothing configured: a local server)
 
 
-TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+def resolve_llm_endpoint(base_url: str | None, model: str | None, api_key: str) -> LlmEndpoint:
+    """One rule for every command: flags first; else OPENAI_API_KEY alone means OpenAI and OPENAI_DEFAULT_MODEL;
+    else LOCAL_LLM_URL (source "default", which `promptclimb optimize` serves with the embedded llama-server).
+
+    OpenAI's URL without a model gets OPENAI_DEFAULT_MODEL: that endpoint refuses an empty one."""
+    if base_url:
+        url, source = base_url, "flags"
+    elif api_key:
+        url, source = OPENAI_BASE_URL, "OPENAI_API_KEY"
+    else:
+        url, source = LOCAL_LLM_URL, "default"
+    chosen = model or (OPENAI_DEFAULT_MODEL if url.rstrip("/") == OPENAI_BASE_URL else "")
+    return LlmEndpoint(url, chosen, source)
 
 
 @dataclass(frozen=True)
 class LlmSettings:
-    base_url: str = "http://127.0.0.1:8080/v1"
+    base_url: str = LOCAL_LLM_URL
     model: str = ""
+    source: str = "flags"  # where base_url and model came from (resolve_llm_endpoint), for the log and the report
     api_key: str = field(default="", repr=False)
     concurrency: int = 4
     timeout_s: float = 120.0
@@ -44,7 +62,7 @@ class LlmSettings:
     backoff_max_s: float = 60.0
     max_completion_tokens: int = 512
     token_limit_field: str = "max_tokens"
-    price: Price = field(default_factory=Price)
+    price: Price | None = None  # --llm-price; None: the genai-prices table's (prices.py), or unknown
     cache: bool = True
     grammar: bool = False
     context_tokens: int = 4096
@@ -54,6 +72,10 @@ class LlmSettings:
     def prompt_budget_tokens(self) -> int:
         """Tokens a prompt may use: the context less the reply's room."""
         return max(0, self.context_tokens - self.max_completion_tokens)
+
+    def price_of(self, model: str) -> Price | None:
+        """What `model`'s tokens cost here; None: unknown (no override, not in the table)."""
+        return price_of(model, self.base_url, self.price)
 
 
 @dataclass(frozen=True)
@@ -100,9 +122,9 @@ _env = env_reader("OPTIMIZER")
 yes_no = flag_type(bool)
 
 
-def _price(text: str) -> Price:
+def parse_price(text: str) -> Price | None:
     if not text:
-        return Price()
+        return None
     try:
         prompt, completion = (float(part) for part in text.split(","))
     except ValueError:
@@ -150,10 +172,16 @@ def add_connection_args(p: argparse.ArgumentParser, *, state_dir_default: Path |
     )
     a(
         "--llm-base-url",
-        default=_env("llm_base_url", llm.base_url),
-        help="OpenAI-compatible endpoint, e.g. http://host:8080/v1",
+        default=_env("llm_base_url", None),
+        help=f"OpenAI-compatible endpoint, e.g. http://host:8080/v1; unset: {OPENAI_BASE_URL} when OPENAI_API_KEY "
+        f"is set, else {LOCAL_LLM_URL}",
     )
-    a("--llm-model", default=_env("llm_model", llm.model), help="chat model name (a run's spec may override it)")
+    a(
+        "--llm-model",
+        default=_env("llm_model", None),
+        help=f"chat model name (a run's spec may override it); unset: {OPENAI_DEFAULT_MODEL} on OpenAI's endpoint, "
+        "else the server's own",
+    )
     a(
         "--llm-concurrency",
         type=int,
@@ -194,9 +222,10 @@ def add_connection_args(p: argparse.ArgumentParser, *, state_dir_default: Path |
     )
     a(
         "--llm-price",
-        type=_price,
-        default=_env("llm_price", Price(), _price),
-        help="PROMPT,COMPLETION in USD per million tokens, to report cost",
+        type=parse_price,
+        default=_env("llm_price", None, parse_price),
+        help="PROMPT,COMPLETION in USD per million tokens; unset: genai-prices' table for the endpoint and model "
+        "(a model it lacks has an unknown cost)",
     )
     a(
         "--llm-grammar",
@@ -249,10 +278,13 @@ def connection_settings(p: argparse.ArgumentParser, ns: argparse.Namespace) -> t
         deadline_s=ns.scorer_deadline_s,
         grace_s=ns.scorer_grace_s,
     )
+    api_key = os.environ.get("OPENAI_API_KEY", "")
+    endpoint = resolve_llm_endpoint(ns.llm_base_url, ns.llm_model, api_key)
     llm = LlmSettings(
-        base_url=ns.llm_base_url,
-        model=ns.llm_model,
-        api_key=os.environ.get("OPENAI_API_KEY", ""),
+        base_url=endpoint.base_url,
+        model=endpoint.model,
+        source=endpoint.source,
+        api_key=api_key,
         concurrency=ns.llm_concurrency,
         timeout_s=ns.llm_timeout_s,
         max_attempts=ns.llm_max_attempts,
@@ -330,7 +362,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
         "--run-max-llm-cost-usd",
         type=float,
         default=_env("run_max_llm_cost_usd", d.limits.max_llm_cost_usd, float),
-        help="ceiling of a run's LLM cost in USD by --llm-price; applies only with a price (0: none)",
+        help="ceiling of a run's LLM cost in USD (by --llm-price or the genai-prices table); applies only where the "
+        "model has a price (0: none)",
     )
 
 
@@ -351,7 +384,7 @@ def serve_config(p: argparse.ArgumentParser, ns: argparse.Namespace) -> Optimize
         max_llm_calls=ns.run_max_llm_calls,
         max_llm_tokens=ns.run_max_llm_tokens,
         max_llm_cost_usd=ns.run_max_llm_cost_usd,
-        priced=llm.price != Price(),
+        priced=llm.price_of(llm.model) is not None,
         max_scored_templates=ns.run_max_scored_templates,
     )
     return OptimizerConfig(

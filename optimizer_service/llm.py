@@ -229,7 +229,8 @@ class LlmClient:
         content, prompt_tokens, completion_tokens = reply
         if self._store is not None:
             await self._store.cache_reply(key, CachedReply(content, prompt_tokens, completion_tokens))
-        cost = self.settings.price.cost(prompt_tokens, completion_tokens)
+        price = self.settings.price_of(model)
+        cost = price.cost(prompt_tokens, completion_tokens) if price else 0.0  # unknown: the report says so
         return LlmResult(content, tally.errors, prompt_tokens, completion_tokens, cost)
 
     async def _request(

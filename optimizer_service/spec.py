@@ -281,7 +281,8 @@ def _budgets(spec: pb.RunSpec, limits: RunLimits) -> dict:
         raise SpecError("max_llm_cost_usd must be a finite number >= 0 (0 takes the service's ceiling)")
     if spec.max_llm_cost_usd and not limits.priced:
         raise SpecError(
-            "max_llm_cost_usd is set, but this service has no LLM price table (--llm-price) to count cost by"
+            "max_llm_cost_usd is set, but this service's LLM model has no price to count cost by (give the service "
+            "--llm-price, or use a model in the genai-prices table)"
         )
     ceilings = {
         "max_llm_calls": limits.max_llm_calls,

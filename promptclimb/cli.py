@@ -22,6 +22,11 @@ from promptclimb.client import CallError, SyncScorer, Tls
 from promptclimb.scorer.v1 import scorer_pb2
 from promptclimb_common.cli_help import ArgumentParser
 
+# Commands with parsers of their own (promptclimb/optimize.py, promptclimb/export.py).
+OWN_PARSERS = {
+    "optimize": "one command from a CLIP model, a dataset and an LLM to a report (train, val, test)",
+    "export": "write a run's answer for clip_benchmark, CuPL, or as plain text",
+}
 # Commands whose arguments go, unparsed, to a service's own command line.
 PASSED_ON = {
     "scorer": "run the Scorer service (as promptclimb-scorer)",
@@ -70,7 +75,7 @@ def _client_args(p: ArgumentParser) -> None:
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="promptclimb", description="promptclimb's services and a client of the scorer.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in PASSED_ON.items():
+    for name, help_text in {**OWN_PARSERS, **PASSED_ON}.items():
         commands.add_parser(name, help=help_text, add_help=False)
     tasks = commands.add_parser("tasks", help="list a scorer's tasks")
     _client_args(tasks)
@@ -103,6 +108,14 @@ def _call(ns: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "optimize":
+        from promptclimb.optimize import main as optimize_main
+
+        return optimize_main(argv[1:])
+    if argv and argv[0] == "export":
+        from promptclimb.export import main as export_main
+
+        return export_main(argv[1:])
     if argv and argv[0] == "scorer":
         return _service_main("scorer")(argv[1:], prog="promptclimb scorer")
     if argv and argv[0] in PASSED_ON:

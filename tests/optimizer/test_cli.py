@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.optimizer.conftest import SCORER_TOKENS, TASK
 from tests.optimizer.scripted_llm import Fail, Reply, ScriptedLLM
 from tests.procs import REPO
@@ -71,6 +73,7 @@ def test_run_writes_result_json_and_a_plot(scorer, tmp_path):
     assert [point["step"] for point in result["curve"]] == [0, 1, 2, 3, 4] and bests == sorted(bests)
     assert result["best"][0]["train_accuracy"] == max(t["train_accuracy"] for t in result["trajectory"])
     assert "test_accuracy" in result["best"][0]
+    assert result["class_names"] and result["llm"]["cost_usd"] is None  # scripted-model has no price: unknown
     assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "state" / "optimizer.sqlite3").exists()
 
@@ -182,8 +185,8 @@ def test_run_refuses_an_unwritable_out_dir_at_start(tmp_path):
 
 
 def test_accuracy_curve_accumulates_over_steps_and_restarts():
-    from optimizer_service.cli import accuracy_curve
     from optimizer_service.pool import INITIAL, Candidate
+    from optimizer_service.report import accuracy_curve
 
     candidates = [
         Candidate("a {}", 0.2, INITIAL, INITIAL, INITIAL, 0),
@@ -194,3 +197,58 @@ def test_accuracy_curve_accumulates_over_steps_and_restarts():
     curve = accuracy_curve(candidates, iterations=2)  # step = reset * 2 + iteration + 1
     assert [(step, best) for step, best, _ in curve] == [(0, 0.4), (1, 0.4), (2, 0.4), (3, 0.9)]
     assert [round(mean, 4) for _, _, mean in curve] == [0.3, 0.3, round(0.7 / 3, 4), 0.4]
+
+
+def test_the_key_alone_is_enough_and_help_shows_the_defaults(monkeypatch):
+    """Issue 28, problem 3: OPENAI_API_KEY alone means OpenAI and a default model; --help shows defaults."""
+    import argparse
+
+    from optimizer_service.cli import add_run_args
+    from optimizer_service.config import connection_settings
+
+    parser = argparse.ArgumentParser()
+    add_run_args(parser)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-placeholder")
+    _, llm = connection_settings(parser, parser.parse_args(["--task", "t", "--out", "o"]))
+    assert (llm.base_url, llm.model, llm.source) == ("https://api.openai.com/v1", "gpt-4o-mini", "OPENAI_API_KEY")
+    _, local = connection_settings(
+        parser, parser.parse_args(["--task", "t", "--out", "o", "--llm-base-url", "http://h:1/v1"])
+    )
+    assert (local.base_url, local.model, local.source) == ("http://h:1/v1", "", "flags")
+    helped = run_cli("--help", env={"PATH": "/usr/bin:/bin"})
+    flat = " ".join(helped.stdout.split())
+    assert "--llm-context-tokens LLM_CONTEXT_TOKENS the LLM's context size" in flat
+    assert "(default: 4096)" in flat and "(default: 512)" in flat and "(default: 120.0)" in flat
+
+
+def test_run_stops_at_its_dollar_cap(scorer, tmp_path):
+    """Issue 28, problem 5: `run --max-llm-cost-usd` ends the run once its cost reaches the cap."""
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "placeholder", "SCORER_TOKEN": SCORER_TOKENS["optimizer"][0]}
+    with ScriptedLLM() as llm:  # 40 + 12 tokens a reply at $1000 per million: $0.052 a call
+        done = run_cli(
+            *("--scorer", scorer.address, "--task", TASK, "--llm-base-url", llm.url, "--llm-model", "m"),
+            *("--llm-price", "1000,1000", "--max-llm-cost-usd", "0.1", "--initial-pool-size", "4"),
+            *("--restarts", "1", "--resets", "1", "--iterations", "5", "--out", str(out)),
+            env=env,
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["stop_reason"] == "max_llm_cost_usd" and result["counters"]["llm_calls"] == 2 == len(llm.seen)
+    assert result["llm"]["cost_usd"] == pytest.approx(2 * 52 * 1000 / 1e6)
+    assert "cost=$0.1040" in done.stderr  # the progress bar shows dollars
+
+
+def test_dry_run_prints_the_expected_spend_and_asks_nobody(tmp_path):
+    """Issue 28, problem 5: `run --dry-run` scores nothing and calls no LLM (the scorer's port is closed)."""
+    with ScriptedLLM() as llm:
+        done = run_cli(
+            *("--scorer", "127.0.0.1:9", "--task", TASK, "--llm-base-url", llm.url, "--llm-model", "m"),
+            *("--llm-price", "2,8", "--restarts", "1", "--resets", "2", "--iterations", "3", "--dry-run"),
+            *("--out", str(tmp_path / "out")),
+            env={"PATH": "/usr/bin:/bin", "OPENAI_API_KEY": "x"},
+        )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "expected LLM calls:  6" in done.stdout and "expected tokens:" in done.stdout
+    assert "expected cost:       $0.0" in done.stdout
+    assert llm.seen == [] and not (tmp_path / "out").exists()

@@ -8,9 +8,10 @@ import httpx2
 import openai
 import pytest
 
-from optimizer_service.config import LlmSettings, Price
+from optimizer_service.config import LlmSettings
 from optimizer_service.llm import CALL_HEADER, ContextTooLong, LlmClient, LlmUnavailable, call_seed, retry_after_seconds
 from optimizer_service.metaprompt import template_lines_grammar
+from optimizer_service.prices import Price
 from optimizer_service.store import Store
 from tests.optimizer.scripted_llm import (
     EMPTY_CHOICES,

@@ -12,8 +12,9 @@ import urllib.request
 import grpc
 import pytest
 
-from optimizer_service.cli import write_report
-from optimizer_service.config import Price, ScorerSettings
+from optimizer_service.config import ScorerSettings
+from optimizer_service.prices import Price
+from optimizer_service.report import write_report
 from optimizer_service.spec import RunLimits
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.errors import details_of
@@ -153,7 +154,7 @@ async def test_a_cost_limit_without_prices_is_refused(optimizer):
     refused = details_of(
         await refusal(optimizer.stub.StartRun(pb.StartRunRequest(spec=small_spec(max_llm_cost_usd=0.5))))
     )
-    assert refused.fields == ("spec.max_llm_cost_usd",) and "no LLM price table" in refused.message
+    assert refused.fields == ("spec.max_llm_cost_usd",) and "LLM model has no price" in refused.message
 
 
 async def test_a_spent_scorer_budget_stops_the_run_at_once_and_it_resumes_once_raised(

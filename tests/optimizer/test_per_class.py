@@ -9,7 +9,7 @@ import re
 
 import grpc
 
-from optimizer_service.cli import write_report
+from optimizer_service.report import write_report
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from tests.optimizer.conftest import SCORER_TOKENS
