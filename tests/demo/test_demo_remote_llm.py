@@ -38,7 +38,7 @@ def test_make_demo_builds_no_llama_cpp_when_a_remote_llm_is_configured():
     ("model", "reason"),
     [
         ("{tmp}/my-clip", "model directory {tmp}/my-clip does not exist"),
-        ("no-such-owner/no-such-clip", "cannot load CLIP model from Hugging Face hub id 'no-such-owner/no-such-clip'"),
+        ("no-such-owner/no-such-clip", "cannot load the model from Hugging Face hub id 'no-such-owner/no-such-clip'"),
     ],
 )
 def test_an_explicit_scorer_model_that_cannot_load_stops_the_demo(image_task_dir, tmp_path, model, reason):
