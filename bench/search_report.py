@@ -108,6 +108,7 @@ def build_tables(
     )
     lines += ["", *ceiling_table(card)]
     lines += _val_table(seeds, methods, graded)
+    lines += _per_class_table(seeds, methods, graded)
     lines += [
         "",
         "The run's found ensemble (greedy forward selection over its pool on train, one prompt ensemble) beside its "
@@ -155,6 +156,30 @@ def ceiling_table(card: dict[str, Any]) -> list[str]:
         f"| per-class oracle | {ceilings['per_class_oracle']:.1f} |",
         f"| linear probe on the held-out train images (white box) | {ceilings['linear_probe_heldout']:.1f} |",
     ]
+
+
+def _per_class_table(seeds: list[int], methods: list[str], graded: dict[str, dict[int, dict]]) -> list[str]:
+    """Stage 2's per-class prompts beside the template they start from, for the methods that wrote some."""
+    staged = [m for m in methods if all(graded[m][s].get("per_class") for s in seeds)]
+    if not staged:
+        return []
+    lines = [
+        "",
+        "Per-class prompts (stage 2) beside the run's selected template, test accuracy (%); the answer is the "
+        "per-class prompts only where they beat the template on val:",
+        "",
+        "| method | selected template | per-class prompts | Δ, 95% CI (pts) | chosen as the answer |",
+        "|---|---|---|---|---|",
+    ]
+    for m in staged:
+        template = [graded[m][s]["template_test"] for s in seeds]
+        per_class = [graded[m][s]["per_class"]["test"] for s in seeds]
+        chosen = sum(graded[m][s]["per_class"]["chosen"] for s in seeds)
+        lines.append(
+            f"| {METHODS[m].label} | {spread(template)} | {spread(per_class)} | "
+            f"{paired_difference(per_class, template)} | {chosen} of {len(seeds)} seeds |"
+        )
+    return lines
 
 
 def _val_table(seeds: list[int], methods: list[str], graded: dict[str, dict[int, dict]]) -> list[str]:

@@ -105,7 +105,8 @@ def test_the_tables_have_every_row_and_column(bench_run):
     _, out, _ = bench_run
     markdown = (out / "search_quality.md").read_text()
     assert "not CLIP" in markdown and f"{SHOTS}-shot" in markdown and MAIN_HEADER in markdown
-    main, ceilings, ensembles, transfer = _tables(markdown)
+    main, ceilings, val, ensembles, transfer = _tables(markdown)
+    assert list(val) == [METHODS[m].label for m in RUN_METHODS]  # every run selected on val (the default split)
     assert list(main) == [
         *search_quality.BASELINES,
         "best of the initial pool (train-selected)",
@@ -131,7 +132,7 @@ def test_every_number_is_what_the_scorer_answers(bench_run):
     root, out, data = bench_run
     results = json.loads((out / "search_quality.json").read_text())
     graded = results["graded"]
-    main, _, ensembles, transfer_rows = _tables((out / "search_quality.md").read_text())
+    main, _, _, ensembles, transfer_rows = _tables((out / "search_quality.md").read_text())
     tests: dict[str, list[float]] = {}
     planted_tests = []
     for seed in SEEDS:
