@@ -46,8 +46,8 @@ BREAKING_EDITS = {
         'Field "1" with name "task_id" on message "ScoreRequest" changed type',
     ),
     "a deleted field": (
-        "  string model_digest = 5;\n}\n\n// A set of templates",
-        "}\n\n// A set of templates",
+        "  string model_digest = 5;\n  // Prompts chosen per class",
+        "  // Prompts chosen per class",
         'Previously present field "5" with name "model_digest" on message "ScoreRequest" was deleted',
     ),
     "a renamed field": (
