@@ -32,7 +32,7 @@ from optimizer_service.runs import FAILED, LOCAL, PENDING, RUNNING, RunManager
 from optimizer_service.scorer_client import ScorerClient, ScorerUnavailable
 from optimizer_service.spec import KNOBS, PRESETS, RunLimits, RunSettings, SpecError
 from optimizer_service.store import Store, StoreError
-from optimizer_service.strategies import DEFAULT_STRATEGY, STRATEGIES
+from optimizer_service.strategies import DEFAULT_STRATEGY, PAPER_STRATEGY, STRATEGIES
 from optimizer_service.tracking import TrackingUnavailable, log_to_mlflow, require_mlflow
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.cli_help import ArgumentParser
@@ -115,13 +115,14 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
         "--feedback",
         choices=[f.value for f in Feedback],
         default=_env("feedback", None, Feedback),
-        help="default positive_negative",
+        help="hill-climb strategies only; default positive_negative (none: random search, the control). "
+        f"Without --strategy it selects {PAPER_STRATEGY}",
     )
     a(
         "--conversation",
         choices=[c.value for c in Conversation],
         default=_env("conversation", None, Conversation),
-        help="default chat",
+        help=f"hill-climb strategies only; default chat. Without --strategy it selects {PAPER_STRATEGY}",
     )
     a(
         "--show-accuracies",
@@ -134,7 +135,9 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
         "--strategy",
         choices=sorted(STRATEGIES),
         default=_env("strategy", ""),
-        help=f"search strategy (docs/strategies.md); default {DEFAULT_STRATEGY}",
+        help=f"search strategy (docs/strategies.md); default {DEFAULT_STRATEGY} (it beat random search on the "
+        f"search benchmark: docs/search-quality.md), but {PAPER_STRATEGY} with --preset authors, --feedback or "
+        "--conversation",
     )
     a(
         "--task-description",

@@ -24,7 +24,8 @@ from optimizer_service.choices import (
 )
 from optimizer_service.pool import template_key
 from optimizer_service.seeds import BUILTIN_TEMPLATES
-from optimizer_service.strategies import DEFAULT_STRATEGY, STRATEGIES
+from optimizer_service.strategies import DEFAULT_STRATEGY, PAPER_STRATEGY, STRATEGIES
+from optimizer_service.strategies.hill_climb import HillClimb
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.templates import template_problem
 
@@ -171,9 +172,6 @@ class RunSettings:
                 raise SpecError(f"{name} is longer than {MAX_TEXT_FIELD} characters")
         if not spec.task_id.strip():
             raise SpecError("task_id is required (see the scorer's ListTasks)")
-        strategy = spec.strategy or DEFAULT_STRATEGY
-        if strategy not in STRATEGIES:
-            raise SpecError(f"strategy {spec.strategy!r} is unknown; known: {', '.join(sorted(STRATEGIES))}")
         if len(spec.task_description) > MAX_TASK_DESCRIPTION:
             raise SpecError(f"task_description is longer than {MAX_TASK_DESCRIPTION} characters")
         model = spec.llm_model or default_model
@@ -186,6 +184,7 @@ class RunSettings:
                 "(its operator sets --llm-allowed-models)"
             )
         preset = _choice(Preset, spec.preset, "preset") or Preset.PROMPTCLIMB
+        strategy = resolve_strategy(spec, preset)
         chosen = _Chooser(preset)
         pool = _choice(InitialPool, spec.initial_pool, "initial_pool") or InitialPool.BUILTIN
         available = _pool_templates(pool, spec)
@@ -247,10 +246,13 @@ class RunSettings:
         )
 
     def to_proto(self) -> pb.RunSpec:
-        """The effective spec, defaults filled in, as GetRun reports it."""
+        """The effective spec, defaults filled in, as GetRun reports it. The hill-climb knobs show only where the
+        strategy reads them, so the spec reads back (report.py) and can be sent again as it is."""
         values = asdict(self)
         for name in ("initial_pool", "feedback", "conversation", "preset"):
             values[name] = to_proto(getattr(self, name))
+        if not hill_climbs(self.strategy):
+            values.update(dict.fromkeys(HILL_CLIMB_KNOBS, 0))
         spec = pb.RunSpec(**{k: v for k, v in values.items() if k != "max_wall_seconds"})
         spec.max_wall_time.FromNanoseconds(round(self.max_wall_seconds * 1e9))
         return spec
@@ -270,8 +272,39 @@ class RunSettings:
                 "preset": Preset(data.get("preset", "promptclimb")),
                 "initial_templates": tuple(data["initial_templates"]),
                 "select_on_val": data.get("select_on_val", False),  # runs stored before val selection keep train's
+                "strategy": data.get("strategy", PAPER_STRATEGY),  # runs stored before strategies were hill climbs
             }
         )
+
+
+HILL_CLIMB_KNOBS = ("feedback", "conversation")
+
+
+def hill_climbs(strategy: str) -> bool:
+    """Does this strategy run the paper's hill climb (per_class does, as its stage 1), and so read HILL_CLIMB_KNOBS?"""
+    return issubclass(STRATEGIES[strategy], HillClimb)
+
+
+def resolve_strategy(spec: pb.RunSpec, preset: Preset) -> str:
+    """The strategy a spec runs: the one it names, else the paper's hill climb where the spec asks for one, else the
+    default (edit, chosen by the search benchmark: strategies/__init__.py).
+
+    A spec asks for a hill climb by the authors' preset (it reproduces the paper's code) or by setting a knob only the
+    hill climb reads (HILL_CLIMB_KNOBS): clients written before the default changed, such as the random-search
+    control (feedback NONE) or P-only/chat, keep getting exactly the run they got. Those knobs given with a strategy
+    that does not read them are refused rather than silently ignored."""
+    asked = [name for name in HILL_CLIMB_KNOBS if getattr(spec, name)]
+    if not spec.strategy:
+        return PAPER_STRATEGY if asked or preset is Preset.AUTHORS else DEFAULT_STRATEGY
+    if spec.strategy not in STRATEGIES:
+        raise SpecError(f"strategy {spec.strategy!r} is unknown; known: {', '.join(sorted(STRATEGIES))}")
+    if asked and not hill_climbs(spec.strategy):
+        readers = ", ".join(sorted(name for name in STRATEGIES if hill_climbs(name)))
+        raise SpecError(
+            f"{asked[0]} applies to the hill climb only (strategies {readers}); strategy {spec.strategy!r} does not "
+            f"read it (leave {' and '.join(asked)} unset, or use strategy {PAPER_STRATEGY})"
+        )
+    return spec.strategy
 
 
 def _budgets(spec: pb.RunSpec, limits: RunLimits) -> dict:

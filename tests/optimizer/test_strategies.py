@@ -8,8 +8,11 @@ import re
 import grpc
 import pytest
 
+from optimizer_service.choices import Conversation, Feedback
+from optimizer_service.spec import RunSettings
 from optimizer_service.strategies import STRATEGIES
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
+from promptclimb_common.errors import details_of
 from tests.fixtures import CLASSES
 
 DESCRIPTION = "noisy coloured squares, one per class"
@@ -99,3 +102,78 @@ async def test_an_unknown_strategy_is_refused_naming_the_known_ones(optimizer):
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     for name in STRATEGIES:
         assert name in (caught.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("given", "strategy"),
+    [
+        ({}, "edit"),  # the benchmark's winner (docs/search-quality.md)
+        ({"show_accuracies": False, "top_k": 5}, "edit"),  # knobs edit reads too
+        ({"preset": pb.PRESET_AUTHORS}, "hill_climb"),  # the preset reproduces the paper's code
+        ({"feedback": pb.FEEDBACK_NONE, "conversation": pb.CONVERSATION_MODE_STATELESS}, "hill_climb"),  # control
+        ({"feedback": pb.FEEDBACK_NONE}, "hill_climb"),
+        ({"feedback": pb.FEEDBACK_POSITIVE_ONLY}, "hill_climb"),
+        ({"conversation": pb.CONVERSATION_MODE_CHAT}, "hill_climb"),
+        ({"strategy": "opro"}, "opro"),
+    ],
+    ids=["empty", "edit-knobs", "authors", "random-search", "feedback-none", "p-only", "chat", "named"],
+)
+def test_an_empty_strategy_is_edit_unless_the_spec_asks_for_a_hill_climb(given, strategy):
+    settings = RunSettings.from_proto(pb.RunSpec(task_id="shapes", **given), "m")
+    assert settings.strategy == strategy
+
+
+def test_the_random_search_control_keeps_its_knobs_without_naming_a_strategy():
+    spec = pb.RunSpec(task_id="shapes", feedback=pb.FEEDBACK_NONE, conversation=pb.CONVERSATION_MODE_STATELESS)
+    settings = RunSettings.from_proto(spec, "m")
+    assert (settings.strategy, settings.feedback, settings.conversation) == (
+        "hill_climb",
+        Feedback.NONE,
+        Conversation.STATELESS,
+    )
+
+
+@pytest.mark.parametrize("strategy", ["hill_climb", "per_class", "per_class_no_feedback"])
+def test_the_strategies_that_hill_climb_take_its_knobs(strategy):
+    spec = pb.RunSpec(
+        task_id="shapes",
+        strategy=strategy,
+        feedback=pb.FEEDBACK_POSITIVE_ONLY,
+        conversation=pb.CONVERSATION_MODE_STATELESS,
+    )
+    settings = RunSettings.from_proto(spec, "m")
+    assert (settings.feedback, settings.conversation) == (Feedback.POSITIVE_ONLY, Conversation.STATELESS)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "knob", "value"),
+    [
+        ("edit", "feedback", pb.FEEDBACK_POSITIVE_NEGATIVE),
+        ("edit", "conversation", pb.CONVERSATION_MODE_CHAT),
+        ("opro", "feedback", pb.FEEDBACK_NONE),
+        ("opro", "conversation", pb.CONVERSATION_MODE_STATELESS),
+    ],
+)
+async def test_a_hill_climb_knob_given_to_another_strategy_is_refused_not_ignored(optimizer, strategy, knob, value):
+    spec = pb.RunSpec(task_id="shapes", strategy=strategy, **{knob: value})
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await optimizer.stub.StartRun(pb.StartRunRequest(spec=spec))
+    refused = details_of(caught.value)
+    assert refused.code == grpc.StatusCode.INVALID_ARGUMENT and refused.fields == (f"spec.{knob}",)
+    assert "hill_climb" in refused.message and strategy in refused.message
+    assert not (await optimizer.stub.ListRuns(pb.ListRunsRequest())).runs  # refused before any work
+
+
+async def test_an_edit_runs_effective_spec_reads_back_as_the_same_settings(optimizer):
+    run, _ = await optimizer.run_to_end(ensemble_size=1)  # no strategy: edit
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
+    assert run.spec.strategy == "edit"
+    # GetRun's spec is what a report re-reads (report.py) and what a client may send again
+    again = RunSettings.from_proto(run.spec, run.spec.llm_model)
+    assert again.to_proto() == run.spec
+
+
+def test_settings_stored_before_the_strategy_knob_load_as_the_hill_climb_they_were():
+    stored = RunSettings.from_proto(pb.RunSpec(task_id="shapes", strategy="hill_climb"), "m").to_json()
+    del stored["strategy"]
+    assert RunSettings.from_json(stored).strategy == "hill_climb"
