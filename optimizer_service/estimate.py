@@ -3,8 +3,9 @@ no LLM is asked).
 
 The prompts are the metaprompt's own (metaprompt.py), filled with stand-in templates of a typical length, and sized
 by the same estimate that trims a chat (metaprompt.estimate_tokens: about 3 characters a token, so it leans high).
-A reply is counted as `templates_per_call` lines of a typical template; the upper bound takes every reply at
---llm-max-completion-tokens.
+An edit step's ask is the largest of its operations (strategies/edit.py); every other strategy's step is sized as the
+hill climb's ask, growing only where a chat is kept. A reply is counted as `templates_per_call` lines of a typical
+template; the upper bound takes every reply at --llm-max-completion-tokens.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from optimizer_service.metaprompt import Message, MetaPrompt, TaskContext, estim
 from optimizer_service.pool import Candidate
 from optimizer_service.prices import Price, format_usd
 from optimizer_service.spec import RunSettings
+from optimizer_service.strategies import STRATEGIES
+from optimizer_service.strategies.edit import COMBINE, EDITS, Edit, edit_ask
 
 # A typical template of the runs stored here ("a blurry photo of a {}, a type of clothing."): ~40 characters.
 TYPICAL_TEMPLATE = "a detailed photo of a {}, seen up close."
@@ -65,11 +68,17 @@ def estimate_run(
     reply: Message = {"role": "assistant", "content": "\n".join([TYPICAL_TEMPLATE] * settings.templates_per_call)}
     results = [_stand_in(100 + i, 0.4) for i in range(settings.templates_per_call)]
     follow_up = meta.follow_up(results, 0, good, bad)
-    opening = meta.opening(good, bad)
+    strategy = STRATEGIES[settings.strategy]
+    if strategy is Edit:
+        operations = [*EDITS, COMBINE] if settings.top_k > 1 else list(EDITS)
+        asks = [edit_ask(meta, op, good[: 2 if op == COMBINE else 1]) for op in operations]
+        opening = max((meta.opening_with(ask) for ask in asks), key=estimate_tokens)
+    else:
+        opening = meta.opening(good, bad)
     prompts: list[int] = []
     if settings.initial_pool is InitialPool.LLM:
         prompts.append(estimate_tokens(initial_pool_messages(task, settings.initial_pool_size)))
-    chat = settings.conversation is Conversation.CHAT
+    chat = strategy.keeps_conversation and settings.conversation is Conversation.CHAT
     for _ in range(settings.restarts * settings.resets):
         for i in range(settings.iterations):
             size = estimate_tokens(opening) + (i * estimate_tokens([reply, follow_up]) if chat else 0)

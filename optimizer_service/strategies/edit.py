@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from optimizer_service.metaprompt import new_templates, requirements
+from optimizer_service.metaprompt import MetaPrompt, new_templates, requirements
 from optimizer_service.pool import Candidate
 from optimizer_service.strategies.base import Strategy
 
@@ -36,18 +36,19 @@ class Edit(Strategy):
         parents = climb.pool.top(climb.settings.top_k, restart)
         operation = rng.choice([*EDITS, COMBINE] if len(parents) > 1 else list(EDITS))
         chosen = rng.sample(parents, 2) if operation == COMBINE else [rng.choice(parents)]
-        messages = climb.metaprompt.opening_with(self.ask(operation, chosen))
+        messages = climb.metaprompt.opening_with(edit_ask(climb.metaprompt, operation, chosen))
         await climb.propose(restart, reset, iteration, messages, messages)
 
-    def ask(self, operation: str, parents: list[Candidate]) -> str:
-        m = self.climb.settings.templates_per_call
-        listing = self.climb.metaprompt.listing(parents)
-        if operation == COMBINE:
-            head = "Here are two templates that work well:"
-            wish = f"Write {new_templates(m)} that combine them, keeping the best of both."
-        else:
-            head = "Here is a template that works well:"
-            wish = (
-                EDITS[operation] + f" Write {'one such variant' if m == 1 else f'{m} such variants, each different'}."
-            )
-        return "\n\n".join([head, listing, wish, requirements(m, "each a small change of the above")])
+
+def edit_ask(metaprompt: MetaPrompt, operation: str, parents: list[Candidate]) -> str:
+    """The ask of one step: the parent (two for COMBINE) and the change wanted. Also sizes a dry run's asks
+    (estimate.py)."""
+    m = metaprompt.templates_per_call
+    listing = metaprompt.listing(parents)
+    if operation == COMBINE:
+        head = "Here are two templates that work well:"
+        wish = f"Write {new_templates(m)} that combine them, keeping the best of both."
+    else:
+        head = "Here is a template that works well:"
+        wish = EDITS[operation] + f" Write {'one such variant' if m == 1 else f'{m} such variants, each different'}."
+    return "\n\n".join([head, listing, wish, requirements(m, "each a small change of the above")])

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from optimizer_service.choices import Conversation
 from optimizer_service.config import OPENAI_BASE_URL, LlmSettings
-from optimizer_service.estimate import estimate_run
+from optimizer_service.estimate import TYPICAL_TEMPLATE, Estimate, estimate_run
+from optimizer_service.metaprompt import MetaPrompt, TaskContext, estimate_tokens
+from optimizer_service.pool import Candidate
 from optimizer_service.prices import Price, format_usd, table_price
 from optimizer_service.spec import RunSettings
+from optimizer_service.strategies.edit import COMBINE, EDITS, edit_ask
 
 
 def test_a_provider_model_is_priced_from_the_table():
@@ -27,11 +30,17 @@ def test_unknown_cost_is_shown_as_unknown_never_zero():
 
 
 def test_the_estimate_counts_one_call_per_iteration_and_grows_a_chat():
-    settings = RunSettings(task_id="t", llm_model="m", restarts=2, resets=1, iterations=3)
+    settings = RunSettings(task_id="t", llm_model="m", strategy="hill_climb", restarts=2, resets=1, iterations=3)
     chat = estimate_run(settings, Price(1, 1), prompt_budget_tokens=10_000, max_completion_tokens=100)
     stateless = estimate_run(
         RunSettings(
-            task_id="t", llm_model="m", restarts=2, resets=1, iterations=3, conversation=Conversation.STATELESS
+            task_id="t",
+            llm_model="m",
+            strategy="hill_climb",
+            restarts=2,
+            resets=1,
+            iterations=3,
+            conversation=Conversation.STATELESS,
         ),
         None,
         prompt_budget_tokens=10_000,
@@ -47,3 +56,19 @@ def test_the_estimate_counts_one_call_per_iteration_and_grows_a_chat():
         max_completion_tokens=100,
     )
     assert capped.llm_calls == 4
+
+
+def test_the_estimate_of_an_edit_run_is_one_edit_ask_per_call_never_a_growing_chat():
+    def estimate(iterations: int, **knobs) -> Estimate:
+        settings = RunSettings(task_id="t", llm_model="m", restarts=2, resets=1, iterations=iterations, **knobs)
+        return estimate_run(settings, None, prompt_budget_tokens=10_000, max_completion_tokens=100)
+
+    edit = estimate(3)  # the default strategy; its settings still hold conversation CHAT, which edit never reads
+    assert edit.llm_calls == 6 and estimate(6).prompt_tokens == 2 * edit.prompt_tokens  # no growth per call
+    settings = RunSettings(task_id="t", llm_model="m")
+    meta = MetaPrompt(TaskContext("t", ("class",) * 10, ""), settings.feedback, True, settings.templates_per_call)
+    parents = [Candidate(TYPICAL_TEMPLATE, 0.5, 0, 0, 0, i) for i in range(2)]
+    asks = [edit_ask(meta, op, parents[: 2 if op == COMBINE else 1]) for op in [*EDITS, COMBINE]]
+    assert edit.prompt_tokens == 6 * max(estimate_tokens(meta.opening_with(ask)) for ask in asks)  # leans high
+    hill_climb = estimate(3, strategy="hill_climb", conversation=Conversation.STATELESS)
+    assert edit.prompt_tokens != hill_climb.prompt_tokens
