@@ -35,18 +35,17 @@ from tests.procs import start_scorer, stop_process
 RESULT = REPO / "bench" / "results" / "chat_prompt_size.md"
 
 
-# Column -> (strategy, conversation) of its run; only the hill climb's chat keeps a conversation.
+# Column -> the spec flags of its run; only the hill climb's chat keeps a conversation (and only the hill climb takes
+# --conversation: the service refuses it with another strategy).
 RUNS = {
-    "chat": ("hill_climb", "chat"),
-    "stateless": ("hill_climb", "stateless"),
-    "opro": ("opro", "stateless"),
-    "edit": ("edit", "stateless"),
+    "chat": ("--strategy", "hill_climb", "--conversation", "chat"),
+    "stateless": ("--strategy", "hill_climb", "--conversation", "stateless"),
+    "opro": ("--strategy", "opro"),
+    "edit": ("--strategy", "edit"),
 }
 
 
-def climb(
-    scorer: str, out: Path, strategy: str, conversation: str, iterations: int, context_tokens: int
-) -> list[list[dict]]:
+def climb(scorer: str, out: Path, flags: tuple[str, ...], iterations: int, context_tokens: int) -> list[list[dict]]:
     """The messages of every LLM call of one climb, in iteration order."""
     with ScriptedLLM() as llm:
         code = optimizer_main(
@@ -68,10 +67,7 @@ def climb(
                 "1",
                 "--iterations",
                 str(iterations),
-                "--strategy",
-                strategy,
-                "--conversation",
-                conversation,
+                *flags,
                 "--llm-context-tokens",
                 str(context_tokens),
                 "--ensemble-size",
@@ -81,7 +77,7 @@ def climb(
             ]
         )
         if code != 0:
-            raise SystemExit(f"the {strategy} {conversation} run failed (exit {code}); see its log above")
+            raise SystemExit(f"the {' '.join(flags)} run failed (exit {code}); see its log above")
         calls = sorted(llm.seen, key=lambda s: int(s.call_id.rsplit("/", 1)[1]))
     return [s.messages for s in calls]
 
@@ -99,8 +95,8 @@ def main() -> None:
         process, address = start_scorer(model, {"shapes": images}, root / "cache", root / "scorer.log", "--shots", "3")
         try:
             runs = {
-                column: climb(address, root / column, strategy, mode, ns.iterations, ns.context_tokens)
-                for column, (strategy, mode) in RUNS.items()
+                column: climb(address, root / column, flags, ns.iterations, ns.context_tokens)
+                for column, flags in RUNS.items()
             }
         finally:
             stop_process(process, signal.SIGTERM)

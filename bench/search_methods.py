@@ -8,6 +8,8 @@ contradicts them). Adding a method, e.g. a new search strategy (`{"strategy": "o
 per-class stage, is one line in METHODS.
 
 `random` is the control: every method's paired difference is taken against it, so it always runs.
+Every hill-climb row (the control, the authors' preset, the p-/pn- variants) names `"strategy": "hill_climb"`,
+so what a row measures does not depend on the service's default strategy.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ class Method:
     overrides: dict[str, str | None] = field(default_factory=dict)
 
 
+HILL_CLIMB = {"strategy": "hill_climb"}
+
 METHODS: dict[str, Method] = {
-    CONTROL: Method("random search (no feedback)", {"feedback": "none", "conversation": "stateless"}),
+    CONTROL: Method("random search (no feedback)", {**HILL_CLIMB, "feedback": "none", "conversation": "stateless"}),
     "authors": Method(
         "authors' preset (paper's settings)",
         # The preset fixes conversation, accuracies hidden, 1 template per call, top/bottom 3 and 10 iterations;
         # its defaults (1 restart, 1 reset, a pool of 80) are kept too.
         {
+            **HILL_CLIMB,
             "preset": "authors",
             "restarts": None,
             "resets": None,
@@ -38,12 +43,16 @@ METHODS: dict[str, Method] = {
             "initial_pool_size": None,
         },
     ),
-    "p-stateless": Method("positive only, stateless", {"feedback": "positive_only", "conversation": "stateless"}),
-    "p-chat": Method("positive only, chat", {"feedback": "positive_only", "conversation": "chat"}),
-    "pn-stateless": Method(
-        "positive + negative, stateless", {"feedback": "positive_negative", "conversation": "stateless"}
+    "p-stateless": Method(
+        "positive only, stateless", {**HILL_CLIMB, "feedback": "positive_only", "conversation": "stateless"}
     ),
-    "pn-chat": Method("positive + negative, chat", {"feedback": "positive_negative", "conversation": "chat"}),
+    "p-chat": Method("positive only, chat", {**HILL_CLIMB, "feedback": "positive_only", "conversation": "chat"}),
+    "pn-stateless": Method(
+        "positive + negative, stateless", {**HILL_CLIMB, "feedback": "positive_negative", "conversation": "stateless"}
+    ),
+    "pn-chat": Method(
+        "positive + negative, chat", {**HILL_CLIMB, "feedback": "positive_negative", "conversation": "chat"}
+    ),
     "opro": Method("OPRO: ascending trajectory, 4 samples per step", {"strategy": "opro"}),
     "edit": Method("edit and crossover of good templates", {"strategy": "edit"}),
     # Stage 2 runs `iterations` rounds after stage 1's restarts x iterations, inside the same LLM-call cap: 3
