@@ -30,7 +30,9 @@ def _calls(seen):
 async def test_m_bounds_the_templates_scored_per_call_and_extras_are_counted(optimizer):
     six = [Reply("\n".join(f"- a shape {i} {n} of a {{}}" for n in range(6))) for i in range(2)]
     optimizer.llm.plan(*six)
-    run, events = await optimizer.run_to_end(restarts=1, resets=1, iterations=2, templates_per_call=2, ensemble_size=1)
+    run, events = await optimizer.run_to_end(
+        strategy="hill_climb", restarts=1, resets=1, iterations=2, templates_per_call=2, ensemble_size=1
+    )
     found = [e.candidate_scored for e in events if e.HasField("candidate_scored") and e.candidate_scored.iteration >= 0]
     assert [(s.iteration, s.template) for s in found] == [
         (0, "a shape 0 0 of a {}"),
@@ -100,7 +102,7 @@ async def test_positive_only_chat_never_says_anything_about_templates_outside_th
 
 @pytest.mark.optimizer(llm={"context_tokens": 1200, "max_completion_tokens": 200})
 async def test_a_chat_stays_within_the_llms_context_over_100_iterations(optimizer):
-    run, _ = await optimizer.run_to_end(restarts=1, resets=1, iterations=100, ensemble_size=1)
+    run, _ = await optimizer.run_to_end(strategy="hill_climb", restarts=1, resets=1, iterations=100, ensemble_size=1)
     assert run.state == pb.RUN_STATE_SUCCEEDED and run.counters.iterations_done == 100
     calls = _calls(optimizer.llm.seen)
     sizes = [estimate_tokens(calls[f"0/0/{i}"].messages) for i in range(100)]
@@ -118,7 +120,7 @@ async def test_a_context_length_error_shortens_the_chat_instead_of_failing_the_r
         Reply("- a second {}"),
         Fail(400, message="the request exceeds the available context size, try increasing it"),
     )
-    run, _ = await optimizer.run_to_end(restarts=1, resets=1, iterations=3, ensemble_size=1)
+    run, _ = await optimizer.run_to_end(strategy="hill_climb", restarts=1, resets=1, iterations=3, ensemble_size=1)
     assert (run.state, run.stop_reason) == (pb.RUN_STATE_SUCCEEDED, "finished"), run.stop_reason
     assert run.counters.llm_context_trims == 1
     refused, retried = [s for s in optimizer.llm.seen if s.call_id.endswith("/0/0/2")]

@@ -81,7 +81,7 @@ async def test_watch_replays_from_a_sequence(optimizer):
 
 
 async def test_chat_mode_carries_history_and_accuracy_feedback(optimizer):
-    run, _ = await optimizer.run_to_end(iterations=3)
+    run, _ = await optimizer.run_to_end(strategy="hill_climb", iterations=3)
     assert run.state == pb.RUN_STATE_SUCCEEDED
     for restart in range(2):
         for reset in range(2):
