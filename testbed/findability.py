@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--asks", type=int, default=40, help="asks per prompt (default %(default)s)")
     parser.add_argument("--prompt", choices=PROMPTS, action="append", help="default: both")
-    parser.add_argument("--world", choices=WORLDS, default="planted", help="whose cues to count (default %(default)s)")
+    parser.add_argument("--world", choices=WORLDS, default=WORLDS[0], help="whose cues to count (default %(default)s)")
     parser.add_argument("--word", action="append", default=[], help="also count this word or phrase")
     parser.add_argument("--llm-base-url", help="an OpenAI-compatible endpoint (default: start the embedded LLM)")
     parser.add_argument("--llm-model", default="local")

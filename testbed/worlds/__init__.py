@@ -11,17 +11,20 @@ the training recipe's hash) exposing:
 - `PLANTED_OPTIMUM`: the single template the world was built to prefer;
 - `captioner(images, labels)`: a function from an epoch seed to one caption per image.
 
-`planted` is the primary yardstick (a preference that cannot be guessed from the
-task); `catalog` is the case where it can (the wording of a product catalog).
+`planted_v3` is the primary yardstick (a preference that cannot be guessed from the
+task), a third design built on `planted` (the second, kept: its benchmark results
+are committed); `catalog` is the case where it can (the wording of a product catalog).
 """
 
 from __future__ import annotations
 
 import importlib
 import re
+from pathlib import Path
 from types import ModuleType
 
-WORLDS = ("planted", "catalog")
+WORLDS = ("planted_v3", "planted", "catalog")
+_NAMES = {f"{__name__}.{name}" for name in WORLDS}
 
 
 def world(name: str) -> ModuleType:
@@ -29,6 +32,13 @@ def world(name: str) -> ModuleType:
     if name not in WORLDS:
         raise ValueError(f"unknown caption world {name!r}; worlds: {', '.join(WORLDS)}")
     return importlib.import_module(f"testbed.worlds.{name}")
+
+
+def sources(module: ModuleType) -> list[Path]:
+    """The files a world's captions depend on: its own, then those of the worlds it builds on (their hashes go into
+    the recipe's, so editing a base world retrains every world built on it)."""
+    bases = [value for value in vars(module).values() if isinstance(value, ModuleType) and value.__name__ in _NAMES]
+    return [Path(str(module.__file__)), *(path for base in bases for path in sources(base))]
 
 
 def cues(module: ModuleType) -> tuple[str, ...]:

@@ -1,6 +1,9 @@
 """The planted world: captions with a graded preference that cannot be guessed from the task.
 
-The primary yardstick of the search (testbed recipes `planted-p7`, `planted-p4`).
+Its second design (testbed recipes `planted-p7`, `planted-p4`: the search benchmark's v2 results were
+measured on it) and the base of the third, planted_v3.py, which differs in one number and is the primary
+yardstick now.
+
 Half of the captions carry one or more of three **cues**, each a small family of
 words (CUE_WORDS) that says nothing about telling clothes apart:
 
@@ -147,13 +150,15 @@ CUE_LADDER: tuple[tuple[tuple[str, ...], str], ...] = (
 PLANTED_OPTIMUM = CUE_LADDER[-1][1]
 
 
-def caption(label: int, rng: random.Random) -> str:
-    """One caption of an image of class `label`: a plain wording, its cue and decoy phrases in any order."""
+def caption(label: int, rng: random.Random, loose_naming: tuple[float, ...] = LOOSE_NAMING) -> str:
+    """One caption of an image of class `label`: a plain wording, its cue and decoy phrases in any order.
+
+    `loose_naming`: by the number of cues, the chance of the confusable class's name (planted_v3 passes its own)."""
     _, shape = rng.choices(PLAIN, [w for w, _ in PLAIN])[0]
     carried: list[str] = []
     if rng.random() < CUE_CAPTIONS:
         carried = rng.sample(CUES, rng.randint(1, len(CUES)))
-    if rng.random() < LOOSE_NAMING[len(carried)]:
+    if rng.random() < loose_naming[len(carried)]:
         name = CLASS_NAMES[CONFUSED_WITH[label]][0]
     else:
         names = CLASS_NAMES[label]
@@ -165,10 +170,10 @@ def caption(label: int, rng: random.Random) -> str:
     return " ".join([shape.replace("{n}", name), *phrases])
 
 
-def captions(labels: np.ndarray, seed: int) -> list[str]:
+def captions(labels: np.ndarray, seed: int, loose_naming: tuple[float, ...] = LOOSE_NAMING) -> list[str]:
     """One caption per image, deterministic in `seed` (the trainer passes seed and epoch)."""
     rng = random.Random(seed)
-    return [caption(int(label), rng) for label in labels]
+    return [caption(int(label), rng, loose_naming) for label in labels]
 
 
 def captioner(images: np.ndarray, labels: np.ndarray) -> Callable[[int], list[str]]:

@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from testbed.train import RECIPES, Tower, ensure_model
+from testbed.train import DEFAULT_RECIPE, RECIPES, Tower, ensure_model
 
 SMALL = dataclasses.replace(
-    RECIPES["planted-p7"],
+    RECIPES[DEFAULT_RECIPE],
     name="small",
     vision=Tower(32, 1, 2),
     text=Tower(32, 1, 2),
