@@ -52,7 +52,7 @@ def test_the_cards_state_the_measured_ceilings_in_the_contracted_schema(small_mo
     }
     assert (world_card["recipe"], world_card["world"], world_card["model_digest"]) == (
         "small",
-        "planted",
+        SMALL.world,
         SMALL.digest(),
     )
     assert world_card["class_names"][:2] == ["T-shirt top", "trouser"] and len(world_card["class_names"]) == 10
