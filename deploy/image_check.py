@@ -21,7 +21,8 @@ WORKDIR, as its USER (which must be the user the manifests ask for), and:
 - a probe writes to /, /app, /etc, /opt, /var and every mount: it must be refused exactly off the writable mounts.
 Then the scorer must become SERVING over grpc.health.v1 (and the image's HEALTHCHECK command pass) and answer
 ListTasks and Score on the tiny random-weight CLIP at /models/clip; the optimizer must become SERVING and finish
-a short run against the scorer, with the scripted OpenAI-compatible LLM listening where llama-server would; both
+a short run against the scorer, with the scripted OpenAI-compatible LLM listening where llama-server would (and,
+where the manifest keeps the scorer's quotas in Redis, Debian's redis-server where that Redis would be); both
 get SIGTERM and must exit 0 within their grace periods. The scorer is also started with its state dir on the
 read-only root, and must exit at once naming --state-dir.
 

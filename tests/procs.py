@@ -155,14 +155,15 @@ def start_scorer(
     return scorer.process, scorer.address
 
 
-def start_redis(work_dir: Path, timeout: float = 20.0) -> tuple[subprocess.Popen, str]:
-    """Starts Debian's redis-server (`make redis-server` installs it) on a held loopback port, in memory only;
-    returns (process, redis:// URL). (Its `--port 0` means no TCP at all, hence the held port.)"""
+def start_redis(work_dir: Path, timeout: float = 20.0, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """Starts Debian's redis-server (`make redis-server` installs it) on a held loopback port, or on `port` where
+    a manifest fixes one (the image check), in memory only; returns (process, redis:// URL). (Its `--port 0`
+    means no TCP at all, hence the held port.)"""
     server = shutil.which("redis-server")
     if server is None:
         raise RuntimeError("redis-server is not installed; `make redis-server` installs Debian's")
     work_dir.mkdir(parents=True, exist_ok=True)
-    with held_port() as port:
+    with contextlib.nullcontext(port) if port else held_port() as port:
         with (work_dir / "redis.log").open("ab") as log:
             process = subprocess.Popen(
                 **as_child(

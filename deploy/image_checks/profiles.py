@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import grpc
 
@@ -16,6 +19,7 @@ from image_checks.manifests import ContainerSpec, compose_services, kubernetes_p
 from promptclimb.optimizer.v1 import optimizer_pb2, optimizer_pb2_grpc
 from promptclimb.scorer.v1 import scorer_pb2, scorer_pb2_grpc
 from tests.optimizer.scripted_llm import ScriptedLLM
+from tests.procs import start_redis, stop_process
 
 TERMINAL = {optimizer_pb2.RUN_STATE_SUCCEEDED, optimizer_pb2.RUN_STATE_FAILED, optimizer_pb2.RUN_STATE_CANCELLED}
 
@@ -74,6 +78,22 @@ def check_optimizer_run(address: str, token: str, task_id: str, llm: ScriptedLLM
     )
 
 
+@contextmanager
+def quota_store(url: str, report: list[str]) -> Iterator[None]:
+    """Debian's redis-server where a manifest's scorer keeps its quotas in Redis (components/quota-redis), standing in
+    for that Redis container as the scripted LLM stands in for llama-server: the scorer cannot start without it."""
+    if not url.startswith("redis://"):
+        yield
+        return
+    port = urlsplit(url).port or 6379
+    process, _ = start_redis(LOGS / "quota-redis", port=port)
+    report.append(f"- quota store {url}: Debian's redis-server on loopback port {port} in its place")
+    try:
+        yield
+    finally:
+        stop_process(process)
+
+
 def run_profile(
     label: str,
     scorer: ContainerSpec,
@@ -100,7 +120,10 @@ def run_profile(
         llm_url = o_box.env["OPTIMIZER_LLM_BASE_URL"]
         scorer_port, optimizer_port = int(s_box.env["SCORER_PORT"]), int(o_box.env["OPTIMIZER_PORT"])
         grace = float(s_box.env.get("SCORER_GRACE_SECONDS", 30))
-        with serving(s_box, LOGS / f"{scorer.name}.log", scorer_port, report, grace):
+        with (
+            quota_store(s_box.env.get("SCORER_QUOTA_STORE", ""), report),
+            serving(s_box, LOGS / f"{scorer.name}.log", scorer_port, report, grace),
+        ):
             report.append(f"- {scorer.name} HEALTHCHECK: {healthcheck(s_box, LOGS / f'{scorer.name}-healthcheck.log')}")
             task_id = check_scorer(f"127.0.0.1:{scorer_port}", scorer_token, report)
             llm_port = re.search(r":(\d+)/", llm_url)
