@@ -411,12 +411,17 @@ class Climb:
     ) -> list[Candidate]:
         """Scores (or recalls) the templates and adds them to the restart's pool in the given order.
 
-        `fresh`: keys already scored for this admission (so not reused); by default, what scoring them now takes."""
+        A template that a concurrent step of the same restart (OPRO's samples) added while these were scored is a
+        duplicate by now, and is counted as one. `fresh`: keys already scored for this admission (so not reused); by
+        default, what scoring them now takes."""
         scored_here = await self.learn(templates) if fresh is None else fresh
         candidates = []
         for position, template in enumerate(templates, start=first_position):
             accuracy = self.pool.accuracy(template)
-            if self.pool.rejection(template) is not None:
+            if self.pool.holds(template, restart):
+                self.counters.candidates_duplicate += 1
+                metrics.CANDIDATES.labels("duplicate").inc()
+            elif self.pool.rejection(template) is not None:
                 self.counters.candidates_invalid += 1
                 metrics.CANDIDATES.labels("invalid").inc()
             elif accuracy is not None:  # None: left out by the scoring budget

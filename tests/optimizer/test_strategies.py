@@ -14,6 +14,7 @@ from optimizer_service.strategies import STRATEGIES
 from promptclimb.optimizer.v1 import optimizer_pb2 as pb
 from promptclimb_common.errors import details_of
 from tests.fixtures import CLASSES
+from tests.optimizer.scripted_llm import Reply
 
 DESCRIPTION = "noisy coloured squares, one per class"
 SCORED = re.compile(r"^- (.+?) \(accuracy ([\d.]+)%\)$", re.MULTILINE)
@@ -70,6 +71,20 @@ async def test_opro_stops_at_the_llm_budget_with_every_sample_in_flight_landed(o
     assert run.counters.llm_calls == 5 == run.counters.iterations_done == len(optimizer.llm.seen)
     steps = optimizer.store.steps(run.run_id)
     assert sorted(key[2] for key in steps) == [0, 1, 2, 3, 4]  # every sample asked was committed
+
+
+async def test_opro_samples_of_one_step_that_write_the_same_new_template_add_it_once(optimizer):
+    """The samples of a step are scored concurrently: a template two of them wrote was new to the pool when each
+    reply was read, and must not be added twice (seen in the benchmark: the run failed with an internal error)."""
+    twin = Reply("- a twin photo of a {}.")
+    optimizer.llm.plan(twin, twin, twin)
+    run, _ = await optimizer.run_to_end(
+        strategy="opro", restarts=1, resets=1, iterations=3, samples_per_step=3, templates_per_call=1, ensemble_size=1
+    )
+    assert run.state == pb.RUN_STATE_SUCCEEDED, run.stop_reason
+    assert run.counters.llm_calls == 3 and run.counters.candidates_duplicate == 2
+    found = [c for c in optimizer.store.candidates(run.run_id) if c.template == "a twin photo of a {}."]
+    assert len(found) == 1
 
 
 async def test_edit_asks_for_one_named_change_of_good_templates_or_their_combination(optimizer):
