@@ -27,6 +27,7 @@ MODULES = [
     "testbed.random_clip",
     "testbed.fashion_mnist",
     "bench.search_quality",
+    "bench.search_pooled",
     "bench.text_encoder",
     "bench.grpc_load",
     "bench.reliability",
