@@ -6,8 +6,8 @@ strategy is chosen on (optimizer_service/strategies/__init__.py, docs/strategies
 
 For each method: its test accuracy minus random search's, per few-shot seed of each run (a pair never crosses
 runs), averaged over all pairs with a 95% bootstrap CI over the pairs (bench/search_stats.py); beside it each run's
-own paired difference. A method a run lacks is pooled over the runs that have it. The rule the default follows:
-the largest pooled difference whose interval excludes 0.
+own paired difference. A method a run lacks is pooled over the runs that have it. The last lines name the largest
+pooled difference, and the largest whose interval excludes 0 (none, where no method separates from random search).
 """
 
 from __future__ import annotations
@@ -56,7 +56,12 @@ def table(runs: list[dict[str, Any]], names: list[str]) -> str:
         lines.append(f"| {METHODS[method].label} | {count} | {total} | {cells} |")
     winners = [m for m in methods if rows[m][0].low > 0]
     best = max(winners, key=lambda m: rows[m][0].mean, default=None)
-    lines += ["", f"Largest pooled Δ with its interval above 0: {METHODS[best].label if best else 'none'}."]
+    top = max(methods, key=lambda m: rows[m][0].mean)
+    lines += [
+        "",
+        f"Largest pooled Δ: {METHODS[top].label}, {rows[top][0]}.",
+        f"Largest pooled Δ with its interval above 0: {METHODS[best].label if best else 'none'}.",
+    ]
     return "\n".join(lines)
 
 

@@ -1,8 +1,7 @@
 """The planted world: captions with a graded preference that cannot be guessed from the task.
 
-Its second design (testbed recipes `planted-p7`, `planted-p4`: the search benchmark's v2 results were
-measured on it) and the base of the third, planted_v3.py, which differs in one number and is the primary
-yardstick now.
+The primary yardstick of the search (testbed recipes `planted-p7`, `planted-p4`): its second design, and
+the base of the third (planted_v3.py), which differs in one number.
 
 Half of the captions carry one or more of three **cues**, each a small family of
 words (CUE_WORDS) that says nothing about telling clothes apart:

@@ -1,4 +1,4 @@
-"""Pooling the benchmark's paired seeds over runs: pairs stay within a run, and the default's rule picks from it."""
+"""Pooling the benchmark's paired seeds over runs: pairs stay within a run; the largest pooled gains are named."""
 
 from __future__ import annotations
 
@@ -42,4 +42,5 @@ def test_the_table_names_the_largest_pooled_gain_whose_interval_excludes_zero(tm
     search_pooled.main(files)
     out = capsys.readouterr().out
     assert "| Δ on a | Δ on b |" in out
+    assert "Largest pooled Δ: positive only, stateless, +10.8 [" in out
     assert out.strip().endswith("Largest pooled Δ with its interval above 0: edit and crossover of good templates.")

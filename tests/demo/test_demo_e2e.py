@@ -69,7 +69,7 @@ def test_the_default_demo_climbs_on_the_trained_testbed_model(tmp_path):
     assert "untrained" not in result.stdout and "| answer |" in result.stdout
     report = json.loads((out / "result.json").read_text())
     assert report["note"] == "testbed model: a small CLIP trained here on Fashion-MNIST, not CLIP"
-    assert "planted-v3-p7" in report["model"]
+    assert "planted-p7" in report["model"]
     rows = {row["label"]: row for row in report["evaluation"]}
     assert rows["baseline_photo"]["accuracy"]["test"] > 0.3  # 10 classes: chance is 0.1
     assert rows["answer"]["templates"] == [report["answer"]["template"]]  # the run's own selection
