@@ -2,7 +2,7 @@
 strategy is chosen on (optimizer_service/strategies/__init__.py, docs/strategies.md).
 
     python -m bench.search_pooled bench/results/search_quality/search_quality.json \\
-        bench/results/search_quality_planted_p7/search_quality.json
+        bench/results/search_quality_planted_v3/search_quality.json
 
 For each method: its test accuracy minus random search's, per few-shot seed of each run (a pair never crosses
 runs), averaged over all pairs with a 95% bootstrap CI over the pairs (bench/search_stats.py); beside it each run's
