@@ -101,6 +101,8 @@ def _clean_line(raw: str, class_pattern: re.Pattern | None) -> tuple[str, bool]:
     if line.endswith(":") or (not marked and _PROSE_OPENING.match(line)):
         return line, False  # "Here are templates for the Bag class:" introduces templates, it is not one
     line, quoted = _unquote(line)
+    if quoted:  # models quote their own bullets: - "- a photo of a {}"
+        line = _LIST_MARKER.sub("", line, count=1)
     line = _TRAILING_SCORE.sub("", line).strip()
     line, quoted_late = _unquote(line)
     line = _PLACEHOLDER_SPELLINGS.sub(PLACEHOLDER, line)

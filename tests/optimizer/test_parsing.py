@@ -26,6 +26,12 @@ These templates emphasize lighting and context."""
     assert parsed.rejected == []
 
 
+def test_a_list_marker_inside_the_quotes_is_stripped_too():
+    """Qwen 1.5B quoted its own bullet (`- "- a view of a {}"`); the dash reached the scorer and won a benchmark run."""
+    reply = '- "- a photo of a {}"\n- "1. an image of a {}"\n- \u201c* a picture of a {}\u201d'
+    assert parse_templates(reply, CLASSES).templates == ["a photo of a {}", "an image of a {}", "a picture of a {}"]
+
+
 def test_copies_of_inputs_with_accuracies_lose_the_accuracy():
     reply = """- a photo of a {}. (accuracy 56.2%)
 - a blurry photo of a {} - 41%
