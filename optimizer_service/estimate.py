@@ -18,7 +18,7 @@ from optimizer_service.pool import Candidate
 from optimizer_service.prices import Price, format_usd
 from optimizer_service.spec import RunSettings
 from optimizer_service.strategies import STRATEGIES
-from optimizer_service.strategies.edit import COMBINE, EDITS, Edit, edit_ask
+from optimizer_service.strategies.edit import COMBINE, Edit, edit_ask, operations
 
 # A typical template of the runs stored here ("a blurry photo of a {}, a type of clothing."): ~40 characters.
 TYPICAL_TEMPLATE = "a detailed photo of a {}, seen up close."
@@ -70,8 +70,7 @@ def estimate_run(
     follow_up = meta.follow_up(results, 0, good, bad)
     strategy = STRATEGIES[settings.strategy]
     if strategy is Edit:
-        operations = [*EDITS, COMBINE] if settings.top_k > 1 else list(EDITS)
-        asks = [edit_ask(meta, op, good[: 2 if op == COMBINE else 1]) for op in operations]
+        asks = [edit_ask(meta, op, good[: 2 if op == COMBINE else 1]) for op in operations(settings.top_k)]
         opening = max((meta.opening_with(ask) for ask in asks), key=estimate_tokens)
     else:
         opening = meta.opening(good, bad)

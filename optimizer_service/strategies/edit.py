@@ -34,10 +34,16 @@ class Edit(Strategy):
         climb = self.climb
         rng = random.Random(f"{climb.settings.seed}/edit/{restart}/{reset}/{iteration}")
         parents = climb.pool.top(climb.settings.top_k, restart)
-        operation = rng.choice([*EDITS, COMBINE] if len(parents) > 1 else list(EDITS))
+        operation = rng.choice(operations(len(parents)))
         chosen = rng.sample(parents, 2) if operation == COMBINE else [rng.choice(parents)]
         messages = climb.metaprompt.opening_with(edit_ask(climb.metaprompt, operation, chosen))
         await climb.propose(restart, reset, iteration, messages, messages)
+
+
+def operations(parents: int) -> list[str]:
+    """The operations a step draws from when `parents` good templates are there to edit (combining needs two).
+    Also what a dry run sizes (estimate.py)."""
+    return [*EDITS, COMBINE] if parents > 1 else list(EDITS)
 
 
 def edit_ask(metaprompt: MetaPrompt, operation: str, parents: list[Candidate]) -> str:
